@@ -1,0 +1,56 @@
+/* internal.h - helpers shared inside libquant and formats/ (not installed). */
+#ifndef LQ_INTERNAL_H
+#define LQ_INTERNAL_H
+
+#include "libquant.h"
+#include <stdarg.h>
+#include <stdbool.h>
+
+/* Fill err (if not NULL) with code and a printf-style message; returns code. */
+int lq_fail(struct lq_error *err, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Same, appending ": strerror(errnum)". */
+int lq_fail_errno(struct lq_error *err, int errnum, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* Overflow-checked arithmetic: return false on overflow. */
+static inline bool lq_mul_u64(uint64_t a, uint64_t b, uint64_t *r)
+{
+	return !__builtin_mul_overflow(a, b, r);
+}
+static inline bool lq_add_u64(uint64_t a, uint64_t b, uint64_t *r)
+{
+	return !__builtin_add_overflow(a, b, r);
+}
+
+/* Little-endian loads/stores (the formats are little-endian). */
+static inline uint16_t lq_rd16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static inline uint32_t lq_rd32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static inline uint64_t lq_rd64(const uint8_t *p) { return lq_rd32(p) | (uint64_t)lq_rd32(p + 4) << 32; }
+static inline void lq_wr16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static inline void lq_wr32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline void lq_wr64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* A simple bump arena: everything parsed from one file, freed at once. */
+struct lq_arena {
+	struct lq_arena_chunk *head;
+};
+void *lq_arena_alloc(struct lq_arena *a, size_t size); /* zeroed, 16-aligned, NULL on OOM */
+char *lq_arena_strdup(struct lq_arena *a, const char *s);
+char *lq_arena_strndup(struct lq_arena *a, const char *s, size_t n);
+void lq_arena_free(struct lq_arena *a);
+
+/* Map a whole file read-only.  *size = 0 and *map = NULL for an empty file. */
+int lq_map_file(const char *path, const void **map, uint64_t *size, struct lq_error *err);
+void lq_unmap_file(const void *map, uint64_t size);
+
+#endif
