@@ -326,4 +326,9 @@ uint64_t lq_xxh3(const void *p, size_t n);
 }
 #endif
 
+#include "lq_model.h"     /* architecture descriptions, module tree, footprint */
+#include "lq_tokenizer.h" /* Hugging Face tokenizers */
+#include "lq_template.h"  /* chat templates (Jinja subset) */
+#include "lq_hub.h"       /* Hugging Face Hub downloads and cache */
+
 #endif /* LIBQUANT_H */
