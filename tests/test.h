@@ -2,6 +2,8 @@
 #ifndef LQ_TEST_H
 #define LQ_TEST_H
 
+#include "libquant.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +17,7 @@ static int t_pass, t_fail;
 		} else {                                                      \
 			t_fail++;                                             \
 			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-			fprintf(stderr, "" __VA_ARGS__);                      \
+			fprintf(stderr, " " __VA_ARGS__);                      \
 			fputc('\n', stderr);                                  \
 		}                                                             \
 	} while (0)
@@ -23,8 +25,13 @@ static int t_pass, t_fail;
 #define CHECK_OK(expr, errp)                                                  \
 	do {                                                                  \
 		int rc_ = (expr);                                             \
-		CHECK(rc_ == 0, "%s -> %d (%s)", #expr, rc_, (errp) ? (errp)->msg : ""); \
+		CHECK(rc_ == 0, "%s -> %d (%s)", #expr, rc_, test_errmsg(errp)); \
 	} while (0)
+
+static inline const char *test_errmsg(const struct lq_error *e)
+{
+	return e ? e->msg : "";
+}
 
 /* Directory of the shared fixtures, or NULL when absent (tests then skip). */
 static inline const char *test_shared_dir(void)
