@@ -159,6 +159,16 @@ int lq_quantize(const struct lq_qparams *p, const float *x, uint64_t n,
 		struct lq_qbuf *out, float *work, int nthreads);
 
 /*
+ * Double-quantize nb fp32 block scales exactly as lq_quantize does with
+ * double_quant set (bnb compress_statistics): *offset = mean(absmax), then
+ * codes[nb] = 8-bit dynamic-map codes of absmax - offset in blocks of 256,
+ * nested[ceil(nb/256)] = their fp32 maxima.  Lets callers quantize a large
+ * tensor in chunks without double quant and compress the scales at the end.
+ */
+void lq_qscales_compress(const float *absmax, uint64_t nb, uint8_t *codes,
+			 float *nested, float *offset);
+
+/*
  * Rebuild the fp32 per-block scales of a quantized tensor (double quant
  * undone: code[u8] * nested[b/256] + offset).  absmax must hold nb floats.
  */
