@@ -322,6 +322,48 @@ int lq_writer_finish(struct lq_writer *w, const char *metadata_json,
 uint64_t lq_writer_offset(const struct lq_writer *w);
 void lq_writer_free(struct lq_writer *w);
 
+/* ------------------------------------------- checkpoint -> LQ (quantize) */
+
+/* Options of lq_pack.  Zero-initialize, then set; lq_pack_opts_init gives
+ * the defaults of BitsAndBytesConfig(load_in_4bit, nf4, double quant, bf16). */
+struct lq_pack_opts {
+	int qtype;             /* default LQ_QTYPE_NF4; LQ_QTYPE_NONE stores all as is */
+	int block_size;        /* default 64 */
+	int double_quant;      /* default 1 */
+	int compute;           /* enum lq_compute recorded for run; default bf16 */
+	const char *const *keep;     /* globs (fnmatch) of tensors kept as stored */
+	size_t nkeep;
+	const char *const *quantize; /* globs of tensors quantized in any case */
+	size_t nquantize;
+	int quantize_head;     /* quantize lm_head too */
+	int allow_nonfinite;   /* accept NaN/Inf in weights */
+	int nthreads;          /* worker threads (>= 1) */
+	/* progress: called after each piece of work; return nonzero to cancel */
+	int (*progress)(void *ctx, uint64_t done, uint64_t total, const char *tensor);
+	/* warnings (e.g. "no tokenizer.json"): one line, no newline */
+	void (*warn)(void *ctx, const char *msg);
+	void *ctx;
+};
+
+void lq_pack_opts_init(struct lq_pack_opts *o);
+
+/*
+ * The storage type a tensor gets under the options: Linear weights (2-D
+ * ".weight" tensors other than embeddings, norms and lm_head) get o->qtype;
+ * --keep globs win over --quantize globs, which win over that rule.  Only
+ * F32/F16/BF16 tensors are ever quantized.
+ */
+int lq_pack_choose(const struct lq_pack_opts *o, const char *name, int ndim, int dtype);
+
+/*
+ * Quantize the checkpoint at `input` (a directory with config.json and
+ * model.safetensors[.index.json], or a bare .safetensors file) and write
+ * the LQ file to fd in one sequential pass.  Memory does not grow with the
+ * model: tensors are processed in chunks from the mmap'ed input.
+ */
+int lq_pack(const char *input, int fd, const char *out_label,
+	    const struct lq_pack_opts *o, struct lq_error *err);
+
 /* ------------------------------------------------------------- .npy */
 
 /* Write a float32 C-order .npy file image to fd. */
