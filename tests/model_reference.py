@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+# Copyright (c) the libquant authors
+"""Regenerate the module-tree and footprint fixtures of libquant/model.c.
+
+Builds every config of tests/fixtures/model/*.config.json (small models with the
+real structure) and tests/fixtures/configs/*.json (published configs of real
+models, written from memory) with transformers 5.x on the `meta` device, and
+writes into tests/fixtures/model/:
+
+  NAME.bf16.txt    print(model) with dtype=bfloat16
+  NAME.nf4.txt     print(model) after replacing every nn.Linear except lm_head
+                   by a stub `Linear4bit` (bitsandbytes is not needed: its
+                   Linear4bit subclasses nn.Linear and keeps nn.Linear's repr)
+  NAME.int8.txt    same with a stub `Linear8bitLt`
+  NAME.tensors.txt one line per parameter as a checkpoint holds it (tied
+                   weights once): "name dtype dim0 dim1 ..."
+  reference.json   per config: get_memory_footprint() for bf16 / nf4 / int8,
+                   parameter count, buffers (name, dtype, shape)
+
+The stubs reproduce what bitsandbytes stores: a Params4bit holds the packed
+uint8 tensor of ceil(N*K/2) bytes, an Int8Params the int8 [N, K] tensor;
+get_memory_footprint() counts exactly those (not the quantization state).
+
+Usage: python3 tests/model_reference.py        (needs torch and transformers 5.x)
+"""
+import json
+import os
+import sys
+
+import torch
+import torch.nn as nn
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "fixtures", "model")
+REAL = os.path.join(HERE, "fixtures", "configs")
+
+
+class Linear4bit(nn.Linear):
+    """Stand-in for bitsandbytes.nn.Linear4bit (same class name and repr)."""
+
+
+class Linear8bitLt(nn.Linear):
+    """Stand-in for bitsandbytes.nn.Linear8bitLt (same class name and repr)."""
+
+
+def build(cfg_path):
+    cfg = AutoConfig.from_pretrained(cfg_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    return model
+
+
+def quantize_stub(model, kind):
+    """Replace nn.Linear (exact type) except lm_head, as transformers' bnb
+    integration does with its default skip list."""
+    for name, mod in list(model.named_modules()):
+        for cname, child in list(mod.named_children()):
+            full = f"{name}.{cname}" if name else cname
+            if type(child) is not nn.Linear or full == "lm_head":
+                continue
+            cls = Linear4bit if kind == "nf4" else Linear8bitLt
+            with torch.device("meta"):
+                q = cls(child.in_features, child.out_features, bias=child.bias is not None,
+                        dtype=torch.bfloat16)
+            n = child.in_features * child.out_features
+            if kind == "nf4":
+                q.weight = nn.Parameter(torch.empty((n + 1) // 2, 1, dtype=torch.uint8, device="meta"),
+                                        requires_grad=False)
+            else:
+                q.weight = nn.Parameter(torch.empty(child.out_features, child.in_features,
+                                                    dtype=torch.int8, device="meta"),
+                                        requires_grad=False)
+            setattr(mod, cname, q)
+    return model
+
+
+def main():
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}", file=sys.stderr)
+    cases = []
+    for f in sorted(os.listdir(OUT)):
+        if f.endswith(".config.json"):
+            cases.append((f[: -len(".config.json")], os.path.join(OUT, f)))
+    for f in sorted(os.listdir(REAL)):
+        if f.endswith(".json"):
+            cases.append((f[: -len(".json")], os.path.join(REAL, f)))
+    ref = {"transformers": transformers.__version__, "torch": torch.__version__, "models": {}}
+    for name, path in cases:
+        entry = {}
+        model = build(path)
+        entry["num_parameters"] = model.num_parameters()
+        entry["buffers"] = [[n, str(b.dtype).replace("torch.", ""), list(b.shape)]
+                            for n, b in model.named_buffers()]
+        entry["bf16"] = model.get_memory_footprint()
+        with open(os.path.join(OUT, name + ".bf16.txt"), "w") as fh:
+            fh.write(repr(model) + "\n")
+        with open(os.path.join(OUT, name + ".tensors.txt"), "w") as fh:
+            for n, p in model.named_parameters():
+                dt = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}[p.dtype]
+                fh.write(" ".join([n, dt] + [str(d) for d in p.shape]) + "\n")
+        for kind in ("nf4", "int8"):
+            m = quantize_stub(build(path), kind)
+            entry[kind] = m.get_memory_footprint()
+            with open(os.path.join(OUT, f"{name}.{kind}.txt"), "w") as fh:
+                fh.write(repr(m) + "\n")
+        ref["models"][name] = entry
+        print(name, entry["num_parameters"], entry["bf16"], entry["nf4"], entry["int8"], file=sys.stderr)
+    with open(os.path.join(OUT, "reference.json"), "w") as fh:
+        json.dump(ref, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+
+
+if __name__ == "__main__":
+    main()
