@@ -1,0 +1,61 @@
+#!/bin/sh
+# cli_tokenizer.sh - the tokenizer against Hugging Face `tokenizers` reference
+# output for the four tokenizer families (Llama 3.1, Llama 2, Qwen3, Gemma 3):
+# committed fixtures always, plus a fresh randomized comparison when the
+# Python package `tokenizers` is installed.
+. "${LQ_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}/tests/lib.sh"
+
+GEN="$LQ_BUILD/tests/gen_tok"
+FIX="$LQ_ROOT/tests/fixtures"
+SPECIALS='<|eot_id|> <|begin_of_text|> <|im_start|> <|im_end|> <think> <start_of_turn> <end_of_turn> <s> </s> <bos> <unk> <eos> <pad> <mask>'
+
+if [ ! -x "$GEN" ]; then
+	bad "missing $GEN (make tests)"
+	finish
+	exit 1
+fi
+
+have_tok=0
+if have_py tokenizers; then
+	have_tok=1
+	python3 "$LQ_ROOT/tests/tok_reference.py" random "$(date +%s)" 400 $SPECIALS >"$TMP/random.jsonl" || bad "random corpus"
+else
+	echo "skipping the randomized comparison: python package tokenizers missing"
+fi
+
+for t in llama3_1 llama2 qwen3 gemma3; do
+	td="$TMP/$t"
+	mkdir -p "$td"
+	gzip -dc "$FIX/tokenizers/$t/tokenizer.json.gz" >"$td/tokenizer.json" || { bad "$t: gunzip"; continue; }
+	gzip -dc "$FIX/tokenizers/$t/tokenizer_config.json.gz" >"$td/tokenizer_config.json" || { bad "$t: gunzip"; continue; }
+	# committed fixtures, from JSON and through the binary blob
+	check "$t: encode/decode fixture (json)" "$GEN" "$td/tokenizer.json" "$td/tokenizer_config.json" \
+		<"$FIX/tok_input.jsonl"
+	same "$t: fixture output (json)" "$TMP/out" "$FIX/tok_expected_$t.jsonl"
+	check "$t: encode/decode fixture (blob)" "$GEN" -b "$td/tokenizer.json" "$td/tokenizer_config.json" \
+		<"$FIX/tok_input.jsonl"
+	same "$t: fixture output (blob)" "$TMP/out" "$FIX/tok_expected_$t.jsonl"
+	# fresh random comparison against the live Python library
+	if [ "$have_tok" = 1 ]; then
+		python3 "$LQ_ROOT/tests/tok_reference.py" expected "$td/tokenizer.json" \
+			<"$TMP/random.jsonl" >"$td/random_expected.jsonl" || bad "$t: python reference"
+		check "$t: random corpus" "$GEN" -b "$td/tokenizer.json" "$td/tokenizer_config.json" \
+			<"$TMP/random.jsonl"
+		if cmp -s "$TMP/out" "$td/random_expected.jsonl"; then
+			ok
+		else
+			bad "$t: random corpus differs from tokenizers (seed in $TMP/random.jsonl)"
+			diff "$TMP/out" "$td/random_expected.jsonl" | head -6 >&2
+		fi
+	fi
+	rm -f "$td/tokenizer.json"
+done
+
+# errors are reported, not crashed on
+printf '{"model":{"type":"Unigram","vocab":[]}}' >"$TMP/uni.json"
+fails "unsupported model" 1 "Unigram.*not supported" "$GEN" "$TMP/uni.json" </dev/null
+printf '{"model":' >"$TMP/trunc.json"
+fails "truncated json" 1 "tokenizer.json" "$GEN" "$TMP/trunc.json" </dev/null
+fails "usage" 2 "usage" "$GEN"
+
+finish
