@@ -161,7 +161,38 @@ static float dq_offset(const float *absmax, uint64_t nb)
 	return nb ? (float)sum * (1.0f / (float)nb) : 0.0f;
 }
 
-/* Quantize the nested runs k0..k1 of the scales (offset already known). */
+#ifdef LQ_HAVE_X86
+static int have_avx2(void);
+static void dyn8_encode_avx2(const float *d, size_t len, float inv, uint8_t *codes);
+#endif
+
+/* Quantize the nested runs k0..k1 of the scales (offset already known);
+ * simd selects the AVX2 encoder (same codes). */
+static void dq_runs_simd(const float *absmax, uint64_t nb, float offset, uint64_t k0, uint64_t k1,
+			 uint8_t *codes, float *nested, int simd)
+{
+	for (uint64_t k = k0; k < k1; k++) {
+		uint64_t b0 = k * LQ_QNESTED_BLOCK;
+		size_t len = nb - b0 < LQ_QNESTED_BLOCK ? (size_t)(nb - b0) : LQ_QNESTED_BLOCK;
+		float d[LQ_QNESTED_BLOCK];
+		for (size_t i = 0; i < len; i++)
+			d[i] = absmax[b0 + i] - offset;
+		float m = absmax_ref(d, len, len < LQ_QNESTED_BLOCK);
+		float inv = 1.0f / m;
+		nested[k] = m;
+#ifdef LQ_HAVE_X86
+		if (simd) {
+			dyn8_encode_avx2(d, len, inv, codes + b0);
+			continue;
+		}
+#endif
+		(void)simd;
+		for (size_t i = 0; i < len; i++)
+			codes[b0 + i] = (uint8_t)lq_dyn8_encode(dyn_map.f, d[i] * inv);
+	}
+}
+
+/* The plain version (reference). */
 static void dq_runs(const float *absmax, uint64_t nb, float offset, uint64_t k0, uint64_t k1,
 		    uint8_t *codes, float *nested)
 {
@@ -177,6 +208,20 @@ static void dq_runs(const float *absmax, uint64_t nb, float offset, uint64_t k0,
 		for (size_t i = 0; i < len; i++)
 			codes[b0 + i] = (uint8_t)lq_dyn8_encode(dyn_map.f, d[i] * inv);
 	}
+}
+
+void lq_qscales_compress(const float *absmax, uint64_t nb, uint8_t *codes, float *nested,
+			 float *offset)
+{
+	if (!absmax || !codes || !nested || !offset)
+		return;
+	*offset = dq_offset(absmax, nb);
+#ifdef LQ_HAVE_X86
+	int simd = have_avx2();
+#else
+	int simd = 0;
+#endif
+	dq_runs_simd(absmax, nb, *offset, 0, lq_blocks_count(nb, LQ_QNESTED_BLOCK), codes, nested, simd);
 }
 
 /* Scale of block b; loads by memcpy since the parts may point into a mapped
@@ -330,8 +375,8 @@ static void block_dequant_scalar(int qtype, const uint8_t *data, size_t len, flo
 
 static int have_avx2(void)
 {
-	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-	       __builtin_cpu_supports("f16c");
+	/* every AVX2 CPU also has F16C, which clang 14 cannot test for */
+	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
 LQ_AVX2 static inline float hmax256(__m256 v)
@@ -369,12 +414,25 @@ LQ_AVX2 static inline void pack_nibbles(__m256i c0, __m256i c1, __m256i c2, __m2
 	_mm_storeu_si128((__m128i *)dst, r);
 }
 
+/*
+ * NF4 code = #{ j : s > T[j] } as a 4-level binary search: each level picks
+ * the next threshold by the code bits found so far (t[0] = T7, t[1] = T3|T11,
+ * t[2] = T1|T5|T9|T13, t[3] = T0|T2|...|T14).  NaN compares false everywhere
+ * and gets code 0, as in the scalar encoder.
+ */
 LQ_AVX2 static inline __m256i nf4_codes8(__m256 s, const __m256 *t)
 {
-	__m256i c = _mm256_setzero_si256();
-	for (int j = 0; j < 15; j++)
-		c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(s, t[j], _CMP_GT_OQ)));
-	return c;
+	__m256i g = _mm256_castps_si256(_mm256_cmp_ps(s, t[0], _CMP_GT_OQ));
+	__m256i c = _mm256_and_si256(g, _mm256_set1_epi32(8));
+	__m256 th = _mm256_permutevar8x32_ps(t[1], _mm256_srli_epi32(c, 3));
+	g = _mm256_castps_si256(_mm256_cmp_ps(s, th, _CMP_GT_OQ));
+	c = _mm256_or_si256(c, _mm256_and_si256(g, _mm256_set1_epi32(4)));
+	th = _mm256_permutevar8x32_ps(t[2], _mm256_srli_epi32(c, 2));
+	g = _mm256_castps_si256(_mm256_cmp_ps(s, th, _CMP_GT_OQ));
+	c = _mm256_or_si256(c, _mm256_and_si256(g, _mm256_set1_epi32(2)));
+	th = _mm256_permutevar8x32_ps(t[3], _mm256_srli_epi32(c, 1));
+	g = _mm256_castps_si256(_mm256_cmp_ps(s, th, _CMP_GT_OQ));
+	return _mm256_or_si256(c, _mm256_and_si256(g, _mm256_set1_epi32(1)));
 }
 
 /* FP4: rank r = #{thresholds below |s|} in 0..7 maps to the magnitude code
@@ -421,8 +479,10 @@ LQ_AVX2 static float block_quant_avx2(int qtype, const float *x, size_t bs, uint
 		static const float th[15] = {LQ_NF4_T0, LQ_NF4_T1, LQ_NF4_T2, LQ_NF4_T3, LQ_NF4_T4,
 					     LQ_NF4_T5, LQ_NF4_T6, LQ_NF4_T7, LQ_NF4_T8, LQ_NF4_T9,
 					     LQ_NF4_T10, LQ_NF4_T11, LQ_NF4_T12, LQ_NF4_T13, LQ_NF4_T14};
-		for (int j = 0; j < 15; j++)
-			t[j] = _mm256_set1_ps(th[j]);
+		t[0] = _mm256_set1_ps(th[7]);
+		t[1] = _mm256_setr_ps(th[3], th[11], 0, 0, 0, 0, 0, 0);
+		t[2] = _mm256_setr_ps(th[1], th[5], th[9], th[13], 0, 0, 0, 0);
+		t[3] = _mm256_setr_ps(th[0], th[2], th[4], th[6], th[8], th[10], th[12], th[14]);
 		for (size_t i = 0; i < bs; i += 32) {
 			__m256i c0 = nf4_codes8(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv), t);
 			__m256i c1 = nf4_codes8(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8), inv), t);
@@ -494,6 +554,49 @@ LQ_AVX2 static void block_dequant_avx2(int qtype, const uint8_t *data, size_t bs
 		}
 	}
 }
+/*
+ * lq_dyn8_encode of d[i] * inv for len values, 8 at a time with gathers:
+ * the same 7 steps and float32 midpoint tests, as selects instead of branches.
+ */
+LQ_AVX2 static void dyn8_encode_avx2(const float *d, size_t len, float inv, uint8_t *codes)
+{
+	const float *c = dyn_map.f;
+	const __m256 vinv = _mm256_set1_ps(inv), half = _mm256_set1_ps(0.5f);
+	size_t i = 0;
+	for (; i + 8 <= len; i += 8) {
+		__m256 s = _mm256_mul_ps(_mm256_loadu_ps(d + i), vinv);
+		__m256i pivot = _mm256_set1_epi32(127), lo_p = _mm256_setzero_si256(),
+			hi_p = _mm256_set1_epi32(255);
+		__m256 lo = _mm256_set1_ps(-1.0f), hi = _mm256_set1_ps(1.0f), val = _mm256_set1_ps(c[127]);
+		for (int step = 64; step > 0; step >>= 1) {
+			__m256 gt = _mm256_cmp_ps(s, val, _CMP_GT_OQ);
+			__m256i gti = _mm256_castps_si256(gt);
+			lo_p = _mm256_blendv_epi8(lo_p, pivot, gti);
+			lo = _mm256_blendv_ps(lo, val, gt);
+			hi_p = _mm256_blendv_epi8(pivot, hi_p, gti);
+			hi = _mm256_blendv_ps(val, hi, gt);
+			/* pivot += gt ? step : -step */
+			__m256i st = _mm256_set1_epi32(step);
+			pivot = _mm256_add_epi32(pivot, _mm256_blendv_epi8(_mm256_sub_epi32(_mm256_setzero_si256(), st),
+									     st, gti));
+			val = _mm256_i32gather_ps(c, pivot, 4);
+		}
+		hi = _mm256_blendv_ps(hi, _mm256_set1_ps(c[255]),
+				      _mm256_castsi256_ps(_mm256_cmpeq_epi32(hi_p, _mm256_set1_epi32(255))));
+		lo = _mm256_blendv_ps(lo, _mm256_set1_ps(c[0]),
+				      _mm256_castsi256_ps(_mm256_cmpeq_epi32(lo_p, _mm256_setzero_si256())));
+		__m256 gt = _mm256_cmp_ps(s, val, _CMP_GT_OQ);
+		__m256 up = _mm256_cmp_ps(s, _mm256_mul_ps(_mm256_add_ps(hi, val), half), _CMP_GT_OQ);
+		__m256 down = _mm256_cmp_ps(s, _mm256_mul_ps(_mm256_add_ps(lo, val), half), _CMP_LT_OQ);
+		__m256i r_hi = _mm256_blendv_epi8(pivot, hi_p, _mm256_castps_si256(up));
+		__m256i r_lo = _mm256_blendv_epi8(pivot, lo_p, _mm256_castps_si256(down));
+		__m256i r = _mm256_blendv_epi8(r_lo, r_hi, _mm256_castps_si256(gt));
+		__m128i r16 = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+		_mm_storel_epi64((__m128i *)(codes + i), _mm_packus_epi16(r16, r16));
+	}
+	for (; i < len; i++)
+		codes[i] = (uint8_t)lq_dyn8_encode(c, d[i] * inv);
+}
 #else
 static int have_avx2(void) { return 0; }
 #endif
@@ -553,7 +656,8 @@ static void *dq_task(void *arg)
 {
 	struct qtask *t = arg;
 	uint64_t nb = lq_qnblocks(t->n, t->p->block_size);
-	dq_runs(t->absmax, nb, t->out->offset, t->b0, t->b1, t->out->scales, t->out->nested);
+	dq_runs_simd(t->absmax, nb, t->out->offset, t->b0, t->b1, t->out->scales, t->out->nested,
+		     t->simd);
 	return NULL;
 }
 
@@ -649,12 +753,4 @@ int lq_dequantize(const struct lq_qparams *p, const struct lq_qbuf *in, uint64_t
 	run_split(&t, lq_qnblocks(n, p->block_size), MIN_TASK_ELEMS / (uint64_t)p->block_size,
 		  nthreads, dequant_task);
 	return LQ_OK;
-}
-
-/* Double quant of a whole array of fp32 scales (for chunked quantization). */
-void lq_qscales_compress(const float *absmax, uint64_t nb, uint8_t *codes, float *nested, float *offset)
-{
-	float off = dq_offset(absmax, nb);
-	*offset = off;
-	dq_runs(absmax, nb, off, 0, (nb + LQ_QNESTED_BLOCK - 1) / LQ_QNESTED_BLOCK, codes, nested);
 }

@@ -249,6 +249,53 @@ static void test_spec_vectors(void)
 	      "int8 rounding");
 }
 
+/* The 8-bit search at the dynamic map's midpoints: the literal scalar encoder
+ * and lq_qscales_compress (vectorized where the CPU allows) must agree; exact
+ * float32 midpoints go to the even index (spec 2.3). */
+static void test_dyn8_ties(void)
+{
+	const float *c = lq_dynamic_map();
+	int even = 0, lower = 0, upper = 0;
+	for (int j = 0; j < 255; j++) {
+		float mid = (c[j] + c[j + 1]) * 0.5f;
+		int k = lq_dyn8_encode(c, mid);
+		even += (k & 1) == 0 && (k == j || k == j + 1);
+		lower += k == j;
+		upper += k == j + 1;
+		CHECK(lq_dyn8_encode(c, c[j]) == j, "map value %d", j);
+	}
+	CHECK(even == 255 && lower == 128 && upper == 127, "ties: %d even, %d lower, %d upper", even,
+	      lower, upper);
+	CHECK(lq_dyn8_encode(c, NAN) == 0 && lq_dyn8_encode(c, 2.0f) == 255 &&
+	      lq_dyn8_encode(c, -2.0f) == 0, "NaN and out-of-range");
+
+	/* runs of 256 scales: +-1 then +-v pairs, so the offset is exactly 0, the
+	 * nested absmax 1, and the scaled values are the v themselves */
+	enum { RUNS = 8 };
+	float am[RUNS * 256];
+	uint8_t codes[RUNS * 256];
+	float nested[RUNS], off = -1;
+	int m = 0;
+	for (int k = 0; k < RUNS; k++) {
+		am[k * 256] = 1.0f;
+		am[k * 256 + 1] = -1.0f;
+		for (int i = 2; i < 256; i += 2, m++) {
+			int j = m % 255, var = (m / 255) % 3;
+			float v = (c[j] + c[j + 1]) * 0.5f;
+			if (var)
+				v = nextafterf(v, var == 1 ? 2.0f : -2.0f);
+			am[k * 256 + i] = v;
+			am[k * 256 + i + 1] = -v;
+		}
+	}
+	lq_qscales_compress(am, RUNS * 256, codes, nested, &off);
+	CHECK(off == 0.0f && nested[0] == 1.0f, "offset %g nested %g", off, nested[0]);
+	int bad = 0;
+	for (int i = 0; i < RUNS * 256; i++)
+		bad += codes[i] != lq_dyn8_encode(c, am[i]);
+	CHECK(bad == 0, "%d codes of lq_qscales_compress differ from the scalar encoder", bad);
+}
+
 /* ---------------------------------------------------------------- fixture */
 
 static const struct lq_st_tensor *need(const struct lq_st *st, const char *name, int dtype,
@@ -492,8 +539,18 @@ static void test_ref_vs_fast(void)
 			struct qt nd;
 			qt_init(&nd, qtype, bs, 0, n);
 			CHECK_OK(lq_quantize(&nd.p, x, n, &nd.b, NULL, threads), (struct lq_error *)NULL);
+			uint64_t nb = lq_qnblocks(n, bs);
 			bad_dq += memcmp(nd.b.data, r.b.data, lq_qdata_bytes(qtype, n)) != 0 ||
-				  memcmp(nd.b.scales, r.work, n ? lq_qnblocks(n, bs) * 4 : 0) != 0;
+				  memcmp(nd.b.scales, r.work, nb * 4) != 0;
+			/* chunked use: double quant of the fp32 scales afterwards */
+			uint8_t *codes = malloc(nb + 1);
+			float *nested = malloc(lq_qnested_bytes(&r.p, n) + 4), off = 0;
+			lq_qscales_compress(nd.b.scales, nb, codes, nested, &off);
+			bad_dq += memcmp(codes, r.b.scales, nb) != 0 ||
+				  memcmp(nested, r.b.nested, lq_qnested_bytes(&r.p, n)) != 0 ||
+				  f2u(off) != f2u(r.b.offset);
+			free(codes);
+			free(nested);
 			qt_free(&nd);
 		}
 		float *y1 = malloc(n * sizeof *y1 + 4), *y2 = malloc(n * sizeof *y2 + 4);
@@ -634,6 +691,7 @@ int main(void)
 	test_tables();
 	test_api();
 	test_spec_vectors();
+	test_dyn8_ties();
 	test_fixture();
 	test_ref_vs_fast();
 	test_error_bounds();
