@@ -258,6 +258,13 @@ int lq_model_map_name(const struct lq_model *m, const char *name, long *param,
  * q->qtype is LQ_QTYPE_NONE, is kept in `dtype`.
  */
 void lq_model_plan(struct lq_model *m, const struct lq_qparams *q, int dtype);
+/*
+ * Like lq_model_plan, but keeps each tensor's current dtype (e.g. the source
+ * dtypes after lq_model_validate / lq_model_from_st): the default Linear
+ * weights, plus lm_head when quantize_head (and it is not tied), get q; all
+ * other tensors become unquantized.  q NULL or NONE: nothing quantized.
+ */
+void lq_model_plan_quant(struct lq_model *m, const struct lq_qparams *q, int quantize_head);
 /* Override the storage of parameter i (e.g. for --keep / --quantize globs). */
 int lq_model_set_storage(struct lq_model *m, size_t i,
 			 const struct lq_model_storage *s, struct lq_error *err);
@@ -286,6 +293,21 @@ struct lq_model_tensor {
  */
 int lq_model_validate(struct lq_model *m, const struct lq_model_tensor *t, size_t n,
 		      struct lq_error *err);
+struct lq_st;
+struct lq_file;
+/*
+ * Conveniences for the tools (inspect --tree/--json/--estimate, run):
+ * lq_model_from_st: config.json text + an opened safetensors checkpoint,
+ * validated against its headers (no tensor data is read); storage = the
+ * source dtypes, unquantized (use lq_model_plan_quant for an estimate).
+ * lq_model_from_lq: the config.json stored in an LQ file, validated against
+ * its tensor index; storage as stored.  LQ_ERR_NOTFOUND when the LQ file has
+ * no config.json.  The model does not keep pointers into st or f.
+ */
+int lq_model_from_st(struct lq_model **out, const char *config, size_t len,
+		     const struct lq_st *st, struct lq_error *err);
+int lq_model_from_lq(struct lq_model **out, const struct lq_file *f, struct lq_error *err);
+
 /* Warnings of the last lq_model_validate (one line each, owned by the model). */
 size_t lq_model_nwarnings(const struct lq_model *m);
 const char *lq_model_warning(const struct lq_model *m, size_t i);

@@ -454,8 +454,131 @@ static void test_truncated(void)
 	CHECK(crashes == 0);
 }
 
+/* A safetensors image of the small model (zeros), without lm_head when !head. */
+static char *st_image(struct lq_model *m, int head, size_t *size)
+{
+	char *hdr = malloc(65536);
+	size_t o = 0;
+	uint64_t off = 0;
+	o += (size_t)snprintf(hdr + o, 65536 - o, "{\"__metadata__\":{\"format\":\"pt\"}");
+	for (size_t i = 0; i < lq_model_nparams(m); i++) {
+		const struct lq_model_param *p = lq_model_param(m, i);
+		if (!head && p->role == LQ_ROLE_LM_HEAD)
+			continue;
+		uint64_t nb = p->nelem * 2;
+		o += (size_t)snprintf(hdr + o, 65536 - o, ",\"%s\":{\"dtype\":\"BF16\",\"shape\":[%llu", p->name,
+				      (unsigned long long)p->shape[0]);
+		if (p->ndim == 2)
+			o += (size_t)snprintf(hdr + o, 65536 - o, ",%llu", (unsigned long long)p->shape[1]);
+		o += (size_t)snprintf(hdr + o, 65536 - o, "],\"data_offsets\":[%llu,%llu]}",
+				      (unsigned long long)off, (unsigned long long)(off + nb));
+		off += nb;
+	}
+	o += (size_t)snprintf(hdr + o, 65536 - o, "}");
+	while (o % 8)
+		hdr[o++] = ' ';
+	*size = 8 + o + off;
+	char *img = calloc(1, *size);
+	for (int i = 0; i < 8; i++)
+		img[i] = (char)((uint64_t)o >> (8 * i));
+	memcpy(img + 8, hdr, o);
+	free(hdr);
+	return img;
+}
+
+static void test_io(void)
+{
+	struct lq_error err = {0};
+	struct lq_model *m = load(small, &err), *ms = NULL, *ml = NULL;
+	if (!m)
+		return;
+	size_t size;
+	char *img = st_image(m, 0, &size);
+	struct lq_st *st = NULL;
+	CHECK_OK(lq_st_parse(&st, img, size, "small.safetensors", &err), &err);
+	if (st) {
+		CHECK_OK(lq_model_from_st(&ms, small, strlen(small), st, &err), &err);
+		CHECK(ms && lq_model_nwarnings(ms) == 1); /* lm_head tied */
+		lq_st_close(st);
+	}
+	free(img);
+	if (!ms) {
+		lq_model_free(m);
+		return;
+	}
+	struct lq_qparams q = {LQ_QTYPE_NF4, 64, 1};
+	lq_model_plan_quant(ms, &q, 0);
+	long h = lq_model_find_param(ms, "lm_head.weight");
+	CHECK(h >= 0 && lq_model_param(ms, (size_t)h)->st.qtype == LQ_QTYPE_NONE);
+
+	/* write the LQ file quantize would write (zeros), then read it back */
+	FILE *f = tmpfile();
+	struct lq_writer *w = NULL;
+	CHECK(f != NULL);
+	if (!f)
+		goto out;
+	CHECK_OK(lq_writer_create(&w, fileno(f), "small.lq", &err), &err);
+	CHECK_OK(lq_writer_add_blob(w, "config.json", small, strlen(small), &err), &err);
+	static uint8_t zeros[1 << 20];
+	for (size_t i = 0; w && i < lq_model_nparams(ms); i++) {
+		const struct lq_model_param *p = lq_model_param(ms, i);
+		if (p->tied)
+			continue;
+		struct lq_tensor d = {0};
+		d.name = p->name;
+		d.qtype = p->st.qtype;
+		d.src_dtype = p->st.dtype;
+		d.block_size = p->st.block_size;
+		d.double_quant = p->st.double_quant;
+		d.ndim = p->ndim;
+		d.shape[0] = p->shape[0];
+		d.shape[1] = p->shape[1];
+		CHECK_OK(lq_writer_add_tensor(w, &d, zeros, zeros, (const float *)zeros, &err), &err);
+	}
+	const char *meta = "{\"format\":\"lq\"}";
+	CHECK_OK(lq_writer_finish(w, meta, &err), &err);
+	lq_writer_free(w);
+	fflush(f);
+	long fsz = ftell(f);
+	char *buf = malloc((size_t)fsz);
+	rewind(f);
+	CHECK(fread(buf, 1, (size_t)fsz, f) == (size_t)fsz);
+	fclose(f);
+	struct lq_file *lf = NULL;
+	CHECK_OK(lq_file_parse(&lf, buf, (size_t)fsz, "small.lq", &err), &err);
+	if (lf) {
+		CHECK_OK(lq_model_from_lq(&ml, lf, &err), &err);
+		lq_file_close(lf);
+	}
+	if (ml) {
+		char *a = NULL, *b = NULL;
+		CHECK_OK(lq_model_tree_text(ms, &a, NULL, &err), &err);
+		CHECK_OK(lq_model_tree_text(ml, &b, NULL, &err), &err);
+		CHECK(a && b && !strcmp(a, b) && strstr(a, "Linear4bit"));
+		free(a);
+		free(b);
+		struct lq_footprint f1, f2;
+		CHECK_OK(lq_model_footprint(ms, &f1, &err), &err);
+		CHECK_OK(lq_model_footprint(ml, &f2, &err), &err);
+		CHECK(f1.hf_bytes == f2.hf_bytes && f1.resident_bytes == f2.resident_bytes);
+		/* the estimate is exact when told the metadata size */
+		struct lq_estimate_blob blob = {"config.json", strlen(small)};
+		uint64_t est = 0;
+		CHECK_OK(lq_model_estimate_lq(ms, &blob, 1, strlen(meta), &est, &err), &err);
+		CHECK(est == (uint64_t)fsz, "estimate %llu, file %ld", (unsigned long long)est, fsz);
+		CHECK_OK(lq_model_estimate_lq(ml, &blob, 1, strlen(meta), &est, &err), &err);
+		CHECK(est == (uint64_t)fsz, "estimate %llu, file %ld", (unsigned long long)est, fsz);
+	}
+	free(buf);
+out:
+	lq_model_free(ml);
+	lq_model_free(ms);
+	lq_model_free(m);
+}
+
 int main(void)
 {
+	test_io();
 	test_llama();
 	test_arch_params();
 	test_bad_configs();
