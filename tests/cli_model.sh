@@ -96,6 +96,25 @@ else
 	echo "skipping JSON check: python3 missing"
 fi
 
+# Regenerate the fixtures with transformers itself when torch and the
+# transformers version they were made with are installed.
+want_tf=$(sed -n 's/.*"transformers": *"\([^"]*\)".*/\1/p' "$FX/model/reference.json")
+have_tf=$(python3 -c 'import torch, transformers; print(transformers.__version__)' 2>/dev/null)
+if [ -z "$have_tf" ]; then
+	echo "skipping regeneration: python package torch or transformers missing"
+elif [ "$have_tf" != "$want_tf" ]; then
+	echo "skipping regeneration: transformers $have_tf installed, fixtures are from $want_tf"
+else
+	mkdir "$tmp/regen"
+	if python3 "$ROOT/tests/model_reference.py" "$tmp/regen" > /dev/null 2>&1; then
+		for f in "$FX"/model/*.txt; do
+			if cmp -s "$f" "$tmp/regen/$(basename "$f")"; then ok; else bad "regenerated $(basename "$f") differs"; fi
+		done
+	else
+		bad "tests/model_reference.py failed"
+	fi
+fi
+
 # errors: wrong shape, missing tensor, unknown architecture
 sed 's/^model.layers.1.self_attn.k_proj.weight BF16 32 64$/model.layers.1.self_attn.k_proj.weight BF16 33 64/' \
 	"$FX/model/llama-small.tensors.txt" > "$tmp/bad.txt"

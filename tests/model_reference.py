@@ -22,7 +22,10 @@ The stubs reproduce what bitsandbytes stores: a Params4bit holds the packed
 uint8 tensor of ceil(N*K/2) bytes, an Int8Params the int8 [N, K] tensor;
 get_memory_footprint() counts exactly those (not the quantization state).
 
-Usage: python3 tests/model_reference.py        (needs torch and transformers 5.x)
+Usage: python3 tests/model_reference.py [OUTDIR]   (needs torch and transformers 5.x)
+OUTDIR (default tests/fixtures/model) receives the outputs; the configs are
+always read from the fixtures.  tests/cli_model.sh runs this into a temporary
+directory when torch and the recorded transformers version are installed.
 """
 import json
 import os
@@ -34,7 +37,8 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(HERE, "fixtures", "model")
+CFG = os.path.join(HERE, "fixtures", "model")
+OUT = sys.argv[1] if len(sys.argv) > 1 else CFG
 REAL = os.path.join(HERE, "fixtures", "configs")
 
 
@@ -80,9 +84,9 @@ def quantize_stub(model, kind):
 def main():
     print(f"torch {torch.__version__}, transformers {transformers.__version__}", file=sys.stderr)
     cases = []
-    for f in sorted(os.listdir(OUT)):
+    for f in sorted(os.listdir(CFG)):
         if f.endswith(".config.json"):
-            cases.append((f[: -len(".config.json")], os.path.join(OUT, f)))
+            cases.append((f[: -len(".config.json")], os.path.join(CFG, f)))
     for f in sorted(os.listdir(REAL)):
         if f.endswith(".json"):
             cases.append((f[: -len(".json")], os.path.join(REAL, f)))
