@@ -229,14 +229,18 @@ static int is_ws(uint32_t c)
 	       c == 0x205F || c == 0x3000;
 }
 
-/* Rust's char::is_alphanumeric (letters and numbers). */
-static int is_alnum(uint32_t c)
+/* A word character as the Rust regex \w that tokenizers uses for single_word
+ * (letters, marks, decimal and letter numbers, connector punctuation, ZWJ/ZWNJ). */
+static int is_word(uint32_t c)
 {
 	if (c < 0x80)
-		return (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z');
+		return (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') || c == '_';
+	if (c == 0x200C || c == 0x200D)
+		return 1;
 	utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)c);
 	return (k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO) ||
-	       (k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO);
+	       (k >= UTF8PROC_CATEGORY_MN && k <= UTF8PROC_CATEGORY_ME) ||
+	       k == UTF8PROC_CATEGORY_ND || k == UTF8PROC_CATEGORY_NL || k == UTF8PROC_CATEGORY_PC;
 }
 
 /* ------------------------------------------------------------ byte level */
@@ -1212,9 +1216,16 @@ static void bpe(struct enc *e, const char *s, size_t n)
 			emit(e, e->syms[i].id);
 }
 
-static void normalize(struct enc *e, const char *s, size_t n, struct buf *out)
+/*
+ * Normalize s into out.  *zlen tracks how many leading bytes of the result
+ * tokenizers would align with offset 0 of the original text (it matters for
+ * the Metaspace "first" prepend scheme): a replacement takes the alignment of
+ * the last character it replaces, a prepended text that of the first one.
+ */
+static void normalize(struct enc *e, const char *s, size_t n, struct buf *out, size_t *zlen)
 {
 	const struct lq_tokenizer *t = e->t;
+	size_t z = *zlen;
 	out->n = 0;
 	buf_put(out, s, n);
 	for (uint32_t k = 0; k < t->n_ops[TK_STAGE_NORM] && !out->oom; k++) {
@@ -1228,6 +1239,7 @@ static void normalize(struct enc *e, const char *s, size_t n, struct buf *out)
 				i++;
 			if (i == out->n)
 				continue; /* ASCII is invariant */
+			int zfirst = z > 0;
 			int opt = UTF8PROC_STABLE;
 			opt |= op->type == TK_N_NFC || op->type == TK_N_NFKC ? UTF8PROC_COMPOSE : UTF8PROC_DECOMPOSE;
 			if (op->type == TK_N_NFKC || op->type == TK_N_NFKD)
@@ -1245,6 +1257,7 @@ static void normalize(struct enc *e, const char *s, size_t n, struct buf *out)
 			}
 			buf_put(o, d, (size_t)r);
 			free(d);
+			z = zfirst && o->n ? utf8_len(o->p, o->n) : 0;
 			break;
 		}
 		case TK_N_PREPEND:
@@ -1252,35 +1265,62 @@ static void normalize(struct enc *e, const char *s, size_t n, struct buf *out)
 				continue;
 			buf_put(o, op->s1, op->s1len);
 			buf_put(o, out->p, out->n);
+			if (z)
+				z += op->s1len;
 			break;
-		case TK_N_REPLACE:
-			if (!op->re) {
-				replace_all(o, out->p, out->n, op->s1, op->s1len, op->s2, op->s2len);
-			} else {
-				size_t from = 0, ms, me;
-				for (;;) {
-					int r = re_find(e, op->re, out->p, out->n, from, &ms, &me);
-					if (r < 0)
-						return;
-					if (r == 0)
-						break;
-					buf_put(o, out->p + from, ms - from);
-					buf_put(o, op->s2, op->s2len);
-					from = me;
+		case TK_N_REPLACE: {
+			size_t from = 0, ms, me, nz = 0;
+			int inz = 1; /* still in the prefix aligned with offset 0 */
+			for (;;) {
+				int r = op_find(e, op, out->p, out->n, from, &ms, &me);
+				if (r < 0)
+					return;
+				if (r == 0)
+					break;
+				buf_put(o, out->p + from, ms - from);
+				if (inz) {
+					if (ms <= z) {
+						nz += ms - from;
+					} else {
+						nz += z > from ? z - from : 0;
+						inz = 0;
+					}
 				}
-				buf_put(o, out->p + from, out->n - from);
+				buf_put(o, op->s2, op->s2len);
+				if (inz) {
+					/* start of the last replaced character */
+					size_t lc = me - 1;
+					while (lc > ms && ((unsigned char)out->p[lc] & 0xC0) == 0x80)
+						lc--;
+					if (lc < z)
+						nz += op->s2len;
+					else
+						inz = 0;
+				}
+				from = me;
 			}
+			buf_put(o, out->p + from, out->n - from);
+			if (inz)
+				nz += z > from ? z - from : 0;
+			z = nz;
 			break;
-		case TK_N_LOWERCASE:
+		}
+		case TK_N_LOWERCASE: {
+			size_t nz = 0;
 			for (size_t i = 0; i < out->n;) {
 				size_t l;
 				uint32_t cp = utf8_cp(out->p + i, out->n - i, &l);
 				char tmp[4];
 				cp = (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp);
-				buf_put(o, tmp, utf8_put(tmp, cp));
+				size_t kl = utf8_put(tmp, cp);
+				buf_put(o, tmp, kl);
+				if (i < z)
+					nz += kl;
 				i += l;
 			}
+			z = nz;
 			break;
+		}
 		case TK_N_STRIP: {
 			size_t a = 0, b = out->n;
 			while (op->a && a < b) {
@@ -1301,6 +1341,7 @@ static void normalize(struct enc *e, const char *s, size_t n, struct buf *out)
 				b = j;
 			}
 			buf_put(o, out->p + a, b - a);
+			z = z > a ? (z < b ? z : b) - a : 0;
 			break;
 		}
 		}
@@ -1313,13 +1354,14 @@ static void normalize(struct enc *e, const char *s, size_t n, struct buf *out)
 	}
 	if (out->oom)
 		e->oom = 1;
+	*zlen = z;
 }
 
 /* Split off added tokens from trie k (tokenizers' AddedVocabulary::find_matches),
  * calling seg() for text and emitting ids for matches. */
 typedef void (*seg_fn)(struct enc *e, const char *s, size_t n, int start);
 
-static void split_added(struct enc *e, int k, const char *s, size_t n, int start, seg_fn seg)
+static void split_added(struct enc *e, int k, const char *s, size_t n, size_t zlen, seg_fn seg)
 {
 	const struct lq_tokenizer *t = e->t;
 	const struct tk_trie *tr = &t->trie[k];
@@ -1339,10 +1381,10 @@ static void split_added(struct enc *e, int k, const char *s, size_t n, int start
 				size_t j = st - 1;
 				while (j > 0 && ((unsigned char)s[j] & 0xC0) == 0x80)
 					j--;
-				before = is_alnum(utf8_cp(s + j, st - j, &l));
+				before = is_word(utf8_cp(s + j, st - j, &l));
 			}
 			if (sp < n)
-				after = is_alnum(utf8_cp(s + sp, n - sp, &l));
+				after = is_word(utf8_cp(s + sp, n - sp, &l));
 			if (before || after)
 				continue;
 		}
@@ -1367,12 +1409,12 @@ static void split_added(struct enc *e, int k, const char *s, size_t n, int start
 			}
 		}
 		if (start_off < st)
-			seg(e, s + start_off, st - start_off, start && start_off == 0);
+			seg(e, s + start_off, st - start_off, start_off < zlen);
 		emit(e, (int32_t)a->id);
 		start_off = sp;
 	}
 	if (start_off < n && !e->rc)
-		seg(e, s + start_off, n - start_off, start && start_off == 0);
+		seg(e, s + start_off, n - start_off, start_off < zlen);
 }
 
 static void seg_model(struct enc *e, const char *s, size_t n, int start)
@@ -1386,13 +1428,14 @@ static void seg_model(struct enc *e, const char *s, size_t n, int start)
 
 static void seg_raw(struct enc *e, const char *s, size_t n, int start)
 {
-	normalize(e, s, n, &e->norm);
+	size_t zlen = start ? utf8_len(s, n) : 0;
+	normalize(e, s, n, &e->norm, &zlen);
 	if (e->rc || e->oom)
 		return;
 	/* the normalized text must outlive the pieces: move it aside */
 	struct buf nb = e->norm;
 	memset(&e->norm, 0, sizeof e->norm);
-	split_added(e, 1, nb.p, nb.n, start, seg_model);
+	split_added(e, 1, nb.p, nb.n, zlen, seg_model);
 	buf_free(&nb);
 }
 

@@ -1,13 +1,14 @@
 #!/bin/sh
 # cli_tokenizer.sh - the tokenizer against Hugging Face `tokenizers` reference
-# output for the four tokenizer families (Llama 3.1, Llama 2, Qwen3, Gemma 3):
+# output for the four tokenizer families (Llama 3.1, Llama 2, Qwen3, Gemma 3)
+# and two small synthetic tokenizers that use the remaining features:
 # committed fixtures always, plus a fresh randomized comparison when the
 # Python package `tokenizers` is installed.
 . "${LQ_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}/tests/lib.sh"
 
 GEN="$LQ_BUILD/tests/gen_tok"
 FIX="$LQ_ROOT/tests/fixtures"
-SPECIALS='<|eot_id|> <|begin_of_text|> <|im_start|> <|im_end|> <think> <start_of_turn> <end_of_turn> <s> </s> <bos> <unk> <eos> <pad> <mask>'
+SPECIALS='<|eot_id|> <|begin_of_text|> <|im_start|> <|im_end|> <think> <start_of_turn> <end_of_turn> <s> </s> <bos> <unk> <eos> <pad> <mask> <tool> [word] hello_world 1234 ``'
 
 if [ ! -x "$GEN" ]; then
 	bad "missing $GEN (make tests)"
@@ -23,11 +24,17 @@ else
 	echo "skipping the randomized comparison: python package tokenizers missing"
 fi
 
-for t in llama3_1 llama2 qwen3 gemma3; do
+for t in llama3_1 llama2 qwen3 gemma3 synth_a synth_b; do
 	td="$TMP/$t"
 	mkdir -p "$td"
-	gzip -dc "$FIX/tokenizers/$t/tokenizer.json.gz" >"$td/tokenizer.json" || { bad "$t: gunzip"; continue; }
-	gzip -dc "$FIX/tokenizers/$t/tokenizer_config.json.gz" >"$td/tokenizer_config.json" || { bad "$t: gunzip"; continue; }
+	case $t in
+	synth_*)
+		cp "$FIX/tok_$t.json" "$td/tokenizer.json"
+		echo '{}' >"$td/tokenizer_config.json" ;;
+	*)
+		gzip -dc "$FIX/tokenizers/$t/tokenizer.json.gz" >"$td/tokenizer.json" || { bad "$t: gunzip"; continue; }
+		gzip -dc "$FIX/tokenizers/$t/tokenizer_config.json.gz" >"$td/tokenizer_config.json" || { bad "$t: gunzip"; continue; } ;;
+	esac
 	# committed fixtures, from JSON and through the binary blob
 	check "$t: encode/decode fixture (json)" "$GEN" "$td/tokenizer.json" "$td/tokenizer_config.json" \
 		<"$FIX/tok_input.jsonl"

@@ -7,6 +7,11 @@
       a randomized corpus (mixed scripts, whitespace, special tokens, random ids)
   tok_reference.py expected TOKENIZER_JSON < in.jsonl > expected.jsonl
       the expected output of tests/gen_tok for every input line
+  tok_reference.py synth OUTDIR
+      write the two small synthetic tokenizers tok_synth_a.json (SentencePiece style:
+      byte fallback, Metaspace "first" with split, NFKC, added tokens with
+      lstrip/rstrip/single_word/normalized) and tok_synth_b.json (byte level with
+      Lowercase/Strip/NFD normalizers, every Split behavior, RobertaProcessing)
   tok_reference.py compare-transformers DIR < in.jsonl
       report where transformers' AutoTokenizer(DIR) disagrees with `tokenizers`
 
@@ -124,6 +129,12 @@ def corpus():
         "😀" * 30,
         "日" * 100,
         "Ǆ ǅ ǆ İ ı ß ẞ ﬀ",
+        # added-token flags of the synthetic tokenizers
+        "<tool>", "a <tool> b", "a   <tool>   b", "<tool><tool>", " \n<tool>\n ",
+        "[word]", "a [word] b", "x[word]y", "a[word] b", "é[word]", "1[word]", "[word][word]",
+        "hello world", "say hello world now", "HELLO WORLD", "hello  world", "the brown fox brown",
+        "1234567 and 12 and ``quoted``", "  Hello, World-wide; test:case 123 <mask>  x <mask>",
+        "a-b--c,,d;;e::f", "UPPER Ünïcödé 12-34",
     ]
     out = [{"text": s} for s in items]
     # raw bytes, some invalid UTF-8
@@ -199,6 +210,57 @@ def expected(path):
                      "decoded_skip": tk.decode(ids, skip_special_tokens=True)}))
 
 
+SYNTH_TEXT = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "Hello world, hello tokenizer! Numbers 12345 and 3.14-2.71.",
+    "caf\u00e9 na\u00efve Z\u00fcrich, don't stop; it's fine, they're here.",
+    "def f(x):\n    return x * 2  # comment\n",
+]
+
+
+def synth(outdir):
+    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
+                            pre_tokenizers, processors, trainers)
+    # A: SentencePiece-like BPE with byte fallback
+    tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tk.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace("``", '"'),
+                                          normalizers.Replace(Regex("[0-9]{4,}"), "#")])
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=True)
+    tk.decoder = decoders.Sequence([decoders.Metaspace(prepend_scheme="first", split=True),
+                                    decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    tk.train_from_iterator(SYNTH_TEXT, trainers.BpeTrainer(vocab_size=220, special_tokens=["<unk>", "<s>", "</s>"]))
+    j = json.loads(tk.to_str())
+    vocab = j["model"]["vocab"]
+    for b in range(256):
+        vocab.setdefault("<0x%02X>" % b, len(vocab))
+    tk = Tokenizer.from_str(json.dumps(j))
+    tk.add_special_tokens([AddedToken("<tool>", lstrip=True, rstrip=True, special=True, normalized=False)])
+    tk.add_tokens([AddedToken("[word]", single_word=True, normalized=False),
+                   AddedToken("hello world", normalized=True, special=False),
+                   AddedToken("▁brown", normalized=True)])
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> $B </s>",
+                                                      special_tokens=[("<s>", 1), ("</s>", 2)])
+    tk.save(outdir + "/tok_synth_a.json")
+    # B: byte level with every Split behavior
+    tk = Tokenizer(models.BPE(ignore_merges=False))
+    tk.normalizer = normalizers.Sequence([normalizers.Strip(), normalizers.NFD(), normalizers.Lowercase(),
+                                          normalizers.Prepend("^")])
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(pattern=Regex("[0-9]"), behavior="isolated"),
+        pre_tokenizers.Split(pattern=",", behavior="removed"),
+        pre_tokenizers.Split(pattern="-", behavior="merged_with_previous"),
+        pre_tokenizers.Split(pattern=Regex("[;:]"), behavior="merged_with_next"),
+        pre_tokenizers.Split(pattern=Regex("[a-z]"), behavior="contiguous", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)])
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(SYNTH_TEXT, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>", "<pad>"],
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.post_processor = processors.RobertaProcessing(("</s>", 1), ("<s>", 0))
+    tk.add_tokens([AddedToken("<mask>", lstrip=True, special=True)])
+    tk.save(outdir + "/tok_synth_b.json")
+
+
 def compare_transformers(d):
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
@@ -229,6 +291,8 @@ def main():
             print(dumps(o))
     elif len(sys.argv) == 3 and sys.argv[1] == "expected":
         expected(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "synth":
+        synth(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "compare-transformers":
         compare_transformers(sys.argv[2])
     else:
