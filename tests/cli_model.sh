@@ -71,6 +71,20 @@ set -- $("$G" -f -n -t nf4 "$FX/configs/llama-3.1-8b.json")
 # resident without DQ: packed + fp32 absmax (436,207,616)
 [ "$3" = $((5591540224 + 436207616)) ] && ok || bad "llama-3.1-8b nf4 (no DQ) resident $3"
 
+# The same from a Llama-3.1-8B-shaped safetensors checkpoint: a real header,
+# 16 GB of data as a hole (sparse file), read by the safetensors reader.
+if "$G" -w "$tmp/llama8b.safetensors" "$FX/configs/llama-3.1-8b.json" 2> "$tmp/err"; then
+	set -- $("$G" -f -t nf4 -s "$tmp/llama8b.safetensors" "$FX/configs/llama-3.1-8b.json" 2> "$tmp/err")
+	[ "$2" = 5591540224 ] && ok || bad "sparse llama-3.1-8b nf4 footprint '$2' $(cat "$tmp/err")"
+	set -- $("$G" -f -s "$tmp/llama8b.safetensors" "$FX/configs/llama-3.1-8b.json" 2> "$tmp/err")
+	[ "$2" = 16060523008 ] && ok || bad "sparse llama-3.1-8b bf16 footprint '$2' $(cat "$tmp/err")"
+	"$G" -t nf4 -s "$tmp/llama8b.safetensors" "$FX/configs/llama-3.1-8b.json" > "$tmp/out" 2> "$tmp/err"
+	cmp -s "$tmp/out" "$FX/model/llama-3.1-8b.nf4.txt" && ok || bad "sparse llama-3.1-8b nf4 tree"
+	rm -f "$tmp/llama8b.safetensors"
+else
+	bad "cannot write a sparse checkpoint: $(cat "$tmp/err")"
+fi
+
 # JSON tree parses and lists every module (when python3 is there)
 if command -v python3 > /dev/null 2>&1; then
 	"$G" -j -t nf4 "$FX/model/llama-small.config.json" > "$tmp/tree.json"

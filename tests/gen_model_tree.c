@@ -6,6 +6,11 @@
  * usage: gen_model_tree [options] CONFIG.json
  *   -l, --tensors FILE   tensor list: "name DTYPE d0 d1 ..." per line; the
  *                        model is validated against it (warnings on stderr)
+ *   -s, --checkpoint P   validate against a safetensors checkpoint (file or
+ *                        directory) through lq_model_from_st (headers only)
+ *   -w, --write-sparse F write F: a safetensors file with the model's tensors
+ *                        (bf16, lm_head omitted when tied) whose data is a hole
+ *                        (a sparse file: a real header, no disk used), then exit
  *   -t, --qtype Q        storage plan: none (default), nf4, fp4, int8
  *   -b, --block-size N   (default 64)
  *   -n, --no-double-quant
@@ -18,8 +23,10 @@
  */
 #include "libquant.h"
 
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,18 +67,68 @@ static int parse_dtype(const char *s)
 	return -1;
 }
 
+/* A safetensors header for every (untied) parameter, data left as a hole. */
+static int write_sparse(const struct lq_model *m, const char *path)
+{
+	size_t cap = 1 << 20, o = 0;
+	char *h = malloc(cap);
+	uint64_t off = 0;
+	if (!h)
+		return 1;
+	o += (size_t)snprintf(h + o, cap - o, "{");
+	for (size_t i = 0; i < lq_model_nparams(m); i++) {
+		const struct lq_model_param *p = lq_model_param(m, i);
+		if (p->tied)
+			continue;
+		if (cap - o < 512) {
+			char *q = realloc(h, cap *= 2);
+			if (!q) {
+				free(h);
+				return 1;
+			}
+			h = q;
+		}
+		uint64_t nb = p->nelem * 2;
+		o += (size_t)snprintf(h + o, cap - o, "%s\"%s\":{\"dtype\":\"BF16\",\"shape\":[%llu", o > 1 ? "," : "",
+				      p->name, (unsigned long long)p->shape[0]);
+		if (p->ndim == 2)
+			o += (size_t)snprintf(h + o, cap - o, ",%llu", (unsigned long long)p->shape[1]);
+		o += (size_t)snprintf(h + o, cap - o, "],\"data_offsets\":[%llu,%llu]}",
+				      (unsigned long long)off, (unsigned long long)(off + nb));
+		off += nb;
+	}
+	o += (size_t)snprintf(h + o, cap - o, "}");
+	while (o % 8)
+		h[o++] = ' ';
+	unsigned char len[8];
+	for (int i = 0; i < 8; i++)
+		len[i] = (unsigned char)((uint64_t)o >> (8 * i));
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	int bad = fd < 0 || write(fd, len, 8) != 8 || write(fd, h, o) != (ssize_t)o ||
+		  ftruncate(fd, (off_t)(8 + o + off)) != 0;
+	if (fd >= 0 && close(fd))
+		bad = 1;
+	free(h);
+	if (bad)
+		fprintf(stderr, "gen_model_tree: cannot write '%s'\n", path);
+	return bad;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"tensors", required_argument, 0, 'l'}, {"qtype", required_argument, 0, 't'},
+		{"checkpoint", required_argument, 0, 's'}, {"write-sparse", required_argument, 0, 'w'},
 		{"block-size", required_argument, 0, 'b'}, {"no-double-quant", no_argument, 0, 'n'},
 		{"json", no_argument, 0, 'j'}, {"footprint", no_argument, 0, 'f'}, {0, 0, 0, 0}};
-	const char *tensors = NULL;
+	const char *tensors = NULL, *ckpt = NULL, *sparse = NULL;
 	struct lq_qparams q = {LQ_QTYPE_NONE, 64, 1};
 	int json = 0, foot = 0, c;
-	while ((c = getopt_long(argc, argv, "l:t:b:njf", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "l:t:b:njfs:w:", opts, NULL)) != -1) {
 		switch (c) {
 		case 'l': tensors = optarg; break;
+		case 's': ckpt = optarg; break;
+		case 'w': sparse = optarg; break;
 		case 't':
 			q.qtype = lq_qtype_parse(optarg);
 			if (q.qtype < 0) {
@@ -98,13 +155,30 @@ int main(int argc, char **argv)
 	}
 	struct lq_error err = {0};
 	struct lq_model *m;
-	int rc = lq_model_from_config(&m, text, len, &err);
+	int rc;
+	if (ckpt) {
+		struct lq_st *st = NULL;
+		rc = lq_st_open(&st, ckpt, &err);
+		if (!rc)
+			rc = lq_model_from_st(&m, text, len, st, &err);
+		lq_st_close(st);
+		if (!rc)
+			for (size_t i = 0; i < lq_model_nwarnings(m); i++)
+				fprintf(stderr, "gen_model_tree: warning: %s\n", lq_model_warning(m, i));
+	} else {
+		rc = lq_model_from_config(&m, text, len, &err);
+	}
 	free(text);
 	if (rc) {
 		fprintf(stderr, "gen_model_tree: %s\n", err.msg);
 		return 1;
 	}
 	const struct lq_model_config *cfg = lq_model_config(m);
+	if (sparse) {
+		rc = write_sparse(m, sparse);
+		lq_model_free(m);
+		return rc;
+	}
 	if (tensors) {
 		FILE *f = fopen(tensors, "r");
 		if (!f) {
@@ -152,17 +226,12 @@ int main(int argc, char **argv)
 	}
 	/* storage plan over the validated dtypes */
 	if (q.qtype != LQ_QTYPE_NONE) {
-		for (size_t i = 0; i < lq_model_nparams(m); i++) {
-			const struct lq_model_param *p = lq_model_param(m, i);
-			if (!p->quantize_default)
-				continue;
-			struct lq_model_storage s = {p->st.dtype, q.qtype, q.block_size, q.double_quant};
-			if (lq_model_set_storage(m, i, &s, &err)) {
-				fprintf(stderr, "gen_model_tree: %s\n", err.msg);
-				lq_model_free(m);
-				return 1;
-			}
+		if (lq_qparams_check(&q, &err)) {
+			fprintf(stderr, "gen_model_tree: %s\n", err.msg);
+			lq_model_free(m);
+			return 2;
 		}
+		lq_model_plan_quant(m, &q, 0);
 	}
 	(void)cfg;
 	char *out = NULL;
