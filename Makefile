@@ -115,7 +115,7 @@ $(BUILD)/libquant_cuda.a: $(CU_LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/gpu/test_%: $(BUILD)/gpu/test_%.o $(BUILD)/libquant_cuda.a $(BUILD)/libquant.a
-	$(NVCC) $(CUARCH) -o $@ $^ $(LIBS) -lcudart
+	$(NVCC) $(CUARCH) -Xlinker --as-needed -o $@ $^ $(LIBS)
 
 # ---------------------------------------------------------------- checks
 check: cuda-msg
