@@ -189,6 +189,15 @@ const float *lq_nf4_table(void);
 const float *lq_fp4_table(void);
 const float *lq_dynamic_map(void);
 
+/*
+ * lq_quantize reading n elements of a source buffer of dtype LQ_DTYPE_F32,
+ * _F16 or _BF16 directly (converted block by block in the workers, so no fp32
+ * copy of the tensor is needed).  Same bytes as lq_quantize of the converted
+ * floats.  LQ_ERR_INVALID for another dtype.  Caller-owned buffers as above.
+ */
+int lq_quantize_src(const struct lq_qparams *p, const void *src, int dtype, uint64_t n,
+		    struct lq_qbuf *out, float *work, int nthreads);
+
 /* ----------------------------------------------------------- safetensors */
 
 /* One tensor of a safetensors checkpoint. */

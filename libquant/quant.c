@@ -715,8 +715,8 @@ static void run_split(struct qtask *proto, uint64_t count, uint64_t min_units, i
 	}
 }
 
-static int quantize_fast(const struct lq_qparams *p, const void *src, int dtype, uint64_t n,
-			 struct lq_qbuf *out, float *work, int nthreads)
+int lq_quantize_src(const struct lq_qparams *p, const void *src, int dtype, uint64_t n,
+		    struct lq_qbuf *out, float *work, int nthreads)
 {
 	int rc = check_quant_args(p, src, n, out, work);
 	if (rc != LQ_OK)
@@ -740,7 +740,7 @@ static int quantize_fast(const struct lq_qparams *p, const void *src, int dtype,
 int lq_quantize(const struct lq_qparams *p, const float *x, uint64_t n, struct lq_qbuf *out,
 		float *work, int nthreads)
 {
-	return quantize_fast(p, x, LQ_DTYPE_F32, n, out, work, nthreads);
+	return lq_quantize_src(p, x, LQ_DTYPE_F32, n, out, work, nthreads);
 }
 
 int lq_dequantize(const struct lq_qparams *p, const struct lq_qbuf *in, uint64_t n, float *y,

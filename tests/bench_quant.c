@@ -74,6 +74,17 @@ int main(int argc, char **argv)
 				report(what, n, best);
 			}
 			if (qi == 0) {
+				for (int th = 1; th <= 2; th++) {
+					double best = 1e30;
+					for (int r = 0; r < reps; r++) {
+						double t0 = now();
+						lq_quantize_src(&p, h, LQ_DTYPE_BF16, n, &b, work, th);
+						double t = now() - t0;
+						best = t < best ? t : best;
+					}
+					snprintf(what, sizeof what, "quantize_src nf4 dq%d bf16 threads %d", dq, th);
+					report(what, n, best);
+				}
 				/* bf16 source converted by lq_to_f32 first (one thread) */
 				double best = 1e30;
 				for (int r = 0; r < reps; r++) {

@@ -391,8 +391,10 @@ static void check_fixture_case(const struct lq_st *st, const char *tn, const flo
 	qt_init(&f, qtype, 64, dq, n);
 	CHECK_OK(lq_quantize(&f.p, x, n, &f.b, f.work, 2), (struct lq_error *)NULL);
 	CHECK(qt_equal(&r, &f), "%s %s dq%d: fast path differs", tn, qn, dq);
-	(void)src;
-	(void)src_dtype;
+	qt_free(&f);
+	qt_init(&f, qtype, 64, dq, n);
+	CHECK_OK(lq_quantize_src(&f.p, src, src_dtype, n, &f.b, f.work, 2), (struct lq_error *)NULL);
+	CHECK(qt_equal(&r, &f), "%s %s dq%d: fast path from the source dtype differs", tn, qn, dq);
 	qt_free(&f);
 
 	/* dequantize from bnb's own parts; bnb casts to the input dtype */
@@ -516,7 +518,10 @@ static void test_ref_vs_fast(void)
 		case 0: n = 1 + rnd() % 200; break;
 		case 1: n = (uint64_t)bs * (1 + rnd() % 8); break;
 		case 2: n = 1 + rnd() % 70000; break;
-		default: n = (uint64_t)bs * (256 + rnd() % 300) + rnd() % (uint64_t)bs; break;
+		default:
+			n = (uint64_t)bs * (256 + rnd() % 300);
+			n += rnd() % (uint64_t)bs;
+			break;
 		}
 		if (n > 600000)
 			n = 600000 + (n & 1);
@@ -552,6 +557,26 @@ static void test_ref_vs_fast(void)
 			free(codes);
 			free(nested);
 			qt_free(&nd);
+		}
+		/* from bf16/f16 sources: the same bytes as from their floats */
+		{
+			int dt = (iter & 1) ? LQ_DTYPE_BF16 : LQ_DTYPE_F16;
+			uint16_t *h = malloc(n * 2 + 2);
+			float *xc = malloc(n * sizeof *xc + 4);
+			for (uint64_t i = 0; i < n; i++)
+				h[i] = dt == LQ_DTYPE_BF16 ? lq_f32_to_bf16(x[i]) : lq_f32_to_f16(x[i]);
+			lq_to_f32(xc, h, dt, n);
+			struct qt a, c;
+			qt_init(&a, qtype, bs, dq, n);
+			qt_init(&c, qtype, bs, dq, n);
+			CHECK_OK(lq_quantize_ref(&a.p, xc, n, &a.b, a.work), (struct lq_error *)NULL);
+			CHECK_OK(lq_quantize_src(&c.p, h, dt, n, &c.b, c.work, threads), (struct lq_error *)NULL);
+			CHECK(qt_equal(&a, &c), "quantize_src %s: qtype %d bs %d dq %d n %llu", lq_dtype_name(dt),
+			      qtype, bs, dq, (unsigned long long)n);
+			qt_free(&a);
+			qt_free(&c);
+			free(h);
+			free(xc);
 		}
 		float *y1 = malloc(n * sizeof *y1 + 4), *y2 = malloc(n * sizeof *y2 + 4);
 		CHECK_OK(lq_dequantize_ref(&r.p, &r.b, n, y1), (struct lq_error *)NULL);
@@ -684,6 +709,7 @@ static void test_api(void)
 	CHECK(lq_quantize(&p, x, 64, &b, NULL, 0) == LQ_OK && s[0] == 1.0f && d[0] == 0xf7,
 	      "nthreads 0 runs on the caller: %02x", d[0]);
 	CHECK(lq_quantize(&p, x, 64, &b, NULL, 1000) == LQ_OK, "nthreads 1000");
+	CHECK(lq_quantize_src(&p, x, LQ_DTYPE_I8, 64, &b, NULL, 1) == LQ_ERR_INVALID, "src dtype I8");
 }
 
 int main(void)
