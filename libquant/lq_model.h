@@ -288,8 +288,14 @@ struct lq_model_tensor {
  * lm_head.weight with untied embeddings is accepted as tied (with a warning),
  * as transformers does when tie_word_embeddings is set.  Tensors that belong
  * to no module (e.g. rotary inv_freq in old checkpoints) are warnings.
- * On success the storage of each parameter is taken from the list.  The
- * strings are copied; the list need not outlive the call.
+ * On success the storage of each parameter is taken from the list.  A
+ * checkpoint saved by transformers with bitsandbytes 4-bit layers is
+ * recognised: a Linear weight stored as uint8 [ceil(n/2), 1] with its
+ * NAME.absmax / .nested_absmax / .quant_map / .nested_quant_map /
+ * .quant_state.bitsandbytes__nf4|fp4 companions is NF4/FP4 (block size from
+ * the absmax count, double quant when nested_absmax is there).  The strings
+ * are copied; the list need not outlive the call.  On error the storage and
+ * presence flags may be partly updated (validate again before using them).
  */
 int lq_model_validate(struct lq_model *m, const struct lq_model_tensor *t, size_t n,
 		      struct lq_error *err);

@@ -937,7 +937,8 @@ static int build_tree(struct lq_model *m, const struct arch_desc *a, struct lq_e
 
 	/* buffers */
 	if (!b.oom) {
-		static const char *const rn[2] = {"inv_freq", "original_inv_freq"};
+		static const char *const rn[2] = {"model.rotary_emb.inv_freq",
+						  "model.rotary_emb.original_inv_freq"};
 		if (a->scaled_embed) {
 			struct lq_model_buffer *bf = &m->bufs[m->nbufs++];
 			bf->name = "model.embed_tokens.embed_scale";
@@ -948,8 +949,7 @@ static int build_tree(struct lq_model *m, const struct arch_desc *a, struct lq_e
 		}
 		for (int i = 0; i < 2; i++) {
 			struct lq_model_buffer *bf = &m->bufs[m->nbufs++];
-			bf->name = i ? "model.rotary_emb.original_inv_freq" : "model.rotary_emb.inv_freq";
-			(void)rn;
+			bf->name = rn[i];
 			bf->module = rot;
 			bf->dtype = LQ_DTYPE_F32;
 			bf->ndim = 1;
@@ -1191,29 +1191,66 @@ static int add_warning(struct lq_model *m, const char *fmt, ...)
 	return 0;
 }
 
-int lq_model_validate(struct lq_model *m, const struct lq_model_tensor *t, size_t n,
-		      struct lq_error *err)
+/*
+ * Statistics tensors of a checkpoint saved by transformers with bitsandbytes
+ * 4-bit layers (bnb-format.md 3.1): NAME.weight.absmax, ... belong to the
+ * Linear whose weight is NAME.weight.
+ */
+enum { BNB_PACKED = 1, BNB_ABSMAX = 2, BNB_NESTED = 4, BNB_NF4 = 8, BNB_FP4 = 16 };
+static const struct {
+	const char *suffix;
+	int flag;
+} bnb_suffixes[] = {
+	{".absmax", BNB_ABSMAX},
+	{".nested_absmax", BNB_NESTED},
+	{".quant_map", 0},
+	{".nested_quant_map", 0},
+	{".quant_state.bitsandbytes__nf4", BNB_NF4},
+	{".quant_state.bitsandbytes__fp4", BNB_FP4},
+};
+
+/* The Linear weight parameter a bnb statistics tensor belongs to, or -1. */
+static long bnb_owner(const struct lq_model *m, const char *name, int *flag)
+{
+	size_t n = strlen(name);
+	for (size_t k = 0; k < sizeof bnb_suffixes / sizeof bnb_suffixes[0]; k++) {
+		size_t sl = strlen(bnb_suffixes[k].suffix);
+		if (n <= sl || strcmp(name + n - sl, bnb_suffixes[k].suffix) || n - sl >= 512)
+			continue;
+		char base[512];
+		memcpy(base, name, n - sl);
+		base[n - sl] = 0;
+		long p = lq_model_find_param(m, base);
+		if (p >= 0 && m->params[p].is_linear_weight) {
+			*flag = bnb_suffixes[k].flag;
+			return p;
+		}
+	}
+	return -1;
+}
+
+static int validate_list(struct lq_model *m, const struct lq_model_tensor *t, size_t n,
+			 unsigned char *bnb, uint64_t *absmax_n, struct lq_error *err)
 {
 	char a[160], b[160];
-	clear_validation(m);
-	if (n && !t)
-		return lq_fail(err, LQ_ERR_INVALID, "no tensor list");
-	for (size_t i = 0; i < m->nparams; i++) {
-		m->params[i].present = 0;
-		m->params[i].src_index = -1;
-	}
-	if (n && !(m->extras = calloc(n, sizeof *m->extras)))
-		return lq_fail(err, LQ_ERR_NOMEM, "out of memory");
 	for (size_t i = 0; i < n; i++) {
 		const struct lq_model_tensor *x = &t[i];
 		if (!x->name || x->ndim < 0 || x->ndim > LQ_MAX_DIMS)
 			return lq_fail(err, LQ_ERR_INVALID, "tensor %zu: bad name or rank", i);
+		uint64_t ne = 1;
+		for (int d = 0; d < x->ndim; d++)
+			if (!lq_mul_u64(ne, x->shape[d], &ne))
+				return lq_fail(err, LQ_ERR_SHAPE, "tensor '%s': shape overflows", x->name);
 		long p = lq_model_find_param(m, x->name);
 		if (p < 0) {
-			uint64_t ne = 1;
-			for (int d = 0; d < x->ndim; d++)
-				if (!lq_mul_u64(ne, x->shape[d], &ne))
-					return lq_fail(err, LQ_ERR_SHAPE, "tensor '%s': shape overflows", x->name);
+			int flag = 0;
+			long o = bnb_owner(m, x->name, &flag);
+			if (o >= 0) {
+				bnb[o] |= (unsigned char)flag;
+				if (flag == BNB_ABSMAX)
+					absmax_n[o] = ne;
+				continue;
+			}
 			struct extra_tensor *e = &m->extras[m->nextras++];
 			e->name = lq_arena_strdup(&m->varena, x->name);
 			e->dtype = x->dtype;
@@ -1233,7 +1270,11 @@ int lq_model_validate(struct lq_model *m, const struct lq_model_tensor *t, size_
 		int same = x->ndim == q->ndim;
 		for (int d = 0; same && d < q->ndim; d++)
 			same = x->shape[d] == q->shape[d];
-		if (!same) {
+		/* a bitsandbytes 4-bit weight: uint8 [ceil(n/2), 1] */
+		int packed = !same && q->is_linear_weight && x->qtype == LQ_QTYPE_NONE &&
+			     x->dtype == LQ_DTYPE_U8 && x->ndim == 2 && x->shape[1] == 1 &&
+			     x->shape[0] == (q->nelem + 1) / 2;
+		if (!same && !packed) {
 			fmt_shape(a, sizeof a, x->ndim, x->shape);
 			fmt_shape(b, sizeof b, q->ndim, q->shape);
 			return lq_fail(err, LQ_ERR_SHAPE,
@@ -1244,6 +1285,11 @@ int lq_model_validate(struct lq_model *m, const struct lq_model_tensor *t, size_
 			return lq_fail(err, LQ_ERR_UNSUPPORTED, "tensor '%s': unsupported dtype", x->name);
 		struct lq_model_storage s = {x->dtype, x->qtype, x->block_size ? x->block_size : 64,
 					     x->double_quant};
+		if (packed) {
+			bnb[p] |= BNB_PACKED;
+			s.dtype = m->cfg.dtype;
+			s.qtype = LQ_QTYPE_NF4; /* settled below from the quant_state name */
+		}
 		int rc = storage_check(&s, x->name, err);
 		if (rc)
 			return rc;
@@ -1255,6 +1301,20 @@ int lq_model_validate(struct lq_model *m, const struct lq_model_tensor *t, size_
 	}
 	for (size_t i = 0; i < m->nparams; i++) {
 		struct lq_model_param *q = &m->params[i];
+		if (bnb[i] & BNB_PACKED) {
+			q->st.qtype = bnb[i] & BNB_FP4 ? LQ_QTYPE_FP4 : LQ_QTYPE_NF4;
+			q->st.double_quant = !!(bnb[i] & BNB_NESTED);
+			/* block size from the number of absmax values */
+			for (int bs = 32; absmax_n[i] && bs <= 4096; bs *= 2)
+				if ((q->nelem + (uint64_t)bs - 1) / (uint64_t)bs == absmax_n[i]) {
+					q->st.block_size = bs;
+					break;
+				}
+		} else if (bnb[i]) {
+			return lq_fail(err, LQ_ERR_FORMAT,
+				       "tensor '%s' has bitsandbytes statistics but is not a packed 4-bit weight",
+				       q->name);
+		}
 		if (q->present)
 			continue;
 		if (q->role == LQ_ROLE_LM_HEAD) {
@@ -1278,6 +1338,28 @@ int lq_model_validate(struct lq_model *m, const struct lq_model_tensor *t, size_
 			m->params[h].name))
 		return lq_fail(err, LQ_ERR_NOMEM, "out of memory");
 	return LQ_OK;
+}
+
+int lq_model_validate(struct lq_model *m, const struct lq_model_tensor *t, size_t n,
+		      struct lq_error *err)
+{
+	clear_validation(m);
+	if (n && !t)
+		return lq_fail(err, LQ_ERR_INVALID, "no tensor list");
+	for (size_t i = 0; i < m->nparams; i++) {
+		struct lq_model_param *q = &m->params[i];
+		q->present = 0;
+		q->src_index = -1;
+		q->tied = q->role == LQ_ROLE_LM_HEAD && m->cfg.tie_word_embeddings;
+	}
+	unsigned char *bnb = calloc(m->nparams + 1, 1);
+	uint64_t *absmax_n = calloc(m->nparams + 1, sizeof *absmax_n);
+	m->extras = calloc(n + 1, sizeof *m->extras);
+	int rc = bnb && absmax_n && m->extras ? validate_list(m, t, n, bnb, absmax_n, err)
+					      : lq_fail(err, LQ_ERR_NOMEM, "out of memory");
+	free(bnb);
+	free(absmax_n);
+	return rc;
 }
 
 size_t lq_model_nwarnings(const struct lq_model *m) { return m->nwarnings; }

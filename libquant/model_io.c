@@ -27,7 +27,7 @@ void lq_model_plan_quant(struct lq_model *m, const struct lq_qparams *q, int qua
 	}
 }
 
-static int validate_list(struct lq_model *m, struct lq_model_tensor *t, size_t n,
+static int validate_and_free(struct lq_model *m, struct lq_model_tensor *t, size_t n,
 			 struct lq_error *err)
 {
 	int rc = lq_model_validate(m, t, n, err);
@@ -57,7 +57,7 @@ int lq_model_from_st(struct lq_model **out, const char *config, size_t len,
 		t[i].dtype = s->dtype;
 		t[i].qtype = LQ_QTYPE_NONE;
 	}
-	if ((rc = validate_list(m, t, n, err))) {
+	if ((rc = validate_and_free(m, t, n, err))) {
 		lq_model_free(m);
 		return rc;
 	}
@@ -91,7 +91,7 @@ int lq_model_from_lq(struct lq_model **out, const struct lq_file *f, struct lq_e
 		t[i].block_size = s->block_size;
 		t[i].double_quant = s->double_quant;
 	}
-	if ((rc = validate_list(m, t, n, err))) {
+	if ((rc = validate_and_free(m, t, n, err))) {
 		lq_model_free(m);
 		return rc;
 	}

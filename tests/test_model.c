@@ -393,6 +393,7 @@ static void test_validate(void)
 		}
 	}
 	CHECK_OK(lq_model_validate(m, t, n, &err), &err);
+	CHECK(lq_model_nwarnings(m) == 0); /* lm_head is back: untied again */
 	char *txt = NULL;
 	size_t len = 0;
 	CHECK_OK(lq_model_tree_text(m, &txt, &len, &err), &err);
@@ -433,6 +434,71 @@ static void test_validate(void)
 	      strstr(js, "\"tensor\":\"model.layers.1.mlp.down_proj.weight\"") &&
 	      strstr(js, "\"shape\":[64,160]") && strstr(js, "\"inv_freq\""), "%.300s", js ? js : "");
 	free(js);
+	lq_model_free(m);
+}
+
+/* A checkpoint saved by transformers with bitsandbytes 4-bit layers. */
+static void test_bnb_checkpoint(void)
+{
+	struct lq_error err = {0};
+	struct lq_model *m = load(small, &err);
+	if (!m)
+		return;
+	static struct lq_model_tensor t[512];
+	static char names[512][128];
+	for (int v = 0; v < 2; v++) {
+		int dq = v == 0, bs = v == 0 ? 64 : 128;
+		const char *qs = v == 0 ? "nf4" : "fp4";
+		size_t n = 0;
+		lq_model_plan(m, NULL, LQ_DTYPE_BF16);
+		for (size_t i = 0; i < lq_model_nparams(m); i++) {
+			const struct lq_model_param *p = lq_model_param(m, i);
+			struct lq_model_tensor *x = &t[n++];
+			memset(x, 0, sizeof *x);
+			x->name = p->name;
+			x->ndim = p->ndim;
+			x->shape[0] = p->shape[0];
+			x->shape[1] = p->shape[1];
+			x->dtype = LQ_DTYPE_BF16;
+			if (!p->quantize_default)
+				continue;
+			x->dtype = LQ_DTYPE_U8;
+			x->shape[0] = (p->nelem + 1) / 2;
+			x->shape[1] = 1;
+			uint64_t nb = (p->nelem + (uint64_t)bs - 1) / (uint64_t)bs;
+			const char *suf[5] = {"absmax", "quant_map", "quant_state.bitsandbytes__",
+					      "nested_absmax", "nested_quant_map"};
+			uint64_t shp[5] = {nb, 16, 100, (nb + 255) / 256, 256};
+			for (int k = 0; k < (dq ? 5 : 3); k++) {
+				x = &t[n];
+				memset(x, 0, sizeof *x);
+				snprintf(names[n], sizeof names[n], "%s.%s%s", p->name, suf[k], k == 2 ? qs : "");
+				x->name = names[n];
+				x->ndim = 1;
+				x->shape[0] = shp[k];
+				x->dtype = k == 0 && dq ? LQ_DTYPE_U8 : k == 2 ? LQ_DTYPE_U8 : LQ_DTYPE_F32;
+				n++;
+			}
+		}
+		CHECK_OK(lq_model_validate(m, t, n, &err), &err);
+		CHECK(lq_model_nwarnings(m) == 0, "%s", lq_model_warning(m, 0));
+		long q = lq_model_find_param(m, "model.layers.1.mlp.down_proj.weight");
+		const struct lq_model_param *p = lq_model_param(m, (size_t)q);
+		CHECK(p->st.qtype == (v ? LQ_QTYPE_FP4 : LQ_QTYPE_NF4) && p->st.block_size == bs &&
+		      p->st.double_quant == dq && p->st.dtype == LQ_DTYPE_BF16);
+		struct lq_footprint a, b;
+		CHECK_OK(lq_model_footprint(m, &a, &err), &err);
+		struct lq_qparams qp = {v ? LQ_QTYPE_FP4 : LQ_QTYPE_NF4, bs, dq};
+		lq_model_plan(m, &qp, LQ_DTYPE_BF16);
+		CHECK_OK(lq_model_footprint(m, &b, &err), &err);
+		CHECK(a.hf_bytes == b.hf_bytes && a.resident_bytes == b.resident_bytes && a.n_params == b.n_params);
+	}
+	/* statistics without a packed weight */
+	t[0].name = "model.layers.0.self_attn.q_proj.weight.absmax";
+	t[0].shape[0] = 64;
+	t[0].ndim = 1;
+	size_t n = small_tensors(m, t + 1, 1) + 1;
+	CHECK(lq_model_validate(m, t, n, &err) == LQ_ERR_FORMAT && strstr(err.msg, "bitsandbytes"), "%s", err.msg);
 	lq_model_free(m);
 }
 
@@ -579,6 +645,7 @@ out:
 int main(void)
 {
 	test_io();
+	test_bnb_checkpoint();
 	test_llama();
 	test_arch_params();
 	test_bad_configs();
