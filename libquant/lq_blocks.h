@@ -21,7 +21,11 @@
  * docs/bnb-format.md sections 1.3 and 2.3): s = x * (1.0f / absmax), then
  * lq_nf4_encode(s) / lq_fp4_encode(s); the scales' 8-bit codes come from
  * lq_dyn8_encode() over the signed dynamic map.  Decoding is
- * table[code] * absmax in float32.
+ * table[code] * absmax in float32; with double quant the scale is first
+ * rebuilt as (map[code8[b]] * nested[b >> 8]) + offset, two float32
+ * roundings (no FMA).  INT8: q = lq_int8_encode(x * (127.0f / absmax)),
+ * w = (float)q * (absmax * (1.0f / 127.0f)).  (bnb's CUDA build computes
+ * 1.0f / absmax with an approximate reciprocal; see quant.c.)
  *
  * The tables are given as initializer lists of float32 bit patterns
  * (LQ_*_BITS_INIT) so that C code can make a const array and CUDA code a
