@@ -333,19 +333,23 @@ static int32_t added_find(const struct lq_tokenizer *t, const char *s, size_t n)
 	}
 }
 
+static uint32_t merge_hash(uint32_t a, uint32_t b)
+{
+	return (uint32_t)((((uint64_t)a << 32 | b) * 0x9E3779B97F4A7C15ULL) >> 29);
+}
+
 /* rank of the merge (a, b) or -1 */
 static int64_t merge_find(const struct lq_tokenizer *t, uint32_t a, uint32_t b)
 {
-	if (!t->mh_key)
+	if (!t->mh)
 		return -1;
-	uint64_t key = (uint64_t)a << 32 | b;
-	uint32_t i = (uint32_t)hash_u64(key) & t->mh_mask;
+	uint32_t i = merge_hash(a, b) & t->mh_mask;
 	for (;;) {
-		uint32_t v = t->mh_val[i];
-		if (!v)
+		const struct tk_mslot *m = &t->mh[i];
+		if (!m->r1)
 			return -1;
-		if (t->mh_key[i] == key)
-			return (int64_t)v - 1;
+		if (m->a == a && m->b == b)
+			return (int64_t)m->r1 - 1;
 		i = (i + 1) & t->mh_mask;
 	}
 }
@@ -491,10 +495,9 @@ int tk_finish(struct lq_tokenizer *t, const char *label, struct lq_error *err)
 	/* may be called again after more tables were filled in */
 	free(t->vh);
 	free(t->ah);
-	free(t->mh_key);
-	free(t->mh_val);
-	t->vh = t->ah = t->mh_val = NULL;
-	t->mh_key = NULL;
+	free(t->mh);
+	t->vh = t->ah = NULL;
+	t->mh = NULL;
 	trie_free(&t->trie[0]);
 	trie_free(&t->trie[1]);
 	/* validate strings (blobs are hostile; JSON strings are valid already) */
@@ -561,20 +564,24 @@ int tk_finish(struct lq_tokenizer *t, const char *label, struct lq_error *err)
 	/* merges: a later duplicate pair replaces an earlier one (as a HashMap collect) */
 	cap = table_size(t->n_merges);
 	t->mh_mask = cap - 1;
-	t->mh_key = calloc(cap, sizeof *t->mh_key);
-	t->mh_val = calloc(cap, sizeof *t->mh_val);
-	if (!t->mh_key || !t->mh_val)
+	t->mh = calloc(cap, sizeof *t->mh);
+	if (!t->mh)
 		return lq_fail(err, LQ_ERR_NOMEM, "%s: out of memory", label);
 	for (uint32_t r = 0; r < t->n_merges; r++) {
 		uint32_t a = t->merges[3 * r], b = t->merges[3 * r + 1], c = t->merges[3 * r + 2];
 		if (a >= t->n_ids || b >= t->n_ids || c >= t->n_ids)
 			return lq_fail(err, LQ_ERR_FORMAT, "%s: merge %u: id out of range", label, r);
-		uint64_t key = (uint64_t)a << 32 | b;
-		uint32_t i = (uint32_t)hash_u64(key) & t->mh_mask;
-		while (t->mh_val[i] && t->mh_key[i] != key)
+		uint32_t i = merge_hash(a, b) & t->mh_mask;
+		while (t->mh[i].r1 && !(t->mh[i].a == a && t->mh[i].b == b))
 			i = (i + 1) & t->mh_mask;
-		t->mh_key[i] = key;
-		t->mh_val[i] = r + 1;
+		t->mh[i].a = a;
+		t->mh[i].b = b;
+		t->mh[i].r1 = r + 1;
+	}
+	/* ids of single characters */
+	for (uint32_t cp = 0; cp < 2048; cp++) {
+		char u[4];
+		t->cid[cp] = tk_vocab_find(t, u, utf8_put(u, cp));
 	}
 	/* byte fallback ids */
 	for (int b = 0; b < 256; b++) {
@@ -673,8 +680,7 @@ void lq_tokenizer_free(struct lq_tokenizer *t)
 	pcre2_code_free(t->gpt2_re);
 	free(t->vh);
 	free(t->ah);
-	free(t->mh_key);
-	free(t->mh_val);
+	free(t->mh);
 	trie_free(&t->trie[0]);
 	trie_free(&t->trie[1]);
 	lq_arena_free(&t->arena);
@@ -1148,7 +1154,14 @@ static void bpe(struct enc *e, const char *s, size_t n)
 	int have_unk = 0;
 	for (size_t i = 0; i < n;) {
 		size_t cl = utf8_len(s + i, n - i);
-		int32_t id = tk_vocab_find(t, s + i, cl);
+		int32_t id;
+		unsigned char c0 = (unsigned char)s[i];
+		if (c0 < 0x80)
+			id = t->cid[c0];
+		else if (cl == 2 && c0 >= 0xC2 && ((unsigned char)s[i + 1] & 0xC0) == 0x80)
+			id = t->cid[(c0 & 0x1F) << 6 | ((unsigned char)s[i + 1] & 0x3F)];
+		else
+			id = tk_vocab_find(t, s + i, cl);
 		if (id >= 0) {
 			if (have_unk) {
 				sym_add(e, unk, unk_len);
@@ -1198,8 +1211,9 @@ static void bpe(struct enc *e, const char *s, size_t n)
 			continue;
 		size_t nx = (size_t)cur->next;
 		struct sym right = e->syms[nx];
-		int64_t r = merge_find(t, (uint32_t)cur->id, (uint32_t)right.id);
-		if (r < 0 || (int32_t)t->merges[3 * r + 2] != top.id)
+		/* stale entry? (the rank names one pair, the last one listed) */
+		if (t->merges[3 * top.rank] != (uint32_t)cur->id ||
+		    t->merges[3 * top.rank + 1] != (uint32_t)right.id)
 			continue;
 		cur->id = top.id;
 		cur->len += right.len;

@@ -96,8 +96,9 @@ struct lq_tokenizer {
 	/* hash tables */
 	uint32_t vh_mask, *vh;           /* vocab: slot = id + 1 */
 	uint32_t ah_mask, *ah;           /* added content: slot = index + 1 */
-	uint32_t mh_mask, *mh_val;       /* merges: slot = rank + 1 */
-	uint64_t *mh_key;
+	uint32_t mh_mask;                /* merges: pair -> rank + 1 (0 = empty) */
+	struct tk_mslot { uint32_t a, b, r1; } *mh;
+	int32_t cid[2048];               /* vocab id of each code point < 2048, or -1 */
 	/* model options */
 	int byte_fallback, fuse_unk, ignore_merges;
 	int32_t model_unk;               /* model unk_token id or -1 */
