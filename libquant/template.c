@@ -25,7 +25,7 @@
 
 #define MAX_DEPTH 200               /* parser nesting and evaluation recursion */
 #define MAX_STEPS 20000000u         /* evaluation steps per rendering */
-#define MAX_MEMORY (512u << 20)     /* bytes allocated per rendering */
+#define MAX_MEMORY (256u << 20)     /* bytes allocated per rendering */
 #define DEFAULT_MAX_OUTPUT (16u << 20)
 #define MAX_RANGE 100000            /* as jinja2's sandbox */
 
@@ -3446,25 +3446,24 @@ static struct val *apply_filter(struct ctx *c, int id, struct val *v, const stru
 			memset(sp, ' ', (size_t)k);
 			ind = mkstr_ref(c, sp, (size_t)k);
 		}
+		/* jinja2: lines = (s + "\n").splitlines(); the first line is not indented,
+		   empty lines only with blank=True */
 		struct val *sv = str_of(c, v);
 		struct sb r = { 0 };
 		if (first)
 			sb_put(c, &r, ind->u.s.s, ind->u.s.n);
 		const char *p = sv->u.s.s;
-		size_t len = sv->u.s.n, i = 0, line = 0;
-		while (i <= len) {
+		size_t len = sv->u.s.n, i = 0;
+		for (size_t line = 0;; line++) {
 			size_t j = i;
 			while (j < len && p[j] != '\n' && p[j] != '\r')
 				j++;
-			if (j >= len && i == len && line > 0)
-				break; /* the text ended with a newline */
 			if (line > 0) {
 				sb_puts(c, &r, "\n");
 				if (blank || j > i)
 					sb_put(c, &r, ind->u.s.s, ind->u.s.n);
 			}
 			sb_put(c, &r, p + i, j - i);
-			line++;
 			if (j >= len)
 				break;
 			i = j + (p[j] == '\r' && j + 1 < len && p[j + 1] == '\n' ? 2 : 1);

@@ -118,6 +118,73 @@ EXTRA_CASES = [
     ("tools_only_system", [S("Use tools wisely."), U("Weather?")], TOOLS, None),
 ]
 
+# Language-feature cases for test_template.c: (template, extra variables).  Rendered
+# with messages = FEATURE_MESSAGES and transformers' jinja environment.
+FEATURE_MESSAGES = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi there"},
+                    {"role": "assistant", "content": " ok "}]
+FEATURES = [
+    ("{{ 'a' ~ 1 ~ none ~ true ~ 2.5 }}", None),
+    ("{{ 1 + 2 * 3 - 4 / 2 }} {{ (1 + 2) * 3 }} {{ -2 ** 2 }} {{ 2 ** -1 }} {{ +3 }}", None),
+    ("{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 2 ** 10 }} {{ 7.5 // 2 }} {{ -7.5 % 2 }} {{ 7 % -3 }}", None),
+    ("{{ 0.1 + 0.2 }} {{ 1e20 }} {{ 1.5e-7 }} {{ 1/3 }} {{ 10/4 }} {{ 3.0 }} {{ 1e16 }} {{ 123456789.125 }} {{ 0.0001 }} {{ -0.0 }} {{ 1e15 }} {{ 2.5e-5 }}", None),
+    ("{{ 'abc'[1] }}{{ 'h\u00e9llo'[1:3] }}{{ 'abc'[::-1] }}{{ 'abcdef'[-2:] }}{{ 'abcdef'[::2] }}{{ 'abcdef'[5:1:-2] }}{{ 'abc'[-1] }}{{ 'abc'[10:] }}|{{ '\u4f60\u597d\u4e16\u754c'[1:-1] }}", None),
+    ("{{ [1,2,3][-1] }}{{ [1,2,3][:2] }}{{ [1,2,3][::-1] }}{{ (1,2) }}{{ (1,) }}{{ () }}{{ [] }}{{ {} }}{{ [1,2,3][1:][0] }}{{ [1, [2, [3]]] }}", None),
+    ("{{ {'a': 1, 'b': [1, 'x'], 'c': none, 'd': true, 'e': 1.5, 2: 'two'} }}", None),
+    ("{{ [\"it's\", 'say \"hi\"', \"both ' \\\"\", 'nl\\n', 'tab\\t', '\\x01', '\u00e9', '\\\\', '\\u2028', '\\x7f'] }}", None),
+    ("{{ 'a' in 'cat' }}{{ 1 in [1,2] }}{{ 'k' in {'k':1} }}{{ 'z' not in 'cat' }}{{ '' in 'x' }}{{ 3 not in [1] }}", None),
+    ("{{ 1 < 2 }}{{ 'a' < 'b' }}{{ [1,2] < [1,3] }}{{ 1 == 1.0 }}{{ true == 1 }}{{ none == none }}{{ 1 < 2 < 3 }}{{ 3 > 2 > 5 }}{{ 'a' != 'b' }}{{ [1] == [1] }}{{ {'a':1} == {'a':1} }}{{ (1,2) == [1,2] }}{{ 2 >= 2 }}{{ 1 <= 0 }}", None),
+    ("{{ 0 or 'x' }}{{ 'a' and 'b' }}[{{ '' and 'b' }}]{{ none or none }}{{ not 0 }}{{ not [] }}{{ 1 and 0 }}", None),
+    ("{{ 'y' if true else 'n' }}{{ 'y' if false else 'n' }}[{{ 'y' if false }}]{{ 'a' if 0 else 'b' if 1 else 'c' }}", None),
+    ("{% set x = 1 %}{% for i in [1,2,3] %}{{ x }}{% set x = x + i %}{{ x }},{% endfor %}{{ x }}", None),
+    ("{% if true %}{% set y = 5 %}{% endif %}{{ y }}{% for i in [1,2] %}{% if i == 1 %}{% set z = 7 %}{% endif %}[{{ z }}]{% endfor %}", None),
+    ("{% set ns = namespace(n=0, s='') %}{% for i in range(5) %}{% set ns.n = ns.n + i %}{% set ns.s = ns.s ~ i %}{% endfor %}{{ ns.n }} {{ ns.s }}", None),
+    ("{% set ns = namespace() %}{% set ns.found = false %}{% for m in messages %}{% if m.role == 'user' %}{% set ns.found = true %}{% endif %}{% endfor %}{{ ns.found }}", None),
+    ("{% for x in 'abc' %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.revindex0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }}|{% endfor %}", None),
+    ("{% for x in [] %}x{% else %}empty{% endfor %}{% for x in [1,2,3,4] if x is even %}{{ x }}{{ loop.last }}{{ loop.length }}{% endfor %}{% for x in none_var %}no{% endfor %}", None),
+    ("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}{% for k, v in {'x': 'y'}|items %}{{ k }}{{ v }}{% endfor %}{% set a, b = [1, 2] %}{{ a }}{{ b }}{% for (p, q) in [[1, 2], [3, 4]] %}{{ p + q }}{% endfor %}", None),
+    ("{% for i in [1,2] %}{% for j in 'ab' %}{{ loop.index }}{{ j }}{% endfor %}{{ loop.index }}{% endfor %}", None),
+    ("{% for i in range(10) %}{% if i == 2 %}{% continue %}{% endif %}{% if i == 5 %}{% break %}{% endif %}{{ i }}{% endfor %}", None),
+    ("{% for i in [1,2,3] %}{{ loop.cycle('a','b') }}{% if loop.previtem is defined %}{{ loop.previtem }}{% endif %}{% if loop.nextitem is defined %}{{ loop.nextitem }}{% endif %};{% endfor %}", None),
+    ("a\n  {% if true %}\n  x\n  {% endif %}\n  {#c#}\nb\n", None),
+    ("{%- if true -%}  x  {%- endif -%}|  {{- 'a' -}}  \n b|{%+ if true %}x{% endif +%}\ny| {{ 'x' }} \n", None),
+    ("line1\n    {% for i in [1, 2] %}\n    item {{ i }}\n    {% endfor %}\nend\n\n", None),
+    ("\t{% if true %}tab{% endif %}\n  {%- if true %} dash{% endif %}\n{% if true -%}\n   after\n{%- endif %}", None),
+    ("{% raw %}{{ not evaluated }} {% if %}{% endraw %}|{%- raw -%}  spaced  {%- endraw -%}  |", None),
+    ("a{# comment {{ x }} #}b {#- trim -#}  c\n{# line #}\nd", None),
+    ("{{ '  hi  '|trim }}|{{ 'xxhixx'|trim('x') }}|{{ 'Hello'|upper }}{{ 'Hello'|lower }}{{ 'hello WORLD'|capitalize }}|{{ 'hello big-world(x) [y]'|title }}|{{ 'abc'|length }}{{ [1,2]|length }}{{ {'a':1}|length }}{{ '\u00e9\u4f60'|length }}|{{ [3,1,2]|first }}{{ [3,1,2]|last }}{{ 'xyz'|first }}|{{ [1,2,3]|join('-') }}{{ [1,2]|join }}|{{ 'aXbX'|replace('X','y') }}{{ 'aXbX'|replace('X','y', 1) }}{{ 'ab'|replace('', '.') }}", None),
+    ("{{ undefined_var|default('dflt') }}{{ ''|default('e', true) }}{{ 'v'|d('no') }}{{ none|default('n') }}|{{ 'ab'|list }}{{ '42'|int + 1 }}{{ '4.5'|int }}{{ 'x'|int }}{{ 'x'|int(7) }}{{ '2.5'|float }}{{ 3.7|int }}{{ 42|string ~ '!' }}{{ true|int }}{{ ' 12 '|int }}{{ '1_000'|int }}", None),
+    ("{{ {'a': 1, 'b': [1, 2.5, '\u00e9', none, true], 'c': {}}|tojson }}|{{ {'b': 1, 'a': [1, {'x': 'y'}]}|tojson(indent=2) }}|{{ {'b': 1, 'a': 2}|tojson(sort_keys=true) }}|{{ 'q\"\\\\\\n\\t\\x01\\x7f'|tojson }}|{{ [1,2]|tojson(separators=(',', ':')) }}|{{ '\u00e9\U0001F600'|tojson(ensure_ascii=true) }}|{{ [] |tojson(indent=2)}}{{ {} |tojson(indent=2)}}|{{ [1,[2]]|tojson(indent='\t') }}|{{ 1.0|tojson }}{{ 10000000000000000.0|tojson }}", None),
+    ("{% set ms = [{'r':'u','c':'1'},{'r':'a','c':'2'},{'r':'u','c':'3'}] %}{{ ms|selectattr('r','equalto','u')|map(attribute='c')|join(',') }}|{{ ms|rejectattr('r','==','u')|list|length }}|{{ [1,2,3,4]|select('odd')|list }}|{{ [1,2,3,4]|reject('odd')|list }}|{{ ['a','b']|map('upper')|list }}|{{ [3,1,2]|sort }}|{{ [3,1,2]|sort(reverse=true) }}|{{ ['b','A','c']|sort }}|{{ [1,2,2,1]|unique|list }}|{{ [1,2,3]|sum }}|{{ [1,5,3]|max }}{{ [4,2,8]|min }}|{{ [1,2]|reverse|list }}{{ 'abc'|reverse }}|{{ -3|abs }}|{{ ms|selectattr('x')|list }}|{{ ms|map(attribute='zz', default='-')|join }}", None),
+    ("{{ x is defined }}{{ none is none }}{{ 'a' is string }}{{ 1 is number }}{{ 1 is integer }}{{ true is integer }}{{ 1.0 is float }}{{ true is boolean }}{{ {} is mapping }}{{ [] is mapping }}{{ [] is iterable }}{{ 'a' is iterable }}{{ 1 is iterable }}{{ [] is sequence }}{{ 3 is odd }}{{ 4 is even }}{{ 9 is divisibleby 3 }}{{ 1 is not none }}{{ 'a' is in 'abc' }}{{ 2 is eq 2 }}{{ true is true }}{{ 0 is false }}{{ 'abc' is lower }}{{ 'ABC' is upper }}{{ x is undefined }}{{ 3 is gt 2 }}{{ 2 is lt(1) }}{{ namespace is callable }}", None),
+    ("{{ '  a b  '.strip() }}|{{ 'xxa'.lstrip('x') }}|{{ 'axx'.rstrip('x') }}|{{ 'a,b,,c'.split(',') }}|{{ ' a  b '.split() }}|{{ 'a b c'.split(' ', 1) }}|{{ 'a b c'.rsplit(' ', 1) }}|{{ '  a b c  '.rsplit(None, 1) }}|{{ 'abc'.startswith('ab') }}{{ 'abc'.endswith(('x','c')) }}|{{ 'hello world'.title() }}|{{ \"they're bill's\".title() }}|{{ 'ab'.upper() }}{{ 'AB'.lower() }}|{{ 'aaa'.replace('a','b',2) }}|{{ 'abcabc'.find('c') }}{{ 'abc'.find('z') }}{{ 'abcabc'.rfind('c') }}{{ 'abcabc'.count('bc') }}|{{ '-'.join(['a','b']) }}|{{ 'l1\\nl2\\r\\nl3'.splitlines() }}|{{ 'x y'.capitalize() }}|{{ '12'.isdigit() }}{{ 'ab'.isalpha() }}{{ ' '.isspace() }}", None),
+    ("{% set d = {'a': 1, 'b': 2} %}{{ d.get('a') }}{{ d.get('z') }}{{ d.get('z', 9) }}{{ d.keys()|list }}{{ d.values()|list }}{{ d['a'] }}{{ d.a }}{% for k in d %}{{ k }}{% endfor %}{{ d.items()|list }}", None),
+    ("{% macro greet(name, punct='!') %}Hello {{ name }}{{ punct }}{% endmacro %}{{ greet('Bob') }} {{ greet('Al', punct='?') }} {{ greet(name='Cy') }}{% macro rec(n) %}{% if n > 0 %}{{ n }}{{ rec(n - 1) }}{% endif %}{% endmacro %} {{ rec(3) }}", None),
+    ("{% set x %}inner {{ 1 + 1 }}{% endset %}[{{ x }}]{{ x|length }}", None),
+    ("{{ 'a' 'b' \"c\" }}{{ 'tab\\tq\\'\\u00e9\\x41\\101\\n' }}{{ \"\\d\" }}", None),
+    ("{% for m in messages %}{{ m.role }}:{{ m['content'] }};{% endfor %}{{ messages|length }}{{ messages[-1].content|trim }}{% for m in messages if m.role != 'system' %}{{ loop.index }}{{ m.role }}{% endfor %}", None),
+    ("[{{ nope }}][{{ messages[5] }}][{{ messages[0].nope }}]{{ messages[0].x is defined }}{{ messages[0].content is defined }}{{ nope is defined }}", None),
+    ("{{ dict(a=1, b='x') }}{{ range(3)|list }}{{ range(1, 10, 3)|list }}{{ range(5, 0, -2)|list }}{{ range(0)|list }}", None),
+    ("{{ 'a\\nb\\n\\nc'|indent(2) }}|{{ 'a\\nb'|indent(2, true) }}|{{ 'x\\n\\ny'|indent('--', blank=true) }}|{{ 'a\\n'|indent }}", None),
+    ("{{ '<a href=\"x\">&\\'</a>'|e }}{{ 2.5|round }}{{ 3.14159|round(2) }}{{ 2.7|round(0, 'floor') }}{{ 3|round }}", None),
+    ("{% generation %}gen {{ 1 }}{% endgeneration %}", None),
+    ("{{ enable_thinking }}{{ date_string }}{% if tools is none %}no tools{% endif %}{{ add_generation_prompt }}{{ documents }}", {"enable_thinking": False, "date_string": "26 Jul 2024"}),
+    ("{{ bos_token }}|{{ eos_token is defined }}|{{ cfg.a.b[1] }}{{ cfg['a']['b'][-1] }}{{ cfg.n + 1 }}{{ cfg.f }}{{ cfg.t }}{{ cfg.nul }}{{ cfg.s|length }}", {"bos_token": "<s>", "cfg": {"a": {"b": [1, 2, 3]}, "n": 41, "f": 0.5, "t": True, "nul": None, "s": "\u00e9\u00e9"}}),
+    ("{{ 'x' * 3 }}{{ 3 * 'ab' }}{{ [1] * 2 }}{{ [1] + [2] }}{{ 'a' + 'b' }}{{ (1,) + (2,) }}", None),
+    ("{%- set loop_messages = messages[1:] %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('alternate!') }}{% endif %}{{ message['role'][0]|upper }}{% endfor %}", None),
+    ("{{ messages[0]|tojson }}{{ messages|map(attribute='role')|join(',') }}{{ messages|selectattr('role', 'in', ['user', 'system'])|list|length }}", None),
+    ("{{ 'abc' ~ ('d' if messages else 'e') }}{{ (messages|last).role }}{{ (messages|first)['content'] }}{{ messages[1:]|length }}", None),
+    ("{{ raise_exception('Custom failure: ' ~ messages[0].role) }}", None),
+    ("{{ 1 + 'a' }}", None),
+    ("{{ nope.attr }}", None),
+    ("{{ messages[0].nope.deeper }}", None),
+    ("{{ 1 / 0 }}", None),
+    ("{% for x in 5 %}{% endfor %}", None),
+    ("{{ range(200000)|length }}", None),
+    ("{{ 'a'.nomethod() }}", None),
+    ("{% set ns = namespace(a=1) %}{% set ns._x = 2 %}", None),
+    ("{{ {'a': undefined_thing}|tojson }}", None),
+]
+
 
 def render_transformers(cfg, tok, messages, add_gen, tools, extra):
     """apply_chat_template's path: normalize messages, special tokens + kwargs, render."""
@@ -208,6 +275,25 @@ def main():
             nerr = sum('"error"' in l for l in lines)
             print("%s: %d cases (%d errors)%s" % (os.path.relpath(path, ROOT), len(lines), nerr,
                                                   " [cross-checked with AutoTokenizer]" if tok else ""))
+    # language features
+    lines = []
+    for i, (src, extra) in enumerate(FEATURES):
+        cfg = {"chat_template": src}
+        res = one(cfg, None, FEATURE_MESSAGES, False, None, extra)
+        line = {"case": "feature%d" % i, "template": src, "messages": FEATURE_MESSAGES, "add_generation_prompt": False,
+                "tools": None, "extra": extra, "now": NOW}
+        line.update(res)
+        lines.append(json.dumps(line, ensure_ascii=False))
+    path = os.path.join(OUT, "template_expected_features.jsonl")
+    text = "\n".join(lines) + "\n"
+    if check:
+        if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
+            print("%s: differs from the committed fixture" % path)
+            bad += 1
+    else:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        print("%s: %d cases" % (os.path.relpath(path, ROOT), len(lines)))
     # the special tokens transformers passes to the template, per tokenizer (checked by
     # test_template.c against lq_chat_config_parse of the same tokenizer_config.json)
     for name in names:
