@@ -80,21 +80,11 @@ struct job {
 	atomic_int stop;
 	atomic_int active; /* workers still running */
 	int rc;
-	pthread_mutex_t mu;
 };
 
 static void *worker(void *arg)
 {
 	struct job *j = arg;
-	float *buf = malloc(CHUNK_ELEMS * sizeof *buf);
-	if (!buf) {
-		pthread_mutex_lock(&j->mu);
-		j->rc = LQ_ERR_NOMEM;
-		pthread_mutex_unlock(&j->mu);
-		atomic_store(&j->stop, 1);
-		atomic_fetch_sub(&j->active, 1);
-		return NULL;
-	}
 	size_t esz = lq_dtype_size(j->t->dtype);
 	for (;;) {
 		if (atomic_load(&j->stop))
@@ -117,16 +107,14 @@ static void *worker(void *arg)
 			}
 		}
 		if (j->data) {
-			lq_to_f32(buf, src, j->t->dtype, (size_t)n);
 			struct lq_qbuf qb = {
 				.data = j->data + (j->p.qtype == LQ_QTYPE_INT8 ? beg : beg / 2),
 				.scales = j->absmax + beg / (uint64_t)j->p.block_size,
 			};
-			lq_quantize(&j->p, buf, n, &qb, NULL, 1);
+			lq_quantize_src(&j->p, src, j->t->dtype, n, &qb, NULL, 1);
 		}
 		atomic_fetch_add(&j->done_elems, n);
 	}
-	free(buf);
 	atomic_fetch_sub(&j->active, 1);
 	return NULL;
 }
@@ -146,7 +134,6 @@ static int run_job(struct job *j, uint64_t *done_bytes, uint64_t total, struct l
 	atomic_init(&j->stop, 0);
 	atomic_init(&j->active, nth);
 	j->rc = 0;
-	pthread_mutex_init(&j->mu, NULL);
 	pthread_t th[256];
 	int started = 0;
 	if (o->progress && j->nchunks > 1) {
@@ -176,13 +163,10 @@ static int run_job(struct job *j, uint64_t *done_bytes, uint64_t total, struct l
 	}
 	for (int i = 0; i < started; i++)
 		pthread_join(th[i], NULL);
-	pthread_mutex_destroy(&j->mu);
 	*done_bytes += j->t->nbytes;
 	int64_t bad = atomic_load(&j->first_bad);
 	if (j->rc == LQ_ERR_INTERRUPTED)
 		return lq_fail(err, LQ_ERR_INTERRUPTED, "interrupted");
-	if (j->rc)
-		return lq_fail(err, j->rc, "tensor '%s': out of memory", j->t->name);
 	if (bad != INT64_MAX) {
 		char where[128] = "";
 		if (j->t->ndim == 2 && j->t->shape[1])
