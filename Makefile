@@ -145,10 +145,12 @@ MAN1 := $(wildcard man/*.1)
 MAN3 := $(wildcard man/*.3)
 MAN5 := $(wildcard man/*.5)
 
+PC_FORMAT := 'prefix=%s\nlibdir=%s\nincludedir=%s\n\nName: libquant\nDescription: blockwise NF4/FP4/INT8 weight quantization and the LQ packed format\nVersion: 0.1.0\nRequires.private: %s\nLibs: -L$${libdir} -lquant\nLibs.private: -lm -pthread\nCflags: -I$${includedir}\n'
+PC_ARGS = '$(PREFIX)' '$(subst $(PREFIX),$${prefix},$(LIBDIR))' '$(subst $(PREFIX),$${prefix},$(INCDIR))' '$(PKGS)'
+
 $(BUILD)/libquant.pc: Makefile
 	@mkdir -p $(@D)
-	@printf 'prefix=%s\nlibdir=%s\nincludedir=%s\n\nName: libquant\nDescription: blockwise NF4/FP4/INT8 weight quantization and the LQ packed format\nVersion: 0.1.0\nRequires.private: %s\nLibs: -L$${libdir} -lquant\nLibs.private: -lm -pthread\nCflags: -I$${includedir}\n' \
-		'$(PREFIX)' '$(LIBDIR)' '$(INCDIR)' '$(PKGS)' > $@
+	@printf $(PC_FORMAT) $(PC_ARGS) > $@
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR) \
@@ -157,7 +159,7 @@ install: all
 	install -m 644 $(BUILD)/libquant.a $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(BUILD)/libquant.so $(DESTDIR)$(LIBDIR)/
 	install -m 644 $(PUBLIC_HEADERS) $(DESTDIR)$(INCDIR)/
-	install -m 644 $(BUILD)/libquant.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	printf $(PC_FORMAT) $(PC_ARGS) > $(DESTDIR)$(LIBDIR)/pkgconfig/libquant.pc
 	$(if $(MAN1),install -m 644 $(MAN1) $(DESTDIR)$(MANPREFIX)/man1/)
 	$(if $(MAN3),install -m 644 $(MAN3) $(DESTDIR)$(MANPREFIX)/man3/)
 	$(if $(MAN5),install -m 644 $(MAN5) $(DESTDIR)$(MANPREFIX)/man5/)

@@ -60,6 +60,22 @@ check "bare safetensors + --quantize" quantize -q --quantize '*.up_proj.weight' 
 check "bare listing" inspect --tensors bare.lq
 has "bare up_proj" "up_proj.weight +688x256 +nf4-dq/64 " out
 
+# --- a Hugging Face cache snapshot: repo, revision and SHA-256s are recorded
+c=hub/models--acme--tiny-llama
+mkdir -p $c/blobs $c/snapshots/0123abcd $c/refs
+for f in config.json generation_config.json model.safetensors; do
+	sha=$(sha256sum ck/$f | cut -d' ' -f1)
+	cp ck/$f $c/blobs/$sha && ln -s ../../blobs/$sha $c/snapshots/0123abcd/$f
+done
+check "quantize a cache snapshot" quantize -q -o cache.lq $c/snapshots/0123abcd
+check "inspect cache.lq" inspect cache.lq
+has "source line" "^source: +acme/tiny-llama @ 0123abcd$" out
+if command -v jq >/dev/null; then
+	inspect --json cache.lq > j.json
+	[ "$(jq -r '.source.files[0].sha256' j.json)" = "$(sha256sum ck/model.safetensors | cut -d' ' -f1)" ] && ok || bad "sha256 recorded"
+	[ "$(jq -r '.source.files[0].name' j.json)" = model.safetensors ] && ok || bad "file name recorded"
+fi
+
 # --- determinism and streaming
 check "again" quantize -q -j 1 -o ck-again.lq ck
 same "deterministic across runs and thread counts" ck.lq ck-again.lq

@@ -1,0 +1,21 @@
+#!/bin/sh
+# cli_layering.sh - the dependency rules of docs/architecture.md, checked:
+# tools use only the public header; the library never prints, exits or
+# reads the environment; gpu/ does not reach into the library's internals.
+. "${LQ_ROOT:-.}/tests/lib.sh"
+cd "$LQ_ROOT" || exit 1
+for f in tools/*.c; do
+	inc=$(grep -E '^#include "' "$f" | grep -vE '"(libquant\.h|toolutil\.h)"')
+	[ -z "$inc" ] && ok || bad "$f includes a private header: $inc"
+done
+for f in libquant/*.c formats/*.c; do
+	hits=$(sed -e 's://.*$::' "$f" | grep -nE '\b(printf|fprintf|puts|fputs|perror|exit|abort|getenv|secure_getenv)[[:space:]]*\(' |
+		grep -vE 'snprintf|vsnprintf|_exit_|json_' )
+	[ -z "$hits" ] && ok || bad "$f prints, exits or reads the environment: $hits"
+done
+for f in gpu/*.cu gpu/*.h; do
+	[ -f "$f" ] || continue
+	inc=$(grep -E '^#include "' "$f" | grep -vE '"(libquant\.h|lq_blocks\.h|lq_cuda\.h)"')
+	[ -z "$inc" ] && ok || bad "$f includes a private header: $inc"
+done
+finish
