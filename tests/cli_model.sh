@@ -59,6 +59,15 @@ while read -r name nparams fbf16 fnf4 fint8; do
 	done
 done < "$tmp/refs"
 
+# Mixed storage breaks the run of identical layers as PyTorch does.
+"$G" -l "$FX/model/llama-small.tensors.txt" -t nf4 -k 'model.layers.0.mlp.*' \
+	"$FX/model/llama-small.config.json" > "$tmp/out" 2> "$tmp/err"
+cmp -s "$tmp/out" "$FX/model/llama-small.nf4-keep.txt" && ok || bad "llama-small nf4 --keep tree"
+want=$(sed -n 's/.*"nf4_keep_l0_mlp": *\([0-9]*\).*/\1/p' "$FX/model/reference.json")
+set -- $("$G" -f -l "$FX/model/llama-small.tensors.txt" -t nf4 -k 'model.layers.0.mlp.*' \
+	"$FX/model/llama-small.config.json")
+[ -n "$want" ] && [ "$2" = "$want" ] && ok || bad "llama-small nf4 --keep footprint '$2' != '$want'"
+
 # The figures of issue 4 / bnb-format.md 5.3 for Llama-3.1-8B (no tensor list:
 # the storage plan comes from the config's dtype).
 set -- $("$G" -f -t nf4 "$FX/configs/llama-3.1-8b.json")

@@ -14,6 +14,7 @@
  *   -t, --qtype Q        storage plan: none (default), nf4, fp4, int8
  *   -b, --block-size N   (default 64)
  *   -n, --no-double-quant
+ *   -k, --keep GLOB      keep tensors whose name matches GLOB unquantized
  *   -j, --json           print the JSON tree instead of the text
  *   -f, --footprint      print "n_params hf_bytes resident_bytes stats_bytes
  *                        bnb_resident_bytes lq_bytes" instead of the tree
@@ -24,6 +25,7 @@
 #include "libquant.h"
 
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -118,16 +120,17 @@ int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"tensors", required_argument, 0, 'l'}, {"qtype", required_argument, 0, 't'},
-		{"checkpoint", required_argument, 0, 's'}, {"write-sparse", required_argument, 0, 'w'},
+		{"checkpoint", required_argument, 0, 's'}, {"keep", required_argument, 0, 'k'}, {"write-sparse", required_argument, 0, 'w'},
 		{"block-size", required_argument, 0, 'b'}, {"no-double-quant", no_argument, 0, 'n'},
 		{"json", no_argument, 0, 'j'}, {"footprint", no_argument, 0, 'f'}, {0, 0, 0, 0}};
-	const char *tensors = NULL, *ckpt = NULL, *sparse = NULL;
+	const char *tensors = NULL, *ckpt = NULL, *sparse = NULL, *keep = NULL;
 	struct lq_qparams q = {LQ_QTYPE_NONE, 64, 1};
 	int json = 0, foot = 0, c;
-	while ((c = getopt_long(argc, argv, "l:t:b:njfs:w:", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "l:t:b:njfs:w:k:", opts, NULL)) != -1) {
 		switch (c) {
 		case 'l': tensors = optarg; break;
 		case 's': ckpt = optarg; break;
+		case 'k': keep = optarg; break;
 		case 'w': sparse = optarg; break;
 		case 't':
 			q.qtype = lq_qtype_parse(optarg);
@@ -232,6 +235,12 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		lq_model_plan_quant(m, &q, 0);
+	}
+	for (size_t i = 0; keep && i < lq_model_nparams(m); i++) {
+		const struct lq_model_param *p = lq_model_param(m, i);
+		struct lq_model_storage s = {p->st.dtype, LQ_QTYPE_NONE, 0, 0};
+		if (!fnmatch(keep, p->name, 0))
+			lq_model_set_storage(m, i, &s, NULL);
 	}
 	(void)cfg;
 	char *out = NULL;

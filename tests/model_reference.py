@@ -13,6 +13,7 @@ writes into tests/fixtures/model/:
                    by a stub `Linear4bit` (bitsandbytes is not needed: its
                    Linear4bit subclasses nn.Linear and keeps nn.Linear's repr)
   NAME.int8.txt    same with a stub `Linear8bitLt`
+  llama-small.nf4-keep.txt  NF4 with model.layers.0.mlp.* kept (mixed layers)
   NAME.tensors.txt one line per parameter as a checkpoint holds it (tied
                    weights once): "name dtype dim0 dim1 ..."
   reference.json   per config: get_memory_footprint() for bf16 / nf4 / int8,
@@ -57,13 +58,16 @@ def build(cfg_path):
     return model
 
 
-def quantize_stub(model, kind):
+def quantize_stub(model, kind, keep=None):
     """Replace nn.Linear (exact type) except lm_head, as transformers' bnb
-    integration does with its default skip list."""
+    integration does with its default skip list; `keep`: a module-name
+    prefix also left unquantized (as quantize --keep does)."""
     for name, mod in list(model.named_modules()):
         for cname, child in list(mod.named_children()):
             full = f"{name}.{cname}" if name else cname
             if type(child) is not nn.Linear or full == "lm_head":
+                continue
+            if keep and full.startswith(keep):
                 continue
             cls = Linear4bit if kind == "nf4" else Linear8bitLt
             with torch.device("meta"):
@@ -108,6 +112,12 @@ def main():
             m = quantize_stub(build(path), kind)
             entry[kind] = m.get_memory_footprint()
             with open(os.path.join(OUT, f"{name}.{kind}.txt"), "w") as fh:
+                fh.write(repr(m) + "\n")
+        if name == "llama-small":
+            # layer 0's MLP kept unquantized: the layer list no longer collapses as one run
+            m = quantize_stub(build(path), "nf4", keep="model.layers.0.mlp.")
+            entry["nf4_keep_l0_mlp"] = m.get_memory_footprint()
+            with open(os.path.join(OUT, f"{name}.nf4-keep.txt"), "w") as fh:
                 fh.write(repr(m) + "\n")
         ref["models"][name] = entry
         print(name, entry["num_parameters"], entry["bf16"], entry["nf4"], entry["int8"], file=sys.stderr)
