@@ -44,6 +44,7 @@ static char *read_file(const char *path, size_t *len)
 static int load(const char *cfg_path, struct lq_chat_config *cfg, struct lq_template **t)
 {
 	struct lq_error err = { 0 };
+	memset(cfg, 0, sizeof *cfg);
 	size_t n;
 	char *text = read_file(cfg_path, &n);
 	if (!text) {

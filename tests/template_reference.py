@@ -116,6 +116,14 @@ EXTRA_CASES = [
     ("qwen3_thinking_true", [U("Think.")], None, {"enable_thinking": True}),
     ("date_string", [U("What day is it?")], None, {"date_string": "26 Jul 2024"}),
     ("tools_only_system", [S("Use tools wisely."), U("Weather?")], TOOLS, None),
+    ("tools_in_system", [S("Use tools wisely."), U("Weather?")], TOOLS, {"tools_in_user_message": False}),
+    ("builtin_tools", [S("sys"), U("Search the web."),
+                       {"role": "assistant", "tool_calls": [{"type": "function", "function": {
+                           "name": "brave_search", "arguments": {"query": "weather"}}}]},
+                       {"role": "ipython", "content": {"result": "sunny"}}],
+     None, {"builtin_tools": ["brave_search", "wolfram_alpha", "code_interpreter"]}),
+    ("tool_content_list", [U("q"), {"role": "tool", "content": [1, "two", {"three": 3}]}], None, None),
+    ("custom_tools", [U("Weather?")], None, {"custom_tools": TOOLS}),
 ]
 
 # Language-feature cases for test_template.c: (template, extra variables).  Rendered
