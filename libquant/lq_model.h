@@ -70,10 +70,24 @@ struct lq_rope {
 	 * or 0.1 ln(factor) + 1. */
 	double attention_factor;
 	double beta_fast, beta_slow;  /* yarn (32, 1 by default) */
+	double mscale, mscale_all_dim; /* yarn (0 = not given) */
+	int truncate;                 /* yarn: round the correction range (default 1) */
 	int64_t nfactors;             /* longrope: rotary_dim / 2, else 0 */
 	const double *short_factor;   /* longrope [nfactors] */
 	const double *long_factor;    /* longrope [nfactors] */
 };
+
+struct lq_model_config;
+/*
+ * RoPE inverse frequencies as transformers computes them: inv_freq receives
+ * rotary_dim / 2 floats, *attention_scale (optional) the multiplier of cos
+ * and sin.  seq_len is the context length in use: longrope switches to its
+ * long factors above original_max_position_embeddings, dynamic NTK rescales
+ * above max_position_embeddings; seq_len <= 0 gives the values transformers
+ * registers at load time (the `inv_freq` buffer).
+ */
+void lq_rope_inv_freq(const struct lq_model_config *c, int64_t seq_len, float *inv_freq,
+		      double *attention_scale);
 
 /* Hyper-parameters of a model, everything the forward pass needs. */
 struct lq_model_config {

@@ -331,6 +331,11 @@ static double *get_factors(struct lq_model *m, json_t *d, const char *key, int64
 	return f;
 }
 
+static double yarn_mscale(double scale, double mscale)
+{
+	return scale <= 1 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
+}
+
 static int parse_rope(struct lq_model *m, const struct arch_desc *a, json_t *root,
 		      struct lq_error *err)
 {
@@ -397,6 +402,14 @@ static int parse_rope(struct lq_model *m, const struct arch_desc *a, json_t *roo
 		return rc;
 	if ((rc = get_num(d, "beta_slow", 1.0, &r->beta_slow, err)))
 		return rc;
+	if ((rc = get_num(d, "mscale", 0.0, &r->mscale, err)) ||
+	    (rc = get_num(d, "mscale_all_dim", 0.0, &r->mscale_all_dim, err)) ||
+	    (rc = get_bool(d, "truncate", 1, &r->truncate, err)))
+		return rc;
+	if (r->beta_fast == 0)
+		r->beta_fast = 32; /* transformers: `or 32` */
+	if (r->beta_slow == 0)
+		r->beta_slow = 1;
 	int64_t omax;
 	/* Phi-3 keeps original_max_position_embeddings at the top level and it wins. */
 	if ((rc = get_int(d, "original_max_position_embeddings", c->max_position_embeddings, 1,
@@ -417,9 +430,8 @@ static int parse_rope(struct lq_model *m, const struct arch_desc *a, json_t *roo
 		if (!(r->factor > 0) || !(r->high_freq_factor > r->low_freq_factor))
 			return lq_fail(err, LQ_ERR_FORMAT, "config.json: bad llama3 rope factors");
 	}
-	if ((r->type == LQ_ROPE_LINEAR || r->type == LQ_ROPE_DYNAMIC || r->type == LQ_ROPE_YARN) &&
-	    !(r->factor >= 1))
-		return lq_fail(err, LQ_ERR_FORMAT, "config.json: rope 'factor' must be >= 1");
+	if ((r->type == LQ_ROPE_LINEAR || r->type == LQ_ROPE_DYNAMIC) && !(r->factor > 0))
+		return lq_fail(err, LQ_ERR_FORMAT, "config.json: rope 'factor' must be positive");
 
 	double af = 0;
 	if ((rc = get_num(d, "attention_factor", 0.0, &af, err)))
@@ -443,7 +455,15 @@ static int parse_rope(struct lq_model *m, const struct arch_desc *a, json_t *roo
 		else if (r->factor > 1)
 			r->attention_factor = sqrt(1 + log(r->factor) / log((double)omax));
 	} else if (r->type == LQ_ROPE_YARN) {
-		r->attention_factor = af > 0 ? af : (r->factor <= 1 ? 1.0 : 0.1 * log(r->factor) + 1);
+		if (!getkey(d, "factor"))
+			r->factor = (double)c->max_position_embeddings / (double)omax;
+		if (af > 0)
+			r->attention_factor = af;
+		else if (r->mscale != 0 && r->mscale_all_dim != 0)
+			r->attention_factor = yarn_mscale(r->factor, r->mscale) /
+					      yarn_mscale(r->factor, r->mscale_all_dim);
+		else
+			r->attention_factor = yarn_mscale(r->factor, 1);
 	}
 	return LQ_OK;
 }
@@ -1482,4 +1502,76 @@ int lq_model_estimate_lq(const struct lq_model *m, const struct lq_estimate_blob
 	off = align_up(off, 8) + index + 64;
 	*size = off;
 	return LQ_OK;
+}
+
+/* ------------------------------------------------------------------ RoPE */
+
+void lq_rope_inv_freq(const struct lq_model_config *c, int64_t seq_len, float *inv_freq,
+		      double *attention_scale)
+{
+	const struct lq_rope *r = &c->rope;
+	int64_t dim = r->rotary_dim, half = dim / 2;
+	double base = r->theta, scale = 1.0;
+	const double pi = 3.14159265358979323846;
+	if (r->type == LQ_ROPE_DYNAMIC) {
+		double L = (double)c->max_position_embeddings;
+		double s = seq_len > c->max_position_embeddings ? (double)seq_len : L;
+		base = base * pow(r->factor * s / L - (r->factor - 1), (double)dim / (double)(dim - 2));
+	}
+	for (int64_t i = 0; i < half; i++) {
+		/* transformers: base ** (float32(2i) / dim) in float32 */
+		float e = (float)(2 * i) / (float)dim;
+		double f = 1.0 / (double)(float)pow(base, (double)e);
+		switch (r->type) {
+		case LQ_ROPE_LINEAR:
+			f /= r->factor;
+			break;
+		case LQ_ROPE_LLAMA3: {
+			double old = (double)r->original_max_position_embeddings;
+			double lw = old / r->low_freq_factor, hw = old / r->high_freq_factor;
+			double wl = 2 * pi / f;
+			double fl = wl > lw ? f / r->factor : f;
+			if (!(wl < hw) && !(wl > lw)) {
+				double sm = (old / wl - r->low_freq_factor) /
+					    (r->high_freq_factor - r->low_freq_factor);
+				fl = (1 - sm) * fl / r->factor + sm * fl;
+			}
+			f = fl;
+			break;
+		}
+		case LQ_ROPE_LONGROPE: {
+			const double *ext = seq_len > r->original_max_position_embeddings ? r->long_factor
+											  : r->short_factor;
+			f = 1.0 / ((double)(float)ext[i] * (double)(float)pow(base, (double)e));
+			break;
+		}
+		case LQ_ROPE_YARN: {
+			double omax = (double)r->original_max_position_embeddings;
+			double lo = (double)dim * log(omax / (r->beta_fast * 2 * pi)) / (2 * log(base));
+			double hi = (double)dim * log(omax / (r->beta_slow * 2 * pi)) / (2 * log(base));
+			if (r->truncate) {
+				lo = floor(lo);
+				hi = ceil(hi);
+			}
+			if (lo < 0)
+				lo = 0;
+			if (hi > (double)(dim - 1))
+				hi = (double)(dim - 1);
+			if (lo == hi)
+				hi += 0.001;
+			double ramp = ((double)i - lo) / (hi - lo);
+			ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+			double extra = 1 - ramp;
+			f = (f / r->factor) * (1 - extra) + f * extra;
+			break;
+		}
+		default:
+			break;
+		}
+		inv_freq[i] = (float)f;
+	}
+	if (r->type == LQ_ROPE_LONGROPE || r->type == LQ_ROPE_YARN)
+		scale = r->attention_factor;
+	if (attention_scale)
+		*attention_scale = scale;
 }

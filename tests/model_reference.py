@@ -18,6 +18,11 @@ writes into tests/fixtures/model/:
                    weights once): "name dtype dim0 dim1 ..."
   reference.json   per config: get_memory_footprint() for bf16 / nf4 / int8,
                    parameter count, buffers (name, dtype, shape)
+  rope.json        RoPE inverse frequencies and attention scaling computed by
+                   transformers' rotary modules / ROPE_INIT_FUNCTIONS for the
+                   configs above and some extra rope variants (linear,
+                   dynamic, yarn, partial longrope), at load time and for a
+                   long context
 
 The stubs reproduce what bitsandbytes stores: a Params4bit holds the packed
 uint8 tensor of ceil(N*K/2) bytes, an Int8Params the int8 [N, K] tensor;
@@ -85,6 +90,60 @@ def quantize_stub(model, kind, keep=None):
     return model
 
 
+ROPE_EXTRA = {
+    "llama-linear": {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+                     "num_hidden_layers": 1, "max_position_embeddings": 512,
+                     "rope_scaling": {"rope_type": "linear", "factor": 2.0}, "rope_theta": 10000.0},
+    "llama-dynamic": {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+                      "num_hidden_layers": 1, "max_position_embeddings": 512,
+                      "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}},
+    "qwen2-yarn": {"model_type": "qwen2", "hidden_size": 128, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "num_hidden_layers": 1, "max_position_embeddings": 131072,
+                   "rope_theta": 1000000.0,
+                   "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}},
+    "qwen2-yarn-mscale": {"model_type": "qwen2", "hidden_size": 128, "num_attention_heads": 4,
+                          "num_key_value_heads": 2, "num_hidden_layers": 1, "max_position_embeddings": 163840,
+                          "rope_theta": 10000.0,
+                          "rope_scaling": {"type": "yarn", "factor": 40.0, "mscale": 0.707,
+                                           "mscale_all_dim": 1.0, "beta_fast": 32, "beta_slow": 1,
+                                           "original_max_position_embeddings": 4096}},
+    "phi3-partial": {"model_type": "phi3", "hidden_size": 64, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "num_hidden_layers": 1, "vocab_size": 100, "pad_token_id": 0,
+                     "max_position_embeddings": 8192, "original_max_position_embeddings": 1024,
+                     "partial_rotary_factor": 0.5,
+                     "rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5],
+                                      "long_factor": [2.0, 3.0, 5.0, 7.0, 11.0, 13.0, 17.0, 19.0]},
+                     "rope_theta": 10000.0},
+}
+
+
+def rope_cases(cases):
+    """inv_freq as transformers computes it, at load time and for a long context."""
+    import importlib
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    out = []
+    allcfg = [(n, json.load(open(p))) for n, p in cases] + list(ROPE_EXTRA.items())
+    for name, d in allcfg:
+        cfg = AutoConfig.for_model(**d)
+        mt = cfg.model_type
+        mod = importlib.import_module(f"transformers.models.{mt}.modeling_{mt}")
+        cls = [getattr(mod, c) for c in dir(mod) if c.endswith("RotaryEmbedding") and c[0].isupper()][0]
+        with torch.device("cpu"):
+            rot = cls(cfg)
+        rt = cfg.rope_parameters["rope_type"]
+        entry = {"name": name, "config": d, "rope_type": rt, "values": [
+            {"seq_len": 0, "inv_freq": [float(x) for x in rot.inv_freq],
+             "attention_scaling": float(rot.attention_scaling)}]}
+        if rt in ("longrope", "dynamic"):
+            long = cfg.max_position_embeddings * 2 if rt == "dynamic" else \
+                cfg.rope_parameters["original_max_position_embeddings"] + 1
+            inv, sc = ROPE_INIT_FUNCTIONS[rt](cfg, "cpu", seq_len=long)
+            entry["values"].append({"seq_len": long, "inv_freq": [float(x) for x in inv],
+                                    "attention_scaling": float(sc)})
+        out.append(entry)
+    return out
+
+
 def main():
     print(f"torch {torch.__version__}, transformers {transformers.__version__}", file=sys.stderr)
     cases = []
@@ -121,6 +180,9 @@ def main():
                 fh.write(repr(m) + "\n")
         ref["models"][name] = entry
         print(name, entry["num_parameters"], entry["bf16"], entry["nf4"], entry["int8"], file=sys.stderr)
+    with open(os.path.join(OUT, "rope.json"), "w") as fh:
+        json.dump(rope_cases(cases), fh, indent=1)
+        fh.write("\n")
     with open(os.path.join(OUT, "reference.json"), "w") as fh:
         json.dump(ref, fh, indent=1, sort_keys=True)
         fh.write("\n")

@@ -9,6 +9,7 @@
  */
 #include "test.h"
 
+#include <jansson.h>
 #include <math.h>
 
 static struct lq_model *load(const char *json, struct lq_error *err)
@@ -502,6 +503,60 @@ static void test_bnb_checkpoint(void)
 	lq_model_free(m);
 }
 
+/* RoPE frequencies against transformers (tests/fixtures/model/rope.json). */
+static void test_rope(void)
+{
+	const char *root = getenv("LQ_ROOT");
+	char path[4096];
+	snprintf(path, sizeof path, "%s/tests/fixtures/model/rope.json", root && *root ? root : ".");
+	json_error_t je;
+	json_t *cases = json_load_file(path, 0, &je);
+	if (!cases) {
+		printf("skipping rope checks: cannot read %s\n", path);
+		return;
+	}
+	size_t i, nchecked = 0;
+	json_t *c;
+	json_array_foreach(cases, i, c) {
+		const char *name = json_string_value(json_object_get(c, "name"));
+		char *text = json_dumps(json_object_get(c, "config"), 0);
+		struct lq_error err = {0};
+		struct lq_model *m = NULL;
+		int rc = text ? lq_model_from_config(&m, text, strlen(text), &err) : -1;
+		free(text);
+		CHECK(rc == 0, "%s: %s", name, err.msg);
+		if (rc)
+			continue;
+		const struct lq_model_config *cfg = lq_model_config(m);
+		size_t j;
+		json_t *v;
+		json_array_foreach(json_object_get(c, "values"), j, v) {
+			json_t *want = json_object_get(v, "inv_freq");
+			size_t n = json_array_size(want);
+			float got[512];
+			double scale = 0, wscale = json_number_value(json_object_get(v, "attention_scaling"));
+			CHECK(n == (size_t)cfg->rope.rotary_dim / 2 && n <= 512, "%s: %zu", name, n);
+			if (n != (size_t)cfg->rope.rotary_dim / 2 || n > 512)
+				continue;
+			lq_rope_inv_freq(cfg, json_integer_value(json_object_get(v, "seq_len")), got, &scale);
+			double worst = 0;
+			for (size_t k = 0; k < n; k++) {
+				double w = json_number_value(json_array_get(want, k));
+				double e = fabs(got[k] - w) / fabs(w);
+				if (e > worst)
+					worst = e;
+			}
+			CHECK(worst < 5e-7, "%s seq %lld: inv_freq relative error %g", name,
+			      (long long)json_integer_value(json_object_get(v, "seq_len")), worst);
+			CHECK(fabs(scale - wscale) < 1e-12, "%s: attention scale %.17g vs %.17g", name, scale, wscale);
+			nchecked++;
+		}
+		lq_model_free(m);
+	}
+	CHECK(nchecked >= 20, "%zu", nchecked);
+	json_decref(cases);
+}
+
 /* Every prefix of a valid config must fail cleanly or succeed (no crash). */
 static void test_truncated(void)
 {
@@ -646,6 +701,7 @@ int main(void)
 {
 	test_io();
 	test_bnb_checkpoint();
+	test_rope();
 	test_llama();
 	test_arch_params();
 	test_bad_configs();
