@@ -224,7 +224,9 @@ struct lq_module {
 struct lq_model_buffer {
 	const char *name;       /* "model.rotary_emb.inv_freq" */
 	int module;
-	int dtype;              /* enum lq_dtype */
+	int dtype;              /* enum lq_dtype (a scalar buffer is counted in the
+				 * embedding's storage dtype, as torch creates it in the
+				 * model dtype) */
 	int ndim;
 	uint64_t shape[1];
 	uint64_t nelem;

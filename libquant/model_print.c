@@ -405,11 +405,14 @@ static json_t *module_json(const struct lq_model *m, int idx, int depth)
 			continue;
 		json_t *bo = json_object(), *sh = json_array();
 		const char *bn = strrchr(bf->name, '.');
+		/* a scalar buffer is created in the model dtype: the embedding's (as the footprint) */
+		long e = lq_model_find_role(m, LQ_ROLE_EMBED, -1);
+		int bdt = bf->ndim == 0 && e >= 0 ? lq_model_param(m, (size_t)e)->st.dtype : bf->dtype;
 		bad = !bo || !sh || (bf->ndim && json_array_append_new(sh, json_integer((json_int_t)bf->shape[0]))) ||
 		      set_new(bo, "name", json_string(bn ? bn + 1 : bf->name)) ||
 		      set_new(bo, "tensor", json_string(bf->name)) || json_object_set_new(bo, "shape", sh) ||
-		      set_new(bo, "dtype", json_string(lq_dtype_name(bf->dtype))) ||
-		      set_new(bo, "bytes", json_integer((json_int_t)(bf->nelem * lq_dtype_size(bf->dtype)))) ||
+		      set_new(bo, "dtype", json_string(lq_dtype_name(bdt))) ||
+		      set_new(bo, "bytes", json_integer((json_int_t)(bf->nelem * lq_dtype_size(bdt)))) ||
 		      json_array_append_new(bufs, bo);
 	}
 	for (int i = 0; i < mod->nchildren && !bad; i++)
