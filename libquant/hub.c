@@ -5,8 +5,10 @@
  *   <cache>/CACHEDIR.TAG
  *   <cache>/.locks/<folder>/<etag>.lock            flock'ed around download + link
  *   <cache>/<folder>/blobs/<etag>                  verified content only
- *   <cache>/<folder>/blobs/<etag>.incomplete       resumable partial (under the lock)
- *   <cache>/<folder>/blobs/<etag>.incomplete.chunks  chunk bitmap of a ranged download
+ *   <cache>/<folder>/blobs/<etag>.incomplete       resumable partial, contiguous (under
+ *                                                  the lock; Python <= 1.17 resumes it too)
+ *   <cache>/<folder>/blobs/<etag>.chunked.incomplete  partial of a ranged download (holes)
+ *   <cache>/<folder>/blobs/<etag>.chunked.map      its chunk map
  *   <cache>/<folder>/refs/<revision>               40-hex commit, no newline
  *   <cache>/<folder>/snapshots/<commit>/<path>     relative symlink to ../../blobs/<etag>
  *   <cache>/<folder>/.no_exist/<commit>/<path>     empty marker for a missing file
@@ -1235,8 +1237,9 @@ out:
 
 struct target {
 	char *blob;        /* verified content goes here (rename target) */
-	char *part;        /* resumable partial */
-	char *chunks;      /* chunk bitmap sidecar */
+	char *part;        /* resumable contiguous partial */
+	char *cpart;       /* partial of a chunked download (may have holes) */
+	char *chunks;      /* chunk map of cpart */
 	char *lock;        /* lock file */
 };
 
@@ -1244,6 +1247,7 @@ static void target_free(struct target *t)
 {
 	free(t->blob);
 	free(t->part);
+	free(t->cpart);
 	free(t->chunks);
 	free(t->lock);
 }
@@ -1578,7 +1582,7 @@ static int dl_chunked(struct hub *h, struct fjob *fj, const struct meta *m, int 
 	struct stat st;
 	if (fstat(fd, &st) < 0) {
 		free(k.state);
-		return lq_fail_errno(err, errno, "%s", t->part);
+		return lq_fail_errno(err, errno, "%s", t->cpart);
 	}
 	int sfd = open(t->chunks, O_RDWR | O_CLOEXEC);
 	int have_state = 0;
@@ -1625,14 +1629,14 @@ static int dl_chunked(struct hub *h, struct fjob *fj, const struct meta *m, int 
 			e = errno;
 			close(sfd);
 			free(k.state);
-			return lq_fail_errno(err, e, "%s: cannot reserve %llu bytes", t->part,
+			return lq_fail_errno(err, e, "%s: cannot reserve %llu bytes", t->cpart,
 					     (unsigned long long)m->size);
 		}
 		if (ftruncate(fd, (off_t)m->size) < 0) {
 			e = errno;
 			close(sfd);
 			free(k.state);
-			return lq_fail_errno(err, e, "%s", t->part);
+			return lq_fail_errno(err, e, "%s", t->cpart);
 		}
 	}
 	k.sfd = sfd;
@@ -1670,7 +1674,7 @@ static int dl_chunked(struct hub *h, struct fjob *fj, const struct meta *m, int 
 		hlog(h, "%s: server ignores Range; downloading in one stream", fj->path);
 		unlink(t->chunks);
 		if (ftruncate(fd, 0) < 0)
-			return lq_fail_errno(err, errno, "%s", t->part);
+			return lq_fail_errno(err, errno, "%s", t->cpart);
 		add_done(h, fj, -(int64_t)atomic_load(&fj->done));
 		*fallback = 1;
 		return LQ_OK;
@@ -1683,7 +1687,7 @@ static int dl_chunked(struct hub *h, struct fjob *fj, const struct meta *m, int 
 	/* verify the whole file */
 	char hex[65];
 	uint64_t got = 0;
-	int rc = lq_hub_hash_file(t->part, etag_git(m->etag), hex, &got, err);
+	int rc = lq_hub_hash_file(t->cpart, etag_git(m->etag), hex, &got, err);
 	if (rc)
 		return rc;
 	if (got != m->size)
@@ -1696,7 +1700,7 @@ static int dl_chunked(struct hub *h, struct fjob *fj, const struct meta *m, int 
 	return LQ_OK;
 }
 
-/* Download m into t->part, verify, rename to t->blob.  Caller holds the lock. */
+/* Download m into a partial, verify, rename to t->blob.  Caller holds the lock. */
 static int download(struct hub *h, CURL *c, struct fjob *fj, const struct meta *m,
 		    const struct target *t, struct lq_error *err)
 {
@@ -1704,24 +1708,34 @@ static int download(struct hub *h, CURL *c, struct fjob *fj, const struct meta *
 	int e = mkdir_parent(t->part);
 	if (e)
 		return lq_fail_errno(err, e, "%s", t->part);
+	const char *part = t->part;
 	for (int round = 0; round < 2; round++) {
 		rc = LQ_OK;
 		add_done(h, fj, -(int64_t)atomic_load(&fj->done));
-		int fd = open(t->part, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+		int chunked = (h->conns > 1 && m->size >= h->chunk_min && m->size > h->chunk) ||
+			      access(t->cpart, F_OK) == 0;
+		part = chunked ? t->cpart : t->part;
+		if (chunked && access(t->cpart, F_OK) != 0 && access(t->part, F_OK) == 0) {
+			/* continue a contiguous partial with ranged chunks */
+			unlink(t->chunks);
+			if (rename(t->part, t->cpart) < 0)
+				return lq_fail_errno(err, errno, "rename %s", t->cpart);
+		}
+		int fd = open(part, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
 		if (fd < 0)
-			return lq_fail_errno(err, errno, "%s", t->part);
+			return lq_fail_errno(err, errno, "%s", part);
 		int fallback = 1;
-		if ((h->conns > 1 && m->size >= h->chunk_min && m->size > h->chunk) ||
-		    access(t->chunks, F_OK) == 0)
+		if (chunked)
 			rc = dl_chunked(h, fj, m, fd, t, &fallback, err);
 		if (!rc && fallback)
 			rc = dl_single(h, c, fj, m, fd, err);
 		if (!rc && fdatasync(fd) < 0)
-			rc = lq_fail_errno(err, errno, "%s", t->part);
+			rc = lq_fail_errno(err, errno, "%s", part);
 		if (close(fd) < 0 && !rc)
-			rc = lq_fail_errno(err, errno, "%s", t->part);
+			rc = lq_fail_errno(err, errno, "%s", part);
 		if (rc == LQ_ERR_CHECKSUM || rc == LQ_ERR_NOSPACE) {
 			unlink(t->part);
+			unlink(t->cpart);
 			unlink(t->chunks);
 			if (rc == LQ_ERR_CHECKSUM && round == 0) {
 				hlog(h, "%s; downloading it again", err ? err->msg : "checksum mismatch");
@@ -1734,7 +1748,7 @@ static int download(struct hub *h, CURL *c, struct fjob *fj, const struct meta *
 		return rc;
 	if ((e = mkdir_parent(t->blob)))
 		return lq_fail_errno(err, e, "%s", t->blob);
-	if (rename(t->part, t->blob) < 0)
+	if (rename(part, t->blob) < 0)
 		return lq_fail_errno(err, errno, "rename %s", t->blob);
 	unlink(t->chunks);
 	return LQ_OK;
@@ -1820,14 +1834,19 @@ static int target_init(struct hub *h, const char *path, const char *etag, struct
 		t->blob = xasprintf("%s/%s", h->local, path);
 		t->part = xasprintf("%s/.cache/huggingface/download/%s.%s.incomplete", h->local, path,
 				    etag);
+		t->cpart = xasprintf("%s/.cache/huggingface/download/%s.%s.chunked.incomplete",
+				     h->local, path, etag);
+		t->chunks = xasprintf("%s/.cache/huggingface/download/%s.%s.chunked.map", h->local,
+				      path, etag);
 		t->lock = xasprintf("%s/.cache/huggingface/download/%s.lock", h->local, path);
 	} else {
 		t->blob = xasprintf("%s/blobs/%s", h->repo_dir, etag);
 		t->part = xasprintf("%s/blobs/%s.incomplete", h->repo_dir, etag);
+		t->cpart = xasprintf("%s/blobs/%s.chunked.incomplete", h->repo_dir, etag);
+		t->chunks = xasprintf("%s/blobs/%s.chunked.map", h->repo_dir, etag);
 		t->lock = xasprintf("%s/%s.lock", h->lock_dir, etag);
 	}
-	t->chunks = t->part ? xasprintf("%s.chunks", t->part) : NULL;
-	if (!t->blob || !t->part || !t->lock || !t->chunks) {
+	if (!t->blob || !t->part || !t->cpart || !t->lock || !t->chunks) {
 		target_free(t);
 		return lq_fail(err, LQ_ERR_NOMEM, "out of memory");
 	}
@@ -1934,9 +1953,27 @@ static int fetch_with_meta(struct hub *h, CURL *c, struct fjob *fj, const struct
 		if (h->o->force && !h->local) {
 			/* never overwrite a verified blob in place: download next to it */
 			unlink(t.part);
+			unlink(t.cpart);
 			unlink(t.chunks);
 		}
 		rc = download(h, c, fj, m, &t, err);
+		/* a signed CDN URL may expire (403) during a long download:
+		 * resolve again for a fresh one and resume from the partial */
+		struct meta fresh = {0};
+		for (int refresh = 0; rc == LQ_ERR_AUTH && refresh < 2 && m->location &&
+				      !same_origin(h, m->location);
+		     refresh++) {
+			free(fresh.location);
+			fresh.location = NULL;
+			if (resolve_meta(h, c, m->commit, fj->path, &fresh, NULL) ||
+			    strcmp(fresh.etag, m->etag) || fresh.size != m->size)
+				break;
+			hlog(h, "%s: download URL refused (%s); retrying with a fresh one", fj->path,
+			     err ? err->msg : "403");
+			memcpy(fresh.commit, m->commit, sizeof fresh.commit);
+			rc = download(h, c, fj, &fresh, &t, err);
+		}
+		free(fresh.location);
 	} else {
 		add_done(h, fj, (int64_t)m->size);
 	}

@@ -281,6 +281,16 @@ hub_reset
 "$F" --cache-dir "$T/d5" org/tiny model.safetensors >/dev/null 2>&1
 check "after kills: final SHA-256 right" [ "$(sha256sum <"$D5/snapshots/$MAIN/model.safetensors" | cut -d' ' -f1)" = "$SHA_MODEL" ]
 
+# expired signed CDN URL (403) after part of the file: fresh URL, resumed
+hub_reset
+hub_fault kind=drop where=cdn file=model.safetensors arg=1000000 count=1
+hub_fault kind=expire where=cdn file=model.safetensors count=1
+"$F" --cache-dir "$T/d6" $FAST org/tiny model.safetensors >/dev/null 2>"$T/err"; rc=$?
+check "expired CDN URL: exit 0" [ $rc -eq 0 ]
+check "expired CDN URL: resolved again" [ "$(hub_count '"HEAD".*model.safetensors')" -eq 2 ]
+check "expired CDN URL: resumed" [ "$(hub_count '"range": "bytes=1000000-", "status": 206')" -eq 1 ]
+check "expired CDN URL: content" cmp -s "$SRC/model.safetensors" "$T/d6/models--org--tiny/snapshots/$MAIN/model.safetensors"
+
 # ------------------------------------------------------------------ corrupt bodies
 hub_reset
 hub_fault kind=corrupt where=cdn file=model.safetensors count=1
@@ -310,7 +320,7 @@ hub_reset
 out=$("$F" --cache-dir "$T/k1" $CH org/big big.safetensors 2>/dev/null)
 check "chunked: content" cmp -s "$B" "$out"
 check "chunked: ranged requests" [ "$(hub_count '"range": "bytes=[0-9]+-[0-9]+", "status": 206')" -ge 6 ]
-check "chunked: no sidecar left" [ -z "$(find "$T/k1" -name '*.chunks')" ]
+check "chunked: no map, no partial left" [ -z "$(find "$T/k1" -name '*.map' -o -name '*.incomplete')" ]
 hub_reset
 hub_fault kind=drop where=cdn arg=300000 count=3
 out=$("$F" --cache-dir "$T/k2" $CH $FAST org/big big.safetensors 2>/dev/null)
@@ -331,12 +341,23 @@ pid=$!
 sleep 1.2
 kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
 K5="$T/k5/models--org--big"
-check "chunked kill: chunk map kept" [ -f "$K5/blobs/$SHA_BIG.incomplete.chunks" ]
+check "chunked kill: chunk map kept" [ -f "$K5/blobs/$SHA_BIG.chunked.map" ]
+check "chunked kill: partial not under Python's resumable name" [ ! -e "$K5/blobs/$SHA_BIG.incomplete" ]
 hub_reset
 out=$("$F" --cache-dir "$T/k5" $CH org/big big.safetensors 2>"$T/err")
 check "chunked resume: content" cmp -s "$B" "$out"
 got=$(hub_log | python3 -c 'import json,sys; print(sum(json.loads(l).get("bytes") or 0 for l in sys.stdin if "\"cdn\"" in l))')
 check "chunked resume: fewer bytes than the file" [ "$got" -lt 6000000 ]
+
+# a contiguous partial (e.g. left by Python <= 1.17) continued with chunks
+K6="$T/k6/models--org--big"
+mkdir -p "$K6/blobs"
+head -c 2500000 "$B" >"$K6/blobs/$SHA_BIG.incomplete"
+hub_reset
+out=$("$F" --cache-dir "$T/k6" $CH org/big big.safetensors 2>/dev/null)
+check "contiguous partial + chunks: content" cmp -s "$B" "$out"
+got=$(hub_log | python3 -c 'import json,sys; print(sum(json.loads(l).get("bytes") or 0 for l in sys.stdin if "\"cdn\"" in l))')
+check "contiguous partial + chunks: only the rest fetched" [ "$got" -le 4000000 ]
 
 # ------------------------------------------------------------------ concurrency
 hub_reset
@@ -360,7 +381,7 @@ check "-j 1" hub_verify_snapshots "$T/j1/models--org--tiny"
 MNT="$T/small"
 mkdir -p "$MNT"
 if mount -t tmpfs -o size=1m tmpfs "$MNT" 2>/dev/null; then
-	"$F" --cache-dir "$MNT" $FAST org/tiny >/dev/null 2>"$T/err"; rc=$?
+	"$F" --cache-dir "$MNT" -j 1 $FAST org/tiny >/dev/null 2>"$T/err"; rc=$?
 	check "ENOSPC: exit 1" [ $rc -eq 1 ]
 	check "ENOSPC: message" grep -qi "no space left" "$T/err"
 	check "ENOSPC: nothing half-written in snapshots" hub_verify_snapshots "$MNT/models--org--tiny"
@@ -395,6 +416,32 @@ HF_HUB_DISABLE_PROGRESS_BARS=0 "$F" --cache-dir "$T/p2" org/tiny >/dev/null 2>"$
 check "forced progress bar shows bytes and ETA" grep -q "ETA" "$T/err"
 HF_HUB_DISABLE_PROGRESS_BARS=0 "$F" -q --cache-dir "$T/p3" org/tiny >/dev/null 2>"$T/err"
 check "-q: silent" [ ! -s "$T/err" ]
+
+# ------------------------------------------------------------------ man page EXAMPLES
+R2="$T/repos/models"
+mkdir -p "$R2/Qwen/Qwen2-7B-Instruct/main" "$R2/meta-llama/Llama-3.1-8B-Instruct/main" \
+	"$T/repos/datasets/org/name/main"
+echo '{}' >"$R2/Qwen/Qwen2-7B-Instruct/repo.json"
+cp "$SRC/config.json" "$SRC/model.safetensors" "$SRC/tokenizer.json" "$R2/Qwen/Qwen2-7B-Instruct/main/"
+echo 'license' >"$R2/Qwen/Qwen2-7B-Instruct/main/LICENSE"
+echo '{"gated": "manual", "access": ["hf_good"]}' >"$R2/meta-llama/Llama-3.1-8B-Instruct/repo.json"
+cp "$SRC/config.json" "$R2/meta-llama/Llama-3.1-8B-Instruct/main/"
+echo '{}' >"$T/repos/datasets/org/name/repo.json"
+echo 'a,b' >"$T/repos/datasets/org/name/main/train.csv"
+mkdir -p "$T/ex" && cd "$T/ex" || exit 1
+awk '/^\.SH /{ex = ($2 == "EXAMPLES")} ex && /^\.EX/{inb=1; next} ex && /^\.EE/{inb=0; next} ex && inb && /^\$ /' \
+	"$LQ_ROOT/man/hf-fetch.1" | sed -e 's/^\$ //' -e 's/\\-/-/g' -e "s/\\\\(aq/'/g" >"$T/examples"
+n=0
+while IFS= read -r cmd; do
+	n=$((n + 1))
+	PATH="$LQ_BIN:$PATH" HF_HUB_CACHE="$T/excache" HF_TOKEN=hf_good sh -c "$cmd" >"$T/out" 2>"$T/err"
+	rc=$?
+	check "man example: $cmd" [ $rc -eq 0 ] && [ -s "$T/out" ] || sed 's/^/  | /' "$T/err" >&2
+done <"$T/examples"
+check "man examples found" [ $n -ge 4 ]
+check "man example --local-dir wrote the file" [ -f "$T/ex/data/train.csv" ]
+cd "$T" || exit 1
+hub_reset
 
 # ------------------------------------------------------------------ interop with Python huggingface_hub
 if python3 -c 'import huggingface_hub' 2>/dev/null; then
