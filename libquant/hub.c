@@ -58,6 +58,8 @@ struct hub {
 	double delay, timeout;
 	uint64_t chunk, chunk_min;
 	char ua[128];
+	CURLSH *share;          /* DNS and TLS sessions shared by the workers */
+	pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST];
 	pthread_mutex_t mu;     /* callbacks and the fields below */
 	uint64_t total;
 	int files_done, files_total;
@@ -362,13 +364,14 @@ static int lock_take(struct hub *h, const char *path, int *fdp, struct lq_error 
 			return lq_fail_errno(err, fe, "lock %s", path);
 		double t = now_s();
 		if (h->o->lock_timeout > 0 && t - start > h->o->lock_timeout)
-			return lq_fail(err, LQ_ERR_IO, "timed out after %.0f s waiting for lock %s",
+			return lq_fail(err, LQ_ERR_IO, "timed out after %g s waiting for lock %s",
 				       h->o->lock_timeout, path);
 		if (t >= next_note) {
 			hlog(h, "still waiting to acquire lock on %s", path);
 			next_note = t + 10;
 		}
-		sleep_s(h, 0.05 + (double)(rand() % 50) / 1000.0);
+		unsigned seed = (unsigned)(t * 1e6) ^ (unsigned)getpid();
+		sleep_s(h, 0.05 + (double)(rand_r(&seed) % 50) / 1000.0);
 	}
 }
 
@@ -716,11 +719,50 @@ static int on_xfer(void *ud, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_
 	return atomic_load(&h->cancel) ? 1 : 0;
 }
 
+static void share_lock(CURL *c, curl_lock_data d, curl_lock_access a, void *ud)
+{
+	struct hub *h = ud;
+	if ((int)d >= 0 && d < CURL_LOCK_DATA_LAST)
+		pthread_mutex_lock(&h->share_mu[d]);
+}
+
+static void share_unlock(CURL *c, curl_lock_data d, void *ud)
+{
+	struct hub *h = ud;
+	if ((int)d >= 0 && d < CURL_LOCK_DATA_LAST)
+		pthread_mutex_unlock(&h->share_mu[d]);
+}
+
+static void share_init(struct hub *h)
+{
+	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+		pthread_mutex_init(&h->share_mu[i], NULL);
+	h->share = curl_share_init();
+	if (!h->share)
+		return;
+	curl_share_setopt(h->share, CURLSHOPT_LOCKFUNC, share_lock);
+	curl_share_setopt(h->share, CURLSHOPT_UNLOCKFUNC, share_unlock);
+	curl_share_setopt(h->share, CURLSHOPT_USERDATA, h);
+	curl_share_setopt(h->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+	curl_share_setopt(h->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+}
+
+static void share_release(struct hub *h)
+{
+	if (h->share)
+		curl_share_cleanup(h->share);
+	h->share = NULL;
+	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+		pthread_mutex_destroy(&h->share_mu[i]);
+}
+
 static CURL *handle_new(struct hub *h)
 {
 	CURL *c = curl_easy_init();
 	if (!c)
 		return NULL;
+	if (h->share)
+		curl_easy_setopt(c, CURLOPT_SHARE, h->share);
 	curl_easy_setopt(c, CURLOPT_USERAGENT, h->ua);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
@@ -1756,6 +1798,40 @@ static int download(struct hub *h, CURL *c, struct fjob *fj, const struct meta *
 
 /* ------------------------------------------------------------ linking */
 
+/* Put a real copy of blob at pointer: a hard link if possible, else a
+ * copy; through a temporary name and rename, so readers never see half a
+ * file.  0 or errno. */
+static int place_copy(const char *blob, const char *pointer)
+{
+	char *tmp = xasprintf("%s.%d.tmp", pointer, (int)getpid());
+	if (!tmp)
+		return ENOMEM;
+	unlink(tmp);
+	int e = 0;
+	if (link(blob, tmp) < 0) {
+		int in = open(blob, O_RDONLY | O_CLOEXEC);
+		int out = in < 0 ? -1 : open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+		e = (in < 0 || out < 0) ? errno : 0;
+		char buf[65536];
+		ssize_t n = 0;
+		while (!e && (n = read(in, buf, sizeof buf)) > 0)
+			if (write(out, buf, (size_t)n) != n)
+				e = errno ? errno : EIO;
+		if (!e && n < 0)
+			e = errno;
+		if (in >= 0)
+			close(in);
+		if (out >= 0 && close(out) < 0 && !e)
+			e = errno;
+	}
+	if (!e && rename(tmp, pointer) < 0)
+		e = errno;
+	if (e)
+		unlink(tmp);
+	free(tmp);
+	return e;
+}
+
 /* snapshots/<commit>/<path> -> ../../blobs/<etag> (one more ../ per directory). */
 static int link_pointer(struct hub *h, const char *blob, const char *etag, const char *pointer,
 			const char *path, struct lq_error *err)
@@ -1763,6 +1839,10 @@ static int link_pointer(struct hub *h, const char *blob, const char *etag, const
 	int e = mkdir_parent(pointer);
 	if (e)
 		return lq_fail_errno(err, e, "%s", pointer);
+	if (h->o->no_symlinks) {
+		e = place_copy(blob, pointer);
+		return e ? lq_fail_errno(err, e, "%s", pointer) : LQ_OK;
+	}
 	size_t depth = 2;
 	for (const char *p = path; *p; p++)
 		depth += *p == '/';
@@ -1792,27 +1872,8 @@ static int link_pointer(struct hub *h, const char *blob, const char *etag, const
 		}
 		if (errno == EPERM || errno == EOPNOTSUPP || errno == ENOSYS) {
 			/* no symlinks here: hardlink, else copy (keep the blob) */
-			if (link(blob, pointer) == 0)
-				break;
 			hlog(h, "warning: cannot symlink in %s; copying %s", h->repo_dir, path);
-			int in = open(blob, O_RDONLY | O_CLOEXEC);
-			char *tmp = xasprintf("%s.tmp", pointer);
-			int out = tmp ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666) : -1;
-			char buf[65536];
-			ssize_t n;
-			e = (in < 0 || out < 0) ? errno : 0;
-			while (!e && (n = read(in, buf, sizeof buf)) > 0)
-				if (write(out, buf, (size_t)n) != n)
-					e = errno ? errno : EIO;
-			if (in >= 0)
-				close(in);
-			if (out >= 0 && close(out) < 0 && !e)
-				e = errno;
-			if (!e && rename(tmp, pointer) < 0)
-				e = errno;
-			if (e && tmp)
-				unlink(tmp);
-			free(tmp);
+			e = place_copy(blob, pointer);
 			if (e)
 				rc = lq_fail_errno(err, e, "%s", pointer);
 			break;
@@ -1949,6 +2010,18 @@ static int fetch_with_meta(struct hub *h, CURL *c, struct fjob *fj, const struct
 	}
 	if ((rc = lock_take(h, t.lock, &lfd, err)))
 		goto out;
+	if (h->local && !h->o->force && file_exists(t.blob)) {
+		/* a file already there (no metadata): keep it if its hash matches */
+		char hex[65];
+		uint64_t sz = 0;
+		if (!lq_hub_hash_file(t.blob, etag_git(m->etag), hex, &sz, NULL) &&
+		    sz == m->size && !strcmp(hex, m->etag)) {
+			add_done(h, fj, (int64_t)m->size);
+			rc = local_finish(h, fj->path, m, err);
+			lock_release(t.lock, lfd);
+			goto out;
+		}
+	}
 	if (h->o->force || h->local || !file_exists(t.blob)) {
 		if (h->o->force && !h->local) {
 			/* never overwrite a verified blob in place: download next to it */
@@ -2195,6 +2268,7 @@ int lq_hub_fetch_file(const struct lq_hub_options *o, const char *repo_id, const
 		hub_release(&h);
 		return lq_fail(err, LQ_ERR_NETWORK, "cannot initialise libcurl");
 	}
+	share_init(&h);
 	CURL *c = handle_new(&h);
 	struct fjob fj = {.path = (char *)filename};
 	atomic_init(&fj.done, 0);
@@ -2265,6 +2339,7 @@ int lq_hub_fetch_file(const struct lq_hub_options *o, const char *repo_id, const
 out:
 	free(m.location);
 	curl_easy_cleanup(c);
+	share_release(&h);
 	curl_global_cleanup();
 	hub_release(&h);
 	return rc;
@@ -2376,6 +2451,7 @@ int lq_hub_fetch_snapshot(const struct lq_hub_options *o, const char *repo_id, c
 		hub_release(&h);
 		return lq_fail(err, LQ_ERR_NETWORK, "cannot initialise libcurl");
 	}
+	share_init(&h);
 	struct filelist all = {0};
 	char commit[41];
 	char *snap = NULL;
@@ -2474,6 +2550,7 @@ out:
 	free(snap);
 	filelist_free(&all);
 	curl_easy_cleanup(c);
+	share_release(&h);
 	curl_global_cleanup();
 	hub_release(&h);
 	return rc;

@@ -66,6 +66,8 @@ struct lq_hub_options {
 	size_t n_exclude;
 	int offline;            /* no network: resolve from the cache only */
 	int force;              /* re-download even if cached */
+	int no_symlinks;        /* snapshot entries are hard links or copies of the
+				   blobs, not symlinks (HF_HUB_DISABLE_SYMLINKS) */
 	int jobs;               /* files downloaded in parallel; default 8 */
 	int connections;        /* ranged connections per large file; default 8; 1 = single stream */
 	uint64_t chunk_size;    /* bytes per ranged chunk; default 16 MiB */

@@ -291,6 +291,17 @@ check "expired CDN URL: resolved again" [ "$(hub_count '"HEAD".*model.safetensor
 check "expired CDN URL: resumed" [ "$(hub_count '"range": "bytes=1000000-", "status": 206')" -eq 1 ]
 check "expired CDN URL: content" cmp -s "$SRC/model.safetensors" "$T/d6/models--org--tiny/snapshots/$MAIN/model.safetensors"
 
+# connection cut at random offsets: always resumed to the right content
+good=0
+for trial in 1 2 3 4 5 6 7 8 9 10 11 12; do
+	hub_reset
+	hub_fault kind=drop where=cdn file=model.safetensors arg=$(rand_below 3000000) count=$((1 + $(rand_below 3)))
+	out=$("$F" --cache-dir "$T/rd$trial" $FAST -c 1 org/tiny model.safetensors 2>/dev/null) &&
+		[ "$(sha256sum <"$out" | cut -d' ' -f1)" = "$SHA_MODEL" ] && good=$((good + 1))
+	rm -rf "$T/rd$trial"
+done
+check "random cuts: 12 of 12 trials verified" [ $good -eq 12 ]
+
 # ------------------------------------------------------------------ corrupt bodies
 hub_reset
 hub_fault kind=corrupt where=cdn file=model.safetensors count=1
@@ -377,6 +388,25 @@ check "concurrent: refs intact" [ "$(cat "$T/cc/models--org--tiny/refs/main")" =
 "$F" -j 1 --cache-dir "$T/j1" org/tiny >/dev/null 2>&1
 check "-j 1" hub_verify_snapshots "$T/j1/models--org--tiny"
 
+# a lock held by another process: wait for it, or give up after --lock-timeout
+LK="$T/lk"
+mkdir -p "$LK/.locks/models--org--tiny"
+flock "$LK/.locks/models--org--tiny/$SHA_MODEL.lock" sleep 2 &
+fl=$!
+sleep 0.3
+"$F" --cache-dir "$LK" --lock-timeout 0.5 org/tiny model.safetensors >/dev/null 2>"$T/err"; rc=$?
+check "--lock-timeout: exit 1" [ $rc -eq 1 ]
+check "--lock-timeout: names the lock" grep -q "timed out after 0.5 s waiting for lock .*$SHA_MODEL.lock" "$T/err"
+"$F" --cache-dir "$LK" org/tiny model.safetensors >/dev/null 2>"$T/err"; rc=$?
+check "lock released by the other process: exit 0" [ $rc -eq 0 ]
+wait $fl
+
+# HF_HUB_DISABLE_SYMLINKS: real files in snapshots/, blobs kept
+out=$(HF_HUB_DISABLE_SYMLINKS=1 "$F" --cache-dir "$T/ns" org/tiny 2>/dev/null)
+check "no symlinks: regular files" [ -f "$out/model.safetensors" ] && [ ! -L "$out/model.safetensors" ] && [ ! -L "$out/sub/dir/nested.txt" ]
+check "no symlinks: content" cmp -s "$SRC/model.safetensors" "$out/model.safetensors"
+check "no symlinks: blob kept" [ -f "$T/ns/models--org--tiny/blobs/$SHA_MODEL" ]
+
 # ------------------------------------------------------------------ disk full
 MNT="$T/small"
 mkdir -p "$MNT"
@@ -408,6 +438,11 @@ check "--local-dir: .gitignore" [ "$(cat "$L/.cache/huggingface/.gitignore")" = 
 hub_reset
 "$F" --local-dir "$L" org/tiny >/dev/null 2>&1
 check "--local-dir: second run downloads nothing" [ "$(hub_count '"GET".*(resolve|cdn)')" -eq 0 ]
+rm -rf "$L/.cache"
+hub_reset
+"$F" --local-dir "$L" org/tiny >/dev/null 2>&1
+check "--local-dir: files without metadata reused by hash" [ "$(hub_count '"GET".*(resolve|cdn)')" -eq 0 ]
+check "--local-dir: metadata written again" [ -f "$L/.cache/huggingface/download/model.safetensors.metadata" ]
 
 # ------------------------------------------------------------------ progress
 "$F" --cache-dir "$T/p1" org/tiny >/dev/null 2>"$T/err"
@@ -486,6 +521,19 @@ EOF
 	check "reuse of Python's blobs: all files" [ -f "$out/model.safetensors" ] && [ -f "$out/sub/dir/nested.txt" ]
 	HF_HUB_CACHE="$PYC" HF_HUB_OFFLINE=1 python3 -c 'from huggingface_hub import scan_cache_dir; r = scan_cache_dir(); assert not r.warnings, r.warnings' 2>"$T/py"
 	check "scan_cache_dir clean after mixed use" [ $? -eq 0 ] || cat "$T/py" >&2
+	# Python and hf-fetch at the same time on one cache (same locks)
+	PYC2="$T/pycache2"
+	hub_reset
+	hub_fault kind=slow where=cdn arg=0.005 count=-1
+	HF_HUB_CACHE="$PYC2" python3 -c 'from huggingface_hub import snapshot_download; snapshot_download("org/tiny")' >"$T/py" 2>&1 &
+	pp=$!
+	"$F" --cache-dir "$PYC2" org/tiny >/dev/null 2>"$T/err"; r1=$?
+	wait $pp; r2=$?
+	hub_reset
+	check "concurrent with Python: both succeed" [ $r1 -eq 0 ] && [ $r2 -eq 0 ] || cat "$T/py" "$T/err" >&2
+	check "concurrent with Python: cache verified" hub_verify_snapshots "$PYC2/models--org--tiny"
+	HF_HUB_CACHE="$PYC2" HF_HUB_OFFLINE=1 python3 -c 'from huggingface_hub import scan_cache_dir; r = scan_cache_dir(); assert not r.warnings, r.warnings' 2>"$T/py"
+	check "concurrent with Python: scan_cache_dir clean" [ $? -eq 0 ] || cat "$T/py" >&2
 else
 	echo "skipping Python interop tests: python package huggingface_hub missing"
 fi

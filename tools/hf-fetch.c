@@ -502,6 +502,7 @@ int main(int argc, char **argv)
 	}
 	if (env_true("HF_DEBUG"))
 		o.verbose = 1;
+	o.no_symlinks = env_true("HF_HUB_DISABLE_SYMLINKS");
 	/* libcurl reads http_proxy only in lower case */
 	if (!getenv("http_proxy") && env("HTTP_PROXY") && o.endpoint &&
 	    !strncmp(o.endpoint, "http://", 7))
