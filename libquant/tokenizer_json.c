@@ -374,6 +374,129 @@ static const char *cfg_token(json_t *cfg, const char *key, size_t *len)
 	return json_string_value(v);
 }
 
+/*
+ * transformers registers the named special tokens of tokenizer_config.json
+ * (and of the tokenizer class's defaults) with the backend as special added
+ * tokens: an existing added token takes the new flags (special, not
+ * normalized, no strip), a vocabulary entry becomes an added token, an
+ * unknown string gets the next free id.  This matters for decoding with
+ * skip_special_tokens and for matching them in text.
+ */
+struct cfg_tok {
+	const char *s;
+	size_t n;
+	uint32_t flags;
+};
+
+static void cfg_collect(json_t *v, struct cfg_tok *out, size_t *n, size_t cap)
+{
+	if (*n >= cap)
+		return;
+	uint32_t flags = TK_A_SPECIAL;
+	if (json_is_object(v)) {
+		flags |= (jbool(v, "lstrip", 0) ? TK_A_LSTRIP : 0) | (jbool(v, "rstrip", 0) ? TK_A_RSTRIP : 0) |
+			 (jbool(v, "single_word", 0) ? TK_A_SINGLE_WORD : 0) |
+			 (jbool(v, "normalized", 0) ? TK_A_NORMALIZED : 0);
+		v = json_object_get(v, "content");
+	}
+	if (!json_is_string(v) || json_string_length(v) == 0)
+		return;
+	out[*n].s = json_string_value(v);
+	out[*n].n = json_string_length(v);
+	out[*n].flags = flags;
+	(*n)++;
+}
+
+static int cfg_specials(struct jctx *c, json_t *cfg)
+{
+	struct lq_tokenizer *t = c->t;
+	static const char *const named[] = {"bos_token", "eos_token", "unk_token", "sep_token",
+					    "pad_token", "cls_token", "mask_token"};
+	size_t cap = 7 + json_array_size(json_object_get(cfg, "additional_special_tokens")) +
+		     json_object_size(json_object_get(cfg, "extra_special_tokens")) +
+		     json_array_size(json_object_get(cfg, "extra_special_tokens"));
+	struct cfg_tok *v = calloc(cap, sizeof *v);
+	if (!v)
+		return lq_fail(c->err, LQ_ERR_NOMEM, "%s: out of memory", LABEL);
+	size_t n = 0, i;
+	const char *cls = json_string_value(json_object_get(cfg, "tokenizer_class"));
+	int gemma = cls && (!strcmp(cls, "GemmaTokenizer") || !strcmp(cls, "GemmaTokenizerFast"));
+	for (size_t k = 0; k < sizeof named / sizeof named[0]; k++) {
+		json_t *x = json_object_get(cfg, named[k]);
+		if (!x && gemma && !strcmp(named[k], "mask_token")) {
+			/* the class default of transformers' GemmaTokenizer */
+			v[n++] = (struct cfg_tok){"<mask>", 6, TK_A_SPECIAL};
+			continue;
+		}
+		cfg_collect(x, v, &n, cap);
+	}
+	json_t *x, *a = json_object_get(cfg, "additional_special_tokens");
+	json_array_foreach(a, i, x) cfg_collect(x, v, &n, cap);
+	a = json_object_get(cfg, "extra_special_tokens");
+	if (json_is_array(a)) {
+		json_array_foreach(a, i, x) cfg_collect(x, v, &n, cap);
+	} else if (json_is_object(a)) {
+		const char *key;
+		json_object_foreach(a, key, x) cfg_collect(x, v, &n, cap);
+	}
+	/* apply in order: an existing added token takes the new flags, others are appended */
+	struct tk_added *na = lq_arena_alloc(&t->arena, (t->n_added + n) * sizeof *na + 1);
+	if (!na) {
+		free(v);
+		return lq_fail(c->err, LQ_ERR_NOMEM, "%s: out of memory", LABEL);
+	}
+	memcpy(na, t->added, t->n_added * sizeof *na);
+	uint32_t m = t->n_added, new_ids = 0;
+	for (i = 0; i < n; i++) {
+		uint32_t k;
+		for (k = 0; k < m; k++)
+			if (na[k].len == v[i].n && !memcmp(na[k].content, v[i].s, v[i].n))
+				break;
+		if (k < m) {
+			na[k].flags = v[i].flags;
+			continue;
+		}
+		int32_t id = tk_vocab_find(t, v[i].s, v[i].n);
+		if (id < 0) {
+			if (t->n_ids + new_ids >= TK_MAX_IDS) {
+				free(v);
+				return lq_fail(c->err, LQ_ERR_FORMAT, "%s: too many ids", LABEL);
+			}
+			id = (int32_t)(t->n_ids + new_ids++);
+		}
+		na[m].id = (uint32_t)id;
+		na[m].flags = v[i].flags;
+		na[m].len = (uint32_t)v[i].n;
+		na[m].content = dupstr(t, v[i].s, v[i].n);
+		if (!na[m].content) {
+			free(v);
+			return lq_fail(c->err, LQ_ERR_NOMEM, "%s: out of memory", LABEL);
+		}
+		m++;
+	}
+	free(v);
+	t->added = na;
+	t->n_added = m;
+	if (new_ids) {
+		/* grow the id space */
+		uint32_t nn = t->n_ids + new_ids;
+		uint32_t *voff = lq_arena_alloc(&t->arena, (size_t)nn * 4 + 4);
+		uint32_t *vlen = lq_arena_alloc(&t->arena, (size_t)nn * 4 + 4);
+		int32_t *aof = lq_arena_alloc(&t->arena, (size_t)nn * 4 + 4);
+		if (!voff || !vlen || !aof)
+			return lq_fail(c->err, LQ_ERR_NOMEM, "%s: out of memory", LABEL);
+		memcpy(voff, t->voff, (size_t)t->n_ids * 4);
+		memcpy(vlen, t->vlen, (size_t)t->n_ids * 4);
+		for (uint32_t k = t->n_ids; k < nn; k++)
+			voff[k] = TK_NONE;
+		t->voff = voff;
+		t->vlen = vlen;
+		t->added_of = aof;
+		t->n_ids = nn;
+	}
+	return LQ_OK;
+}
+
 static int load_model(struct jctx *c, json_t *m)
 {
 	struct lq_tokenizer *t = c->t;
@@ -631,6 +754,12 @@ int lq_tokenizer_load_json(struct lq_tokenizer **out, const char *json, size_t j
 			goto fail;
 		}
 	}
+	/* named special tokens of tokenizer_config.json become special added tokens */
+	if (cfg && (rc = cfg_specials(c, cfg)))
+		goto fail;
+	/* rebuild the tables with the merges and added tokens (second finish) */
+	if ((rc = tk_finish(t, LABEL, err)))
+		goto fail;
 	/* special ids */
 	if (cfg) {
 		const char *keys[4] = {"bos_token", "eos_token", "pad_token", "unk_token"};
@@ -647,10 +776,6 @@ int lq_tokenizer_load_json(struct lq_tokenizer **out, const char *json, size_t j
 	}
 	if (t->unk < 0)
 		t->unk = t->model_unk;
-
-	/* rebuild the tables with the merges (second finish) */
-	if ((rc = tk_finish(t, LABEL, err)))
-		goto fail;
 	json_decref(root);
 	json_decref(cfg);
 	free(c);

@@ -30,7 +30,11 @@ for t in llama3_1 llama2 qwen3 gemma3 synth_a synth_b; do
 	case $t in
 	synth_*)
 		cp "$FIX/tok_$t.json" "$td/tokenizer.json"
-		echo '{}' >"$td/tokenizer_config.json" ;;
+		if [ -f "$FIX/tok_${t}_config.json" ]; then
+			cp "$FIX/tok_${t}_config.json" "$td/tokenizer_config.json"
+		else
+			echo '{}' >"$td/tokenizer_config.json"
+		fi ;;
 	*)
 		gzip -dc "$FIX/tokenizers/$t/tokenizer.json.gz" >"$td/tokenizer.json" || { bad "$t: gunzip"; continue; }
 		gzip -dc "$FIX/tokenizers/$t/tokenizer_config.json.gz" >"$td/tokenizer_config.json" || { bad "$t: gunzip"; continue; } ;;
@@ -44,7 +48,7 @@ for t in llama3_1 llama2 qwen3 gemma3 synth_a synth_b; do
 	same "$t: fixture output (blob)" "$TMP/out" "$FIX/tok_expected_$t.jsonl"
 	# fresh random comparison against the live Python library
 	if [ "$have_tok" = 1 ]; then
-		python3 "$LQ_ROOT/tests/tok_reference.py" expected "$td/tokenizer.json" \
+		python3 "$LQ_ROOT/tests/tok_reference.py" expected "$td/tokenizer.json" "$td/tokenizer_config.json" \
 			<"$TMP/random.jsonl" >"$td/random_expected.jsonl" || bad "$t: python reference"
 		check "$t: random corpus" "$GEN" -b "$td/tokenizer.json" "$td/tokenizer_config.json" \
 			<"$TMP/random.jsonl"

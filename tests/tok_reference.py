@@ -5,8 +5,9 @@
       the fixed test corpus (one JSON object per line: {"text"}, {"hex"} or {"ids"})
   tok_reference.py random SEED COUNT [SPECIALS...] > random.jsonl
       a randomized corpus (mixed scripts, whitespace, special tokens, random ids)
-  tok_reference.py expected TOKENIZER_JSON < in.jsonl > expected.jsonl
-      the expected output of tests/gen_tok for every input line
+  tok_reference.py expected TOKENIZER_JSON [TOKENIZER_CONFIG_JSON] < in.jsonl > expected.jsonl
+      the expected output of tests/gen_tok for every input line; with a config, its
+      named special tokens are registered as transformers does (see named_specials)
   tok_reference.py synth OUTDIR
       write the two small synthetic tokenizers tok_synth_a.json (SentencePiece style:
       byte fallback, Metaspace "first" with split, NFKC, added tokens with
@@ -192,9 +193,44 @@ def random_corpus(seed, count, specials):
     return out
 
 
-def expected(path):
+def named_specials(cfg):
+    """The special tokens transformers registers with the backend tokenizer: the
+    named ones of tokenizer_config.json (or the tokenizer class's defaults),
+    additional_special_tokens and extra_special_tokens, as special, not
+    normalized added tokens (replacing the flags of an existing added token)."""
+    from tokenizers import AddedToken
+    out = []
+
+    def add(v):
+        if isinstance(v, dict):
+            out.append(AddedToken(v["content"], single_word=v.get("single_word", False),
+                                  lstrip=v.get("lstrip", False), rstrip=v.get("rstrip", False),
+                                  normalized=v.get("normalized", False), special=True))
+        elif isinstance(v, str) and v:
+            out.append(AddedToken(v, special=True, normalized=False))
+
+    gemma = cfg.get("tokenizer_class") in ("GemmaTokenizer", "GemmaTokenizerFast")
+    for k in ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"]:
+        if k not in cfg and gemma and k == "mask_token":
+            add("<mask>")
+        else:
+            add(cfg.get(k))
+    for v in cfg.get("additional_special_tokens") or []:
+        add(v)
+    e = cfg.get("extra_special_tokens")
+    for v in (e.values() if isinstance(e, dict) else e or []):
+        add(v)
+    return out
+
+
+def expected(path, config=None):
     from tokenizers import Tokenizer
     tk = Tokenizer.from_file(path)
+    if config:
+        with open(config, encoding="utf-8") as f:
+            specials = named_specials(json.load(f))
+        if specials:
+            tk.add_special_tokens(specials)
     for line in sys.stdin:
         o = json.loads(line)
         if "ids" in o:
@@ -275,8 +311,9 @@ def compare_transformers(d):
         n += 1
         a = tk.encode(text).ids
         b = at(text)["input_ids"]
-        da, db = tk.decode(a), at.decode(a)
-        if a != b or da != db:
+        da, db = tk.decode(a, skip_special_tokens=False), at.decode(a)
+        da2, db2 = tk.decode(a, skip_special_tokens=True), at.decode(a, skip_special_tokens=True)
+        if a != b or da != db or da2 != db2:
             bad += 1
             print("differs: %r\n  tokenizers:   %s %r\n  transformers: %s %r" % (text, a, da, b, db))
     print("%d of %d texts differ" % (bad, n))
@@ -289,8 +326,8 @@ def main():
     elif len(sys.argv) >= 4 and sys.argv[1] == "random":
         for o in random_corpus(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]):
             print(dumps(o))
-    elif len(sys.argv) == 3 and sys.argv[1] == "expected":
-        expected(sys.argv[2])
+    elif len(sys.argv) in (3, 4) and sys.argv[1] == "expected":
+        expected(*sys.argv[2:])
     elif len(sys.argv) == 3 and sys.argv[1] == "synth":
         synth(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "compare-transformers":
