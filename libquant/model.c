@@ -626,9 +626,12 @@ static int parse_config(struct lq_model *m, json_t *root, const struct arch_desc
 	if ((rc = get_token(root, "pad_token_id", a->pad, &c->pad_token_id, err)) ||
 	    (rc = get_token(root, "bos_token_id", a->bos, &c->bos_token_id, err)))
 		return rc;
-	if (c->pad_token_id < 0 && c->pad_token_id != -1)
-		c->pad_token_id += c->vocab_size; /* torch normalises a negative padding_idx */
-	if (c->pad_token_id < -1 || c->pad_token_id >= c->vocab_size)
+	/* torch normalises a negative padding_idx (an explicit -1 too) */
+	json_t *pad = getkey(root, "pad_token_id");
+	if (pad && c->pad_token_id < 0)
+		c->pad_token_id += c->vocab_size;
+	if (c->pad_token_id < -1 || c->pad_token_id >= c->vocab_size ||
+	    (pad && c->pad_token_id < 0))
 		return lq_fail(err, LQ_ERR_FORMAT, "config.json: pad_token_id %lld is outside the vocabulary",
 			       (long long)c->pad_token_id);
 	json_t *eos = json_object_get(root, "eos_token_id");

@@ -241,6 +241,21 @@ static void test_arch_params(void)
 		CHECK(fabs(c->embed_scale - sqrt(2304.0)) < 1e-12 && c->dtype == LQ_DTYPE_F32);
 		lq_model_free(m);
 	}
+	/* a negative pad_token_id counts from the end, as torch's padding_idx */
+	m = load("{\"model_type\":\"llama\",\"num_hidden_layers\":1,\"vocab_size\":97,\"pad_token_id\":-1}", &err);
+	if (m) {
+		CHECK(lq_model_config(m)->pad_token_id == 96);
+		lq_model_free(m);
+	}
+	m = load("{\"model_type\":\"llama\",\"num_hidden_layers\":1,\"pad_token_id\":null}", &err);
+	if (m) {
+		CHECK(lq_model_config(m)->pad_token_id == -1);
+		lq_model_free(m);
+	}
+	CHECK(fails_with("{\"model_type\":\"llama\",\"vocab_size\":97,\"pad_token_id\":-98}",
+			 LQ_ERR_FORMAT, "pad_token_id"));
+	CHECK(fails_with("{\"model_type\":\"llama\",\"vocab_size\":97,\"pad_token_id\":97}",
+			 LQ_ERR_FORMAT, "pad_token_id"));
 	/* architecture inferred from "architectures" without model_type */
 	m = load("{\"architectures\":[\"Qwen2ForCausalLM\"],\"num_hidden_layers\":1}", &err);
 	if (m) {
