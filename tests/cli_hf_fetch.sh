@@ -9,6 +9,7 @@ F="$LQ_BIN/hf-fetch"
 T=$(mktemp -d "${TMPDIR:-/tmp}/hf-fetch-test.XXXXXX")
 cleanup() {
 	hub_stop
+	[ -n "$TLS_PID" ] && kill "$TLS_PID" 2>/dev/null
 	[ -n "$MNT" ] && umount "$MNT" 2>/dev/null
 	rm -rf "$T"
 }
@@ -451,6 +452,28 @@ HF_HUB_DISABLE_PROGRESS_BARS=0 "$F" --cache-dir "$T/p2" org/tiny >/dev/null 2>"$
 check "forced progress bar shows bytes and ETA" grep -q "ETA" "$T/err"
 HF_HUB_DISABLE_PROGRESS_BARS=0 "$F" -q --cache-dir "$T/p3" org/tiny >/dev/null 2>"$T/err"
 check "-q: silent" [ ! -s "$T/err" ]
+
+# ------------------------------------------------------------------ HTTPS
+if openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+	-addext subjectAltName=IP:127.0.0.1 -keyout "$T/key.pem" -out "$T/cert.pem" >/dev/null 2>&1; then
+	python3 "$LQ_ROOT/tests/hubserver.py" --repos "$T/repos" --port-file "$T/tlsports" \
+		--tls "$T/cert.pem" "$T/key.pem" >"$T/tls.log" 2>&1 &
+	TLS_PID=$!
+	i=0
+	while [ ! -s "$T/tlsports" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+	read -r TP TC <"$T/tlsports"
+	out=$(SSL_CERT_FILE="$T/cert.pem" HF_TOKEN=hf_good HF_ENDPOINT="https://127.0.0.1:$TP" \
+		"$F" --cache-dir "$T/tlsc" org/tiny 2>"$T/err")
+	check "https: download with SSL_CERT_FILE" cmp -s "$SRC/model.safetensors" "$out/model.safetensors" || cat "$T/err" >&2
+	curl -sk "https://127.0.0.1:$TP/_test/log" >"$T/tlsreq"
+	check "https: token sent to the hub" grep -q '"port": "hub".*Bearer hf_good' "$T/tlsreq"
+	check "https: token kept from the CDN" [ "$(grep -c '"port": "cdn".*Bearer' "$T/tlsreq")" -eq 0 ]
+	HF_ENDPOINT="https://127.0.0.1:$TP" "$F" --cache-dir "$T/tlsc2" --retries 0 org/tiny >/dev/null 2>"$T/err"; rc=$?
+	check "https: unknown CA refused" [ $rc -eq 1 ] && grep -qi "certificate" "$T/err"
+	kill $TLS_PID 2>/dev/null; wait $TLS_PID 2>/dev/null; TLS_PID=
+else
+	echo "skipping HTTPS tests: cannot make a certificate with openssl"
+fi
 
 # ------------------------------------------------------------------ man page EXAMPLES
 R2="$T/repos/models"

@@ -14,7 +14,8 @@
 # "access": [tokens that may read], "lfs_min": files of at least this many
 # bytes are LFS (default 1024; *.safetensors and *.bin always are),
 # "redirect_small": true = small files answer 307 to /api/resolve-cache/.
-# Valid tokens: --tokens (default hf_good,hf_noaccess).
+# Valid tokens: --tokens (default hf_good,hf_noaccess).  --tls CERT KEY serves
+# HTTPS on both ports.
 #
 # Test control (not logged), all GET on the hub port:
 #   /_test/fault?kind=K&where=cdn|resolve|api|any&file=GLOB&method=GET|HEAD|*
@@ -52,6 +53,7 @@ class State:
         self.hash_cache = {}
         self.main_port = 0
         self.cdn_port = 0
+        self.scheme = "http"
 
     # ---- repos
     def find_repo(self, rtype, rid):
@@ -398,7 +400,7 @@ class Handler(BaseHTTPRequestHandler):
             u = urllib.parse.urlsplit(self.path)
             qq = {k: v[0] for k, v in q.items()}
             qq["cursor"] = str(cursor + self.st.page_size)
-            nxt = "http://127.0.0.1:%d%s?%s" % (self.st.main_port, u.path,
+            nxt = "%s://127.0.0.1:%d%s?%s" % (self.st.scheme, self.st.main_port, u.path,
                                                 urllib.parse.urlencode(qq))
             h["Link"] = '<%s>; rel="next"' % nxt
         self.send(200, h, json.dumps(page).encode())
@@ -433,8 +435,9 @@ class Handler(BaseHTTPRequestHandler):
                               headers={"X-Repo-Commit": commit})
         info = self.st.file_info(full, repo.get("lfs_min", 1024))
         if info["lfs"]:
-            loc = "http://127.0.0.1:%d/cdn/%s?X-Amz-Expires=3600&X-Amz-Signature=abc&name=%s" % (
-                self.st.cdn_port, info["sha256"], urllib.parse.quote(os.path.basename(path)))
+            loc = "%s://127.0.0.1:%d/cdn/%s?X-Amz-Expires=3600&X-Amz-Signature=abc&name=%s" % (
+                self.st.scheme, self.st.cdn_port, info["sha256"],
+                urllib.parse.quote(os.path.basename(path)))
             body = b"Found. Redirecting to " + loc.encode()
             return self.send(302, {"Location": loc, "X-Repo-Commit": commit,
                                    "X-Linked-Etag": '"%s"' % info["sha256"],
@@ -551,7 +554,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         sock = self.connection
         with open(info["path"], "rb") as fh:
-            if kind is None or kind == "norange":
+            if (kind is None or kind == "norange") and self.st.scheme == "http":
                 off, left = start, limit
                 while left > 0:
                     n = os.sendfile(sock.fileno(), fh.fileno(), off, min(left, 1 << 24))
@@ -566,7 +569,7 @@ class Handler(BaseHTTPRequestHandler):
                     b = fh.read(min(65536, limit - sent))
                     if not b:
                         break
-                    if kind == "corrupt" and sent == 0:
+                    if kind == "corrupt" and sent == 0:  # noqa: flipped first byte
                         b = bytes([b[0] ^ 0xFF]) + b[1:]
                     if kind == "slow":
                         time.sleep(float(fault["arg"] or 0.1))
@@ -596,11 +599,20 @@ def main():
     ap.add_argument("--port-file", required=True)
     ap.add_argument("--page-size", type=int, default=1000)
     ap.add_argument("--tokens", default="hf_good,hf_noaccess")
+    ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"),
+                    help="serve HTTPS on both ports with this certificate")
     a = ap.parse_args()
     st = State(os.path.abspath(a.repos), a.tokens.split(","), a.page_size)
     hub = Server(("127.0.0.1", 0), Handler)
     cdn = Server(("127.0.0.1", 0), CdnHandler)
     hub.state = cdn.state = st
+    if a.tls:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls[0], a.tls[1])
+        hub.socket = ctx.wrap_socket(hub.socket, server_side=True)
+        cdn.socket = ctx.wrap_socket(cdn.socket, server_side=True)
+        st.scheme = "https"
     st.main_port = hub.server_address[1]
     st.cdn_port = cdn.server_address[1]
     threading.Thread(target=cdn.serve_forever, daemon=True).start()
