@@ -309,7 +309,9 @@ struct lq_model_tensor {
  * recognised: a Linear weight stored as uint8 [ceil(n/2), 1] with its
  * NAME.absmax / .nested_absmax / .quant_map / .nested_quant_map /
  * .quant_state.bitsandbytes__nf4|fp4 companions is NF4/FP4 (block size from
- * the absmax count, double quant when nested_absmax is there).  The strings
+ * the absmax count, double quant when nested_absmax is there); an int8
+ * [N, K] weight with NAME.SCB (and NAME.weight_format) is LLM.int8, stored
+ * as qtype INT8 with block_size 0 (row-wise: 4 N bytes of fp32 scales).  The strings
  * are copied; the list need not outlive the call.  On error the storage and
  * presence flags may be partly updated (validate again before using them).
  */

@@ -1219,17 +1219,21 @@ static int add_warning(struct lq_model *m, const char *fmt, ...)
  * 4-bit layers (bnb-format.md 3.1): NAME.weight.absmax, ... belong to the
  * Linear whose weight is NAME.weight.
  */
-enum { BNB_PACKED = 1, BNB_ABSMAX = 2, BNB_NESTED = 4, BNB_NF4 = 8, BNB_FP4 = 16 };
+enum { BNB_PACKED = 1, BNB_ABSMAX = 2, BNB_NESTED = 4, BNB_NF4 = 8, BNB_FP4 = 16, BNB_SCB = 32,
+       BNB_INT8 = 64 };
 static const struct {
 	const char *suffix;
 	int flag;
+	int module_level;  /* NAME.SCB for the weight NAME.weight */
 } bnb_suffixes[] = {
-	{".absmax", BNB_ABSMAX},
-	{".nested_absmax", BNB_NESTED},
-	{".quant_map", 0},
-	{".nested_quant_map", 0},
-	{".quant_state.bitsandbytes__nf4", BNB_NF4},
-	{".quant_state.bitsandbytes__fp4", BNB_FP4},
+	{".absmax", BNB_ABSMAX, 0},
+	{".nested_absmax", BNB_NESTED, 0},
+	{".quant_map", 0, 0},
+	{".nested_quant_map", 0, 0},
+	{".quant_state.bitsandbytes__nf4", BNB_NF4, 0},
+	{".quant_state.bitsandbytes__fp4", BNB_FP4, 0},
+	{".SCB", BNB_SCB, 1},            /* LLM.int8: fp32 row scales */
+	{".weight_format", 0, 1},
 };
 
 /* The Linear weight parameter a bnb statistics tensor belongs to, or -1. */
@@ -1240,9 +1244,11 @@ static long bnb_owner(const struct lq_model *m, const char *name, int *flag)
 		size_t sl = strlen(bnb_suffixes[k].suffix);
 		if (n <= sl || strcmp(name + n - sl, bnb_suffixes[k].suffix) || n - sl >= 512)
 			continue;
-		char base[512];
+		char base[520];
 		memcpy(base, name, n - sl);
 		base[n - sl] = 0;
+		if (bnb_suffixes[k].module_level)
+			memcpy(base + n - sl, ".weight", 8);
 		long p = lq_model_find_param(m, base);
 		if (p >= 0 && m->params[p].is_linear_weight) {
 			*flag = bnb_suffixes[k].flag;
@@ -1308,6 +1314,8 @@ static int validate_list(struct lq_model *m, const struct lq_model_tensor *t, si
 			return lq_fail(err, LQ_ERR_UNSUPPORTED, "tensor '%s': unsupported dtype", x->name);
 		struct lq_model_storage s = {x->dtype, x->qtype, x->block_size ? x->block_size : 64,
 					     x->double_quant};
+		if (same && q->is_linear_weight && x->qtype == LQ_QTYPE_NONE && x->dtype == LQ_DTYPE_I8)
+			bnb[p] |= BNB_INT8; /* LLM.int8 when its SCB is there (checked below) */
 		if (packed) {
 			bnb[p] |= BNB_PACKED;
 			s.dtype = m->cfg.dtype;
@@ -1333,9 +1341,16 @@ static int validate_list(struct lq_model *m, const struct lq_model_tensor *t, si
 					q->st.block_size = bs;
 					break;
 				}
-		} else if (bnb[i]) {
+		} else if ((bnb[i] & (BNB_INT8 | BNB_SCB)) == (BNB_INT8 | BNB_SCB) &&
+			   !(bnb[i] & ~(BNB_INT8 | BNB_SCB))) {
+			/* bitsandbytes LLM.int8: int8 [N, K] with one fp32 scale per row */
+			q->st.qtype = LQ_QTYPE_INT8;
+			q->st.block_size = 0;
+			q->st.double_quant = 0;
+			q->st.dtype = m->cfg.dtype;
+		} else if (bnb[i] & ~BNB_INT8) {
 			return lq_fail(err, LQ_ERR_FORMAT,
-				       "tensor '%s' has bitsandbytes statistics but is not a packed 4-bit weight",
+				       "tensor '%s' has bitsandbytes statistics but is not stored as bitsandbytes does",
 				       q->name);
 		}
 		if (q->present)
@@ -1404,6 +1419,12 @@ static int param_bytes(const struct lq_model_param *p, uint64_t *hf, uint64_t *s
 	*hf = *stats = *bnb_extra = 0;
 	if (s->qtype == LQ_QTYPE_NONE) {
 		return lq_mul_u64(p->nelem, lq_dtype_size(s->dtype), hf) ? 0 : -1;
+	}
+	if (s->qtype == LQ_QTYPE_INT8 && s->block_size == 0) {
+		/* bitsandbytes LLM.int8 (row-wise): int8 weight + fp32 SCB per row */
+		*hf = p->nelem;
+		*stats = 4 * p->shape[0];
+		return 0;
 	}
 	struct lq_qparams q = {s->qtype, s->block_size, s->double_quant};
 	*hf = lq_qdata_bytes(s->qtype, p->nelem);

@@ -509,6 +509,55 @@ static void test_bnb_checkpoint(void)
 		CHECK_OK(lq_model_footprint(m, &b, &err), &err);
 		CHECK(a.hf_bytes == b.hf_bytes && a.resident_bytes == b.resident_bytes && a.n_params == b.n_params);
 	}
+	/* LLM.int8: int8 weights with SCB and weight_format */
+	{
+		size_t n = 0;
+		for (size_t i = 0; i < lq_model_nparams(m); i++) {
+			const struct lq_model_param *p = lq_model_param(m, i);
+			struct lq_model_tensor *x = &t[n++];
+			memset(x, 0, sizeof *x);
+			x->name = p->name;
+			x->ndim = p->ndim;
+			x->shape[0] = p->shape[0];
+			x->shape[1] = p->shape[1];
+			x->dtype = p->quantize_default ? LQ_DTYPE_I8 : LQ_DTYPE_BF16;
+			if (!p->quantize_default)
+				continue;
+			for (int k = 0; k < 2; k++) {
+				x = &t[n];
+				memset(x, 0, sizeof *x);
+				snprintf(names[n], sizeof names[n], "%.*s%s", (int)(strlen(p->name) - 7), p->name,
+					 k ? ".weight_format" : ".SCB");
+				x->name = names[n];
+				x->ndim = 1 - k;
+				x->shape[0] = p->shape[0];
+				x->dtype = k ? LQ_DTYPE_U8 : LQ_DTYPE_F32;
+				n++;
+			}
+		}
+		CHECK_OK(lq_model_validate(m, t, n, &err), &err);
+		CHECK(lq_model_nwarnings(m) == 0, "%s", lq_model_warning(m, 0));
+		struct lq_footprint fp;
+		CHECK_OK(lq_model_footprint(m, &fp, &err), &err);
+		/* per layer: int8 q,k,v,o,gate,up,down + bf16 norms; SCB 4 x rows */
+		uint64_t lin = 4096 + 2048 + 2048 + 4096 + 3 * 10240, rows = 64 + 32 + 32 + 64 + 160 + 160 + 64;
+		CHECK(fp.hf_bytes == 2 * (lin + 256) + 2 * 256 * 64 * 2 + 64 * 2 + 64, "%llu",
+		      (unsigned long long)fp.hf_bytes);
+		CHECK(fp.stats_bytes == 2 * 4 * rows, "%llu", (unsigned long long)fp.stats_bytes);
+		char *txt = NULL;
+		CHECK_OK(lq_model_tree_text(m, &txt, NULL, &err), &err);
+		CHECK(txt && strstr(txt, "(down_proj): Linear8bitLt(in_features=160, out_features=64, bias=False)"));
+		free(txt);
+		/* an int8 weight without SCB is just an int8 tensor */
+		size_t k = 0;
+		for (size_t i = 0; i < n; i++)
+			if (lq_model_find_param(m, t[i].name) >= 0)
+				t[k++] = t[i];
+		CHECK_OK(lq_model_validate(m, t, k, &err), &err);
+		long d = lq_model_find_param(m, "model.layers.0.mlp.down_proj.weight");
+		CHECK(lq_model_param(m, (size_t)d)->st.qtype == LQ_QTYPE_NONE &&
+		      lq_model_param(m, (size_t)d)->st.dtype == LQ_DTYPE_I8);
+	}
 	/* statistics without a packed weight */
 	t[0].name = "model.layers.0.self_attn.q_proj.weight.absmax";
 	t[0].shape[0] = 64;
