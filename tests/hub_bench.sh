@@ -5,7 +5,8 @@
 # Prints one line per method: seconds and MB/s (MB = 10^6 bytes).  hf-fetch's
 # time includes its SHA-256 verification and the fdatasync before the blob is
 # renamed into place; plain `curl -o` has neither, so a `curl -o; sync` line
-# is printed too.
+# is printed too.  "cpu" is user + system time of the client (the machine
+# may be shared, so wall times are noisy).
 : "${LQ_ROOT:=$(cd "$(dirname "$0")/.." && pwd)}"
 : "${LQ_BIN:=$LQ_ROOT/build/bin}"
 . "$LQ_ROOT/tests/hub_lib.sh"
@@ -27,11 +28,11 @@ LOC=$(curl -sI "$HF_ENDPOINT/bench/big/resolve/main/model.safetensors" | tr -d '
 run() { # NAME CMD...
 	_n=$1; shift
 	sync
-	_t0=$(date +%s.%N)
-	"$@" >/dev/null 2>&1 || { echo "$_n: failed"; return; }
-	_t1=$(date +%s.%N)
-	awk -v n="$_n" -v a="$_t0" -v b="$_t1" -v s="$BYTES" \
-		'BEGIN { printf "%-34s %7.2f s %8.1f MB/s\n", n, b - a, s / (b - a) / 1e6 }'
+	if ! /usr/bin/time -f "%e %U %S" -o "$T/time" "$@" >/dev/null 2>&1; then
+		echo "$_n: failed"
+		return
+	fi
+	awk -v n="$_n" -v s="$BYTES" '{ printf "%-34s %7.2f s %8.1f MB/s   cpu %5.2f s\n", n, $1, s / $1 / 1e6, $2 + $3 }' "$T/time"
 }
 
 echo "file: $MB MiB ($BYTES bytes), loopback, $(nproc) CPUs"
