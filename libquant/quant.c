@@ -170,6 +170,7 @@ static float dq_offset(const float *absmax, uint64_t nb)
 #ifdef LQ_HAVE_X86
 static int have_avx2(void);
 static void dyn8_encode_avx2(const float *d, size_t len, float inv, uint8_t *codes);
+static float sub_absmax_avx2(const float *a, float offset, size_t len, float *d);
 #endif
 
 /* Quantize the nested runs k0..k1 of the scales (offset already known);
@@ -180,19 +181,21 @@ static void dq_runs_simd(const float *absmax, uint64_t nb, float offset, uint64_
 	for (uint64_t k = k0; k < k1; k++) {
 		uint64_t b0 = k * LQ_QNESTED_BLOCK;
 		size_t len = nb - b0 < LQ_QNESTED_BLOCK ? (size_t)(nb - b0) : LQ_QNESTED_BLOCK;
-		float d[LQ_QNESTED_BLOCK];
-		for (size_t i = 0; i < len; i++)
-			d[i] = absmax[b0 + i] - offset;
-		float m = absmax_ref(d, len, len < LQ_QNESTED_BLOCK);
-		float inv = 1.0f / m;
-		nested[k] = m;
+		float d[LQ_QNESTED_BLOCK], m;
 #ifdef LQ_HAVE_X86
-		if (simd) {
-			dyn8_encode_avx2(d, len, inv, codes + b0);
+		if (simd && len == LQ_QNESTED_BLOCK) {
+			m = sub_absmax_avx2(absmax + b0, offset, len, d);
+			nested[k] = m;
+			dyn8_encode_avx2(d, len, 1.0f / m, codes + b0);
 			continue;
 		}
 #endif
 		(void)simd;
+		for (size_t i = 0; i < len; i++)
+			d[i] = absmax[b0 + i] - offset;
+		m = absmax_ref(d, len, len < LQ_QNESTED_BLOCK);
+		float inv = 1.0f / m;
+		nested[k] = m;
 		for (size_t i = 0; i < len; i++)
 			codes[b0 + i] = (uint8_t)lq_dyn8_encode(dyn_map.f, d[i] * inv);
 	}
@@ -561,47 +564,67 @@ LQ_AVX2 static void block_dequant_avx2(int qtype, const uint8_t *data, size_t bs
 	}
 }
 /*
- * lq_dyn8_encode of d[i] * inv for len values, 8 at a time with gathers:
+ * lq_dyn8_encode of d[i] * inv for len values (a multiple of 32), with gathers:
  * the same 7 steps and float32 midpoint tests, as selects instead of branches.
  */
+/* d[i] = a[i] - offset for len (a multiple of 32) values; returns max |d|
+ * (as absmax_avx2). */
+LQ_AVX2 static float sub_absmax_avx2(const float *a, float offset, size_t len, float *d)
+{
+	const __m256 off = _mm256_set1_ps(offset);
+	for (size_t i = 0; i < len; i += 8)
+		_mm256_storeu_ps(d + i, _mm256_sub_ps(_mm256_loadu_ps(a + i), off));
+	return absmax_avx2(d, len);
+}
+
+#define DYN8_W 4 /* independent searches in flight (gather latency) */
+_Static_assert(LQ_QNESTED_BLOCK % (8 * DYN8_W) == 0, "full nested runs are whole iterations");
 LQ_AVX2 static void dyn8_encode_avx2(const float *d, size_t len, float inv, uint8_t *codes)
 {
 	const float *c = dyn_map.f;
 	const __m256 vinv = _mm256_set1_ps(inv), half = _mm256_set1_ps(0.5f);
 	size_t i = 0;
-	for (; i + 8 <= len; i += 8) {
-		__m256 s = _mm256_mul_ps(_mm256_loadu_ps(d + i), vinv);
-		__m256i pivot = _mm256_set1_epi32(127), lo_p = _mm256_setzero_si256(),
-			hi_p = _mm256_set1_epi32(255);
-		__m256 lo = _mm256_set1_ps(-1.0f), hi = _mm256_set1_ps(1.0f), val = _mm256_set1_ps(c[127]);
-		for (int step = 64; step > 0; step >>= 1) {
-			__m256 gt = _mm256_cmp_ps(s, val, _CMP_GT_OQ);
-			__m256i gti = _mm256_castps_si256(gt);
-			lo_p = _mm256_blendv_epi8(lo_p, pivot, gti);
-			lo = _mm256_blendv_ps(lo, val, gt);
-			hi_p = _mm256_blendv_epi8(pivot, hi_p, gti);
-			hi = _mm256_blendv_ps(val, hi, gt);
-			/* pivot += gt ? step : -step */
-			__m256i st = _mm256_set1_epi32(step);
-			pivot = _mm256_add_epi32(pivot, _mm256_blendv_epi8(_mm256_sub_epi32(_mm256_setzero_si256(), st),
-									     st, gti));
-			val = _mm256_i32gather_ps(c, pivot, 4);
+	for (; i + 8 * DYN8_W <= len; i += 8 * DYN8_W) {
+		__m256 s[DYN8_W], lo[DYN8_W], hi[DYN8_W], val[DYN8_W];
+		__m256i pivot[DYN8_W], lo_p[DYN8_W], hi_p[DYN8_W];
+		for (int v = 0; v < DYN8_W; v++) {
+			s[v] = _mm256_mul_ps(_mm256_loadu_ps(d + i + 8 * v), vinv);
+			pivot[v] = _mm256_set1_epi32(127);
+			lo_p[v] = _mm256_setzero_si256();
+			hi_p[v] = _mm256_set1_epi32(255);
+			lo[v] = _mm256_set1_ps(-1.0f);
+			hi[v] = _mm256_set1_ps(1.0f);
+			val[v] = _mm256_set1_ps(c[127]);
 		}
-		hi = _mm256_blendv_ps(hi, _mm256_set1_ps(c[255]),
-				      _mm256_castsi256_ps(_mm256_cmpeq_epi32(hi_p, _mm256_set1_epi32(255))));
-		lo = _mm256_blendv_ps(lo, _mm256_set1_ps(c[0]),
-				      _mm256_castsi256_ps(_mm256_cmpeq_epi32(lo_p, _mm256_setzero_si256())));
-		__m256 gt = _mm256_cmp_ps(s, val, _CMP_GT_OQ);
-		__m256 up = _mm256_cmp_ps(s, _mm256_mul_ps(_mm256_add_ps(hi, val), half), _CMP_GT_OQ);
-		__m256 down = _mm256_cmp_ps(s, _mm256_mul_ps(_mm256_add_ps(lo, val), half), _CMP_LT_OQ);
-		__m256i r_hi = _mm256_blendv_epi8(pivot, hi_p, _mm256_castps_si256(up));
-		__m256i r_lo = _mm256_blendv_epi8(pivot, lo_p, _mm256_castps_si256(down));
-		__m256i r = _mm256_blendv_epi8(r_lo, r_hi, _mm256_castps_si256(gt));
-		__m128i r16 = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-		_mm_storel_epi64((__m128i *)(codes + i), _mm_packus_epi16(r16, r16));
+		for (int step = 64; step > 0; step >>= 1) {
+			__m256i st = _mm256_set1_epi32(step), nst = _mm256_set1_epi32(-step);
+			for (int v = 0; v < DYN8_W; v++) {
+				__m256 gt = _mm256_cmp_ps(s[v], val[v], _CMP_GT_OQ);
+				__m256i gti = _mm256_castps_si256(gt);
+				lo_p[v] = _mm256_blendv_epi8(lo_p[v], pivot[v], gti);
+				lo[v] = _mm256_blendv_ps(lo[v], val[v], gt);
+				hi_p[v] = _mm256_blendv_epi8(pivot[v], hi_p[v], gti);
+				hi[v] = _mm256_blendv_ps(val[v], hi[v], gt);
+				/* pivot += gt ? step : -step */
+				pivot[v] = _mm256_add_epi32(pivot[v], _mm256_blendv_epi8(nst, st, gti));
+				val[v] = _mm256_i32gather_ps(c, pivot[v], 4);
+			}
+		}
+		for (int v = 0; v < DYN8_W; v++) {
+			__m256 h = _mm256_blendv_ps(hi[v], _mm256_set1_ps(c[255]),
+						    _mm256_castsi256_ps(_mm256_cmpeq_epi32(hi_p[v], _mm256_set1_epi32(255))));
+			__m256 l = _mm256_blendv_ps(lo[v], _mm256_set1_ps(c[0]),
+						    _mm256_castsi256_ps(_mm256_cmpeq_epi32(lo_p[v], _mm256_setzero_si256())));
+			__m256 gt = _mm256_cmp_ps(s[v], val[v], _CMP_GT_OQ);
+			__m256 up = _mm256_cmp_ps(s[v], _mm256_mul_ps(_mm256_add_ps(h, val[v]), half), _CMP_GT_OQ);
+			__m256 down = _mm256_cmp_ps(s[v], _mm256_mul_ps(_mm256_add_ps(l, val[v]), half), _CMP_LT_OQ);
+			__m256i r_hi = _mm256_blendv_epi8(pivot[v], hi_p[v], _mm256_castps_si256(up));
+			__m256i r_lo = _mm256_blendv_epi8(pivot[v], lo_p[v], _mm256_castps_si256(down));
+			__m256i r = _mm256_blendv_epi8(r_lo, r_hi, _mm256_castps_si256(gt));
+			__m128i r16 = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+			_mm_storel_epi64((__m128i *)(codes + i + 8 * v), _mm_packus_epi16(r16, r16));
+		}
 	}
-	for (; i < len; i++)
-		codes[i] = (uint8_t)lq_dyn8_encode(c, d[i] * inv);
 }
 #else
 static int have_avx2(void) { return 0; }

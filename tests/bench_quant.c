@@ -120,6 +120,22 @@ int main(int argc, char **argv)
 			}
 		}
 	}
+	/* double quant of n/64 scales alone */
+	{
+		uint64_t nb = n / 64;
+		for (uint64_t b = 0; b < nb; b++)
+			work[b] = 0.01f + fabsf(x[b * 64]);
+		double best = 1e30;
+		float off;
+		for (int r = 0; r < reps; r++) {
+			double t0 = now();
+			lq_qscales_compress(work, nb, codes, nested, &off);
+			double t = now() - t0;
+			best = t < best ? t : best;
+		}
+		printf("%-44s %8.1f Mscales/s\n", "qscales_compress (double quant of scales)",
+		       (double)nb / best * 1e-6);
+	}
 	double best = 1e30;
 	for (int r = 0; r < reps; r++) {
 		double t0 = now();
