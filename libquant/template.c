@@ -43,9 +43,15 @@ struct loopstate;
 struct node;
 struct scope;
 
+/* T_LIST kinds: a list, or one of the lazy Python objects jinja2 filters and
+ * dict methods return, which behave differently (no len(), not printable...) */
+enum { VK_LIST, VK_GEN, VK_ITEMS, VK_KEYS, VK_VALUES };
+
 struct val {
 	enum vtype t;
 	int tuple;                   /* T_LIST: a Python tuple */
+	int kind;                    /* T_LIST: VK_* */
+	size_t consumed;             /* VK_GEN: items already taken */
 	union {
 		int b;
 		int64_t i;
@@ -57,7 +63,8 @@ struct val {
 		struct { const struct node *def; struct scope *sc; } m;
 		struct { int id; struct val *self; } fn;
 	} u;
-	const char *hint;            /* T_UNDEF: message when it is used */
+	const char *hint;            /* T_UNDEF: message when it is used;
+					VK_GEN: error deferred to the first use */
 };
 
 struct loopstate {
@@ -88,7 +95,7 @@ struct nlist {
 };
 
 struct node {
-	int kind, op, line, neg;
+	int kind, op, line, col, neg;
 	const char *name;          /* NAME, ATTR, FILTER, TEST, MACRO, SET target */
 	struct val *lit;           /* E_LIT */
 	struct node *a, *b, *c;    /* operands / cond, iter, filter */
@@ -874,19 +881,23 @@ static struct node *parse_filters(struct parser *p, struct node *n)
 			nexttok(p);
 			struct tok *nt = cur(p);
 			const char *name = expect_name(p);
+			while (is_op(cur(p), ".")) { /* jinja2 allows dotted filter names */
+				nexttok(p);
+				const char *part = expect_name(p);
+				size_t l1 = strlen(name), l2 = strlen(part);
+				char *nn = palloc(p, l1 + l2 + 2);
+				memcpy(nn, name, l1);
+				nn[l1] = '.';
+				memcpy(nn + l1 + 1, part, l2 + 1);
+				name = nn;
+			}
 			int id = -1;
 			for (int i = 0; filter_names[i].name; i++)
 				if (strcmp(filter_names[i].name, name) == 0)
 					id = filter_names[i].id;
-			if (id < 0) {
-				lq_fail(p->err, LQ_ERR_UNSUPPORTED,
-					"chat template line %d column %d: no filter named '%s' (not supported)",
-					nt->line, nt->col, name);
-				p->code = LQ_ERR_UNSUPPORTED;
-				longjmp(p->jb, 1);
-			}
 			struct node *m = mknode(p, E_FILTER);
 			m->line = nt->line;
+			m->col = nt->col;
 			m->name = name;
 			m->fid = id;
 			m->a = n;
@@ -913,13 +924,8 @@ static struct node *parse_filters(struct parser *p, struct node *n)
 				perr_tok(p, nt, "expected a test name after 'is', got '%s'", tokdesc(nt));
 			}
 			int id = find_test(name);
-			if (id < 0) {
-				lq_fail(p->err, LQ_ERR_UNSUPPORTED,
-					"chat template line %d column %d: no test named '%s' (not supported)",
-					nt->line, nt->col, name);
-				p->code = LQ_ERR_UNSUPPORTED;
-				longjmp(p->jb, 1);
-			}
+			m->line = nt->line;
+			m->col = nt->col;
 			m->name = name;
 			m->fid = id;
 			struct tok *a = cur(p);
@@ -1179,7 +1185,7 @@ static struct node *parse_expr(struct parser *p, int with_cond)
 			nexttok(p);
 			struct node *c = mknode(p, E_COND);
 			c->a = parse_or(p);   /* condition */
-			c->b = n;             /* value if true */
+			c->b = n;             /* value if true (parsed before: see below) */
 			if (is_name(cur(p), "else")) {
 				nexttok(p);
 				c->c = parse_expr(p, 1);
@@ -1441,6 +1447,57 @@ static const char *parse_body(struct parser *p, struct nlist *body, const char *
 	return NULL;
 }
 
+/* Unknown filters and tests: jinja2 refuses them at compile time, except inside
+ * an if statement or an inline if ("soft frames"), where they fail only when
+ * evaluated.  Loops, macros and set blocks open a hard frame again. */
+static void check_unknown(struct parser *p, const struct node *n, int soft, int depth);
+
+static void check_list(struct parser *p, const struct nlist *l, int soft, int depth)
+{
+	for (size_t i = 0; i < l->n; i++)
+		if (l->v[i])
+			check_unknown(p, l->v[i], soft, depth + 1);
+}
+
+static void check_unknown(struct parser *p, const struct node *n, int soft, int depth)
+{
+	if (!n || depth > 4 * MAX_DEPTH)
+		return;
+	if ((n->kind == E_FILTER || n->kind == E_TEST) && n->fid < 0 && !soft) {
+		lq_fail(p->err, LQ_ERR_UNSUPPORTED, "chat template line %d column %d: no %s named '%s' (not supported)",
+			n->line, n->col, n->kind == E_FILTER ? "filter" : "test", n->name);
+		p->code = LQ_ERR_UNSUPPORTED;
+		longjmp(p->jb, 1);
+	}
+	switch (n->kind) {
+	case N_IF:
+		soft = 1;
+		break;
+	case E_COND:
+		soft = 1;
+		break;
+	case N_FOR:
+		check_unknown(p, n->a, soft, depth + 1);
+		check_unknown(p, n->b, 0, depth + 1);
+		check_list(p, &n->body, 0, depth);
+		check_list(p, &n->els, 0, depth);
+		return;
+	case N_MACRO:
+	case N_SETBLOCK:
+	case N_BLOCK:
+		soft = 0;
+		break;
+	default:
+		break;
+	}
+	check_unknown(p, n->a, soft, depth + 1);
+	check_unknown(p, n->b, soft, depth + 1);
+	check_unknown(p, n->c, soft, depth + 1);
+	check_list(p, &n->body, soft, depth);
+	check_list(p, &n->els, soft, depth);
+	check_list(p, &n->kwv, soft, depth);
+}
+
 int lq_template_compile(struct lq_template **out, const char *src, size_t len, struct lq_error *err)
 {
 	*out = NULL;
@@ -1484,6 +1541,7 @@ int lq_template_compile(struct lq_template **out, const char *src, size_t len, s
 	p->lc_line = p->lc_col = 1;
 	lex(p);
 	parse_body(p, &t->root, NULL, NULL, NULL);
+	check_list(p, &t->root, 0, 0);
 	free(p->toks);
 	free(p);
 	*out = t;
@@ -1538,7 +1596,7 @@ enum {
 	M_STRIP, M_LSTRIP, M_RSTRIP, M_SPLIT, M_RSPLIT, M_STARTSWITH, M_ENDSWITH, M_UPPER,
 	M_LOWER, M_TITLE, M_CAPITALIZE, M_REPLACE, M_FIND, M_RFIND, M_COUNT, M_JOIN,
 	M_SPLITLINES, M_ISDIGIT, M_ISALPHA, M_ISSPACE, M_ISUPPER, M_ISLOWER, M_ISALNUM,
-	M_GET, M_ITEMS, M_KEYS, M_VALUES, M_CYCLE
+	M_GET, M_ITEMS, M_KEYS, M_VALUES, M_CYCLE, M_LCOUNT, M_LINDEX
 };
 static const struct { const char *name; int id; } str_methods[] = {
 	{ "strip", M_STRIP }, { "lstrip", M_LSTRIP }, { "rstrip", M_RSTRIP }, { "split", M_SPLIT },
@@ -1807,6 +1865,8 @@ static int val_eq(struct ctx *c, const struct val *a, const struct val *b, int d
 	case T_UNDEF: case T_NONE: return 1;
 	case T_STR: return a->u.s.n == b->u.s.n && memcmp(a->u.s.s, b->u.s.s, a->u.s.n) == 0;
 	case T_LIST:
+		if (a->kind != b->kind || (a->kind == VK_GEN && a != b))
+			return 0;
 		if (a->tuple != b->tuple || a->u.l.n != b->u.l.n)
 			return 0;
 		for (size_t i = 0; i < a->u.l.n; i++)
@@ -1839,7 +1899,14 @@ static const char *type_name(const struct val *v)
 	case T_INT: return "int";
 	case T_FLOAT: return "float";
 	case T_STR: return "str";
-	case T_LIST: return v->tuple ? "tuple" : "list";
+	case T_LIST:
+		switch (v->kind) {
+		case VK_GEN: return "generator";
+		case VK_ITEMS: return "dict_items";
+		case VK_KEYS: return "dict_keys";
+		case VK_VALUES: return "dict_values";
+		default: return v->tuple ? "tuple" : "list";
+		}
 	case T_DICT: return "dict";
 	case T_NS: return "Namespace";
 	case T_LOOP: return "LoopContext";
@@ -1856,7 +1923,7 @@ static int truthy(const struct val *v)
 	case T_INT: return v->u.i != 0;
 	case T_FLOAT: return v->u.f != 0;
 	case T_STR: return v->u.s.n != 0;
-	case T_LIST: return v->u.l.n != 0;
+	case T_LIST: return v->kind == VK_GEN || v->u.l.n != 0;
 	case T_DICT: return v->u.d->n != 0;
 	default: return 1;
 	}
@@ -1983,6 +2050,10 @@ static void repr(struct ctx *c, struct sb *b, const struct val *v, int depth)
 		sb_puts(c, b, "Undefined");
 		break;
 	case T_LIST:
+		if (v->kind == VK_GEN)
+			rerr(c, LQ_ERR_UNSUPPORTED, "cannot print a generator object (jinja2 prints its memory address); add |list");
+		if (v->kind != VK_LIST)
+			sb_puts(c, b, v->kind == VK_ITEMS ? "dict_items(" : v->kind == VK_KEYS ? "dict_keys(" : "dict_values(");
 		sb_puts(c, b, v->tuple ? "(" : "[");
 		for (size_t i = 0; i < v->u.l.n; i++) {
 			if (i)
@@ -1992,6 +2063,8 @@ static void repr(struct ctx *c, struct sb *b, const struct val *v, int depth)
 		if (v->tuple && v->u.l.n == 1)
 			sb_puts(c, b, ",");
 		sb_puts(c, b, v->tuple ? ")" : "]");
+		if (v->kind != VK_LIST)
+			sb_puts(c, b, ")");
 		break;
 	case T_DICT:
 	case T_NS:
@@ -2120,6 +2193,8 @@ static void to_json(struct ctx *c, struct sb *b, const struct val *v, const stru
 		break;
 	case T_STR: json_str(c, b, v->u.s.s, v->u.s.n, o->ascii); break;
 	case T_LIST:
+		if (v->kind != VK_LIST)
+			rerr(c, LQ_ERR_INVALID, "tojson: object of type %s is not JSON serializable", type_name(v));
 		if (!v->u.l.n) {
 			sb_puts(c, b, "[]");
 			break;
@@ -2327,6 +2402,12 @@ static struct val *get_attr(struct ctx *c, struct val *o, const char *name)
 		break;
 	case T_LOOP:
 		return loop_attr(c, o, name);
+	case T_LIST:
+		if (o->kind == VK_LIST && !strcmp(name, "count"))
+			return mkfunc(c, M_LCOUNT, o);
+		if (o->kind == VK_LIST && !strcmp(name, "index"))
+			return mkfunc(c, M_LINDEX, o);
+		break;
 	default:
 		break;
 	}
@@ -2352,6 +2433,10 @@ static struct val *get_item(struct ctx *c, struct val *o, struct val *k)
 	}
 	case T_LIST:
 	case T_STR:
+		if (o->t == T_LIST && o->kind == VK_GEN)
+			return mkundef(c, "'generator' object is not subscriptable");
+		if (o->t == T_LIST && o->kind != VK_LIST)
+			rerr(c, LQ_ERR_INVALID, "'%s' object is not subscriptable", type_name(o));
 		if (k->t == T_INT || k->t == T_BOOL) {
 			int64_t i = numi(k);
 			if (o->t == T_LIST) {
@@ -2395,6 +2480,15 @@ static struct val **iter_items(struct ctx *c, struct val *v, size_t *n)
 		*n = 0;
 		return NULL;
 	case T_LIST:
+		if (v->kind == VK_GEN) {
+			/* a generator: a deferred error fires now; items are taken once */
+			if (v->hint)
+				rerr(c, LQ_ERR_INVALID, "%s", v->hint);
+			size_t from = v->consumed;
+			v->consumed = v->u.l.n;
+			*n = v->u.l.n - from;
+			return v->u.l.v + from;
+		}
 		*n = v->u.l.n;
 		return v->u.l.v;
 	case T_DICT:
@@ -2485,6 +2579,8 @@ static struct val *do_slice(struct ctx *c, struct val *o, struct val *sv, struct
 	if (o->t == T_UNDEF)
 		undef_fail(c, o, NULL);
 	int64_t a, b, st;
+	if (o->t == T_LIST && o->kind != VK_LIST)
+		rerr(c, LQ_ERR_INVALID, "'%s' object is not subscriptable", type_name(o));
 	if (o->t == T_LIST) {
 		slice_idx(c, (int64_t)o->u.l.n, sv, ev, stv, &a, &b, &st);
 		struct vb r = { 0 };
@@ -2505,6 +2601,9 @@ static struct val *do_slice(struct ctx *c, struct val *o, struct val *sv, struct
 			sb_put(c, &r, o->u.s.s + off[i], off[i + 1] - off[i]);
 		return sb_val(c, &r);
 	}
+	/* jinja2 compiles slices to a plain Python subscript: no undefined fallback */
+	if (o->t == T_DICT || o->t == T_NS)
+		rerr(c, LQ_ERR_INVALID, "unhashable type: 'slice'");
 	rerr(c, LQ_ERR_INVALID, "'%s' object is not subscriptable", type_name(o));
 }
 
@@ -2604,7 +2703,8 @@ static struct val *arith(struct ctx *c, int op, struct val *a, struct val *b)
 		p[a->u.s.n + b->u.s.n] = 0;
 		return mkstr_ref(c, p, a->u.s.n + b->u.s.n);
 	}
-	if (op == OP_ADD && a->t == T_LIST && b->t == T_LIST && a->tuple == b->tuple) {
+	if (op == OP_ADD && a->t == T_LIST && b->t == T_LIST && a->tuple == b->tuple && a->kind == VK_LIST &&
+	    b->kind == VK_LIST) {
 		struct val *l = mklist(c, a->u.l.n + b->u.l.n);
 		l->tuple = a->tuple;
 		if (a->u.l.n)
@@ -2613,7 +2713,7 @@ static struct val *arith(struct ctx *c, int op, struct val *a, struct val *b)
 			memcpy(l->u.l.v + a->u.l.n, b->u.l.v, b->u.l.n * sizeof *l->u.l.v);
 		return l;
 	}
-	if (op == OP_MUL && ((a->t == T_STR || a->t == T_LIST) && (b->t == T_INT || b->t == T_BOOL))) {
+	if (op == OP_MUL && ((a->t == T_STR || (a->t == T_LIST && a->kind == VK_LIST)) && (b->t == T_INT || b->t == T_BOOL))) {
 		int64_t k = numi(b);
 		if (k < 0)
 			k = 0;
@@ -2628,11 +2728,12 @@ static struct val *arith(struct ctx *c, int op, struct val *a, struct val *b)
 		if (a->u.l.n && (uint64_t)k > (MAX_MEMORY / sizeof(void *)) / a->u.l.n)
 			rerr(c, LQ_ERR_INVALID, "list too large");
 		struct val *l = mklist(c, a->u.l.n * (size_t)k);
+		l->tuple = a->tuple;
 		for (int64_t i = 0; i < k; i++)
 			memcpy(l->u.l.v + (size_t)i * a->u.l.n, a->u.l.v, a->u.l.n * sizeof *l->u.l.v);
 		return l;
 	}
-	if (op == OP_MUL && (b->t == T_STR || b->t == T_LIST) && (a->t == T_INT || a->t == T_BOOL))
+	if (op == OP_MUL && (b->t == T_STR || (b->t == T_LIST && b->kind == VK_LIST)) && (a->t == T_INT || a->t == T_BOOL))
 		return arith(c, op, b, a);
 	if (op == OP_ADD && (a->t == T_STR || a->t == T_LIST))
 		rerr(c, LQ_ERR_INVALID, "can only concatenate %s (not \"%s\") to %s", type_name(a),
@@ -2658,13 +2759,18 @@ static int contains(struct ctx *c, struct val *hay, struct val *x)
 		if (x->u.s.n > hay->u.s.n)
 			return 0;
 		return memmem(hay->u.s.s, hay->u.s.n, x->u.s.s, x->u.s.n) != NULL;
-	case T_LIST:
-		for (size_t i = 0; i < hay->u.l.n; i++)
-			if (val_eq(c, hay->u.l.v[i], x, 0))
+	case T_LIST: {
+		size_t n;
+		struct val **it = iter_items(c, hay, &n);
+		for (size_t i = 0; i < n; i++)
+			if (val_eq(c, it[i], x, 0))
 				return 1;
 		return 0;
+	}
 	case T_DICT:
 	case T_NS:
+		if ((x->t == T_LIST && !x->tuple) || x->t == T_DICT || x->t == T_NS)
+			rerr(c, LQ_ERR_INVALID, "unhashable type: '%s'", type_name(x));
 		return dict_get(c, hay->u.d, x) != NULL;
 	case T_UNDEF:
 		return 0;
@@ -2784,6 +2890,26 @@ static const char *arg_str(struct ctx *c, const struct args *a, size_t i, const 
 
 /* ------------------------------------------------------------ string ops */
 
+/* Python's full case mappings that expand to several characters (the
+ * common ones from SpecialCasing.txt); NULL when the simple mapping applies */
+static const char *special_case(int32_t cp, int upper)
+{
+	if (!upper)
+		return cp == 0x130 ? "i\xcc\x87" : NULL;
+	switch (cp) {
+	case 0xDF: return "SS";
+	case 0x149: return "\xca\xbcN";
+	case 0xFB00: return "FF";
+	case 0xFB01: return "FI";
+	case 0xFB02: return "FL";
+	case 0xFB03: return "FFI";
+	case 0xFB04: return "FFL";
+	case 0xFB05: case 0xFB06: return "ST";
+	case 0x587: return "\xd4\xb5\xd5\x92";
+	default: return NULL;
+	}
+}
+
 static struct val *str_case(struct ctx *c, struct val *v, int mode) /* 0 lower 1 upper 2 capitalize 3 py title 4 jinja title */
 {
 	struct sb r = { 0 };
@@ -2793,31 +2919,50 @@ static struct val *str_case(struct ctx *c, struct val *v, int mode) /* 0 lower 1
 	while (i < n) {
 		int32_t cp;
 		size_t k = u8dec(s + i, n - i, &cp);
-		int32_t o = cp;
+		int want; /* 0 lower, 1 upper, 2 title, 3 unchanged */
 		switch (mode) {
-		case 0: o = utf8proc_tolower(cp); break;
-		case 1: o = utf8proc_toupper(cp); break;
-		case 2: o = first ? utf8proc_totitle(cp) : utf8proc_tolower(cp); break;
+		case 0: want = 0; break;
+		case 1: want = 1; break;
+		case 2: want = first ? 2 : 0; break;
 		case 3: {
-			int cased = utf8proc_tolower(cp) != cp || utf8proc_toupper(cp) != cp;
-			o = prev_cased ? utf8proc_tolower(cp) : utf8proc_totitle(cp);
+			int cased = utf8proc_tolower(cp) != cp || utf8proc_toupper(cp) != cp || cp == 0xDF;
+			want = prev_cased ? 0 : 2;
 			prev_cased = cased;
 			break;
 		}
 		default: {
+			/* jinja2's title: item[0].upper() + item[1:].lower() per word */
 			int sep = py_space(cp) || cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<';
-			o = sep ? cp : prev_cased ? utf8proc_tolower(cp) : utf8proc_toupper(cp);
+			want = sep ? 3 : prev_cased ? 0 : 1;
 			prev_cased = !sep;
 			break;
 		}
 		}
 		first = 0;
+		i += k;
+		if (want == 3) {
+			sb_put(c, &r, s + i - k, k);
+			continue;
+		}
+		/* full mappings of SpecialCasing.txt: "ß".upper() is "SS", title "Ss" */
+		const char *sp = special_case(cp, want != 0);
+		if (sp) {
+			char tb[16];
+			size_t tn = strlen(sp);
+			memcpy(tb, sp, tn + 1);
+			if (want == 2)
+				for (size_t x = 1; x < tn; x++)
+					if (tb[x] >= 'A' && tb[x] <= 'Z')
+						tb[x] = (char)(tb[x] + 32);
+			sb_put(c, &r, tb, tn);
+			continue;
+		}
+		int32_t o = want == 0 ? utf8proc_tolower(cp) : want == 1 ? utf8proc_toupper(cp) : utf8proc_totitle(cp);
 		char e[4];
 		if (o == cp)
-			sb_put(c, &r, s + i, k);
+			sb_put(c, &r, s + i - k, k);
 		else
 			sb_put(c, &r, e, u8enc(e, (uint32_t)o));
-		i += k;
 	}
 	return r.n ? sb_val(c, &r) : mkstr(c, "", 0);
 }
@@ -3091,13 +3236,12 @@ static int run_test(struct ctx *c, int id, struct val *v, const struct args *a)
 	case X_STRING: return v->t == T_STR;
 	case X_MAPPING: return v->t == T_DICT;
 	case X_ITERABLE: return v->t == T_STR || v->t == T_LIST || v->t == T_DICT || v->t == T_UNDEF || v->t == T_LOOP;
-	case X_SEQUENCE: return v->t == T_STR || v->t == T_LIST || v->t == T_DICT || v->t == T_UNDEF;
+	case X_SEQUENCE: return v->t == T_STR || (v->t == T_LIST && v->kind == VK_LIST) || v->t == T_DICT || v->t == T_UNDEF;
 	case X_CALLABLE: return v->t == T_MACRO || v->t == T_FUNC;
 	case X_ESCAPED: return 0;
 	case X_LOWER:
 	case X_UPPER: {
-		if (v->t != T_STR)
-			rerr(c, LQ_ERR_INVALID, "test '%s' needs a string", id == X_LOWER ? "lower" : "upper");
+		v = str_of(c, v); /* jinja2: str(value).islower() */
 		struct val *o = str_case(c, v, id == X_LOWER ? 0 : 1);
 		int cased = 0;
 		for (size_t i = 0; i < v->u.s.n;) {
@@ -3137,17 +3281,18 @@ static int run_test(struct ctx *c, int id, struct val *v, const struct args *a)
 static int run_test_odd(struct ctx *c, int id, struct val *v, const struct args *a)
 {
 	if (id == X_ODD || id == X_EVEN || id == X_DIVISIBLEBY) {
-		if (v->t != T_INT && v->t != T_BOOL)
-			rerr(c, LQ_ERR_INVALID, "test '%s' needs an integer, not %s", a->what, type_name(v));
-		int64_t x = numi(v);
+		/* jinja2: value % 2 == 1, value % 2 == 0, value % num == 0 */
+		struct val two = { .t = T_INT }, zero = { .t = T_INT }, one = { .t = T_INT };
+		two.u.i = 2;
+		one.u.i = 1;
+		struct val *d = &two;
 		if (id == X_DIVISIBLEBY) {
-			struct val *d = a->npos ? a->pos[0] : NULL;
-			if (!d || (d->t != T_INT && d->t != T_BOOL) || numi(d) == 0)
-				rerr(c, LQ_ERR_INVALID, "test 'divisibleby' needs a non-zero integer argument");
-			return x % numi(d) == 0;
+			d = a->npos ? a->pos[0] : NULL;
+			if (!d)
+				rerr(c, LQ_ERR_INVALID, "test 'divisibleby' needs an argument");
 		}
-		int odd = (x % 2) != 0;
-		return id == X_ODD ? odd : !odd;
+		struct val *m = arith(c, OP_MOD, v, d);
+		return val_eq(c, m, id == X_ODD ? &one : &zero, 0);
 	}
 	return run_test(c, id, v, a);
 }
@@ -3189,9 +3334,41 @@ static int find_filter(const struct val *name)
 	return -1;
 }
 
+static int iterable(const struct val *v)
+{
+	return v->t == T_UNDEF || v->t == T_LIST || v->t == T_DICT || v->t == T_STR;
+}
+
+/* mark a list as a Python generator (jinja2's select, map, unique, items...);
+   err: the TypeError its first use raises */
+static struct val *as_gen(struct ctx *c, struct val *l, const char *err)
+{
+	l->kind = VK_GEN;
+	if (err) {
+		size_t n = strlen(err);
+		char *h = ralloc(c, n + 1);
+		memcpy(h, err, n + 1);
+		l->hint = h;
+	}
+	return l;
+}
+
+static struct val *not_iterable_gen(struct ctx *c, struct val *v)
+{
+	if (v->t == T_LIST && v->kind == VK_GEN && v->hint)
+		return as_gen(c, mklist(c, 0), v->hint); /* still lazy: the error waits for a use */
+	char msg[96];
+	snprintf(msg, sizeof msg, "'%s' object is not iterable", type_name(v));
+	return as_gen(c, mklist(c, 0), msg);
+}
+
 static struct val *select_like(struct ctx *c, struct val *v, const struct args *a, int attr, int reject)
 {
 	size_t n;
+	if (!truthy(v)) /* jinja2: "if value:" before iterating */
+		return as_gen(c, mklist(c, 0), NULL);
+	if (!iterable(v) || (v->t == T_LIST && v->hint))
+		return not_iterable_gen(c, v);
 	struct val **items = iter_items(c, v, &n);
 	struct val *path = NULL;
 	size_t ti = 0;
@@ -3226,7 +3403,7 @@ static struct val *select_like(struct ctx *c, struct val *v, const struct args *
 		if (ok != reject)
 			vb_push(c, &r, items[i]);
 	}
-	return vb_list(c, &r);
+	return as_gen(c, vb_list(c, &r), NULL);
 }
 
 static struct val *lower_if_str(struct ctx *c, struct val *v, int cs)
@@ -3254,7 +3431,10 @@ static struct val *apply_filter(struct ctx *c, int id, struct val *v, const stru
 	case F_COUNT:
 		switch (v->t) {
 		case T_STR: return mkint(c, (int64_t)cp_count(v->u.s.s, v->u.s.n));
-		case T_LIST: return mkint(c, (int64_t)v->u.l.n);
+		case T_LIST:
+			if (v->kind == VK_GEN)
+				rerr(c, LQ_ERR_INVALID, "object of type 'generator' has no len()");
+			return mkint(c, (int64_t)v->u.l.n);
 		case T_DICT: case T_NS: return mkint(c, (int64_t)v->u.d->n);
 		case T_UNDEF: return mkint(c, 0);
 		case T_LOOP: return mkint(c, (int64_t)v->u.loop->n);
@@ -3269,6 +3449,15 @@ static struct val *apply_filter(struct ctx *c, int id, struct val *v, const stru
 	}
 	case F_FIRST:
 	case F_LAST: {
+		if (v->t == T_LIST && v->kind == VK_GEN) {
+			if (id == F_LAST)
+				rerr(c, LQ_ERR_INVALID, "'generator' object is not reversible");
+			if (v->hint)
+				rerr(c, LQ_ERR_INVALID, "%s", v->hint);
+			if (v->consumed >= v->u.l.n)
+				return mkundef(c, "No first item, sequence was empty.");
+			return v->u.l.v[v->consumed++];
+		}
 		struct val **it = iter_items(c, v, &n);
 		if (!n)
 			return mkundef(c, "No %s item, sequence was empty.", id == F_FIRST ? "first" : "last");
@@ -3296,10 +3485,10 @@ static struct val *apply_filter(struct ctx *c, int id, struct val *v, const stru
 	}
 	case F_ITEMS:
 		if (v->t == T_UNDEF)
-			return mklist(c, 0);
+			return as_gen(c, mklist(c, 0), NULL);
 		if (v->t != T_DICT)
-			rerr(c, LQ_ERR_INVALID, "Can only get item pairs from a mapping.");
-		return items_of(c, v, NULL);
+			return as_gen(c, mklist(c, 0), "Can only get item pairs from a mapping.");
+		return as_gen(c, items_of(c, v, NULL), NULL);
 	case F_LIST: {
 		struct val **it = iter_items(c, v, &n);
 		struct val *l = mklist(c, n);
@@ -3312,11 +3501,14 @@ static struct val *apply_filter(struct ctx *c, int id, struct val *v, const stru
 			struct val *st = mkint(c, -1);
 			return do_slice(c, v, NULL, NULL, st);
 		}
+		/* reversed() of a list or dict is an iterator; a generator is not
+		   reversible, so jinja2 makes a reversed list of it */
+		int gen = v->t == T_LIST && v->kind == VK_GEN;
 		struct val **it = iter_items(c, v, &n);
 		struct val *l = mklist(c, n);
 		for (size_t i = 0; i < n; i++)
 			l->u.l.v[i] = it[n - 1 - i];
-		return l;
+		return !gen && (v->t == T_LIST || v->t == T_DICT || v->t == T_UNDEF) ? as_gen(c, l, NULL) : l;
 	}
 	case F_TOJSON: {
 		struct jopts o = { 0 };
@@ -3360,6 +3552,8 @@ static struct val *apply_filter(struct ctx *c, int id, struct val *v, const stru
 	}
 	case F_INT: {
 		struct val *d = arg(c, a, 0, "default", NULL);
+		if (v->t == T_UNDEF) /* int(Undefined) raises UndefinedError */
+			undef_fail(c, v, NULL);
 		int64_t iv;
 		double fv;
 		switch (v->t) {
@@ -3368,12 +3562,16 @@ static struct val *apply_filter(struct ctx *c, int id, struct val *v, const stru
 		case T_FLOAT:
 			if (isfinite(v->u.f) && fabs(v->u.f) < 9.2e18)
 				return mkint(c, (int64_t)v->u.f);
+			if (isfinite(v->u.f))
+				rerr(c, LQ_ERR_UNSUPPORTED, "integer overflow (values beyond 64 bits are not supported)");
 			break;
 		case T_STR:
 			if (parse_int_str(v->u.s.s, v->u.s.n, &iv))
 				return mkint(c, iv);
 			if (parse_float_str(v->u.s.s, v->u.s.n, &fv) && isfinite(fv) && fabs(fv) < 9.2e18)
 				return mkint(c, (int64_t)fv);
+			if (parse_float_str(v->u.s.s, v->u.s.n, &fv) && isfinite(fv))
+				rerr(c, LQ_ERR_UNSUPPORTED, "integer overflow (values beyond 64 bits are not supported)");
 			break;
 		default: break;
 		}
@@ -3381,6 +3579,8 @@ static struct val *apply_filter(struct ctx *c, int id, struct val *v, const stru
 	}
 	case F_FLOAT: {
 		struct val *d = arg(c, a, 0, "default", NULL);
+		if (v->t == T_UNDEF)
+			undef_fail(c, v, NULL);
 		double fv;
 		if (is_num(v))
 			return mkfloat(c, numf(v));
@@ -3484,6 +3684,10 @@ static struct val *apply_filter(struct ctx *c, int id, struct val *v, const stru
 	case F_SELECTATTR: return select_like(c, v, a, 1, 0);
 	case F_REJECTATTR: return select_like(c, v, a, 1, 1);
 	case F_MAP: {
+		if (!truthy(v))
+			return as_gen(c, mklist(c, 0), NULL);
+		if (!iterable(v) || (v->t == T_LIST && v->hint))
+			return not_iterable_gen(c, v);
 		struct val **it = iter_items(c, v, &n);
 		struct val *at = arg(c, a, 1000, "attribute", NULL);
 		struct vb r = { 0 };
@@ -3493,7 +3697,7 @@ static struct val *apply_filter(struct ctx *c, int id, struct val *v, const stru
 				struct val *x = attr_path(c, it[i], at);
 				vb_push(c, &r, x->t == T_UNDEF && d ? d : x);
 			}
-			return vb_list(c, &r);
+			return as_gen(c, vb_list(c, &r), NULL);
 		}
 		if (!a->npos || a->pos[0]->t != T_STR)
 			rerr(c, LQ_ERR_INVALID, "map needs a filter name or attribute=");
@@ -3508,9 +3712,11 @@ static struct val *apply_filter(struct ctx *c, int id, struct val *v, const stru
 			step(c);
 			vb_push(c, &r, apply_filter(c, fid, it[i], &fa));
 		}
-		return vb_list(c, &r);
+		return as_gen(c, vb_list(c, &r), NULL);
 	}
 	case F_UNIQUE: {
+		if (!iterable(v) || (v->t == T_LIST && v->hint))
+			return not_iterable_gen(c, v);
 		int cs = truthy(arg(c, a, 0, "case_sensitive", VBOOL(0)));
 		struct val *at = arg(c, a, 1, "attribute", NULL);
 		struct val **it = iter_items(c, v, &n);
@@ -3527,7 +3733,7 @@ static struct val *apply_filter(struct ctx *c, int id, struct val *v, const stru
 				vb_push(c, &r, it[i]);
 			}
 		}
-		return vb_list(c, &r);
+		return as_gen(c, vb_list(c, &r), NULL);
 	}
 	case F_SORT:
 	case F_MIN:
@@ -3707,18 +3913,40 @@ static struct val *call_func(struct ctx *c, struct val *f, const struct args *a)
 		struct val *r = dict_get(c, self->u.d, k);
 		return r ? r : arg(c, a, 1, "default", VNONE);
 	}
-	case M_ITEMS: return items_of(c, self, NULL);
+	case M_ITEMS: {
+		struct val *l = items_of(c, self, NULL);
+		l->kind = VK_ITEMS;
+		return l;
+	}
 	case M_KEYS: {
 		struct val *l = mklist(c, self->u.d->n);
 		if (self->u.d->n)
 			memcpy(l->u.l.v, self->u.d->k, self->u.d->n * sizeof *l->u.l.v);
+		l->kind = VK_KEYS;
 		return l;
 	}
 	case M_VALUES: {
 		struct val *l = mklist(c, self->u.d->n);
 		if (self->u.d->n)
 			memcpy(l->u.l.v, self->u.d->v, self->u.d->n * sizeof *l->u.l.v);
+		l->kind = VK_VALUES;
 		return l;
+	}
+	case M_LCOUNT:
+	case M_LINDEX: {
+		struct val *x = arg(c, a, 0, "value", NULL);
+		if (!x)
+			rerr(c, LQ_ERR_INVALID, "%s() takes exactly one argument", a->what);
+		int64_t k = 0;
+		for (size_t i = 0; i < self->u.l.n; i++)
+			if (val_eq(c, self->u.l.v[i], x, 0)) {
+				if (f->u.fn.id == M_LINDEX)
+					return mkint(c, (int64_t)i);
+				k++;
+			}
+		if (f->u.fn.id == M_LINDEX)
+			rerr(c, LQ_ERR_INVALID, "value is not in list");
+		return mkint(c, k);
 	}
 	case M_STRIP:
 	case M_LSTRIP:
@@ -3904,6 +4132,8 @@ static struct val *eval(struct ctx *c, struct scope *sc, const struct node *n)
 		a.what = n->name;
 		eval_args(c, sc, n, &a, NULL);
 		c->line = n->line;
+		if (n->fid < 0)
+			rerr(c, LQ_ERR_UNSUPPORTED, "no filter named '%s' (not supported)", n->name);
 		return apply_filter(c, n->fid, v, &a);
 	}
 	case E_TEST: {
@@ -3912,6 +4142,8 @@ static struct val *eval(struct ctx *c, struct scope *sc, const struct node *n)
 		a.what = n->name;
 		eval_args(c, sc, n, &a, NULL);
 		c->line = n->line;
+		if (n->fid < 0)
+			rerr(c, LQ_ERR_UNSUPPORTED, "no test named '%s' (not supported)", n->name);
 		int r = run_test_odd(c, n->fid, v, &a);
 		return VBOOL(n->neg ? !r : r);
 	}

@@ -6,6 +6,8 @@
  *   gen_template --check CONFIG CASES.jsonl
  *       render every case of a template_expected_*.jsonl file and compare byte for
  *       byte with the expected text (or expected error); prints "N passed, N failed"
+ *   gen_template --check-features CASES.jsonl
+ *       the same for cases that carry their own "template" (template_expected_features.jsonl)
  *
  * Copyright (c) the libquant authors.  MIT license.
  */
@@ -83,7 +85,8 @@ static int check(const char *cfg_path, const char *cases_path)
 {
 	struct lq_chat_config cfg;
 	struct lq_template *t = NULL;
-	if (load(cfg_path, &cfg, &t)) {
+	memset(&cfg, 0, sizeof cfg);
+	if (cfg_path && load(cfg_path, &cfg, &t)) {
 		lq_chat_config_release(&cfg);
 		return 1;
 	}
@@ -95,6 +98,7 @@ static int check(const char *cfg_path, const char *cases_path)
 	}
 	int pass = 0, fail = 0;
 	char *save = NULL;
+	int own = t == NULL; /* cases carry their own "template" (features file) */
 	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		json_error_t je;
 		json_t *c = json_loads(line, 0, &je);
@@ -104,6 +108,22 @@ static int check(const char *cfg_path, const char *cases_path)
 			continue;
 		}
 		const char *id = json_string_value(json_object_get(c, "case"));
+		if (own) {
+			json_t *src = json_object_get(c, "template");
+			struct lq_error cerr = { 0 };
+			lq_template_free(t);
+			t = NULL;
+			if (lq_template_compile(&t, json_string_value(src), json_string_length(src), &cerr)) {
+				if (json_is_string(json_object_get(c, "error"))) {
+					pass++;
+				} else {
+					fail++;
+					fprintf(stderr, "FAIL %s case %s: %s\n", cases_path, id ? id : "?", cerr.msg);
+				}
+				json_decref(c);
+				continue;
+			}
+		}
 		struct lq_template_vars v = { 0 };
 		lq_chat_config_vars(&cfg, &v);
 		v.add_generation_prompt = json_is_true(json_object_get(c, "add_generation_prompt"));
@@ -169,6 +189,8 @@ int main(int argc, char **argv)
 {
 	if (argc == 4 && !strcmp(argv[1], "--check"))
 		return check(argv[2], argv[3]);
+	if (argc == 3 && !strcmp(argv[1], "--check-features"))
+		return check(NULL, argv[2]);
 	if (argc < 3) {
 		fprintf(stderr, "usage: gen_template CONFIG MESSAGES.json [--no-generation-prompt] "
 				"[--tools FILE] [--extra JSON]\n"

@@ -154,7 +154,11 @@ static void test_runtime_errors(void)
 	expect_err("{{ [1]|tojson }}{{ {'a': nope}|tojson }}", LQ_ERR_INVALID, "not JSON serializable");
 	expect_err("{{ 'a' < 1 }}", LQ_ERR_INVALID, "'<' not supported between instances of 'str' and 'int'");
 	expect_err("{{ 'abc'[::0] }}", LQ_ERR_INVALID, "slice step cannot be zero");
-	expect_err("{{ {'a': 1}|items|first|tojson }}{{ 5|items }}", LQ_ERR_INVALID, "Can only get item pairs");
+	expect_err("{{ {'a': 1}|items|first|tojson }}{{ 5|items|list }}", LQ_ERR_INVALID, "Can only get item pairs");
+	expect_err("{{ x|frobnicate if true }}", LQ_ERR_UNSUPPORTED, "no filter named 'frobnicate'");
+	expect_out("{% if false %}{{ x|frobnicate }}{% endif %}{{ 'ok' if true else x|frob }}{{ [1,2]|select|first }}{{ {'a':1}.items() }}", "ok1dict_items([('a', 1)])");
+	expect_err("{{ [1]|select }}", LQ_ERR_UNSUPPORTED, "cannot print a generator");
+	expect_err("{{ [1]|select|length }}", LQ_ERR_INVALID, "has no len()");
 	expect_err("{{ '%s' % 1 }}", LQ_ERR_UNSUPPORTED, "printf-style string formatting");
 	expect_err("{{ 9223372036854775807 + 1 }}", LQ_ERR_UNSUPPORTED, "integer overflow");
 	expect_err("{{ {[1]: 2} }}", LQ_ERR_INVALID, "unhashable type");
