@@ -2277,7 +2277,14 @@ int lq_hub_fetch_file(const struct lq_hub_options *o, const char *repo_id, const
 		rc = lq_fail(err, LQ_ERR_NOMEM, "cannot create a curl handle");
 		goto out;
 	}
+	/* cached already: one quick try, then fall back to the cache (as Python) */
+	char *cached = NULL;
+	int saved_retries = h.retries;
+	if (!o->force && !file_from_cache(&h, filename, &cached, "", NULL))
+		h.retries = 0;
+	free(cached);
 	rc = resolve_meta(&h, c, h.rev, filename, &m, err);
+	h.retries = saved_retries;
 	if (rc == LQ_ERR_NOTFOUND && m.commit[0] && err && strstr(err->msg, "not found in")) {
 		/* EntryNotFound: remember it as huggingface_hub does */
 		if (!h.local && !strncmp(err->msg, "file ", 5)) {
@@ -2460,12 +2467,19 @@ int lq_hub_fetch_snapshot(const struct lq_hub_options *o, const char *repo_id, c
 		rc = lq_fail(err, LQ_ERR_NOMEM, "cannot create a curl handle");
 		goto out;
 	}
+	/* cached already: one quick try, then fall back to the cache (as Python) */
+	char *cached = NULL;
+	int saved_retries = h.retries;
+	if (!o->force && !snapshot_from_cache(&h, &cached, "", NULL))
+		h.retries = 0;
+	free(cached);
 	if (is_hex(h.rev, 40))
 		memcpy(commit, h.rev, 41);
 	else
 		rc = get_commit(&h, c, commit, err);
 	if (!rc)
 		rc = list_tree(&h, c, commit, &all, err);
+	h.retries = saved_retries;
 	if (rc == LQ_ERR_NETWORK) {
 		struct lq_error e2 = {0};
 		if (!snapshot_from_cache(&h, path_out, "hub unreachable", &e2)) {

@@ -194,9 +194,13 @@ check "revision not found (single file)" grep -q "revision 'nope' not found" "$T
 "$F" --cache-dir "$T/e" --endpoint http://127.0.0.1:1 --retries 1 $FAST org/tiny >/dev/null 2>"$T/err"; rc=$?
 check "unreachable hub: exit 1" [ $rc -eq 1 ]
 check "unreachable hub: message" grep -q "cannot download from 127.0.0.1:1" "$T/err"
-out=$("$F" --endpoint http://127.0.0.1:1 --retries 1 $FAST org/tiny config.json 2>"$T/err")
+t0=$(date +%s)
+out=$("$F" --endpoint http://127.0.0.1:1 org/tiny config.json 2>"$T/err")
 check "unreachable hub: falls back to the cache" [ "$out" = "$R/snapshots/$MAIN/config.json" ]
 check "unreachable hub: warns" grep -q "using the cached file" "$T/err"
+out=$("$F" --endpoint http://127.0.0.1:1 org/tiny 2>"$T/err")
+check "unreachable hub: cached snapshot" [ "$out" = "$R/snapshots/$MAIN" ]
+check "unreachable hub + cache: no retry delay" [ $(($(date +%s) - t0)) -le 2 ]
 
 # ------------------------------------------------------------------ retries
 hub_reset
