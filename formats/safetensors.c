@@ -469,6 +469,16 @@ uint64_t lq_st_total_bytes(const struct lq_st *st)
 	return s;
 }
 
+void lq_st_prefetch(const struct lq_st *st, const struct lq_st_tensor *t)
+{
+	if (!st->files[t->file].owned || !t->nbytes)
+		return;
+	long pg = sysconf(_SC_PAGESIZE);
+	uintptr_t b = (uintptr_t)t->data & ~((uintptr_t)pg - 1), e = (uintptr_t)t->data + t->nbytes;
+	madvise((void *)b, e - b, MADV_SEQUENTIAL);
+	madvise((void *)b, e - b, MADV_WILLNEED); /* asynchronous read-ahead */
+}
+
 void lq_st_release(const struct lq_st *st, const struct lq_st_tensor *t)
 {
 	if (!st->files[t->file].owned || !t->nbytes)

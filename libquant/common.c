@@ -171,26 +171,40 @@ void lq_to_f32(float *dst, const void *src, int dtype, size_t n)
 	}
 }
 
+/* Whether any of n 16-bit floats has an all-ones exponent (mask); written
+ * as an OR-reduction without early exit so that the compiler vectorizes it. */
+static int any_exp16(const uint16_t *h, size_t n, uint16_t mask)
+{
+	unsigned bad = 0;
+	for (size_t i = 0; i < n; i++)
+		bad |= (h[i] & mask) == mask;
+	return bad != 0;
+}
+
+static int any_exp32(const uint32_t *w, size_t n)
+{
+	unsigned bad = 0;
+	for (size_t i = 0; i < n; i++)
+		bad |= (w[i] & 0x7f800000u) == 0x7f800000u;
+	return bad != 0;
+}
+
 int64_t lq_find_nonfinite(const void *src, int dtype, uint64_t n)
 {
 	const uint16_t *h = src;
 	const uint32_t *w = src;
-	switch (dtype) {
-	case LQ_DTYPE_F32:
-		for (uint64_t i = 0; i < n; i++)
-			if ((w[i] & 0x7f800000u) == 0x7f800000u)
+	const uint64_t step = 4096;
+	for (uint64_t b = 0; b < n; b += step) {
+		size_t m = (size_t)(n - b < step ? n - b : step);
+		int hit = dtype == LQ_DTYPE_F32 ? any_exp32(w + b, m) :
+			  dtype == LQ_DTYPE_BF16 ? any_exp16(h + b, m, 0x7f80u) :
+			  dtype == LQ_DTYPE_F16 ? any_exp16(h + b, m, 0x7c00u) : 0;
+		if (!hit)
+			continue;
+		for (uint64_t i = b; i < b + m; i++) /* find it */
+			if (dtype == LQ_DTYPE_F32 ? (w[i] & 0x7f800000u) == 0x7f800000u :
+			    dtype == LQ_DTYPE_BF16 ? (h[i] & 0x7f80u) == 0x7f80u : (h[i] & 0x7c00u) == 0x7c00u)
 				return (int64_t)i;
-		break;
-	case LQ_DTYPE_BF16:
-		for (uint64_t i = 0; i < n; i++)
-			if ((h[i] & 0x7f80u) == 0x7f80u)
-				return (int64_t)i;
-		break;
-	case LQ_DTYPE_F16:
-		for (uint64_t i = 0; i < n; i++)
-			if ((h[i] & 0x7c00u) == 0x7c00u)
-				return (int64_t)i;
-		break;
 	}
 	return -1;
 }

@@ -232,6 +232,9 @@ const char *lq_st_file_path(const struct lq_st *st, size_t i);
 uint64_t lq_st_file_size(const struct lq_st *st, size_t i);
 /* Total size of the tensor data of the checkpoint (for progress). */
 uint64_t lq_st_total_bytes(const struct lq_st *st);
+/* Advise the kernel that a tensor's pages are about to be read in order
+ * (asynchronous read-ahead). */
+void lq_st_prefetch(const struct lq_st *st, const struct lq_st_tensor *t);
 /* Advise the kernel that a tensor's pages are no longer needed. */
 void lq_st_release(const struct lq_st *st, const struct lq_st_tensor *t);
 
@@ -363,6 +366,19 @@ void lq_pack_opts_init(struct lq_pack_opts *o);
  * F32/F16/BF16 tensors are ever quantized.
  */
 int lq_pack_choose(const struct lq_pack_opts *o, const char *name, int ndim, int dtype);
+
+/*
+ * Set the storage of every parameter of a model description (lq_model.h) as
+ * lq_pack will store it under the options: --keep, then --quantize, then
+ * the architecture's own rule (every Linear weight but lm_head, unless
+ * quantize_head).  Used by lq_pack and for estimates (inspect --estimate).
+ */
+struct lq_model;
+int lq_pack_plan(const struct lq_pack_opts *o, struct lq_model *m, struct lq_error *err);
+
+/* The names of the checkpoint files lq_pack stores in the LQ file when they
+ * exist (config.json first); a static list of *n names. */
+const char *const *lq_pack_stored_files(size_t *n);
 
 /*
  * Quantize the checkpoint at `input` (a directory with config.json and

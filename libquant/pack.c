@@ -48,7 +48,8 @@ static int is_head(const char *name)
 	return strcmp(name, "lm_head.weight") == 0 || ends_with(name, ".lm_head.weight");
 }
 
-int lq_pack_choose(const struct lq_pack_opts *o, const char *name, int ndim, int dtype)
+/* The one rule: globs first, then the role's default. */
+static int choose(const struct lq_pack_opts *o, const char *name, int dtype, int quantize_by_default)
 {
 	if (dtype != LQ_DTYPE_F32 && dtype != LQ_DTYPE_F16 && dtype != LQ_DTYPE_BF16)
 		return LQ_QTYPE_NONE;
@@ -56,13 +57,31 @@ int lq_pack_choose(const struct lq_pack_opts *o, const char *name, int ndim, int
 		return LQ_QTYPE_NONE;
 	if (match_any(o->quantize, o->nquantize, name))
 		return o->qtype;
-	if (ndim != 2 || !ends_with(name, ".weight"))
-		return LQ_QTYPE_NONE;
-	if (strstr(name, "embed") || strstr(name, "norm") || strstr(name, "wte") || strstr(name, "wpe"))
-		return LQ_QTYPE_NONE;
-	if (is_head(name) && !o->quantize_head)
-		return LQ_QTYPE_NONE;
-	return o->qtype;
+	return quantize_by_default ? o->qtype : LQ_QTYPE_NONE;
+}
+
+int lq_pack_choose(const struct lq_pack_opts *o, const char *name, int ndim, int dtype)
+{
+	/* without a model description: Linear weights by name */
+	int linear = ndim == 2 && ends_with(name, ".weight") && !strstr(name, "embed") && !strstr(name, "norm") &&
+		     !strstr(name, "wte") && !strstr(name, "wpe");
+	return choose(o, name, dtype, linear && (!is_head(name) || o->quantize_head));
+}
+
+int lq_pack_plan(const struct lq_pack_opts *o, struct lq_model *m, struct lq_error *err)
+{
+	for (size_t i = 0; i < lq_model_nparams(m); i++) {
+		const struct lq_model_param *p = lq_model_param(m, i);
+		if (p->tied)
+			continue;
+		int head = p->role == LQ_ROLE_LM_HEAD;
+		int q = choose(o, p->name, p->st.dtype, p->quantize_default || (head && o->quantize_head));
+		struct lq_model_storage st = {p->st.dtype, q, q ? o->block_size : 0, q ? o->double_quant : 0};
+		int rc = lq_model_set_storage(m, i, &st, err);
+		if (rc)
+			return rc;
+	}
+	return LQ_OK;
 }
 
 /* ------------------------------------------------------------ workers */
@@ -188,6 +207,12 @@ static const char *const stored_files[] = {
 	"special_tokens_map.json", "chat_template.jinja", "chat_template.json",
 };
 
+const char *const *lq_pack_stored_files(size_t *n)
+{
+	*n = sizeof stored_files / sizeof stored_files[0];
+	return stored_files;
+}
+
 static const char *const known_archs[] = {
 	"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM", "Gemma2ForCausalLM",
 };
@@ -297,7 +322,7 @@ static json_t *build_meta(const struct lq_pack_opts *o, const char *input, const
 /* ------------------------------------------------------------ main */
 
 static int store_files(struct lq_writer *w, const char *dir, const struct lq_pack_opts *o, char **arch,
-		       int *have_tok, struct lq_error *err)
+		       char **config, size_t *config_len, int *have_tok, struct lq_error *err)
 {
 	for (size_t i = 0; i < sizeof stored_files / sizeof stored_files[0]; i++) {
 		char *p = join(dir, stored_files[i]);
@@ -334,6 +359,11 @@ static int store_files(struct lq_writer *w, const char *dir, const struct lq_pac
 					else
 						*arch = strdup(json_string_value(a));
 				}
+				if (!rc && (*config = malloc((size_t)size + 1))) {
+					memcpy(*config, map, (size_t)size);
+					(*config)[size] = 0;
+					*config_len = (size_t)size;
+				}
 			}
 			json_decref(j);
 		}
@@ -355,7 +385,8 @@ static int store_files(struct lq_writer *w, const char *dir, const struct lq_pac
 }
 
 static int pack_tensor(struct lq_writer *w, const struct lq_pack_opts *o, const struct lq_st *st,
-		       const struct lq_st_tensor *t, uint64_t *done, uint64_t total, struct lq_error *err)
+		       const struct lq_model *m, const struct lq_st_tensor *t, uint64_t *done, uint64_t total,
+		       struct lq_error *err)
 {
 	if (t->dtype < 0)
 		return lq_fail(err, LQ_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (supported: F32, BF16, F16, U8, I8)",
@@ -365,8 +396,11 @@ static int pack_tensor(struct lq_writer *w, const struct lq_pack_opts *o, const 
 	d.src_dtype = t->dtype;
 	d.ndim = t->ndim;
 	memcpy(d.shape, t->shape, sizeof d.shape);
-	d.qtype = lq_pack_choose(o, t->name, t->ndim, t->dtype);
+	long pi = m ? lq_model_find_param(m, t->name) : -1;
+	/* the model's plan for its parameters; tensors outside the model by name */
+	d.qtype = pi >= 0 ? lq_model_param(m, (size_t)pi)->st.qtype : lq_pack_choose(o, t->name, t->ndim, t->dtype);
 	struct job j = {.o = o, .t = t};
+	lq_st_prefetch(st, t);
 	int rc;
 	if (d.qtype == LQ_QTYPE_NONE) {
 		if (t->dtype == LQ_DTYPE_U8 || t->dtype == LQ_DTYPE_I8 || o->allow_nonfinite) {
@@ -431,7 +465,9 @@ int lq_pack(const char *input, int fd, const char *out_label, const struct lq_pa
 		return lq_fail_errno(err, errno, "%s", input);
 	struct lq_st *st = NULL;
 	struct lq_writer *w = NULL;
-	char *arch = NULL;
+	char *arch = NULL, *config = NULL;
+	size_t config_len = 0;
+	struct lq_model *model = NULL;
 	int have_tok = 0;
 	json_t *meta = NULL;
 	char *mtext = NULL;
@@ -440,11 +476,26 @@ int lq_pack(const char *input, int fd, const char *out_label, const struct lq_pa
 		goto out;
 	if ((rc = lq_writer_create(&w, fd, out_label, err)))
 		goto out;
-	if (S_ISDIR(sb.st_mode) && (rc = store_files(w, input, o, &arch, &have_tok, err)))
+	if (S_ISDIR(sb.st_mode) && (rc = store_files(w, input, o, &arch, &config, &config_len, &have_tok, err)))
 		goto out;
+	if (config) {
+		/* the architecture's description: shapes checked, storage planned */
+		struct lq_error e2 = {0};
+		if ((rc = lq_model_from_st(&model, config, config_len, st, &e2))) {
+			rc = lq_fail(err, rc, "%s: %s", input, e2.msg);
+			goto out;
+		}
+		for (size_t i = 0; o->warn && i < lq_model_nwarnings(model); i++) {
+			char msg[1024];
+			snprintf(msg, sizeof msg, "%s: %s", input, lq_model_warning(model, i));
+			o->warn(o->ctx, msg);
+		}
+		if ((rc = lq_pack_plan(o, model, err)))
+			goto out;
+	}
 	uint64_t total = lq_st_total_bytes(st), done = 0;
 	for (size_t i = 0; i < lq_st_count(st); i++)
-		if ((rc = pack_tensor(w, o, st, lq_st_get(st, i), &done, total, err)))
+		if ((rc = pack_tensor(w, o, st, model, lq_st_get(st, i), &done, total, err)))
 			goto out;
 	meta = build_meta(o, input, st, arch, have_tok);
 	mtext = meta ? json_dumps(meta, JSON_INDENT(1) | JSON_PRESERVE_ORDER) : NULL;
@@ -457,6 +508,8 @@ out:
 	free(mtext);
 	json_decref(meta);
 	free(arch);
+	free(config);
+	lq_model_free(model);
 	lq_writer_free(w);
 	lq_st_close(st);
 	return rc;

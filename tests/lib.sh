@@ -11,14 +11,14 @@ trap 'rm -rf "$TMP"' EXIT
 ok() { T_PASS=$((T_PASS + 1)); }
 bad() { T_FAIL=$((T_FAIL + 1)); echo "FAIL: $*" >&2; }
 # check DESC CMD... : command must succeed
-check() { d=$1; shift; if "$@" >"$TMP/out" 2>"$TMP/err"; then ok; else bad "$d (exit $?)"; sed 's/^/  | /' "$TMP/err" | head -5 >&2; fi; }
+check() { _d=$1; shift; if "$@" >"$TMP/out" 2>"$TMP/err"; then ok; else bad "$_d (exit $?)"; sed 's/^/  | /' "$TMP/err" | head -5 >&2; fi; }
 # fails DESC STATUS PATTERN CMD... : command must exit STATUS with stderr matching PATTERN (grep -E)
 fails() {
-	d=$1 want=$2 pat=$3; shift 3
-	"$@" >"$TMP/out" 2>"$TMP/err"; rc=$?
-	if [ "$rc" -ne "$want" ]; then bad "$d: exit $rc, wanted $want"; sed 's/^/  | /' "$TMP/err" | head -5 >&2
-	elif ! grep -Eq -- "$pat" "$TMP/err"; then bad "$d: stderr does not match '$pat'"; sed 's/^/  | /' "$TMP/err" | head -5 >&2
-	elif [ "$(wc -l <"$TMP/err")" -gt 3 ]; then bad "$d: more than a short error"; sed 's/^/  | /' "$TMP/err" | head -5 >&2
+	_d=$1 _want=$2 _pat=$3; shift 3
+	"$@" >"$TMP/out" 2>"$TMP/err"; _rc=$?
+	if [ "$_rc" -ne "$_want" ]; then bad "$_d: exit $_rc, wanted $_want"; sed 's/^/  | /' "$TMP/err" | head -5 >&2
+	elif ! grep -Eq -- "$_pat" "$TMP/err"; then bad "$_d: stderr does not match '$_pat'"; sed 's/^/  | /' "$TMP/err" | head -5 >&2
+	elif [ "$(wc -l <"$TMP/err")" -gt 3 ]; then bad "$_d: more than a short error"; sed 's/^/  | /' "$TMP/err" | head -5 >&2
 	else ok; fi
 }
 # same DESC A B : files identical
@@ -26,6 +26,6 @@ same() { if cmp -s "$2" "$3"; then ok; else bad "$1: $2 and $3 differ"; fi; }
 # has DESC PATTERN FILE
 has() { if grep -Eq -- "$2" "$3"; then ok; else bad "$1: '$2' not in $3"; head -5 "$3" | sed 's/^/  | /' >&2; fi; }
 # no_file DESC PATH...
-absent() { d=$1; shift; for f in "$@"; do if [ -e "$f" ]; then bad "$d: $f exists"; return; fi; done; ok; }
+absent() { _d=$1; shift; for _f in "$@"; do if [ -e "$_f" ]; then bad "$_d: $_f exists"; return; fi; done; ok; }
 have_py() { python3 -c "import $1" 2>/dev/null; }
 finish() { echo "$T_PASS passed, $T_FAIL failed"; [ "$T_FAIL" -eq 0 ]; }

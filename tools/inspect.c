@@ -10,14 +10,25 @@ static const char usage_text[] =
 	"usage: inspect [--tensors | --verify | --json] FILE.lq|CHECKPOINT_DIR|FILE.safetensors\n"
 	"       inspect --dequant NAME -o FILE.npy FILE.lq|CHECKPOINT\n"
 	"       inspect --stats NAME [--source CHECKPOINT] FILE.lq|CHECKPOINT\n"
+	"       inspect --tree [--json] FILE.lq|CHECKPOINT\n"
+	"       inspect --estimate [-t TYPE] [-b N] [--no-double-quant] [--keep GLOB]...\n"
+	"               [--quantize GLOB]... [--quantize-head] [--json] CHECKPOINT\n"
 	"\n"
 	"Without options, prints a summary: architecture, parameters, quantization,\n"
 	"memory footprint and size on disk.\n"
 	"\n"
-	"  -t, --tensors        one line per tensor: name, shape, storage, source dtype,\n"
+	"      --tensors        one line per tensor: name, shape, storage, source dtype,\n"
 	"                       bytes, XXH3-64 checksum\n"
 	"      --verify         recompute every checksum; exit 1 on any mismatch\n"
-	"      --json           the summary (with --tensors: and every tensor) as JSON\n"
+	"      --json           the summary (with --tensors: and every tensor; with\n"
+	"                       --tree: the module tree) as JSON\n"
+	"      --tree           the module tree as print(model) shows it in transformers\n"
+	"      --estimate       footprint and .lq size if CHECKPOINT were quantized with\n"
+	"                       the options below (as quantize takes them), from the\n"
+	"                       headers alone\n"
+	"  -t, --type TYPE      nf4 (default), fp4, int8, none      (with --estimate)\n"
+	"  -b, --block-size N   --no-double-quant  --keep GLOB  --quantize GLOB\n"
+	"      --quantize-head  as quantize(1)                      (with --estimate)\n"
 	"      --dequant NAME   write tensor NAME, dequantized to float32, as .npy (-o)\n"
 	"  -o, --output FILE    output of --dequant ('-' for stdout)\n"
 	"      --stats NAME     min/max/mean/std of tensor NAME and, with --source,\n"
@@ -63,12 +74,41 @@ struct input {
 	json_t *meta;   /* LQ metadata */
 	json_t *config; /* config.json if known */
 	uint64_t disk;  /* size on disk */
+	struct lq_model *model; /* architecture description, when config.json is known */
+	struct lq_error model_err;
 };
 
 static json_t *load_json_file(const char *path)
 {
 	json_error_t je;
 	return json_load_file(path, 0, &je);
+}
+
+/* Read a small file into memory (malloc'ed); 0 when it cannot be read. */
+static int read_small_file(const char *path, const void **out, uint64_t *size)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return 0;
+	char *buf = NULL;
+	size_t cap = 0, n = 0, k;
+	do {
+		if (n == cap) {
+			char *nb = realloc(buf, cap = cap ? 2 * cap : 65536);
+			if (!nb) {
+				free(buf);
+				fclose(f);
+				return 0;
+			}
+			buf = nb;
+		}
+		k = fread(buf + n, 1, cap - n, f);
+		n += k;
+	} while (k > 0);
+	fclose(f);
+	*out = buf;
+	*size = n;
+	return 1;
 }
 
 static void open_input(struct input *in, const char *path)
@@ -123,6 +163,9 @@ static void open_input(struct input *in, const char *path)
 			v->has_xxh3 = 1;
 			v->lq = t;
 		}
+		if (lq_model_from_lq(&in->model, in->lq, &in->model_err) == 0)
+			for (size_t i = 0; i < lq_model_nwarnings(in->model); i++)
+				warnx_("warning: %s: %s", path, lq_model_warning(in->model, i));
 		return;
 	}
 	if ((rc = lq_st_open(&in->st, path, &e)))
@@ -151,10 +194,23 @@ static void open_input(struct input *in, const char *path)
 		v->bytes = v->fp_bytes = t->nbytes;
 		v->st = t;
 	}
+	char p[PATH_MAX];
+	snprintf(p, sizeof p, "%s/config.json", path);
+	const void *map;
+	uint64_t size;
+	in->model_err.code = LQ_ERR_NOTFOUND;
+	snprintf(in->model_err.msg, sizeof in->model_err.msg, "%s: no config.json", path);
+	if (S_ISDIR(sb.st_mode) && read_small_file(p, &map, &size)) {
+		if (lq_model_from_st(&in->model, map, (size_t)size, in->st, &in->model_err) == 0)
+			for (size_t i = 0; i < lq_model_nwarnings(in->model); i++)
+				warnx_("warning: %s: %s", path, lq_model_warning(in->model, i));
+		free((void *)map);
+	}
 }
 
 static void close_input(struct input *in)
 {
+	lq_model_free(in->model);
 	json_decref(in->meta);
 	json_decref(in->config);
 	free(in->t);
@@ -214,6 +270,9 @@ struct totals {
 static void totals(const struct input *in, struct totals *s)
 {
 	memset(s, 0, sizeof *s);
+	struct lq_footprint fp;
+	struct lq_error e;
+	int have_fp = in->model && lq_model_footprint(in->model, &fp, &e) == 0;
 	for (size_t i = 0; i < in->n; i++) {
 		const struct tview *v = &in->t[i];
 		s->params += v->nelem;
@@ -221,6 +280,11 @@ static void totals(const struct input *in, struct totals *s)
 		/* resident: every part, plus the fp32 double-quant offset */
 		s->resident += v->bytes + (v->double_quant ? 4 : 0);
 		s->count[v->qtype]++;
+	}
+	if (have_fp) { /* buffers included, tied weights once: as transformers counts */
+		s->params = fp.n_params;
+		s->footprint = fp.hf_bytes;
+		s->resident = fp.resident_bytes;
 	}
 }
 
@@ -505,26 +569,146 @@ static int dequant(const struct input *in, const char *name, const char *out, in
 	return 0;
 }
 
+static struct lq_model *need_model(const struct input *in)
+{
+	if (!in->model)
+		die("%s", in->model_err.msg[0] ? in->model_err.msg : "no model description");
+	return in->model;
+}
+
+static int print_tree(const struct input *in, int json)
+{
+	struct lq_model *m = need_model(in);
+	struct lq_error e = {0};
+	char *s = NULL;
+	int rc = json ? lq_model_tree_json(m, 2, &s, &e) : lq_model_tree_text(m, &s, NULL, &e);
+	if (rc)
+		die_lq(rc, &e);
+	fputs(s, stdout);
+	if (json)
+		fputc('\n', stdout);
+	free(s);
+	return 0;
+}
+
+static int print_estimate(const struct input *in, const struct lq_pack_opts *po, int json)
+{
+	struct lq_model *m = need_model(in);
+	if (!in->st)
+		die("%s: --estimate reads a checkpoint, not an LQ file", in->path);
+	struct lq_error e = {0};
+	int rc = lq_pack_plan(po, m, &e);
+	struct lq_footprint fp;
+	if (!rc)
+		rc = lq_model_footprint(m, &fp, &e);
+	/* the files quantize would store beside the tensors */
+	size_t nf;
+	const char *const *names = lq_pack_stored_files(&nf);
+	struct lq_estimate_blob blobs[16];
+	size_t nb = 0;
+	for (size_t i = 0; i < nf && nb < 16; i++) {
+		char p[PATH_MAX];
+		struct stat sb;
+		snprintf(p, sizeof p, "%s/%s", in->path, names[i]);
+		if (stat(p, &sb) == 0)
+			blobs[nb++] = (struct lq_estimate_blob){names[i], (uint64_t)sb.st_size};
+	}
+	uint64_t size = 0;
+	if (!rc)
+		rc = lq_model_estimate_lq(m, blobs, nb, 0, &size, &e);
+	if (rc)
+		die_lq(rc, &e);
+	char b1[64], b2[64];
+	if (json) {
+		json_t *j = json_object(), *q = json_object(), *f = json_object();
+		json_object_set_new(q, "type", json_string(lq_qtype_name(po->qtype)));
+		json_object_set_new(q, "block_size", json_integer(po->qtype ? po->block_size : 0));
+		json_object_set_new(q, "double_quant", json_boolean(po->qtype && po->double_quant));
+		json_object_set_new(q, "quantize_head", json_boolean(po->quantize_head));
+		json_object_set_new(j, "file", json_string(in->path));
+		json_object_set_new(j, "quantization", q);
+		json_object_set_new(j, "parameters", json_integer((json_int_t)fp.n_params));
+		json_object_set_new(f, "transformers", json_integer((json_int_t)fp.hf_bytes));
+		json_object_set_new(f, "resident", json_integer((json_int_t)fp.resident_bytes));
+		json_object_set_new(j, "footprint", f);
+		json_object_set_new(j, "lq_size", json_integer((json_int_t)size));
+		char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+		if (!s)
+			die("out of memory");
+		puts(s);
+		free(s);
+		json_decref(j);
+		return 0;
+	}
+	printf("checkpoint:    %s (%s on disk)\n", in->path, human(in->disk, b1, sizeof b1));
+	if (po->qtype)
+		printf("if quantized:  %s, block %d, %s%s\n", lq_qtype_name(po->qtype), po->block_size,
+		       po->double_quant ? "double quant" : "fp32 scales", po->quantize_head ? ", lm_head too" : "");
+	else
+		printf("if quantized:  none (stored as is)\n");
+	printf("parameters:    %s\n", commas(fp.n_params, b1, sizeof b1));
+	printf("footprint:     %s bytes (%s), as get_memory_footprint() would report\n",
+	       commas(fp.hf_bytes, b1, sizeof b1), human(fp.hf_bytes, b2, sizeof b2));
+	printf("resident:      %s bytes (%s), weights incl. quantization statistics\n",
+	       commas(fp.resident_bytes, b1, sizeof b1), human(fp.resident_bytes, b2, sizeof b2));
+	printf("lq file:       %s bytes (%s), estimated\n", commas(size, b1, sizeof b1), human(size, b2, sizeof b2));
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	argv0 = "inspect";
-	enum { O_VERIFY = 256, O_JSON, O_DEQUANT, O_STATS, O_SOURCE };
+	enum { O_TENSORS = 255, O_VERIFY = 256, O_JSON, O_DEQUANT, O_STATS, O_SOURCE, O_TREE, O_ESTIMATE, O_NODQ, O_KEEP,
+	       O_QUANT, O_HEAD };
 	static const struct option lopts[] = {
-		{"tensors", no_argument, 0, 't'},      {"verify", no_argument, 0, O_VERIFY},
+		{"tensors", no_argument, 0, O_TENSORS},      {"verify", no_argument, 0, O_VERIFY},
 		{"json", no_argument, 0, O_JSON},      {"dequant", required_argument, 0, O_DEQUANT},
 		{"output", required_argument, 0, 'o'}, {"stats", required_argument, 0, O_STATS},
 		{"source", required_argument, 0, O_SOURCE}, {"force", no_argument, 0, 'f'},
 		{"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},
 		{"help", no_argument, 0, 'h'},          {"version", no_argument, 0, 'V'},
+		{"tree", no_argument, 0, O_TREE},       {"estimate", no_argument, 0, O_ESTIMATE},
+		{"type", required_argument, 0, 't'},    {"block-size", required_argument, 0, 'b'},
+		{"no-double-quant", no_argument, 0, O_NODQ}, {"keep", required_argument, 0, O_KEEP},
+		{"quantize", required_argument, 0, O_QUANT}, {"quantize-head", no_argument, 0, O_HEAD},
 		{0, 0, 0, 0},
 	};
+	struct lq_pack_opts po;
+	lq_pack_opts_init(&po);
+	const char **keep = calloc((size_t)argc, sizeof *keep), **quant = calloc((size_t)argc, sizeof *quant);
+	if (!keep || !quant)
+		die("out of memory");
+	po.keep = keep;
+	po.quantize = quant;
+	int tree = 0, estimate = 0, qopts = 0;
 	int tensors = 0, do_verify = 0, json = 0, force = 0, quiet = 0, nthreads = ncpus();
 	const char *dq = NULL, *out = NULL, *st = NULL, *source = NULL;
 	int c;
 	long v;
-	while ((c = getopt_long(argc, argv, "to:fj:qhV", lopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "o:fj:qhVt:b:", lopts, NULL)) != -1) {
 		switch (c) {
-		case 't': tensors = 1; break;
+		case O_TREE: tree = 1; break;
+		case O_ESTIMATE: estimate = 1; break;
+		case 't':
+			qopts = 1;
+			if ((po.qtype = lq_qtype_parse(optarg)) < 0) {
+				warnx_("unknown type '%s' (nf4, fp4, int8, none)", optarg);
+				usage(2);
+			}
+			break;
+		case 'b':
+			qopts = 1;
+			if (parse_int(optarg, 32, 4096, &v) || (v & (v - 1))) {
+				warnx_("block size must be a power of two from 32 to 4096, not '%s'", optarg);
+				usage(2);
+			}
+			po.block_size = (int)v;
+			break;
+		case O_NODQ: qopts = 1; po.double_quant = 0; break;
+		case O_KEEP: qopts = 1; keep[po.nkeep++] = optarg; break;
+		case O_QUANT: qopts = 1; quant[po.nquantize++] = optarg; break;
+		case O_HEAD: qopts = 1; po.quantize_head = 1; break;
+		case O_TENSORS: tensors = 1; break;
 		case O_VERIFY: do_verify = 1; break;
 		case O_JSON: json = 1; break;
 		case O_DEQUANT: dq = optarg; break;
@@ -557,6 +741,14 @@ int main(int argc, char **argv)
 		warnx_("--dequant, --stats and the listing options cannot be combined");
 		usage(2);
 	}
+	if (qopts && !estimate) {
+		warnx_("-t, -b, --no-double-quant, --keep, --quantize and --quantize-head go with --estimate");
+		usage(2);
+	}
+	if ((tree || estimate) && (dq || st || tensors || do_verify || (tree && estimate))) {
+		warnx_("--tree and --estimate combine only with --json");
+		usage(2);
+	}
 	if (source && !st) {
 		warnx_("--source goes with --stats");
 		usage(2);
@@ -564,7 +756,11 @@ int main(int argc, char **argv)
 	struct input in = {0};
 	open_input(&in, argv[optind]);
 	int rc = 0;
-	if (dq)
+	if (tree)
+		rc = print_tree(&in, json);
+	else if (estimate)
+		rc = print_estimate(&in, &po, json);
+	else if (dq)
 		rc = dequant(&in, dq, out, force, nthreads);
 	else if (st)
 		rc = stats(&in, st, source, nthreads);
@@ -588,6 +784,8 @@ int main(int argc, char **argv)
 		print_summary(&in);
 	}
 	close_input(&in);
+	free(keep);
+	free(quant);
 	int so = finish_stdout();
 	return rc ? rc : so;
 }
