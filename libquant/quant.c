@@ -42,7 +42,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
+/* -DLQ_NO_SIMD builds the portable fast path only (how non-x86 builds run) */
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(LQ_NO_SIMD)
 #include <immintrin.h>
 #define LQ_HAVE_X86 1
 #endif
