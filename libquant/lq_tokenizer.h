@@ -47,12 +47,32 @@ struct lq_tokenizer;
  * Load a tokenizer from the text of tokenizer.json (json, json_len bytes, no
  * NUL needed) and optionally tokenizer_config.json (config may be NULL),
  * which supplies bos/eos/pad/unk tokens and clean_up_tokenization_spaces.
+ * As transformers does, the config's named special tokens (bos_token ...
+ * mask_token, additional_special_tokens, extra_special_tokens) become special
+ * added tokens, and add_bos_token/add_eos_token, when present, decide the
+ * BOS/EOS the encoder adds.
  * Components the library does not implement fail with LQ_ERR_UNSUPPORTED
  * naming the component, never with a silently different tokenization.
  * On success *out is a new handle (free with lq_tokenizer_free).
  */
 int lq_tokenizer_load_json(struct lq_tokenizer **out, const char *json, size_t json_len,
 			   const char *config, size_t config_len, struct lq_error *err);
+
+/*
+ * Same, with flags:
+ * LQ_TOKENIZER_TRANSFORMERS5: for tokenizer_class LlamaTokenizer (Llama 2,
+ *   Mistral, Phi-3 ...) use the pipeline transformers 5 builds for that class
+ *   instead of the one in tokenizer.json (Metaspace pre-tokenizer that does
+ *   not prepend a second "▁" to a text that starts with a space, template
+ *   from add_bos_token/add_eos_token).  Without it the tokenizer follows
+ *   tokenizer.json as the `tokenizers` library (and transformers 4, and
+ *   SentencePiece) do.  The two differ only for texts with a leading space
+ *   or a space right after a special token.
+ */
+#define LQ_TOKENIZER_TRANSFORMERS5 1
+int lq_tokenizer_load_json_ex(struct lq_tokenizer **out, const char *json, size_t json_len,
+			      const char *config, size_t config_len, int flags,
+			      struct lq_error *err);
 
 /*
  * Load a tokenizer from a blob made by lq_tokenizer_serialize.  The blob is

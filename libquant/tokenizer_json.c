@@ -521,8 +521,63 @@ static int load_model(struct jctx *c, json_t *m)
 	return LQ_OK;
 }
 
+/*
+ * transformers 5 builds LlamaTokenizer (Llama 2, Mistral, Phi-3 ...) from the
+ * vocabulary and merges only, with its own pipeline: no normalizer, a
+ * Metaspace pre-tokenizer (prepend "always", or "first" when legacy is false,
+ * "never" without add_prefix_space; no split) and the decoders Replace,
+ * ByteFallback, Fuse and Strip (when add_prefix_space).
+ */
+static int is_llama_class(json_t *cfg)
+{
+	const char *cls = json_string_value(json_object_get(cfg, "tokenizer_class"));
+	return cls && (!strcmp(cls, "LlamaTokenizer") || !strcmp(cls, "LlamaTokenizerFast"));
+}
+
+static int v5_llama_pipeline(struct jctx *c, json_t *cfg)
+{
+	static const char meta[] = "\xE2\x96\x81";
+	int aps = jbool(cfg, "add_prefix_space", 1), legacy = jbool(cfg, "legacy", 0);
+	struct tk_op *op;
+	c->n[TK_STAGE_NORM] = c->n[TK_STAGE_PRE] = c->n[TK_STAGE_DEC] = 0;
+	if (!(op = new_op(c, TK_STAGE_PRE, TK_P_METASPACE)))
+		return LQ_ERR_UNSUPPORTED;
+	op->s1 = dupstr(c->t, meta, 3);
+	op->s1len = 3;
+	op->a = aps ? (legacy ? TK_PREPEND_ALWAYS : TK_PREPEND_FIRST) : TK_PREPEND_NEVER;
+	op->b = 0;
+	if (!(op = new_op(c, TK_STAGE_DEC, TK_D_REPLACE)))
+		return LQ_ERR_UNSUPPORTED;
+	op->s1 = dupstr(c->t, meta, 3);
+	op->s1len = 3;
+	op->s2 = dupstr(c->t, " ", 1);
+	op->s2len = 1;
+	if (!new_op(c, TK_STAGE_DEC, TK_D_BYTEFALLBACK) || !new_op(c, TK_STAGE_DEC, TK_D_FUSE))
+		return LQ_ERR_UNSUPPORTED;
+	if (aps) {
+		if (!(op = new_op(c, TK_STAGE_DEC, TK_D_STRIP)))
+			return LQ_ERR_UNSUPPORTED;
+		op->s1 = dupstr(c->t, " ", 1);
+		op->s1len = 1;
+		op->a = 1;
+		op->b = 0;
+	}
+	for (int st = 0; st < 3; st++)
+		for (uint32_t i = 0; i < c->n[st]; i++)
+			if ((c->ops[st][i].s1len && !c->ops[st][i].s1) || (c->ops[st][i].s2len && !c->ops[st][i].s2))
+				return lq_fail(c->err, LQ_ERR_NOMEM, "%s: out of memory", LABEL);
+	c->t->has_decoder = 1;
+	return LQ_OK;
+}
+
 int lq_tokenizer_load_json(struct lq_tokenizer **out, const char *json, size_t json_len,
 			   const char *config, size_t config_len, struct lq_error *err)
+{
+	return lq_tokenizer_load_json_ex(out, json, json_len, config, config_len, 0, err);
+}
+
+int lq_tokenizer_load_json_ex(struct lq_tokenizer **out, const char *json, size_t json_len,
+			      const char *config, size_t config_len, int flags, struct lq_error *err)
 {
 	*out = NULL;
 	if (!json)
@@ -654,6 +709,12 @@ int lq_tokenizer_load_json(struct lq_tokenizer **out, const char *json, size_t j
 	struct post post = {{0}, {0}, 0, 0};
 	if ((rc = load_post(c, json_object_get(root, "post_processor"), &post, 0)))
 		goto fail;
+	int v5llama = (flags & LQ_TOKENIZER_TRANSFORMERS5) && cfg && is_llama_class(cfg);
+	if (v5llama) {
+		if ((rc = v5_llama_pipeline(c, cfg)))
+			goto fail;
+		post.npre = post.nsuf = 0;
+	}
 	for (int st = 0; st < 3; st++) {
 		t->n_ops[st] = c->n[st];
 		t->ops[st] = lq_arena_alloc(&t->arena, c->n[st] * sizeof(struct tk_op) + 1);
@@ -776,6 +837,18 @@ int lq_tokenizer_load_json(struct lq_tokenizer **out, const char *json, size_t j
 	}
 	if (t->unk < 0)
 		t->unk = t->model_unk;
+	/* transformers rebuilds the template from add_bos_token/add_eos_token when the
+	 * config sets either (or, in transformers 5, when it built the pipeline) */
+	if (cfg) {
+		json_t *ab = json_object_get(cfg, "add_bos_token"), *ae = json_object_get(cfg, "add_eos_token");
+		if (v5llama || json_is_boolean(ab) || json_is_boolean(ae)) {
+			t->n_prefix = t->n_suffix = 0;
+			if (json_is_true(ab) && t->bos >= 0)
+				t->prefix[t->n_prefix++] = t->bos;
+			if (json_is_true(ae) && t->eos >= 0)
+				t->suffix[t->n_suffix++] = t->eos;
+		}
+	}
 	json_decref(root);
 	json_decref(cfg);
 	free(c);

@@ -1,7 +1,7 @@
 /*
  * gen_tok - a small CLI over the tokenizer API, for tests and comparisons.
  *
- *   gen_tok [-b] TOKENIZER_JSON [TOKENIZER_CONFIG_JSON] < in.jsonl > out.jsonl
+ *   gen_tok [-b] [-5] TOKENIZER_JSON [TOKENIZER_CONFIG_JSON] < in.jsonl > out.jsonl
  *
  * Each input line is a JSON object:
  *   {"text": "..."}      encode (with and without special tokens) and decode
@@ -12,7 +12,8 @@
  *   {"ids":[...],"ids_nospecial":[...],"decoded":"...","decoded_skip":"..."}
  * for text (decoded = decode(ids), decoded_skip = decode(ids, skip special)),
  * or {"decoded":"...","decoded_skip":"..."} for ids.
- * -b round-trips the tokenizer through its binary blob before use.
+ * -b round-trips the tokenizer through its binary blob before use; -5 loads
+ * with LQ_TOKENIZER_TRANSFORMERS5 (transformers 5's LlamaTokenizer pipeline).
  * Exit status: 0 ok, 1 failure, 2 usage.
  */
 #include "libquant.h"
@@ -129,13 +130,17 @@ static int hexval(int c)
 
 int main(int argc, char **argv)
 {
-	int blob = 0, ai = 1;
-	if (ai < argc && !strcmp(argv[ai], "-b")) {
-		blob = 1;
-		ai++;
+	int blob = 0, ai = 1, lflags = 0;
+	for (; ai < argc; ai++) {
+		if (!strcmp(argv[ai], "-b"))
+			blob = 1;
+		else if (!strcmp(argv[ai], "-5"))
+			lflags |= LQ_TOKENIZER_TRANSFORMERS5;
+		else
+			break;
 	}
 	if (argc - ai < 1 || argc - ai > 2) {
-		fprintf(stderr, "usage: gen_tok [-b] TOKENIZER_JSON [TOKENIZER_CONFIG_JSON] < in.jsonl\n");
+		fprintf(stderr, "usage: gen_tok [-b] [-5] TOKENIZER_JSON [TOKENIZER_CONFIG_JSON] < in.jsonl\n");
 		return 2;
 	}
 	size_t jl, cl = 0;
@@ -150,7 +155,7 @@ int main(int argc, char **argv)
 	}
 	struct lq_error err;
 	struct lq_tokenizer *t;
-	if (lq_tokenizer_load_json(&t, js, jl, cs, cl, &err)) {
+	if (lq_tokenizer_load_json_ex(&t, js, jl, cs, cl, lflags, &err)) {
 		fprintf(stderr, "gen_tok: %s\n", err.msg);
 		return 1;
 	}

@@ -13,6 +13,10 @@
       byte fallback, Metaspace "first" with split, NFKC, added tokens with
       lstrip/rstrip/single_word/normalized) and tok_synth_b.json (byte level with
       Lowercase/Strip/NFD normalizers, every Split behavior, RobertaProcessing)
+  tok_reference.py expected-transformers DIR < in.jsonl > expected.jsonl
+      the same from transformers' AutoTokenizer.from_pretrained(DIR) (tokenizer(text),
+      decode(ids), decode(ids, skip_special_tokens=True)); compare with gen_tok -5
+      when transformers >= 5 is installed, plain gen_tok otherwise
   tok_reference.py compare-transformers DIR < in.jsonl
       report where transformers' AutoTokenizer(DIR) disagrees with `tokenizers`
 
@@ -231,6 +235,23 @@ def expected(path, config=None):
             specials = named_specials(json.load(f))
         if specials:
             tk.add_special_tokens(specials)
+        with open(config, encoding="utf-8") as f:
+            cfg = json.load(f)
+        if isinstance(cfg.get("add_bos_token"), bool) or isinstance(cfg.get("add_eos_token"), bool):
+            # transformers rebuilds the template from these (update_post_processor)
+            from tokenizers import processors
+            sp = []
+            single = "$A:0"
+            bos, eos = cfg.get("bos_token"), cfg.get("eos_token")
+            bos = bos.get("content") if isinstance(bos, dict) else bos
+            eos = eos.get("content") if isinstance(eos, dict) else eos
+            if cfg.get("add_bos_token") is True and bos is not None:
+                single = bos + ":0 " + single
+                sp.append((bos, tk.token_to_id(bos)))
+            if cfg.get("add_eos_token") is True and eos is not None:
+                single = single + " " + eos + ":0"
+                sp.append((eos, tk.token_to_id(eos)))
+            tk.post_processor = processors.TemplateProcessing(single=single, special_tokens=sp)
     for line in sys.stdin:
         o = json.loads(line)
         if "ids" in o:
@@ -297,6 +318,22 @@ def synth(outdir):
     tk.save(outdir + "/tok_synth_b.json")
 
 
+def expected_transformers(d):
+    from transformers import AutoTokenizer
+    at = AutoTokenizer.from_pretrained(d)
+    for line in sys.stdin:
+        o = json.loads(line)
+        if "ids" in o:
+            ids = [i for i in o["ids"] if i >= 0]
+            print(dumps({"decoded": at.decode(ids), "decoded_skip": at.decode(ids, skip_special_tokens=True)}))
+            continue
+        text = o["text"] if "text" in o else bytes.fromhex(o["hex"]).decode("utf-8", "replace")
+        ids = at(text)["input_ids"]
+        ids2 = at(text, add_special_tokens=False)["input_ids"]
+        print(dumps({"ids": ids, "ids_nospecial": ids2, "decoded": at.decode(ids),
+                     "decoded_skip": at.decode(ids, skip_special_tokens=True)}))
+
+
 def compare_transformers(d):
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
@@ -330,6 +367,8 @@ def main():
         expected(*sys.argv[2:])
     elif len(sys.argv) == 3 and sys.argv[1] == "synth":
         synth(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "expected-transformers":
+        expected_transformers(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "compare-transformers":
         compare_transformers(sys.argv[2])
     else:
