@@ -563,8 +563,12 @@ static void lex(struct parser *p)
 				if (q + 1 >= len || strncmp(src + q, "%}", 2) != 0)
 					perr(p, LQ_ERR_FORMAT, t, "missing end of raw directive");
 				q += 2;
-				if (strip_after)
-					q += lspace_len(src + q, len - q);
+				int raw_ls = 0;
+				if (strip_after) {
+					size_t ws = lspace_len(src + q, len - q);
+					raw_ls = ws > 0 && src[q + ws - 1] == '\n';
+					q += ws;
+				}
 				push_text(p, pos, text, tn);
 				/* find {% endraw %} */
 				size_t r = q;
@@ -579,26 +583,40 @@ static void lex(struct parser *p)
 						e++;
 					e += lspace_len(src + e, len - e);
 					if (e + 6 <= len && strncmp(src + e, "endraw", 6) == 0) {
+						/* the raw text gets the same stripping as text before a tag */
 						size_t rn = r - q;
-						if (s2 == '-')
+						if (s2 == '-') {
 							rn -= rspace_len(src + q, rn);
+						} else if (s2 != '+') {
+							size_t lp = rn;
+							while (lp > 0 && src[q + lp - 1] != '\n')
+								lp--;
+							if ((lp > 0 || raw_ls) && rn > lp &&
+							    lspace_len(src + q + lp, rn - lp) == rn - lp)
+								rn = lp;
+						}
 						push_text(p, q, src + q, rn);
 						e += 6;
 						e += lspace_len(src + e, len - e);
 						if (e + 2 < len && src[e] == '-' && strncmp(src + e + 1, "%}", 2) == 0) {
 							e += 3;
-							e += lspace_len(src + e, len - e);
+							size_t ws = lspace_len(src + e, len - e);
+							line_starting = ws > 0 && src[e + ws - 1] == '\n';
+							e += ws;
 						} else if (e + 2 < len && src[e] == '+' && strncmp(src + e + 1, "%}", 2) == 0) {
 							e += 3;
+							line_starting = 0;
 						} else if (e + 1 < len && strncmp(src + e, "%}", 2) == 0) {
 							e += 2;
-							if (e < len && src[e] == '\n')
+							line_starting = 0;
+							if (e < len && src[e] == '\n') {
 								e++;
+								line_starting = 1;
+							}
 						} else {
 							perr(p, LQ_ERR_FORMAT, r, "missing end of raw directive");
 						}
 						pos = e;
-						line_starting = 0;
 						break;
 					}
 					r += 2;
@@ -2800,7 +2818,7 @@ static int val_cmp(struct ctx *c, int op, struct val *a, struct val *b, int dept
 		r = x < y ? -1 : x > y;
 	} else if (a->t == T_STR && b->t == T_STR) {
 		r = key_cmp(a, b);
-	} else if (a->t == T_LIST && b->t == T_LIST && a->tuple == b->tuple) {
+	} else if (a->t == T_LIST && b->t == T_LIST && a->tuple == b->tuple && a->kind == VK_LIST && b->kind == VK_LIST) {
 		size_t i = 0;
 		while (i < a->u.l.n && i < b->u.l.n && val_eq(c, a->u.l.v[i], b->u.l.v[i], depth + 1))
 			i++;

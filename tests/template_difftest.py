@@ -76,6 +76,44 @@ def expr(d):
     return "(not %s)" % expr(d - 1)
 
 
+WS = ["", " ", "  ", "\n", "\n\n", "\t", " \n  ", "\n  \n", "x", "a b\n", "\r\n", "\u3000", "\xa0"]
+TAGS = ["{%s if true %s}", "{%s if false %s}", "{%s endif %s}", "{%s for i in [1, 2] %s}", "{%s endfor %s}",
+        "{{%s 'v' %s}}", "{#%s c %s#}", "{%s set z = 1 %s}", "{%s raw %s}r{%s endraw %s}"]
+
+
+def whitespace():
+    """random text and tags with -, + and plain markers around blocks"""
+    out = []
+    stack = []
+    for _ in range(random.randint(1, 8)):
+        out.append(random.choice(WS))
+        k = random.random()
+        l, r = random.choice(["", "-", "+"]), random.choice(["", "-", "+"])
+        if k < 0.2:
+            cond = random.choice(["true", "false"])
+            out.append("{%" + l + " if " + cond + " " + r + "%}")
+            stack.append("endif")
+        elif k < 0.35:
+            out.append("{%" + l + " for i in [1, 2] " + r + "%}")
+            stack.append("endfor")
+        elif k < 0.55 and stack:
+            out.append("{%" + l + " " + stack.pop() + " " + r + "%}")
+        elif k < 0.7:
+            out.append("{{" + (l if l != "+" else "") + " 'v' " + (r if r != "+" else "") + "}}")
+        elif k < 0.85:
+            out.append("{#" + l + " c " + r + "#}")
+        elif k < 0.93:
+            out.append("{%" + l + " set z = 1 " + r + "%}")
+        else:
+            out.append("{%" + l + " raw " + r + "%}" + random.choice(WS) + "{{r}}" + random.choice(WS) + "{%" +
+                       random.choice(["", "-", "+"]) + " endraw " + random.choice(["", "-", "+"]) + "%}")
+        out.append(random.choice(WS))
+    while stack:
+        out.append(random.choice(WS) + "{% " + stack.pop() + " %}")
+    out.append(random.choice(WS))
+    return "".join(out)
+
+
 def statement():
     st = random.choice(STMTS)
     out = []
@@ -102,7 +140,7 @@ def main():
     cases = {}
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, encoding="utf-8") as f:
         for i in range(n):
-            src = "{{ %s }}" % expr(3) if i % 3 else statement()
+            src = ("{{ %s }}" % expr(3)) if i % 3 == 1 else statement() if i % 3 == 2 else whitespace()
             res = tr.one({"chat_template": src}, None, tr.FEATURE_MESSAGES, False, None, None)
             if " at 0x" in res.get("expected", ""):
                 continue  # jinja2 printed an object address
