@@ -30,15 +30,26 @@ TDIR = os.path.join(ROOT, "tests", "fixtures", "templates")
 OUT = os.path.join(ROOT, "tests", "fixtures")
 SHARED = os.environ.get("LQ_SHARED", os.path.join(ROOT, "..", "shared"))
 TOKEN_KEYS = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"]
-NOW = 1721952000  # 2024-07-26, for strftime_now (unused by these templates)
+NOW = 1721995200  # 2024-07-26 12:00 UTC: strftime_now's date is the same in any time zone within 11 h of UTC
 
 try:
     import jinja2
+    import transformers.utils.chat_template_utils as ctu
     from transformers.utils.chat_template_utils import render_jinja_template
     from transformers.tokenization_utils_base import _normalize_chat_messages
 except ImportError as e:
     print("skipping template reference: python package missing (%s)" % e, file=sys.stderr)
     sys.exit(77)
+
+
+class _FixedNow(ctu.datetime):
+    """strftime_now() at a fixed time (NOW), so that the fixtures are reproducible"""
+    @classmethod
+    def now(cls, tz=None):
+        return ctu.datetime.fromtimestamp(NOW, tz)
+
+
+ctu.datetime = _FixedNow
 
 TOOLS = [
     {"type": "function", "function": {
@@ -181,6 +192,15 @@ FEATURES = [
     ("{%- set loop_messages = messages[1:] %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('alternate!') }}{% endif %}{{ message['role'][0]|upper }}{% endfor %}", None),
     ("{{ messages[0]|tojson }}{{ messages|map(attribute='role')|join(',') }}{{ messages|selectattr('role', 'in', ['user', 'system'])|list|length }}", None),
     ("{{ 'abc' ~ ('d' if messages else 'e') }}{{ (messages|last).role }}{{ (messages|first)['content'] }}{{ messages[1:]|length }}", None),
+    ("{{ strftime_now('%d %b %Y') }}|{{ strftime_now('%Y-%m-%d %A %B %j') }}", None),
+    ("{%- if not date_string is defined %}{%- if strftime_now is defined %}{%- set date_string = strftime_now('%d %b %Y') %}{%- endif %}{%- endif %}Today Date: {{ date_string }}", None),
+    ("  {% raw -%}\n {{ r }}  \n  {% endraw -%}  x\n\t{%+ raw %}\n{% endraw +%}\n|{% raw %}a{%- endraw %}", None),
+    ("{% for i in [1, 2] -%}\n  {{ i }}\n{%- endfor %}\n{#- c -#}\n  {%+ if true %}k{% endif %}  \n{{- 'v' -}}\n\u3000 \xa0{% if true %}\n\xa0 x{% endif %}", None),
+    ("{{ [1, 2]|select|first }}{{ ([1, 2]|select) is sequence }}{{ (none|map('upper')|list) }}{% if [] | select %}gen-truthy{% endif %}{{ [3, 1]|reverse|list }}{{ {'a': 1}.items() }}{{ {'a': 1}.keys()|list }}{{ ({'a': 1}|items|list)[0][1] }}", None),
+    ("{% set g = [1, 2, 3]|select %}{% for x in g %}{{ x }}{% endfor %}|{% for x in g %}{{ x }}{% else %}consumed{% endfor %}", None),
+    ("{{ 'ßtraße ﬁne'|upper }}|{{ 'ßtraße'|title }}|{{ 'ßa'.capitalize() }}|{{ 'straße'.upper() }}|{{ 'İ'|lower|length }}", None),
+    ("{% if false %}{{ x|no_such_filter }}{{ y is no_such_test }}{% endif %}{{ 'a' if true else b|no_such_filter }}ok", None),
+    ("{{ 3.0 is divisibleby 1.5 }}{{ 2.5 is even }}{{ 5 is lower }}{{ [1, 2, 1].count(1) }}{{ [1, 2].index(2) }}{{ (1, 2) * 2 }}", None),
     ("{{ raise_exception('Custom failure: ' ~ messages[0].role) }}", None),
     ("{{ 1 + 'a' }}", None),
     ("{{ nope.attr }}", None),
@@ -191,6 +211,10 @@ FEATURES = [
     ("{{ 'a'.nomethod() }}", None),
     ("{% set ns = namespace(a=1) %}{% set ns._x = 2 %}", None),
     ("{{ {'a': undefined_thing}|tojson }}", None),
+    ("{{ messages[0][1:] }}", None),
+    ("{{ [1]|select|length }}", None),
+    ("{{ x_undef|int }}", None),
+    ("{{ [1] in {'a': 1} }}", None),
 ]
 
 
