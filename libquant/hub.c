@@ -2088,6 +2088,9 @@ static int hub_init(struct hub *h, const struct lq_hub_options *o, const char *r
 	h->rev = o->revision && *o->revision ? o->revision : "main";
 	if (strlen(h->rev) > 255 || lq_hub_check_filename(h->rev, NULL))
 		return lq_fail(err, LQ_ERR_INVALID, "invalid revision '%s'", h->rev);
+	for (const char *t = o->token; t && *t; t++)
+		if ((unsigned char)*t < 0x20 || *t == 0x7f)
+			return lq_fail(err, LQ_ERR_INVALID, "invalid token: control character");
 	const char *ep = o->endpoint && *o->endpoint ? o->endpoint : "https://huggingface.co";
 	h->endpoint = strdup(ep);
 	if (!h->endpoint)
@@ -2107,6 +2110,8 @@ static int hub_init(struct hub *h, const struct lq_hub_options *o, const char *r
 	h->delay = o->retry_delay > 0 ? o->retry_delay : 1;
 	h->timeout = o->timeout > 0 ? o->timeout : 10;
 	h->chunk = o->chunk_size ? o->chunk_size : 16u << 20;
+	if (h->chunk < 64u << 10)
+		h->chunk = 64u << 10;
 	h->chunk_min = o->chunk_min ? o->chunk_min : 64u << 20;
 	snprintf(h->ua, sizeof h->ua, "%s",
 		 o->user_agent ? o->user_agent : "hf-fetch/" LQ_VERSION_STRING);

@@ -70,7 +70,7 @@ struct lq_hub_options {
 				   blobs, not symlinks (HF_HUB_DISABLE_SYMLINKS) */
 	int jobs;               /* files downloaded in parallel; default 8 */
 	int connections;        /* ranged connections per large file; default 8; 1 = single stream */
-	uint64_t chunk_size;    /* bytes per ranged chunk; default 16 MiB */
+	uint64_t chunk_size;    /* bytes per ranged chunk; default 16 MiB, at least 64 KiB */
 	uint64_t chunk_min;     /* files at least this large are chunked; default 64 MiB */
 	int max_retries;        /* retries per request on 5xx/429/network errors; default 5;
 				   negative = none */
