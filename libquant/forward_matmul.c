@@ -1,0 +1,359 @@
+/*
+ * forward_matmul.c - thread pool, stored weights and the dequantizing
+ * matmuls of the CPU runtime (see lq_run.h).
+ *
+ * Copyright (c) the libquant authors.  MIT license.
+ */
+#include "internal.h"
+#include "lq_blocks.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ================================================================ pool */
+
+struct lq_pool {
+	int n;                 /* threads including the caller */
+	pthread_t *th;
+	pthread_mutex_t mu;
+	pthread_cond_t go, done;
+	uint64_t gen;          /* job generation */
+	int quit;
+	void (*fn)(void *, int, int);
+	void *ctx;
+	int ntasks;
+	int next;              /* next task index to take */
+	int running;           /* workers still in the current job */
+};
+
+static void pool_work(struct lq_pool *p)
+{
+	for (;;) {
+		pthread_mutex_lock(&p->mu);
+		int i = p->next < p->ntasks ? p->next++ : -1;
+		pthread_mutex_unlock(&p->mu);
+		if (i < 0)
+			return;
+		p->fn(p->ctx, i, p->ntasks);
+	}
+}
+
+static void *pool_main(void *arg)
+{
+	struct lq_pool *p = arg;
+	uint64_t seen = 0;
+	for (;;) {
+		pthread_mutex_lock(&p->mu);
+		while (!p->quit && p->gen == seen)
+			pthread_cond_wait(&p->go, &p->mu);
+		if (p->quit) {
+			pthread_mutex_unlock(&p->mu);
+			return NULL;
+		}
+		seen = p->gen;
+		pthread_mutex_unlock(&p->mu);
+		pool_work(p);
+		pthread_mutex_lock(&p->mu);
+		if (--p->running == 0)
+			pthread_cond_signal(&p->done);
+		pthread_mutex_unlock(&p->mu);
+	}
+}
+
+int lq_pool_create(struct lq_pool **out, int nthreads, struct lq_error *err)
+{
+	*out = NULL;
+	if (nthreads < 1)
+		nthreads = 1;
+	if (nthreads > 1024)
+		return lq_fail(err, LQ_ERR_INVALID, "%d threads is too many", nthreads);
+	struct lq_pool *p = calloc(1, sizeof *p);
+	if (!p)
+		return lq_fail(err, LQ_ERR_NOMEM, "out of memory");
+	p->n = 1;
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->go, NULL);
+	pthread_cond_init(&p->done, NULL);
+	if (nthreads > 1) {
+		p->th = calloc((size_t)nthreads - 1, sizeof *p->th);
+		if (!p->th) {
+			lq_pool_free(p);
+			return lq_fail(err, LQ_ERR_NOMEM, "out of memory");
+		}
+		for (int i = 0; i < nthreads - 1; i++) {
+			int e = pthread_create(&p->th[i], NULL, pool_main, p);
+			if (e) {
+				lq_pool_free(p);
+				return lq_fail_errno(err, e, "cannot start a thread");
+			}
+			p->n++;
+		}
+	}
+	*out = p;
+	return LQ_OK;
+}
+
+void lq_pool_free(struct lq_pool *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->quit = 1;
+	pthread_cond_broadcast(&p->go);
+	pthread_mutex_unlock(&p->mu);
+	for (int i = 0; i < p->n - 1; i++)
+		pthread_join(p->th[i], NULL);
+	free(p->th);
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->go);
+	pthread_cond_destroy(&p->done);
+	free(p);
+}
+
+int lq_pool_size(const struct lq_pool *p)
+{
+	return p ? p->n : 1;
+}
+
+void lq_pool_run(struct lq_pool *p, void (*fn)(void *ctx, int i, int ntasks), void *ctx,
+		 int ntasks)
+{
+	if (ntasks <= 0)
+		return;
+	if (!p || p->n == 1 || ntasks == 1) {
+		for (int i = 0; i < ntasks; i++)
+			fn(ctx, i, ntasks);
+		return;
+	}
+	pthread_mutex_lock(&p->mu);
+	p->fn = fn;
+	p->ctx = ctx;
+	p->ntasks = ntasks;
+	p->next = 0;
+	p->running = p->n - 1;
+	p->gen++;
+	pthread_cond_broadcast(&p->go);
+	pthread_mutex_unlock(&p->mu);
+	pool_work(p);
+	pthread_mutex_lock(&p->mu);
+	while (p->running > 0)
+		pthread_cond_wait(&p->done, &p->mu);
+	pthread_mutex_unlock(&p->mu);
+}
+
+/* ================================================================ weights */
+
+int lq_weight_init(struct lq_weight *w, const struct lq_tensor *t, struct lq_error *err)
+{
+	memset(w, 0, sizeof *w);
+	if (t->ndim == 2) {
+		w->rows = t->shape[0];
+		w->cols = t->shape[1];
+	} else if (t->ndim == 1) {
+		w->rows = 1;
+		w->cols = t->shape[0];
+	} else {
+		return lq_fail(err, LQ_ERR_SHAPE, "tensor '%s': %d dimensions, a matrix expected",
+			       t->name, t->ndim);
+	}
+	w->qtype = t->qtype;
+	w->dtype = t->src_dtype;
+	w->data = t->data;
+	if (t->qtype == LQ_QTYPE_NONE) {
+		if (t->src_dtype != LQ_DTYPE_F32 && t->src_dtype != LQ_DTYPE_F16 &&
+		    t->src_dtype != LQ_DTYPE_BF16)
+			return lq_fail(err, LQ_ERR_UNSUPPORTED, "tensor '%s': dtype %s cannot be computed with",
+				       t->name, lq_dtype_name(t->src_dtype));
+		return LQ_OK;
+	}
+	if (t->qtype != LQ_QTYPE_NF4 && t->qtype != LQ_QTYPE_FP4 && t->qtype != LQ_QTYPE_INT8)
+		return lq_fail(err, LQ_ERR_UNSUPPORTED, "tensor '%s': unknown storage type %d",
+			       t->name, t->qtype);
+	if (t->block_size < LQ_QBLOCK_MIN || t->block_size > LQ_QBLOCK_MAX ||
+	    (t->block_size & (t->block_size - 1)))
+		return lq_fail(err, LQ_ERR_UNSUPPORTED,
+			       "tensor '%s': block size %d is not supported by the runtime "
+			       "(row-wise int8 is not)", t->name, t->block_size);
+	w->block_size = t->block_size;
+	uint64_t nb = lq_qnblocks(t->nelem, t->block_size);
+	if (nb > SIZE_MAX / sizeof(float))
+		return lq_fail(err, LQ_ERR_NOMEM, "tensor '%s': too large", t->name);
+	w->scales = malloc((size_t)(nb ? nb : 1) * sizeof(float));
+	if (!w->scales)
+		return lq_fail(err, LQ_ERR_NOMEM, "tensor '%s': out of memory for scales", t->name);
+	struct lq_qparams p;
+	struct lq_qbuf b;
+	lq_tensor_qparams(t, &p);
+	lq_tensor_qbuf(t, &b);
+	lq_qscales_f32(&p, &b, t->nelem, w->scales);
+	return LQ_OK;
+}
+
+void lq_weight_release(struct lq_weight *w)
+{
+	if (!w)
+		return;
+	free(w->scales);
+	w->scales = NULL;
+}
+
+static const float *q4_tab(int qtype)
+{
+	return qtype == LQ_QTYPE_NF4 ? lq_nf4_table() : lq_fp4_table();
+}
+
+/* Element i of the flattened weight (reference decoding). */
+static float weight_elem(const struct lq_weight *w, uint64_t i)
+{
+	switch (w->qtype) {
+	case LQ_QTYPE_NONE:
+		switch (w->dtype) {
+		case LQ_DTYPE_F32: {
+			float f;
+			memcpy(&f, (const uint8_t *)w->data + 4 * i, 4);
+			return f;
+		}
+		case LQ_DTYPE_F16:
+			return lq_f16_to_f32(lq_rd16((const uint8_t *)w->data + 2 * i));
+		default:
+			return lq_bf16_to_f32(lq_rd16((const uint8_t *)w->data + 2 * i));
+		}
+	case LQ_QTYPE_INT8:
+		return (float)((const int8_t *)w->data)[i] *
+		       (w->scales[i / (uint64_t)w->block_size] * (1.0f / 127.0f));
+	default: {
+		uint8_t byte = ((const uint8_t *)w->data)[i / 2];
+		int code = (i & 1) ? byte & 15 : byte >> 4;
+		return q4_tab(w->qtype)[code] * w->scales[i / (uint64_t)w->block_size];
+	}
+	}
+}
+
+void lq_weight_row(const struct lq_weight *w, uint64_t r, float *out)
+{
+	uint64_t K = w->cols, i0 = r * K;
+	switch (w->qtype) {
+	case LQ_QTYPE_NONE:
+		lq_to_f32(out, (const uint8_t *)w->data + i0 * lq_dtype_size(w->dtype), w->dtype,
+			  (size_t)K);
+		return;
+	case LQ_QTYPE_INT8: {
+		uint64_t bs = (uint64_t)w->block_size;
+		const int8_t *q = (const int8_t *)w->data + i0;
+		uint64_t c = 0;
+		while (c < K) {
+			uint64_t i = i0 + c, b = i / bs, end = (b + 1) * bs - i0;
+			if (end > K)
+				end = K;
+			float s = w->scales[b] * (1.0f / 127.0f);
+			for (uint64_t j = c; j < end; j++)
+				out[j] = (float)q[j] * s;
+			c = end;
+		}
+		return;
+	}
+	default: {
+		const float *tab = q4_tab(w->qtype);
+		uint64_t bs = (uint64_t)w->block_size;
+		if ((i0 & 1) == 0 && (K & 1) == 0) {
+			const uint8_t *d = (const uint8_t *)w->data + i0 / 2;
+			uint64_t c = 0;
+			while (c < K) {
+				uint64_t i = i0 + c, b = i / bs, end = (b + 1) * bs - i0;
+				if (end > K)
+					end = K;
+				float s = w->scales[b];
+				for (uint64_t j = c; j < end; j += 2) {
+					uint8_t byte = d[j / 2];
+					out[j] = tab[byte >> 4] * s;
+					out[j + 1] = tab[byte & 15] * s;
+				}
+				c = end;
+			}
+			return;
+		}
+		for (uint64_t j = 0; j < K; j++)
+			out[j] = weight_elem(w, i0 + j);
+		return;
+	}
+	}
+}
+
+void lq_matmul_ref(const struct lq_weight *w, const float *x, size_t n, float *y)
+{
+	uint64_t R = w->rows, K = w->cols;
+	for (size_t t = 0; t < n; t++)
+		for (uint64_t r = 0; r < R; r++) {
+			double acc = 0;
+			for (uint64_t c = 0; c < K; c++)
+				acc += (double)weight_elem(w, r * K + c) * x[t * K + c];
+			y[t * R + r] = (float)acc;
+		}
+}
+
+/* Dot product in 8 float32 lanes (vectorizable), lanes summed pairwise. */
+static float dot_f32(const float *restrict a, const float *restrict b, size_t n)
+{
+	float acc[8] = {0};
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		for (int l = 0; l < 8; l++)
+			acc[l] += a[i + l] * b[i + l];
+	for (; i < n; i++)
+		acc[i & 7] += a[i] * b[i];
+	return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+struct mm_job {
+	const struct lq_weight *w;
+	const float *x;
+	size_t n;
+	float *y;
+	float *buf; /* ntasks x cols */
+};
+
+#define MM_CHUNK 16 /* rows per task */
+
+static void mm_task(void *ctx, int i, int ntasks)
+{
+	(void)ntasks;
+	struct mm_job *j = ctx;
+	uint64_t R = j->w->rows, K = j->w->cols;
+	uint64_t r0 = (uint64_t)i * MM_CHUNK, r1 = r0 + MM_CHUNK;
+	if (r1 > R)
+		r1 = R;
+	float stackbuf[1024];
+	float *row = K <= 1024 ? stackbuf : malloc((size_t)K * sizeof(float));
+	if (!row) {
+		/* out of memory for a row buffer: fall back to the reference */
+		for (size_t t = 0; t < j->n; t++)
+			for (uint64_t r = r0; r < r1; r++) {
+				double acc = 0;
+				for (uint64_t c = 0; c < K; c++)
+					acc += (double)weight_elem(j->w, r * K + c) * j->x[t * K + c];
+				j->y[t * R + r] = (float)acc;
+			}
+		return;
+	}
+	for (uint64_t r = r0; r < r1; r++) {
+		lq_weight_row(j->w, r, row);
+		for (size_t t = 0; t < j->n; t++)
+			j->y[t * R + r] = dot_f32(row, j->x + t * K, (size_t)K);
+	}
+	if (row != stackbuf)
+		free(row);
+}
+
+void lq_matmul(const struct lq_weight *w, const float *x, size_t n, float *y,
+	       struct lq_pool *pool)
+{
+	if (w->rows == 0 || n == 0)
+		return;
+	struct mm_job j = { w, x, n, y, NULL };
+	uint64_t ntasks = (w->rows + MM_CHUNK - 1) / MM_CHUNK;
+	if (ntasks > INT32_MAX)
+		ntasks = INT32_MAX; /* not reachable for sane shapes */
+	lq_pool_run(pool, mm_task, &j, (int)ntasks);
+}

@@ -1,0 +1,175 @@
+/*
+ * lq_run.h - the inference runtime (part of the public API, included by
+ * libquant.h): the CPU forward pass of the five architectures of lq_model.h
+ * over the weights of an LQ file, a KV cache, the dequantizing matmuls it is
+ * built from, and the sampler.
+ *
+ * Copyright (c) the libquant authors.  MIT license.
+ *
+ * Weights stay as stored in the (mmap'ed) LQ file: NF4/FP4/INT8 blocks with
+ * or without double quant, or unquantized F32/F16/BF16.  Matmuls dequantize
+ * one row at a time into a small per-thread buffer and accumulate in float32,
+ * split over a thread pool by output rows.  Activations, the KV cache and
+ * the logits are float32.  The forward pass follows transformers 5.x
+ * computing in float32 (eager attention).
+ *
+ * Ownership: a struct lq_run borrows the model description and the LQ file
+ * (both must outlive it); everything else it allocates is released by
+ * lq_run_free().
+ */
+#ifndef LQ_RUN_H
+#define LQ_RUN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct lq_error;
+struct lq_model;
+struct lq_file;
+struct lq_tensor;
+
+/* ------------------------------------------------------------ thread pool */
+
+/* A fixed set of worker threads (the caller's thread takes part too). */
+struct lq_pool;
+
+/* Start nthreads - 1 workers (nthreads <= 1: none).  Free with lq_pool_free. */
+int lq_pool_create(struct lq_pool **out, int nthreads, struct lq_error *err);
+void lq_pool_free(struct lq_pool *p);
+/* Number of threads taking part (>= 1; 1 for a NULL pool). */
+int lq_pool_size(const struct lq_pool *p);
+/* Call fn(ctx, i, ntasks) for i in 0..ntasks-1 spread over the threads and
+ * wait for all of them.  A NULL pool runs them in the caller. */
+void lq_pool_run(struct lq_pool *p, void (*fn)(void *ctx, int i, int ntasks), void *ctx,
+		 int ntasks);
+
+/* ---------------------------------------------------------------- weights */
+
+/* A 2-D weight [rows, cols] as stored (rows = out features). */
+struct lq_weight {
+	int qtype;            /* enum lq_qtype */
+	int dtype;            /* enum lq_dtype of the data when qtype == NONE */
+	int block_size;       /* quantized: elements per block of the row-major flattening */
+	uint64_t rows, cols;
+	const void *data;     /* borrowed (the LQ file's mapping) */
+	float *scales;        /* quantized: fp32 scale of each block (double quant
+			       * undone), malloc'ed, owned; NULL otherwise */
+};
+
+/*
+ * View a stored tensor as a weight: a 2-D tensor, or a 1-D one as [1, n].
+ * Rebuilds the per-block fp32 scales (the only allocation).  LQ_ERR_UNSUPPORTED
+ * for row-wise INT8 (block size 0) or an unknown dtype.  Release with
+ * lq_weight_release().
+ */
+int lq_weight_init(struct lq_weight *w, const struct lq_tensor *t, struct lq_error *err);
+void lq_weight_release(struct lq_weight *w);
+/* Dequantize/convert row r to cols floats (same values as lq_tensor_to_f32). */
+void lq_weight_row(const struct lq_weight *w, uint64_t r, float *out);
+
+/*
+ * y[t][r] = sum_c x[t][c] * W[r][c] for t < n tokens: x is [n, cols], y is
+ * [n, rows], both float32 row-major.  lq_matmul_ref is the plain scalar
+ * reference (element by element, double accumulation); lq_matmul is the fast
+ * path (row dequantized once per call, float32 accumulation in 8 lanes,
+ * rows spread over the pool; pool may be NULL).
+ */
+void lq_matmul_ref(const struct lq_weight *w, const float *x, size_t n, float *y);
+void lq_matmul(const struct lq_weight *w, const float *x, size_t n, float *y,
+	       struct lq_pool *pool);
+
+/* ------------------------------------------------------------ the runtime */
+
+/* Options of lq_run_create (zero-initialize, then set). */
+struct lq_run_opts {
+	int nthreads;     /* threads; <= 0: 1 */
+	int64_t max_ctx;  /* context limit in tokens; <= 0: max_position_embeddings */
+};
+
+struct lq_run;
+
+/*
+ * Backend interface, shared by the CPU runtime and a GPU one: prepare a
+ * model from an LQ file, run tokens through it at a position (the KV cache
+ * holds positions 0..pos-1 from earlier calls), free.
+ */
+struct lq_backend {
+	const char *name;  /* "cpu" */
+	int (*prepare)(void **state, const struct lq_model *m, const struct lq_file *f,
+		       const struct lq_run_opts *o, struct lq_error *err);
+	int (*forward)(void *state, const int32_t *tokens, size_t n, int64_t pos,
+		       float *logits, int all_logits, struct lq_error *err);
+	void (*free)(void *state);
+};
+/* The CPU backend (static, never freed). */
+const struct lq_backend *lq_backend_cpu(void);
+
+/*
+ * Prepare the CPU runtime: resolve every parameter of the model description
+ * in the LQ file, convert norms and biases to float32, rebuild block scales.
+ * m must come from the same file (lq_model_from_lq).  Errors:
+ * LQ_ERR_NOTFOUND (tensor missing), LQ_ERR_SHAPE, LQ_ERR_UNSUPPORTED,
+ * LQ_ERR_NOMEM.  *out is freed with lq_run_free().
+ */
+int lq_run_create(struct lq_run **out, const struct lq_model *m, const struct lq_file *f,
+		  const struct lq_run_opts *o, struct lq_error *err);
+void lq_run_free(struct lq_run *r);
+
+/*
+ * Run n tokens at positions pos..pos+n-1.  The KV cache must hold positions
+ * 0..pos-1 (pos <= lq_run_pos(r)); later entries are discarded, so pos = 0
+ * starts a new sequence.  logits (caller-owned) receives float32
+ * [n, vocab] when all_logits, else [vocab] for the last token; it may be NULL
+ * to only fill the cache.  LQ_ERR_INVALID for a token id outside the
+ * vocabulary or pos + n beyond the context limit (message says so).
+ */
+int lq_run_forward(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos,
+		   float *logits, int all_logits, struct lq_error *err);
+/* Positions currently in the KV cache. */
+int64_t lq_run_pos(const struct lq_run *r);
+/* Context limit (tokens). */
+int64_t lq_run_max_ctx(const struct lq_run *r);
+/* Vocabulary size (length of one logits row). */
+int64_t lq_run_vocab(const struct lq_run *r);
+
+/* ---------------------------------------------------------------- sampler */
+
+/* Sampling parameters as transformers' generate() takes them. */
+struct lq_sample_opts {
+	double temperature;        /* <= 0: greedy (argmax) */
+	int top_k;                 /* 0: off */
+	double top_p;              /* >= 1: off */
+	double min_p;              /* 0: off */
+	double repetition_penalty; /* 1: off (CTRL penalty over earlier ids) */
+};
+/* Defaults of transformers' GenerationConfig: temperature 1, top_k 50,
+ * top_p 1, repetition_penalty 1 (do_sample as the caller decides). */
+void lq_sample_opts_init(struct lq_sample_opts *o);
+
+/* A random generator (xoshiro256**), seeded; plain value, no allocation. */
+struct lq_rng {
+	uint64_t s[4];
+};
+void lq_rng_seed(struct lq_rng *r, uint64_t seed);
+/* Uniform double in [0, 1). */
+double lq_rng_uniform(struct lq_rng *r);
+
+/*
+ * Pick the next token from logits[vocab] (modified in place: penalty,
+ * temperature, filtering), given the ids seen so far (prompt and generated,
+ * for the repetition penalty).  The order of the processors is
+ * transformers': repetition penalty, temperature, top-k, top-p, min-p.
+ * Greedy with temperature <= 0.  Returns the id, or -1 when vocab is 0.
+ */
+int32_t lq_sample(float *logits, int64_t vocab, const struct lq_sample_opts *o,
+		  const int32_t *seen, size_t nseen, struct lq_rng *rng);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LQ_RUN_H */
