@@ -407,5 +407,6 @@ uint64_t lq_xxh3(const void *p, size_t n);
 #include "lq_tokenizer.h" /* Hugging Face tokenizers */
 #include "lq_template.h"  /* chat templates (Jinja subset) */
 #include "lq_hub.h"       /* Hugging Face Hub downloads and cache */
+#include "lq_run.h"       /* CPU runtime: forward pass, matmuls, sampler */
 
 #endif /* LIBQUANT_H */
