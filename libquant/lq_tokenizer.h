@@ -75,6 +75,14 @@ int lq_tokenizer_load_json_ex(struct lq_tokenizer **out, const char *json, size_
 			      struct lq_error *err);
 
 /*
+ * Convenience: read tokenizer.json from json_path and, when config_path is not
+ * NULL and the file exists, tokenizer_config.json, then lq_tokenizer_load_json_ex.
+ * A missing tokenizer.json is LQ_ERR_NOTFOUND.
+ */
+int lq_tokenizer_load_files(struct lq_tokenizer **out, const char *json_path,
+			    const char *config_path, int flags, struct lq_error *err);
+
+/*
  * Load a tokenizer from a blob made by lq_tokenizer_serialize.  The blob is
  * treated as hostile (every size and index is checked).  The buffer is only
  * read during the call; the handle does not keep pointers into it.

@@ -6,8 +6,10 @@
 #include "tokenizer_impl.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MAX_OPS 32
 
@@ -863,5 +865,36 @@ fail:
 	json_decref(cfg);
 	free(c);
 	lq_tokenizer_free(t);
+	return rc;
+}
+
+int lq_tokenizer_load_files(struct lq_tokenizer **out, const char *json_path,
+			    const char *config_path, int flags, struct lq_error *err)
+{
+	*out = NULL;
+	if (!json_path)
+		return lq_fail(err, LQ_ERR_INVALID, "tokenizer: no tokenizer.json path");
+	if (access(json_path, F_OK) != 0)
+		return lq_fail(err, LQ_ERR_NOTFOUND, "%s: not found", json_path);
+	const void *jm = NULL, *cm = NULL;
+	uint64_t jn = 0, cn = 0;
+	int have_cfg = config_path && access(config_path, F_OK) == 0;
+	int rc = lq_map_file(json_path, &jm, &jn, err);
+	if (rc)
+		return rc;
+	if (have_cfg && (rc = lq_map_file(config_path, &cm, &cn, err))) {
+		lq_unmap_file(jm, jn);
+		return rc;
+	}
+	const char *cfg = cm ? cm : have_cfg ? "" : NULL; /* an empty config is malformed */
+	rc = lq_tokenizer_load_json_ex(out, jm ? jm : "", (size_t)jn, cfg, (size_t)cn, flags, err);
+	if (rc && err) {
+		char msg[sizeof err->msg];
+		snprintf(msg, sizeof msg, "%.300s: %.700s", json_path, err->msg);
+		memcpy(err->msg, msg, sizeof msg);
+	}
+	lq_unmap_file(jm, jn);
+	if (cm)
+		lq_unmap_file(cm, cn);
 	return rc;
 }

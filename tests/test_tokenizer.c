@@ -9,6 +9,7 @@
 #include "test.h"
 
 #include <stdint.h>
+#include <unistd.h>
 
 static char *small_json(void)
 {
@@ -306,6 +307,45 @@ static void test_errors(void)
 	lq_tokenizer_free(NULL);
 }
 
+static void test_files(const char *js)
+{
+	const char *tmp = getenv("TMPDIR");
+	char dir[512], jp[600], cp[600];
+	snprintf(dir, sizeof dir, "%s/tok_test_XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	if (!mkdtemp(dir)) {
+		CHECK(0, "mkdtemp");
+		return;
+	}
+	snprintf(jp, sizeof jp, "%s/tokenizer.json", dir);
+	snprintf(cp, sizeof cp, "%s/tokenizer_config.json", dir);
+	FILE *f = fopen(jp, "w");
+	if (f) {
+		fputs(js, f);
+		fclose(f);
+	}
+	struct lq_error e;
+	struct lq_tokenizer *t;
+	CHECK_OK(lq_tokenizer_load_files(&t, jp, cp, 0, &e), &e); /* config absent: fine */
+	CHECK(t && lq_tokenizer_bos_id(t) == 1 && lq_tokenizer_eos_id(t) == -1);
+	lq_tokenizer_free(t);
+	f = fopen(cp, "w");
+	if (f) {
+		fputs(small_cfg, f);
+		fclose(f);
+	}
+	CHECK_OK(lq_tokenizer_load_files(&t, jp, cp, 0, &e), &e);
+	CHECK(t && lq_tokenizer_eos_id(t) == 2);
+	lq_tokenizer_free(t);
+	f = fopen(cp, "w");
+	if (f)
+		fclose(f);
+	CHECK(lq_tokenizer_load_files(&t, jp, cp, 0, &e) == LQ_ERR_FORMAT && !t);
+	unlink(cp);
+	unlink(jp);
+	CHECK(lq_tokenizer_load_files(&t, jp, NULL, 0, &e) == LQ_ERR_NOTFOUND && strstr(e.msg, "tokenizer.json"));
+	rmdir(dir);
+}
+
 int main(void)
 {
 	struct lq_error e;
@@ -330,6 +370,7 @@ int main(void)
 		lq_tokenizer_free(t);
 	}
 	test_errors();
+	test_files(js);
 
 	/* fixture tokenizers (run from the repo root) */
 	static const char *const fx[] = {"synth_a", "synth_b", "llama3_1", "llama2", "qwen3", "gemma3"};
