@@ -12,9 +12,19 @@
  * and the variables messages, tools, documents, add_generation_prompt, the
  * special tokens and any extra variables.
  *
- * Constructs outside the supported subset fail at compile time (unknown tag,
- * filter or test) or at render time, with an error naming the template line;
- * they never render silently wrong.  Rendering is bounded: output size,
+ * Supported: {{ }}, {% %}, {# #} with '-' and '+' whitespace control, raw;
+ * if/elif/else, for (loop.*, else, "if" filters, tuple unpacking, break and
+ * continue), set (namespaces, attributes, tuples, blocks), macro, with,
+ * generation; Python semantics for values (str()/repr() output, ==, slicing,
+ * truthiness, jinja2's lazy select/map/items generators and dict views); the
+ * usual filters and tests, and str/dict/list methods.
+ *
+ * Constructs outside the subset fail with an error naming the template line,
+ * never a silently wrong rendering: unknown tags and syntax errors at compile
+ * time; unknown filters/tests at compile time too, except inside an if (as
+ * jinja2, they fail only when evaluated there); printing a generator object
+ * (jinja2 would print its memory address), %-formatting, str.format and
+ * integers beyond 64 bits at render time.  Rendering is bounded: output size,
  * evaluation steps, memory and nesting depth all have limits.
  */
 #ifndef LQ_TEMPLATE_H

@@ -78,7 +78,7 @@ struct loopstate {
 enum {
 	/* statements */
 	N_TEXT, N_OUT, N_IF, N_FOR, N_SET, N_SETBLOCK, N_MACRO, N_BREAK,
-	N_CONTINUE, N_BLOCK,
+	N_CONTINUE, N_BLOCK, N_WITH,
 	/* expressions */
 	E_LIT, E_NAME, E_ATTR, E_ITEM, E_SLICE, E_CALL, E_FILTER, E_TEST,
 	E_NEG, E_POS, E_NOT, E_BIN, E_AND, E_OR, E_COND, E_LIST, E_TUPLE,
@@ -1399,6 +1399,30 @@ static struct node *parse_stmt(struct parser *p)
 		expect_bend(p);
 		return n;
 	}
+	if (!strcmp(w, "with")) {
+		/* {% with a = 1, b = x %}...{% endwith %}: names in targets, values in kwv */
+		n = mknode(p, N_WITH);
+		n->line = open->line;
+		const char *names[64];
+		size_t nn = 0;
+		while (cur(p)->kind != K_BEND) {
+			if (nn)
+				expect_op(p, ",");
+			if (nn == 64)
+				perr_tok(p, cur(p), "too many names in with");
+			names[nn++] = expect_name(p);
+			expect_op(p, "=");
+			nl_push(p, &n->kwv, parse_expr(p, 1));
+		}
+		n->targets = palloc(p, (nn ? nn : 1) * sizeof *n->targets);
+		memcpy(n->targets, names, nn * sizeof *names);
+		n->ntargets = nn;
+		expect_bend(p);
+		static const char *const ends[] = { "endwith", NULL };
+		parse_body(p, &n->body, ends, "with", open);
+		expect_bend(p);
+		return n;
+	}
 	if (!strcmp(w, "generation")) {
 		/* transformers' assistant-mask marker: renders its body unchanged */
 		n = mknode(p, N_BLOCK);
@@ -1503,6 +1527,7 @@ static void check_unknown(struct parser *p, const struct node *n, int soft, int 
 	case N_MACRO:
 	case N_SETBLOCK:
 	case N_BLOCK:
+	case N_WITH:
 		soft = 0;
 		break;
 	default:
@@ -2417,6 +2442,12 @@ static struct val *get_attr(struct ctx *c, struct val *o, const char *name)
 		for (int i = 0; str_methods[i].name; i++)
 			if (!strcmp(name, str_methods[i].name))
 				return mkfunc(c, str_methods[i].id, o);
+		if (!strcmp(name, "format") || !strcmp(name, "format_map") || !strcmp(name, "zfill") ||
+		    !strcmp(name, "center") || !strcmp(name, "ljust") || !strcmp(name, "rjust") ||
+		    !strcmp(name, "partition") || !strcmp(name, "rpartition") || !strcmp(name, "index") ||
+		    !strcmp(name, "rindex") || !strcmp(name, "removeprefix") || !strcmp(name, "removesuffix") ||
+		    !strcmp(name, "expandtabs") || !strcmp(name, "swapcase") || !strcmp(name, "casefold"))
+			return mkundef(c, "the string method '%s' is not supported by this chat template engine", name);
 		break;
 	case T_LOOP:
 		return loop_attr(c, o, name);
@@ -4346,6 +4377,17 @@ static void exec_node(struct ctx *c, struct scope *sc, const struct node *n, str
 	case N_BLOCK:
 		exec_list(c, sc, &n->body, out);
 		break;
+	case N_WITH: {
+		/* the values are evaluated in the outer scope, then bound in a new one */
+		struct val **vals = ralloc(c, (n->ntargets ? n->ntargets : 1) * sizeof *vals);
+		for (size_t i = 0; i < n->ntargets; i++)
+			vals[i] = eval(c, sc, n->kwv.v[i]);
+		struct scope *ws = new_scope(c, sc);
+		for (size_t i = 0; i < n->ntargets; i++)
+			set_var(c, ws, n->targets[i], vals[i]);
+		exec_list(c, ws, &n->body, out);
+		break;
+	}
 	default:
 		rerr(c, LQ_ERR_UNSUPPORTED, "unsupported statement");
 	}

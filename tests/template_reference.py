@@ -201,6 +201,7 @@ FEATURES = [
     ("{{ 'ßtraße ﬁne'|upper }}|{{ 'ßtraße'|title }}|{{ 'ßa'.capitalize() }}|{{ 'straße'.upper() }}|{{ 'İ'|lower|length }}", None),
     ("{% if false %}{{ x|no_such_filter }}{{ y is no_such_test }}{% endif %}{{ 'a' if true else b|no_such_filter }}ok", None),
     ("{{ 3.0 is divisibleby 1.5 }}{{ 2.5 is even }}{{ 5 is lower }}{{ [1, 2, 1].count(1) }}{{ [1, 2].index(2) }}{{ (1, 2) * 2 }}", None),
+    ("{% set a = 1 %}{% with a = a + 1, b = 'x' %}{{ a }}{{ b }}{% set a = 5 %}{{ a }}{% endwith %}{{ a }}[{{ b }}]", None),
     ("{{ raise_exception('Custom failure: ' ~ messages[0].role) }}", None),
     ("{{ 1 + 'a' }}", None),
     ("{{ nope.attr }}", None),
