@@ -126,6 +126,19 @@ void lq_chat_config_release(struct lq_chat_config *cfg);
  * into cfg; cfg must outlive the rendering). */
 void lq_chat_config_vars(const struct lq_chat_config *cfg, struct lq_template_vars *vars);
 
+/*
+ * All in one, as tokenizer.apply_chat_template(messages, tokenize=False,
+ * add_generation_prompt=..., **extra) does: parse the tokenizer_config.json
+ * text, compile its template (template_override, when not NULL, replaces it:
+ * the content of a chat_template.jinja file), and render messages_json.
+ * tools_json and extra_json may be NULL.  *out is malloc'ed (caller frees).
+ */
+int lq_chat_template_apply(const char *config_json, size_t config_len,
+			   const char *template_override, const char *messages_json,
+			   size_t messages_len, int add_generation_prompt,
+			   const char *tools_json, const char *extra_json,
+			   char **out, size_t *out_len, struct lq_error *err);
+
 #ifdef __cplusplus
 }
 #endif

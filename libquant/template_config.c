@@ -169,3 +169,34 @@ void lq_chat_config_vars(const struct lq_chat_config *cfg, struct lq_template_va
 	vars->mask_token = cfg->mask_token;
 	vars->tokens_json = cfg->extra_tokens_json;
 }
+
+int lq_chat_template_apply(const char *config_json, size_t config_len, const char *template_override,
+			   const char *messages_json, size_t messages_len, int add_generation_prompt,
+			   const char *tools_json, const char *extra_json, char **out, size_t *out_len,
+			   struct lq_error *err)
+{
+	struct lq_chat_config cfg;
+	*out = NULL;
+	if (out_len)
+		*out_len = 0;
+	int rc = lq_chat_config_parse(&cfg, config_json, config_len, tools_json != NULL, err);
+	if (rc && !(rc == LQ_ERR_NOTFOUND && template_override)) {
+		lq_chat_config_release(&cfg);
+		return rc;
+	}
+	const char *src = template_override ? template_override : cfg.chat_template;
+	struct lq_template *t = NULL;
+	rc = lq_template_compile(&t, src, strlen(src), err);
+	if (rc == LQ_OK) {
+		struct lq_template_vars v;
+		memset(&v, 0, sizeof v);
+		lq_chat_config_vars(&cfg, &v);
+		v.add_generation_prompt = add_generation_prompt;
+		v.tools_json = tools_json;
+		v.extra_json = extra_json;
+		rc = lq_template_render(t, messages_json, messages_len, &v, out, out_len, err);
+	}
+	lq_template_free(t);
+	lq_chat_config_release(&cfg);
+	return rc;
+}

@@ -394,6 +394,20 @@ static void test_config(void)
 	lq_chat_config_release(&cfg);
 	lq_chat_config_release(NULL);
 
+	/* all in one */
+	const char *e = "{\"chat_template\": \"{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+			"{% if add_generation_prompt %}<assistant>{% endif %}{{ x }}\", \"bos_token\": \"<s>\"}";
+	char *out = NULL;
+	size_t olen;
+	CHECK_OK(lq_chat_template_apply(e, strlen(e), NULL, MSGS, strlen(MSGS), 1, NULL, "{\"x\": 7}", &out, &olen, &err), &err);
+	CHECK(out && !strcmp(out, "<s><system>sys<user>hi<assistant>7"), "%s", out);
+	free(out);
+	CHECK_OK(lq_chat_template_apply(d, strlen(d), "[{{ messages|length }}]", MSGS, strlen(MSGS), 0, NULL, NULL, &out, &olen, &err), &err);
+	CHECK(out && !strcmp(out, "[2]"), "override: %s", out);
+	free(out);
+	CHECK(lq_chat_template_apply(d, strlen(d), NULL, MSGS, strlen(MSGS), 0, NULL, NULL, &out, &olen, &err) == LQ_ERR_NOTFOUND &&
+	      !out, "%s", err.msg);
+
 	/* the special tokens transformers computes for the real tokenizers */
 	json_t *tokens = json_load_file("tests/fixtures/template_expected_tokens.json", 0, NULL);
 	CHECK(tokens != NULL, "tests/fixtures/template_expected_tokens.json");
