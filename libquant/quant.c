@@ -340,8 +340,9 @@ int lq_dequantize_ref(const struct lq_qparams *p, const struct lq_qbuf *in, uint
 
 /* ---------------------------------------------------------------- fast path: scalar blocks */
 
-/* Quantize one block of len elements (len <= bs) starting at element i0
- * (even), writing its bytes and returning its absmax. */
+/* Quantize one block of len elements (len <= bs; len < bs only for the last
+ * block), writing its bytes at data (the block's first byte) and returning
+ * its absmax. */
 static float block_quant_scalar(int qtype, const float *x, size_t len, size_t bs, uint8_t *data)
 {
 	float m = absmax_ref(x, len, len < bs);
