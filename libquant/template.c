@@ -1626,6 +1626,8 @@ struct ctx {
 	uint64_t steps;
 	size_t mem;
 	int depth;
+	int edepth;
+	int macro_depth;
 	int line;
 	int brk;                /* 1: break, 2: continue pending */
 	time_t now;
@@ -3841,7 +3843,7 @@ static void exec_list(struct ctx *c, struct scope *sc, const struct nlist *l, st
 static struct val *call_macro(struct ctx *c, struct val *m, const struct args *a)
 {
 	const struct node *def = m->u.m.def;
-	if (++c->depth > 64)
+	if (++c->macro_depth > 64)
 		rerr(c, LQ_ERR_INVALID, "macro calls nested too deeply (recursion?)");
 	struct scope *sc = new_scope(c, m->u.m.sc);
 	if (a->npos > def->ntargets)
@@ -3870,7 +3872,7 @@ static struct val *call_macro(struct ctx *c, struct val *m, const struct args *a
 	exec_list(c, sc, &def->body, &out);
 	c->line = saved_line;
 	c->brk = 0;
-	c->depth--;
+	c->macro_depth--;
 	return out.n ? sb_val(c, &out) : mkstr(c, "", 0);
 }
 
@@ -4137,7 +4139,19 @@ static void eval_args(struct ctx *c, struct scope *sc, const struct node *n, str
 
 /* ------------------------------------------------------------ eval */
 
+static struct val *eval_node(struct ctx *c, struct scope *sc, const struct node *n);
+
+/* bounds the C stack: expressions nest, and macros calls nest them further */
 static struct val *eval(struct ctx *c, struct scope *sc, const struct node *n)
+{
+	if (++c->edepth > 2000)
+		rerr(c, LQ_ERR_INVALID, "expressions nested too deeply");
+	struct val *v = eval_node(c, sc, n);
+	c->edepth--;
+	return v;
+}
+
+static struct val *eval_node(struct ctx *c, struct scope *sc, const struct node *n)
 {
 	step(c);
 	c->line = n->line;
