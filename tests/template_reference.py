@@ -30,7 +30,7 @@ TDIR = os.path.join(ROOT, "tests", "fixtures", "templates")
 OUT = os.path.join(ROOT, "tests", "fixtures")
 SHARED = os.environ.get("LQ_SHARED", os.path.join(ROOT, "..", "shared"))
 TOKEN_KEYS = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"]
-NOW = 1721995200  # 2024-07-26 12:00 UTC: strftime_now's date is the same in any time zone within 11 h of UTC
+NOW = 1741953600  # 2025-03-14 12:00 UTC: strftime_now's date is the same in any time zone within 11 h of UTC
 
 try:
     import jinja2
