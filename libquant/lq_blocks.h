@@ -36,6 +36,7 @@
 #define LQ_BLOCKS_H
 
 #include <stdint.h>
+#include <string.h>
 #ifndef __CUDACC__
 #include <math.h>
 #endif
@@ -257,6 +258,58 @@ LQ_HD static inline int lq_int8_encode(float v)
 	if (r < -127.0f)
 		r = -127.0f;
 	return (int)r;
+}
+
+
+/* ------------------------------------------------ bnb's fast-math reciprocal */
+
+/*
+ * bitsandbytes is built with --use_fast_math, so its CUDA kernels compute
+ * 1.0f / absmax with the approximate reciprocal (MUFU.RCP), which differs from
+ * the correctly rounded reciprocal by one ulp for about 13 percent of
+ * mantissas.  It was measured on an H200 for all 2^23 mantissas
+ * (tests/rcp/gen_rcp.cu; the difference depends on the mantissa only: it was
+ * identical for the three exponents checked).  These bitmaps hold the
+ * difference (+1 / -1 ulp) for every mantissa with at most 10 significant
+ * bits, i.e. every absmax of a bf16 or f16 tensor (index = top 10 mantissa
+ * bits).  Other mantissas use the correctly rounded reciprocal, which may
+ * differ from bnb's by one ulp.
+ */
+#define LQ_RCP_PLUS_INIT { \
+	0x00160800u, 0x00010000u, 0x08000000u, 0x00020306u, 0x02180400u, 0x00000000u, \
+	0x00021800u, 0x10000006u, 0x00000010u, 0x00030500u, 0x04000000u, 0x00080000u, \
+	0x03081804u, 0x00800202u, 0x00080462u, 0x0a040102u, 0x80090380u, 0x00180008u, \
+	0x00000000u, 0x00080000u, 0x08000d80u, 0x30008018u, 0x01100000u, 0x00000000u, \
+	0x002e0000u, 0x008020a0u, 0x00000000u, 0x20005500u, 0x09000000u, 0x00010001u, \
+	0x18000100u, 0x00000020u, \
+}
+#define LQ_RCP_MINUS_INIT { \
+	0x00004040u, 0x40004001u, 0x01c02040u, 0xc0000000u, 0x00000080u, 0x00090001u, \
+	0x28400000u, 0x00000000u, 0x80040000u, 0x00000000u, 0x20000020u, 0x00000000u, \
+	0x80020000u, 0x28000000u, 0x06000000u, 0x00000000u, 0x00000000u, 0x00004000u, \
+	0x00000000u, 0x00000040u, 0x00000000u, 0x00000000u, 0x00000000u, 0x00008000u, \
+	0x00008000u, 0x00000000u, 0x00000000u, 0x00000000u, 0x00000000u, 0x34400000u, \
+	0x00000020u, 0x01040000u, \
+}
+
+/* 1.0f / a as bitsandbytes' CUDA kernels compute it (see above); plus and
+ * minus are arrays made from LQ_RCP_PLUS_INIT / LQ_RCP_MINUS_INIT. */
+LQ_HD static inline float lq_bnb_rcp(float a, const uint32_t *plus, const uint32_t *minus)
+{
+	float r = 1.0f / a;
+	uint32_t u, ur;
+	memcpy(&u, &a, 4);
+	uint32_t e = (u >> 23) & 0xff;
+	if ((u & 0x1fffu) || e == 0 || e >= 253) /* > 10 mantissa bits, subnormal, huge, inf/nan */
+		return r;
+	uint32_t idx = (u >> 13) & 1023u;
+	memcpy(&ur, &r, 4);
+	if (plus[idx >> 5] >> (idx & 31) & 1u)
+		ur += 1;
+	else if (minus[idx >> 5] >> (idx & 31) & 1u)
+		ur -= 1;
+	memcpy(&r, &ur, 4);
+	return r;
 }
 
 #endif /* LQ_BLOCKS_H */

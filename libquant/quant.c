@@ -9,14 +9,15 @@
  * docs/bnb-format.md sections 1-2 and lq_blocks.h).  Per block b:
  *   absmax[b] = max |x_i| (float32; NaN ignored as CUDA's fmaxf does; the
  *               zero padding of a partial last block takes part)
- *   s_i = x_i * (1.0f / absmax[b]),  code_i = lq_nf4_encode(s_i) / lq_fp4_encode(s_i)
+ *   s_i = x_i * rcp(absmax[b]),  code_i = lq_nf4_encode(s_i) / lq_fp4_encode(s_i)
  *   w_i = table[code_i] * absmax[b]
- * One known difference: bnb is built with --use_fast_math, so its 1.0f/absmax
- * is rcp.approx.ftz.f32 (up to 1 ulp off, no public bit-exact model) and its
- * arithmetic flushes subnormals.  We use the IEEE reciprocal.  With bf16
- * inputs x/absmax often lands exactly on the simple FP4 thresholds (5/24,
- * 7/24, 5/6), and there about 1 code in 10^4 differs (25 of 262144 in the
- * fixture); NF4 matched the fixture bit for bit.
+ * rcp is bnb's fast-math reciprocal (MUFU.RCP, up to 1 ulp off IEEE):
+ * lq_bnb_rcp reproduces it exactly for every absmax of a bf16/f16 tensor
+ * (measured table, lq_blocks.h) and falls back to the IEEE reciprocal for
+ * other float32 mantissas.  With the IEEE reciprocal alone, 25 of 262144
+ * FP4 codes of the bf16 fixture differed (x/absmax lands exactly on FP4's
+ * simple thresholds 5/24, 7/24, 5/6); with the table none do.  bnb's
+ * arithmetic also flushes subnormals; we do not (irrelevant for weights).
  *
  * INT8 blockwise (libquant's own format, no bnb equivalent):
  *   absmax[b] = max |x_i| over block b, computed exactly as above;
@@ -59,6 +60,11 @@ static const union {
 	uint32_t u[256];
 	float f[256];
 } dyn_map = {LQ_DYNMAP_BITS_INIT};
+
+/* bnb's fast-math reciprocal (lq_blocks.h) */
+static const uint32_t rcp_plus[32] = LQ_RCP_PLUS_INIT, rcp_minus[32] = LQ_RCP_MINUS_INIT;
+
+static inline float bnb_rcp(float a) { return lq_bnb_rcp(a, rcp_plus, rcp_minus); }
 
 const float *lq_nf4_table(void) { return nf4_tab.f; }
 const float *lq_fp4_table(void) { return fp4_tab.f; }
@@ -187,7 +193,7 @@ static void dq_runs_simd(const float *absmax, uint64_t nb, float offset, uint64_
 		if (simd && len == LQ_QNESTED_BLOCK) {
 			m = sub_absmax_avx2(absmax + b0, offset, len, d);
 			nested[k] = m;
-			dyn8_encode_avx2(d, len, 1.0f / m, codes + b0);
+			dyn8_encode_avx2(d, len, bnb_rcp(m), codes + b0);
 			continue;
 		}
 #endif
@@ -195,7 +201,7 @@ static void dq_runs_simd(const float *absmax, uint64_t nb, float offset, uint64_
 		for (size_t i = 0; i < len; i++)
 			d[i] = absmax[b0 + i] - offset;
 		m = absmax_ref(d, len, len < LQ_QNESTED_BLOCK);
-		float inv = 1.0f / m;
+		float inv = bnb_rcp(m);
 		nested[k] = m;
 		for (size_t i = 0; i < len; i++)
 			codes[b0 + i] = (uint8_t)lq_dyn8_encode(dyn_map.f, d[i] * inv);
@@ -213,7 +219,7 @@ static void dq_runs(const float *absmax, uint64_t nb, float offset, uint64_t k0,
 		for (size_t i = 0; i < len; i++)
 			d[i] = absmax[b0 + i] - offset;
 		float m = absmax_ref(d, len, len < LQ_QNESTED_BLOCK);
-		float inv = 1.0f / m;
+		float inv = bnb_rcp(m);
 		nested[k] = m;
 		for (size_t i = 0; i < len; i++)
 			codes[b0 + i] = (uint8_t)lq_dyn8_encode(dyn_map.f, d[i] * inv);
@@ -284,11 +290,11 @@ int lq_quantize_ref(const struct lq_qparams *p, const float *x, uint64_t n,
 	} else {
 		int nf4 = p->qtype == LQ_QTYPE_NF4;
 		for (uint64_t i = 0; i < n; i += 2) {
-			float s0 = x[i] * (1.0f / absmax[i / bs]);
+			float s0 = x[i] * bnb_rcp(absmax[i / bs]);
 			int c0 = nf4 ? lq_nf4_encode(s0) : lq_fp4_encode(s0);
 			int c1 = nf4 ? LQ_NF4_PAD_CODE : LQ_FP4_PAD_CODE;
 			if (i + 1 < n) {
-				float s1 = x[i + 1] * (1.0f / absmax[(i + 1) / bs]);
+				float s1 = x[i + 1] * bnb_rcp(absmax[(i + 1) / bs]);
 				c1 = nf4 ? lq_nf4_encode(s1) : lq_fp4_encode(s1);
 			}
 			out->data[i / 2] = (uint8_t)(c0 << 4 | c1);
@@ -352,7 +358,7 @@ static float block_quant_scalar(int qtype, const float *x, size_t len, size_t bs
 			((int8_t *)data)[i] = (int8_t)lq_int8_encode(x[i] * scale);
 		return m;
 	}
-	float inv = 1.0f / m;
+	float inv = bnb_rcp(m);
 	int nf4 = qtype == LQ_QTYPE_NF4;
 	for (size_t i = 0; i < len; i += 2) {
 		int c0 = nf4 ? lq_nf4_encode(x[i] * inv) : lq_fp4_encode(x[i] * inv);
@@ -484,7 +490,7 @@ LQ_AVX2 static float block_quant_avx2(int qtype, const float *x, size_t bs, uint
 		}
 		return m;
 	}
-	__m256 inv = _mm256_set1_ps(1.0f / m);
+	__m256 inv = _mm256_set1_ps(bnb_rcp(m));
 	__m256 t[15];
 	if (qtype == LQ_QTYPE_NF4) {
 		static const float th[15] = {LQ_NF4_T0, LQ_NF4_T1, LQ_NF4_T2, LQ_NF4_T3, LQ_NF4_T4,

@@ -18,6 +18,8 @@
 #include "lq_blocks.h"
 #include "test.h"
 
+#include <unistd.h>
+
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -347,11 +349,12 @@ static void check_fixture_case(const struct lq_st *st, const char *tn, const flo
 	qt_init(&r, qtype, 64, dq, n);
 	CHECK_OK(lq_quantize_ref(&r.p, x, n, &r.b, r.work), (struct lq_error *)NULL);
 	/*
-	 * bnb is built with --use_fast_math: 1.0f/absmax is rcp.approx.ftz.f32,
-	 * up to 1 ulp off IEEE.  With bf16 inputs, x/absmax often lands exactly
-	 * on the simple FP4 thresholds (5/24, 7/24, 5/6), where that ulp decides.
-	 * We use the IEEE reciprocal; a differing code is accepted only when a
-	 * reciprocal 1 or 2 ulp away gives bnb's code.
+	 * bnb is built with --use_fast_math: 1.0f/absmax is MUFU.RCP, up to 1 ulp
+	 * off IEEE.  With bf16 inputs, x/absmax often lands exactly on the simple
+	 * FP4 thresholds (5/24, 7/24, 5/6), where that ulp decides.  lq_bnb_rcp
+	 * reproduces it for bf16/f16 absmax values, so the bf16 tensor t0 must
+	 * match exactly; for the fp32 tensor t1 a differing code is accepted only
+	 * when a reciprocal 1 or 2 ulp away gives bnb's code.
 	 */
 	uint64_t bad = 0, rcp = 0, first = 0;
 	for (uint64_t i = 0; i < n; i++) {
@@ -372,6 +375,8 @@ static void check_fixture_case(const struct lq_st *st, const char *tn, const flo
 	}
 	CHECK(bad == 0, "%s %s dq%d: %llu codes differ from bnb, first at %llu", tn, qn, dq,
 	      (unsigned long long)bad, (unsigned long long)first);
+	CHECK(strcmp(tn, "t0") || rcp == 0, "%s %s dq%d: %llu codes differ from bnb's (bf16 must be exact)",
+	      tn, qn, dq, (unsigned long long)rcp);
 	if (rcp)
 		printf("note: %s %s dq%d: %llu of %llu codes differ from bnb only by its approximate "
 		       "reciprocal\n", tn, qn, dq, (unsigned long long)rcp, (unsigned long long)n);
@@ -430,7 +435,10 @@ static void check_fixture_case(const struct lq_st *st, const char *tn, const flo
 static void test_fixture(void)
 {
 	char path[4096];
-	snprintf(path, sizeof path, "%s/fixtures/bnb_4bit_ref.safetensors", test_shared_dir());
+	/* the repo's copy (tests run from the repo root), else the shared one */
+	snprintf(path, sizeof path, "tests/fixtures/bnb_4bit_ref.safetensors");
+	if (access(path, R_OK) != 0)
+		snprintf(path, sizeof path, "%s/fixtures/bnb_4bit_ref.safetensors", test_shared_dir());
 	struct lq_error e = {0};
 	struct lq_st *st = NULL;
 	if (lq_st_open(&st, path, &e) != LQ_OK) {
