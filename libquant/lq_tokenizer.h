@@ -123,7 +123,9 @@ int lq_tokenizer_decode(const struct lq_tokenizer *tok, const int32_t *ids, size
  * the metaspace "▁" gives a space).  Bytes of one character may be split over
  * several tokens: the caller joins them and prints only complete UTF-8.
  * With first != 0 the leading space the decoder strips from the start of a
- * text (Strip / Metaspace decoders) is stripped here as well.
+ * text (Strip / Metaspace decoders) is stripped here as well; a tokenizer
+ * without a decoder joins tokens with spaces, so its pieces after the first
+ * start with one.
  * Writes at most cap bytes to buf and sets *len to the full length (call
  * again with a larger buffer if *len > cap).  Returns LQ_ERR_NOTFOUND for an
  * id that has no token.  Special tokens give their text.

@@ -1324,9 +1324,15 @@ static void normalize(struct enc *e, const char *s, size_t n, struct buf *out, s
 			for (size_t i = 0; i < out->n;) {
 				size_t l;
 				uint32_t cp = utf8_cp(out->p + i, out->n - i, &l);
-				char tmp[4];
-				cp = (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp);
-				size_t kl = utf8_put(tmp, cp);
+				char tmp[8];
+				size_t kl;
+				if (cp == 0x130) { /* the one multi-character lowercase mapping */
+					memcpy(tmp, "i\xCC\x87", 3);
+					kl = 3;
+				} else {
+					cp = (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp);
+					kl = utf8_put(tmp, cp);
+				}
 				buf_put(o, tmp, kl);
 				if (i < z)
 					nz += kl;
@@ -1795,10 +1801,15 @@ int lq_tokenizer_token_bytes(const struct lq_tokenizer *t, int32_t id, int first
 	if (!s)
 		return LQ_ERR_NOTFOUND;
 	struct slist a = {0}, b = {0};
-	sl_add(&a, s, l);
 	int rc = LQ_OK;
-	if (!t->has_decoder)
+	if (!t->has_decoder) {
+		/* no decoder: tokens are joined with spaces */
+		if (!first)
+			sl_add(&a, " ", 1);
+		sl_add(&a, s, l);
 		goto done;
+	}
+	sl_add(&a, s, l);
 	for (uint32_t k = 0; k < t->n_ops[TK_STAGE_DEC]; k++) {
 		const struct tk_op *op = &t->ops[TK_STAGE_DEC][k];
 		if (a.n != 1)

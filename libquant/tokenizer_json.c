@@ -163,6 +163,35 @@ static int load_normalizer(struct jctx *c, json_t *o, int depth)
 	return unsup(c, "normalizer", type);
 }
 
+#define WS_CLASS "\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+#define W_CLASS "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}"
+#define P_CLASS "[\\p{P}!-/:-@\\[-`{-~]"
+
+static int split_behavior(const char *b)
+{
+	static const char *const names[] = {"Removed", "Isolated", "MergedWithPrevious",
+					    "MergedWithNext", "Contiguous"};
+	for (int i = 0; i < 5 && b; i++)
+		if (!strcmp(b, names[i]))
+			return i;
+	return -1;
+}
+
+static int add_split(struct jctx *c, const char *regex, int behavior, int invert)
+{
+	struct tk_op *op = new_op(c, TK_STAGE_PRE, TK_P_SPLIT);
+	if (!op)
+		return LQ_ERR_UNSUPPORTED;
+	op->s1len = (uint32_t)strlen(regex);
+	op->s1 = dupstr(c->t, regex, op->s1len);
+	if (!op->s1)
+		return lq_fail(c->err, LQ_ERR_NOMEM, "%s: out of memory", LABEL);
+	op->a = 1;
+	op->b = behavior;
+	op->c = invert;
+	return LQ_OK;
+}
+
 static int load_pretok(struct jctx *c, json_t *o, int depth)
 {
 	if (json_is_null(o) || !o)
@@ -190,12 +219,7 @@ static int load_pretok(struct jctx *c, json_t *o, int depth)
 			return rc;
 		op->a = rx;
 		const char *b = json_string_value(json_object_get(o, "behavior"));
-		static const char *const names[] = {"Removed", "Isolated", "MergedWithPrevious",
-						    "MergedWithNext", "Contiguous"};
-		op->b = -1;
-		for (int i = 0; i < 5 && b; i++)
-			if (!strcmp(b, names[i]))
-				op->b = i;
+		op->b = split_behavior(b);
 		if (op->b < 0)
 			return unsup(c, "Split behavior", b);
 		op->c = jbool(o, "invert", 0);
@@ -215,6 +239,26 @@ static int load_pretok(struct jctx *c, json_t *o, int depth)
 			return rc;
 		op->b = jbool(o, "split", 1);
 		return prepend_scheme(c, o, &op->a);
+	}
+	/* the character-class pre-tokenizers, as Split operations with the same
+	 * classes as Rust's char::is_whitespace, regex \\w, char::is_numeric and
+	 * tokenizers' is_punc (per-character matches, like tokenizers) */
+	if (!strcmp(type, "WhitespaceSplit"))
+		return add_split(c, "[" WS_CLASS "]", TK_SPLIT_REMOVED, 0);
+	if (!strcmp(type, "Whitespace"))
+		return add_split(c, "[" W_CLASS "]+|[^" W_CLASS WS_CLASS "]+", TK_SPLIT_REMOVED, 1);
+	if (!strcmp(type, "Digits"))
+		return add_split(c, jbool(o, "individual_digits", 0) ? "\\p{N}" : "\\p{N}+", TK_SPLIT_ISOLATED, 0);
+	if (!strcmp(type, "Punctuation")) {
+		const char *b = json_string_value(json_object_get(o, "behavior"));
+		int beh = split_behavior(b ? b : "Isolated");
+		if (beh < 0)
+			return unsup(c, "Punctuation behavior", b);
+		return add_split(c, P_CLASS, beh, 0);
+	}
+	if (!strcmp(type, "BertPreTokenizer")) {
+		int rc2 = add_split(c, "[" WS_CLASS "]", TK_SPLIT_REMOVED, 0);
+		return rc2 ? rc2 : add_split(c, P_CLASS, TK_SPLIT_ISOLATED, 0);
 	}
 	return unsup(c, "pre_tokenizer", type);
 }

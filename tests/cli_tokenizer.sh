@@ -9,7 +9,7 @@
 
 GEN="$LQ_BUILD/tests/gen_tok"
 FIX="$LQ_ROOT/tests/fixtures"
-SPECIALS='<|eot_id|> <|begin_of_text|> <|im_start|> <|im_end|> <think> <start_of_turn> <end_of_turn> <s> </s> <bos> <unk> <eos> <pad> <mask> <tool> [word] hello_world 1234 ``'
+SPECIALS='<|eot_id|> <|begin_of_text|> <|im_start|> <|im_end|> <think> <start_of_turn> <end_of_turn> <s> </s> <bos> <unk> <eos> <pad> <mask> <tool> [word] hello_world 1234 `` [UNK] [CLS] ... 12,345'
 
 tf5=0
 if have_py transformers; then
@@ -34,7 +34,7 @@ else
 	echo "skipping the randomized comparison: python package tokenizers missing"
 fi
 
-for t in llama3_1 llama2 qwen3 gemma3 synth_a synth_b; do
+for t in llama3_1 llama2 qwen3 gemma3 synth_a synth_b synth_c; do
 	td="$TMP/$t"
 	mkdir -p "$td"
 	case $t in

@@ -11,8 +11,10 @@
   tok_reference.py synth OUTDIR
       write the two small synthetic tokenizers tok_synth_a.json (SentencePiece style:
       byte fallback, Metaspace "first" with split, NFKC, added tokens with
-      lstrip/rstrip/single_word/normalized) and tok_synth_b.json (byte level with
-      Lowercase/Strip/NFD normalizers, every Split behavior, RobertaProcessing)
+      lstrip/rstrip/single_word/normalized), tok_synth_b.json (byte level with
+      Lowercase/Strip/NFD normalizers, every Split behavior, RobertaProcessing) and
+      tok_synth_c.json (Whitespace, WhitespaceSplit, Punctuation, Digits and
+      BertPreTokenizer, no decoder, BertProcessing, unk without fuse)
   tok_reference.py expected-transformers DIR < in.jsonl > expected.jsonl
       the same from transformers' AutoTokenizer.from_pretrained(DIR) (tokenizer(text),
       decode(ids), decode(ids, skip_special_tokens=True)); compare with gen_tok -5
@@ -316,6 +318,18 @@ def synth(outdir):
     tk.post_processor = processors.RobertaProcessing(("</s>", 1), ("<s>", 0))
     tk.add_tokens([AddedToken("<mask>", lstrip=True, special=True)])
     tk.save(outdir + "/tok_synth_b.json")
+    # C: the character-class pre-tokenizers, no decoder (tokens joined by spaces)
+    pres = [pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation("merged_with_previous"),
+                                     pre_tokenizers.Digits(individual_digits=True)]),
+            pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=False),
+                                     pre_tokenizers.Punctuation("contiguous")]),
+            pre_tokenizers.BertPreTokenizer()]
+    tk = Tokenizer(models.BPE(unk_token="[UNK]", fuse_unk=False))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Sequence(pres)
+    tk.train_from_iterator(SYNTH_TEXT, trainers.BpeTrainer(vocab_size=200, special_tokens=["[UNK]", "[CLS]", "[SEP]"]))
+    tk.post_processor = processors.BertProcessing(("[SEP]", 2), ("[CLS]", 1))
+    tk.save(outdir + "/tok_synth_c.json")
 
 
 def expected_transformers(d):
