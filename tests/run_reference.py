@@ -14,6 +14,13 @@
 #       weights, what bitsandbytes computes with at fp32 compute dtype)
 #   run_reference.py greedy CKPT IDS N [--dequant DIR]
 #       N greedy new ids (generate(do_sample=False)), comma-separated
+#   run_reference.py check BINDIR WORKDIR [ARCH...]
+#       the whole comparison in one process: for each ARCH make the bf16
+#       checkpoint (llama also fp32), quantize it (none, nf4 with double
+#       quant, int8, fp4 block 32 without double quant), run our logits
+#       and greedy ids, compare with transformers (unquantized: the
+#       checkpoint; quantized: the checkpoint with our dequantized weights
+#       from inspect --dequant).  Prints "ok ..." / "FAIL ..." lines.
 #   run_reference.py compare A.npy B.npy TOL
 #       relative L2 error |a-b|/|b| (whole array and worst row); exit 1 above TOL
 import json
@@ -70,6 +77,81 @@ def load(ckpt, dequant):
     return model
 
 
+IDS = [1, 5, 17, 33, 40, 2, 9, 60, 71, 3, 88, 12, 45, 6, 19, 27, 50, 8, 91, 30, 14, 66, 23, 4]
+ARCHS = ["llama", "llama-bias", "mistral", "qwen2", "phi3", "gemma2"]
+QUANTS = [("none", ["-t", "none"]), ("nf4", ["-t", "nf4"]), ("int8", ["-t", "int8"]),
+          ("fp4", ["-t", "fp4", "-b", "32", "--no-double-quant"])]
+
+
+def rel_rows(x, y):
+    import numpy as np
+    x = x.astype(np.float64)
+    y = y.astype(np.float64)
+    return float((np.linalg.norm(x - y, axis=-1) / np.maximum(np.linalg.norm(y, axis=-1), 1e-30)).max())
+
+
+def check(bindir, work, archs, tol=1e-4, ngen=8):
+    import subprocess
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+    fails = 0
+    ids_s = ",".join(str(i) for i in IDS)
+    ids_t = torch.tensor([IDS])
+
+    def sh(*cmd):
+        r = subprocess.run(list(cmd), capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError("%s: exit %d: %s" % (cmd[0], r.returncode, r.stderr.strip()))
+        return r.stdout
+
+    def report(ok, what):
+        nonlocal fails
+        print(("ok   " if ok else "FAIL ") + what, flush=True)
+        fails += 0 if ok else 1
+
+    for arch in archs:
+        for dtype in (["bf16", "fp32"] if arch == "llama" else ["bf16"]):
+            ck = os.path.join(work, "%s-%s" % (arch, dtype))
+            make(arch, ck, dtype)
+            with safe_open(os.path.join(ck, "model.safetensors"), "np") as f:
+                names = [k for k in f.keys() if len(f.get_slice(k).get_shape()) == 2]
+            for q, qargs in QUANTS:
+                if dtype == "fp32" and q not in ("none", "nf4"):
+                    continue
+                tag = "%s %s %s" % (arch, dtype, q)
+                try:
+                    lq = ck + "." + q + ".lq"
+                    sh(os.path.join(bindir, "quantize"), "-q", "-f", "-o", lq, *qargs, ck)
+                    dq = None
+                    if q != "none":
+                        dq = ck + "." + q + ".dq"
+                        os.makedirs(dq, exist_ok=True)
+                        for n in names:
+                            sh(os.path.join(bindir, "inspect"), "--dequant", n, "-f", "-o",
+                               os.path.join(dq, n + ".npy"), lq)
+                    model = load(ck, dq)
+                    with torch.no_grad():
+                        ref = model(ids_t, use_cache=False).logits[0].to(torch.float32).numpy()
+                        gen = model.generate(ids_t, attention_mask=torch.ones_like(ids_t),
+                                             max_new_tokens=ngen, min_new_tokens=ngen,
+                                             do_sample=False, eos_token_id=None, pad_token_id=0)
+                    ref_gen = [int(x) for x in gen[0, len(IDS):]]
+                    out = lq + ".logits.npy"
+                    sh(os.path.join(bindir, "run"), "-j", "2", "--ids", ids_s, "--logits", out, "-f", lq)
+                    ours = np.load(out)
+                    err = rel_rows(ours, ref) if ours.shape == ref.shape else float("inf")
+                    report(err <= tol, "%s logits: worst row rel L2 %.2e (tol %g)" % (tag, err, tol))
+                    got = sh(os.path.join(bindir, "run"), "-j", "2", "--ids", ids_s, "--output-ids",
+                             "--temp", "0", "-n", str(ngen), lq).split()
+                    got = [int(x) for x in got]
+                    report(got == ref_gen, "%s greedy %d tokens: %s%s" % (
+                        tag, ngen, got, "" if got == ref_gen else " != transformers %s" % ref_gen))
+                except Exception as e:  # noqa: BLE001
+                    report(False, "%s: %s" % (tag, e))
+    return fails
+
+
 def main():
     a = sys.argv[1:]
     if not a:
@@ -105,6 +187,8 @@ def main():
                                  min_new_tokens=n, do_sample=False, eos_token_id=None,
                                  pad_token_id=0)
         print(",".join(str(int(x)) for x in out[0, ids.shape[1]:]))
+    elif cmd == "check":
+        sys.exit(1 if check(a[1], a[2], a[3:] or ARCHS) else 0)
     elif cmd == "compare":
         import numpy as np
         x = np.load(a[1]).astype(np.float64)
