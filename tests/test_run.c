@@ -1,0 +1,306 @@
+/*
+ * test_run.c - the CPU runtime: fast matmul against the scalar reference
+ * for every storage type, row dequantization against lq_dequantize, the
+ * forward pass against committed transformers logits (tests/fixtures/run,
+ * made by tests/run_reference.py), KV cache consistency, errors, sampler.
+ *
+ * Copyright (c) the libquant authors.  MIT license.
+ */
+#include "test.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <unistd.h>
+
+static uint64_t rs = 88172645463325252ULL;
+static float frand(void)
+{
+	rs ^= rs << 13;
+	rs ^= rs >> 7;
+	rs ^= rs << 17;
+	return (float)((double)(rs >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+}
+
+static double rel_err(const float *a, const float *b, size_t n)
+{
+	double d = 0, s = 0;
+	for (size_t i = 0; i < n; i++) {
+		d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+		s += (double)b[i] * b[i];
+	}
+	return sqrt(d) / (sqrt(s) + 1e-30);
+}
+
+/* Build a stored tensor [rows, cols] of the given storage from random data. */
+struct owned {
+	struct lq_tensor t;
+	void *data, *scales;
+	float *nested;
+	float *src;
+};
+
+static int make_tensor(struct owned *o, uint64_t rows, uint64_t cols, int qtype, int dtype,
+		       int bs, int dq)
+{
+	memset(o, 0, sizeof *o);
+	uint64_t n = rows * cols;
+	o->src = malloc(n * sizeof(float));
+	for (uint64_t i = 0; i < n; i++)
+		o->src[i] = frand() * (i % 7 == 0 ? 3.0f : 1.0f);
+	struct lq_tensor *t = &o->t;
+	t->name = "w";
+	t->qtype = qtype;
+	t->src_dtype = dtype;
+	t->ndim = 2;
+	t->shape[0] = rows;
+	t->shape[1] = cols;
+	t->nelem = n;
+	if (qtype == LQ_QTYPE_NONE) {
+		size_t es = lq_dtype_size(dtype);
+		o->data = malloc(n * es);
+		for (uint64_t i = 0; i < n; i++) {
+			if (dtype == LQ_DTYPE_F32)
+				memcpy((char *)o->data + 4 * i, &o->src[i], 4);
+			else {
+				uint16_t h = dtype == LQ_DTYPE_F16 ? lq_f32_to_f16(o->src[i]) : lq_f32_to_bf16(o->src[i]);
+				memcpy((char *)o->data + 2 * i, &h, 2);
+			}
+		}
+		t->data = o->data;
+		return 0;
+	}
+	struct lq_qparams p = { qtype, bs, dq };
+	o->data = malloc(lq_qdata_bytes(qtype, n));
+	o->scales = malloc(lq_qscale_bytes(&p, n));
+	o->nested = dq ? malloc(lq_qnested_bytes(&p, n) + 4) : NULL;
+	float *work = malloc(lq_qnblocks(n, bs) * sizeof(float));
+	struct lq_qbuf b = { o->data, o->scales, o->nested, 0 };
+	int rc = lq_quantize(&p, o->src, n, &b, work, 1);
+	free(work);
+	t->block_size = bs;
+	t->double_quant = dq;
+	t->offset = b.offset;
+	t->data = o->data;
+	t->scales = o->scales;
+	t->nested = o->nested;
+	return rc;
+}
+
+static void free_tensor(struct owned *o)
+{
+	free(o->data);
+	free(o->scales);
+	free(o->nested);
+	free(o->src);
+}
+
+static void test_matmul(void)
+{
+	struct lq_pool *pool = NULL;
+	struct lq_error e = {0};
+	CHECK_OK(lq_pool_create(&pool, 3, &e), &e);
+	struct { int qtype, dtype, bs, dq; } st[] = {
+		{ LQ_QTYPE_NONE, LQ_DTYPE_F32, 0, 0 }, { LQ_QTYPE_NONE, LQ_DTYPE_F16, 0, 0 },
+		{ LQ_QTYPE_NONE, LQ_DTYPE_BF16, 0, 0 }, { LQ_QTYPE_NF4, LQ_DTYPE_BF16, 64, 1 },
+		{ LQ_QTYPE_NF4, LQ_DTYPE_BF16, 64, 0 }, { LQ_QTYPE_FP4, LQ_DTYPE_BF16, 32, 0 },
+		{ LQ_QTYPE_FP4, LQ_DTYPE_BF16, 128, 1 }, { LQ_QTYPE_INT8, LQ_DTYPE_BF16, 64, 0 },
+		{ LQ_QTYPE_INT8, LQ_DTYPE_BF16, 256, 1 },
+	};
+	/* cols: multiple of the block, blocks across rows, odd (4-bit rows
+	 * starting in a low nibble), longer than the stack row buffer */
+	uint64_t shapes[][2] = { { 37, 64 }, { 19, 96 }, { 11, 33 }, { 5, 1500 } };
+	for (size_t s = 0; s < sizeof st / sizeof st[0]; s++)
+		for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+			uint64_t R = shapes[k][0], K = shapes[k][1];
+			struct owned o;
+			CHECK(make_tensor(&o, R, K, st[s].qtype, st[s].dtype, st[s].bs, st[s].dq) == 0);
+			struct lq_weight w;
+			CHECK_OK(lq_weight_init(&w, &o.t, &e), &e);
+			/* rows equal the library's dequantization, bit for bit */
+			float *full = malloc(R * K * sizeof(float)), *row = malloc(K * sizeof(float));
+			CHECK_OK(lq_tensor_to_f32(&o.t, full, 1, &e), &e);
+			int same = 1;
+			for (uint64_t r = 0; r < R; r++) {
+				lq_weight_row(&w, r, row);
+				if (memcmp(row, full + r * K, K * sizeof(float)))
+					same = 0;
+			}
+			CHECK(same, "storage %zu shape %zu: rows differ from lq_tensor_to_f32", s, k);
+			size_t n = 3;
+			float *x = malloc(n * K * sizeof(float)), *y0 = malloc(n * R * sizeof(float)),
+			      *y1 = malloc(n * R * sizeof(float)), *y2 = malloc(n * R * sizeof(float));
+			for (uint64_t i = 0; i < n * K; i++)
+				x[i] = frand();
+			lq_matmul_ref(&w, x, n, y0);
+			lq_matmul(&w, x, n, y1, pool);
+			lq_matmul(&w, x, 1, y2, NULL);
+			double e1 = rel_err(y1, y0, n * R), e2 = rel_err(y2, y0, R);
+			CHECK(e1 < 1e-6 && e2 < 1e-6, "storage %zu shape %zu: fast vs ref %g %g", s, k, e1, e2);
+			free(x); free(y0); free(y1); free(y2); free(full); free(row);
+			lq_weight_release(&w);
+			free_tensor(&o);
+		}
+	lq_pool_free(pool);
+}
+
+/* ------------------------------------------------------------ fixtures */
+
+static float *load_npy(const char *path, size_t want)
+{
+	FILE *fp = fopen(path, "rb");
+	if (!fp)
+		return NULL;
+	unsigned char h[10];
+	float *v = NULL;
+	if (fread(h, 1, 10, fp) == 10 && !memcmp(h, "\x93NUMPY", 6) && h[6] == 1) {
+		size_t hl = h[8] | (size_t)h[9] << 8;
+		if (fseek(fp, (long)(10 + hl), SEEK_SET) == 0) {
+			v = malloc(want * sizeof(float));
+			if (fread(v, sizeof(float), want, fp) != want) {
+				free(v);
+				v = NULL;
+			}
+		}
+	}
+	fclose(fp);
+	return v;
+}
+
+static const int32_t fix_ids[] = { 1, 5, 17, 33, 40, 2, 9, 60, 71, 3, 88, 12, 45, 6, 19, 27, 50, 8, 91, 30, 14, 66, 23, 4 };
+#define NIDS (sizeof fix_ids / sizeof fix_ids[0])
+
+static void test_fixture(const char *arch, int qtype)
+{
+	char dir[256], ref[256], tmp[] = "/tmp/test_run.XXXXXX";
+	snprintf(dir, sizeof dir, "tests/fixtures/run/ckpt-%s", arch);
+	snprintf(ref, sizeof ref, "tests/fixtures/run/%s%s.ref.npy", arch,
+		 qtype == LQ_QTYPE_NF4 ? ".nf4" : "");
+	if (access(dir, R_OK)) {
+		printf("skipping %s: run from the repository root\n", dir);
+		return;
+	}
+	struct lq_error e = {0};
+	struct lq_pack_opts po;
+	lq_pack_opts_init(&po);
+	po.qtype = qtype;
+	po.nthreads = 1;
+	int fd = mkstemp(tmp);
+	CHECK(fd >= 0);
+	if (fd < 0)
+		return;
+	CHECK_OK(lq_pack(dir, fd, tmp, &po, &e), &e);
+	close(fd);
+	struct lq_file *f = NULL;
+	struct lq_model *m = NULL;
+	struct lq_run *r = NULL;
+	CHECK_OK(lq_file_open(&f, tmp, &e), &e);
+	unlink(tmp);
+	if (!f)
+		return;
+	CHECK_OK(lq_model_from_lq(&m, f, &e), &e);
+	struct lq_run_opts ro = { 2, 64 };
+	if (m)
+		CHECK_OK(lq_run_create(&r, m, f, &ro, &e), &e);
+	if (r) {
+		int64_t V = lq_run_vocab(r);
+		float *lg = malloc(NIDS * (size_t)V * sizeof(float));
+		float *want = load_npy(ref, NIDS * (size_t)V);
+		CHECK(want != NULL, "cannot read %s", ref);
+		CHECK_OK(lq_run_forward(r, fix_ids, NIDS, 0, lg, 1, &e), &e);
+		double worst = 0;
+		for (size_t t = 0; want && t < NIDS; t++) {
+			double er = rel_err(lg + t * (size_t)V, want + t * (size_t)V, (size_t)V);
+			if (er > worst)
+				worst = er;
+		}
+		CHECK(want && worst < 1e-4, "%s %s: worst row rel L2 %g", arch, lq_qtype_name(qtype), worst);
+		/* token by token through the KV cache gives the same last rows */
+		float *one = malloc((size_t)V * sizeof(float));
+		CHECK_OK(lq_run_forward(r, fix_ids, 10, 0, NULL, 0, &e), &e);
+		double wk = 0;
+		for (size_t t = 10; t < NIDS; t++) {
+			CHECK_OK(lq_run_forward(r, fix_ids + t, 1, (int64_t)t, one, 0, &e), &e);
+			double er = rel_err(one, lg + t * (size_t)V, (size_t)V);
+			if (er > wk)
+				wk = er;
+		}
+		CHECK(wk < 1e-5, "%s: cached decode differs by %g", arch, wk);
+		CHECK(lq_run_pos(r) == (int64_t)NIDS);
+		/* errors */
+		int32_t bad = (int32_t)V;
+		CHECK(lq_run_forward(r, &bad, 1, 0, one, 0, &e) == LQ_ERR_INVALID);
+		CHECK(strstr(e.msg, "vocabulary") != NULL, "%s", e.msg);
+		CHECK(lq_run_forward(r, fix_ids, 1, 64, one, 0, &e) == LQ_ERR_INVALID);
+		int32_t many[65] = {0};
+		CHECK(lq_run_forward(r, many, 65, 0, one, 0, &e) == LQ_ERR_INVALID);
+		CHECK(strstr(e.msg, "context length") != NULL, "%s", e.msg);
+		free(one);
+		free(lg);
+		free(want);
+	}
+	lq_run_free(r);
+	lq_model_free(m);
+	lq_file_close(f);
+}
+
+static void test_sampler(void)
+{
+	float l[8] = { 0.1f, 2.0f, -1.0f, 1.9f, 0.0f, 0.5f, -3.0f, 1.0f };
+	float c[8];
+	struct lq_sample_opts o;
+	struct lq_rng g;
+	lq_rng_seed(&g, 1);
+	lq_sample_opts_init(&o);
+	o.temperature = 0;
+	memcpy(c, l, sizeof c);
+	CHECK(lq_sample(c, 8, &o, NULL, 0, &g) == 1);
+	/* repetition penalty moves the argmax away from a seen token */
+	int32_t seen[1] = { 1 };
+	o.repetition_penalty = 1.2;
+	memcpy(c, l, sizeof c);
+	CHECK(lq_sample(c, 8, &o, seen, 1, &g) == 3);
+	o.repetition_penalty = 1;
+	o.temperature = 1;
+	o.top_k = 1;
+	memcpy(c, l, sizeof c);
+	CHECK(lq_sample(c, 8, &o, NULL, 0, &g) == 1);
+	/* top-p 0.5: only the two best can come out; same seed, same draws */
+	o.top_k = 0;
+	o.top_p = 0.5;
+	int counts[8] = {0}, seq1[50], seq2[50];
+	lq_rng_seed(&g, 7);
+	for (int i = 0; i < 50; i++) {
+		memcpy(c, l, sizeof c);
+		seq1[i] = lq_sample(c, 8, &o, NULL, 0, &g);
+		counts[seq1[i]]++;
+	}
+	lq_rng_seed(&g, 7);
+	for (int i = 0; i < 50; i++) {
+		memcpy(c, l, sizeof c);
+		seq2[i] = lq_sample(c, 8, &o, NULL, 0, &g);
+	}
+	CHECK(counts[1] + counts[3] == 50 && counts[1] > 0 && counts[3] > 0);
+	CHECK(!memcmp(seq1, seq2, sizeof seq1));
+	/* plain sampling reaches every token */
+	o.top_p = 1;
+	memset(counts, 0, sizeof counts);
+	for (int i = 0; i < 4000; i++) {
+		memcpy(c, l, sizeof c);
+		counts[lq_sample(c, 8, &o, NULL, 0, &g)]++;
+	}
+	int all = 1;
+	for (int i = 0; i < 8; i++)
+		all &= counts[i] > 0;
+	CHECK(all && counts[1] > counts[0]);
+}
+
+int main(void)
+{
+	test_matmul();
+	test_fixture("llama", LQ_QTYPE_NONE);
+	test_fixture("llama", LQ_QTYPE_NF4);
+	test_fixture("gemma2", LQ_QTYPE_NONE);
+	test_fixture("gemma2", LQ_QTYPE_NF4);
+	test_sampler();
+	return test_summary();
+}
