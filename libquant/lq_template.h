@@ -23,8 +23,8 @@
  * never a silently wrong rendering: unknown tags and syntax errors at compile
  * time; unknown filters/tests at compile time too, except inside an if (as
  * jinja2, they fail only when evaluated there); printing a generator object
- * (jinja2 would print its memory address), %-formatting, str.format and
- * integers beyond 64 bits at render time.  Rendering is bounded: output size,
+ * (jinja2 would print its memory address), str.format, '*' widths in
+ * %-formatting and integers beyond 64 bits at render time.  Rendering is bounded: output size,
  * evaluation steps, memory and nesting depth all have limits.
  */
 #ifndef LQ_TEMPLATE_H

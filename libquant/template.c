@@ -732,7 +732,7 @@ enum {
 	F_FLOAT, F_INDENT, F_INT, F_ITEMS, F_JOIN, F_LAST, F_LENGTH, F_LIST, F_LOWER, F_MAP,
 	F_MAX, F_MIN, F_REJECT, F_REJECTATTR, F_REPLACE, F_REVERSE, F_ROUND, F_SAFE,
 	F_SELECT, F_SELECTATTR, F_SORT, F_STRING, F_SUM, F_TITLE, F_TOJSON, F_TRIM,
-	F_UNIQUE, F_UPPER, F_WORDCOUNT, F_BATCH, F_CENTER
+	F_UNIQUE, F_UPPER, F_WORDCOUNT, F_BATCH, F_CENTER, F_FORMAT
 };
 static const struct { const char *name; int id; } filter_names[] = {
 	{ "abs", F_ABS }, { "attr", F_ATTR }, { "capitalize", F_CAPITALIZE },
@@ -746,7 +746,7 @@ static const struct { const char *name; int id; } filter_names[] = {
 	{ "safe", F_SAFE }, { "select", F_SELECT }, { "selectattr", F_SELECTATTR },
 	{ "sort", F_SORT }, { "string", F_STRING }, { "sum", F_SUM }, { "title", F_TITLE },
 	{ "tojson", F_TOJSON }, { "trim", F_TRIM }, { "unique", F_UNIQUE }, { "upper", F_UPPER },
-	{ "wordcount", F_WORDCOUNT }, { "batch", F_BATCH }, { "center", F_CENTER },
+	{ "wordcount", F_WORDCOUNT }, { "batch", F_BATCH }, { "center", F_CENTER }, { "format", F_FORMAT },
 	{ NULL, 0 }
 };
 
@@ -2660,6 +2660,176 @@ static struct val *do_slice(struct ctx *c, struct val *o, struct val *sv, struct
 
 /* ------------------------------------------------------------ arithmetic */
 
+
+/* Python's printf-style formatting: fmt % args (args: a tuple, a mapping for
+ * %(name)s, or a single value) */
+static struct val *py_format(struct ctx *c, struct val *fmtv, struct val *args)
+{
+	const char *f = fmtv->u.s.s;
+	size_t n = fmtv->u.s.n, ai = 0;
+	struct val **av = &args;
+	size_t an = 1;
+	int tuple = args->t == T_LIST && args->tuple && args->kind == VK_LIST;
+	int mapping = args->t == T_DICT;
+	if (tuple) {
+		av = args->u.l.v;
+		an = args->u.l.n;
+	}
+	int used_map = 0;
+	struct sb r = { 0 };
+	for (size_t i = 0; i < n; i++) {
+		if (f[i] != '%') {
+			sb_put(c, &r, f + i, 1);
+			continue;
+		}
+		if (++i >= n)
+			rerr(c, LQ_ERR_INVALID, "incomplete format");
+		struct val *x = NULL;
+		if (f[i] == '(') {
+			size_t e = i + 1;
+			int depth = 1;
+			while (e < n && depth) {
+				depth += f[e] == '(' ? 1 : f[e] == ')' ? -1 : 0;
+				e++;
+			}
+			if (depth)
+				rerr(c, LQ_ERR_INVALID, "incomplete format key");
+			if (!mapping)
+				rerr(c, LQ_ERR_INVALID, "format requires a mapping");
+			struct val *k = mkstr(c, f + i + 1, e - i - 2);
+			x = dict_get(c, args->u.d, k);
+			if (!x)
+				rerr(c, LQ_ERR_INVALID, "KeyError: '%.*s'", (int)k->u.s.n, k->u.s.s);
+			used_map = 1;
+			i = e;
+		}
+		char flags[8];
+		int nf = 0;
+		while (i < n && strchr("-+ 0#", f[i]) && nf < 7)
+			flags[nf++] = f[i++];
+		flags[nf] = 0;
+		long width = -1, prec = -1;
+		if (i < n && f[i] == '*')
+			rerr(c, LQ_ERR_UNSUPPORTED, "'*' width in %% formatting is not supported");
+		if (i < n && f[i] >= '0' && f[i] <= '9') {
+			width = 0;
+			while (i < n && f[i] >= '0' && f[i] <= '9' && width < 100000)
+				width = width * 10 + (f[i++] - '0');
+		}
+		if (i < n && f[i] == '.') {
+			i++;
+			prec = 0;
+			while (i < n && f[i] >= '0' && f[i] <= '9' && prec < 100000)
+				prec = prec * 10 + (f[i++] - '0');
+		}
+		while (i < n && (f[i] == 'l' || f[i] == 'h' || f[i] == 'L'))
+			i++;
+		if (i >= n)
+			rerr(c, LQ_ERR_INVALID, "incomplete format");
+		char conv = f[i];
+		if (conv == '%') {
+			sb_puts(c, &r, "%");
+			continue;
+		}
+		if (width > 4096 || prec > 4096)
+			rerr(c, LQ_ERR_INVALID, "format width or precision too large");
+		if (!x) {
+			if (ai >= an || (mapping && !tuple && used_map))
+				rerr(c, LQ_ERR_INVALID, "not enough arguments for format string");
+			x = av[ai++];
+		}
+		struct sb piece = { 0 };
+		char spec[48], buf[4200];
+		int left = strchr(flags, '-') != NULL;
+		switch (conv) {
+		case 's':
+		case 'r':
+		case 'a': {
+			if (conv == 's')
+				to_str(c, &piece, x, 0);
+			else
+				repr(c, &piece, x, 0);
+			size_t len = piece.n, cps = cp_count(piece.p ? piece.p : "", len);
+			if (prec >= 0 && (size_t)prec < cps) {
+				size_t cnt;
+				size_t *off = cp_offsets(c, piece.p, len, &cnt);
+				len = off[prec];
+				cps = (size_t)prec;
+			}
+			if (!left)
+				for (long k = (long)cps; k < width; k++)
+					sb_puts(c, &r, " ");
+			sb_put(c, &r, piece.p ? piece.p : "", len);
+			if (left)
+				for (long k = (long)cps; k < width; k++)
+					sb_puts(c, &r, " ");
+			continue;
+		}
+		case 'd': case 'i': case 'u': case 'x': case 'X': case 'o': {
+			if (!is_num(x))
+				rerr(c, LQ_ERR_INVALID, "%%%c format: a real number is required, not %s", conv, type_name(x));
+			if (x->t == T_FLOAT && (conv == 'x' || conv == 'X' || conv == 'o'))
+				rerr(c, LQ_ERR_INVALID, "%%%c format: an integer is required, not float", conv);
+			long long v;
+			if (x->t == T_FLOAT) {
+				if (!isfinite(x->u.f) || fabs(x->u.f) >= 9.2e18)
+					rerr(c, LQ_ERR_UNSUPPORTED, "integer overflow (values beyond 64 bits are not supported)");
+				v = (long long)x->u.f;
+			} else {
+				v = (long long)numi(x);
+			}
+			char cc = conv == 'i' || conv == 'u' ? 'd' : conv;
+			if (cc == 'd' || v >= 0) {
+				if (prec >= 0)
+					snprintf(spec, sizeof spec, "%%%s%ld.%ldll%c", flags, width < 0 ? 0 : width, prec, cc);
+				else
+					snprintf(spec, sizeof spec, "%%%s%ldll%c", flags, width < 0 ? 0 : width, cc);
+				snprintf(buf, sizeof buf, spec, v);
+			} else { /* Python prints negative hex/octal with a sign */
+				snprintf(spec, sizeof spec, "-%%%sll%c", strchr(flags, '#') ? "#" : "", cc);
+				char t2[128];
+				snprintf(t2, sizeof t2, spec, (unsigned long long)(-(v + 1)) + 1u);
+				snprintf(buf, sizeof buf, left ? "%-*s" : "%*s", (int)(width < 0 ? 0 : width), t2);
+			}
+			if (cc == 'o' && strchr(flags, '#')) { /* Python: 0o17, C: 017 */
+				char *z = strchr(buf, '0');
+				if (z && z[1] != 'o') {
+					memmove(z + 2, z + 1, strlen(z + 1) + 1);
+					z[1] = 'o';
+				}
+			}
+			sb_puts(c, &r, buf);
+			continue;
+		}
+		case 'f': case 'F': case 'e': case 'E': case 'g': case 'G': {
+			if (!is_num(x))
+				rerr(c, LQ_ERR_INVALID, "must be real number, not %s", type_name(x));
+			snprintf(spec, sizeof spec, "%%%s%ld.%ld%c", flags, width < 0 ? 0 : width, prec < 0 ? 6 : prec, conv);
+			snprintf(buf, sizeof buf, spec, numf(x));
+			sb_puts(c, &r, buf);
+			continue;
+		}
+		case 'c':
+			if (x->t == T_STR && cp_count(x->u.s.s, x->u.s.n) == 1) {
+				sb_put(c, &r, x->u.s.s, x->u.s.n);
+			} else if (x->t == T_INT && x->u.i >= 0 && x->u.i <= 0x10FFFF) {
+				char e[4];
+				sb_put(c, &r, e, u8enc(e, (uint32_t)x->u.i));
+			} else {
+				rerr(c, LQ_ERR_INVALID, "%%c requires int or char");
+			}
+			continue;
+		default:
+			rerr(c, LQ_ERR_INVALID, "unsupported format character '%c'", conv);
+		}
+	}
+	if (tuple && ai < an)
+		rerr(c, LQ_ERR_INVALID, "not all arguments converted during string formatting");
+	if (!tuple && !used_map && ai == 0 && !(args->t == T_LIST || args->t == T_DICT))
+		rerr(c, LQ_ERR_INVALID, "not all arguments converted during string formatting");
+	return r.n ? sb_val(c, &r) : mkstr(c, "", 0);
+}
+
 static struct val *arith(struct ctx *c, int op, struct val *a, struct val *b)
 {
 	static const char *const opname[] = { "+", "-", "*", "/", "//", "%", "**" };
@@ -2790,7 +2960,7 @@ static struct val *arith(struct ctx *c, int op, struct val *a, struct val *b)
 		rerr(c, LQ_ERR_INVALID, "can only concatenate %s (not \"%s\") to %s", type_name(a),
 		     type_name(b), type_name(a));
 	if (op == OP_MOD && a->t == T_STR)
-		rerr(c, LQ_ERR_UNSUPPORTED, "printf-style string formatting with %% is not supported");
+		return py_format(c, a, b);
 	rerr(c, LQ_ERR_INVALID, "unsupported operand type(s) for %s: '%s' and '%s'", opname[op],
 	     type_name(a), type_name(b));
 ovf:
@@ -3822,6 +3992,23 @@ static struct val *apply_filter(struct ctx *c, int id, struct val *v, const stru
 		l->u.l.v = out;
 		l->u.l.n = n;
 		return l;
+	}
+	case F_FORMAT: {
+		/* jinja2: soft_str(value) % (kwargs or args) */
+		if (a->npos && a->nkw)
+			rerr(c, LQ_ERR_INVALID, "can't handle positional and keyword arguments at the same time");
+		struct val *x;
+		if (a->nkw) {
+			x = mkdict(c, T_DICT);
+			for (size_t k = 0; k < a->nkw; k++)
+				dict_set(c, x->u.d, mkstr(c, a->kwn[k], strlen(a->kwn[k])), a->kwv[k]);
+		} else {
+			x = mklist(c, a->npos);
+			x->tuple = 1;
+			for (size_t k = 0; k < a->npos; k++)
+				x->u.l.v[k] = a->pos[k];
+		}
+		return py_format(c, str_of(c, v), x);
 	}
 	case F_SUM: {
 		struct val *at = arg(c, a, 0, "attribute", NULL);

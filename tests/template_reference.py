@@ -228,6 +228,7 @@ FEATURES = [
     ("{% set msgs = messages %}{% set msgs = msgs[1:] %}{{ msgs|length }}{{ messages|length }}", None),
     ("{% for message in messages %}{% set message = 'x' %}{{ message }}{% endfor %}", None),
     ("{%- for m in messages -%}\n  {%- if m.role == 'system' -%}\n    <<SYS>>{{ m.content }}<</SYS>>\n  {%- else -%}\n    [{{ m.role }}]\n  {%- endif -%}\n{%- endfor -%}\n", None),
+    ("{{ '%s and %d' % ('a', 3) }}|{{ '%5.2f|%-6s|%03d|%x|%X|%o|%#x|%#o|%e|%g|%r|%%|%c' % (3.14159, 'ab', 7, 255, 255, 8, 255, 8, 12345.678, 0.0001, 'q', 'A') }}|{{ '%(a)s-%(b)s' % {'a': 1, 'b': 'x'} }}|{{ 'x' % [] }}|{{ '%s'|format('v') }}|{{ '%s=%s'|format(1, none) }}|{{ '%(k)s'|format(k='kw') }}|{{ '%.2s' % 'h\u00e9llo' }}|{{ '%5s|' % '\u00e9' }}|{{ '%d' % 2.7 }}|{{ '%d' % true }}|{{ '%+d % d' % (5, 5) }}|{{ '%x' % -255 }}|{{ '%s' % [1, 'a'] }}|{{ '%s' % ((1, 2),) }}|{{ '%-5d|' % 3 }}|{{ '%.3g|%10.4e' % (2.5, 1234.5) }}", None),
     ("{{ raise_exception('Custom failure: ' ~ messages[0].role) }}", None),
     ("{{ 1 + 'a' }}", None),
     ("{{ nope.attr }}", None),
@@ -242,6 +243,10 @@ FEATURES = [
     ("{{ [1]|select|length }}", None),
     ("{{ x_undef|int }}", None),
     ("{{ [1] in {'a': 1} }}", None),
+    ("{{ '%s %s' % (1,) }}", None),
+    ("{{ '%d' % 'a' }}", None),
+    ("{{ 'abc' % 5 }}", None),
+    ("{{ '%s' % (1, 2) }}", None),
 ]
 
 

@@ -159,7 +159,9 @@ static void test_runtime_errors(void)
 	expect_out("{% if false %}{{ x|frobnicate }}{% endif %}{{ 'ok' if true else x|frob }}{{ [1,2]|select|first }}{{ {'a':1}.items() }}", "ok1dict_items([('a', 1)])");
 	expect_err("{{ [1]|select }}", LQ_ERR_UNSUPPORTED, "cannot print a generator");
 	expect_err("{{ [1]|select|length }}", LQ_ERR_INVALID, "has no len()");
-	expect_err("{{ '%s' % 1 }}", LQ_ERR_UNSUPPORTED, "printf-style string formatting");
+	expect_err("{{ '%*d' % (1, 2) }}", LQ_ERR_UNSUPPORTED, "'*' width");
+	expect_err("{{ '%s %s' % (1,) }}", LQ_ERR_INVALID, "not enough arguments for format string");
+	expect_err("{{ '%q' % 1 }}", LQ_ERR_INVALID, "unsupported format character 'q'");
 	expect_err("{{ 9223372036854775807 + 1 }}", LQ_ERR_UNSUPPORTED, "integer overflow");
 	expect_err("{{ {[1]: 2} }}", LQ_ERR_INVALID, "unhashable type");
 	expect_err("{% macro m(a) %}{% endmacro %}{{ m(1, 2) }}", LQ_ERR_INVALID, "takes not more than 1 argument");
