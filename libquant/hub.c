@@ -477,6 +477,7 @@ struct sink {
 	int git_sha1;
 	uint64_t got;        /* bytes written by this request */
 	int started, rejected, restarted, werr, no_range;
+	unsigned char head[16]; /* first bytes of the file as received */
 	char why[160];
 	struct fjob *fj;
 };
@@ -693,6 +694,8 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
 		s->rejected = 1;
 		return 0;
 	}
+	for (size_t i = 0; s->off + i < sizeof s->head && i < len; i++)
+		s->head[s->off + i] = (unsigned char)p[i];
 	size_t o = 0;
 	while (o < len) {
 		ssize_t w = pwrite(s->fd, p + o, len - o, (off_t)(s->off + o));
@@ -1296,6 +1299,15 @@ static void target_free(struct target *t)
 
 static int etag_git(const char *etag) { return strlen(etag) == 40; }
 
+/* A body that starts like a web page is probably a proxy or captive portal. */
+static const char *html_hint(const unsigned char *head)
+{
+	const char *h = (const char *)head;
+	if (!strncasecmp(h, "<!doctype html", 14) || !strncasecmp(h, "<html", 5))
+		return "; the server sent an HTML page: a proxy or captive portal?";
+	return "";
+}
+
 /* Single stream from the end of the partial file.  *url may be replaced
  * when a redirect is followed. */
 static int dl_single(struct hub *h, CURL *c, struct fjob *fj, const struct meta *m, int fd,
@@ -1345,6 +1357,7 @@ static int dl_single(struct hub *h, CURL *c, struct fjob *fj, const struct meta 
 	struct resp r = {.max = MAX_ERR_BODY, .sink = &s};
 	char errbuf[CURL_ERROR_SIZE];
 	int attempt = 0, hops = 0;
+	uint64_t best = s.off; /* the retry counter restarts only on new progress */
 	while (!rc && s.off < m->size) {
 		if (!url) {
 			rc = lq_fail(err, LQ_ERR_NOMEM, "out of memory");
@@ -1364,8 +1377,11 @@ static int dl_single(struct hub *h, CURL *c, struct fjob *fj, const struct meta 
 			rc = lq_fail_errno(err, s.werr, "writing %s", fj->path);
 			break;
 		}
-		if (s.got)
+		int progress = s.off > best;
+		if (progress) {
 			attempt = 0;
+			best = s.off;
+		}
 		if (s.rejected) {
 			if (attempt++ < h->retries) {
 				hlog(h, "%s: %s, retrying", fj->path, s.why);
@@ -1377,7 +1393,7 @@ static int dl_single(struct hub *h, CURL *c, struct fjob *fj, const struct meta 
 		}
 		if (cc) {
 			if (retryable_curl(cc) && attempt < h->retries && !atomic_load(&h->cancel)) {
-				double w = s.got ? 0 : backoff(h, attempt, NULL);
+				double w = progress ? 0 : backoff(h, attempt, NULL);
 				attempt++;
 				if (h->o->verbose)
 					hlog(h, "%s: %s, resuming at %llu", fj->path,
@@ -1429,12 +1445,13 @@ static int dl_single(struct hub *h, CURL *c, struct fjob *fj, const struct meta 
 		if (s.off < m->size) {
 			/* clean end of a short body: treat as a cut connection */
 			if (attempt++ < h->retries) {
-				sleep_s(h, s.got ? 0 : backoff(h, attempt - 1, NULL));
+				sleep_s(h, progress ? 0 : backoff(h, attempt - 1, NULL));
 				continue;
 			}
 			rc = lq_fail(err, LQ_ERR_NETWORK,
-				     "%s: transfer ended at %llu of %llu bytes", fj->path,
-				     (unsigned long long)s.off, (unsigned long long)m->size);
+				     "%s: transfer ended at %llu of %llu bytes%s", fj->path,
+				     (unsigned long long)s.off, (unsigned long long)m->size,
+				     html_hint(s.head));
 		}
 	}
 	if (!rc) {
@@ -1449,8 +1466,9 @@ static int dl_single(struct hub *h, CURL *c, struct fjob *fj, const struct meta 
 				     (unsigned long long)s.off, (unsigned long long)m->size);
 		else if (strcmp(hex, m->etag))
 			rc = lq_fail(err, LQ_ERR_CHECKSUM,
-				     "%s: %s mismatch: got %s, expected %s (corrupt download)",
-				     fj->path, s.git_sha1 ? "git SHA-1" : "SHA-256", hex, m->etag);
+				     "%s: %s mismatch: got %s, expected %s (corrupt download%s)",
+				     fj->path, s.git_sha1 ? "git SHA-1" : "SHA-256", hex, m->etag,
+				     html_hint(s.head));
 	}
 	EVP_MD_CTX_free(s.md);
 	resp_free(&r);

@@ -5,7 +5,6 @@
 : "${LQ_BIN:=$LQ_ROOT/build/bin}"
 . "$LQ_ROOT/tests/hub_lib.sh"
 
-F="$LQ_BIN/hf-fetch"
 T=$(mktemp -d "${TMPDIR:-/tmp}/hf-fetch-test.XXXXXX")
 cleanup() {
 	hub_stop
@@ -21,6 +20,14 @@ if ! command -v python3 >/dev/null || ! command -v curl >/dev/null; then
 	echo "0 passed, 0 failed"
 	exit 0
 fi
+
+# every run is bounded in time (a hang fails the test instead of blocking make check);
+# FX is the bare binary, for the tests that kill -9 it
+FX="$LQ_BIN/hf-fetch"
+mkdir -p "$T/bin"
+printf '#!/bin/sh\nexec timeout -k 5 120 "%s" "$@"\n' "$FX" >"$T/bin/hf-fetch"
+chmod +x "$T/bin/hf-fetch"
+F="$T/bin/hf-fetch"
 
 hub_make_repos "$T"
 hub_start "$T" --page-size 3 || { echo "cannot start the test hub"; echo "0 passed, 1 failed"; exit 1; }
@@ -145,6 +152,14 @@ out=$("$F" --repo-type dataset org/data 2>/dev/null)
 check "dataset repo" [ -f "$out/data/train.csv" ] && case $out in "$C/datasets--org--data/snapshots/"*) true;; *) false;; esac
 out2=$("$F" datasets/org/data 2>/dev/null)
 check "datasets/ prefix" [ "$out" = "$out2" ]
+out2=$("$F" hf://datasets/org/data 2>/dev/null)
+check "hf://datasets/ URI" [ "$out" = "$out2" ]
+out=$("$F" hf://org/tiny@v1/model.safetensors 2>/dev/null)
+check "hf://ID@REV/PATH URI" [ "$out" = "$R/snapshots/$V1/model.safetensors" ]
+out=$("$F" hf://org/tiny/sub/dir/nested.txt 2>/dev/null)
+check "hf://ID/PATH URI" [ "$out" = "$R/snapshots/$MAIN/sub/dir/nested.txt" ]
+"$F" -r main hf://org/tiny >/dev/null 2>&1
+check "hf:// with --revision: exit 2" [ $? -eq 2 ]
 
 # ------------------------------------------------------------------ tokens
 hub_reset
@@ -268,7 +283,7 @@ D5="$T/d5/models--org--tiny"
 for trial in 1 2 3 4 5 6 7 8; do
 	hub_reset
 	hub_fault kind=slow where=cdn arg=0.01 count=1
-	"$F" --cache-dir "$T/d5" -c 1 org/tiny model.safetensors >/dev/null 2>&1 &
+	"$FX" --cache-dir "$T/d5" -c 1 org/tiny model.safetensors >/dev/null 2>&1 &
 	pid=$!
 	sleep "0.$(rand_below 6)$(rand_below 10)"
 	kill -9 $pid 2>/dev/null
@@ -328,6 +343,13 @@ hub_fault kind=corrupt where=resolve file=config.json count=-1
 "$F" --cache-dir "$T/x3" org/tiny config.json >/dev/null 2>"$T/err"
 check "corrupt small file: git SHA-1 mismatch" grep -q "config.json: git SHA-1 mismatch" "$T/err"
 
+hub_reset
+hub_fault kind=html where=cdn file=model.safetensors count=-1
+"$F" --cache-dir "$T/x4" --retries 2 $FAST org/tiny model.safetensors >/dev/null 2>"$T/err"; rc=$?
+check "captive portal page: exit 1" [ $rc -eq 1 ]
+check "captive portal page: hint" grep -q "HTML page: a proxy or captive portal" "$T/err"
+check "captive portal page: nothing cached" [ ! -e "$T/x4/models--org--tiny/snapshots/$MAIN/model.safetensors" ]
+
 # ------------------------------------------------------------------ chunked (ranged parallel) downloads
 B="$T/repos/models/org/big/main/big.safetensors"
 SHA_BIG=$(sha256sum "$B" | cut -d' ' -f1)
@@ -352,7 +374,7 @@ check "chunked + one corrupt chunk: verified in the end" cmp -s "$B" "$out"
 # kill a chunked download, resume from the chunk map
 hub_reset
 hub_fault kind=slow where=cdn arg=0.05 count=-1
-"$F" --cache-dir "$T/k5" $CH org/big big.safetensors >/dev/null 2>&1 &
+"$FX" --cache-dir "$T/k5" $CH org/big big.safetensors >/dev/null 2>&1 &
 pid=$!
 sleep 1.2
 kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
@@ -496,7 +518,7 @@ awk '/^\.SH /{ex = ($2 == "EXAMPLES")} ex && /^\.EX/{inb=1; next} ex && /^\.EE/{
 n=0
 while IFS= read -r cmd; do
 	n=$((n + 1))
-	PATH="$LQ_BIN:$PATH" HF_HUB_CACHE="$T/excache" HF_TOKEN=hf_good sh -c "$cmd" >"$T/out" 2>"$T/err"
+	PATH="$T/bin:$PATH" HF_HUB_CACHE="$T/excache" HF_TOKEN=hf_good sh -c "$cmd" >"$T/out" 2>"$T/err"
 	rc=$?
 	check "man example: $cmd" [ $rc -eq 0 ] && [ -s "$T/out" ] || sed 's/^/  | /' "$T/err" >&2
 done <"$T/examples"
@@ -504,6 +526,15 @@ check "man examples found" [ $n -ge 4 ]
 check "man example --local-dir wrote the file" [ -f "$T/ex/data/train.csv" ]
 cd "$T" || exit 1
 hub_reset
+
+# progress bar on a real terminal
+if script -qec "true" /dev/null >/dev/null 2>&1; then
+	script -qec "\"$F\" --cache-dir \"$T/tty\" org/tiny" /dev/null >"$T/tty.out" 2>&1
+	check "TTY: progress bar drawn" grep -q "ETA" "$T/tty.out"
+	check "TTY: path still printed" grep -q "$T/tty/models--org--tiny/snapshots/$MAIN" "$T/tty.out"
+else
+	echo "skipping TTY test: script(1) missing"
+fi
 
 # ------------------------------------------------------------------ interop with Python huggingface_hub
 if python3 -c 'import huggingface_hub' 2>/dev/null; then

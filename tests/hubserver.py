@@ -25,7 +25,8 @@
 # Fault kinds: status (answer status arg, with Retry-After), ratelimit (429
 # with RateLimit t=arg), drop (close the connection after arg body bytes),
 # corrupt (flip a byte of the body), slow (sleep arg s per 64 KiB),
-# norange (ignore Range), expire (CDN answers 403).
+# norange (ignore Range), expire (CDN answers 403), html (CDN answers 200 with a
+# login page, as a captive portal).
 import argparse
 import fnmatch
 import hashlib
@@ -499,6 +500,9 @@ class Handler(BaseHTTPRequestHandler):
         f = self.st.take_fault("cdn", name, self.command)
         if f and f["kind"] == "expire":
             return self.error(403, message="Request has expired")
+        if f and f["kind"] == "html":
+            return self.send(200, {"Content-Type": "text/html"},
+                             b"<!DOCTYPE html><html><body>Please log in</body></html>\n")
         if f and self.fault_status(f):
             return
         self.content(info, {"ETag": '"%s"' % info["sha256"]}, name, "cdn", f)

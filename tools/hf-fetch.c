@@ -49,8 +49,8 @@ static const char usage_text[] =
 	"Download a Hugging Face Hub repo (or the named files) into the HF cache,\n"
 	"verified and resumable, and print the snapshot directory (or, for one FILE,\n"
 	"the file's path) on stdout.  REPO_ID is 'name', 'org/name', or\n"
-	"'datasets/org/name' / 'spaces/org/name'.  Several FILEs (or 'dir/') act as\n"
-	"--include patterns.\n"
+	"'datasets/org/name' / 'spaces/org/name', or hf://[TYPE/]ID[@REV][/PATH].\n"
+	"Several FILEs (or 'dir/') act as --include patterns.\n"
 	"\n"
 	"  -r, --revision REV      branch, tag or commit (default: main)\n"
 	"      --repo-type TYPE    model (default), dataset or space (also --type)\n"
@@ -433,6 +433,60 @@ int main(int argc, char **argv)
 	const char *repo = argv[optind++];
 	if (o.local_dir && cache_dir)
 		usage_error("--local-dir and --cache-dir cannot be combined");
+	int nfiles = argc - optind;
+	/* hf://[TYPE/]ID[@REV][/PATH] (a '/' in REV is written %2F) */
+	char *uri = NULL;
+	const char *uri_path = NULL;
+	if (!strncmp(repo, "hf://", 5)) {
+		if (o.revision || o.repo_type)
+			usage_error("--revision and --repo-type cannot be combined with an hf:// URI");
+		uri = strdup(repo + 5);
+		if (!uri) {
+			warnx_("out of memory");
+			return 1;
+		}
+		char *p = uri;
+		static const struct { const char *pre, *type; } ut[] = {
+			{"models/", "model"}, {"datasets/", "dataset"}, {"spaces/", "space"}};
+		for (size_t i = 0; i < 3; i++)
+			if (!strncmp(p, ut[i].pre, strlen(ut[i].pre))) {
+				o.repo_type = ut[i].type;
+				p += strlen(ut[i].pre);
+				break;
+			}
+		char *at = strchr(p, '@'), *cut = NULL;
+		if (at) {
+			*at = 0;
+			char *rev = at + 1;
+			cut = strchr(rev, '/');
+			if (cut)
+				*cut = 0;
+			/* decode %2F */
+			char *w = rev;
+			for (char *r = rev; *r; r++) {
+				if (r[0] == '%' && r[1] == '2' && (r[2] == 'F' || r[2] == 'f')) {
+					*w++ = '/';
+					r += 2;
+				} else {
+					*w++ = *r;
+				}
+			}
+			*w = 0;
+			if (!*rev)
+				usage_error("empty revision in '%s'", repo);
+			o.revision = rev;
+		} else {
+			char *s1 = strchr(p, '/');
+			cut = s1 ? strchr(s1 + 1, '/') : NULL;
+			if (cut)
+				*cut = 0;
+		}
+		if (cut && cut[1])
+			uri_path = cut + 1;
+		if (uri_path && nfiles)
+			usage_error("a path in the URI cannot be combined with FILE arguments");
+		repo = p;
+	}
 	/* datasets/org/name, spaces/org/name, models/org/name */
 	static const struct { const char *pre, *type; } pres[] = {
 		{"datasets/", "dataset"}, {"spaces/", "space"}, {"models/", "model"}};
@@ -445,9 +499,15 @@ int main(int argc, char **argv)
 			repo += l;
 		}
 	}
-	int nfiles = argc - optind;
 	const char *single = NULL;
-	if (nfiles == 1 && argv[optind][strlen(argv[optind]) - 1] != '/') {
+	if (uri_path && uri_path[strlen(uri_path) - 1] != '/') {
+		single = uri_path;
+	} else if (uri_path) {
+		if (ninc || nexc)
+			warnx_("warning: --include/--exclude are ignored when files are named");
+		ninc = nexc = 0;
+		inc[ninc++] = uri_path;
+	} else if (nfiles == 1 && argv[optind][strlen(argv[optind]) - 1] != '/') {
 		single = argv[optind];
 	} else if (nfiles >= 1) {
 		if (ninc || nexc)
@@ -534,6 +594,7 @@ int main(int argc, char **argv)
 		printf("%s\n", path);
 	}
 	free(path);
+	free(uri);
 	free(tok);
 	free(cache);
 	free(home);
