@@ -1,0 +1,155 @@
+#!/bin/sh
+# cli_run.sh - the run tool: usage errors, tokenize/detokenize/template,
+# --ids/--logits, greedy and seeded generation, --stop, stdin prompts,
+# --jsonl, --ppl, context limits, the EXAMPLES of man/run.1, and (when
+# torch and transformers are installed) the exactness comparison of all
+# five architectures against transformers (tests/run_reference.py check).
+. "${LQ_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}/tests/lib.sh"
+
+GEN="$LQ_BUILD/tests/gen_checkpoint"
+FIX="$LQ_ROOT/tests/fixtures"
+if [ ! -x "$GEN" ] || [ ! -x "$LQ_BIN/run" ]; then
+	bad "missing $GEN or $LQ_BIN/run (make tests)"
+	finish
+	exit 1
+fi
+
+# a small Llama with the synthetic tokenizer and a chat template
+M="$TMP/model"
+"$GEN" --layers 2 --hidden 64 --intermediate 128 --heads 4 --kv-heads 2 --vocab 448 "$M" >/dev/null
+cp "$FIX/tok_synth_a.json" "$M/tokenizer.json"
+cat > "$M/tokenizer_config.json" <<'JSON'
+{"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+ "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"}
+JSON
+check "quantize the test model" quantize -q -o "$TMP/m.lq" "$M"
+L="$TMP/m.lq"
+
+# usage
+check "--help" run --help
+has "--help lists --ppl" "--ppl" "$TMP/out"
+fails "no model" 2 "missing MODEL" run
+fails "bad -n" 2 "bad number" run -n x "$L"
+fails "--logits without --ids" 2 "needs --ids" run --logits x.npy "$L"
+fails "two modes" 2 "exclude" run --tokenize --template "$L"
+fails "bad ids" 2 "not a list of token ids" run --ids 1,x,3 --logits "$TMP/x.npy" "$L"
+fails "missing file" 1 "cannot open" run -p hi "$TMP/nope.lq"
+
+# tokenizer and template (LQ file and checkpoint directory)
+echo "hello brown fox" | run --tokenize "$L" >"$TMP/ids" 2>"$TMP/err" && ok || bad "--tokenize"
+echo "hello brown fox" | run --tokenize "$M" >"$TMP/ids2" 2>"$TMP/err" && ok || bad "--tokenize on a directory"
+same "--tokenize .lq = directory" "$TMP/ids" "$TMP/ids2"
+run --detokenize --skip-special "$L" <"$TMP/ids" >"$TMP/text" 2>"$TMP/err" && ok || bad "--detokenize"
+printf 'hello brown fox\n\n' >"$TMP/want"
+same "tokenize/detokenize round trip" "$TMP/text" "$TMP/want"
+printf '"hello brown fox"\n"the quick"\n' | run --tokenize --jsonl "$L" >"$TMP/out" 2>"$TMP/err"
+[ "$(wc -l <"$TMP/out")" = 2 ] && grep -q '^\[1, ' "$TMP/out" && ok || bad "--tokenize --jsonl"
+run --tokenize --jsonl "$L" <"$TMP/out" >/dev/null 2>&1 && bad "--tokenize --jsonl takes strings only" || ok
+run --detokenize --jsonl "$L" <"$TMP/out" >"$TMP/dec" 2>"$TMP/err"
+has "--detokenize --jsonl gives JSON strings" '^"<s>' "$TMP/dec"
+run --template -s "Be brief" -p "Tell a joke" "$L" >"$TMP/out" 2>"$TMP/err"
+printf '<s>system: Be brief\nuser: Tell a joke\nassistant:' >"$TMP/want"
+same "--template" "$TMP/out" "$TMP/want"
+printf '[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]' >"$TMP/msgs.json"
+run --template --messages "$TMP/msgs.json" --no-generation-prompt "$M" >"$TMP/out" 2>"$TMP/err"
+printf '<s>user: a\nassistant: b\n' >"$TMP/want"
+same "--template --messages --no-generation-prompt" "$TMP/out" "$TMP/want"
+
+# raw forward pass
+IDS=1,5,17,33,40,2,9,60
+check "--ids --logits" run --ids $IDS --logits "$TMP/l.npy" "$L"
+[ "$(head -c 6 "$TMP/l.npy" | tail -c 5)" = "NUMPY" ] && ok || bad "--logits writes .npy"
+fails "--logits refuses to overwrite" 1 "already exists" run --ids $IDS --logits "$TMP/l.npy" "$L"
+check "--logits -f" run -f -j 1 --ids $IDS --logits "$TMP/l1.npy" "$L"
+same "same logits with 1 and all threads" "$TMP/l.npy" "$TMP/l1.npy"
+fails "id outside the vocabulary" 1 "outside the vocabulary" run --ids 1,448 --logits "$TMP/v.npy" "$L"
+if have_py numpy; then
+	first=$(run --ids $IDS --output-ids --temp 0 -n 1 "$L" 2>/dev/null)
+	am=$(python3 -c "import numpy as np; print(int(np.load('$TMP/l.npy')[-1].argmax()))")
+	[ "$first" = "$am" ] && ok || bad "greedy first id $first != argmax of the logits $am"
+else
+	echo "skipping the argmax check: python package numpy missing"
+fi
+
+# generation
+run --ids $IDS --output-ids --temp 0 -n 12 "$L" >"$TMP/g1" 2>"$TMP/err" && ok || bad "greedy --ids"
+run --ids $IDS --output-ids --temp 0 -n 12 -j 1 "$L" >"$TMP/g2" 2>"$TMP/err"
+same "greedy is deterministic (threads)" "$TMP/g1" "$TMP/g2"
+n=$(wc -w <"$TMP/g1")
+[ "$n" -ge 1 ] && [ "$n" -le 12 ] && ok || bad "-n 12 gave $n ids"
+run -p "hello" --temp 0.8 --top-k 20 --top-p 0.9 --seed 5 -n 10 "$L" >"$TMP/s1" 2>"$TMP/err" && ok || bad "sampling"
+run -p "hello" --temp 0.8 --top-k 20 --top-p 0.9 --seed 5 -n 10 "$L" >"$TMP/s2" 2>"$TMP/err"
+same "same seed, same text" "$TMP/s1" "$TMP/s2"
+echo "hello" | run -n 6 --temp 0 "$L" >"$TMP/a" 2>"$TMP/err" && ok || bad "stdin as the user message"
+run -p "hello" -n 6 --temp 0 "$L" >"$TMP/b" 2>"$TMP/err"
+same "stdin = -p" "$TMP/a" "$TMP/b"
+run -p "hello" -n 6 --temp 0 -v "$L" >/dev/null 2>"$TMP/err"
+has "-v prints tok/s" "tok/s" "$TMP/err"
+run -p "hello" -n 30 --temp 0 "$L" >"$TMP/full" 2>"$TMP/err"
+stop=$(head -n 1 "$TMP/full" | cut -c 4-6)
+if [ -n "$stop" ]; then
+	run -p "hello" -n 30 --temp 0 --stop "$stop" "$L" >"$TMP/cut" 2>"$TMP/err"
+	c=$(cat "$TMP/cut")
+	case "$(cat "$TMP/full")" in "$c$stop"*) ok ;; *) bad "--stop '$stop': '$c' is not the text before it" ;; esac
+	case "$c" in *"$stop"*) bad "--stop string printed" ;; *) ok ;; esac
+fi
+run -p "hello" -n 4 --repetition-penalty 1.3 --temp 0 "$L" >/dev/null 2>"$TMP/err" && ok || bad "--repetition-penalty"
+
+# context limits
+fails "prompt longer than --ctx" 1 "context length" run --ctx 4 --ids $IDS --output-ids "$L"
+long=$(awk 'BEGIN{for(i=0;i<3000;i++) printf "brown "}')
+fails "prompt longer than the model context" 1 "context length" run -p "$long" -n 1 "$L"
+
+# --jsonl
+printf '%s\n' '{"prompt": "hello", "max_new_tokens": 3, "temperature": 0}' \
+	'{"messages": [{"role": "user", "content": "hi"}], "max_new_tokens": 2}' |
+	run --jsonl "$L" >"$TMP/out" 2>"$TMP/err" && ok || bad "--jsonl"
+[ "$(wc -l <"$TMP/out")" = 2 ] && ok || bad "--jsonl: two results expected"
+has "--jsonl result fields" '"text".*"prompt_tokens".*"completion_tokens"' "$TMP/out"
+echo '{"nothing": 1}' | run --jsonl "$L" >/dev/null 2>"$TMP/err" && bad "--jsonl without prompt" || ok
+
+# perplexity
+awk 'BEGIN{for(i=0;i<40;i++) print "the quick brown fox jumps over the lazy dog"}' >"$TMP/text.txt"
+run --ppl "$TMP/text.txt" --ctx 64 "$L" >"$TMP/out" 2>"$TMP/err" && ok || bad "--ppl"
+awk '{exit !($1 > 1 && $1 < 1e6)}' "$TMP/out" && ok || bad "--ppl value: $(cat "$TMP/out")"
+
+# man page EXAMPLES ("$ " lines) against a model named "model" (with tokenizer)
+page="$LQ_ROOT/man/run.1"
+if [ -f "$page" ]; then
+	for sec in NAME SYNOPSIS OPTIONS EXAMPLES "EXIT STATUS"; do
+		grep -q "^\.SH $sec" "$page" && ok || bad "run.1: no $sec section"
+	done
+	if command -v groff >/dev/null; then
+		w=$(groff -t -man -ww -z "$page" 2>&1)
+		[ -z "$w" ] && ok || bad "run.1 renders with warnings: $w"
+	fi
+	mkdir -p "$TMP/man" && cp -r "$M" "$TMP/man/model"
+	(cd "$TMP/man" && quantize -q -o model.lq model) || bad "man: quantize"
+	awk '/^\.SH /{ex = ($2 == "EXAMPLES")} ex && /^\.EX/{inb=1; next} ex && /^\.EE/{inb=0; next} ex && inb' "$page" |
+		sed -e 's/\\-/-/g' -e 's/\\e/\\/g' -e "s/\\\\(aq/'/g" | grep '^\$ ' | sed 's/^\$ //' >"$TMP/ex"
+	[ -s "$TMP/ex" ] && ok || bad "run.1: no examples"
+	while IFS= read -r cmd; do
+		if (cd "$TMP/man" && sh -c "set -e; $cmd") >"$TMP/out" 2>"$TMP/err" </dev/null; then ok; else
+			bad "run.1 example failed: $cmd"; sed 's/^/  | /' "$TMP/err" | head -5 >&2
+		fi
+	done <"$TMP/ex"
+else
+	bad "man/run.1 missing"
+fi
+
+# exactness against transformers
+if have_py torch && have_py transformers && have_py safetensors; then
+	mkdir -p "$TMP/ref"
+	python3 "$LQ_ROOT/tests/run_reference.py" check "$LQ_BIN" "$TMP/ref" >"$TMP/ref.out" 2>"$TMP/ref.err"
+	p=$(grep -c '^ok ' "$TMP/ref.out") f=$(grep -c '^FAIL ' "$TMP/ref.out")
+	T_PASS=$((T_PASS + p))
+	if [ "$f" -gt 0 ] || [ "$p" -eq 0 ]; then
+		T_FAIL=$((T_FAIL + f + (p == 0)))
+		grep '^FAIL' "$TMP/ref.out" >&2
+		tail -3 "$TMP/ref.err" >&2
+	fi
+	echo "transformers comparison: $p ok, $f failed"
+else
+	echo "skipping the transformers comparison: python package torch, transformers or safetensors missing"
+fi
+finish
