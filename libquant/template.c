@@ -2538,7 +2538,7 @@ static struct val **iter_items(struct ctx *c, struct val *v, size_t *n)
 			size_t from = v->consumed;
 			v->consumed = v->u.l.n;
 			*n = v->u.l.n - from;
-			return v->u.l.v + from;
+			return *n ? v->u.l.v + from : NULL;
 		}
 		*n = v->u.l.n;
 		return v->u.l.v;
