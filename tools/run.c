@@ -71,8 +71,8 @@ struct model {
 	struct lq_template *tpl;
 	struct lq_chat_config chat;
 	int have_chat;
-	char *tok_json, *tok_cfg, *gen_cfg; /* directory input: file contents */
-	size_t tok_json_len, tok_cfg_len, gen_cfg_len;
+	char *owned[8];            /* directory input: file contents read */
+	int nowned;
 	int64_t eos[16];
 	int neos;
 };
@@ -141,7 +141,10 @@ static const char *model_blob(struct model *md, const char *name, size_t *len)
 	char p[PATH_MAX];
 	if (snprintf(p, sizeof p, "%s/%s", md->path, name) >= (int)sizeof p)
 		return NULL;
-	return slurp_file(p, len); /* leaked on purpose: lives as long as the tool */
+	char *s = slurp_file(p, len);
+	if (s && md->nowned < 8)
+		md->owned[md->nowned++] = s; /* freed by model_close */
+	return s;
 }
 
 static void model_open(struct model *md, const char *path)
@@ -236,6 +239,8 @@ static void model_close(struct model *md)
 	lq_template_free(md->tpl);
 	lq_chat_config_release(&md->chat);
 	lq_file_close(md->f);
+	for (int i = 0; i < md->nowned; i++)
+		free(md->owned[i]);
 }
 
 /* ------------------------------------------------------------ options */
