@@ -306,12 +306,121 @@ static float dot_f32(const float *restrict a, const float *restrict b, size_t n)
 	return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
+/* ------------------------------------------------------ AVX2 + FMA kernels */
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(LQ_NO_SIMD)
+#include <immintrin.h>
+#define LQ_HAVE_AVX2 1
+
+#define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+
+AVX2_TARGET static float hsum256(__m256 v)
+{
+	__m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+	lo = _mm_add_ps(lo, hi);
+	lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+	lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+	return _mm_cvtss_f32(lo);
+}
+
+/* 8 codes (bytes 0..15) -> table values */
+AVX2_TARGET static __m256 q4_lookup(__m128i codes8, __m256 tlo, __m256 thi)
+{
+	__m256i idx = _mm256_cvtepu8_epi32(codes8);
+	__m256 a = _mm256_permutevar8x32_ps(tlo, idx), b = _mm256_permutevar8x32_ps(thi, idx);
+	__m256 m = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)); /* bit 3 -> sign */
+	return _mm256_blendv_ps(a, b, m);
+}
+
+/* Dot of row r with x; the row starts on a block boundary and K is a
+ * multiple of the block size (quantized) or of 8 (unquantized). */
+AVX2_TARGET static float dot_row_avx2(const struct lq_weight *w, uint64_t r, const float *x)
+{
+	uint64_t K = w->cols, i0 = r * K;
+	__m256 acc = _mm256_setzero_ps();
+	switch (w->qtype) {
+	case LQ_QTYPE_NONE:
+		if (w->dtype == LQ_DTYPE_F32) {
+			const float *d = (const float *)w->data + i0;
+			for (uint64_t c = 0; c < K; c += 8)
+				acc = _mm256_fmadd_ps(_mm256_loadu_ps(d + c), _mm256_loadu_ps(x + c), acc);
+		} else if (w->dtype == LQ_DTYPE_BF16) {
+			const uint16_t *d = (const uint16_t *)w->data + i0;
+			for (uint64_t c = 0; c < K; c += 8) {
+				__m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(d + c)));
+				__m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+				acc = _mm256_fmadd_ps(f, _mm256_loadu_ps(x + c), acc);
+			}
+		} else {
+			const uint16_t *d = (const uint16_t *)w->data + i0;
+			for (uint64_t c = 0; c < K; c += 8) {
+				__m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + c)));
+				acc = _mm256_fmadd_ps(f, _mm256_loadu_ps(x + c), acc);
+			}
+		}
+		return hsum256(acc);
+	case LQ_QTYPE_INT8: {
+		uint64_t bs = (uint64_t)w->block_size;
+		const int8_t *q = (const int8_t *)w->data + i0;
+		const float *sc = w->scales + i0 / bs;
+		for (uint64_t c = 0, b = 0; c < K; c += bs, b++) {
+			__m256 ba = _mm256_setzero_ps();
+			for (uint64_t j = c; j < c + bs; j += 8) {
+				__m128i v8 = _mm_loadl_epi64((const __m128i *)(q + j));
+				__m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v8));
+				ba = _mm256_fmadd_ps(f, _mm256_loadu_ps(x + j), ba);
+			}
+			acc = _mm256_fmadd_ps(ba, _mm256_set1_ps(sc[b] * (1.0f / 127.0f)), acc);
+		}
+		return hsum256(acc);
+	}
+	default: {
+		uint64_t bs = (uint64_t)w->block_size;
+		const float *tab = q4_tab(w->qtype);
+		__m256 tlo = _mm256_loadu_ps(tab), thi = _mm256_loadu_ps(tab + 8);
+		const uint8_t *d = (const uint8_t *)w->data + i0 / 2;
+		const float *sc = w->scales + i0 / bs;
+		const __m128i m4 = _mm_set1_epi8(15);
+		for (uint64_t c = 0, b = 0; c < K; c += bs, b++) {
+			__m256 ba = _mm256_setzero_ps();
+			for (uint64_t j = c; j < c + bs; j += 32) {
+				__m128i bytes = _mm_loadu_si128((const __m128i *)(d + j / 2));
+				__m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), m4);
+				__m128i lo = _mm_and_si128(bytes, m4);
+				__m128i c0 = _mm_unpacklo_epi8(hi, lo), c1 = _mm_unpackhi_epi8(hi, lo);
+				ba = _mm256_fmadd_ps(q4_lookup(c0, tlo, thi), _mm256_loadu_ps(x + j), ba);
+				ba = _mm256_fmadd_ps(q4_lookup(_mm_srli_si128(c0, 8), tlo, thi),
+						     _mm256_loadu_ps(x + j + 8), ba);
+				ba = _mm256_fmadd_ps(q4_lookup(c1, tlo, thi), _mm256_loadu_ps(x + j + 16), ba);
+				ba = _mm256_fmadd_ps(q4_lookup(_mm_srli_si128(c1, 8), tlo, thi),
+						     _mm256_loadu_ps(x + j + 24), ba);
+			}
+			acc = _mm256_fmadd_ps(ba, _mm256_set1_ps(sc[b]), acc);
+		}
+		return hsum256(acc);
+	}
+	}
+}
+
+static int avx2_ok(const struct lq_weight *w)
+{
+	if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
+	    !__builtin_cpu_supports("f16c"))
+		return 0;
+	if (w->qtype == LQ_QTYPE_NONE)
+		return w->cols % 8 == 0;
+	return w->block_size % 32 == 0 && w->cols % (uint64_t)w->block_size == 0;
+}
+#else
+#define LQ_HAVE_AVX2 0
+#endif
+
 struct mm_job {
 	const struct lq_weight *w;
 	const float *x;
 	size_t n;
 	float *y;
-	float *buf; /* ntasks x cols */
+	int fused;  /* AVX2 dot per row and token, no row buffer */
 };
 
 #define MM_CHUNK 16 /* rows per task */
@@ -324,6 +433,14 @@ static void mm_task(void *ctx, int i, int ntasks)
 	uint64_t r0 = (uint64_t)i * MM_CHUNK, r1 = r0 + MM_CHUNK;
 	if (r1 > R)
 		r1 = R;
+#if LQ_HAVE_AVX2
+	if (j->fused) {
+		for (uint64_t r = r0; r < r1; r++)
+			for (size_t t = 0; t < j->n; t++)
+				j->y[t * R + r] = dot_row_avx2(j->w, r, j->x + t * K);
+		return;
+	}
+#endif
 	float stackbuf[1024];
 	float *row = K <= 1024 ? stackbuf : malloc((size_t)K * sizeof(float));
 	if (!row) {
@@ -351,7 +468,12 @@ void lq_matmul(const struct lq_weight *w, const float *x, size_t n, float *y,
 {
 	if (w->rows == 0 || n == 0)
 		return;
-	struct mm_job j = { w, x, n, y, NULL };
+	/* few tokens: fused dequantize-dot (the row is decoded once per token);
+	 * more: decode the row once into a buffer and reuse it */
+	struct mm_job j = { w, x, n, y, 0 };
+#if LQ_HAVE_AVX2
+	j.fused = n <= 4 && avx2_ok(w);
+#endif
 	uint64_t ntasks = (w->rows + MM_CHUNK - 1) / MM_CHUNK;
 	if (ntasks > INT32_MAX)
 		ntasks = INT32_MAX; /* not reachable for sane shapes */
