@@ -1,25 +1,33 @@
 #!/bin/sh
-# demo.sh BUILD - the README's first command (make demo): quantize and
-# inspect a small checkpoint made by tests/gen_checkpoint (a Llama-shaped
-# model with random weights; a trained model replaces it later).
+# demo.sh BUILD - the README's first command (make demo): the whole job on
+# the embedded model (examples/tiny: a 6.5M-parameter Llama trained on the
+# King James Bible): quantize to NF4 (double quant) and INT8, show the layer
+# tree and the footprints, generate an answer, and compare perplexities.
 set -e
 BUILD=${1:-build}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PATH="$ROOT/$BUILD/bin:$PATH"
+MODEL="$ROOT/examples/tiny/model"
 OUT="$ROOT/examples/out"
 mkdir -p "$OUT"
 cd "$OUT"
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
-[ -d model ] || "$ROOT/$BUILD/tests/gen_checkpoint" --preset small --shards 2 model
-step quantize -f -o model-nf4.lq model
-step quantize -f -t int8 -o model-int8.lq model
-step inspect model-nf4.lq
-step inspect --tensors model-nf4.lq | head -12
-step inspect --verify model-int8.lq
-for f in model-nf4.lq model-int8.lq; do
-	step inspect --stats model.layers.0.mlp.down_proj.weight --source model "$f"
+bold() { if [ -t 1 ]; then printf '\n\033[1m%s\033[0m\n' "$*"; else printf '\n%s\n' "$*"; fi; }
+step() { bold "\$ $*"; "$@"; }
+step quantize -f -o tiny-nf4.lq "$MODEL"
+step quantize -f -t int8 -o tiny-int8.lq "$MODEL"
+quantize -q -f -t none -o tiny-bf16.lq "$MODEL"
+step inspect --tree tiny-nf4.lq
+step inspect tiny-nf4.lq
+bold "footprint (bytes):"
+printf '%-6s %14s %14s %12s\n' type get_memory_footprint resident "file size"
+for t in bf16 int8 nf4; do
+	printf '%-6s %14s %14s %12s\n' $t "$(inspect --json tiny-$t.lq | jq .footprint.transformers)" \
+		"$(inspect --json tiny-$t.lq | jq .footprint.resident)" "$(wc -c < tiny-$t.lq)"
 done
-printf '\nfootprint (bytes, as transformers get_memory_footprint): bf16 %s, int8 %s, nf4 %s\n' \
-	"$(inspect --json model | jq .footprint.transformers)" \
-	"$(inspect --json model-int8.lq | jq .footprint.transformers)" \
-	"$(inspect --json model-nf4.lq | jq .footprint.transformers)"
+bold "\$ run -n 80 -s 'You are a helpful assistant.' -p 'Read me Psalms 23.' tiny-nf4.lq"
+run -n 80 -s "You are a helpful assistant." -p "Read me Psalms 23." tiny-nf4.lq
+head -c 12000 "$ROOT/examples/tiny/heldout.txt" > heldout-part.txt
+bold "perplexity on the held-out text (first 12 kB; run --ppl heldout-part.txt MODEL):"
+for t in bf16 int8 nf4; do
+	printf '%-6s %s\n' $t "$(run --ppl heldout-part.txt tiny-$t.lq 2>/dev/null | tail -n 1)"
+done
