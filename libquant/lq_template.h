@@ -24,8 +24,9 @@
  * time; unknown filters/tests at compile time too, except inside an if (as
  * jinja2, they fail only when evaluated there); printing a generator object
  * (jinja2 would print its memory address), str.format, '*' widths in
- * %-formatting and integers beyond 64 bits at render time.  Rendering is bounded: output size,
- * evaluation steps, memory and nesting depth all have limits.
+ * %-formatting and integers beyond 64 bits at render time.  Rendering is
+ * bounded: output size, evaluation steps, memory and nesting depth all have
+ * limits.
  */
 #ifndef LQ_TEMPLATE_H
 #define LQ_TEMPLATE_H
@@ -39,14 +40,16 @@ extern "C" {
 
 struct lq_error;
 
-/* A compiled chat template (immutable; may be rendered many times). */
+/* A compiled chat template.  Rendering does not modify it: it may be
+ * rendered many times, also from several threads at once. */
 struct lq_template;
 
 /*
  * Compile a template from source text (len bytes, need not be
  * NUL-terminated).  Syntax errors give LQ_ERR_FORMAT with "line L column C:
- * ..." in err; unknown tags/filters/tests give LQ_ERR_UNSUPPORTED.  On
- * success *out owns everything; free it with lq_template_free().
+ * ..." in err; unknown tags, filters and tests (outside an if) give
+ * LQ_ERR_UNSUPPORTED.  On success *out owns everything; free it with
+ * lq_template_free().
  */
 int lq_template_compile(struct lq_template **out, const char *src, size_t len,
 			struct lq_error *err);
