@@ -402,10 +402,82 @@ AVX2_TARGET static float dot_row_avx2(const struct lq_weight *w, uint64_t r, con
 	}
 }
 
+/* NF4/FP4 row dot with AVX-512: one permute decodes 16 codes. */
+__attribute__((target("avx512f,avx2,fma"))) static float dot_row_q4_avx512(const struct lq_weight *w,
+									 uint64_t r, const float *x)
+{
+	uint64_t K = w->cols, i0 = r * K, bs = (uint64_t)w->block_size;
+	__m512 tab = _mm512_loadu_ps(q4_tab(w->qtype));
+	const uint8_t *d = (const uint8_t *)w->data + i0 / 2;
+	const float *sc = w->scales + i0 / bs;
+	const __m128i m4 = _mm_set1_epi8(15);
+	__m512 acc = _mm512_setzero_ps();
+	for (uint64_t c = 0, b = 0; c < K; c += bs, b++) {
+		__m512 ba = _mm512_setzero_ps();
+		for (uint64_t j = c; j < c + bs; j += 32) {
+			__m128i bytes = _mm_loadu_si128((const __m128i *)(d + j / 2));
+			__m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), m4);
+			__m128i lo = _mm_and_si128(bytes, m4);
+			__m512 v0 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), tab);
+			__m512 v1 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(hi, lo)), tab);
+			ba = _mm512_fmadd_ps(v0, _mm512_loadu_ps(x + j), ba);
+			ba = _mm512_fmadd_ps(v1, _mm512_loadu_ps(x + j + 16), ba);
+		}
+		acc = _mm512_fmadd_ps(ba, _mm512_set1_ps(sc[b]), acc);
+	}
+	return _mm512_reduce_add_ps(acc);
+}
+
+/* Dot of 4 token rows with one dequantized weight row (prefill). */
+AVX2_TARGET static void dot4_avx2(const float *row, const float *x, size_t K, size_t ntok,
+				  float *out)
+{
+	size_t t = 0;
+	for (; t + 4 <= ntok; t += 4) {
+		const float *x0 = x + t * K, *x1 = x0 + K, *x2 = x1 + K, *x3 = x2 + K;
+		__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+		size_t c = 0;
+		for (; c + 8 <= K; c += 8) {
+			__m256 wv = _mm256_loadu_ps(row + c);
+			a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + c), a0);
+			a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1 + c), a1);
+			a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x2 + c), a2);
+			a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x3 + c), a3);
+		}
+		float s0 = hsum256(a0), s1 = hsum256(a1), s2 = hsum256(a2), s3 = hsum256(a3);
+		for (; c < K; c++) {
+			s0 += row[c] * x0[c];
+			s1 += row[c] * x1[c];
+			s2 += row[c] * x2[c];
+			s3 += row[c] * x3[c];
+		}
+		out[t] = s0;
+		out[t + 1] = s1;
+		out[t + 2] = s2;
+		out[t + 3] = s3;
+	}
+	for (; t < ntok; t++) {
+		const float *xt = x + t * K;
+		__m256 a = _mm256_setzero_ps();
+		size_t c = 0;
+		for (; c + 8 <= K; c += 8)
+			a = _mm256_fmadd_ps(_mm256_loadu_ps(row + c), _mm256_loadu_ps(xt + c), a);
+		float s = hsum256(a);
+		for (; c < K; c++)
+			s += row[c] * xt[c];
+		out[t] = s;
+	}
+}
+
+static int have_avx2(void)
+{
+	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+	       __builtin_cpu_supports("f16c");
+}
+
 static int avx2_ok(const struct lq_weight *w)
 {
-	if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
-	    !__builtin_cpu_supports("f16c"))
+	if (!have_avx2())
 		return 0;
 	if (w->qtype == LQ_QTYPE_NONE)
 		return w->cols % 8 == 0;
@@ -421,6 +493,8 @@ struct mm_job {
 	size_t n;
 	float *y;
 	int fused;  /* AVX2 dot per row and token, no row buffer */
+	int avx2;   /* AVX2 dots against the row buffer */
+	int avx512; /* 4-bit fused dots with AVX-512 */
 };
 
 #define MM_CHUNK 16 /* rows per task */
@@ -434,6 +508,12 @@ static void mm_task(void *ctx, int i, int ntasks)
 	if (r1 > R)
 		r1 = R;
 #if LQ_HAVE_AVX2
+	if (j->fused && j->avx512) {
+		for (uint64_t r = r0; r < r1; r++)
+			for (size_t t = 0; t < j->n; t++)
+				j->y[t * R + r] = dot_row_q4_avx512(j->w, r, j->x + t * K);
+		return;
+	}
 	if (j->fused) {
 		for (uint64_t r = r0; r < r1; r++)
 			for (size_t t = 0; t < j->n; t++)
@@ -454,6 +534,23 @@ static void mm_task(void *ctx, int i, int ntasks)
 			}
 		return;
 	}
+#if LQ_HAVE_AVX2
+	if (j->avx2) {
+		float out[64];
+		for (uint64_t r = r0; r < r1; r++) {
+			lq_weight_row(j->w, r, row);
+			for (size_t t0 = 0; t0 < j->n; t0 += 64) {
+				size_t nt = j->n - t0 < 64 ? j->n - t0 : 64;
+				dot4_avx2(row, j->x + t0 * K, (size_t)K, nt, out);
+				for (size_t t = 0; t < nt; t++)
+					j->y[(t0 + t) * R + r] = out[t];
+			}
+		}
+		if (row != stackbuf)
+			free(row);
+		return;
+	}
+#endif
 	for (uint64_t r = r0; r < r1; r++) {
 		lq_weight_row(j->w, r, row);
 		for (size_t t = 0; t < j->n; t++)
@@ -470,10 +567,14 @@ void lq_matmul(const struct lq_weight *w, const float *x, size_t n, float *y,
 		return;
 	/* few tokens: fused dequantize-dot (the row is decoded once per token);
 	 * more: decode the row once into a buffer and reuse it */
-	struct mm_job j = { w, x, n, y, 0 };
+	struct mm_job j = { w, x, n, y, 0, 0, 0 };
 #if LQ_HAVE_AVX2
 	j.fused = n <= 4 && avx2_ok(w);
+	j.avx2 = have_avx2();
+	j.avx512 = j.fused && (w->qtype == LQ_QTYPE_NF4 || w->qtype == LQ_QTYPE_FP4) &&
+		   __builtin_cpu_supports("avx512f");
 #endif
+
 	uint64_t ntasks = (w->rows + MM_CHUNK - 1) / MM_CHUNK;
 	if (ntasks > INT32_MAX)
 		ntasks = INT32_MAX; /* not reachable for sane shapes */

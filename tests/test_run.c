@@ -126,7 +126,7 @@ static void test_matmul(void)
 					same = 0;
 			}
 			CHECK(same, "storage %zu shape %zu: rows differ from lq_tensor_to_f32", s, k);
-			size_t n = 3;
+			size_t n = 7; /* 4 + 3: the prefill path */
 			float *x = malloc(n * K * sizeof(float)), *y0 = malloc(n * R * sizeof(float)),
 			      *y1 = malloc(n * R * sizeof(float)), *y2 = malloc(n * R * sizeof(float));
 			for (uint64_t i = 0; i < n * K; i++)
@@ -136,6 +136,9 @@ static void test_matmul(void)
 			lq_matmul(&w, x, 1, y2, NULL);
 			double e1 = rel_err(y1, y0, n * R), e2 = rel_err(y2, y0, R);
 			CHECK(e1 < 1e-6 && e2 < 1e-6, "storage %zu shape %zu: fast vs ref %g %g", s, k, e1, e2);
+			lq_matmul(&w, x, 3, y2, pool); /* the decode path (few tokens) */
+			e2 = rel_err(y2, y0, 3 * R);
+			CHECK(e2 < 1e-6, "storage %zu shape %zu: 3 tokens vs ref %g", s, k, e2);
 			free(x); free(y0); free(y1); free(y2); free(full); free(row);
 			lq_weight_release(&w);
 			free_tensor(&o);
