@@ -108,6 +108,20 @@ printf '%s\n' '{"prompt": "hello", "max_new_tokens": 3, "temperature": 0}' \
 has "--jsonl result fields" '"text".*"prompt_tokens".*"completion_tokens"' "$TMP/out"
 echo '{"nothing": 1}' | run --jsonl "$L" >/dev/null 2>"$TMP/err" && bad "--jsonl without prompt" || ok
 
+# --chat: the second turn (KV cache reused) equals a fresh run of the conversation
+printf 'hello\nbrown fox\n' | run --chat -n 8 --temp 0 "$L" >"$TMP/chat" 2>"$TMP/err" && ok || bad "--chat"
+[ "$(wc -l <"$TMP/chat")" = 2 ] && ok || bad "--chat: two answers expected"
+echo '{"messages": [{"role": "user", "content": "hello"}], "max_new_tokens": 8, "temperature": 0}' |
+	run --jsonl "$L" 2>/dev/null | python3 -c "
+import json, sys
+a = json.loads(sys.stdin.read())['text']
+print(json.dumps([{'role': 'user', 'content': 'hello'}, {'role': 'assistant', 'content': a},
+                  {'role': 'user', 'content': 'brown fox'}]))" >"$TMP/conv.json"
+run --messages "$TMP/conv.json" -n 8 --temp 0 "$L" >"$TMP/two" 2>"$TMP/err"
+sed -n 2p "$TMP/chat" >"$TMP/chat2"
+same "--chat second turn = --messages of the conversation" "$TMP/chat2" "$TMP/two"
+fails "--chat with -p" 2 "--chat takes only" run --chat -p x "$L"
+
 # perplexity
 awk 'BEGIN{for(i=0;i<40;i++) print "the quick brown fox jumps over the lazy dog"}' >"$TMP/text.txt"
 run --ppl "$TMP/text.txt" --ctx 64 "$L" >"$TMP/out" 2>"$TMP/err" && ok || bad "--ppl"

@@ -37,6 +37,7 @@ static const char usage_text[] =
 	"      --ctx N              context length in tokens (default: the model's; --ppl: 512)\n"
 	"      --stride N           --ppl window stride (default: ctx / 2)\n"
 	"      --jsonl              one request per stdin line, one JSON result per line\n"
+	"      --chat               multi-turn chat, one user message per stdin line\n"
 	"      --tokenize           print the token ids of stdin\n"
 	"      --detokenize         print the text of the ids on stdin\n"
 	"      --template           print the rendered chat prompt\n"
@@ -248,7 +249,7 @@ static void model_close(struct model *md)
 struct opts {
 	const char *system, *prompt, *messages_file, *ids, *logits, *ppl;
 	int raw, output_ids, jsonl, tokenize, detokenize, template_only, no_special;
-	int skip_special, no_gen_prompt, force, verbose, nthreads;
+	int skip_special, no_gen_prompt, force, verbose, nthreads, chat;
 	long max_new;         /* -1: default */
 	int64_t ctx, stride;
 	struct lq_sample_opts s;
@@ -297,9 +298,9 @@ static void gen_defaults(struct model *md, struct opts *o)
 		o->s.temperature = 0;
 	if (o->max_new < 0)
 		o->max_new = 256;
-	if (md->tok) {
+	if (md->tok && md->neos == 0) {
 		int32_t e = lq_tokenizer_eos_id(md->tok);
-		if (e >= 0 && md->neos < 16)
+		if (e >= 0)
 			md->eos[md->neos++] = e;
 	}
 }
@@ -430,8 +431,10 @@ struct gen_result {
 };
 
 /* Generate from prompt ids; stream text (or ids) to out when not NULL. */
-static void generate(struct model *md, struct opts *o, const int32_t *prompt, size_t np,
-		     FILE *out, struct gen_result *res)
+/* Generate from prompt ids; stream text (or ids) to out when not NULL.
+ * The first `reuse` prompt tokens are already in the KV cache. */
+static void generate_from(struct model *md, struct opts *o, const int32_t *prompt, size_t np,
+			  size_t reuse, FILE *out, struct gen_result *res)
 {
 	struct lq_error e = {0};
 	memset(res, 0, sizeof *res);
@@ -455,7 +458,9 @@ static void generate(struct model *md, struct opts *o, const int32_t *prompt, si
 	struct lq_rng rng;
 	lq_rng_seed(&rng, o->seed);
 	double t0 = now_s();
-	int rc = lq_run_forward(md->run, prompt, np, 0, logits, 0, &e);
+	if (reuse >= np)
+		reuse = np - 1;
+	int rc = lq_run_forward(md->run, prompt + reuse, np - reuse, (int64_t)reuse, logits, 0, &e);
 	if (rc)
 		die_lq(rc, &e);
 	res->prefill_s = now_s() - t0;
@@ -562,6 +567,12 @@ static void generate(struct model *md, struct opts *o, const int32_t *prompt, si
 	res->text_len = tlen;
 	free(seen);
 	free(logits);
+}
+
+static void generate(struct model *md, struct opts *o, const int32_t *prompt, size_t np,
+		     FILE *out, struct gen_result *res)
+{
+	generate_from(md, o, prompt, np, 0, out, res);
 }
 
 static void print_stats(const struct gen_result *r)
@@ -789,6 +800,77 @@ static int do_generate(struct model *md, struct opts *o)
 	free(ids);
 	free(msgs);
 	free(user);
+	return 0;
+}
+
+/* Interactive multi-turn chat: one user message per line; the KV cache is
+ * reused for the part of the conversation that tokenizes the same. */
+static int do_chat(struct model *md, struct opts *o)
+{
+	need_runtime(md, o->nthreads, o->ctx);
+	need_tokenizer(md);
+	need_template(md);
+	gen_defaults(md, o);
+	json_t *conv = json_array();
+	if (o->system) {
+		json_t *m = json_object();
+		json_object_set_new(m, "role", json_string("system"));
+		json_object_set_new(m, "content", json_string(o->system));
+		json_array_append_new(conv, m);
+	}
+	int32_t *cached = NULL; /* ids whose keys are in the cache */
+	size_t ncached = 0;
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t k;
+	int tty = isatty(0);
+	for (;;) {
+		if (tty)
+			fprintf(stderr, "> ");
+		if ((k = getline(&line, &cap, stdin)) <= 0)
+			break;
+		while (k > 0 && (line[k - 1] == '\n' || line[k - 1] == '\r'))
+			line[--k] = 0;
+		if (k == 0)
+			continue;
+		json_t *m = json_object();
+		json_object_set_new(m, "role", json_string("user"));
+		json_object_set_new(m, "content", json_string(line));
+		json_array_append_new(conv, m);
+		char *ms = json_dumps(conv, JSON_COMPACT);
+		if (!ms)
+			die("cannot encode the conversation (invalid UTF-8?)");
+		size_t np;
+		int32_t *ids = prompt_ids(md, o, ms, NULL, &np);
+		free(ms);
+		size_t reuse = 0;
+		while (reuse < ncached && reuse < np && cached[reuse] == ids[reuse])
+			reuse++;
+		struct gen_result r;
+		generate_from(md, o, ids, np, reuse, stdout, &r);
+		putchar('\n');
+		fflush(stdout);
+		if (o->verbose)
+			print_stats(&r);
+		size_t pos = (size_t)lq_run_pos(md->run);
+		free(cached);
+		cached = malloc((pos + 1) * sizeof *cached);
+		if (!cached)
+			die("out of memory");
+		ncached = pos;
+		for (size_t i = 0; i < pos; i++)
+			cached[i] = i < np ? ids[i] : r.ids[i - np];
+		m = json_object();
+		json_object_set_new(m, "role", json_string("assistant"));
+		json_object_set_new(m, "content", json_stringn(r.text, r.text_len));
+		json_array_append_new(conv, m);
+		free(r.text);
+		free(r.ids);
+		free(ids);
+	}
+	free(line);
+	free(cached);
+	json_decref(conv);
 	return 0;
 }
 
@@ -1049,7 +1131,7 @@ int main(int argc, char **argv)
 		case O_NOSPECIAL: o.no_special = 1; break;
 		case O_SKIPSPECIAL: o.skip_special = 1; break;
 		case O_NOGEN: o.no_gen_prompt = 1; break;
-		case O_CHAT: usage_err("--chat is not implemented yet; use -p or --jsonl");
+		case O_CHAT: o.chat = 1; break;
 		case 'j':
 			if (parse_int(optarg, 1, 1024, &v))
 				usage_err("-j: bad number '%s'", optarg);
@@ -1073,6 +1155,8 @@ int main(int argc, char **argv)
 		usage_err("--ids replaces -s, -p and --messages");
 	if (o.messages_file && (o.prompt || o.system))
 		usage_err("--messages replaces -s and -p");
+	if (o.chat && (o.ids || o.prompt || o.messages_file || o.jsonl || modes))
+		usage_err("--chat takes only -s and sampling options");
 	struct model md;
 	memset(&md, 0, sizeof md);
 	model_open(&md, argv[optind]);
@@ -1089,6 +1173,8 @@ int main(int argc, char **argv)
 		rc = do_ppl(&md, &o);
 	else if (o.jsonl)
 		rc = do_jsonl(&md, &o);
+	else if (o.chat)
+		rc = do_chat(&md, &o);
 	else
 		rc = do_generate(&md, &o);
 	model_close(&md);
