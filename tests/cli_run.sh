@@ -126,6 +126,35 @@ fails "--chat with -p" 2 "--chat takes only" run --chat -p x "$L"
 awk 'BEGIN{for(i=0;i<40;i++) print "the quick brown fox jumps over the lazy dog"}' >"$TMP/text.txt"
 run --ppl "$TMP/text.txt" --ctx 64 "$L" >"$TMP/out" 2>"$TMP/err" && ok || bad "--ppl"
 awk '{exit !($1 > 1 && $1 < 1e6)}' "$TMP/out" && ok || bad "--ppl value: $(cat "$TMP/out")"
+if have_py numpy; then
+	# the same value from --logits of each window, windows as transformers' docs stride them
+	head -c 300 "$TMP/text.txt" >"$TMP/short.txt"
+	run --tokenize "$L" <"$TMP/short.txt" >"$TMP/ppl.ids" 2>/dev/null
+	for ctx in 1000 24; do
+		run --ppl "$TMP/short.txt" --ctx $ctx --stride 10 "$L" >"$TMP/ppl.ours" 2>/dev/null
+		python3 - "$LQ_BIN/run" "$L" "$TMP/ppl.ids" $ctx 10 "$TMP" >"$TMP/ppl.ref" <<'PY' || bad "ppl reference script"
+import subprocess, sys, numpy as np
+run, model, idsf, ctx, stride, tmp = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+ids = [int(x) for x in open(idsf).read().split()]
+ctx = min(ctx, 1 << 30)
+stride = min(stride, ctx) if ctx < len(ids) else stride
+nll, cnt, prev = 0.0, 0, 0
+for begin in range(0, len(ids), stride):
+    end = min(begin + ctx, len(ids)); trg = end - prev
+    w = ids[begin:end]
+    subprocess.run([run, "-f", "--ids", ",".join(map(str, w)), "--logits", tmp + "/w.npy", model], check=True)
+    lg = np.load(tmp + "/w.npy").astype(np.float64)
+    for t in range(max(len(w) - trg, 1), len(w)):
+        row = lg[t - 1]; m = row.max()
+        nll += np.log(np.exp(row - m).sum()) + m - row[w[t]]; cnt += 1
+    prev = end
+    if end == len(ids): break
+print("%.6f" % np.exp(nll / cnt))
+PY
+		awk -v a="$(cat "$TMP/ppl.ours")" -v b="$(cat "$TMP/ppl.ref")" 'BEGIN{d=a-b; if (d<0) d=-d; exit !(b > 0 && d / b < 1e-4)}' &&
+			ok || bad "--ppl --ctx $ctx: $(cat "$TMP/ppl.ours") != reference $(cat "$TMP/ppl.ref")"
+	done
+fi
 
 # man page EXAMPLES ("$ " lines) against a model named "model" (with tokenizer)
 page="$LQ_ROOT/man/run.1"

@@ -975,8 +975,9 @@ static int do_ppl(struct model *md, struct opts *o)
 	float *lg = malloc((size_t)ctx * (size_t)vocab * sizeof(float));
 	if (!lg)
 		die("out of memory");
-	/* transformers' strided perplexity: each window scores only the tokens
-	 * not scored by the previous one */
+	/* the strided perplexity of transformers' documentation: each window
+	 * scores only the tokens the previous one did not; the result is
+	 * exp(sum of the token NLLs / their number) */
 	double nll = 0;
 	size_t counted = 0;
 	int64_t prev_end = 0;
@@ -990,31 +991,32 @@ static int do_ppl(struct model *md, struct opts *o)
 		int rc = lq_run_forward(md->run, ids + begin, (size_t)wn, 0, lg, 1, &e);
 		if (rc)
 			die_lq(rc, &e);
-		for (int64_t t = wn - trg; t < wn - 1 + (end < (int64_t)n ? 1 : 0); t++) {
-			if (t < 0 || begin + t + 1 >= (int64_t)n)
-				continue;
-			if (t == 0 && begin == 0 && trg == wn) {
-				/* first token has no prediction; scored from t = 0 onwards */
-			}
-			const float *row = lg + (size_t)t * (size_t)vocab;
+		/* labels at window positions wn - trg .. wn - 1 (never position 0),
+		 * each predicted by the logits of the position before it */
+		for (int64_t t = wn - trg > 1 ? wn - trg : 1; t < wn; t++) {
+			const float *row = lg + (size_t)(t - 1) * (size_t)vocab;
 			double mx = row[0], s = 0;
 			for (int64_t i = 1; i < vocab; i++)
 				if (row[i] > mx)
 					mx = row[i];
 			for (int64_t i = 0; i < vocab; i++)
 				s += exp((double)row[i] - mx);
-			int32_t target = ids[begin + t + 1];
+			int32_t target = ids[begin + t];
 			nll += (log(s) + mx) - (double)row[target];
 			counted++;
 		}
 		prev_end = end;
-		if (counted)
+		if (counted && o->verbose && !isatty(2))
+			fprintf(stderr, "run: window %lld..%lld: ppl %.4f\n", (long long)begin,
+				(long long)end, exp(nll / (double)counted));
+		else if (counted && isatty(2))
 			fprintf(stderr, "\rrun: [%lld/%zu tokens] ppl %.4f", (long long)end, n,
 				exp(nll / (double)counted));
 		if (end >= (int64_t)n)
 			break;
 	}
-	fprintf(stderr, "\n");
+	if (isatty(2))
+		fprintf(stderr, "\n");
 	printf("%.6f\n", exp(nll / (double)(counted ? counted : 1)));
 	if (o->verbose)
 		fprintf(stderr, "run: %zu tokens scored in %.2f s\n", counted, now_s() - t0);
