@@ -128,11 +128,9 @@ int main(int argc, char **argv)
 	struct lq_error e = {0};
 	struct lq_pool *pool = NULL;
 	lq_pool_create(&pool, threads, &e);
-	double bw = read_bandwidth(pool);
-	lq_pool_free(pool);
 	printf("model: Llama %d layers, hidden %d, intermediate %d, heads %d/%d, vocab %d; %d threads\n",
 	       layers, hidden, inter, heads, kv, vocab, threads);
-	printf("memory read bandwidth (%d threads summing 512 MiB): %.2f GB/s\n", threads, bw);
+	printf("bandwidth: %d threads summing 512 MiB, measured right before each decode run\n", threads);
 	const int qt[] = { LQ_QTYPE_NONE, LQ_QTYPE_INT8, LQ_QTYPE_NF4 };
 	const char *qn[] = { "bf16", "int8", "nf4+dq" };
 	int rc = 0;
@@ -164,6 +162,7 @@ int main(int argc, char **argv)
 				ids[i] = (int32_t)((i * 7919 + 13) % V);
 			/* warm the page cache and the code */
 			lq_run_forward(r, ids, 1, 0, lg, 0, &e);
+			double bw = read_bandwidth(pool);
 			double t0 = now();
 			lq_run_forward(r, ids, (size_t)prompt, 0, lg, 0, &e);
 			double tp = now() - t0;
@@ -173,8 +172,8 @@ int main(int argc, char **argv)
 			double td = now() - t0;
 			uint64_t wb = weight_bytes(f);
 			double tps = decode / td, gbs = (double)wb * tps / 1e9;
-			printf("%-7s weights %7.1f MB  prefill %4d tok %8.1f tok/s  decode %7.2f tok/s  %6.2f GB/s of weights (%3.0f%% of bandwidth)\n",
-			       qn[q], (double)wb / 1e6, prompt, prompt / tp, tps, gbs, bw > 0 ? 100 * gbs / bw : 0);
+			printf("%-7s weights %7.1f MB  prefill %4d tok %8.1f tok/s  decode %7.2f tok/s  %6.2f GB/s of weights (%3.0f%% of %.2f GB/s)\n",
+			       qn[q], (double)wb / 1e6, prompt, prompt / tp, tps, gbs, bw > 0 ? 100 * gbs / bw : 0, bw);
 			fflush(stdout);
 			free(lg);
 			free(ids);
@@ -184,6 +183,7 @@ int main(int argc, char **argv)
 		lq_file_close(f);
 		unlink(lqp);
 	}
+	lq_pool_free(pool);
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
 		rc = 1;
