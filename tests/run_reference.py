@@ -16,8 +16,10 @@
 #       N greedy new ids (generate(do_sample=False)), comma-separated
 #   run_reference.py check BINDIR WORKDIR [ARCH...]
 #       the whole comparison in one process: for each ARCH make the bf16
-#       checkpoint (llama also fp32), quantize it (none, nf4 with double
-#       quant, int8, fp4 block 32 without double quant), run our logits
+#       checkpoint (llama also fp32 and fp16), quantize it (none, nf4 with
+#       double quant, int8 with double quant, fp4 block 32 without double
+#       quant; llama also int8 without double quant, nf4 block 128 with
+#       lm_head quantized, fp4 with double quant), run our logits
 #       and greedy ids, compare with transformers (unquantized: the
 #       checkpoint; quantized: the checkpoint with our dequantized weights
 #       from inspect --dequant).  Prints "ok ..." / "FAIL ..." lines.
@@ -55,7 +57,9 @@ def make(arch, outdir, dtype):
                 p.copy_(torch.randn(p.shape, generator=g) / (p.shape[-1] ** 0.5))
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
-    model.config.dtype = "bfloat16" if dtype == "bf16" else "float32"
+    elif dtype == "fp16":
+        model = model.to(torch.float16)
+    model.config.dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(dtype, "float32")
     model.save_pretrained(outdir)
 
 
@@ -81,6 +85,10 @@ IDS = [1, 5, 17, 33, 40, 2, 9, 60, 71, 3, 88, 12, 45, 6, 19, 27, 50, 8, 91, 30, 
 ARCHS = ["llama", "llama-bias", "mistral", "qwen2", "phi3", "gemma2"]
 QUANTS = [("none", ["-t", "none"]), ("nf4", ["-t", "nf4"]), ("int8", ["-t", "int8"]),
           ("fp4", ["-t", "fp4", "-b", "32", "--no-double-quant"])]
+# more storage variants, on the Llama model only
+QUANTS_LLAMA = [("int8-nodq", ["-t", "int8", "--no-double-quant"]),
+                ("nf4-b128-head", ["-t", "nf4", "-b", "128", "--quantize-head"]),
+                ("fp4-dq", ["-t", "fp4"])]
 
 
 def rel_rows(x, y):
@@ -111,13 +119,14 @@ def check(bindir, work, archs, tol=1e-4, ngen=8):
         fails += 0 if ok else 1
 
     for arch in archs:
-        for dtype in (["bf16", "fp32"] if arch == "llama" else ["bf16"]):
+        for dtype in (["bf16", "fp32", "fp16"] if arch == "llama" else ["bf16"]):
             ck = os.path.join(work, "%s-%s" % (arch, dtype))
             make(arch, ck, dtype)
             with safe_open(os.path.join(ck, "model.safetensors"), "np") as f:
                 names = [k for k in f.keys() if len(f.get_slice(k).get_shape()) == 2]
-            for q, qargs in QUANTS:
-                if dtype == "fp32" and q not in ("none", "nf4"):
+            quants = QUANTS + (QUANTS_LLAMA if arch == "llama" and dtype == "bf16" else [])
+            for q, qargs in quants:
+                if dtype != "bf16" and q not in ("none", "nf4"):
                     continue
                 tag = "%s %s %s" % (arch, dtype, q)
                 try:

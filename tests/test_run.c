@@ -126,7 +126,7 @@ static void test_matmul(void)
 					same = 0;
 			}
 			CHECK(same, "storage %zu shape %zu: rows differ from lq_tensor_to_f32", s, k);
-			size_t n = 7; /* 4 + 3: the prefill path */
+			size_t n = 70; /* prefill path: a chunk of 64 (16 x 4) and 6 (4 + 2) */
 			float *x = malloc(n * K * sizeof(float)), *y0 = malloc(n * R * sizeof(float)),
 			      *y1 = malloc(n * R * sizeof(float)), *y2 = malloc(n * R * sizeof(float));
 			for (uint64_t i = 0; i < n * K; i++)
