@@ -40,7 +40,7 @@ echo "hello brown fox" | run --tokenize "$L" >"$TMP/ids" 2>"$TMP/err" && ok || b
 echo "hello brown fox" | run --tokenize "$M" >"$TMP/ids2" 2>"$TMP/err" && ok || bad "--tokenize on a directory"
 same "--tokenize .lq = directory" "$TMP/ids" "$TMP/ids2"
 run --detokenize --skip-special "$L" <"$TMP/ids" >"$TMP/text" 2>"$TMP/err" && ok || bad "--detokenize"
-printf 'hello brown fox\n\n' >"$TMP/want"
+printf 'hello brown fox\n' >"$TMP/want"
 same "tokenize/detokenize round trip" "$TMP/text" "$TMP/want"
 printf '"hello brown fox"\n"the quick"\n' | run --tokenize --jsonl "$L" >"$TMP/out" 2>"$TMP/err"
 [ "$(wc -l <"$TMP/out")" = 2 ] && grep -q '^\[1, ' "$TMP/out" && ok || bad "--tokenize --jsonl"

@@ -666,10 +666,13 @@ static int do_tokenize(struct model *md, struct opts *o)
 		free(line);
 		return 0;
 	}
-	size_t len;
+	size_t len = 0;
 	char *text = o->prompt ? strdup(o->prompt) : read_stream(stdin, &len, "stdin");
 	if (!text)
 		die("out of memory");
+	/* one trailing newline (echo's) is not part of the text; --jsonl is exact */
+	if (!o->prompt && len && text[len - 1] == '\n')
+		text[--len] = 0;
 	size_t n;
 	int32_t *ids = encode(md, text, flags, &n);
 	for (size_t i = 0; i < n; i++)
@@ -753,8 +756,12 @@ static int do_template(struct model *md, struct opts *o)
 	if (o->messages_file) {
 		msgs = load_messages(o->messages_file);
 	} else {
-		size_t len;
+		size_t len = 0;
 		char *user = o->prompt ? strdup(o->prompt) : read_stream(stdin, &len, "stdin");
+		if (!user)
+			die("out of memory");
+		while (!o->prompt && len && user[len - 1] == '\n')
+			user[--len] = 0;
 		msgs = messages_from(o->system, user);
 		free(user);
 	}
