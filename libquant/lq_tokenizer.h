@@ -10,6 +10,19 @@
  * compact binary blob (formats/TOKENIZER-BLOB.md) that loads again without
  * any JSON parsing.
  *
+ * Supported: model BPE (byte_fallback, fuse_unk, ignore_merges, unk_token);
+ * normalizers NFC, NFD, NFKC, NFKD, Prepend, Replace (string or regex),
+ * Lowercase, Strip, Sequence; pre-tokenizers Split (regex via PCRE2 with UTF
+ * and UCP, or string; every behavior, invert), ByteLevel, Metaspace,
+ * Whitespace, WhitespaceSplit, Digits, Punctuation, BertPreTokenizer,
+ * Sequence; added tokens with lstrip/rstrip/single_word/normalized/special;
+ * post-processors TemplateProcessing (single), ByteLevel, RobertaProcessing,
+ * BertProcessing, Sequence; decoders ByteLevel, ByteFallback, Fuse, Strip,
+ * Replace (string), Metaspace, Sequence.  Anything else (WordPiece or Unigram
+ * models, BPE dropout, Precompiled normalizers ...) fails to load with
+ * LQ_ERR_UNSUPPORTED naming it.  The truncation and padding settings of
+ * tokenizer.json are ignored, as transformers' tokenizer(text) does.
+ *
  * Text is UTF-8.  Invalid UTF-8 in the input of encode is replaced by U+FFFD
  * per maximal invalid subpart (as Python's bytes.decode(errors="replace")),
  * which is the string Python would hand to the tokenizer.
