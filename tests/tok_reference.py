@@ -143,6 +143,9 @@ def corpus():
         "1234567 and 12 and ``quoted``", "  Hello, World-wide; test:case 123 <mask>  x <mask>",
         "a-b--c,,d;;e::f", "UPPER Ünïcödé 12-34",
     ]
+    # whitespace and format characters where regex engines may disagree
+    for c in ["\u0085", "\u180e", "\u200b", "\ufeff", "\u1680", "\u2007", "\u000b", "\u001c"]:
+        items += ["a%sb" % c, "a %s b" % c, "%s\n%s" % (c, c), "x%s%s " % (c, c)]
     out = [{"text": s} for s in items]
     # raw bytes, some invalid UTF-8
     for h in ["6869ff6869", "c328", "e28228", "f0288cbc", "80", "c0af", "eda080", "f4908080",
