@@ -1579,7 +1579,7 @@ static void sl_free(struct slist *l)
 	free(l->off);
 }
 
-#define SL_STR(l, i) ((l)->b.p + (l)->off[i])
+#define SL_STR(l, i) ((l)->b.p ? (l)->b.p + (l)->off[i] : "")
 #define SL_LEN(l, i) ((l)->off[(i) + 1] - (l)->off[i])
 
 static int bytefallback_byte(const char *s, size_t n)
