@@ -54,7 +54,8 @@ check "nf4 file is NF4, block 64" [ "$(jq -c '[.quantization.type, .quantization
 check "int8 file is INT8" [ "$(jq -r .quantization.type "$O/tiny.int8.lq.json")" = int8 ]
 check "snapshot records the embedded model" [ "$(cat "$O/tiny.snapshot")" -ef "$EX/tiny/model" ]
 check "report.tsv complete" report_ok "$O" tiny
-check "report.md has the table" [ "$(grep -c '^| \(bf16\|nf4\|int8\) | [0-9]* | [0-9]* | [0-9]* | 6524160 | 56 | ok | [0-9.]* |$' "$O/tiny.report.md")" -eq 3 ]
+check "report.md has the table" [ "$(grep -c '^| \(bf16\|nf4\|int8\) | [0-9]* | [0-9]* | [0-9]* | 6524160 | 56 | ok | [0-9.]* | `[^`]*` |$' "$O/tiny.report.md")" -eq 3 ]
+check "report: quantization column" [ "$(cut -f9 "$O/tiny.report.tsv" | paste -sd/)" = "quantization/none/nf4, block 64, double quant/int8, block 64, double quant" ]
 check "report: nf4 file smaller than int8, int8 smaller than bf16" \
 	awk -F '\t' 'NR > 1 { s[$1] = $2 } END { exit !(s["nf4"] < s["int8"] && s["int8"] < s["bf16"]) }' "$O/tiny.report.tsv"
 check "held-out text cut to PPL_BYTES" [ "$(wc -c <"$O/heldout.txt")" -eq $PPL ]
@@ -88,12 +89,22 @@ check "NF4_FLAGS: nf4 rebuilt" grep -q 'quantize .*-t nf4 -b 64 --no-double-quan
 check "NF4_FLAGS: only nf4 quantized" [ "$(grep -c 'quantize ' "$T/log")" -eq 1 ]
 check "NF4_FLAGS: int8 untouched" [ "$(mtime "$O/tiny.int8.lq")" = "$int8_before" ]
 check "NF4_FLAGS: no double quant in the file" [ "$(jq .quantization.double_quant "$O/tiny.nf4.lq.json")" = false ]
+check "NF4_FLAGS: in the report" grep -q '^nf4	.*	nf4, block 64$' "$O/tiny.report.tsv"
 mk "$O" -q NF4_FLAGS=--no-double-quant; check "NF4_FLAGS again: up to date" [ $? -eq 0 ]
 mk "$O" -q NF4_FLAGS=--no-double-quant PPL_BYTES=1000; check "PPL_BYTES changed: out of date" [ $? -eq 1 ]
 mk "$O" NF4_FLAGS=--no-double-quant FORMAT=tsv PPL_BYTES=1000 >"$T/log" 2>&1
 check "PPL_BYTES: no quantize, ppl rescored" [ "$(grep -c 'quantize ' "$T/log")" -eq 0 ] && \
 	check "PPL_BYTES: three perplexities" [ "$(grep -c 'run --ppl' "$T/log")" -eq 3 ]
 check "PPL_BYTES: held-out text cut again" [ "$(wc -c <"$O/heldout.txt")" -eq 1000 ]
+mk "$O" NF4_FLAGS=--no-double-quant FORMAT=tsv PPL_BYTES=1000 TYPES=nf4 >"$T/log" 2>&1
+check "TYPES=nf4: report rebuilt, nothing else" [ "$(grep -c 'quantize \|run --ppl' "$T/log")" -eq 0 ] && \
+	check "TYPES=nf4: two rows" [ "$(cut -f1 "$O/tiny.report.tsv" | paste -sd' ')" = "type bf16 nf4" ]
+mk "$O" -q NF4_FLAGS=--no-double-quant FORMAT=tsv PPL_BYTES=1000 TYPES=nf4
+check "TYPES=nf4 again: up to date" [ $? -eq 0 ]
+mk "$O" PPL_FLAGS="--ctx 0" >"$T/log" 2>&1; rc=$?
+check "failing run --ppl: make fails" [ $rc -ne 0 ]
+check "failing run --ppl: its message shown" grep -q "run: --ctx: bad number" "$T/log"
+check "failing run --ppl: no target, no temporary" [ -z "$(find "$O" -name '*.ppl' -newer "$O/ppl.opts" -o -name '*.tmp*')" ]
 
 # ------------------------------------------------------------------ interrupted make
 # a whole make (its process group, as ^C does) is interrupted at several points; what is
@@ -212,6 +223,11 @@ mk "$O" -q MODEL=libquant/tiny-kjv BLOCK=128; check "hub: BLOCK=128: out of date
 mk "$O" MODEL=libquant/tiny-kjv BLOCK=128 >"$T/log" 2>&1
 check "hub: BLOCK=128: rebuilt without fetching" [ "$(grep -c 'hf-fetch' "$T/log")" -eq 0 ] && \
 	check "hub: BLOCK=128: nf4 and int8 rebuilt" [ "$(grep -c 'quantize ' "$T/log")" -eq 2 ]
+
+mk "$T/o5" MODEL=libquant/missing >"$T/log" 2>&1; rc=$?
+check "hub: missing repo: make fails" [ $rc -ne 0 ]
+check "hub: missing repo: hf-fetch's message" grep -q "hf-fetch: .*libquant/missing" "$T/log"
+check "hub: missing repo: no .snapshot, no temporary" [ -z "$(find "$T/o5" -name '*.snapshot*')" ]
 
 hub_reset
 BIN="$LQ_BIN" OUT="$T/p2" N=6 timeout -k 5 300 sh "$EX/pipelines.sh" libquant/tiny-kjv >"$T/pout" 2>&1; rc=$?
