@@ -428,6 +428,26 @@ __attribute__((target("avx512f,avx2,fma"))) static float dot_row_q4_avx512(const
 	return _mm512_reduce_add_ps(acc);
 }
 
+/* INT8 row dot with AVX-512 (16 codes per step). */
+__attribute__((target("avx512f,avx2,fma"))) static float dot_row_i8_avx512(const struct lq_weight *w,
+									 uint64_t r, const float *x)
+{
+	uint64_t K = w->cols, i0 = r * K, bs = (uint64_t)w->block_size;
+	const int8_t *q = (const int8_t *)w->data + i0;
+	const float *sc = w->scales + i0 / bs;
+	__m512 acc = _mm512_setzero_ps();
+	for (uint64_t c = 0, b = 0; c < K; c += bs, b++) {
+		__m512 ba = _mm512_setzero_ps();
+		for (uint64_t j = c; j < c + bs; j += 16) {
+			__m128i v = _mm_loadu_si128((const __m128i *)(q + j));
+			__m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+			ba = _mm512_fmadd_ps(f, _mm512_loadu_ps(x + j), ba);
+		}
+		acc = _mm512_fmadd_ps(ba, _mm512_set1_ps(sc[b] * (1.0f / 127.0f)), acc);
+	}
+	return _mm512_reduce_add_ps(acc);
+}
+
 /* Dot of 4 token rows with one dequantized weight row (prefill). */
 AVX2_TARGET static void dot4_avx2(const float *row, const float *x, size_t K, size_t ntok,
 				  float *out)
@@ -538,7 +558,7 @@ struct mm_job {
 	float *y;
 	int fused;  /* AVX2 dot per row and token, no row buffer */
 	int avx2;   /* AVX2 dots against the row buffer */
-	int avx512; /* 4-bit fused dots with AVX-512 */
+	int avx512; /* quantized fused dots with AVX-512 */
 };
 
 #define MM_CHUNK 16 /* rows per task */
@@ -553,9 +573,11 @@ static void mm_task(void *ctx, int i, int ntasks)
 		r1 = R;
 #if LQ_HAVE_AVX2
 	if (j->fused && j->avx512) {
+		int i8 = j->w->qtype == LQ_QTYPE_INT8;
 		for (uint64_t r = r0; r < r1; r++)
 			for (size_t t = 0; t < j->n; t++)
-				j->y[t * R + r] = dot_row_q4_avx512(j->w, r, j->x + t * K);
+				j->y[t * R + r] = i8 ? dot_row_i8_avx512(j->w, r, j->x + t * K)
+						     : dot_row_q4_avx512(j->w, r, j->x + t * K);
 		return;
 	}
 	if (j->fused) {
@@ -638,8 +660,7 @@ void lq_matmul(const struct lq_weight *w, const float *x, size_t n, float *y,
 #if LQ_HAVE_AVX2
 	j.fused = n <= 4 && avx2_ok(w);
 	j.avx2 = have_avx2();
-	j.avx512 = j.fused && (w->qtype == LQ_QTYPE_NF4 || w->qtype == LQ_QTYPE_FP4) &&
-		   __builtin_cpu_supports("avx512f");
+	j.avx512 = j.fused && w->qtype != LQ_QTYPE_NONE && __builtin_cpu_supports("avx512f");
 #endif
 
 	uint64_t ntasks = (w->rows + MM_CHUNK - 1) / MM_CHUNK;
