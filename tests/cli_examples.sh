@@ -224,6 +224,19 @@ mk "$O" MODEL=libquant/tiny-kjv BLOCK=128 >"$T/log" 2>&1
 check "hub: BLOCK=128: rebuilt without fetching" [ "$(grep -c 'hf-fetch' "$T/log")" -eq 0 ] && \
 	check "hub: BLOCK=128: nf4 and int8 rebuilt" [ "$(grep -c 'quantize ' "$T/log")" -eq 2 ]
 
+mk "$O" MODEL=libquant/tiny-kjv BLOCK=128 refetch >"$T/log" 2>&1
+check "hub: refetch, same commit: unchanged" grep -q '^libquant/tiny-kjv: unchanged$' "$T/log"
+mk "$O" -q MODEL=libquant/tiny-kjv BLOCK=128; check "hub: refetch, same commit: still up to date" [ $? -eq 0 ]
+echo "# tiny-kjv" >"$R/main/README.md" # a new commit
+MAIN2=$(hub_commit libquant/tiny-kjv main)
+SNAP=$HF_HUB_CACHE/models--libquant--tiny-kjv/snapshots/$MAIN2
+check "hub: README.md made a new commit" [ "$MAIN2" != "$MAIN" ]
+mk "$O" MODEL=libquant/tiny-kjv BLOCK=128 refetch >"$T/log" 2>&1
+check "hub: refetch, new commit: new snapshot" [ "$(cat "$O/libquant--tiny-kjv.snapshot")" = "$SNAP" ]
+mk "$O" MODEL=libquant/tiny-kjv BLOCK=128 >"$T/log" 2>&1
+check "hub: new commit: the three files rebuilt" [ "$(grep -c 'quantize ' "$T/log")" -eq 3 ]
+check "hub: new commit: report complete" report_ok "$O" libquant--tiny-kjv
+
 mk "$T/o5" MODEL=libquant/missing >"$T/log" 2>&1; rc=$?
 check "hub: missing repo: make fails" [ $rc -ne 0 ]
 check "hub: missing repo: hf-fetch's message" grep -q "hf-fetch: .*libquant/missing" "$T/log"
