@@ -108,20 +108,24 @@ int main(int argc, char **argv)
 		perror("bench_run: mkdtemp");
 		return 1;
 	}
-	char gen[4096], cmd[8192], ck[4096], lqp[4096];
-	snprintf(gen, sizeof gen, "%s", argv[0]);
+	static char gen[4096], cmd[16384], ck[4200], lqp[4200];
+	if (snprintf(gen, sizeof gen, "%s", argv[0]) >= (int)sizeof gen) {
+		fprintf(stderr, "bench_run: path too long\n");
+		return 1;
+	}
 	char *slash = strrchr(gen, '/');
 	if (slash)
 		slash[1] = 0;
 	else
 		gen[0] = 0;
-	snprintf(ck, sizeof ck, "%s/ckpt", dir);
-	snprintf(lqp, sizeof lqp, "%s/m.lq", dir);
+	if (snprintf(ck, sizeof ck, "%s/ckpt", dir) >= (int)sizeof ck ||
+	    snprintf(lqp, sizeof lqp, "%s/m.lq", dir) >= (int)sizeof lqp)
+		return 1;
 	int heads = hidden / 64, kv = heads >= 4 ? heads / 4 : heads;
-	snprintf(cmd, sizeof cmd,
+	if (snprintf(cmd, sizeof cmd,
 		 "%sgen_checkpoint --layers %d --hidden %d --intermediate %d --heads %d --kv-heads %d --vocab %d %s >/dev/null",
-		 gen, layers, hidden, inter, heads, kv, vocab, ck);
-	if (system(cmd) != 0) {
+		 gen, layers, hidden, inter, heads, kv, vocab, ck) >= (int)sizeof cmd ||
+	    system(cmd) != 0) {
 		fprintf(stderr, "bench_run: %s failed\n", cmd);
 		return 1;
 	}
@@ -184,8 +188,7 @@ int main(int argc, char **argv)
 		unlink(lqp);
 	}
 	lq_pool_free(pool);
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-	if (system(cmd) != 0)
+	if (snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir) >= (int)sizeof cmd || system(cmd) != 0)
 		rc = 1;
 	return rc;
 }
