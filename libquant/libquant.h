@@ -376,6 +376,10 @@ int lq_pack_choose(const struct lq_pack_opts *o, const char *name, int ndim, int
 struct lq_model;
 int lq_pack_plan(const struct lq_pack_opts *o, struct lq_model *m, struct lq_error *err);
 
+/* Name of the stored file holding the tokenizer as lq_tokenizer_serialize
+ * writes it (loaded with lq_tokenizer_load_blob, no JSON parsing). */
+#define LQ_TOKENIZER_BLOB "tokenizer.lqtok"
+
 /* The names of the checkpoint files lq_pack stores in the LQ file when they
  * exist (config.json first); a static list of *n names. */
 const char *const *lq_pack_stored_files(size_t *n);

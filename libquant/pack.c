@@ -321,9 +321,45 @@ static json_t *build_meta(const struct lq_pack_opts *o, const char *input, const
 
 /* ------------------------------------------------------------ main */
 
+/*
+ * The tokenizer in the compact form run loads without parsing JSON
+ * (LQ_TOKENIZER_BLOB, formats/TOKENIZER-BLOB.md), built as transformers 5
+ * builds it.  A tokenizer the library cannot load is a warning: the JSON
+ * files are stored all the same.
+ */
+static int store_tokenizer(struct lq_writer *w, const char *dir, const struct lq_pack_opts *o,
+			   struct lq_error *err)
+{
+	char *tj = join(dir, "tokenizer.json"), *tc = join(dir, "tokenizer_config.json");
+	struct lq_tokenizer *tok = NULL;
+	struct lq_error e2 = {0};
+	void *blob = NULL;
+	size_t len = 0;
+	int rc = LQ_OK;
+	if (!tj || !tc)
+		rc = lq_fail(err, LQ_ERR_NOMEM, "out of memory");
+	else if (lq_tokenizer_load_files(&tok, tj, tc, LQ_TOKENIZER_TRANSFORMERS5, &e2) ||
+		 lq_tokenizer_serialize(tok, &blob, &len, &e2)) {
+		if (o->warn) {
+			char msg[1200];
+			snprintf(msg, sizeof msg, "%s: tokenizer not precompiled (%s); run will parse tokenizer.json",
+				 dir, e2.msg);
+			o->warn(o->ctx, msg);
+		}
+	} else {
+		rc = lq_writer_add_blob(w, LQ_TOKENIZER_BLOB, blob, len, err);
+	}
+	free(blob);
+	lq_tokenizer_free(tok);
+	free(tj);
+	free(tc);
+	return rc;
+}
+
 static int store_files(struct lq_writer *w, const char *dir, const struct lq_pack_opts *o, char **arch,
 		       char **config, size_t *config_len, int *have_tok, struct lq_error *err)
 {
+	int rc0;
 	for (size_t i = 0; i < sizeof stored_files / sizeof stored_files[0]; i++) {
 		char *p = join(dir, stored_files[i]);
 		if (!p)
@@ -339,7 +375,7 @@ static int store_files(struct lq_writer *w, const char *dir, const struct lq_pac
 			rc = lq_map_file(p, &map, &size, err);
 		if (!rc && present && ends_with(stored_files[i], ".json")) {
 			json_error_t je;
-			json_t *j = json_loadb(map ? map : "", (size_t)size, 0, &je);
+			json_t *j = json_loadb(map ? map : "", (size_t)size, JSON_DECODE_INT_AS_REAL, &je) /* Python ints may exceed 64 bits */;
 			if (!json_is_object(j) && !(i == 6 && j))
 				rc = lq_fail(err, LQ_ERR_FORMAT, "%s: invalid JSON at line %d: %s", p, je.line,
 					     j ? "not an object" : je.text);
@@ -376,6 +412,8 @@ static int store_files(struct lq_writer *w, const char *dir, const struct lq_pac
 		if (rc)
 			return rc;
 	}
+	if (*have_tok && (rc0 = store_tokenizer(w, dir, o, err)))
+		return rc0;
 	if (!*have_tok && o->warn) {
 		char msg[512];
 		snprintf(msg, sizeof msg, "%s: no tokenizer.json; run will accept only token ids", dir);

@@ -76,6 +76,24 @@ if command -v jq >/dev/null; then
 	[ "$(jq -r '.source.files[0].name' j.json)" = model.safetensors ] && ok || bad "file name recorded"
 fi
 
+# --- the tokenizer is stored precompiled; run gets the same ids from it as from the JSON
+for tk in llama3_1 qwen3; do
+	mkdir -p tok-$tk && cp ck/config.json ck/model.safetensors tok-$tk/
+	for f in tokenizer.json tokenizer_config.json; do
+		gzip -dc "$LQ_ROOT/tests/fixtures/tokenizers/$tk/$f.gz" > tok-$tk/$f
+	done
+	check "quantize with $tk tokenizer" quantize -q -o tok-$tk.lq tok-$tk
+	check "inspect $tk" inspect tok-$tk.lq
+	has "$tk blob stored" "stored files: .*tokenizer.lqtok" out
+	if command -v run >/dev/null; then
+		grep '^{"text":' "$LQ_ROOT/tests/fixtures/tok_input.jsonl" | sed 's/^{"text":\(.*\)}$/\1/' > texts.jsonl
+		run --tokenize --jsonl tok-$tk.lq < texts.jsonl > ids-lq.txt 2>err && ok || bad "$tk: run --tokenize from the .lq"
+		run --tokenize --jsonl tok-$tk < texts.jsonl > ids-dir.txt 2>err && ok || bad "$tk: run --tokenize from the directory"
+		[ "$(wc -l < ids-lq.txt)" -eq "$(wc -l < texts.jsonl)" ] && ok || bad "$tk: one line of ids per text"
+		[ -s ids-lq.txt ] && same "$tk: blob and JSON tokenize alike" ids-lq.txt ids-dir.txt
+	fi
+done
+
 # --- determinism and streaming
 check "again" quantize -q -j 1 -o ck-again.lq ck
 same "deterministic across runs and thread counts" ck.lq ck-again.lq

@@ -166,7 +166,11 @@ static void need_tokenizer(struct model *md)
 {
 	if (md->tok)
 		return;
-	size_t jl = 0, cl = 0;
+	size_t jl = 0, cl = 0, bl = 0;
+	/* the precompiled form quantize stores: no JSON parsing */
+	const char *blob = model_blob(md, LQ_TOKENIZER_BLOB, &bl);
+	if (blob && lq_tokenizer_load_blob(&md->tok, blob, bl, NULL) == 0)
+		return;
 	const char *j = model_blob(md, "tokenizer.json", &jl);
 	if (!j)
 		die("%s: the model has no tokenizer.json; use --ids", md->path);
@@ -646,7 +650,7 @@ static int do_tokenize(struct model *md, struct opts *o)
 		ssize_t k;
 		while ((k = getline(&line, &cap, stdin)) > 0) {
 			json_error_t je;
-			json_t *j = json_loadb(line, (size_t)k, JSON_DECODE_ANY, &je);
+			json_t *j = json_loadb(line, (size_t)k, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
 			if (!j || !json_is_string(j))
 				die("stdin: each line must be a JSON string");
 			int32_t *ids = NULL;
