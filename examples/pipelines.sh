@@ -30,10 +30,12 @@ else
 	step "hf-fetch $MODEL config.json | jq (one file, without the weights)"
 	jq -r '"\(.architectures[0]): \(.num_hidden_layers) layers, hidden \(.hidden_size), vocab \(.vocab_size)"' \
 		"$(hf-fetch -q "$MODEL" config.json)"
-	step "quantize -o model-nf4.lq \"\$(hf-fetch $MODEL)\""
-	quantize -q -f -o "$OUT/model-nf4.lq" "$(hf-fetch -q "$MODEL")"
+	# only what quantize needs (not the .bin, .gguf or .onnx copies many repos also hold)
+	step "quantize -o model-nf4.lq \"\$(hf-fetch -i '*.json' -i '*.safetensors' -i tokenizer.model $MODEL)\""
+	quantize -q -f -o "$OUT/model-nf4.lq" \
+		"$(hf-fetch -q -i '*.json' -i '*.safetensors' -i tokenizer.model "$MODEL")"
 	# a second hf-fetch is answered from the cache
-	SNAP=$(hf-fetch -q "$MODEL")
+	SNAP=$(hf-fetch -q -i '*.json' -i '*.safetensors' -i tokenizer.model "$MODEL")
 	echo "snapshot: $SNAP"
 fi
 F=$OUT/model-nf4.lq
