@@ -265,7 +265,10 @@ def render_transformers(cfg, tok, messages, add_gen, tools, extra):
 
 
 def load_tokenizer(name):
-    src = os.path.join(SHARED, "fixtures", "tokenizers", name)
+    # the repo's copy of the tokenizer files, else the shared one
+    src = os.path.join(ROOT, "tests", "fixtures", "tokenizers", name)
+    if not os.path.isdir(src):
+        src = os.path.join(SHARED, "fixtures", "tokenizers", name)
     if not os.path.isfile(os.path.join(src, "tokenizer.json.gz")):
         return None
     try:
