@@ -41,7 +41,7 @@ struct lq_run {
 	float *inv_freq;  /* [rot / 2] */
 	/* scratch for ncap tokens */
 	size_t ncap;
-	float *x, *h, *q, *k, *v, *att, *o, *g, *u, *fused, *logit_row;
+	float *x, *h, *q, *k, *v, *att, *o, *g, *u, *fused;
 };
 
 static float *falloc(uint64_t n)
@@ -71,9 +71,13 @@ static int need_weight(struct lq_run *r, int role, int layer, uint64_t rows, uin
 		       struct lq_weight *w, struct lq_error *err)
 {
 	const struct lq_tensor *t = role_tensor(r, role, layer);
-	if (!t)
-		return lq_fail(err, LQ_ERR_NOTFOUND, "the model file has no %s weight%s%.0d",
-			       lq_role_name(role), layer >= 0 ? " in layer " : "", layer);
+	if (!t) {
+		if (layer >= 0)
+			return lq_fail(err, LQ_ERR_NOTFOUND, "the model file has no %s weight in layer %d",
+				       lq_role_name(role), layer);
+		return lq_fail(err, LQ_ERR_NOTFOUND, "the model file has no %s weight",
+			       lq_role_name(role));
+	}
 	if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
 		return lq_fail(err, LQ_ERR_SHAPE, "tensor '%s': shape does not match [%llu, %llu]",
 			       t->name, (unsigned long long)rows, (unsigned long long)cols);
@@ -87,10 +91,12 @@ static int get_vec(struct lq_run *r, int role, int layer, uint64_t n, int requir
 	*out = NULL;
 	const struct lq_tensor *t = role_tensor(r, role, layer);
 	if (!t) {
-		if (lq_model_find_role(r->m, role, layer) >= 0 || required)
-			return lq_fail(err, LQ_ERR_NOTFOUND, "the model file has no %s%s%.0d",
-				       lq_role_name(role), layer >= 0 ? " in layer " : "", layer);
-		return LQ_OK;
+		if (lq_model_find_role(r->m, role, layer) < 0 && !required)
+			return LQ_OK;
+		if (layer >= 0)
+			return lq_fail(err, LQ_ERR_NOTFOUND, "the model file has no %s in layer %d",
+				       lq_role_name(role), layer);
+		return lq_fail(err, LQ_ERR_NOTFOUND, "the model file has no %s", lq_role_name(role));
 	}
 	if (t->nelem != n)
 		return lq_fail(err, LQ_ERR_SHAPE, "tensor '%s': %llu elements, %llu expected", t->name,
@@ -143,7 +149,6 @@ void lq_run_free(struct lq_run *r)
 	lq_weight_release(&r->lm_head);
 	free(r->final_norm);
 	free(r->inv_freq);
-	free(r->logit_row);
 	scratch_free(r);
 	lq_pool_free(r->pool);
 	free(r);
@@ -230,9 +235,8 @@ int lq_run_create(struct lq_run **out, const struct lq_model *m, const struct lq
 	if ((rc = lq_pool_create(&r->pool, o ? o->nthreads : 1, err)))
 		goto fail;
 	r->inv_freq = falloc((uint64_t)(r->rot / 2));
-	r->logit_row = falloc((uint64_t)r->vocab);
 	r->L = calloc((size_t)r->nl, sizeof *r->L);
-	if (!r->inv_freq || !r->L || !r->logit_row) {
+	if (!r->inv_freq || !r->L) {
 		rc = lq_fail(err, LQ_ERR_NOMEM, "out of memory");
 		goto fail;
 	}
@@ -342,11 +346,10 @@ static void add_bias(float *y, const float *b, size_t n, int64_t d)
 			y[t * (size_t)d + (size_t)i] += b[i];
 }
 
-/* Rotate one head vector (rotate_half layout) at position p. */
-static void rope_apply(const struct lq_run *r, float *v, int64_t p, const float *cs,
-		       const float *sn)
+/* Rotate one head vector (rotate_half layout; the first rot dims) by the
+ * cos/sin of its position. */
+static void rope_apply(const struct lq_run *r, float *v, const float *cs, const float *sn)
 {
-	(void)p;
 	int64_t half = r->rot / 2;
 	for (int64_t i = 0; i < half; i++) {
 		float x1 = v[i], x2 = v[i + half];
@@ -459,9 +462,9 @@ static void layer_forward(struct lq_run *r, struct layer *l, size_t n, int64_t p
 	for (size_t t = 0; t < n; t++) {
 		const float *ct = cs + t * (size_t)half, *st = sn + t * (size_t)half;
 		for (int64_t h = 0; h < r->H; h++)
-			rope_apply(r, r->q + t * (size_t)r->qdim + (size_t)(h * hd), pos + (int64_t)t, ct, st);
+			rope_apply(r, r->q + t * (size_t)r->qdim + (size_t)(h * hd), ct, st);
 		for (int64_t h = 0; h < r->KV; h++)
-			rope_apply(r, r->k + t * (size_t)r->kvdim + (size_t)(h * hd), pos + (int64_t)t, ct, st);
+			rope_apply(r, r->k + t * (size_t)r->kvdim + (size_t)(h * hd), ct, st);
 		memcpy(l->kc + (size_t)(pos + (int64_t)t) * (size_t)r->kvdim, r->k + t * (size_t)r->kvdim,
 		       (size_t)r->kvdim * sizeof(float));
 		memcpy(l->vc + (size_t)(pos + (int64_t)t) * (size_t)r->kvdim, r->v + t * (size_t)r->kvdim,

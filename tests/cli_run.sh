@@ -34,6 +34,8 @@ fails "--logits without --ids" 2 "needs --ids" run --logits x.npy "$L"
 fails "two modes" 2 "exclude" run --tokenize --template "$L"
 fails "bad ids" 2 "not a list of token ids" run --ids 1,x,3 --logits "$TMP/x.npy" "$L"
 fails "missing file" 1 "cannot open" run -p hi "$TMP/nope.lq"
+head -c 3000 "$L" >"$TMP/cut.lq"
+fails "truncated file" 1 "cut.lq" run --ids 1,2 --logits "$TMP/c.npy" "$TMP/cut.lq"
 
 # tokenizer and template (LQ file and checkpoint directory)
 echo "hello brown fox" | run --tokenize "$L" >"$TMP/ids" 2>"$TMP/err" && ok || bad "--tokenize"
