@@ -109,6 +109,12 @@ printf '%s\n' '{"prompt": "hello", "max_new_tokens": 3, "temperature": 0}' \
 [ "$(wc -l <"$TMP/out")" = 2 ] && ok || bad "--jsonl: two results expected"
 has "--jsonl result fields" '"text".*"prompt_tokens".*"completion_tokens"' "$TMP/out"
 echo '{"nothing": 1}' | run --jsonl "$L" >/dev/null 2>"$TMP/err" && bad "--jsonl without prompt" || ok
+if [ -n "$stop" ]; then
+	jstop=$(printf '%s' "$stop" | sed 's/[\\"]/\\&/g')
+	printf '{"prompt": "hello", "max_new_tokens": 30, "temperature": 0, "stop": ["%s"]}\n' "$jstop" |
+		run --jsonl "$L" >"$TMP/out" 2>"$TMP/err"
+	has "--jsonl stop" '"finish_reason": ?"stop"' "$TMP/out"
+fi
 
 # --chat: the second turn (KV cache reused) equals a fresh run of the conversation
 printf 'hello\nbrown fox\n' | run --chat -n 8 --temp 0 "$L" >"$TMP/chat" 2>"$TMP/err" && ok || bad "--chat"

@@ -918,6 +918,19 @@ static int do_jsonl(struct model *md, struct opts *base)
 			o.max_new = (long)json_integer_value(v);
 		if ((v = json_object_get(j, "seed")) && json_is_integer(v))
 			o.seed = (uint64_t)json_integer_value(v);
+		if ((v = json_object_get(j, "stop"))) {
+			if (json_is_string(v) && json_string_length(v)) {
+				o.stop[0] = json_string_value(v);
+				o.nstop = 1;
+			} else if (json_is_array(v)) {
+				size_t i;
+				json_t *x;
+				o.nstop = 0;
+				json_array_foreach(v, i, x)
+					if (json_is_string(x) && json_string_length(x) && o.nstop < 16)
+						o.stop[o.nstop++] = json_string_value(x);
+			}
+		}
 		json_t *msgs = json_object_get(j, "messages"), *prompt = json_object_get(j, "prompt");
 		size_t np;
 		int32_t *ids;
