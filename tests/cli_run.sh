@@ -42,8 +42,8 @@ echo "hello brown fox" | run --tokenize "$L" >"$TMP/ids" 2>"$TMP/err" && ok || b
 echo "hello brown fox" | run --tokenize "$M" >"$TMP/ids2" 2>"$TMP/err" && ok || bad "--tokenize on a directory"
 same "--tokenize .lq = directory" "$TMP/ids" "$TMP/ids2"
 run --detokenize --skip-special "$L" <"$TMP/ids" >"$TMP/text" 2>"$TMP/err" && ok || bad "--detokenize"
-printf 'hello brown fox\n' >"$TMP/want"
-same "tokenize/detokenize round trip" "$TMP/text" "$TMP/want"
+printf 'hello brown fox\n\n' >"$TMP/want"
+same "tokenize/detokenize round trip (stdin taken exactly)" "$TMP/text" "$TMP/want"
 printf '"hello brown fox"\n"the quick"\n' | run --tokenize --jsonl "$L" >"$TMP/out" 2>"$TMP/err"
 [ "$(wc -l <"$TMP/out")" = 2 ] && grep -q '^\[1, ' "$TMP/out" && ok || bad "--tokenize --jsonl"
 run --tokenize --jsonl "$L" <"$TMP/out" >/dev/null 2>&1 && bad "--tokenize --jsonl takes strings only" || ok
@@ -56,6 +56,36 @@ printf '[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}
 run --template --messages "$TMP/msgs.json" --no-generation-prompt "$M" >"$TMP/out" 2>"$TMP/err"
 printf '<s>user: a\nassistant: b\n' >"$TMP/want"
 same "--template --messages --no-generation-prompt" "$TMP/out" "$TMP/want"
+
+# real tokenizers (shared fixtures): the prompt ids of generation, as
+# apply_chat_template(..., add_generation_prompt=True, tokenize=True) gives them
+SH="$LQ_ROOT/../shared/fixtures/tokenizers"
+[ -n "$LQ_SHARED" ] && SH="$LQ_SHARED/fixtures/tokenizers"
+if [ -d "$SH" ] && have_py transformers; then
+	for fam in llama3_1 qwen3 gemma3 llama2; do
+		[ -f "$SH/$fam/tokenizer.json.gz" ] || continue
+		d="$TMP/tok-$fam"
+		mkdir -p "$d"
+		for f in "$SH/$fam"/*.gz; do gunzip -c "$f" >"$d/$(basename "$f" .gz)"; done
+		python3 -c "
+import sys
+from transformers import AutoTokenizer
+t = AutoTokenizer.from_pretrained(sys.argv[1])
+if not t.chat_template: sys.exit(3)
+r = t.apply_chat_template([{'role': 'user', 'content': 'Tell a light-hearted joke, caf\u00e9 \u4f60\u597d'}],
+                          add_generation_prompt=True, tokenize=True)
+r = r['input_ids'] if hasattr(r, 'keys') else r
+print(' '.join(map(str, r)))" "$d" >"$TMP/ref.ids" 2>/dev/null
+		rc=$?
+		[ $rc = 3 ] && continue
+		[ $rc = 0 ] || { bad "$fam: transformers reference failed"; continue; }
+		run --template -p "Tell a light-hearted joke, café 你好" "$d" 2>"$TMP/err" |
+			run --tokenize --no-special "$d" >"$TMP/our.ids" 2>>"$TMP/err"
+		same "$fam: template + tokenize = apply_chat_template(tokenize=True)" "$TMP/our.ids" "$TMP/ref.ids"
+	done
+else
+	echo "skipping the real-tokenizer prompt check: shared fixtures or python package transformers missing"
+fi
 
 # raw forward pass
 IDS=1,5,17,33,40,2,9,60

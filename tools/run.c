@@ -674,9 +674,6 @@ static int do_tokenize(struct model *md, struct opts *o)
 	char *text = o->prompt ? strdup(o->prompt) : read_stream(stdin, &len, "stdin");
 	if (!text)
 		die("out of memory");
-	/* one trailing newline (echo's) is not part of the text; --jsonl is exact */
-	if (!o->prompt && len && text[len - 1] == '\n')
-		text[--len] = 0;
 	size_t n;
 	int32_t *ids = encode(md, text, flags, &n);
 	for (size_t i = 0; i < n; i++)
