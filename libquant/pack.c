@@ -422,25 +422,140 @@ static int store_files(struct lq_writer *w, const char *dir, const struct lq_pac
 	return LQ_OK;
 }
 
-static int pack_tensor(struct lq_writer *w, const struct lq_pack_opts *o, const struct lq_st *st,
+/*
+ * The writer stage: a thread that double-quantizes the scales, checksums and
+ * writes tensor i while the workers quantize tensor i + 1.  One job in
+ * flight; the first error stops it and is reported at the next hand-over.
+ */
+struct wjob {
+	struct lq_tensor d;
+	const void *data;           /* the data part (owned when own_data) */
+	uint8_t *own_data;
+	float *absmax;              /* fp32 scales (owned), NULL for a kept tensor */
+	uint64_t nb;
+	const struct lq_st_tensor *t;
+};
+
+struct wstage {
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct wjob job;
+	int has_job, quit, rc;
+	struct lq_error err;
+	struct lq_writer *w;
+	const struct lq_st *st;
+};
+
+static void wjob_free(struct wjob *j)
+{
+	free(j->own_data);
+	free(j->absmax);
+	memset(j, 0, sizeof *j);
+}
+
+static int wjob_write(struct wstage *ws, struct wjob *j)
+{
+	int rc;
+	if (!j->absmax) {
+		rc = lq_writer_add_tensor(ws->w, &j->d, j->data, NULL, NULL, &ws->err);
+	} else if (!j->d.double_quant) {
+		rc = lq_writer_add_tensor(ws->w, &j->d, j->data, j->absmax, NULL, &ws->err);
+	} else {
+		uint8_t *codes = malloc((size_t)(j->nb ? j->nb : 1));
+		float *nested = malloc((size_t)((j->nb + LQ_NESTED_BLOCK - 1) / LQ_NESTED_BLOCK + 1) * sizeof(float));
+		if (!codes || !nested)
+			rc = lq_fail(&ws->err, LQ_ERR_NOMEM, "tensor '%s': out of memory", j->d.name);
+		else {
+			lq_qscales_compress(j->absmax, j->nb, codes, nested, &j->d.offset);
+			rc = lq_writer_add_tensor(ws->w, &j->d, j->data, codes, nested, &ws->err);
+		}
+		free(codes);
+		free(nested);
+	}
+	lq_st_release(ws->st, j->t);
+	return rc;
+}
+
+static void *writer_main(void *arg)
+{
+	struct wstage *ws = arg;
+	pthread_mutex_lock(&ws->mu);
+	for (;;) {
+		while (!ws->has_job && !ws->quit)
+			pthread_cond_wait(&ws->cv, &ws->mu);
+		if (!ws->has_job)
+			break;
+		struct wjob j = ws->job;
+		pthread_mutex_unlock(&ws->mu);
+		int rc = ws->rc ? ws->rc : wjob_write(ws, &j);
+		wjob_free(&j);
+		pthread_mutex_lock(&ws->mu);
+		if (!ws->rc)
+			ws->rc = rc;
+		ws->has_job = 0;
+		pthread_cond_broadcast(&ws->cv);
+	}
+	pthread_mutex_unlock(&ws->mu);
+	return NULL;
+}
+
+/* Hand a job to the writer (waiting for the previous one); takes ownership. */
+static int wstage_submit(struct wstage *ws, struct wjob *j, struct lq_error *err)
+{
+	pthread_mutex_lock(&ws->mu);
+	while (ws->has_job)
+		pthread_cond_wait(&ws->cv, &ws->mu);
+	int rc = ws->rc;
+	if (!rc) {
+		ws->job = *j;
+		ws->has_job = 1;
+		pthread_cond_broadcast(&ws->cv);
+	}
+	pthread_mutex_unlock(&ws->mu);
+	if (rc) {
+		wjob_free(j);
+		if (err)
+			*err = ws->err;
+	}
+	return rc;
+}
+
+/* Wait for the writer to finish everything and stop it. */
+static int wstage_finish(struct wstage *ws, struct lq_error *err)
+{
+	pthread_mutex_lock(&ws->mu);
+	ws->quit = 1;
+	pthread_cond_broadcast(&ws->cv);
+	pthread_mutex_unlock(&ws->mu);
+	pthread_join(ws->th, NULL);
+	pthread_mutex_destroy(&ws->mu);
+	pthread_cond_destroy(&ws->cv);
+	if (ws->rc && err)
+		*err = ws->err;
+	return ws->rc;
+}
+
+static int pack_tensor(struct wstage *ws, const struct lq_pack_opts *o, const struct lq_st *st,
 		       const struct lq_model *m, const struct lq_st_tensor *t, uint64_t *done, uint64_t total,
 		       struct lq_error *err)
 {
 	if (t->dtype < 0)
 		return lq_fail(err, LQ_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (supported: F32, BF16, F16, U8, I8)",
 			       lq_st_file_path(st, (size_t)t->file), t->name, t->dtype_name);
-	struct lq_tensor d = {0};
-	d.name = t->name;
-	d.src_dtype = t->dtype;
-	d.ndim = t->ndim;
-	memcpy(d.shape, t->shape, sizeof d.shape);
+	struct wjob wj = {.t = t, .data = t->data};
+	struct lq_tensor *d = &wj.d;
+	d->name = t->name;
+	d->src_dtype = t->dtype;
+	d->ndim = t->ndim;
+	memcpy(d->shape, t->shape, sizeof d->shape);
 	long pi = m ? lq_model_find_param(m, t->name) : -1;
 	/* the model's plan for its parameters; tensors outside the model by name */
-	d.qtype = pi >= 0 ? lq_model_param(m, (size_t)pi)->st.qtype : lq_pack_choose(o, t->name, t->ndim, t->dtype);
+	d->qtype = pi >= 0 ? lq_model_param(m, (size_t)pi)->st.qtype : lq_pack_choose(o, t->name, t->ndim, t->dtype);
 	struct job j = {.o = o, .t = t};
 	lq_st_prefetch(st, t);
 	int rc;
-	if (d.qtype == LQ_QTYPE_NONE) {
+	if (d->qtype == LQ_QTYPE_NONE) {
 		if (t->dtype == LQ_DTYPE_U8 || t->dtype == LQ_DTYPE_I8 || o->allow_nonfinite) {
 			*done += t->nbytes;
 			if (o->progress && o->progress(o->ctx, *done, total, t->name))
@@ -448,44 +563,25 @@ static int pack_tensor(struct lq_writer *w, const struct lq_pack_opts *o, const 
 		} else if ((rc = run_job(&j, done, total, err))) {
 			return rc;
 		}
-		rc = lq_writer_add_tensor(w, &d, t->data, NULL, NULL, err);
-		lq_st_release(st, t);
+		return wstage_submit(ws, &wj, err);
+	}
+	d->block_size = o->block_size;
+	d->double_quant = o->double_quant;
+	j.p = (struct lq_qparams){d->qtype, o->block_size, 0};
+	wj.nb = lq_qnblocks(t->nelem, o->block_size);
+	size_t dbytes = lq_qdata_bytes(d->qtype, t->nelem);
+	wj.own_data = j.data = malloc(dbytes ? dbytes : 1);
+	wj.absmax = j.absmax = malloc((size_t)(wj.nb ? wj.nb : 1) * sizeof(float));
+	wj.data = wj.own_data;
+	if (!j.data || !j.absmax) {
+		wjob_free(&wj);
+		return lq_fail(err, LQ_ERR_NOMEM, "tensor '%s': out of memory", t->name);
+	}
+	if ((rc = run_job(&j, done, total, err))) {
+		wjob_free(&wj);
 		return rc;
 	}
-	d.block_size = o->block_size;
-	d.double_quant = o->double_quant;
-	j.p = (struct lq_qparams){d.qtype, o->block_size, 0};
-	uint64_t nb = lq_qnblocks(t->nelem, o->block_size);
-	size_t dbytes = lq_qdata_bytes(d.qtype, t->nelem);
-	j.data = malloc(dbytes ? dbytes : 1);
-	j.absmax = malloc((size_t)(nb ? nb : 1) * sizeof(float));
-	uint8_t *codes = NULL;
-	float *nested = NULL;
-	if (!j.data || !j.absmax) {
-		rc = lq_fail(err, LQ_ERR_NOMEM, "tensor '%s': out of memory", t->name);
-		goto out;
-	}
-	if ((rc = run_job(&j, done, total, err)))
-		goto out;
-	const void *scales = j.absmax;
-	if (o->double_quant) {
-		codes = malloc((size_t)(nb ? nb : 1));
-		nested = malloc((size_t)((nb + LQ_NESTED_BLOCK - 1) / LQ_NESTED_BLOCK + 1) * sizeof(float));
-		if (!codes || !nested) {
-			rc = lq_fail(err, LQ_ERR_NOMEM, "tensor '%s': out of memory", t->name);
-			goto out;
-		}
-		lq_qscales_compress(j.absmax, nb, codes, nested, &d.offset);
-		scales = codes;
-	}
-	rc = lq_writer_add_tensor(w, &d, j.data, scales, nested, err);
-	lq_st_release(st, t);
-out:
-	free(j.data);
-	free(j.absmax);
-	free(codes);
-	free(nested);
-	return rc;
+	return wstage_submit(ws, &wj, err);
 }
 
 int lq_pack(const char *input, int fd, const char *out_label, const struct lq_pack_opts *o, struct lq_error *err)
@@ -532,9 +628,22 @@ int lq_pack(const char *input, int fd, const char *out_label, const struct lq_pa
 			goto out;
 	}
 	uint64_t total = lq_st_total_bytes(st), done = 0;
-	for (size_t i = 0; i < lq_st_count(st); i++)
-		if ((rc = pack_tensor(w, o, st, model, lq_st_get(st, i), &done, total, err)))
-			goto out;
+	struct wstage ws = {.w = w, .st = st};
+	pthread_mutex_init(&ws.mu, NULL);
+	pthread_cond_init(&ws.cv, NULL);
+	if (pthread_create(&ws.th, NULL, writer_main, &ws)) {
+		pthread_mutex_destroy(&ws.mu);
+		pthread_cond_destroy(&ws.cv);
+		rc = lq_fail(err, LQ_ERR_NOMEM, "cannot start the writer thread");
+		goto out;
+	}
+	for (size_t i = 0; i < lq_st_count(st) && !rc; i++)
+		rc = pack_tensor(&ws, o, st, model, lq_st_get(st, i), &done, total, err);
+	int wrc = wstage_finish(&ws, rc ? NULL : err);
+	if (!rc)
+		rc = wrc;
+	if (rc)
+		goto out;
 	meta = build_meta(o, input, st, arch, have_tok);
 	mtext = meta ? json_dumps(meta, JSON_INDENT(1) | JSON_PRESERVE_ORDER) : NULL;
 	if (!mtext) {
