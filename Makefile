@@ -126,6 +126,10 @@ check: cuda-msg
 check-gpu: all
 	@tests/run-gpu-checks $(BUILD)
 
+bench-gpu: all
+	$(NVCC) $(NVCCFLAGS) -DLQ_BENCH_MAIN -Xlinker --as-needed -o $(BUILD)/gpu/bench_gemv gpu/bench_gemv.cu $(BUILD)/libquant_cuda.a $(BUILD)/libquant.a $(LIBS)
+	$(BUILD)/gpu/bench_gemv
+
 bench: all tests
 	@tests/run-bench $(BUILD)
 

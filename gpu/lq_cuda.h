@@ -44,6 +44,29 @@ int lq_cuda_dequant_f32(const struct lq_cuda_qweight *w, float *d_out, void *str
 int lq_cuda_gemv_f32(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K,
 		     const float *d_x, float *d_y, void *stream);
 
+/*
+ * Fast batch-1 dequant-GEMV (gpu/gemv.cu): y[N] = W[N,K] x[K] for a
+ * row-major quantized W in the LQ layout (NF4/FP4, with or without double
+ * quant, or INT8), activations d_x of x_dtype LQ_DTYPE_BF16 or LQ_DTYPE_F32,
+ * fp32 accumulation, fp32 output d_y[N] (caller-owned device memory).
+ * Requirements, else cudaErrorInvalidValue and nothing is launched:
+ * K % block_size == 0 (a quantization block never spans two rows; such
+ * tensors must use lq_cuda_gemv_f32 or be re-blocked), N * K == w->n,
+ * d_data and d_x 16-byte aligned (cudaMalloc memory is).  4-bit code values
+ * are used rounded to bf16 (relative error <= 2^-9 per weight before the
+ * fp32 block scale); INT8 codes are exact.  May clear d_y with
+ * cudaMemsetAsync on `stream` (split-K); safe under CUDA graph capture.
+ */
+int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
+		 int x_dtype, float *d_y, void *stream);
+/*
+ * lq_cuda_gemv with tuning knobs for benchmarks: rows per block (0 = auto,
+ * else 1, 2, 4 or 8), grid_max (0 = all resident blocks) and ksplit_max
+ * (0 = auto) cap the grid.
+ */
+int lq_cuda_gemv_ex(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
+		    int x_dtype, float *d_y, void *stream, int rows, int grid_max, int ksplit_max);
+
 #ifdef __cplusplus
 }
 #endif

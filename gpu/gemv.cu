@@ -1,0 +1,342 @@
+/*
+ * gemv.cu - fast batch-1 dequant-GEMV y[N] = W[N,K] x[K] over the LQ block
+ * layout (NF4/FP4 with or without double quant, INT8), bf16 or fp32
+ * activations, fp32 accumulation.
+ *
+ * Copyright (c) the libquant authors.  MIT license.
+ *
+ * Layout of the work: a block of 128 threads owns R consecutive rows at a
+ * time (a persistent grid walks the row groups).  Each thread takes 16-byte
+ * chunks of the packed row (32 codes for 4-bit, 16 for INT8), strided by 128
+ * chunks, so a warp reads 512 contiguous bytes per row per step; R rows (and
+ * 8 / R steps) of loads are issued before any is used.  Because block sizes
+ * are multiples of 32 and a chunk is aligned to its size, a chunk never spans
+ * two quantization blocks: the scale is rebuilt once per chunk in registers
+ * (u8 code -> dynamic map in shared memory, times the nested scale, plus the
+ * offset, with the reference's two float32 roundings) and applied to the
+ * chunk's partial dot product.  4-bit codes are decoded a byte (two codes)
+ * at a time through a 256-entry shared-memory table of bf16 pairs, one copy
+ * per bank so that the 32 lanes never conflict.  When there are too few row
+ * groups to fill the GPU, K is split over gridDim.y and the slices add into
+ * y with atomics (y is cleared first).
+ *
+ * Precision: the 4-bit code values are used rounded to bf16 (relative error
+ * <= 2^-9 per weight before the fp32 scale; bitsandbytes' bf16 GEMV does the
+ * same); INT8 codes are exact.  Products and sums are fp32.
+ *
+ * Speed (H200, bench_gemv): INT8 reaches 77-89% of the copy bandwidth on the
+ * large shapes; NF4 stays near 35-41% because the 4-bit path is bound by
+ * instruction issue, not memory: per packed byte it spends about nine
+ * instructions (byte extract, LUT address, LDS, two bf16 unpacks, two FFMA,
+ * plus amortized x/scale work), and 3.5 TB/s over 132 SMs would need about
+ * 13 bytes per SM per clock, i.e. nearly every issue slot.  Reaching the
+ * target needs fewer instructions per byte (tensor-core mma on bf16 pairs
+ * from the LUT, with the per-row block scales folded in per k-slice), not
+ * more loads in flight (register double-buffering was tried: slower).
+ */
+#include "lq_cuda.h"
+#include "lq_blocks.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#define GEMV_THREADS 128
+#define GEMV_LOADS 8 /* 16-byte weight loads in flight per thread */
+#ifndef GEMV_MINBLOCKS
+#define GEMV_MINBLOCKS 6 /* blocks per SM: the 33 KB of shared memory allow 6 */
+#endif
+
+static __constant__ uint32_t g_nf4[16] = LQ_NF4_BITS_INIT;
+static __constant__ uint32_t g_fp4[16] = LQ_FP4_BITS_INIT;
+static __constant__ uint32_t g_dyn[256] = LQ_DYNMAP_BITS_INIT;
+
+__device__ __forceinline__ uint4 ld_stream(const uint8_t *p)
+{
+	uint4 v;
+	asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+		     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+		     : "l"(p));
+	return v;
+}
+
+/* EPC activations of chunk c as floats. */
+template <int EPC>
+__device__ __forceinline__ void load_x(const float *x, uint64_t c, float *xf)
+{
+	const float4 *p = (const float4 *)(x + c * EPC);
+#pragma unroll
+	for (int i = 0; i < EPC / 4; i++) {
+		float4 v = __ldg(p + i);
+		xf[4 * i] = v.x;
+		xf[4 * i + 1] = v.y;
+		xf[4 * i + 2] = v.z;
+		xf[4 * i + 3] = v.w;
+	}
+}
+
+template <int EPC>
+__device__ __forceinline__ void load_x(const __nv_bfloat16 *x, uint64_t c, float *xf)
+{
+	const uint4 *p = (const uint4 *)(x + c * EPC);
+#pragma unroll
+	for (int i = 0; i < EPC / 8; i++) {
+		uint4 v = __ldg(p + i);
+		uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+		for (int j = 0; j < 4; j++) {
+			xf[8 * i + 2 * j] = __uint_as_float(w[j] << 16);
+			xf[8 * i + 2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+		}
+	}
+}
+
+/* Dot product of one 16-byte weight chunk with its activations (unscaled). */
+template <int QT>
+__device__ __forceinline__ float chunk_dot(uint4 q, const float *xf, const uint32_t *lut_lane)
+{
+	uint32_t w[4] = {q.x, q.y, q.z, q.w};
+	float p0 = 0.0f, p1 = 0.0f;
+	if (QT == LQ_QTYPE_INT8) {
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			uint32_t u = w[i] ^ 0x80808080u; /* int8 + 128 */
+#pragma unroll
+			for (int j = 0; j < 4; j++) {
+				/* 0x4B0000uu as float is 2^23 + uu */
+				float v = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7440u | j)) - 8388736.0f;
+				if (j & 1)
+					p1 = fmaf(v, xf[4 * i + j], p1);
+				else
+					p0 = fmaf(v, xf[4 * i + j], p0);
+			}
+		}
+	} else {
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+#pragma unroll
+			for (int j = 0; j < 4; j++) {
+				uint32_t b = (w[i] >> (8 * j)) & 0xffu;
+				uint32_t e = lut_lane[b << 5];
+				p0 = fmaf(__uint_as_float(e & 0xffff0000u), xf[8 * i + 2 * j], p0);
+				p1 = fmaf(__uint_as_float(e << 16), xf[8 * i + 2 * j + 1], p1);
+			}
+		}
+	}
+	return p0 + p1;
+}
+
+template <bool DQ>
+__device__ __forceinline__ float gemv_scale(const void *scales, const float *nested, float offset,
+					    const float *dmap, uint64_t b)
+{
+	if (!DQ)
+		return __ldg((const float *)scales + b);
+	float t = __fmul_rn(dmap[__ldg((const uint8_t *)scales + b)], __ldg(nested + (b >> LQ_QNESTED_SHIFT)));
+	return __fadd_rn(t, offset);
+}
+
+template <int QT, bool DQ, typename XT, int R>
+__global__ void __launch_bounds__(GEMV_THREADS, GEMV_MINBLOCKS) k_gemv_fast(const uint8_t *__restrict__ data,
+							   const void *__restrict__ scales,
+							   const float *__restrict__ nested, float offset, int bshift,
+							   uint64_t N, uint64_t K, const XT *__restrict__ x,
+							   float *__restrict__ y, uint64_t ngroups)
+{
+	constexpr int EPC = QT == LQ_QTYPE_INT8 ? 16 : 32; /* elements per 16-byte chunk */
+	constexpr int U = GEMV_LOADS / R;                  /* chunk steps per batch of loads */
+	constexpr bool Q4 = QT != LQ_QTYPE_INT8;
+	__shared__ uint32_t lut[Q4 ? 256 * 32 : 1];
+	__shared__ float dmap[DQ ? 256 : 1];
+	__shared__ float red[GEMV_THREADS / 32][R];
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+	if (Q4) {
+		const uint32_t *tab = QT == LQ_QTYPE_NF4 ? g_nf4 : g_fp4;
+		for (int i = tid; i < 256 * 32; i += GEMV_THREADS) {
+			int byte = i >> 5;
+			uint32_t hi = __bfloat16_as_ushort(__float2bfloat16_rn(__uint_as_float(tab[byte >> 4])));
+			uint32_t lo = __bfloat16_as_ushort(__float2bfloat16_rn(__uint_as_float(tab[byte & 15])));
+			lut[i] = hi << 16 | lo;
+		}
+	}
+	if (DQ)
+		for (int i = tid; i < 256; i += GEMV_THREADS)
+			dmap[i] = __uint_as_float(g_dyn[i]);
+	__syncthreads();
+	const uint32_t *lut_lane = lut + lane;
+
+	const uint64_t cpr = K / EPC; /* chunks per row */
+	const uint64_t c_begin = cpr * blockIdx.y / gridDim.y, c_end = cpr * (blockIdx.y + 1) / gridDim.y;
+	const uint64_t row_bytes = Q4 ? K / 2 : K;
+	const float iscale = QT == LQ_QTYPE_INT8 ? 1.0f / 127.0f : 1.0f;
+
+	for (uint64_t g = blockIdx.x; g < ngroups; g += gridDim.x) {
+		uint64_t row0 = g * R;
+		const uint8_t *rp[R];
+		uint64_t rbase[R];
+#pragma unroll
+		for (int r = 0; r < R; r++) {
+			uint64_t row = row0 + r < N ? row0 + r : N - 1;
+			rp[r] = data + row * row_bytes;
+			rbase[r] = row * K;
+		}
+		float acc[R];
+#pragma unroll
+		for (int r = 0; r < R; r++)
+			acc[r] = 0.0f;
+
+		for (uint64_t c0 = c_begin + tid; c0 < c_end; c0 += (uint64_t)GEMV_THREADS * U) {
+			uint4 q[U][R];
+#pragma unroll
+			for (int u = 0; u < U; u++) {
+				uint64_t c = c0 + (uint64_t)u * GEMV_THREADS;
+#pragma unroll
+				for (int r = 0; r < R; r++)
+					if (u == 0 || c < c_end)
+						q[u][r] = ld_stream(rp[r] + c * 16);
+			}
+#pragma unroll
+			for (int u = 0; u < U; u++) {
+				uint64_t c = c0 + (uint64_t)u * GEMV_THREADS;
+				if (u > 0 && c >= c_end)
+					break;
+				float xf[EPC];
+				load_x<EPC>(x, c, xf);
+#pragma unroll
+				for (int r = 0; r < R; r++) {
+					float s = gemv_scale<DQ>(scales, nested, offset, dmap, (rbase[r] + c * EPC) >> bshift);
+					if (QT == LQ_QTYPE_INT8)
+						s = __fmul_rn(s, iscale);
+					acc[r] = fmaf(s, chunk_dot<QT>(q[u][r], xf, lut_lane), acc[r]);
+				}
+			}
+		}
+#pragma unroll
+		for (int r = 0; r < R; r++) {
+			float v = acc[r];
+#pragma unroll
+			for (int o = 16; o; o >>= 1)
+				v += __shfl_xor_sync(0xffffffffu, v, o);
+			if (lane == 0)
+				red[warp][r] = v;
+		}
+		__syncthreads();
+		if (tid < R && row0 + tid < N) {
+			float v = 0.0f;
+#pragma unroll
+			for (int w = 0; w < GEMV_THREADS / 32; w++)
+				v += red[w][tid];
+			if (gridDim.y > 1)
+				atomicAdd(y + row0 + tid, v);
+			else
+				y[row0 + tid] = v;
+		}
+		__syncthreads();
+	}
+}
+
+static int gemv_bshift(int bs)
+{
+	int s = 0;
+	while ((1 << s) < bs)
+		s++;
+	return s;
+}
+
+template <int QT, bool DQ, typename XT, int R>
+static int launch_t(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const XT *x, float *y,
+		    cudaStream_t st, int grid_max, int ksplit_max)
+{
+	auto kern = k_gemv_fast<QT, DQ, XT, R>;
+	int dev = 0, sms = 0, per_sm = 0;
+	cudaError_t e;
+	if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
+	    (e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess ||
+	    (e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, GEMV_THREADS, 0)) != cudaSuccess)
+		return (int)e;
+	uint64_t resident = (uint64_t)sms * (per_sm > 0 ? per_sm : 1);
+	if (grid_max > 0 && (uint64_t)grid_max < resident)
+		resident = (uint64_t)grid_max;
+	uint64_t groups = (N + R - 1) / R;
+	uint64_t gx = groups < resident ? groups : resident;
+	/* split K over blocks when the row groups leave most of the GPU idle */
+	const uint64_t epc = QT == LQ_QTYPE_INT8 ? 16 : 32, cpr = K / epc;
+	uint64_t ks = 1;
+	if (groups * 2 <= resident) {
+		ks = resident / groups;
+		uint64_t kmax = cpr / GEMV_THREADS; /* at least a chunk per thread */
+		if (ks > kmax)
+			ks = kmax;
+		if (ksplit_max > 0 && ks > (uint64_t)ksplit_max)
+			ks = (uint64_t)ksplit_max;
+		if (ks > 65535)
+			ks = 65535;
+		if (ks < 1)
+			ks = 1;
+	}
+	if (ks > 1 && (e = cudaMemsetAsync(y, 0, N * sizeof(float), st)) != cudaSuccess)
+		return (int)e;
+	dim3 grid((unsigned)gx, (unsigned)ks);
+	kern<<<grid, GEMV_THREADS, 0, st>>>(w->d_data, w->d_scales, w->d_nested, w->offset,
+					    gemv_bshift(w->p.block_size), N, K, x, y, groups);
+	return (int)cudaGetLastError();
+}
+
+template <int QT, bool DQ, typename XT>
+static int launch_r(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const XT *x, float *y,
+		    cudaStream_t st, int rows, int grid_max, int ksplit_max)
+{
+	if (rows == 0) {
+		rows = 8; /* fastest on every large H200 shape measured (bench_gemv --sweep) */
+	}
+	switch (rows) {
+	case 1: return launch_t<QT, DQ, XT, 1>(w, N, K, x, y, st, grid_max, ksplit_max);
+	case 2: return launch_t<QT, DQ, XT, 2>(w, N, K, x, y, st, grid_max, ksplit_max);
+	case 4: return launch_t<QT, DQ, XT, 4>(w, N, K, x, y, st, grid_max, ksplit_max);
+	case 8: return launch_t<QT, DQ, XT, 8>(w, N, K, x, y, st, grid_max, ksplit_max);
+	}
+	return (int)cudaErrorInvalidValue;
+}
+
+template <typename XT>
+static int launch_q(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const XT *x, float *y,
+		    cudaStream_t st, int rows, int grid_max, int ksplit_max)
+{
+	int dq = w->p.double_quant != 0;
+	switch (w->p.qtype) {
+	case LQ_QTYPE_NF4:
+		return dq ? launch_r<LQ_QTYPE_NF4, true, XT>(w, N, K, x, y, st, rows, grid_max, ksplit_max)
+			  : launch_r<LQ_QTYPE_NF4, false, XT>(w, N, K, x, y, st, rows, grid_max, ksplit_max);
+	case LQ_QTYPE_FP4:
+		return dq ? launch_r<LQ_QTYPE_FP4, true, XT>(w, N, K, x, y, st, rows, grid_max, ksplit_max)
+			  : launch_r<LQ_QTYPE_FP4, false, XT>(w, N, K, x, y, st, rows, grid_max, ksplit_max);
+	case LQ_QTYPE_INT8:
+		return dq ? launch_r<LQ_QTYPE_INT8, true, XT>(w, N, K, x, y, st, rows, grid_max, ksplit_max)
+			  : launch_r<LQ_QTYPE_INT8, false, XT>(w, N, K, x, y, st, rows, grid_max, ksplit_max);
+	}
+	return (int)cudaErrorInvalidValue;
+}
+
+extern "C" int lq_cuda_gemv_ex(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
+			       int x_dtype, float *d_y, void *stream, int rows, int grid_max, int ksplit_max)
+{
+	int bs = w->p.block_size;
+	if (N == 0 || K == 0 || bs < LQ_QBLOCK_MIN || bs > LQ_QBLOCK_MAX || (bs & (bs - 1)) ||
+	    K % (uint64_t)bs || N > UINT64_MAX / K || N * K != w->n || !w->d_data || !w->d_scales ||
+	    (w->p.double_quant && !w->d_nested) || ((uintptr_t)w->d_data & 15) || ((uintptr_t)d_x & 15) ||
+	    (rows != 0 && rows != 1 && rows != 2 && rows != 4 && rows != 8))
+		return (int)cudaErrorInvalidValue;
+	cudaStream_t st = (cudaStream_t)stream;
+	if (x_dtype == LQ_DTYPE_BF16)
+		return launch_q<__nv_bfloat16>(w, N, K, (const __nv_bfloat16 *)d_x, d_y, st, rows, grid_max,
+					       ksplit_max);
+	if (x_dtype == LQ_DTYPE_F32)
+		return launch_q<float>(w, N, K, (const float *)d_x, d_y, st, rows, grid_max, ksplit_max);
+	return (int)cudaErrorInvalidValue;
+}
+
+extern "C" int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
+			    int x_dtype, float *d_y, void *stream)
+{
+	return lq_cuda_gemv_ex(w, N, K, d_x, x_dtype, d_y, stream, 0, 0, 0);
+}

@@ -1,0 +1,163 @@
+/*
+ * test_gemv.cu - the fast GEMV (gpu/gemv.cu) against a double-precision CPU
+ * product of lq_dequantize_ref's weights (make check-gpu).
+ *
+ * Copyright (c) the libquant authors.  MIT license.
+ *
+ * Every qtype x double quant x block size 64/128/256 x shape (odd N, N = 1,
+ * split-K shapes, more row groups than resident blocks) x activation dtype
+ * (fp32, bf16) x rows per block (auto, 1, 2, 4, 8).  Tolerances, with
+ * a = sum_k |w_k x_k| of the row (x as given to the GPU, i.e. bf16-rounded
+ * for bf16): NF4/FP4 |y - ref| <= 3e-3 a (the code values are used as bf16,
+ * relative error <= 2^-9 = 1.95e-3 per weight, plus fp32 rounding);
+ * INT8 |y - ref| <= 1e-5 a (exact codes, fp32 rounding only).  The old naive
+ * kernel (lq_cuda_gemv_f32) is checked on the same data at 1e-5 a.
+ */
+#include "lq_cuda.h"
+
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int pass, fail;
+#define CHECK(c, ...) do { if (c) pass++; else { fail++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } } while (0)
+#define CU(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); exit(1); } } while (0)
+
+static float frand(unsigned *s)
+{
+	*s = *s * 1664525u + 1013904223u;
+	return ((float)(*s >> 8) / 16777216.0f - 0.5f) * 0.1f;
+}
+
+static uint16_t f2bf(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	u += 0x7fffu + ((u >> 16) & 1);
+	return (uint16_t)(u >> 16);
+}
+
+static float bf2f(uint16_t h)
+{
+	uint32_t u = (uint32_t)h << 16;
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+/* max over rows of |y - ref| / a */
+static double worst(const float *y, const double *ref, const double *a, uint64_t N)
+{
+	double m = 0;
+	for (uint64_t r = 0; r < N; r++) {
+		double e = fabs((double)y[r] - ref[r]) / (a[r] > 0 ? a[r] : 1);
+		if (!(e <= m))
+			m = e; /* NaN sticks */
+	}
+	return m;
+}
+
+int main(void)
+{
+	if (lq_cuda_device_count() == 0) {
+		printf("skipping: no CUDA device\n0 passed, 0 failed\n");
+		return 0;
+	}
+	const uint64_t shapes[][2] = {{1, 256}, {7, 768}, {33, 4096}, {1000, 512}, {4099, 256}, {3, 14336}};
+	const int rows_opts[] = {0, 1, 2, 4, 8};
+	for (int q = LQ_QTYPE_NF4; q <= LQ_QTYPE_INT8; q++)
+		for (int dq = 0; dq <= 1; dq++)
+			for (int bs = 64; bs <= 256; bs *= 2)
+				for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+					uint64_t N = shapes[si][0], K = shapes[si][1], n = N * K;
+					struct lq_qparams p = {q, bs, dq};
+					unsigned seed = (unsigned)(n * 3 + q * 7 + dq + bs);
+					float *w = (float *)malloc(n * 4), *wd = (float *)malloc(n * 4);
+					for (uint64_t i = 0; i < n; i++)
+						w[i] = frand(&seed) * (1.0f + (float)(i % 97) * 0.1f);
+					size_t db = lq_qdata_bytes(q, n), sb = lq_qscale_bytes(&p, n), nb = lq_qnested_bytes(&p, n);
+					uint8_t *data = (uint8_t *)malloc(db);
+					void *scales = malloc(sb);
+					float *nested = (float *)malloc(nb + 4), *work = (float *)malloc(lq_qnblocks(n, bs) * 4);
+					struct lq_qbuf qb = {data, scales, nested, 0};
+					lq_quantize(&p, w, n, &qb, work, 2);
+					lq_dequantize_ref(&p, &qb, n, wd);
+					float *xf = (float *)malloc(K * 4), *xb = (float *)malloc(K * 4);
+					uint16_t *xh = (uint16_t *)malloc(K * 2);
+					for (uint64_t k = 0; k < K; k++) {
+						xf[k] = frand(&seed) * 10;
+						xh[k] = f2bf(xf[k]);
+						xb[k] = bf2f(xh[k]);
+					}
+					double *rf = (double *)malloc(N * 8), *af = (double *)malloc(N * 8);
+					double *rb = (double *)malloc(N * 8), *ab = (double *)malloc(N * 8);
+					for (uint64_t r = 0; r < N; r++) {
+						double s1 = 0, a1 = 0, s2 = 0, a2 = 0;
+						for (uint64_t k = 0; k < K; k++) {
+							double wv = wd[r * K + k];
+							s1 += wv * xf[k]; a1 += fabs(wv * xf[k]);
+							s2 += wv * xb[k]; a2 += fabs(wv * xb[k]);
+						}
+						rf[r] = s1; af[r] = a1; rb[r] = s2; ab[r] = a2;
+					}
+					uint8_t *d_data; void *d_scales, *d_xf, *d_xh; float *d_nested = NULL, *d_y;
+					CU(cudaMalloc(&d_data, db)); CU(cudaMalloc(&d_scales, sb));
+					if (nb) { CU(cudaMalloc(&d_nested, nb)); CU(cudaMemcpy(d_nested, nested, nb, cudaMemcpyHostToDevice)); }
+					CU(cudaMemcpy(d_data, data, db, cudaMemcpyHostToDevice));
+					CU(cudaMemcpy(d_scales, scales, sb, cudaMemcpyHostToDevice));
+					CU(cudaMalloc(&d_xf, K * 4)); CU(cudaMalloc(&d_xh, K * 2)); CU(cudaMalloc(&d_y, N * 4));
+					CU(cudaMemcpy(d_xf, xf, K * 4, cudaMemcpyHostToDevice));
+					CU(cudaMemcpy(d_xh, xh, K * 2, cudaMemcpyHostToDevice));
+					struct lq_cuda_qweight qw = {p, d_data, d_scales, d_nested, qb.offset, n};
+					float *y = (float *)malloc(N * 4);
+					double tol = q == LQ_QTYPE_INT8 ? 1e-5 : 3e-3;
+					/* the naive reference kernel */
+					CU(cudaMemset(d_y, 0xff, N * 4));
+					CHECK(lq_cuda_gemv_f32(&qw, N, K, (const float *)d_xf, d_y, 0) == 0, "naive launch");
+					CU(cudaMemcpy(y, d_y, N * 4, cudaMemcpyDeviceToHost));
+					double e0 = worst(y, rf, af, N);
+					CHECK(e0 <= 1e-5, "naive q=%d dq=%d bs=%d %llux%llu: err %g", q, dq, bs,
+					      (unsigned long long)N, (unsigned long long)K, e0);
+					for (int xt = 0; xt < 2; xt++)
+						for (size_t ri = 0; ri < sizeof rows_opts / sizeof rows_opts[0]; ri++) {
+							CU(cudaMemset(d_y, 0xff, N * 4)); /* NaN: every row must be written */
+							int rc = lq_cuda_gemv_ex(&qw, N, K, xt ? d_xh : d_xf, xt ? LQ_DTYPE_BF16 : LQ_DTYPE_F32,
+										 d_y, 0, rows_opts[ri], 0, 0);
+							CU(cudaDeviceSynchronize());
+							CU(cudaMemcpy(y, d_y, N * 4, cudaMemcpyDeviceToHost));
+							double e = xt ? worst(y, rb, ab, N) : worst(y, rf, af, N);
+							CHECK(rc == 0 && e <= tol, "gemv q=%d dq=%d bs=%d %llux%llu x=%s rows=%d: rc %d err %g (tol %g)",
+							      q, dq, bs, (unsigned long long)N, (unsigned long long)K, xt ? "bf16" : "f32",
+							      rows_opts[ri], rc, e, tol);
+						}
+					/* forced split-K on the bf16 path */
+					CU(cudaMemset(d_y, 0xff, N * 4));
+					CHECK(lq_cuda_gemv_ex(&qw, N, K, d_xh, LQ_DTYPE_BF16, d_y, 0, 4, 2, 0) == 0, "small grid launch");
+					CU(cudaMemcpy(y, d_y, N * 4, cudaMemcpyDeviceToHost));
+					double e2 = worst(y, rb, ab, N);
+					CHECK(e2 <= tol, "gemv grid_max=2 q=%d dq=%d bs=%d %llux%llu: err %g", q, dq, bs,
+					      (unsigned long long)N, (unsigned long long)K, e2);
+					cudaFree(d_data); cudaFree(d_scales); cudaFree(d_nested); cudaFree(d_xf); cudaFree(d_xh); cudaFree(d_y);
+					free(w); free(wd); free(data); free(scales); free(nested); free(work); free(xf); free(xb); free(xh);
+					free(rf); free(af); free(rb); free(ab); free(y);
+				}
+	/* errors: K not a multiple of the block size, bad dtype, misaligned x */
+	{
+		struct lq_qparams p = {LQ_QTYPE_NF4, 64, 0};
+		uint8_t *d_data; float *d_s, *d_x, *d_y;
+		CU(cudaMalloc(&d_data, 256)); CU(cudaMalloc(&d_s, 64)); CU(cudaMalloc(&d_x, 1024)); CU(cudaMalloc(&d_y, 64));
+		struct lq_cuda_qweight qw = {p, d_data, d_s, NULL, 0, 2 * 96};
+		CHECK(lq_cuda_gemv(&qw, 2, 96, d_x, LQ_DTYPE_F32, d_y, 0) == (int)cudaErrorInvalidValue, "K %% bs rejected");
+		qw.n = 2 * 128;
+		CHECK(lq_cuda_gemv(&qw, 2, 128, d_x, LQ_DTYPE_F16, d_y, 0) == (int)cudaErrorInvalidValue, "f16 x rejected");
+		CHECK(lq_cuda_gemv(&qw, 2, 128, d_x + 1, LQ_DTYPE_F32, d_y, 0) == (int)cudaErrorInvalidValue, "misaligned x rejected");
+		CHECK(lq_cuda_gemv(&qw, 3, 128, d_x, LQ_DTYPE_F32, d_y, 0) == (int)cudaErrorInvalidValue, "N*K != n rejected");
+		CHECK(lq_cuda_gemv(&qw, 2, 128, d_x, LQ_DTYPE_F32, d_y, 0) == 0, "valid call accepted");
+		CU(cudaDeviceSynchronize());
+		cudaFree(d_data); cudaFree(d_s); cudaFree(d_x); cudaFree(d_y);
+	}
+	printf("%d passed, %d failed\n", pass, fail);
+	return fail != 0;
+}
