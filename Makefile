@@ -68,7 +68,7 @@ CUDA_MSG := building without CUDA (nvcc not found or CUDA=0)
 GPU_TARGETS :=
 endif
 
-.PHONY: all lib tools tests check check-unit check-asan check-cli check-gpu \
+.PHONY: all lib tools tests check check-gpu bench-gpu \
 	bench fuzz demo install uninstall clean cuda-msg
 .DEFAULT_GOAL := all
 
