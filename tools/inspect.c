@@ -40,14 +40,7 @@ static const char usage_text[] =
 	"  -h, --help           this help\n"
 	"  -V, --version        print the version\n";
 
-static void usage(int status)
-{
-	if (status)
-		fprintf(stderr, "Try '%s --help' for more information.\n", argv0);
-	else
-		fputs(usage_text, stdout);
-	exit(status);
-}
+static void usage(int status) { usage_exit(usage_text, status); }
 
 /* One view over both kinds of input. */
 struct tview {
@@ -82,33 +75,6 @@ static json_t *load_json_file(const char *path)
 {
 	json_error_t je;
 	return json_load_file(path, 0, &je);
-}
-
-/* Read a small file into memory (malloc'ed); 0 when it cannot be read. */
-static int read_small_file(const char *path, const void **out, uint64_t *size)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return 0;
-	char *buf = NULL;
-	size_t cap = 0, n = 0, k;
-	do {
-		if (n == cap) {
-			char *nb = realloc(buf, cap = cap ? 2 * cap : 65536);
-			if (!nb) {
-				free(buf);
-				fclose(f);
-				return 0;
-			}
-			buf = nb;
-		}
-		k = fread(buf + n, 1, cap - n, f);
-		n += k;
-	} while (k > 0);
-	fclose(f);
-	*out = buf;
-	*size = n;
-	return 1;
 }
 
 static void open_input(struct input *in, const char *path)
@@ -196,15 +162,15 @@ static void open_input(struct input *in, const char *path)
 	}
 	char p[PATH_MAX];
 	snprintf(p, sizeof p, "%s/config.json", path);
-	const void *map;
-	uint64_t size;
+	size_t size;
+	char *map;
 	in->model_err.code = LQ_ERR_NOTFOUND;
 	snprintf(in->model_err.msg, sizeof in->model_err.msg, "%s: no config.json", path);
-	if (S_ISDIR(sb.st_mode) && read_small_file(p, &map, &size)) {
+	if (S_ISDIR(sb.st_mode) && (map = slurp_file(p, &size))) {
 		if (lq_model_from_st(&in->model, map, (size_t)size, in->st, &in->model_err) == 0)
 			for (size_t i = 0; i < lq_model_nwarnings(in->model); i++)
 				warnx_("warning: %s: %s", path, lq_model_warning(in->model, i));
-		free((void *)map);
+		free(map);
 	}
 }
 

@@ -30,14 +30,7 @@ static const char usage_text[] =
 	"  -h, --help              this help\n"
 	"  -V, --version           print the version\n";
 
-static void usage(int status)
-{
-	if (status)
-		fprintf(stderr, "Try '%s --help' for more information.\n", argv0);
-	else
-		fputs(usage_text, stdout);
-	exit(status);
-}
+static void usage(int status) { usage_exit(usage_text, status); }
 
 struct ctx {
 	struct progress bar;

@@ -50,16 +50,6 @@ static const char usage_text[] =
 	"  -h, --help               this help\n"
 	"  -V, --version            print the version\n";
 
-static void usage_err(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void usage_err(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vmsg(fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "try 'run --help'\n");
-	exit(2);
-}
 
 /* ------------------------------------------------------------ the model */
 
@@ -78,56 +68,6 @@ struct model {
 	int neos;
 };
 
-static char *slurp_file(const char *path, size_t *len)
-{
-	FILE *fp = fopen(path, "rb");
-	if (!fp)
-		return NULL;
-	size_t cap = 1 << 16, n = 0;
-	char *buf = malloc(cap + 1);
-	if (!buf)
-		die("out of memory");
-	size_t k;
-	while ((k = fread(buf + n, 1, cap - n, fp)) > 0) {
-		n += k;
-		if (n == cap) {
-			cap *= 2;
-			char *nb = realloc(buf, cap + 1);
-			if (!nb)
-				die("out of memory");
-			buf = nb;
-		}
-	}
-	if (ferror(fp))
-		die("%s: read error:", path);
-	fclose(fp);
-	buf[n] = 0;
-	*len = n;
-	return buf;
-}
-
-static char *read_stream(FILE *fp, size_t *len, const char *what)
-{
-	size_t cap = 1 << 12, n = 0, k;
-	char *buf = malloc(cap + 1);
-	if (!buf)
-		die("out of memory");
-	while ((k = fread(buf + n, 1, cap - n, fp)) > 0) {
-		n += k;
-		if (n == cap) {
-			cap *= 2;
-			char *nb = realloc(buf, cap + 1);
-			if (!nb)
-				die("out of memory");
-			buf = nb;
-		}
-	}
-	if (ferror(fp))
-		die("%s: read error:", what);
-	buf[n] = 0;
-	*len = n;
-	return buf;
-}
 
 /* Contents of a stored file (LQ blob or file in the directory), or NULL. */
 static const char *model_blob(struct model *md, const char *name, size_t *len)
@@ -593,7 +533,7 @@ static int32_t *prompt_ids(struct model *md, struct opts *o, const char *message
 	if (o->ids) {
 		int32_t *v = parse_ids(o->ids, n);
 		if (!v)
-			usage_err("--ids: not a list of token ids: '%s'", o->ids);
+			usage_error("--ids: not a list of token ids: '%s'", o->ids);
 		return v;
 	}
 	if (o->raw)
@@ -616,7 +556,7 @@ static int do_logits(struct model *md, struct opts *o)
 	size_t n;
 	int32_t *ids = parse_ids(o->ids, &n);
 	if (!ids || n == 0)
-		usage_err("--ids: not a list of token ids: '%s'", o->ids);
+		usage_error("--ids: not a list of token ids: '%s'", o->ids);
 	need_runtime(md, o->nthreads, o->ctx);
 	int64_t vocab = lq_run_vocab(md->run);
 	float *lg = malloc(n * (size_t)vocab * sizeof(float));
@@ -1061,7 +1001,7 @@ static double parse_double(const char *opt, const char *s, double lo, double hi)
 	errno = 0;
 	double v = strtod(s, &end);
 	if (errno || end == s || *end || !(v >= lo && v <= hi))
-		usage_err("%s: bad value '%s'", opt, s);
+		usage_error("%s: bad value '%s'", opt, s);
 	return v;
 }
 
@@ -1105,13 +1045,13 @@ int main(int argc, char **argv)
 		case O_RAW: o.raw = 1; break;
 		case 'n':
 			if (parse_int(optarg, 0, 1L << 30, &v))
-				usage_err("-n: bad number '%s'", optarg);
+				usage_error("-n: bad number '%s'", optarg);
 			o.max_new = v;
 			break;
 		case O_TEMP: o.s.temperature = parse_double("--temp", optarg, 0, 1e6); o.set_temp = 1; break;
 		case O_TOPK:
 			if (parse_int(optarg, 0, INT32_MAX, &v))
-				usage_err("--top-k: bad number '%s'", optarg);
+				usage_error("--top-k: bad number '%s'", optarg);
 			o.s.top_k = (int)v;
 			o.set_topk = 1;
 			break;
@@ -1123,14 +1063,14 @@ int main(int argc, char **argv)
 			errno = 0;
 			o.seed = strtoull(optarg, &end, 10);
 			if (errno || end == optarg || *end)
-				usage_err("--seed: bad number '%s'", optarg);
+				usage_error("--seed: bad number '%s'", optarg);
 			break;
 		}
 		case O_STOP:
 			if (o.nstop == 16)
-				usage_err("at most 16 --stop strings");
+				usage_error("at most 16 --stop strings");
 			if (!*optarg)
-				usage_err("--stop: empty string");
+				usage_error("--stop: empty string");
 			o.stop[o.nstop++] = optarg;
 			break;
 		case O_IDS: o.ids = optarg; break;
@@ -1139,12 +1079,12 @@ int main(int argc, char **argv)
 		case O_PPL: o.ppl = optarg; break;
 		case O_CTX:
 			if (parse_int(optarg, 1, 1L << 30, &v))
-				usage_err("--ctx: bad number '%s'", optarg);
+				usage_error("--ctx: bad number '%s'", optarg);
 			o.ctx = v;
 			break;
 		case O_STRIDE:
 			if (parse_int(optarg, 1, 1L << 30, &v))
-				usage_err("--stride: bad number '%s'", optarg);
+				usage_error("--stride: bad number '%s'", optarg);
 			o.stride = v;
 			break;
 		case O_JSONL: o.jsonl = 1; break;
@@ -1157,7 +1097,7 @@ int main(int argc, char **argv)
 		case O_CHAT: o.chat = 1; break;
 		case 'j':
 			if (parse_int(optarg, 1, 1024, &v))
-				usage_err("-j: bad number '%s'", optarg);
+				usage_error("-j: bad number '%s'", optarg);
 			o.nthreads = (int)v;
 			break;
 		case 'f': o.force = 1; break;
@@ -1168,18 +1108,18 @@ int main(int argc, char **argv)
 		}
 	}
 	if (optind != argc - 1)
-		usage_err(optind < argc ? "one MODEL expected" : "missing MODEL");
+		usage_error(optind < argc ? "one MODEL expected" : "missing MODEL");
 	int modes = !!o.tokenize + !!o.detokenize + !!o.template_only + !!o.ppl + !!o.logits;
 	if (modes > 1)
-		usage_err("--tokenize, --detokenize, --template, --ppl and --logits exclude each other");
+		usage_error("--tokenize, --detokenize, --template, --ppl and --logits exclude each other");
 	if (o.logits && !o.ids)
-		usage_err("--logits needs --ids");
+		usage_error("--logits needs --ids");
 	if (o.ids && (o.prompt || o.system || o.messages_file))
-		usage_err("--ids replaces -s, -p and --messages");
+		usage_error("--ids replaces -s, -p and --messages");
 	if (o.messages_file && (o.prompt || o.system))
-		usage_err("--messages replaces -s and -p");
+		usage_error("--messages replaces -s and -p");
 	if (o.chat && (o.ids || o.prompt || o.messages_file || o.jsonl || modes))
-		usage_err("--chat takes only -s and sampling options");
+		usage_error("--chat takes only -s and sampling options");
 	struct model md;
 	memset(&md, 0, sizeof md);
 	model_open(&md, argv[optind]);

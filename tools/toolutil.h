@@ -65,6 +65,65 @@ static void die_lq(int rc, const struct lq_error *e)
 	die("%s", e && e->msg[0] ? e->msg : lq_strerror(rc));
 }
 
+/* A usage error: "tool: message", a hint, exit 2. */
+static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn, unused));
+static void usage_error(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vmsg(fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "Try '%s --help' for more information.\n", argv0);
+	exit(2);
+}
+
+/* --help prints text to stdout and exits 0; a usage error only the hint. */
+static void usage_exit(const char *text, int status) __attribute__((noreturn, unused));
+static void usage_exit(const char *text, int status)
+{
+	if (status)
+		fprintf(stderr, "Try '%s --help' for more information.\n", argv0);
+	else
+		fputs(text, stdout);
+	exit(status);
+}
+
+/* All of a stream, NUL-terminated (malloc'ed; the caller frees); dies on
+ * read errors, naming `what`. */
+static __attribute__((unused)) char *read_stream(FILE *fp, size_t *len, const char *what)
+{
+	size_t cap = 1 << 16, n = 0, k;
+	char *buf = malloc(cap + 1);
+	if (!buf)
+		die("out of memory");
+	while ((k = fread(buf + n, 1, cap - n, fp)) > 0) {
+		n += k;
+		if (n == cap) {
+			cap *= 2;
+			char *nb = realloc(buf, cap + 1);
+			if (!nb)
+				die("out of memory");
+			buf = nb;
+		}
+	}
+	if (ferror(fp))
+		die("%s: read error:", what);
+	buf[n] = 0;
+	*len = n;
+	return buf;
+}
+
+/* A whole file (as read_stream), or NULL when it cannot be opened. */
+static __attribute__((unused)) char *slurp_file(const char *path, size_t *len)
+{
+	FILE *fp = fopen(path, "rb");
+	if (!fp)
+		return NULL;
+	char *buf = read_stream(fp, len, path);
+	fclose(fp);
+	return buf;
+}
+
 /* Check stdout at exit: a failed write (full disk, closed pipe) is an error. */
 static int finish_stdout(void)
 {
