@@ -380,9 +380,17 @@ int lq_pack_plan(const struct lq_pack_opts *o, struct lq_model *m, struct lq_err
  * writes it (loaded with lq_tokenizer_load_blob, no JSON parsing). */
 #define LQ_TOKENIZER_BLOB "tokenizer.lqtok"
 
-/* The names of the checkpoint files lq_pack stores in the LQ file when they
- * exist (config.json first); a static list of *n names. */
-const char *const *lq_pack_stored_files(size_t *n);
+/*
+ * What lq_pack would store beside the tensors of the checkpoint directory
+ * `dir` (opened as st) under the options: the stored files and their sizes
+ * (the precompiled tokenizer included; names are static strings; at most
+ * cap entries, *n set) and the size of the metadata JSON, so that
+ * lq_model_estimate_lq (lq_model.h) gives the exact size of the .lq file.
+ */
+struct lq_estimate_blob;
+int lq_pack_stored(const char *dir, const struct lq_pack_opts *o, const struct lq_st *st,
+		   struct lq_estimate_blob *blobs, size_t cap, size_t *n, uint64_t *metadata_bytes,
+		   struct lq_error *err);
 
 /*
  * Quantize the checkpoint at `input` (a directory with config.json and

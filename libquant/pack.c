@@ -207,12 +207,6 @@ static const char *const stored_files[] = {
 	"special_tokens_map.json", "chat_template.jinja", "chat_template.json",
 };
 
-const char *const *lq_pack_stored_files(size_t *n)
-{
-	*n = sizeof stored_files / sizeof stored_files[0];
-	return stored_files;
-}
-
 static const char *const known_archs[] = {
 	"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM", "Gemma2ForCausalLM",
 };
@@ -327,20 +321,31 @@ static json_t *build_meta(const struct lq_pack_opts *o, const char *input, const
  * builds it.  A tokenizer the library cannot load is a warning: the JSON
  * files are stored all the same.
  */
-static int store_tokenizer(struct lq_writer *w, const char *dir, const struct lq_pack_opts *o,
-			   struct lq_error *err)
+static int compile_tokenizer(const char *dir, void **blob, size_t *len, struct lq_error *e)
 {
 	char *tj = join(dir, "tokenizer.json"), *tc = join(dir, "tokenizer_config.json");
 	struct lq_tokenizer *tok = NULL;
+	int rc = !tj || !tc ? lq_fail(e, LQ_ERR_NOMEM, "out of memory") :
+		 lq_tokenizer_load_files(&tok, tj, tc, LQ_TOKENIZER_TRANSFORMERS5, e);
+	if (!rc)
+		rc = lq_tokenizer_serialize(tok, blob, len, e);
+	lq_tokenizer_free(tok);
+	free(tj);
+	free(tc);
+	return rc;
+}
+
+static int store_tokenizer(struct lq_writer *w, const char *dir, const struct lq_pack_opts *o,
+			   struct lq_error *err)
+{
 	struct lq_error e2 = {0};
 	void *blob = NULL;
 	size_t len = 0;
 	int rc = LQ_OK;
-	if (!tj || !tc)
-		rc = lq_fail(err, LQ_ERR_NOMEM, "out of memory");
-	else if (lq_tokenizer_load_files(&tok, tj, tc, LQ_TOKENIZER_TRANSFORMERS5, &e2) ||
-		 lq_tokenizer_serialize(tok, &blob, &len, &e2)) {
-		if (o->warn) {
+	if (compile_tokenizer(dir, &blob, &len, &e2)) {
+		if (e2.code == LQ_ERR_NOMEM)
+			rc = lq_fail(err, LQ_ERR_NOMEM, "%s", e2.msg);
+		else if (o->warn) {
 			char msg[1200];
 			snprintf(msg, sizeof msg, "%s: tokenizer not precompiled (%s); run will parse tokenizer.json",
 				 dir, e2.msg);
@@ -350,10 +355,49 @@ static int store_tokenizer(struct lq_writer *w, const char *dir, const struct lq
 		rc = lq_writer_add_blob(w, LQ_TOKENIZER_BLOB, blob, len, err);
 	}
 	free(blob);
-	lq_tokenizer_free(tok);
-	free(tj);
-	free(tc);
 	return rc;
+}
+
+int lq_pack_stored(const char *dir, const struct lq_pack_opts *o, const struct lq_st *st,
+		   struct lq_estimate_blob *blobs, size_t cap, size_t *n, uint64_t *metadata_bytes,
+		   struct lq_error *err)
+{
+	size_t k = 0;
+	int have_tok = 0;
+	char *arch = NULL;
+	for (size_t i = 0; i < sizeof stored_files / sizeof stored_files[0]; i++) {
+		char *p = join(dir, stored_files[i]);
+		struct stat sb;
+		if (p && stat(p, &sb) == 0 && k < cap) {
+			blobs[k++] = (struct lq_estimate_blob){stored_files[i], (uint64_t)sb.st_size};
+			have_tok |= i == 2;
+			if (i == 0) {
+				json_error_t je;
+				json_t *c = json_load_file(p, JSON_DECODE_INT_AS_REAL, &je);
+				json_t *a = json_array_get(json_object_get(c, "architectures"), 0);
+				if (json_is_string(a))
+					arch = strdup(json_string_value(a));
+				json_decref(c);
+			}
+		}
+		free(p);
+	}
+	void *blob = NULL;
+	size_t len = 0;
+	struct lq_error e2;
+	if (have_tok && k < cap && compile_tokenizer(dir, &blob, &len, &e2) == 0)
+		blobs[k++] = (struct lq_estimate_blob){LQ_TOKENIZER_BLOB, len};
+	free(blob);
+	json_t *meta = build_meta(o, dir, st, arch, have_tok);
+	char *text = meta ? json_dumps(meta, JSON_INDENT(1) | JSON_PRESERVE_ORDER) : NULL;
+	free(arch);
+	json_decref(meta);
+	if (!text)
+		return lq_fail(err, LQ_ERR_NOMEM, "out of memory");
+	*metadata_bytes = strlen(text);
+	free(text);
+	*n = k;
+	return LQ_OK;
 }
 
 static int store_files(struct lq_writer *w, const char *dir, const struct lq_pack_opts *o, char **arch,

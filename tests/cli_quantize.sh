@@ -85,6 +85,9 @@ for tk in llama3_1 qwen3; do
 	check "quantize with $tk tokenizer" quantize -q -o tok-$tk.lq tok-$tk
 	check "inspect $tk" inspect tok-$tk.lq
 	has "$tk blob stored" "stored files: .*tokenizer.lqtok" out
+	if command -v jq >/dev/null; then # the estimate counts the stored files and metadata exactly
+		[ "$(inspect --estimate --json tok-$tk | jq .lq_size)" = "$(wc -c < tok-$tk.lq)" ] && ok || bad "$tk: --estimate size"
+	fi
 	if command -v run >/dev/null; then
 		grep '^{"text":' "$LQ_ROOT/tests/fixtures/tok_input.jsonl" | sed 's/^{"text":\(.*\)}$/\1/' > texts.jsonl
 		run --tokenize --jsonl tok-$tk.lq < texts.jsonl > ids-lq.txt 2>err && ok || bad "$tk: run --tokenize from the .lq"

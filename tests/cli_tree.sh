@@ -32,7 +32,7 @@ for cfg in "$FX"/model/*.config.json "$FX"/configs/*.json; do
 		inspect --json "$d/$t.lq" > "$TMP/j"
 		[ "$(jq .footprint.transformers "$TMP/j")" = "$(ref "$name" $t)" ] && ok || bad "$name: $t footprint of the .lq"
 		est=$(jq .lq_size "$TMP/e") real=$(wc -c < "$d/$t.lq")
-		awk "BEGIN{d = $est - $real; exit !(d < 4096 && d > -4096)}" && ok || bad "$name: $t .lq estimate $est vs $real"
+		[ "$est" = "$real" ] && ok || bad "$name: $t .lq estimate $est vs $real"
 	done
 	rm -f "$d/model.safetensors"
 done

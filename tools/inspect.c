@@ -567,21 +567,15 @@ static int print_estimate(const struct input *in, const struct lq_pack_opts *po,
 	struct lq_footprint fp;
 	if (!rc)
 		rc = lq_model_footprint(m, &fp, &e);
-	/* the files quantize would store beside the tensors */
-	size_t nf;
-	const char *const *names = lq_pack_stored_files(&nf);
+	/* the files and metadata quantize would store beside the tensors */
 	struct lq_estimate_blob blobs[16];
 	size_t nb = 0;
-	for (size_t i = 0; i < nf && nb < 16; i++) {
-		char p[PATH_MAX];
-		struct stat sb;
-		snprintf(p, sizeof p, "%s/%s", in->path, names[i]);
-		if (stat(p, &sb) == 0)
-			blobs[nb++] = (struct lq_estimate_blob){names[i], (uint64_t)sb.st_size};
-	}
+	uint64_t meta_bytes = 0;
+	if (!rc)
+		rc = lq_pack_stored(in->path, po, in->st, blobs, 16, &nb, &meta_bytes, &e);
 	uint64_t size = 0;
 	if (!rc)
-		rc = lq_model_estimate_lq(m, blobs, nb, 0, &size, &e);
+		rc = lq_model_estimate_lq(m, blobs, nb, meta_bytes, &size, &e);
 	if (rc)
 		die_lq(rc, &e);
 	char b1[64], b2[64];
@@ -617,7 +611,7 @@ static int print_estimate(const struct input *in, const struct lq_pack_opts *po,
 	       commas(fp.hf_bytes, b1, sizeof b1), human(fp.hf_bytes, b2, sizeof b2));
 	printf("resident:      %s bytes (%s), weights incl. quantization statistics\n",
 	       commas(fp.resident_bytes, b1, sizeof b1), human(fp.resident_bytes, b2, sizeof b2));
-	printf("lq file:       %s bytes (%s), estimated\n", commas(size, b1, sizeof b1), human(size, b2, sizeof b2));
+	printf("lq file:       %s bytes (%s)\n", commas(size, b1, sizeof b1), human(size, b2, sizeof b2));
 	return 0;
 }
 
