@@ -71,12 +71,6 @@ struct input {
 	struct lq_error model_err;
 };
 
-static json_t *load_json_file(const char *path)
-{
-	json_error_t je;
-	return json_load_file(path, 0, &je);
-}
-
 static void open_input(struct input *in, const char *path)
 {
 	struct lq_error e = {0};
@@ -136,11 +130,6 @@ static void open_input(struct input *in, const char *path)
 	}
 	if ((rc = lq_st_open(&in->st, path, &e)))
 		die_lq(rc, &e);
-	if (S_ISDIR(sb.st_mode)) {
-		char p[PATH_MAX];
-		snprintf(p, sizeof p, "%s/config.json", path);
-		in->config = load_json_file(p);
-	}
 	for (size_t i = 0; i < lq_st_nfiles(in->st); i++)
 		in->disk += lq_st_file_size(in->st, i);
 	in->n = lq_st_count(in->st);
@@ -167,6 +156,9 @@ static void open_input(struct input *in, const char *path)
 	in->model_err.code = LQ_ERR_NOTFOUND;
 	snprintf(in->model_err.msg, sizeof in->model_err.msg, "%s: no config.json", path);
 	if (S_ISDIR(sb.st_mode) && (map = slurp_file(p, &size))) {
+		/* one read of config.json serves the summary and the model description */
+		json_error_t je;
+		in->config = json_loadb(map, size, JSON_DECODE_INT_AS_REAL, &je);
 		if (lq_model_from_st(&in->model, map, (size_t)size, in->st, &in->model_err) == 0)
 			for (size_t i = 0; i < lq_model_nwarnings(in->model); i++)
 				warnx_("warning: %s: %s", path, lq_model_warning(in->model, i));
