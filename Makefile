@@ -30,7 +30,7 @@ SAN_LDFLAGS := -fsanitize=address,undefined
 endif
 ALL_CFLAGS = $(BASE_CFLAGS) $(OPT) $(CFLAGS) -MMD -MP
 ALL_LDFLAGS = -pthread $(SAN_LDFLAGS) $(LDFLAGS)
-LIBS = $(PKG_LIBS) -lm
+LIBS = $(PKG_LIBS) $(CUDA_LIBS) -lm
 
 # ---------------------------------------------------------------- CUDA probe
 CUDA ?= 1
@@ -61,8 +61,14 @@ CU_TESTS := $(patsubst gpu/%.cu,$(BUILD)/gpu/%,$(CU_TEST_SRC))
 
 ifneq ($(NVCC),)
 CUDA_MSG := building with CUDA ($(NVCC))
-GPU_TARGETS := $(BUILD)/libquant_cuda.a $(CU_TESTS)
+GPU_TARGETS := $(CU_TESTS)
 CUDA_LIBDIR := $(dir $(NVCC))../lib64
+# the CUDA backend is part of libquant: cudart is linked statically, cuBLAS
+# is opened at run time (only when a GPU runs a prefill), so nothing that
+# links libquant needs a GPU or the CUDA libraries to start
+LIB_OBJ += $(CU_LIB_OBJ)
+BASE_CFLAGS += -DLQ_HAVE_CUDA
+CUDA_LIBS := -L$(CUDA_LIBDIR) -lcudart_static -ldl -lrt -lstdc++
 else
 CUDA_MSG := building without CUDA (nvcc not found or CUDA=0)
 GPU_TARGETS :=
@@ -110,12 +116,8 @@ $(BUILD)/gpu/%.o: gpu/%.cu
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/libquant_cuda.a: $(CU_LIB_OBJ)
-	@mkdir -p $(@D)
-	rm -f $@ && ar rcs $@ $^
-
-$(BUILD)/gpu/test_%: $(BUILD)/gpu/test_%.o $(BUILD)/libquant_cuda.a $(BUILD)/libquant.a
-	$(NVCC) $(CUARCH) -Xlinker --as-needed -o $@ $^ $(LIBS)
+$(BUILD)/gpu/test_%: $(BUILD)/gpu/test_%.o $(BUILD)/libquant.a
+	$(NVCC) $(CUARCH) -Xlinker --as-needed -o $@ $^ $(PKG_LIBS) -lm
 
 # ---------------------------------------------------------------- checks
 check: cuda-msg
@@ -127,8 +129,9 @@ check-gpu: all
 	@tests/run-gpu-checks $(BUILD)
 
 bench-gpu: all
-	$(NVCC) $(NVCCFLAGS) -DLQ_BENCH_MAIN -Xlinker --as-needed -o $(BUILD)/gpu/bench_gemv gpu/bench_gemv.cu $(BUILD)/libquant_cuda.a $(BUILD)/libquant.a $(LIBS)
+	$(NVCC) $(NVCCFLAGS) -DLQ_BENCH_MAIN -Xlinker --as-needed -o $(BUILD)/gpu/bench_gemv gpu/bench_gemv.cu $(BUILD)/libquant.a $(PKG_LIBS) -lm
 	$(BUILD)/gpu/bench_gemv
+	tests/run-bench-gpu $(BUILD)
 
 bench: all tests
 	@tests/run-bench $(BUILD)

@@ -90,8 +90,9 @@ __device__ __forceinline__ void load_x(const __nv_bfloat16 *x, uint64_t c, float
 	}
 }
 
-/* Dot product of one 16-byte weight chunk with its activations (unscaled). */
-template <int QT>
+/* Dot product of one 16-byte weight chunk with its activations (unscaled).
+ * EX: exact fp32 code values (lut_lane[code << 5] holds table[code]). */
+template <int QT, bool EX>
 __device__ __forceinline__ float chunk_dot(uint4 q, const float *xf, const uint32_t *lut_lane)
 {
 	uint32_t w[4] = {q.x, q.y, q.z, q.w};
@@ -108,6 +109,16 @@ __device__ __forceinline__ float chunk_dot(uint4 q, const float *xf, const uint3
 					p1 = fmaf(v, xf[4 * i + j], p1);
 				else
 					p0 = fmaf(v, xf[4 * i + j], p0);
+			}
+		}
+	} else if (EX) {
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+#pragma unroll
+			for (int j = 0; j < 4; j++) {
+				uint32_t b = (w[i] >> (8 * j)) & 0xffu;
+				p0 = fmaf(__uint_as_float(lut_lane[(b >> 4) << 5]), xf[8 * i + 2 * j], p0);
+				p1 = fmaf(__uint_as_float(lut_lane[(b & 15) << 5]), xf[8 * i + 2 * j + 1], p1);
 			}
 		}
 	} else {
@@ -135,7 +146,7 @@ __device__ __forceinline__ float gemv_scale(const void *scales, const float *nes
 	return __fadd_rn(t, offset);
 }
 
-template <int QT, bool DQ, typename XT, int R>
+template <int QT, bool DQ, typename XT, int R, bool EX>
 __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MINBLOCKS) k_gemv_fast(const uint8_t *__restrict__ data,
 							   const void *__restrict__ scales,
 							   const float *__restrict__ nested, float offset, int bshift,
@@ -150,7 +161,11 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MINBLOCKS) k_gemv_fast(cons
 	__shared__ float red[GEMV_THREADS / 32][R];
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
-	if (Q4) {
+	if (Q4 && EX) {
+		const uint32_t *tab = QT == LQ_QTYPE_NF4 ? g_nf4 : g_fp4;
+		for (int i = tid; i < 16 * 32; i += GEMV_THREADS)
+			lut[i] = tab[i >> 5];
+	} else if (Q4) {
 		const uint32_t *tab = QT == LQ_QTYPE_NF4 ? g_nf4 : g_fp4;
 		for (int i = tid; i < 256 * 32; i += GEMV_THREADS) {
 			int byte = i >> 5;
@@ -207,7 +222,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MINBLOCKS) k_gemv_fast(cons
 					float s = gemv_scale<DQ>(scales, nested, offset, dmap, (rbase[r] + c * EPC) >> bshift);
 					if (QT == LQ_QTYPE_INT8)
 						s = __fmul_rn(s, iscale);
-					acc[r] = fmaf(s, chunk_dot<QT>(q[u][r], xf, lut_lane), acc[r]);
+					acc[r] = fmaf(s, chunk_dot<QT, EX>(q[u][r], xf, lut_lane), acc[r]);
 				}
 			}
 		}
@@ -243,11 +258,11 @@ static int gemv_bshift(int bs)
 	return s;
 }
 
-template <int QT, bool DQ, typename XT, int R>
+template <int QT, bool DQ, typename XT, int R, bool EX = false>
 static int launch_t(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const XT *x, float *y,
 		    cudaStream_t st, int grid_max, int ksplit_max)
 {
-	auto kern = k_gemv_fast<QT, DQ, XT, R>;
+	auto kern = k_gemv_fast<QT, DQ, XT, R, EX>;
 	int dev = 0, sms = 0, per_sm = 0;
 	cudaError_t e;
 	if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
@@ -339,4 +354,27 @@ extern "C" int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_
 			    int x_dtype, float *d_y, void *stream)
 {
 	return lq_cuda_gemv_ex(w, N, K, d_x, x_dtype, d_y, stream, 0, 0, 0);
+}
+
+extern "C" int lq_cuda_gemv_exact(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const float *d_x,
+				  float *d_y, void *stream)
+{
+	int bs = w->p.block_size;
+	if (N == 0 || K == 0 || bs < LQ_QBLOCK_MIN || bs > LQ_QBLOCK_MAX || (bs & (bs - 1)) ||
+	    K % (uint64_t)bs || N > UINT64_MAX / K || N * K != w->n || !w->d_data || !w->d_scales ||
+	    (w->p.double_quant && !w->d_nested) || ((uintptr_t)w->d_data & 15) || ((uintptr_t)d_x & 15))
+		return (int)cudaErrorInvalidValue;
+	cudaStream_t st = (cudaStream_t)stream;
+	int dq = w->p.double_quant != 0;
+	switch (w->p.qtype) {
+	case LQ_QTYPE_NF4:
+		return dq ? launch_t<LQ_QTYPE_NF4, true, float, 8, true>(w, N, K, d_x, d_y, st, 0, 0)
+			  : launch_t<LQ_QTYPE_NF4, false, float, 8, true>(w, N, K, d_x, d_y, st, 0, 0);
+	case LQ_QTYPE_FP4:
+		return dq ? launch_t<LQ_QTYPE_FP4, true, float, 8, true>(w, N, K, d_x, d_y, st, 0, 0)
+			  : launch_t<LQ_QTYPE_FP4, false, float, 8, true>(w, N, K, d_x, d_y, st, 0, 0);
+	case LQ_QTYPE_INT8:
+		return lq_cuda_gemv(w, N, K, d_x, LQ_DTYPE_F32, d_y, stream);
+	}
+	return (int)cudaErrorInvalidValue;
 }

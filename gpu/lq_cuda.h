@@ -60,6 +60,13 @@ int lq_cuda_gemv_f32(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K,
 int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
 		 int x_dtype, float *d_y, void *stream);
 /*
+ * lq_cuda_gemv with float32 activations and the exact float32 code values
+ * (the CPU runtime's numbers up to the order of the sums): for
+ * --compute-dtype fp32.  Same requirements.
+ */
+int lq_cuda_gemv_exact(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const float *d_x,
+		       float *d_y, void *stream);
+/*
  * lq_cuda_gemv with tuning knobs for benchmarks: rows per block (0 = auto,
  * else 1, 2, 4 or 8), grid_max (0 = all resident blocks) and ksplit_max
  * (0 = auto) cap the grid.

@@ -14,7 +14,9 @@
  */
 #include "internal.h"
 
+#include <jansson.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,6 +44,10 @@ struct lq_run {
 	/* scratch for ncap tokens */
 	size_t ncap;
 	float *x, *h, *q, *k, *v, *att, *o, *g, *u, *fused;
+	/* another backend (CUDA) doing the work, or NULL for this CPU runtime */
+	const struct lq_backend *be;
+	void *be_state;
+	char desc[64];
 };
 
 static float *falloc(uint64_t n)
@@ -145,6 +151,8 @@ void lq_run_free(struct lq_run *r)
 		for (int64_t i = 0; i < r->nl; i++)
 			layer_release(&r->L[i]);
 	free(r->L);
+	if (r->be)
+		r->be->free(r->be_state);
 	lq_weight_release(&r->embed);
 	lq_weight_release(&r->lm_head);
 	free(r->final_norm);
@@ -199,6 +207,55 @@ static int prepare_layer(struct lq_run *r, int64_t i, struct lq_error *err)
 	return LQ_OK;
 }
 
+void lq_run_opts_init(struct lq_run_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->nthreads = 1;
+	o->backend = LQ_BACKEND_CPU;
+	o->compute = -1;
+}
+
+/* The compute dtype recorded in the file's metadata (bf16 when absent). */
+static int file_compute(const struct lq_file *f)
+{
+	size_t len = 0;
+	const char *meta = lq_file_metadata(f, &len);
+	int c = LQ_COMPUTE_BF16;
+	json_t *root = meta ? json_loadb(meta, len, 0, NULL) : NULL;
+	json_t *q = json_object_get(root, "quantization");
+	const char *name = json_string_value(json_object_get(q, "compute_dtype"));
+	if (name && lq_compute_parse(name) >= 0)
+		c = lq_compute_parse(name);
+	json_decref(root);
+	return c;
+}
+
+/* Hand the model to the CUDA backend when o asks for it (and, for AUTO, a
+ * device is there).  *used says whether it did. */
+static int use_gpu(struct lq_run *r, const struct lq_run_opts *o, int *used, struct lq_error *err)
+{
+	const struct lq_backend *be = lq_backend_cuda();
+	int ndev = be ? lq_gpu_count() : 0;
+	*used = 0;
+	if (o->backend == LQ_BACKEND_AUTO && ndev == 0)
+		return LQ_OK;
+	if (!be)
+		return lq_fail(err, LQ_ERR_UNSUPPORTED, "this libquant was built without CUDA");
+	if (o->device < 0 || o->device >= ndev)
+		return lq_fail(err, LQ_ERR_UNSUPPORTED, "no CUDA device %d (%d usable device%s)",
+			       o->device, ndev, ndev == 1 ? "" : "s");
+	struct lq_run_opts go = *o;
+	if (go.compute < 0 || go.compute > LQ_COMPUTE_F32)
+		go.compute = file_compute(r->f);
+	go.max_ctx = r->max_ctx;
+	int rc = be->prepare(&r->be_state, r->m, r->f, &go, err);
+	if (rc)
+		return rc;
+	r->be = be;
+	*used = 1;
+	return LQ_OK;
+}
+
 int lq_run_create(struct lq_run **out, const struct lq_model *m, const struct lq_file *f,
 		  const struct lq_run_opts *o, struct lq_error *err)
 {
@@ -232,6 +289,18 @@ int lq_run_create(struct lq_run **out, const struct lq_model *m, const struct lq
 	/* Gemma 2's normalizer sqrt(hidden) as a float32 scalar: the runtime
 	 * computes in float32, as transformers does with dtype=float32. */
 	r->embed_scale = c->embed_scale != 1.0 ? (float)sqrt((double)r->hidden) : 1.0f;
+	if (o && o->backend != LQ_BACKEND_CPU) {
+		int use = 0;
+		rc = use_gpu(r, o, &use, err);
+		if (rc || use) {
+			if (rc)
+				goto fail;
+			*out = r;
+			return LQ_OK;
+		}
+	}
+	snprintf(r->desc, sizeof r->desc, "cpu, %d thread%s", o && o->nthreads > 1 ? o->nthreads : 1,
+		 o && o->nthreads > 1 ? "s" : "");
 	if ((rc = lq_pool_create(&r->pool, o ? o->nthreads : 1, err)))
 		goto fail;
 	r->inv_freq = falloc((uint64_t)(r->rot / 2));
@@ -256,6 +325,11 @@ fail:
 	return rc;
 }
 
+const char *lq_run_backend(const struct lq_run *r) { return r->be ? r->be->name : "cpu"; }
+const char *lq_run_device(const struct lq_run *r)
+{
+	return r->be ? r->be->describe(r->be_state) : r->desc;
+}
 int64_t lq_run_pos(const struct lq_run *r) { return r->pos; }
 int64_t lq_run_max_ctx(const struct lq_run *r) { return r->max_ctx; }
 int64_t lq_run_vocab(const struct lq_run *r) { return r->vocab; }
@@ -530,6 +604,11 @@ int lq_run_forward(struct lq_run *r, const int32_t *tokens, size_t n, int64_t po
 			return lq_fail(err, LQ_ERR_INVALID, "token id %ld is outside the vocabulary (0..%lld)",
 				       (long)tokens[t], (long long)r->vocab - 1);
 	int rc;
+	if (r->be) {
+		rc = r->be->forward(r->be_state, tokens, n, pos, logits, all_logits, err);
+		r->pos = rc ? (pos < r->pos ? pos : r->pos) : pos + (int64_t)n;
+		return rc;
+	}
 	if ((rc = ensure_scratch(r, n, err)) || (rc = ensure_cache(r, pos + (int64_t)n, err)))
 		return rc;
 	r->pos = pos; /* entries past pos are overwritten */
@@ -582,7 +661,12 @@ static int cpu_prepare(void **state, const struct lq_model *m, const struct lq_f
 		       const struct lq_run_opts *o, struct lq_error *err)
 {
 	struct lq_run *r;
-	int rc = lq_run_create(&r, m, f, o, err);
+	struct lq_run_opts co;
+	lq_run_opts_init(&co);
+	if (o)
+		co = *o;
+	co.backend = LQ_BACKEND_CPU;
+	int rc = lq_run_create(&r, m, f, &co, err);
 	*state = rc ? NULL : r;
 	return rc;
 }
@@ -598,7 +682,13 @@ static void cpu_free(void *state)
 	lq_run_free(state);
 }
 
-static const struct lq_backend cpu_backend = { "cpu", cpu_prepare, cpu_forward, cpu_free };
+static const char *cpu_describe(void *state)
+{
+	return lq_run_device(state);
+}
+
+static const struct lq_backend cpu_backend = { "cpu", cpu_prepare, cpu_forward, cpu_free,
+					       cpu_describe };
 
 const struct lq_backend *lq_backend_cpu(void)
 {

@@ -84,11 +84,28 @@ void lq_matmul(const struct lq_weight *w, const float *x, size_t n, float *y,
 
 /* ------------------------------------------------------------ the runtime */
 
-/* Options of lq_run_create (zero-initialize, then set). */
-struct lq_run_opts {
-	int nthreads;     /* threads; <= 0: 1 */
-	int64_t max_ctx;  /* context limit in tokens; <= 0: max_position_embeddings */
+/* Where lq_run_create runs the model. */
+enum lq_backend_kind {
+	LQ_BACKEND_CPU = 0,  /* the CPU runtime (default of a zeroed lq_run_opts) */
+	LQ_BACKEND_CUDA = 1, /* a CUDA GPU (error when there is none) */
+	LQ_BACKEND_AUTO = 2  /* CUDA when a device is usable, else the CPU */
 };
+
+/* Options of lq_run_create (lq_run_opts_init, or zero-initialize, then set). */
+struct lq_run_opts {
+	int nthreads;     /* CPU threads; <= 0: 1 */
+	int64_t max_ctx;  /* context limit in tokens; <= 0: max_position_embeddings */
+	int backend;      /* enum lq_backend_kind */
+	int device;       /* CUDA device index (backend CUDA or AUTO) */
+	int compute;      /* GPU activation dtype: enum lq_compute, or -1 for the
+			   * one recorded in the file (the CPU always uses fp32) */
+};
+/* Defaults: 1 thread, model's context, CPU backend, device 0, file's compute dtype. */
+void lq_run_opts_init(struct lq_run_opts *o);
+
+/* Usable CUDA devices (0 when libquant was built without CUDA, or there is
+ * no driver or no GPU). */
+int lq_gpu_count(void);
 
 struct lq_run;
 
@@ -98,22 +115,31 @@ struct lq_run;
  * holds positions 0..pos-1 from earlier calls), free.
  */
 struct lq_backend {
-	const char *name;  /* "cpu" */
+	const char *name;  /* "cpu", "cuda" */
+	/* o->compute is resolved (never -1) when lq_run_create calls it */
 	int (*prepare)(void **state, const struct lq_model *m, const struct lq_file *f,
 		       const struct lq_run_opts *o, struct lq_error *err);
+	/* tokens are validated (ids in range, pos + n within the context) */
 	int (*forward)(void *state, const int32_t *tokens, size_t n, int64_t pos,
 		       float *logits, int all_logits, struct lq_error *err);
 	void (*free)(void *state);
+	/* one line naming the device, e.g. "cuda:0 NVIDIA H200, bf16"; owned by state */
+	const char *(*describe)(void *state);
 };
 /* The CPU backend (static, never freed). */
 const struct lq_backend *lq_backend_cpu(void);
+/* The CUDA backend (gpu/), or NULL when libquant was built without CUDA. */
+const struct lq_backend *lq_backend_cuda(void);
 
 /*
- * Prepare the CPU runtime: resolve every parameter of the model description
- * in the LQ file, convert norms and biases to float32, rebuild block scales.
- * m must come from the same file (lq_model_from_lq).  Errors:
- * LQ_ERR_NOTFOUND (tensor missing), LQ_ERR_SHAPE, LQ_ERR_UNSUPPORTED,
- * LQ_ERR_NOMEM.  *out is freed with lq_run_free().
+ * Prepare the runtime on the backend o->backend selects.  CPU: resolve every
+ * parameter of the model description in the LQ file, convert norms and
+ * biases to float32, rebuild block scales.  CUDA: upload the weights as
+ * stored to the device.  m must come from the same file (lq_model_from_lq).
+ * Errors: LQ_ERR_NOTFOUND (tensor missing), LQ_ERR_SHAPE, LQ_ERR_UNSUPPORTED
+ * (also: CUDA asked for and not available), LQ_ERR_NOMEM (the message says
+ * how much GPU memory was needed and how much is free), LQ_ERR_IO (a CUDA
+ * error).  *out is freed with lq_run_free().
  */
 int lq_run_create(struct lq_run **out, const struct lq_model *m, const struct lq_file *f,
 		  const struct lq_run_opts *o, struct lq_error *err);
@@ -129,6 +155,10 @@ void lq_run_free(struct lq_run *r);
  */
 int lq_run_forward(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos,
 		   float *logits, int all_logits, struct lq_error *err);
+/* The backend in use ("cpu" or "cuda") and a one-line description of the
+ * device (owned by r). */
+const char *lq_run_backend(const struct lq_run *r);
+const char *lq_run_device(const struct lq_run *r);
 /* Positions currently in the KV cache. */
 int64_t lq_run_pos(const struct lq_run *r);
 /* Context limit (tokens). */

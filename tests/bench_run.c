@@ -153,7 +153,10 @@ int main(int argc, char **argv)
 		struct lq_file *f = NULL;
 		struct lq_model *m = NULL;
 		struct lq_run *r = NULL;
-		struct lq_run_opts ro = { threads, prompt + decode + 8 };
+		struct lq_run_opts ro;
+		lq_run_opts_init(&ro);
+		ro.nthreads = threads;
+		ro.max_ctx = prompt + decode + 8;
 		if (lq_file_open(&f, lqp, &e) || lq_model_from_lq(&m, f, &e) ||
 		    lq_run_create(&r, m, f, &ro, &e)) {
 			fprintf(stderr, "bench_run: %s\n", e.msg);

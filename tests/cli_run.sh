@@ -36,6 +36,15 @@ fails "bad ids" 2 "not a list of token ids" run --ids 1,x,3 --logits "$TMP/x.npy
 fails "missing file" 1 "cannot open" run -p hi "$TMP/nope.lq"
 head -c 3000 "$L" >"$TMP/cut.lq"
 fails "truncated file" 1 "cut.lq" run --ids 1,2 --logits "$TMP/c.npy" "$TMP/cut.lq"
+# devices (make check hides GPUs: CUDA_VISIBLE_DEVICES is empty, see run-checks)
+fails "--cpu with --device" 2 "exclude each other" run --cpu --device 0 -p hi "$L"
+fails "bad --compute-dtype" 2 "not bf16, fp16 or fp32" run --compute-dtype fp8 -p hi "$L"
+fails "bad --device" 2 "bad number" run --device x -p hi "$L"
+fails "no such CUDA device" 1 "no CUDA device 99|built without CUDA" run --device 99 -n 1 -p hi "$L"
+check "--cpu -v" run --cpu -v -n 2 --temp 0 -p hi "$L"
+has "-v names the device" "on cpu, [0-9]+ threads?, ready in" "$TMP/err"
+check "no GPU: the CPU is used" run -v -n 2 --temp 0 -p hi "$L"
+has "no GPU: -v says cpu" "on cpu" "$TMP/err"
 
 # tokenizer and template (LQ file and checkpoint directory)
 echo "hello brown fox" | run --tokenize "$L" >"$TMP/ids" 2>"$TMP/err" && ok || bad "--tokenize"

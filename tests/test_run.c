@@ -204,7 +204,10 @@ static void test_fixture(const char *arch, int qtype)
 	if (!f)
 		return;
 	CHECK_OK(lq_model_from_lq(&m, f, &e), &e);
-	struct lq_run_opts ro = { 2, 64 };
+	struct lq_run_opts ro;
+	lq_run_opts_init(&ro);
+	ro.nthreads = 2;
+	ro.max_ctx = 64;
 	if (m)
 		CHECK_OK(lq_run_create(&r, m, f, &ro, &e), &e);
 	if (r) {

@@ -30,6 +30,7 @@ static const char usage_text[] =
 	"      --repetition-penalty R\n"
 	"      --seed N             random seed (default 0)\n"
 	"      --stop STRING        stop when the output contains STRING (repeatable)\n"
+	"      --ignore-eos         do not stop at EOS tokens (benchmarks)\n"
 	"      --ids LIST           token ids (comma separated) instead of a text prompt\n"
 	"      --output-ids         print the generated ids instead of text\n"
 	"      --logits FILE        with --ids: write float32 logits [n, vocab] as .npy\n"
@@ -44,7 +45,10 @@ static const char usage_text[] =
 	"      --no-special         --tokenize without BOS/EOS (add_special_tokens=False)\n"
 	"      --skip-special       --detokenize without special tokens\n"
 	"      --no-generation-prompt  render without the assistant prompt\n"
-	"  -j, --threads N          threads (default: all cores)\n"
+	"      --cpu                run on the CPU even when there is a GPU\n"
+	"      --device N           run on CUDA device N (default: 0 when there is a GPU)\n"
+	"      --compute-dtype T    GPU activations: bf16, fp16 or fp32 (default: the file's)\n"
+	"  -j, --threads N          CPU threads (default: all cores)\n"
 	"  -f, --force              overwrite the --logits output\n"
 	"  -v, --verbose            statistics on stderr\n"
 	"  -h, --help               this help\n"
@@ -58,6 +62,8 @@ struct model {
 	struct lq_file *f;         /* NULL for a checkpoint directory */
 	struct lq_model *m;
 	struct lq_run *run;
+	int backend, device, compute; /* lq_run_opts */
+	int verbose;
 	struct lq_tokenizer *tok;
 	struct lq_template *tpl;
 	struct lq_chat_config chat;
@@ -167,10 +173,22 @@ static void need_runtime(struct model *md, int nthreads, int64_t ctx)
 	int rc = lq_model_from_lq(&md->m, md->f, &e);
 	if (rc)
 		die_lq(rc, &e);
-	struct lq_run_opts o = { nthreads, ctx };
+	struct lq_run_opts o;
+	lq_run_opts_init(&o);
+	o.nthreads = nthreads;
+	o.max_ctx = ctx;
+	o.backend = md->backend;
+	o.device = md->device;
+	o.compute = md->compute;
+	double t0 = now_s();
 	rc = lq_run_create(&md->run, md->m, md->f, &o, &e);
+	if (rc == LQ_ERR_NOMEM && md->backend == LQ_BACKEND_AUTO)
+		die("%s: %s (--cpu runs on the CPU)", md->path, e.msg);
 	if (rc)
 		die_lq(rc, &e);
+	if (md->verbose)
+		fprintf(stderr, "run: %s on %s, ready in %.2f s\n", md->path, lq_run_device(md->run),
+			now_s() - t0);
 	const struct lq_model_config *c = lq_model_config(md->m);
 	for (int i = 0; i < c->n_eos && md->neos < 16; i++)
 		md->eos[md->neos++] = c->eos_token_ids[i];
@@ -194,6 +212,8 @@ struct opts {
 	const char *system, *prompt, *messages_file, *ids, *logits, *ppl;
 	int raw, output_ids, jsonl, tokenize, detokenize, template_only, no_special;
 	int skip_special, no_gen_prompt, force, verbose, nthreads, chat;
+	int cpu, device, compute; /* device = -1: not given; compute = -1: the file's */
+	int ignore_eos;
 	long max_new;         /* -1: default */
 	int64_t ctx, stride;
 	struct lq_sample_opts s;
@@ -372,7 +392,10 @@ struct gen_result {
 	size_t prompt_tokens;
 	const char *finish; /* "eos", "stop", "length" */
 	double prefill_s, decode_s;
+	double first_s;     /* process start to the first generated token */
 };
+
+static double t_start; /* process start (now_s) */
 
 /* Generate from prompt ids; stream text (or ids) to out when not NULL. */
 /* Generate from prompt ids; stream text (or ids) to out when not NULL.
@@ -412,7 +435,9 @@ static void generate_from(struct model *md, struct opts *o, const int32_t *promp
 	size_t printed = 0; /* bytes of text already written to out */
 	for (long k = 0; k < o->max_new; k++) {
 		int32_t id = lq_sample(logits, vocab, &o->s, seen, nseen, &rng);
-		if (is_eos(md, id)) {
+		if (k == 0)
+			res->first_s = now_s() - t_start;
+		if (!o->ignore_eos && is_eos(md, id)) {
 			res->finish = "eos";
 			break;
 		}
@@ -521,9 +546,10 @@ static void generate(struct model *md, struct opts *o, const int32_t *prompt, si
 
 static void print_stats(const struct gen_result *r)
 {
-	fprintf(stderr, "run: prompt %zu tokens in %.3f s (%.1f tok/s), generated %zu tokens in %.3f s (%.2f tok/s), finish %s\n",
+	fprintf(stderr, "run: prompt %zu tokens in %.3f s (%.1f tok/s), generated %zu tokens in %.3f s (%.2f tok/s), finish %s, first token at %.3f s\n",
 		r->prompt_tokens, r->prefill_s, r->prefill_s > 0 ? (double)r->prompt_tokens / r->prefill_s : 0,
-		r->nids, r->decode_s, r->decode_s > 0 ? (double)r->nids / r->decode_s : 0, r->finish);
+		r->nids, r->decode_s, r->decode_s > 0 ? (double)r->nids / r->decode_s : 0, r->finish,
+		r->first_s);
 }
 
 /* Prompt ids from the options: --ids, --raw text, or the chat template. */
@@ -992,7 +1018,7 @@ static int do_ppl(struct model *md, struct opts *o)
 enum {
 	O_MESSAGES = 256, O_RAW, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_STOP, O_IDS,
 	O_OUTIDS, O_LOGITS, O_PPL, O_CTX, O_STRIDE, O_JSONL, O_TOK, O_DETOK, O_TPL, O_NOSPECIAL,
-	O_SKIPSPECIAL, O_NOGEN, O_CHAT
+	O_SKIPSPECIAL, O_NOGEN, O_CHAT, O_CPU, O_DEVICE, O_COMPUTE, O_IGNORE_EOS
 };
 
 static double parse_double(const char *opt, const char *s, double lo, double hi)
@@ -1008,6 +1034,7 @@ static double parse_double(const char *opt, const char *s, double lo, double hi)
 int main(int argc, char **argv)
 {
 	argv0 = "run";
+	t_start = now_s();
 	(void)progress_init; /* toolutil.h helpers this tool does not use */
 	(void)progress_draw;
 	(void)progress_end;
@@ -1016,6 +1043,8 @@ int main(int argc, char **argv)
 	lq_sample_opts_init(&o.s);
 	o.max_new = -1;
 	o.nthreads = ncpus();
+	o.device = -1;
+	o.compute = -1;
 	static const struct option lo[] = {
 		{"system", required_argument, 0, 's'},    {"prompt", required_argument, 0, 'p'},
 		{"messages", required_argument, 0, O_MESSAGES}, {"raw", no_argument, 0, O_RAW},
@@ -1031,6 +1060,9 @@ int main(int argc, char **argv)
 		{"detokenize", no_argument, 0, O_DETOK},  {"template", no_argument, 0, O_TPL},
 		{"no-special", no_argument, 0, O_NOSPECIAL}, {"skip-special", no_argument, 0, O_SKIPSPECIAL},
 		{"no-generation-prompt", no_argument, 0, O_NOGEN}, {"chat", no_argument, 0, O_CHAT},
+		{"cpu", no_argument, 0, O_CPU},           {"device", required_argument, 0, O_DEVICE},
+		{"compute-dtype", required_argument, 0, O_COMPUTE},
+		{"ignore-eos", no_argument, 0, O_IGNORE_EOS},
 		{"threads", required_argument, 0, 'j'},   {"force", no_argument, 0, 'f'},
 		{"verbose", no_argument, 0, 'v'},         {"help", no_argument, 0, 'h'},
 		{"version", no_argument, 0, 'V'},         {0, 0, 0, 0}
@@ -1095,6 +1127,18 @@ int main(int argc, char **argv)
 		case O_SKIPSPECIAL: o.skip_special = 1; break;
 		case O_NOGEN: o.no_gen_prompt = 1; break;
 		case O_CHAT: o.chat = 1; break;
+		case O_CPU: o.cpu = 1; break;
+		case O_IGNORE_EOS: o.ignore_eos = 1; break;
+		case O_DEVICE:
+			if (parse_int(optarg, 0, 1023, &v))
+				usage_error("--device: bad number '%s'", optarg);
+			o.device = (int)v;
+			break;
+		case O_COMPUTE:
+			o.compute = lq_compute_parse(optarg);
+			if (o.compute < 0)
+				usage_error("--compute-dtype: '%s' is not bf16, fp16 or fp32", optarg);
+			break;
 		case 'j':
 			if (parse_int(optarg, 1, 1024, &v))
 				usage_error("-j: bad number '%s'", optarg);
@@ -1120,8 +1164,14 @@ int main(int argc, char **argv)
 		usage_error("--messages replaces -s and -p");
 	if (o.chat && (o.ids || o.prompt || o.messages_file || o.jsonl || modes))
 		usage_error("--chat takes only -s and sampling options");
+	if (o.cpu && o.device >= 0)
+		usage_error("--cpu and --device exclude each other");
 	struct model md;
 	memset(&md, 0, sizeof md);
+	md.backend = o.cpu ? LQ_BACKEND_CPU : o.device >= 0 ? LQ_BACKEND_CUDA : LQ_BACKEND_AUTO;
+	md.device = o.device >= 0 ? o.device : 0;
+	md.compute = o.compute;
+	md.verbose = o.verbose;
 	model_open(&md, argv[optind]);
 	int rc;
 	if (o.tokenize)

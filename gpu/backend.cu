@@ -1,0 +1,1432 @@
+/*
+ * backend.cu - the CUDA backend of lq_run (struct lq_backend, lq_run.h): the
+ * forward pass of the five architectures on one GPU, mirroring
+ * libquant/forward.c (the reference it is tested against).
+ *
+ * Copyright (c) the libquant authors.  MIT license.
+ *
+ * Weights are uploaded once, as stored in the LQ file (packed codes, scales,
+ * nested scales; unquantized tensors in their dtype), through two pinned
+ * staging buffers with asynchronous copies.  Activations and the KV cache are
+ * float32 buffers; with bf16 or fp16 compute, the inputs of every product
+ * (the normalized hidden states, q, the KV cache, the attention output, the
+ * gated MLP activation) are rounded to the compute dtype, as the tensors a
+ * bf16/fp16 forward multiplies, while the residual stream, biases, RoPE,
+ * softmax and all sums stay float32 (as llama.cpp keeps them).  With fp32
+ * the GPU computes what the CPU runtime does.
+ *
+ * Matmuls: one token (decode) uses the fused dequant-GEMV of gemv.cu (exact
+ * code values at fp32, bf16-rounded codes otherwise) or a dense GEMV for
+ * unquantized weights; several tokens (prefill, --logits) dequantize the
+ * weight into a scratch matrix of the compute dtype and run a tensor-core
+ * GEMM through cuBLAS, which is opened at run time (dlopen), so binaries do
+ * not depend on it.  Attention is one kernel with an online softmax, split
+ * over the key range for decode.  The decode step (one token, logits of the
+ * last position) is captured in a CUDA graph and replayed; positions and the
+ * token id are read from device memory so that the graph stays valid until
+ * the KV cache is reallocated.
+ */
+#include "lq_cuda.h"
+#include "lq_blocks.h"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK 512        /* tokens per forward step (longer inputs are split) */
+#define ATT_WARPS 4      /* warps per attention block */
+#define ATT_MAXE 8       /* head_dim <= 32 * ATT_MAXE */
+#define ATT_MAXSPLIT 64  /* key-range splits of decode attention */
+#define STAGE_BYTES (64u << 20)
+
+static __constant__ uint32_t b_nf4[16] = LQ_NF4_BITS_INIT;
+static __constant__ uint32_t b_fp4[16] = LQ_FP4_BITS_INIT;
+static __constant__ uint32_t b_dyn[256] = LQ_DYNMAP_BITS_INIT;
+
+/* ------------------------------------------------------------- errors */
+
+static int gfail(struct lq_error *err, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int gfail(struct lq_error *err, int code, const char *fmt, ...)
+{
+	if (err) {
+		va_list ap;
+		va_start(ap, fmt);
+		err->code = code;
+		vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+		va_end(ap);
+	}
+	return code;
+}
+
+static int cuda_fail(struct lq_error *err, cudaError_t e, const char *what)
+{
+	cudaGetLastError();
+	if (e == cudaErrorMemoryAllocation) {
+		size_t fr = 0, tot = 0;
+		cudaMemGetInfo(&fr, &tot);
+		return gfail(err, LQ_ERR_NOMEM, "out of GPU memory for %s (%.0f MiB free of %.0f MiB)", what,
+			     fr / 1048576.0, tot / 1048576.0);
+	}
+	return gfail(err, LQ_ERR_IO, "CUDA error in %s: %s", what, cudaGetErrorString(e));
+}
+
+#define CK(call, what)                                             \
+	do {                                                       \
+		cudaError_t e_ = (call);                           \
+		if (e_ != cudaSuccess)                             \
+			return cuda_fail(err, e_, what);           \
+	} while (0)
+
+/* --------------------------------------------------------- cuBLAS (dlopen) */
+
+struct cublas_fns {
+	void *lib;
+	int tried;
+	cublasStatus_t (*create)(cublasHandle_t *);
+	cublasStatus_t (*destroy)(cublasHandle_t);
+	cublasStatus_t (*set_stream)(cublasHandle_t, cudaStream_t);
+	cublasStatus_t (*gemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+			       const void *, const void *, cudaDataType, int, const void *, cudaDataType,
+			       int, const void *, void *, cudaDataType, int, cublasComputeType_t,
+			       cublasGemmAlgo_t);
+};
+
+static int cublas_open(struct cublas_fns *c)
+{
+	if (c->tried)
+		return c->lib != NULL;
+	c->tried = 1;
+	const char *names[] = { "libcublas.so.13", "libcublas.so.12", "libcublas.so" };
+	for (size_t i = 0; i < sizeof names / sizeof names[0] && !c->lib; i++)
+		c->lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+	if (!c->lib)
+		return 0;
+	*(void **)&c->create = dlsym(c->lib, "cublasCreate_v2");
+	*(void **)&c->destroy = dlsym(c->lib, "cublasDestroy_v2");
+	*(void **)&c->set_stream = dlsym(c->lib, "cublasSetStream_v2");
+	*(void **)&c->gemm = dlsym(c->lib, "cublasGemmEx");
+	if (!c->create || !c->destroy || !c->set_stream || !c->gemm) {
+		dlclose(c->lib);
+		c->lib = NULL;
+	}
+	return c->lib != NULL;
+}
+
+/* ------------------------------------------------------------ weights */
+
+/* A weight as the kernels see it (passed by value). */
+struct kweight {
+	int qtype, dtype, dq, bshift;
+	const uint8_t *data;
+	const void *scales;
+	const float *nested;
+	float offset;
+};
+
+struct dweight {
+	struct kweight k;
+	struct lq_cuda_qweight q; /* quantized: for lq_cuda_gemv */
+	uint64_t rows, cols;
+	int fast;                 /* lq_cuda_gemv applies */
+};
+
+__device__ __forceinline__ float rnd(float v, int cd)
+{
+	if (cd == LQ_COMPUTE_BF16)
+		return __bfloat162float(__float2bfloat16_rn(v));
+	if (cd == LQ_COMPUTE_F16)
+		return __half2float(__float2half_rn(v));
+	return v;
+}
+
+/* Element i of a weight as float32, rounded exactly as lq_dequantize_ref. */
+__device__ __forceinline__ float w_get(const kweight &w, uint64_t i)
+{
+	if (w.qtype == LQ_QTYPE_NONE) {
+		if (w.dtype == LQ_DTYPE_BF16)
+			return __uint_as_float((uint32_t)((const uint16_t *)w.data)[i] << 16);
+		if (w.dtype == LQ_DTYPE_F16)
+			return __half2float(((const __half *)w.data)[i]);
+		return ((const float *)w.data)[i];
+	}
+	uint64_t b = i >> w.bshift;
+	float s;
+	if (w.dq)
+		s = __fadd_rn(__fmul_rn(__uint_as_float(b_dyn[((const uint8_t *)w.scales)[b]]),
+					w.nested[b >> LQ_QNESTED_SHIFT]),
+			      w.offset);
+	else
+		s = ((const float *)w.scales)[b];
+	if (w.qtype == LQ_QTYPE_INT8)
+		return __fmul_rn((float)(int8_t)w.data[i], __fmul_rn(s, 1.0f / 127.0f));
+	uint8_t byte = w.data[i >> 1];
+	int code = (i & 1) ? (byte & 15) : (byte >> 4);
+	return __fmul_rn(__uint_as_float(w.qtype == LQ_QTYPE_NF4 ? b_nf4[code] : b_fp4[code]), s);
+}
+
+/* ------------------------------------------------------------- kernels */
+
+__device__ __forceinline__ int64_t cur_pos(const int64_t *d_pos, int64_t pos) { return d_pos ? *d_pos : pos; }
+
+__global__ void k_embed(kweight w, uint64_t cols, const int32_t *tok, float scale, float *x, int cd)
+{
+	uint64_t row = (uint64_t)tok[blockIdx.x];
+	float *xt = x + (uint64_t)blockIdx.x * cols;
+	for (uint64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+		float v = w_get(w, row * cols + i);
+		xt[i] = scale != 1.0f ? v * scale : v;
+	}
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, <= 1024). */
+__device__ double block_sum(double v)
+{
+	__shared__ double part[32];
+	for (int o = 16; o; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	int w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+	__syncthreads();
+	if ((threadIdx.x & 31) == 0)
+		part[w] = v;
+	__syncthreads();
+	double s = 0;
+	for (int i = 0; i < nw; i++)
+		s += part[i];
+	return s;
+}
+
+/* y = rnd(rmsnorm(x)) per row (a matmul input); with add != NULL,
+ * add += rmsnorm(x) instead (Gemma 2's post-norms on the residual stream). */
+__global__ void k_rmsnorm(const float *x, const float *w, float *y, float *add, int64_t D, float eps,
+			  int plus1, int cd)
+{
+	const float *xt = x + (uint64_t)blockIdx.x * D;
+	double ss = 0;
+	for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
+		ss += (double)xt[i] * xt[i];
+	ss = block_sum(ss);
+	float var = (float)(ss / (double)D);
+	float inv = (float)(1.0 / sqrt((double)(var + eps)));
+	for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+		float hv = xt[i] * inv, o;
+		if (plus1)
+			o = hv * (1.0f + w[i]);
+		else
+			o = w[i] * hv;
+		uint64_t j = (uint64_t)blockIdx.x * D + i;
+		if (add)
+			add[j] += o; /* the residual stream stays float32 */
+		else
+			y[j] = rnd(o, cd);
+	}
+}
+
+/* y[t][i] += b[i] for a [n, d] block with row stride ld. */
+__global__ void k_bias(float *y, int64_t ld, const float *b, int64_t n, int64_t d)
+{
+	uint64_t tot = (uint64_t)n * d;
+	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < tot; j += (uint64_t)gridDim.x * blockDim.x) {
+		uint64_t t = j / d, i = j % d;
+		float *p = y + t * ld + i;
+		*p += b[i];
+	}
+}
+
+/* Residual add: the stream x stays float32 (y is already in the compute dtype). */
+__global__ void k_add(float *x, const float *y, uint64_t n)
+{
+	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (uint64_t)gridDim.x * blockDim.x)
+		x[j] += y[j];
+}
+
+/*
+ * RoPE on q and k (block = one head of one token; heads 0..H-1 are query
+ * heads, H..H+KV-1 key heads) and the KV cache store of k and v.
+ */
+__global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *v, int64_t vs, int64_t H,
+		       int64_t KV, int64_t hd, int64_t rot, const float *inv_freq, float ascale,
+		       const int64_t *d_pos, int64_t pos, float *kc, float *vc, int64_t kvdim, int cd)
+{
+	int64_t t = blockIdx.y, hh = blockIdx.x;
+	int64_t p = cur_pos(d_pos, pos) + t;
+	float *vec = hh < H ? q + t * qs + hh * hd : k + t * ks + (hh - H) * hd;
+	int64_t half = rot / 2;
+	for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+		float fr = __fmul_rn((float)p, inv_freq[i]);
+		float cs = __fmul_rn((float)cos((double)fr), ascale);
+		float sn = __fmul_rn((float)sin((double)fr), ascale);
+		float x1 = vec[i], x2 = vec[i + half];
+		vec[i] = x1 * cs - x2 * sn;
+		vec[i + half] = x2 * cs + x1 * sn;
+	}
+	__syncthreads();
+	if (hh < H) {
+		for (int64_t i = threadIdx.x; i < hd; i += blockDim.x)
+			vec[i] = rnd(vec[i], cd);
+		return;
+	}
+	int64_t kh = hh - H;
+	float *kd = kc + p * kvdim + kh * hd, *vd = vc + p * kvdim + kh * hd;
+	const float *vsrc = v + t * vs + kh * hd;
+	for (int64_t i = threadIdx.x; i < hd; i += blockDim.x) {
+		kd[i] = rnd(vec[i], cd);
+		vd[i] = rnd(vsrc[i], cd);
+	}
+}
+
+/*
+ * Attention of query token t (blockIdx.y), head h (blockIdx.x) over the keys
+ * of its split (blockIdx.z of gridDim.z) of the visible range, online
+ * softmax per warp, then the warps merged.  One split: the normalized output
+ * goes to out; several: (max, sum, unnormalized vector) go to part.
+ */
+__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t qs, const float *kc, const float *vc,
+						      float *out, float *part, int64_t H, int64_t grp,
+						      int64_t hd, int64_t kvdim, int64_t window, float scale,
+						      float cap, const int64_t *d_pos, int64_t pos, int cd)
+{
+	__shared__ float sm[ATT_WARPS][32 * ATT_MAXE + 2];
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	const int64_t t = blockIdx.y, h = blockIdx.x, kvh = h / grp;
+	const int64_t p = cur_pos(d_pos, pos) + t;
+	int64_t lo = 0;
+	if (window > 0 && p - window + 1 > 0)
+		lo = p - window + 1;
+	const int64_t len = p - lo + 1, S = gridDim.z;
+	const int64_t per = (len + S - 1) / S;
+	const int64_t j0 = lo + per * blockIdx.z, j1 = min(p + 1, j0 + per);
+	const float *qv = q + t * qs + h * hd;
+	float qr[ATT_MAXE], acc[ATT_MAXE];
+#pragma unroll
+	for (int e = 0; e < ATT_MAXE; e++) {
+		int64_t d = lane + 32 * e;
+		qr[e] = d < hd ? qv[d] : 0.0f;
+		acc[e] = 0.0f;
+	}
+	float m = -INFINITY, l = 0.0f;
+	for (int64_t j = j0 + warp; j < j1; j += ATT_WARPS) {
+		const float *kv = kc + j * kvdim + kvh * hd;
+		float s = 0.0f;
+#pragma unroll
+		for (int e = 0; e < ATT_MAXE; e++) {
+			int64_t d = lane + 32 * e;
+			if (d < hd)
+				s = fmaf(qr[e], kv[d], s);
+		}
+		for (int o = 16; o; o >>= 1)
+			s += __shfl_xor_sync(0xffffffffu, s, o);
+		s *= scale;
+		if (cap > 0.0f)
+			s = tanhf(s / cap) * cap;
+		float mn = fmaxf(m, s);
+		float corr = expf(m - mn), pw = expf(s - mn);
+		l = l * corr + pw;
+		const float *vv = vc + j * kvdim + kvh * hd;
+#pragma unroll
+		for (int e = 0; e < ATT_MAXE; e++) {
+			int64_t d = lane + 32 * e;
+			acc[e] = acc[e] * corr + (d < hd ? pw * vv[d] : 0.0f);
+		}
+		m = mn;
+	}
+#pragma unroll
+	for (int e = 0; e < ATT_MAXE; e++)
+		sm[warp][lane + 32 * e] = acc[e];
+	if (lane == 0) {
+		sm[warp][32 * ATT_MAXE] = m;
+		sm[warp][32 * ATT_MAXE + 1] = l;
+	}
+	__syncthreads();
+	float M = -INFINITY;
+	for (int w = 0; w < ATT_WARPS; w++)
+		M = fmaxf(M, sm[w][32 * ATT_MAXE]);
+	float L = 0.0f, f[ATT_WARPS];
+	for (int w = 0; w < ATT_WARPS; w++) {
+		float mw = sm[w][32 * ATT_MAXE];
+		f[w] = mw == -INFINITY ? 0.0f : expf(mw - M);
+		L += sm[w][32 * ATT_MAXE + 1] * f[w];
+	}
+	for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
+		float a = 0.0f;
+		for (int w = 0; w < ATT_WARPS; w++)
+			a += sm[w][d] * f[w];
+		if (S == 1)
+			out[t * (H * hd) + h * hd + d] = rnd(a / L, cd);
+		else
+			part[((t * H + h) * S + blockIdx.z) * (hd + 2) + d] = a;
+	}
+	if (S > 1 && threadIdx.x == 0) {
+		float *pp = part + ((t * H + h) * S + blockIdx.z) * (hd + 2);
+		pp[hd] = M;
+		pp[hd + 1] = L;
+	}
+}
+
+/* Merge the splits of k_attn: block = (head, token). */
+__global__ void k_attn_merge(const float *part, float *out, int64_t H, int64_t hd, int S, int cd)
+{
+	const int64_t t = blockIdx.y, h = blockIdx.x;
+	const float *pp = part + (t * H + h) * S * (hd + 2);
+	float M = -INFINITY;
+	for (int s = 0; s < S; s++)
+		M = fmaxf(M, pp[s * (hd + 2) + hd]);
+	float L = 0.0f;
+	for (int s = 0; s < S; s++) {
+		float ms = pp[s * (hd + 2) + hd];
+		if (ms != -INFINITY)
+			L += pp[s * (hd + 2) + hd + 1] * expf(ms - M);
+	}
+	for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
+		float a = 0.0f;
+		for (int s = 0; s < S; s++) {
+			float ms = pp[s * (hd + 2) + hd];
+			if (ms != -INFINITY)
+				a += pp[s * (hd + 2) + d] * expf(ms - M);
+		}
+		out[t * (H * hd) + h * hd + d] = rnd(a / L, cd);
+	}
+}
+
+__device__ __forceinline__ float act_f(int a, float x)
+{
+	switch (a) {
+	case LQ_ACT_GELU_TANH:
+	case LQ_ACT_GELU_NEW:
+		return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+	case LQ_ACT_GELU:
+		return (float)(0.5 * x * (1.0 + erf(x / 1.4142135623730951)));
+	case LQ_ACT_RELU:
+		return x > 0 ? x : 0;
+	default:
+		return x / (1.0f + expf(-x));
+	}
+}
+
+/* out[t][i] = rnd(act(g) * u) for gate/up rows of stride ld. */
+__global__ void k_act(const float *g, const float *u, int64_t ld, float *out, int64_t n, int64_t I, int act, int cd)
+{
+	uint64_t tot = (uint64_t)n * I;
+	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < tot; j += (uint64_t)gridDim.x * blockDim.x) {
+		uint64_t t = j / I, i = j % I;
+		out[j] = rnd(act_f(act, g[t * ld + i]) * u[t * ld + i], cd);
+	}
+}
+
+__global__ void k_softcap(float *y, uint64_t n, float cap)
+{
+	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (uint64_t)gridDim.x * blockDim.x)
+		y[j] = tanhf(y[j] / cap) * cap;
+}
+
+/* Weight -> dense matrix of T (exact float32 values, then rounded to T). */
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+
+template <typename T>
+__global__ void k_weight_to(kweight w, uint64_t n, T *out)
+{
+	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (uint64_t)gridDim.x * blockDim.x)
+		out[j] = from_f<T>(w_get(w, j));
+}
+
+template <typename T>
+__global__ void k_f32_to(const float *x, uint64_t n, T *out)
+{
+	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (uint64_t)gridDim.x * blockDim.x)
+		out[j] = from_f<T>(x[j]);
+}
+
+/*
+ * Dense GEMV y[N] = W[N,K] x[K], one warp per row, 16-byte weight loads
+ * when K and the row starts allow (vec), fp32 accumulation.
+ */
+template <typename WT>
+__global__ void k_gemv_dense(const WT *W, uint64_t N, uint64_t K, const float *x, float *y, int vec)
+{
+	constexpr int E = 16 / sizeof(WT);
+	uint64_t row = (uint64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+	int lane = threadIdx.x & 31;
+	if (row >= N)
+		return;
+	const WT *wr = W + row * K;
+	float acc = 0.0f;
+	if (vec) {
+		const uint4 *w4 = (const uint4 *)wr;
+		uint64_t nv = K / E;
+#pragma unroll 4
+		for (uint64_t c = lane; c < nv; c += 32) {
+			uint4 u = __ldg(w4 + c);
+			const WT *e = (const WT *)&u;
+			const float *xc = x + c * E;
+#pragma unroll
+			for (int i = 0; i < E; i++) {
+				float wv;
+				if constexpr (sizeof(WT) == 4)
+					wv = (float)e[i];
+				else
+					wv = __half2float(*(const __half *)&e[i]);
+				acc = fmaf(wv, __ldg(xc + i), acc);
+			}
+		}
+	} else {
+		for (uint64_t c = lane; c < K; c += 32) {
+			float wv;
+			if constexpr (sizeof(WT) == 4)
+				wv = (float)wr[c];
+			else
+				wv = __half2float(*(const __half *)&wr[c]);
+			acc = fmaf(wv, x[c], acc);
+		}
+	}
+	for (int o = 16; o; o >>= 1)
+		acc += __shfl_xor_sync(0xffffffffu, acc, o);
+	if (lane == 0)
+		y[row] = acc;
+}
+
+/* GEMV over any weight layout, element by element (quantized tensors whose
+ * blocks span rows, which the fast GEMV does not take): a warp per row. */
+__global__ void k_gemv_any(kweight w, uint64_t N, uint64_t K, const float *x, float *y)
+{
+	uint64_t row = (uint64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+	int lane = threadIdx.x & 31;
+	if (row >= N)
+		return;
+	float acc = 0.0f;
+	for (uint64_t c = lane; c < K; c += 32)
+		acc = fmaf(w_get(w, row * K + c), x[c], acc);
+	for (int o = 16; o; o >>= 1)
+		acc += __shfl_xor_sync(0xffffffffu, acc, o);
+	if (lane == 0)
+		y[row] = acc;
+}
+
+/* bf16 as a 2-byte type the template above reads through its own path. */
+struct bf16raw {
+	uint16_t v;
+};
+
+template <>
+__global__ void k_gemv_dense<bf16raw>(const bf16raw *W, uint64_t N, uint64_t K, const float *x, float *y, int vec)
+{
+	uint64_t row = (uint64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+	int lane = threadIdx.x & 31;
+	if (row >= N)
+		return;
+	const uint16_t *wr = (const uint16_t *)W + row * K;
+	float acc0 = 0.0f, acc1 = 0.0f;
+	if (vec) {
+		const uint4 *w4 = (const uint4 *)wr;
+		uint64_t nv = K / 8;
+#pragma unroll 4
+		for (uint64_t c = lane; c < nv; c += 32) {
+			uint4 u = __ldg(w4 + c);
+			const float4 *xc = (const float4 *)(x + c * 8);
+			float4 xa = __ldg(xc), xb = __ldg(xc + 1);
+			acc0 = fmaf(__uint_as_float(u.x << 16), xa.x, acc0);
+			acc1 = fmaf(__uint_as_float(u.x & 0xffff0000u), xa.y, acc1);
+			acc0 = fmaf(__uint_as_float(u.y << 16), xa.z, acc0);
+			acc1 = fmaf(__uint_as_float(u.y & 0xffff0000u), xa.w, acc1);
+			acc0 = fmaf(__uint_as_float(u.z << 16), xb.x, acc0);
+			acc1 = fmaf(__uint_as_float(u.z & 0xffff0000u), xb.y, acc1);
+			acc0 = fmaf(__uint_as_float(u.w << 16), xb.z, acc0);
+			acc1 = fmaf(__uint_as_float(u.w & 0xffff0000u), xb.w, acc1);
+		}
+	} else {
+		for (uint64_t c = lane; c < K; c += 32)
+			acc0 = fmaf(__uint_as_float((uint32_t)wr[c] << 16), x[c], acc0);
+	}
+	float acc = acc0 + acc1;
+	for (int o = 16; o; o >>= 1)
+		acc += __shfl_xor_sync(0xffffffffu, acc, o);
+	if (lane == 0)
+		y[row] = acc;
+}
+
+/* ------------------------------------------------------------ the state */
+
+struct glayer {
+	dweight q, k, v, qkv, o, gate, up, gate_up, down;
+	float *attn_norm, *post_attn_norm, *pre_ffn_norm, *post_ffn_norm;
+	float *q_bias, *k_bias, *v_bias, *o_bias, *gate_bias, *up_bias, *down_bias;
+	int64_t window;
+};
+
+struct gstate {
+	const struct lq_model *m;
+	const struct lq_file *f;
+	const struct lq_model_config *c;
+	int dev, cd;
+	char desc[320];
+	cudaStream_t st;
+	struct cublas_fns cb;
+	cublasHandle_t cbh;
+	int cbh_ok;
+	int64_t nl, H, KV, hd, hidden, inter, vocab, qdim, kvdim, rot, max_ctx;
+	float embed_scale;
+	dweight embed, lm_head;
+	float *final_norm;
+	glayer *L;
+	/* device memory */
+	uint8_t *arena;        /* weights */
+	uint64_t arena_size, arena_used;
+	float *inv_freq;       /* [rot / 2] */
+	float *h_inv;          /* host copy of what is on the device */
+	int64_t inv_len;       /* sequence length inv_freq was computed for (-1: none) */
+	float ascale;
+	float *kv;             /* [nl][2][cap][kvdim] */
+	int64_t cap;
+	float *x, *h, *o, *qkv, *att, *gu, *g, *part, *logits;
+	void *xbuf, *wbuf;
+	uint64_t wbuf_bytes;
+	int32_t *tok;
+	int64_t *pos;
+	/* pinned host memory */
+	int32_t *h_tok;
+	int64_t *h_pos;
+	float *h_logits;
+	/* the decode graph */
+	cudaGraphExec_t graph;
+	int64_t graph_cap;
+	float graph_ascale;
+	int graph_split;
+};
+
+static float *layer_kc(gstate *g, int64_t l) { return g->kv + (uint64_t)l * 2 * g->cap * g->kvdim; }
+static float *layer_vc(gstate *g, int64_t l) { return layer_kc(g, l) + (uint64_t)g->cap * g->kvdim; }
+
+/* ------------------------------------------------------------- loading */
+
+/* The stored tensor of a role (tied lm_head: the embedding), or NULL. */
+static const struct lq_tensor *role_tensor(gstate *g, int role, int layer)
+{
+	long i = lq_model_find_role(g->m, role, layer);
+	if (i < 0)
+		return NULL;
+	const struct lq_model_param *p = lq_model_param(g->m, (size_t)i);
+	if (p->tied) {
+		long e = lq_model_find_role(g->m, LQ_ROLE_EMBED, -1);
+		if (e < 0)
+			return NULL;
+		p = lq_model_param(g->m, (size_t)e);
+	}
+	return lq_file_find(g->f, p->name);
+}
+
+struct upload {
+	gstate *g;
+	uint8_t *stage[2];
+	cudaEvent_t ev[2];
+	int cur;
+	size_t fill;
+	uint8_t *dst;  /* device address of the staged bytes */
+	int counting;  /* first pass: only add up the sizes */
+};
+
+static int flush_stage(struct upload *u, struct lq_error *err)
+{
+	if (!u->fill)
+		return LQ_OK;
+	CK(cudaMemcpyAsync(u->dst, u->stage[u->cur], u->fill, cudaMemcpyHostToDevice, u->g->st), "weight upload");
+	CK(cudaEventRecord(u->ev[u->cur], u->g->st), "weight upload");
+	u->cur ^= 1;
+	CK(cudaEventSynchronize(u->ev[u->cur]), "weight upload");
+	u->fill = 0;
+	return LQ_OK;
+}
+
+/* Reserve size bytes of the weight arena and copy src there (asynchronously,
+ * through the pinned staging buffers); *dev receives the address. */
+static int put(struct upload *u, const void *src, uint64_t size, void **dev, struct lq_error *err)
+{
+	gstate *g = u->g;
+	uint64_t off = (g->arena_used + 255) & ~(uint64_t)255;
+	g->arena_used = off + size;
+	if (u->counting) {
+		*dev = NULL;
+		return LQ_OK;
+	}
+	if (g->arena_used > g->arena_size)
+		return gfail(err, LQ_ERR_INVALID, "internal: weight arena overflow");
+	*dev = g->arena + off;
+	const uint8_t *s = (const uint8_t *)src;
+	while (size) {
+		if (u->fill && u->dst + u->fill != g->arena + off) {
+			int rc = flush_stage(u, err);
+			if (rc)
+				return rc;
+		}
+		if (!u->fill)
+			u->dst = g->arena + off;
+		size_t take = STAGE_BYTES - u->fill;
+		if (take > size)
+			take = (size_t)size;
+		memcpy(u->stage[u->cur] + u->fill, s, take);
+		u->fill += take;
+		s += take;
+		off += take;
+		size -= take;
+		if (u->fill == STAGE_BYTES) {
+			int rc = flush_stage(u, err);
+			if (rc)
+				return rc;
+		}
+	}
+	return LQ_OK;
+}
+
+static int bshift_of(int bs)
+{
+	int s = 0;
+	while ((1 << s) < bs)
+		s++;
+	return s;
+}
+
+static int load_weight(struct upload *u, int role, int layer, uint64_t rows, uint64_t cols, dweight *w,
+		       struct lq_error *err)
+{
+	gstate *g = u->g;
+	const struct lq_tensor *t = role_tensor(g, role, layer);
+	if (!t) {
+		if (layer >= 0)
+			return gfail(err, LQ_ERR_NOTFOUND, "the model file has no %s weight in layer %d",
+				     lq_role_name(role), layer);
+		return gfail(err, LQ_ERR_NOTFOUND, "the model file has no %s weight", lq_role_name(role));
+	}
+	if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
+		return gfail(err, LQ_ERR_SHAPE, "tensor '%s': shape does not match [%llu, %llu]", t->name,
+			     (unsigned long long)rows, (unsigned long long)cols);
+	memset(w, 0, sizeof *w);
+	w->rows = rows;
+	w->cols = cols;
+	w->k.qtype = t->qtype;
+	w->k.dtype = t->src_dtype;
+	if (t->qtype == LQ_QTYPE_NONE) {
+		if (t->src_dtype != LQ_DTYPE_F32 && t->src_dtype != LQ_DTYPE_F16 && t->src_dtype != LQ_DTYPE_BF16)
+			return gfail(err, LQ_ERR_UNSUPPORTED, "tensor '%s': dtype %s is not supported by the GPU runtime",
+				     t->name, lq_dtype_name(t->src_dtype));
+		void *d;
+		int rc = put(u, t->data, t->data_size, &d, err);
+		w->k.data = (const uint8_t *)d;
+		return rc;
+	}
+	if (t->block_size <= 0)
+		return gfail(err, LQ_ERR_UNSUPPORTED, "tensor '%s': row-wise int8 is not supported by the runtime", t->name);
+	void *d = NULL, *s = NULL, *nst = NULL;
+	int rc;
+	if ((rc = put(u, t->data, t->data_size, &d, err)) || (rc = put(u, t->scales, t->scale_size, &s, err)))
+		return rc;
+	if (t->double_quant && (rc = put(u, t->nested, t->nested_size, &nst, err)))
+		return rc;
+	w->k.dq = t->double_quant;
+	w->k.bshift = bshift_of(t->block_size);
+	w->k.data = (const uint8_t *)d;
+	w->k.scales = s;
+	w->k.nested = (const float *)nst;
+	w->k.offset = t->offset;
+	w->q.p.qtype = t->qtype;
+	w->q.p.block_size = t->block_size;
+	w->q.p.double_quant = t->double_quant;
+	w->q.d_data = (const uint8_t *)d;
+	w->q.d_scales = s;
+	w->q.d_nested = (const float *)nst;
+	w->q.offset = t->offset;
+	w->q.n = t->nelem;
+	uint64_t epc = t->qtype == LQ_QTYPE_INT8 ? 16 : 32;
+	w->fast = cols % (uint64_t)t->block_size == 0 && cols % epc == 0;
+	return LQ_OK;
+}
+
+static int load_vec(struct upload *u, int role, int layer, uint64_t n, int required, float **out,
+		    struct lq_error *err)
+{
+	gstate *g = u->g;
+	*out = NULL;
+	const struct lq_tensor *t = role_tensor(g, role, layer);
+	if (!t) {
+		if (lq_model_find_role(g->m, role, layer) < 0 && !required)
+			return LQ_OK;
+		return gfail(err, LQ_ERR_NOTFOUND, "the model file has no %s%s", lq_role_name(role),
+			     layer >= 0 ? " in a layer" : "");
+	}
+	if (t->nelem != n)
+		return gfail(err, LQ_ERR_SHAPE, "tensor '%s': %llu elements, %llu expected", t->name,
+			     (unsigned long long)t->nelem, (unsigned long long)n);
+	if (u->counting) {
+		void *d;
+		return put(u, NULL, n * sizeof(float), &d, err);
+	}
+	float *v = (float *)malloc((size_t)n * sizeof(float));
+	if (!v)
+		return gfail(err, LQ_ERR_NOMEM, "out of memory");
+	int rc = lq_tensor_to_f32(t, v, 1, err);
+	void *d = NULL;
+	if (!rc)
+		rc = put(u, v, n * sizeof(float), &d, err); /* copies v into the staging buffer */
+	free(v);
+	*out = (float *)d;
+	return rc;
+}
+
+static int load_layer(struct upload *u, int64_t i, struct lq_error *err)
+{
+	gstate *g = u->g;
+	const struct lq_model_config *c = g->c;
+	glayer *l = &g->L[i];
+	int li = (int)i, rc;
+	uint64_t D = (uint64_t)g->hidden, I = (uint64_t)g->inter;
+	l->window = c->layer_window ? c->layer_window[i] : 0;
+	if ((rc = load_vec(u, LQ_ROLE_ATTN_NORM, li, D, 1, &l->attn_norm, err)) ||
+	    (rc = load_vec(u, LQ_ROLE_POST_ATTN_NORM, li, D, 1, &l->post_attn_norm, err)))
+		return rc;
+	if (c->sandwich_norms && ((rc = load_vec(u, LQ_ROLE_PRE_FFN_NORM, li, D, 1, &l->pre_ffn_norm, err)) ||
+				  (rc = load_vec(u, LQ_ROLE_POST_FFN_NORM, li, D, 1, &l->post_ffn_norm, err))))
+		return rc;
+	if (c->fused_qkv) {
+		rc = load_weight(u, LQ_ROLE_QKV, li, (uint64_t)(g->qdim + 2 * g->kvdim), D, &l->qkv, err);
+	} else if (!(rc = load_weight(u, LQ_ROLE_Q, li, (uint64_t)g->qdim, D, &l->q, err)) &&
+		   !(rc = load_weight(u, LQ_ROLE_K, li, (uint64_t)g->kvdim, D, &l->k, err))) {
+		rc = load_weight(u, LQ_ROLE_V, li, (uint64_t)g->kvdim, D, &l->v, err);
+	}
+	if (rc || (rc = load_weight(u, LQ_ROLE_O, li, D, (uint64_t)g->qdim, &l->o, err)))
+		return rc;
+	if ((rc = load_vec(u, LQ_ROLE_Q_BIAS, li, (uint64_t)g->qdim, 0, &l->q_bias, err)) ||
+	    (rc = load_vec(u, LQ_ROLE_K_BIAS, li, (uint64_t)g->kvdim, 0, &l->k_bias, err)) ||
+	    (rc = load_vec(u, LQ_ROLE_V_BIAS, li, (uint64_t)g->kvdim, 0, &l->v_bias, err)) ||
+	    (rc = load_vec(u, LQ_ROLE_O_BIAS, li, D, 0, &l->o_bias, err)))
+		return rc;
+	if (c->fused_gate_up) {
+		rc = load_weight(u, LQ_ROLE_GATE_UP, li, 2 * I, D, &l->gate_up, err);
+	} else if (!(rc = load_weight(u, LQ_ROLE_GATE, li, I, D, &l->gate, err))) {
+		rc = load_weight(u, LQ_ROLE_UP, li, I, D, &l->up, err);
+	}
+	if (rc || (rc = load_weight(u, LQ_ROLE_DOWN, li, D, I, &l->down, err)))
+		return rc;
+	if ((rc = load_vec(u, LQ_ROLE_GATE_BIAS, li, I, 0, &l->gate_bias, err)) ||
+	    (rc = load_vec(u, LQ_ROLE_UP_BIAS, li, I, 0, &l->up_bias, err)) ||
+	    (rc = load_vec(u, LQ_ROLE_DOWN_BIAS, li, D, 0, &l->down_bias, err)))
+		return rc;
+	return LQ_OK;
+}
+
+/* One pass over every parameter (counting sizes, or uploading). */
+static int load_all(struct upload *u, struct lq_error *err)
+{
+	gstate *g = u->g;
+	int rc;
+	g->arena_used = 0;
+	const struct lq_tensor *te = role_tensor(g, LQ_ROLE_EMBED, -1);
+	const struct lq_tensor *th = role_tensor(g, LQ_ROLE_LM_HEAD, -1);
+	if ((rc = load_weight(u, LQ_ROLE_EMBED, -1, (uint64_t)g->vocab, (uint64_t)g->hidden, &g->embed, err)))
+		return rc;
+	if (th && th == te)
+		g->lm_head = g->embed;
+	else if ((rc = load_weight(u, LQ_ROLE_LM_HEAD, -1, (uint64_t)g->vocab, (uint64_t)g->hidden, &g->lm_head, err)))
+		return rc;
+	if ((rc = load_vec(u, LQ_ROLE_FINAL_NORM, -1, (uint64_t)g->hidden, 1, &g->final_norm, err)))
+		return rc;
+	for (int64_t i = 0; i < g->nl; i++)
+		if ((rc = load_layer(u, i, err)))
+			return rc;
+	return flush_stage(u, err);
+}
+
+/* ------------------------------------------------------------- buffers */
+
+static void gfree(void *p)
+{
+	if (p)
+		cudaFree(p);
+}
+
+static void g_free(void *state)
+{
+	gstate *g = (gstate *)state;
+	if (!g)
+		return;
+	if (g->graph)
+		cudaGraphExecDestroy(g->graph);
+	if (g->cbh_ok)
+		g->cb.destroy(g->cbh);
+	void *d[] = { g->arena, g->inv_freq, g->kv, g->x, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part,
+		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos };
+	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
+		gfree(d[i]);
+	if (g->h_tok)
+		cudaFreeHost(g->h_tok);
+	if (g->h_pos)
+		cudaFreeHost(g->h_pos);
+	if (g->h_logits)
+		cudaFreeHost(g->h_logits);
+	if (g->st)
+		cudaStreamDestroy(g->st);
+	if (g->cb.lib)
+		dlclose(g->cb.lib);
+	free(g->h_inv);
+	free(g->L);
+	free(g);
+}
+
+static int dmalloc(void **p, uint64_t bytes, const char *what, struct lq_error *err)
+{
+	cudaError_t e = cudaMalloc(p, bytes ? bytes : 16);
+	if (e == cudaSuccess)
+		return LQ_OK;
+	cudaGetLastError();
+	*p = NULL;
+	size_t fr = 0, tot = 0;
+	cudaMemGetInfo(&fr, &tot);
+	if (e == cudaErrorMemoryAllocation)
+		return gfail(err, LQ_ERR_NOMEM, "the GPU runtime needs %.0f MiB more for %s; %.0f MiB of %.0f MiB are free",
+			     bytes / 1048576.0, what, fr / 1048576.0, tot / 1048576.0);
+	return cuda_fail(err, e, what);
+}
+
+/* Make the KV cache hold at least need positions (keeps the contents). */
+static int ensure_cache(gstate *g, int64_t need, struct lq_error *err)
+{
+	if (need <= g->cap)
+		return LQ_OK;
+	int64_t cap = g->cap ? g->cap : 256;
+	while (cap < need)
+		cap *= 2;
+	if (cap > g->max_ctx)
+		cap = g->max_ctx;
+	void *nk;
+	int rc = dmalloc(&nk, (uint64_t)g->nl * 2 * cap * g->kvdim * sizeof(float), "the KV cache", err);
+	if (rc)
+		return rc;
+	if (g->kv) {
+		for (int64_t l = 0; l < g->nl * 2; l++)
+			CK(cudaMemcpyAsync((float *)nk + (uint64_t)l * cap * g->kvdim, g->kv + (uint64_t)l * g->cap * g->kvdim,
+					   (uint64_t)g->cap * g->kvdim * sizeof(float), cudaMemcpyDeviceToDevice, g->st),
+			   "the KV cache");
+		CK(cudaStreamSynchronize(g->st), "the KV cache");
+		cudaFree(g->kv);
+	}
+	g->kv = (float *)nk;
+	g->cap = cap;
+	if (g->graph) {
+		cudaGraphExecDestroy(g->graph);
+		g->graph = NULL;
+	}
+	return LQ_OK;
+}
+
+static int ensure_wbuf(gstate *g, uint64_t bytes, struct lq_error *err)
+{
+	if (bytes <= g->wbuf_bytes)
+		return LQ_OK;
+	gfree(g->wbuf);
+	g->wbuf = NULL;
+	g->wbuf_bytes = 0;
+	int rc = dmalloc(&g->wbuf, bytes, "a dequantized weight", err);
+	if (!rc)
+		g->wbuf_bytes = bytes;
+	return rc;
+}
+
+/* ------------------------------------------------------------- matmul */
+
+static unsigned grid_for(uint64_t n, unsigned threads)
+{
+	uint64_t b = (n + threads - 1) / threads;
+	return (unsigned)(b < 1 ? 1 : b > 65535 * 16 ? 65535 * 16 : b);
+}
+
+static int dense_gemv(gstate *g, int dtype, const void *W, uint64_t N, uint64_t K, const float *x, float *y,
+		      struct lq_error *err)
+{
+	unsigned grid = (unsigned)((N + 7) / 8);
+	int vec = (K * lq_dtype_size(dtype)) % 16 == 0 && ((uintptr_t)W & 15) == 0 && ((uintptr_t)x & 15) == 0;
+	if (dtype == LQ_DTYPE_BF16)
+		k_gemv_dense<bf16raw><<<grid, 256, 0, g->st>>>((const bf16raw *)W, N, K, x, y, vec);
+	else if (dtype == LQ_DTYPE_F16)
+		k_gemv_dense<__half><<<grid, 256, 0, g->st>>>((const __half *)W, N, K, x, y, vec);
+	else
+		k_gemv_dense<float><<<grid, 256, 0, g->st>>>((const float *)W, N, K, x, y, vec);
+	CK(cudaGetLastError(), "a GEMV");
+	return LQ_OK;
+}
+
+static cudaDataType cd_type(int cd)
+{
+	return cd == LQ_COMPUTE_F32 ? CUDA_R_32F : cd == LQ_COMPUTE_F16 ? CUDA_R_16F : CUDA_R_16BF;
+}
+
+/* y[n, ldy] (first rows columns) = x[n, K] W^T. */
+static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *y, struct lq_error *err)
+{
+	uint64_t N = w->rows, K = w->cols;
+	int rc;
+	if (n == 1 && w->k.qtype != LQ_QTYPE_NONE && w->fast) {
+		int e = g->cd == LQ_COMPUTE_F32 ? lq_cuda_gemv_exact(&w->q, N, K, x, y, g->st)
+						: lq_cuda_gemv(&w->q, N, K, x, LQ_DTYPE_F32, y, g->st);
+		if (e)
+			return cuda_fail(err, (cudaError_t)e, "the dequant-GEMV");
+		return LQ_OK;
+	}
+	if (n == 1 && w->k.qtype == LQ_QTYPE_NONE)
+		return dense_gemv(g, w->k.dtype, w->k.data, N, K, x, y, err);
+	if (n == 1) {
+		k_gemv_any<<<(unsigned)((N + 7) / 8), 256, 0, g->st>>>(w->k, N, K, x, y);
+		CK(cudaGetLastError(), "a GEMV");
+		return LQ_OK;
+	}
+	int T = g->cd == LQ_COMPUTE_F32 ? LQ_DTYPE_F32 : g->cd == LQ_COMPUTE_F16 ? LQ_DTYPE_F16 : LQ_DTYPE_BF16;
+	int use_blas = n > 1 && cublas_open(&g->cb);
+	if (!use_blas)
+		T = LQ_DTYPE_F32; /* per-token dense GEMVs over an f32 copy */
+	const void *A = w->k.data;
+	if (w->k.qtype != LQ_QTYPE_NONE || w->k.dtype != T) {
+		uint64_t ne = N * K;
+		if ((rc = ensure_wbuf(g, ne * lq_dtype_size(T), err)))
+			return rc;
+		if (T == LQ_DTYPE_F32)
+			k_weight_to<float><<<grid_for(ne, 256), 256, 0, g->st>>>(w->k, ne, (float *)g->wbuf);
+		else if (T == LQ_DTYPE_F16)
+			k_weight_to<__half><<<grid_for(ne, 256), 256, 0, g->st>>>(w->k, ne, (__half *)g->wbuf);
+		else
+			k_weight_to<__nv_bfloat16><<<grid_for(ne, 256), 256, 0, g->st>>>(w->k, ne, (__nv_bfloat16 *)g->wbuf);
+		CK(cudaGetLastError(), "dequantizing a weight");
+		A = g->wbuf;
+	}
+	if (!use_blas) {
+		for (size_t t = 0; t < n; t++)
+			if ((rc = dense_gemv(g, LQ_DTYPE_F32, A, N, K, x + t * K, y + t * N, err)))
+				return rc;
+		return LQ_OK;
+	}
+	if (!g->cbh_ok) {
+		if (g->cb.create(&g->cbh) != CUBLAS_STATUS_SUCCESS)
+			return gfail(err, LQ_ERR_IO, "cuBLAS initialization failed");
+		g->cbh_ok = 1;
+		g->cb.set_stream(g->cbh, g->st);
+	}
+	const void *B = x;
+	if (T != LQ_DTYPE_F32) {
+		uint64_t ne = (uint64_t)n * K;
+		if (T == LQ_DTYPE_F16)
+			k_f32_to<__half><<<grid_for(ne, 256), 256, 0, g->st>>>(x, ne, (__half *)g->xbuf);
+		else
+			k_f32_to<__nv_bfloat16><<<grid_for(ne, 256), 256, 0, g->st>>>(x, ne, (__nv_bfloat16 *)g->xbuf);
+		CK(cudaGetLastError(), "converting activations");
+		B = g->xbuf;
+	}
+	float one = 1.0f, zero = 0.0f;
+	cublasStatus_t s = g->cb.gemm(g->cbh, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)n, (int)K, &one, A, cd_type(g->cd),
+				      (int)K, B, cd_type(g->cd), (int)K, &zero, y, CUDA_R_32F, (int)N,
+				      g->cd == LQ_COMPUTE_F32 ? CUBLAS_COMPUTE_32F_PEDANTIC : CUBLAS_COMPUTE_32F,
+				      CUBLAS_GEMM_DEFAULT);
+	if (s != CUBLAS_STATUS_SUCCESS)
+		return gfail(err, LQ_ERR_IO, "cuBLAS GEMM failed (status %d) on a [%llu, %llu] weight", (int)s,
+			     (unsigned long long)N, (unsigned long long)K);
+	return LQ_OK;
+}
+
+/* -------------------------------------------------------------- forward */
+
+static int bias_round(gstate *g, float *y, int64_t ld, const float *b, size_t n, int64_t d, struct lq_error *err)
+{
+	if (!b)
+		return LQ_OK;
+	k_bias<<<grid_for((uint64_t)n * d, 256), 256, 0, g->st>>>(y, ld, b, (int64_t)n, d);
+	CK(cudaGetLastError(), "a bias");
+	return LQ_OK;
+}
+
+static int attn_splits(gstate *g, size_t n)
+{
+	if (n > 1)
+		return 1;
+	int64_t s = g->cap / 64;
+	return (int)(s < 1 ? 1 : s > ATT_MAXSPLIT ? ATT_MAXSPLIT : s);
+}
+
+/* Layers and head for n tokens at pos (d_pos when set, for the graph). */
+static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, int want_logits, int all_logits,
+		      struct lq_error *err)
+{
+	const struct lq_model_config *c = g->c;
+	int cd = g->cd, rc;
+	int64_t D = g->hidden, I = g->inter, F = g->qdim + 2 * g->kvdim;
+	float eps = (float)c->rms_norm_eps;
+	float escale = g->embed_scale;
+	k_embed<<<(unsigned)n, 256, 0, g->st>>>(g->embed.k, (uint64_t)D, g->tok, escale, g->x, cd);
+	CK(cudaGetLastError(), "the embedding");
+	for (int64_t li = 0; li < g->nl; li++) {
+		glayer *l = &g->L[li];
+		k_rmsnorm<<<(unsigned)n, 256, 0, g->st>>>(g->x, l->attn_norm, g->h, NULL, D, eps, c->norm_plus_one, cd);
+		float *q, *k, *v;
+		int64_t ld;
+		if (c->fused_qkv) {
+			if ((rc = matmul(g, &l->qkv, g->h, n, g->qkv, err)))
+				return rc;
+			ld = F;
+			q = g->qkv;
+			k = q + g->qdim;
+			v = k + g->kvdim;
+			if ((rc = bias_round(g, g->qkv, F, NULL, n, F, err)))
+				return rc;
+		} else {
+			/* q, k, v side by side in rows of F: separate GEMVs */
+			ld = F;
+			q = g->qkv;
+			k = q + g->qdim;
+			v = k + g->kvdim;
+			if (n == 1) {
+				if ((rc = matmul(g, &l->q, g->h, n, q, err)) || (rc = matmul(g, &l->k, g->h, n, k, err)) ||
+				    (rc = matmul(g, &l->v, g->h, n, v, err)))
+					return rc;
+			} else {
+				/* GEMM outputs are dense [n, rows]: use att/o/g as scratch */
+				float *tq = g->att, *tk = g->o, *tv = g->gu;
+				if ((rc = matmul(g, &l->q, g->h, n, tq, err)) || (rc = matmul(g, &l->k, g->h, n, tk, err)) ||
+				    (rc = matmul(g, &l->v, g->h, n, tv, err)))
+					return rc;
+				CK(cudaMemcpy2DAsync(q, F * 4, tq, g->qdim * 4, g->qdim * 4, n, cudaMemcpyDeviceToDevice, g->st), "q");
+				CK(cudaMemcpy2DAsync(k, F * 4, tk, g->kvdim * 4, g->kvdim * 4, n, cudaMemcpyDeviceToDevice, g->st), "k");
+				CK(cudaMemcpy2DAsync(v, F * 4, tv, g->kvdim * 4, g->kvdim * 4, n, cudaMemcpyDeviceToDevice, g->st), "v");
+			}
+			if ((rc = bias_round(g, q, ld, l->q_bias, n, g->qdim, err)) ||
+			    (rc = bias_round(g, k, ld, l->k_bias, n, g->kvdim, err)) ||
+			    (rc = bias_round(g, v, ld, l->v_bias, n, g->kvdim, err)))
+				return rc;
+		}
+		dim3 rg((unsigned)(g->H + g->KV), (unsigned)n);
+		k_rope<<<rg, 64, 0, g->st>>>(q, ld, k, ld, v, ld, g->H, g->KV, g->hd, g->rot, g->inv_freq, g->ascale, d_pos,
+					     pos, layer_kc(g, li), layer_vc(g, li), g->kvdim, cd);
+		CK(cudaGetLastError(), "RoPE");
+		int S = attn_splits(g, n);
+		dim3 ag((unsigned)g->H, (unsigned)n, (unsigned)S);
+		k_attn<<<ag, ATT_WARPS * 32, 0, g->st>>>(q, ld, layer_kc(g, li), layer_vc(g, li), g->att, g->part, g->H,
+							 g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
+							 (float)c->attn_logit_softcap, d_pos, pos, cd);
+		CK(cudaGetLastError(), "attention");
+		if (S > 1) {
+			k_attn_merge<<<dim3((unsigned)g->H, (unsigned)n), 128, 0, g->st>>>(g->part, g->att, g->H, g->hd, S, cd);
+			CK(cudaGetLastError(), "attention");
+		}
+		if ((rc = matmul(g, &l->o, g->att, n, g->o, err)) || (rc = bias_round(g, g->o, D, l->o_bias, n, D, err)))
+			return rc;
+		if (c->sandwich_norms) {
+			k_rmsnorm<<<(unsigned)n, 256, 0, g->st>>>(g->o, l->post_attn_norm, NULL, g->x, D, eps,
+								  c->norm_plus_one, cd);
+			k_rmsnorm<<<(unsigned)n, 256, 0, g->st>>>(g->x, l->pre_ffn_norm, g->h, NULL, D, eps,
+								  c->norm_plus_one, cd);
+		} else {
+			k_add<<<grid_for((uint64_t)n * D, 256), 256, 0, g->st>>>(g->x, g->o, (uint64_t)n * D);
+			k_rmsnorm<<<(unsigned)n, 256, 0, g->st>>>(g->x, l->post_attn_norm, g->h, NULL, D, eps,
+								  c->norm_plus_one, cd);
+		}
+		CK(cudaGetLastError(), "a norm");
+		float *gt, *ut;
+		int64_t gl;
+		if (c->fused_gate_up) {
+			if ((rc = matmul(g, &l->gate_up, g->h, n, g->gu, err)))
+				return rc;
+			gt = g->gu;
+			ut = g->gu + I;
+			gl = 2 * I;
+			if ((rc = bias_round(g, g->gu, 2 * I, NULL, n, 2 * I, err)))
+				return rc;
+		} else {
+			gt = g->gu;
+			ut = g->gu + (uint64_t)n * I;
+			gl = I;
+			if ((rc = matmul(g, &l->gate, g->h, n, gt, err)) || (rc = matmul(g, &l->up, g->h, n, ut, err)) ||
+			    (rc = bias_round(g, gt, I, l->gate_bias, n, I, err)) ||
+			    (rc = bias_round(g, ut, I, l->up_bias, n, I, err)))
+				return rc;
+		}
+		k_act<<<grid_for((uint64_t)n * I, 256), 256, 0, g->st>>>(gt, ut, gl, g->g, (int64_t)n, I, c->act, cd);
+		CK(cudaGetLastError(), "the MLP activation");
+		if ((rc = matmul(g, &l->down, g->g, n, g->o, err)) || (rc = bias_round(g, g->o, D, l->down_bias, n, D, err)))
+			return rc;
+		if (c->sandwich_norms)
+			k_rmsnorm<<<(unsigned)n, 256, 0, g->st>>>(g->o, l->post_ffn_norm, NULL, g->x, D, eps,
+								  c->norm_plus_one, cd);
+		else
+			k_add<<<grid_for((uint64_t)n * D, 256), 256, 0, g->st>>>(g->x, g->o, (uint64_t)n * D);
+		CK(cudaGetLastError(), "a residual add");
+	}
+	if (!want_logits)
+		return LQ_OK;
+	size_t first = all_logits ? 0 : n - 1, nl = n - first;
+	k_rmsnorm<<<(unsigned)nl, 256, 0, g->st>>>(g->x + first * D, g->final_norm, g->h, NULL, D, eps,
+						   c->norm_plus_one, cd);
+	CK(cudaGetLastError(), "the final norm");
+	if ((rc = matmul(g, &g->lm_head, g->h, nl, g->logits, err)))
+		return rc;
+	if (c->final_logit_softcap > 0) {
+		uint64_t tot = (uint64_t)nl * g->vocab;
+		k_softcap<<<grid_for(tot, 256), 256, 0, g->st>>>(g->logits, tot, (float)c->final_logit_softcap);
+		CK(cudaGetLastError(), "the logit soft-cap");
+	}
+	return LQ_OK;
+}
+
+/* Upload inv_freq for a sequence of seq_len tokens when it changes
+ * (Phi-3's longrope switches factors past the original context). */
+static int update_rope(gstate *g, int64_t seq_len, struct lq_error *err)
+{
+	int64_t half = g->rot / 2;
+	if (!half)
+		return LQ_OK;
+	float *tmp = g->h_inv + half;
+	double as = 1.0;
+	lq_rope_inv_freq(g->c, seq_len, tmp, &as);
+	g->ascale = (float)as;
+	if (g->inv_len >= 0 && !memcmp(tmp, g->h_inv, (size_t)half * sizeof(float)))
+		return LQ_OK;
+	memcpy(g->h_inv, tmp, (size_t)half * sizeof(float));
+	CK(cudaMemcpyAsync(g->inv_freq, g->h_inv, (size_t)half * sizeof(float), cudaMemcpyHostToDevice, g->st), "RoPE");
+	CK(cudaStreamSynchronize(g->st), "RoPE");
+	g->inv_len = seq_len;
+	return LQ_OK;
+}
+
+static int decode_graph(gstate *g, struct lq_error *err)
+{
+	int S = attn_splits(g, 1);
+	if (g->graph && g->graph_cap == g->cap && g->graph_ascale == g->ascale && g->graph_split == S)
+		return LQ_OK;
+	if (g->graph) {
+		cudaGraphExecDestroy(g->graph);
+		g->graph = NULL;
+	}
+	cudaGraph_t gr;
+	CK(cudaStreamBeginCapture(g->st, cudaStreamCaptureModeThreadLocal), "capturing the decode graph");
+	cudaError_t e = cudaMemcpyAsync(g->tok, g->h_tok, sizeof(int32_t), cudaMemcpyHostToDevice, g->st);
+	if (e == cudaSuccess)
+		e = cudaMemcpyAsync(g->pos, g->h_pos, sizeof(int64_t), cudaMemcpyHostToDevice, g->st);
+	int rc = e == cudaSuccess ? run_tokens(g, 1, 0, g->pos, 1, 0, err) : cuda_fail(err, e, "the decode graph");
+	if (!rc) {
+		e = cudaMemcpyAsync(g->h_logits, g->logits, (size_t)g->vocab * sizeof(float), cudaMemcpyDeviceToHost, g->st);
+		if (e)
+			rc = cuda_fail(err, e, "the decode graph");
+	}
+	e = cudaStreamEndCapture(g->st, &gr);
+	if (rc) {
+		if (e == cudaSuccess)
+			cudaGraphDestroy(gr);
+		cudaGetLastError();
+		return rc;
+	}
+	CK(e, "capturing the decode graph");
+	e = cudaGraphInstantiate(&g->graph, gr, 0);
+	cudaGraphDestroy(gr);
+	CK(e, "instantiating the decode graph");
+	g->graph_cap = g->cap;
+	g->graph_ascale = g->ascale;
+	g->graph_split = S;
+	return LQ_OK;
+}
+
+static int g_forward(void *state, const int32_t *tokens, size_t n, int64_t pos, float *logits, int all_logits,
+		     struct lq_error *err)
+{
+	gstate *g = (gstate *)state;
+	int rc;
+	if (n == 0)
+		return LQ_OK;
+	if ((rc = ensure_cache(g, pos + (int64_t)n, err)) || (rc = update_rope(g, pos + (int64_t)n, err)))
+		return rc;
+	if (n == 1 && logits) {
+		/* decode: replay the graph */
+		if ((rc = decode_graph(g, err)))
+			return rc;
+		*g->h_tok = tokens[0];
+		*g->h_pos = pos;
+		CK(cudaGraphLaunch(g->graph, g->st), "the decode step");
+		CK(cudaStreamSynchronize(g->st), "the decode step");
+		memcpy(logits, g->h_logits, (size_t)g->vocab * sizeof(float));
+		return LQ_OK;
+	}
+	for (size_t done = 0; done < n;) {
+		size_t m = n - done < CHUNK ? n - done : CHUNK;
+		int last = done + m == n;
+		int want = logits && (all_logits || last);
+		CK(cudaMemcpyAsync(g->tok, tokens + done, m * sizeof(int32_t), cudaMemcpyHostToDevice, g->st), "the tokens");
+		if ((rc = run_tokens(g, m, pos + (int64_t)done, NULL, want, all_logits, err)))
+			return rc;
+		if (want) {
+			size_t rows = all_logits ? m : 1;
+			float *dst = all_logits ? logits + done * (size_t)g->vocab : logits;
+			CK(cudaMemcpyAsync(dst, g->logits, rows * (size_t)g->vocab * sizeof(float), cudaMemcpyDeviceToHost,
+					   g->st),
+			   "the logits");
+		}
+		CK(cudaStreamSynchronize(g->st), "the forward pass");
+		done += m;
+	}
+	return LQ_OK;
+}
+
+static int g_prepare(void **state, const struct lq_model *m, const struct lq_file *f, const struct lq_run_opts *o,
+		     struct lq_error *err)
+{
+	*state = NULL;
+	gstate *g = (gstate *)calloc(1, sizeof *g);
+	if (!g)
+		return gfail(err, LQ_ERR_NOMEM, "out of memory");
+	g->m = m;
+	g->f = f;
+	g->c = lq_model_config(m);
+	const struct lq_model_config *c = g->c;
+	g->nl = c->num_layers;
+	g->H = c->num_heads;
+	g->KV = c->num_kv_heads;
+	g->hd = c->head_dim;
+	g->hidden = c->hidden_size;
+	g->inter = c->intermediate_size;
+	g->vocab = c->vocab_size;
+	g->qdim = g->H * g->hd;
+	g->kvdim = g->KV * g->hd;
+	g->rot = c->rope.rotary_dim;
+	g->max_ctx = o->max_ctx > 0 ? o->max_ctx : c->max_position_embeddings > 0 ? c->max_position_embeddings : 4096;
+	g->cd = o->compute;
+	g->dev = o->device;
+	g->inv_len = -1;
+	int rc = LQ_OK;
+	struct upload u;
+	memset(&u, 0, sizeof u);
+	u.g = g;
+	cudaDeviceProp prop;
+	if (g->nl <= 0 || g->H <= 0 || g->KV <= 0 || g->H % g->KV || g->hd <= 0 || g->hd > 32 * ATT_MAXE ||
+	    g->rot < 0 || g->rot > g->hd || g->rot % 2 || g->vocab <= 0 || g->hidden <= 0 || g->inter <= 0 ||
+	    g->vocab > INT32_MAX || g->inter > INT32_MAX / 2) {
+		rc = gfail(err, LQ_ERR_UNSUPPORTED, "model hyper-parameters out of range for the GPU runtime");
+		goto fail;
+	}
+	g->embed_scale = c->embed_scale != 1.0 ? (g->cd == LQ_COMPUTE_F32 ? (float)sqrt((double)g->hidden)
+									 : (float)c->embed_scale)
+					       : 1.0f;
+	{
+		cudaError_t e;
+		if ((e = cudaSetDevice(g->dev)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, g->dev)) != cudaSuccess ||
+		    (e = cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking)) != cudaSuccess) {
+			rc = cuda_fail(err, e, "opening the GPU");
+			goto fail;
+		}
+	}
+	snprintf(g->desc, sizeof g->desc, "cuda:%d %s, %s", g->dev, prop.name, lq_compute_name(g->cd));
+	g->L = (glayer *)calloc((size_t)g->nl, sizeof *g->L);
+	g->h_inv = (float *)calloc((size_t)(g->rot + 2), sizeof(float));
+	if (!g->L || !g->h_inv) {
+		rc = gfail(err, LQ_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	/* pass 1: sizes and checks; then one allocation; pass 2: upload */
+	u.counting = 1;
+	if ((rc = load_all(&u, err)))
+		goto fail;
+	{
+		size_t fr = 0, tot = 0;
+		cudaMemGetInfo(&fr, &tot);
+		g->arena_size = g->arena_used;
+		if (g->arena_size > fr) {
+			rc = gfail(err, LQ_ERR_NOMEM,
+				   "the model needs %.0f MiB of GPU memory for its weights; %.0f MiB of %.0f MiB are free on %s",
+				   g->arena_size / 1048576.0, fr / 1048576.0, tot / 1048576.0, g->desc);
+			goto fail;
+		}
+		if ((rc = dmalloc((void **)&g->arena, g->arena_size, "the weights", err)))
+			goto fail;
+	}
+	u.counting = 0;
+	for (int i = 0; i < 2; i++) {
+		cudaError_t e = cudaHostAlloc((void **)&u.stage[i], STAGE_BYTES, cudaHostAllocDefault);
+		if (e == cudaSuccess)
+			e = cudaEventCreateWithFlags(&u.ev[i], cudaEventDisableTiming);
+		if (e == cudaSuccess)
+			e = cudaEventRecord(u.ev[i], g->st);
+		if (e != cudaSuccess) {
+			rc = cuda_fail(err, e, "the upload buffers");
+			goto fail;
+		}
+	}
+	if ((rc = load_all(&u, err)))
+		goto fail;
+	{
+		cudaError_t e = cudaStreamSynchronize(g->st);
+		if (e != cudaSuccess) {
+			rc = cuda_fail(err, e, "the weight upload");
+			goto fail;
+		}
+	}
+	{
+		uint64_t N = CHUNK, F = (uint64_t)(g->qdim + 2 * g->kvdim), D = (uint64_t)g->hidden,
+			 I = (uint64_t)g->inter, wide = F > 2 * I ? F : 2 * I;
+		uint64_t xb = wide > D ? wide : D;
+		if (xb < (uint64_t)g->qdim)
+			xb = (uint64_t)g->qdim;
+		if ((rc = dmalloc((void **)&g->x, N * D * 4, "activations", err)) ||
+		    (rc = dmalloc((void **)&g->h, N * D * 4, "activations", err)) ||
+		    (rc = dmalloc((void **)&g->o, N * (D > (uint64_t)g->kvdim ? D : (uint64_t)g->kvdim) * 4, "activations", err)) ||
+		    (rc = dmalloc((void **)&g->qkv, N * F * 4, "activations", err)) ||
+		    (rc = dmalloc((void **)&g->att, N * (uint64_t)g->qdim * 4, "activations", err)) ||
+		    (rc = dmalloc((void **)&g->gu, N * wide * 4, "activations", err)) ||
+		    (rc = dmalloc((void **)&g->g, N * I * 4, "activations", err)) ||
+		    (rc = dmalloc((void **)&g->part, (uint64_t)g->H * ATT_MAXSPLIT * (g->hd + 2) * 4, "attention", err)) ||
+		    (rc = dmalloc((void **)&g->logits, N * (uint64_t)g->vocab * 4, "the logits", err)) ||
+		    (rc = dmalloc((void **)&g->xbuf, N * xb * 2, "activations", err)) ||
+		    (rc = dmalloc((void **)&g->inv_freq, (uint64_t)(g->rot / 2 + 1) * 4, "RoPE", err)) ||
+		    (rc = dmalloc((void **)&g->tok, N * 4, "the tokens", err)) ||
+		    (rc = dmalloc((void **)&g->pos, 8, "the position", err)))
+			goto fail;
+		cudaError_t e = cudaHostAlloc((void **)&g->h_tok, 4, cudaHostAllocDefault);
+		if (e == cudaSuccess)
+			e = cudaHostAlloc((void **)&g->h_pos, 8, cudaHostAllocDefault);
+		if (e == cudaSuccess)
+			e = cudaHostAlloc((void **)&g->h_logits, (size_t)g->vocab * 4, cudaHostAllocDefault);
+		if (e != cudaSuccess) {
+			rc = cuda_fail(err, e, "pinned host memory");
+			goto fail;
+		}
+	}
+	for (int i = 0; i < 2; i++) {
+		cudaFreeHost(u.stage[i]);
+		cudaEventDestroy(u.ev[i]);
+	}
+	*state = g;
+	return LQ_OK;
+fail:
+	cudaStreamSynchronize(g->st);
+	for (int i = 0; i < 2; i++) {
+		if (u.stage[i])
+			cudaFreeHost(u.stage[i]);
+		if (u.ev[i])
+			cudaEventDestroy(u.ev[i]);
+	}
+	g_free(g);
+	return rc;
+}
+
+static const char *g_describe(void *state)
+{
+	return ((gstate *)state)->desc;
+}
+
+static const struct lq_backend cuda_backend = { "cuda", g_prepare, g_forward, g_free, g_describe };
+
+extern "C" const struct lq_backend *lq_backend_cuda(void)
+{
+	return &cuda_backend;
+}
+
+extern "C" int lq_gpu_count(void)
+{
+	return lq_cuda_device_count();
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""gen_checkpoint_gpu.py DIR [--layers N] - a Llama-3.1-8B-shaped checkpoint
+with random bf16 weights (normal, std 0.02; norms 1), made on the GPU with
+torch for `make bench-gpu` (tests/gen_checkpoint makes the same shapes on the
+CPU, but takes minutes for 16 GB).  Writes DIR/config.json and
+DIR/model.safetensors (one file; safetensors' own writer)."""
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+
+def main():
+    out = sys.argv[1]
+    layers = int(sys.argv[sys.argv.index("--layers") + 1]) if "--layers" in sys.argv else 32
+    V, D, I, H, KV = 128256, 4096, 14336, 32, 8
+    hd = D // H
+    os.makedirs(out, exist_ok=True)
+    cfg = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": V,
+        "hidden_size": D, "intermediate_size": I, "num_hidden_layers": layers,
+        "num_attention_heads": H, "num_key_value_heads": KV, "head_dim": hd,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+        "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        "rope_theta": 500000.0,
+    }
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    g = torch.Generator(device="cuda").manual_seed(1)
+
+    def w(*shape):
+        return (torch.randn(*shape, generator=g, device="cuda", dtype=torch.float32) * 0.02).to(torch.bfloat16).cpu()
+
+    t = {"model.embed_tokens.weight": w(V, D), "model.norm.weight": torch.ones(D, dtype=torch.bfloat16),
+         "lm_head.weight": w(V, D)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = torch.ones(D, dtype=torch.bfloat16)
+        t[p + "post_attention_layernorm.weight"] = torch.ones(D, dtype=torch.bfloat16)
+        t[p + "self_attn.q_proj.weight"] = w(H * hd, D)
+        t[p + "self_attn.k_proj.weight"] = w(KV * hd, D)
+        t[p + "self_attn.v_proj.weight"] = w(KV * hd, D)
+        t[p + "self_attn.o_proj.weight"] = w(D, H * hd)
+        t[p + "mlp.gate_proj.weight"] = w(I, D)
+        t[p + "mlp.up_proj.weight"] = w(I, D)
+        t[p + "mlp.down_proj.weight"] = w(D, I)
+    save_file(t, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+
+
+if __name__ == "__main__":
+    main()
