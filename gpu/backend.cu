@@ -45,6 +45,7 @@
 #define ATT_MAXE 8       /* head_dim <= 32 * ATT_MAXE */
 #define ATT_MAXSPLIT 64  /* key-range splits of decode attention */
 #define STAGE_BYTES (64u << 20)
+#define NORM_THREADS 1024
 
 static __constant__ uint32_t b_nf4[16] = LQ_NF4_BITS_INIT;
 static __constant__ uint32_t b_fp4[16] = LQ_FP4_BITS_INIT;
@@ -187,9 +188,9 @@ __global__ void k_embed(kweight w, uint64_t cols, const int32_t *tok, float scal
 }
 
 /* Sum over the block (blockDim.x a multiple of 32, <= 1024). */
-__device__ double block_sum(double v)
+__device__ float block_sum(float v)
 {
-	__shared__ double part[32];
+	__shared__ float part[32];
 	for (int o = 16; o; o >>= 1)
 		v += __shfl_xor_sync(0xffffffffu, v, o);
 	int w = threadIdx.x >> 5, nw = blockDim.x >> 5;
@@ -197,23 +198,33 @@ __device__ double block_sum(double v)
 	if ((threadIdx.x & 31) == 0)
 		part[w] = v;
 	__syncthreads();
-	double s = 0;
+	float s = 0;
 	for (int i = 0; i < nw; i++)
 		s += part[i];
 	return s;
 }
 
 /* y = rnd(rmsnorm(x)) per row (a matmul input); with add != NULL,
- * add += rmsnorm(x) instead (Gemma 2's post-norms on the residual stream). */
-__global__ void k_rmsnorm(const float *x, const float *w, float *y, float *add, int64_t D, float eps,
-			  int plus1, int cd)
+ * add += rmsnorm(x) instead (Gemma 2's post-norms on the residual stream);
+ * with res != NULL, x += res first (the residual add before the norm). */
+__global__ void __launch_bounds__(1024) k_rmsnorm(float *x, const float *res, const float *w, float *y, float *add,
+						  int64_t D, float eps, int plus1, int cd)
 {
-	const float *xt = x + (uint64_t)blockIdx.x * D;
-	double ss = 0;
-	for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
-		ss += (double)xt[i] * xt[i];
+	float *xt = x + (uint64_t)blockIdx.x * D;
+	float ss = 0;
+	if (res) {
+		const float *rt = res + (uint64_t)blockIdx.x * D;
+		for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+			float v = xt[i] + rt[i];
+			xt[i] = v;
+			ss = fmaf(v, v, ss);
+		}
+	} else {
+		for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
+			ss = fmaf(xt[i], xt[i], ss);
+	}
 	ss = block_sum(ss);
-	float var = (float)(ss / (double)D);
+	float var = ss / (float)D;
 	float inv = (float)(1.0 / sqrt((double)(var + eps)));
 	for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
 		float hv = xt[i] * inv, o;
@@ -238,13 +249,6 @@ __global__ void k_bias(float *y, int64_t ld, const float *b, int64_t n, int64_t 
 		float *p = y + t * ld + i;
 		*p += b[i];
 	}
-}
-
-/* Residual add: the stream x stays float32 (y is already in the compute dtype). */
-__global__ void k_add(float *x, const float *y, uint64_t n)
-{
-	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (uint64_t)gridDim.x * blockDim.x)
-		x[j] += y[j];
 }
 
 /*
@@ -314,10 +318,12 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 	float m = -INFINITY, l = 0.0f;
 	for (int64_t j = j0 + warp; j < j1; j += ATT_WARPS) {
 		const float *kv = kc + j * kvdim + kvh * hd;
-		float s = 0.0f;
+		const float *vv = vc + j * kvdim + kvh * hd;
+		float s = 0.0f, vr[ATT_MAXE];
 #pragma unroll
 		for (int e = 0; e < ATT_MAXE; e++) {
 			int64_t d = lane + 32 * e;
+			vr[e] = d < hd ? vv[d] : 0.0f;
 			if (d < hd)
 				s = fmaf(qr[e], kv[d], s);
 		}
@@ -329,12 +335,9 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 		float mn = fmaxf(m, s);
 		float corr = expf(m - mn), pw = expf(s - mn);
 		l = l * corr + pw;
-		const float *vv = vc + j * kvdim + kvh * hd;
 #pragma unroll
-		for (int e = 0; e < ATT_MAXE; e++) {
-			int64_t d = lane + 32 * e;
-			acc[e] = acc[e] * corr + (d < hd ? pw * vv[d] : 0.0f);
-		}
+		for (int e = 0; e < ATT_MAXE; e++)
+			acc[e] = acc[e] * corr + pw * vr[e];
 		m = mn;
 	}
 #pragma unroll
@@ -1035,6 +1038,33 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 	return LQ_OK;
 }
 
+/* One token through several weights of the same input (q, k, v; gate, up):
+ * one launch when they share a fast layout, else one matmul each. */
+static int matvec_multi(gstate *g, const dweight *const *ws, int nw, const float *x, float *const *ys,
+			struct lq_error *err)
+{
+	int same = nw <= LQ_GEMV_PARTS;
+	const struct lq_cuda_qweight *qs[LQ_GEMV_PARTS];
+	for (int i = 0; same && i < nw; i++) {
+		same = ws[i]->k.qtype != LQ_QTYPE_NONE && ws[i]->fast && ws[i]->cols == ws[0]->cols &&
+		       ws[i]->k.qtype == ws[0]->k.qtype && ws[i]->k.dq == ws[0]->k.dq &&
+		       ws[i]->k.bshift == ws[0]->k.bshift;
+		qs[i] = &ws[i]->q;
+	}
+	if (same) {
+		int e = lq_cuda_gemv_multi(qs, ys, nw, ws[0]->cols, x, LQ_DTYPE_F32, g->cd == LQ_COMPUTE_F32, g->st);
+		if (e)
+			return cuda_fail(err, (cudaError_t)e, "the dequant-GEMV");
+		return LQ_OK;
+	}
+	for (int i = 0; i < nw; i++) {
+		int rc = matmul(g, ws[i], x, 1, ys[i], err);
+		if (rc)
+			return rc;
+	}
+	return LQ_OK;
+}
+
 /* -------------------------------------------------------------- forward */
 
 static int bias_round(gstate *g, float *y, int64_t ld, const float *b, size_t n, int64_t d, struct lq_error *err)
@@ -1050,7 +1080,7 @@ static int attn_splits(gstate *g, size_t n)
 {
 	if (n > 1)
 		return 1;
-	int64_t s = g->cap / 64;
+	int64_t s = g->cap / 16;
 	return (int)(s < 1 ? 1 : s > ATT_MAXSPLIT ? ATT_MAXSPLIT : s);
 }
 
@@ -1065,9 +1095,10 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 	float escale = g->embed_scale;
 	k_embed<<<(unsigned)n, 256, 0, g->st>>>(g->embed.k, (uint64_t)D, g->tok, escale, g->x, cd);
 	CK(cudaGetLastError(), "the embedding");
+	const float *pend = NULL; /* MLP output not yet added to x (fused into the next norm) */
 	for (int64_t li = 0; li < g->nl; li++) {
 		glayer *l = &g->L[li];
-		k_rmsnorm<<<(unsigned)n, 256, 0, g->st>>>(g->x, l->attn_norm, g->h, NULL, D, eps, c->norm_plus_one, cd);
+		k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, g->st>>>(g->x, pend, l->attn_norm, g->h, NULL, D, eps, c->norm_plus_one, cd);
 		float *q, *k, *v;
 		int64_t ld;
 		if (c->fused_qkv) {
@@ -1086,8 +1117,9 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			k = q + g->qdim;
 			v = k + g->kvdim;
 			if (n == 1) {
-				if ((rc = matmul(g, &l->q, g->h, n, q, err)) || (rc = matmul(g, &l->k, g->h, n, k, err)) ||
-				    (rc = matmul(g, &l->v, g->h, n, v, err)))
+				const dweight *ws[3] = { &l->q, &l->k, &l->v };
+				float *ys[3] = { q, k, v };
+				if ((rc = matvec_multi(g, ws, 3, g->h, ys, err)))
 					return rc;
 			} else {
 				/* GEMM outputs are dense [n, rows]: use att/o/g as scratch */
@@ -1121,14 +1153,13 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		if ((rc = matmul(g, &l->o, g->att, n, g->o, err)) || (rc = bias_round(g, g->o, D, l->o_bias, n, D, err)))
 			return rc;
 		if (c->sandwich_norms) {
-			k_rmsnorm<<<(unsigned)n, 256, 0, g->st>>>(g->o, l->post_attn_norm, NULL, g->x, D, eps,
-								  c->norm_plus_one, cd);
-			k_rmsnorm<<<(unsigned)n, 256, 0, g->st>>>(g->x, l->pre_ffn_norm, g->h, NULL, D, eps,
-								  c->norm_plus_one, cd);
+			k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, g->st>>>(g->o, NULL, l->post_attn_norm, NULL, g->x, D, eps,
+									   c->norm_plus_one, cd);
+			k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, g->st>>>(g->x, NULL, l->pre_ffn_norm, g->h, NULL, D, eps,
+									   c->norm_plus_one, cd);
 		} else {
-			k_add<<<grid_for((uint64_t)n * D, 256), 256, 0, g->st>>>(g->x, g->o, (uint64_t)n * D);
-			k_rmsnorm<<<(unsigned)n, 256, 0, g->st>>>(g->x, l->post_attn_norm, g->h, NULL, D, eps,
-								  c->norm_plus_one, cd);
+			k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, g->st>>>(g->x, g->o, l->post_attn_norm, g->h, NULL, D, eps,
+									   c->norm_plus_one, cd);
 		}
 		CK(cudaGetLastError(), "a norm");
 		float *gt, *ut;
@@ -1145,8 +1176,13 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			gt = g->gu;
 			ut = g->gu + (uint64_t)n * I;
 			gl = I;
-			if ((rc = matmul(g, &l->gate, g->h, n, gt, err)) || (rc = matmul(g, &l->up, g->h, n, ut, err)) ||
-			    (rc = bias_round(g, gt, I, l->gate_bias, n, I, err)) ||
+			const dweight *ws[2] = { &l->gate, &l->up };
+			float *ys[2] = { gt, ut };
+			if (n == 1)
+				rc = matvec_multi(g, ws, 2, g->h, ys, err);
+			else if (!(rc = matmul(g, &l->gate, g->h, n, gt, err)))
+				rc = matmul(g, &l->up, g->h, n, ut, err);
+			if (rc || (rc = bias_round(g, gt, I, l->gate_bias, n, I, err)) ||
 			    (rc = bias_round(g, ut, I, l->up_bias, n, I, err)))
 				return rc;
 		}
@@ -1155,17 +1191,17 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		if ((rc = matmul(g, &l->down, g->g, n, g->o, err)) || (rc = bias_round(g, g->o, D, l->down_bias, n, D, err)))
 			return rc;
 		if (c->sandwich_norms)
-			k_rmsnorm<<<(unsigned)n, 256, 0, g->st>>>(g->o, l->post_ffn_norm, NULL, g->x, D, eps,
-								  c->norm_plus_one, cd);
+			k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, g->st>>>(g->o, NULL, l->post_ffn_norm, NULL, g->x, D, eps,
+									   c->norm_plus_one, cd);
 		else
-			k_add<<<grid_for((uint64_t)n * D, 256), 256, 0, g->st>>>(g->x, g->o, (uint64_t)n * D);
+			pend = g->o;
 		CK(cudaGetLastError(), "a residual add");
 	}
 	if (!want_logits)
 		return LQ_OK;
 	size_t first = all_logits ? 0 : n - 1, nl = n - first;
-	k_rmsnorm<<<(unsigned)nl, 256, 0, g->st>>>(g->x + first * D, g->final_norm, g->h, NULL, D, eps,
-						   c->norm_plus_one, cd);
+	k_rmsnorm<<<(unsigned)nl, NORM_THREADS, 0, g->st>>>(g->x + first * D, pend ? pend + first * D : NULL, g->final_norm, g->h, NULL, D, eps,
+							    c->norm_plus_one, cd);
 	CK(cudaGetLastError(), "the final norm");
 	if ((rc = matmul(g, &g->lm_head, g->h, nl, g->logits, err)))
 		return rc;
@@ -1327,6 +1363,15 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 	if (!g->L || !g->h_inv) {
 		rc = gfail(err, LQ_ERR_NOMEM, "out of memory");
 		goto fail;
+	}
+	/* cuBLAS (prefill) is opened and initialized now: it takes a while */
+	if (cublas_open(&g->cb)) {
+		if (g->cb.create(&g->cbh) != CUBLAS_STATUS_SUCCESS) {
+			rc = gfail(err, LQ_ERR_IO, "cuBLAS initialization failed");
+			goto fail;
+		}
+		g->cbh_ok = 1;
+		g->cb.set_stream(g->cbh, g->st);
 	}
 	/* pass 1: sizes and checks; then one allocation; pass 2: upload */
 	u.counting = 1;

@@ -39,6 +39,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <string.h>
 
 #define GEMV_THREADS 128
 #define GEMV_LOADS 8 /* 16-byte weight loads in flight per thread */
@@ -146,12 +147,26 @@ __device__ __forceinline__ float gemv_scale(const void *scales, const float *nes
 	return __fadd_rn(t, offset);
 }
 
+/* Up to LQ_GEMV_PARTS weights with the same K and layout, run as one grid
+ * over the concatenation of their row groups (e.g. q, k and v). */
+struct gemv_part {
+	const uint8_t *data;
+	const void *scales;
+	const float *nested;
+	float offset;
+	uint64_t N;   /* rows */
+	float *y;
+	uint64_t g0;  /* first row group of this part */
+};
+struct gemv_parts {
+	gemv_part p[LQ_GEMV_PARTS];
+	int n;
+};
+
 template <int QT, bool DQ, typename XT, int R, bool EX>
-__global__ void __launch_bounds__(GEMV_THREADS, GEMV_MINBLOCKS) k_gemv_fast(const uint8_t *__restrict__ data,
-							   const void *__restrict__ scales,
-							   const float *__restrict__ nested, float offset, int bshift,
-							   uint64_t N, uint64_t K, const XT *__restrict__ x,
-							   float *__restrict__ y, uint64_t ngroups)
+__global__ void __launch_bounds__(GEMV_THREADS, GEMV_MINBLOCKS) k_gemv_fast(const __grid_constant__ gemv_parts P,
+							   int bshift, uint64_t K, const XT *__restrict__ x,
+							   uint64_t ngroups)
 {
 	constexpr int EPC = QT == LQ_QTYPE_INT8 ? 16 : 32; /* elements per 16-byte chunk */
 	constexpr int U = GEMV_LOADS / R;                  /* chunk steps per batch of loads */
@@ -179,14 +194,30 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MINBLOCKS) k_gemv_fast(cons
 			dmap[i] = __uint_as_float(g_dyn[i]);
 	__syncthreads();
 	const uint32_t *lut_lane = lut + lane;
+	/* programmatic dependent launch: everything above overlaps the previous
+	 * kernel; x is its output */
+#if __CUDA_ARCH__ >= 900
+	cudaGridDependencySynchronize();
+#endif
 
 	const uint64_t cpr = K / EPC; /* chunks per row */
 	const uint64_t c_begin = cpr * blockIdx.y / gridDim.y, c_end = cpr * (blockIdx.y + 1) / gridDim.y;
 	const uint64_t row_bytes = Q4 ? K / 2 : K;
 	const float iscale = QT == LQ_QTYPE_INT8 ? 1.0f / 127.0f : 1.0f;
 
-	for (uint64_t g = blockIdx.x; g < ngroups; g += gridDim.x) {
-		uint64_t row0 = g * R;
+	for (uint64_t gg = blockIdx.x; gg < ngroups; gg += gridDim.x) {
+		int pi = 0;
+#pragma unroll
+		for (int i = 1; i < LQ_GEMV_PARTS; i++)
+			if (i < P.n && gg >= P.p[i].g0)
+				pi = i;
+		const uint8_t *__restrict__ data = P.p[pi].data;
+		const void *__restrict__ scales = P.p[pi].scales;
+		const float *__restrict__ nested = P.p[pi].nested;
+		const float offset = P.p[pi].offset;
+		const uint64_t N = P.p[pi].N;
+		float *__restrict__ y = P.p[pi].y;
+		uint64_t row0 = (gg - P.p[pi].g0) * R;
 		const uint8_t *rp[R];
 		uint64_t rbase[R];
 #pragma unroll
@@ -259,20 +290,35 @@ static int gemv_bshift(int bs)
 }
 
 template <int QT, bool DQ, typename XT, int R, bool EX = false>
-static int launch_t(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const XT *x, float *y,
+static int launch_t(const struct lq_cuda_qweight *const *ws, float *const *ys, int nw, uint64_t K, const XT *x,
 		    cudaStream_t st, int grid_max, int ksplit_max)
 {
 	auto kern = k_gemv_fast<QT, DQ, XT, R, EX>;
-	int dev = 0, sms = 0, per_sm = 0;
+	int dev = 0, sms = 0, per_sm = 0, major = 0;
 	cudaError_t e;
 	if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
 	    (e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess ||
+	    (e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess ||
 	    (e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, GEMV_THREADS, 0)) != cudaSuccess)
 		return (int)e;
 	uint64_t resident = (uint64_t)sms * (per_sm > 0 ? per_sm : 1);
 	if (grid_max > 0 && (uint64_t)grid_max < resident)
 		resident = (uint64_t)grid_max;
-	uint64_t groups = (N + R - 1) / R;
+	gemv_parts P;
+	memset(&P, 0, sizeof P);
+	P.n = nw;
+	uint64_t groups = 0;
+	for (int i = 0; i < nw; i++) {
+		const struct lq_cuda_qweight *w = ws[i];
+		P.p[i].data = w->d_data;
+		P.p[i].scales = w->d_scales;
+		P.p[i].nested = w->d_nested;
+		P.p[i].offset = w->offset;
+		P.p[i].N = w->n / K;
+		P.p[i].y = ys[i];
+		P.p[i].g0 = groups;
+		groups += (P.p[i].N + R - 1) / R;
+	}
 	uint64_t gx = groups < resident ? groups : resident;
 	/* split K over blocks when the row groups leave most of the GPU idle */
 	const uint64_t epc = QT == LQ_QTYPE_INT8 ? 16 : 32, cpr = K / epc;
@@ -289,65 +335,103 @@ static int launch_t(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, con
 		if (ks < 1)
 			ks = 1;
 	}
-	if (ks > 1 && (e = cudaMemsetAsync(y, 0, N * sizeof(float), st)) != cudaSuccess)
-		return (int)e;
-	dim3 grid((unsigned)gx, (unsigned)ks);
-	kern<<<grid, GEMV_THREADS, 0, st>>>(w->d_data, w->d_scales, w->d_nested, w->offset,
-					    gemv_bshift(w->p.block_size), N, K, x, y, groups);
-	return (int)cudaGetLastError();
+	for (int i = 0; ks > 1 && i < nw; i++)
+		if ((e = cudaMemsetAsync(P.p[i].y, 0, P.p[i].N * sizeof(float), st)) != cudaSuccess)
+			return (int)e;
+	cudaLaunchConfig_t cfg = {};
+	cfg.gridDim = dim3((unsigned)gx, (unsigned)ks);
+	cfg.blockDim = dim3(GEMV_THREADS);
+	cfg.stream = st;
+	cudaLaunchAttribute attr[1];
+	attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	attr[0].val.programmaticStreamSerializationAllowed = 1;
+	if (major >= 9 && ks == 1) {
+		cfg.attrs = attr;
+		cfg.numAttrs = 1;
+	}
+	int bshift = gemv_bshift(ws[0]->p.block_size);
+	e = cudaLaunchKernelEx(&cfg, kern, P, bshift, K, x, groups);
+	return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
 }
 
 template <int QT, bool DQ, typename XT>
-static int launch_r(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const XT *x, float *y,
+static int launch_r(const struct lq_cuda_qweight *const *w, float *const *y, int nw, uint64_t K, const XT *x,
 		    cudaStream_t st, int rows, int grid_max, int ksplit_max)
 {
 	if (rows == 0) {
 		rows = 8; /* fastest on every large H200 shape measured (bench_gemv --sweep) */
 	}
 	switch (rows) {
-	case 1: return launch_t<QT, DQ, XT, 1>(w, N, K, x, y, st, grid_max, ksplit_max);
-	case 2: return launch_t<QT, DQ, XT, 2>(w, N, K, x, y, st, grid_max, ksplit_max);
-	case 4: return launch_t<QT, DQ, XT, 4>(w, N, K, x, y, st, grid_max, ksplit_max);
-	case 8: return launch_t<QT, DQ, XT, 8>(w, N, K, x, y, st, grid_max, ksplit_max);
+	case 1: return launch_t<QT, DQ, XT, 1>(w, y, nw, K, x, st, grid_max, ksplit_max);
+	case 2: return launch_t<QT, DQ, XT, 2>(w, y, nw, K, x, st, grid_max, ksplit_max);
+	case 4: return launch_t<QT, DQ, XT, 4>(w, y, nw, K, x, st, grid_max, ksplit_max);
+	case 8: return launch_t<QT, DQ, XT, 8>(w, y, nw, K, x, st, grid_max, ksplit_max);
 	}
 	return (int)cudaErrorInvalidValue;
 }
 
 template <typename XT>
-static int launch_q(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const XT *x, float *y,
+static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int nw, uint64_t K, const XT *x,
 		    cudaStream_t st, int rows, int grid_max, int ksplit_max)
 {
-	int dq = w->p.double_quant != 0;
-	switch (w->p.qtype) {
+	int dq = w[0]->p.double_quant != 0;
+	switch (w[0]->p.qtype) {
 	case LQ_QTYPE_NF4:
-		return dq ? launch_r<LQ_QTYPE_NF4, true, XT>(w, N, K, x, y, st, rows, grid_max, ksplit_max)
-			  : launch_r<LQ_QTYPE_NF4, false, XT>(w, N, K, x, y, st, rows, grid_max, ksplit_max);
+		return dq ? launch_r<LQ_QTYPE_NF4, true, XT>(w, y, nw, K, x, st, rows, grid_max, ksplit_max)
+			  : launch_r<LQ_QTYPE_NF4, false, XT>(w, y, nw, K, x, st, rows, grid_max, ksplit_max);
 	case LQ_QTYPE_FP4:
-		return dq ? launch_r<LQ_QTYPE_FP4, true, XT>(w, N, K, x, y, st, rows, grid_max, ksplit_max)
-			  : launch_r<LQ_QTYPE_FP4, false, XT>(w, N, K, x, y, st, rows, grid_max, ksplit_max);
+		return dq ? launch_r<LQ_QTYPE_FP4, true, XT>(w, y, nw, K, x, st, rows, grid_max, ksplit_max)
+			  : launch_r<LQ_QTYPE_FP4, false, XT>(w, y, nw, K, x, st, rows, grid_max, ksplit_max);
 	case LQ_QTYPE_INT8:
-		return dq ? launch_r<LQ_QTYPE_INT8, true, XT>(w, N, K, x, y, st, rows, grid_max, ksplit_max)
-			  : launch_r<LQ_QTYPE_INT8, false, XT>(w, N, K, x, y, st, rows, grid_max, ksplit_max);
+		return dq ? launch_r<LQ_QTYPE_INT8, true, XT>(w, y, nw, K, x, st, rows, grid_max, ksplit_max)
+			  : launch_r<LQ_QTYPE_INT8, false, XT>(w, y, nw, K, x, st, rows, grid_max, ksplit_max);
 	}
+	return (int)cudaErrorInvalidValue;
+}
+
+static int gemv_check(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x)
+{
+	int bs = w->p.block_size;
+	return !(N == 0 || K == 0 || bs < LQ_QBLOCK_MIN || bs > LQ_QBLOCK_MAX || (bs & (bs - 1)) ||
+		 K % (uint64_t)bs || N > UINT64_MAX / K || N * K != w->n || !w->d_data || !w->d_scales ||
+		 (w->p.double_quant && !w->d_nested) || ((uintptr_t)w->d_data & 15) || ((uintptr_t)d_x & 15));
+}
+
+static int gemv_run(const struct lq_cuda_qweight *const *ws, float *const *ys, int n, uint64_t K, const void *d_x,
+		    int x_dtype, int exact, void *stream, int rows, int grid_max, int ksplit_max)
+{
+	if (n < 1 || n > LQ_GEMV_PARTS || (rows != 0 && rows != 1 && rows != 2 && rows != 4 && rows != 8))
+		return (int)cudaErrorInvalidValue;
+	for (int i = 0; i < n; i++)
+		if (!ws[i] || !ys[i] || !gemv_check(ws[i], ws[i]->n / (K ? K : 1), K, d_x) ||
+		    ws[i]->p.qtype != ws[0]->p.qtype || ws[i]->p.double_quant != ws[0]->p.double_quant ||
+		    ws[i]->p.block_size != ws[0]->p.block_size)
+			return (int)cudaErrorInvalidValue;
+	cudaStream_t st = (cudaStream_t)stream;
+	if (exact && ws[0]->p.qtype != LQ_QTYPE_INT8) {
+		if (x_dtype != LQ_DTYPE_F32)
+			return (int)cudaErrorInvalidValue;
+		const float *x = (const float *)d_x;
+		int dq = ws[0]->p.double_quant != 0;
+		if (ws[0]->p.qtype == LQ_QTYPE_NF4)
+			return dq ? launch_t<LQ_QTYPE_NF4, true, float, 8, true>(ws, ys, n, K, x, st, grid_max, ksplit_max)
+				  : launch_t<LQ_QTYPE_NF4, false, float, 8, true>(ws, ys, n, K, x, st, grid_max, ksplit_max);
+		return dq ? launch_t<LQ_QTYPE_FP4, true, float, 8, true>(ws, ys, n, K, x, st, grid_max, ksplit_max)
+			  : launch_t<LQ_QTYPE_FP4, false, float, 8, true>(ws, ys, n, K, x, st, grid_max, ksplit_max);
+	}
+	if (x_dtype == LQ_DTYPE_BF16)
+		return launch_q<__nv_bfloat16>(ws, ys, n, K, (const __nv_bfloat16 *)d_x, st, rows, grid_max, ksplit_max);
+	if (x_dtype == LQ_DTYPE_F32)
+		return launch_q<float>(ws, ys, n, K, (const float *)d_x, st, rows, grid_max, ksplit_max);
 	return (int)cudaErrorInvalidValue;
 }
 
 extern "C" int lq_cuda_gemv_ex(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
 			       int x_dtype, float *d_y, void *stream, int rows, int grid_max, int ksplit_max)
 {
-	int bs = w->p.block_size;
-	if (N == 0 || K == 0 || bs < LQ_QBLOCK_MIN || bs > LQ_QBLOCK_MAX || (bs & (bs - 1)) ||
-	    K % (uint64_t)bs || N > UINT64_MAX / K || N * K != w->n || !w->d_data || !w->d_scales ||
-	    (w->p.double_quant && !w->d_nested) || ((uintptr_t)w->d_data & 15) || ((uintptr_t)d_x & 15) ||
-	    (rows != 0 && rows != 1 && rows != 2 && rows != 4 && rows != 8))
+	if (!gemv_check(w, N, K, d_x))
 		return (int)cudaErrorInvalidValue;
-	cudaStream_t st = (cudaStream_t)stream;
-	if (x_dtype == LQ_DTYPE_BF16)
-		return launch_q<__nv_bfloat16>(w, N, K, (const __nv_bfloat16 *)d_x, d_y, st, rows, grid_max,
-					       ksplit_max);
-	if (x_dtype == LQ_DTYPE_F32)
-		return launch_q<float>(w, N, K, (const float *)d_x, d_y, st, rows, grid_max, ksplit_max);
-	return (int)cudaErrorInvalidValue;
+	return gemv_run(&w, &d_y, 1, K, d_x, x_dtype, 0, stream, rows, grid_max, ksplit_max);
 }
 
 extern "C" int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
@@ -359,22 +443,13 @@ extern "C" int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_
 extern "C" int lq_cuda_gemv_exact(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const float *d_x,
 				  float *d_y, void *stream)
 {
-	int bs = w->p.block_size;
-	if (N == 0 || K == 0 || bs < LQ_QBLOCK_MIN || bs > LQ_QBLOCK_MAX || (bs & (bs - 1)) ||
-	    K % (uint64_t)bs || N > UINT64_MAX / K || N * K != w->n || !w->d_data || !w->d_scales ||
-	    (w->p.double_quant && !w->d_nested) || ((uintptr_t)w->d_data & 15) || ((uintptr_t)d_x & 15))
+	if (!gemv_check(w, N, K, d_x))
 		return (int)cudaErrorInvalidValue;
-	cudaStream_t st = (cudaStream_t)stream;
-	int dq = w->p.double_quant != 0;
-	switch (w->p.qtype) {
-	case LQ_QTYPE_NF4:
-		return dq ? launch_t<LQ_QTYPE_NF4, true, float, 8, true>(w, N, K, d_x, d_y, st, 0, 0)
-			  : launch_t<LQ_QTYPE_NF4, false, float, 8, true>(w, N, K, d_x, d_y, st, 0, 0);
-	case LQ_QTYPE_FP4:
-		return dq ? launch_t<LQ_QTYPE_FP4, true, float, 8, true>(w, N, K, d_x, d_y, st, 0, 0)
-			  : launch_t<LQ_QTYPE_FP4, false, float, 8, true>(w, N, K, d_x, d_y, st, 0, 0);
-	case LQ_QTYPE_INT8:
-		return lq_cuda_gemv(w, N, K, d_x, LQ_DTYPE_F32, d_y, stream);
-	}
-	return (int)cudaErrorInvalidValue;
+	return gemv_run(&w, &d_y, 1, K, d_x, LQ_DTYPE_F32, 1, stream, 0, 0, 0);
+}
+
+extern "C" int lq_cuda_gemv_multi(const struct lq_cuda_qweight *const *ws, float *const *ys, int n, uint64_t K,
+				  const void *d_x, int x_dtype, int exact, void *stream)
+{
+	return gemv_run(ws, ys, n, K, d_x, x_dtype, exact, stream, 0, 0, 0);
 }

