@@ -442,6 +442,50 @@ __global__ void k_weight_to(kweight w, uint64_t n, T *out)
 		out[j] = from_f<T>(w_get(w, j));
 }
 
+/* The same for a quantized weight, 8 elements per thread (one scale: blocks
+ * hold a multiple of 32 elements), 16- or 32-byte stores; n % 8 == 0. */
+template <typename T>
+__global__ void k_weight_to8(kweight w, uint64_t n8, T *out)
+{
+	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n8; j += (uint64_t)gridDim.x * blockDim.x) {
+		uint64_t i0 = j * 8, b = i0 >> w.bshift;
+		float s;
+		if (w.dq)
+			s = __fadd_rn(__fmul_rn(__uint_as_float(b_dyn[((const uint8_t *)w.scales)[b]]),
+						w.nested[b >> LQ_QNESTED_SHIFT]),
+				      w.offset);
+		else
+			s = ((const float *)w.scales)[b];
+		float v[8];
+		if (w.qtype == LQ_QTYPE_INT8) {
+			uint2 q = *(const uint2 *)(w.data + i0);
+			float si = __fmul_rn(s, 1.0f / 127.0f);
+#pragma unroll
+			for (int k = 0; k < 8; k++)
+				v[k] = __fmul_rn((float)(int8_t)((k < 4 ? q.x : q.y) >> (8 * (k & 3))), si);
+		} else {
+			uint32_t q = *(const uint32_t *)(w.data + i0 / 2);
+			const uint32_t *tab = w.qtype == LQ_QTYPE_NF4 ? b_nf4 : b_fp4;
+#pragma unroll
+			for (int k = 0; k < 4; k++) {
+				uint32_t byte = (q >> (8 * k)) & 0xffu;
+				v[2 * k] = __fmul_rn(__uint_as_float(tab[byte >> 4]), s);
+				v[2 * k + 1] = __fmul_rn(__uint_as_float(tab[byte & 15]), s);
+			}
+		}
+		T o[8];
+#pragma unroll
+		for (int k = 0; k < 8; k++)
+			o[k] = from_f<T>(v[k]);
+		if (sizeof(T) == 2) {
+			*(uint4 *)(out + i0) = *(const uint4 *)o;
+		} else {
+			((uint4 *)(out + i0))[0] = ((const uint4 *)o)[0];
+			((uint4 *)(out + i0))[1] = ((const uint4 *)o)[1];
+		}
+	}
+}
+
 template <typename T>
 __global__ void k_f32_to(const float *x, uint64_t n, T *out)
 {
@@ -996,7 +1040,15 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 		uint64_t ne = N * K;
 		if ((rc = ensure_wbuf(g, ne * lq_dtype_size(T), err)))
 			return rc;
-		if (T == LQ_DTYPE_F32)
+		if (w->k.qtype != LQ_QTYPE_NONE && ne % 8 == 0) {
+			uint64_t n8 = ne / 8;
+			if (T == LQ_DTYPE_F32)
+				k_weight_to8<float><<<grid_for(n8, 256), 256, 0, g->st>>>(w->k, n8, (float *)g->wbuf);
+			else if (T == LQ_DTYPE_F16)
+				k_weight_to8<__half><<<grid_for(n8, 256), 256, 0, g->st>>>(w->k, n8, (__half *)g->wbuf);
+			else
+				k_weight_to8<__nv_bfloat16><<<grid_for(n8, 256), 256, 0, g->st>>>(w->k, n8, (__nv_bfloat16 *)g->wbuf);
+		} else if (T == LQ_DTYPE_F32)
 			k_weight_to<float><<<grid_for(ne, 256), 256, 0, g->st>>>(w->k, ne, (float *)g->wbuf);
 		else if (T == LQ_DTYPE_F16)
 			k_weight_to<__half><<<grid_for(ne, 256), 256, 0, g->st>>>(w->k, ne, (__half *)g->wbuf);
