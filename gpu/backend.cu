@@ -373,28 +373,40 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 	}
 }
 
-/* Merge the splits of k_attn: block = (head, token). */
+/* Merge the splits of k_attn: block = (head, token); the first warp
+ * computes the weight of each split, then every thread sums its dims. */
 __global__ void k_attn_merge(const float *part, float *out, int64_t H, int64_t hd, int S, int cd)
 {
+	__shared__ float wsh[ATT_MAXSPLIT];
+	__shared__ float Lsh;
 	const int64_t t = blockIdx.y, h = blockIdx.x;
 	const float *pp = part + (t * H + h) * S * (hd + 2);
-	float M = -INFINITY;
-	for (int s = 0; s < S; s++)
-		M = fmaxf(M, pp[s * (hd + 2) + hd]);
-	float L = 0.0f;
-	for (int s = 0; s < S; s++) {
-		float ms = pp[s * (hd + 2) + hd];
-		if (ms != -INFINITY)
-			L += pp[s * (hd + 2) + hd + 1] * expf(ms - M);
+	if (threadIdx.x < 32) {
+		int lane = threadIdx.x;
+		float M = -INFINITY;
+		for (int s = lane; s < S; s += 32)
+			M = fmaxf(M, pp[s * (hd + 2) + hd]);
+		for (int o = 16; o; o >>= 1)
+			M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+		float L = 0.0f;
+		for (int s = lane; s < S; s += 32) {
+			float ms = pp[s * (hd + 2) + hd];
+			float w = ms == -INFINITY ? 0.0f : expf(ms - M);
+			wsh[s] = w;
+			L += pp[s * (hd + 2) + hd + 1] * w;
+		}
+		for (int o = 16; o; o >>= 1)
+			L += __shfl_xor_sync(0xffffffffu, L, o);
+		if (lane == 0)
+			Lsh = L;
 	}
+	__syncthreads();
+	const float inv = 1.0f / Lsh;
 	for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
 		float a = 0.0f;
-		for (int s = 0; s < S; s++) {
-			float ms = pp[s * (hd + 2) + hd];
-			if (ms != -INFINITY)
-				a += pp[s * (hd + 2) + d] * expf(ms - M);
-		}
-		out[t * (H * hd) + h * hd + d] = rnd(a / L, cd);
+		for (int s = 0; s < S; s++)
+			a += pp[s * (hd + 2) + d] * wsh[s];
+		out[t * (H * hd) + h * hd + d] = rnd(a * inv, cd);
 	}
 }
 
