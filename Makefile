@@ -126,6 +126,7 @@ check: cuda-msg
 	@tests/run-checks $(BUILD)
 
 check-gpu: all
+	@$(MAKE) --no-print-directory tests
 	@tests/run-gpu-checks $(BUILD)
 
 bench-gpu: all
