@@ -158,6 +158,10 @@ enum lq_role {
 const char *lq_role_name(int role);
 /* Name of an architecture's model_type ("llama", ...), "?" if unknown. */
 const char *lq_arch_name(int arch);
+/* The architecture (enum lq_arch) of a transformers class name as config.json's
+ * "architectures" lists it ("LlamaForCausalLM", ...), or -1 when it is not a
+ * supported causal-LM class. */
+int lq_arch_of_class(const char *class_name);
 
 /* How one tensor is (or will be) stored. */
 struct lq_model_storage {

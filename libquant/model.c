@@ -184,6 +184,16 @@ const char *lq_arch_name(int arch)
 	return "?";
 }
 
+int lq_arch_of_class(const char *an)
+{
+	for (size_t i = 0; an && i < sizeof arch_table / sizeof arch_table[0]; i++) {
+		size_t pl = strlen(arch_table[i].prefix);
+		if (!strncmp(an, arch_table[i].prefix, pl) && !strcmp(an + pl, "ForCausalLM"))
+			return arch_table[i].arch;
+	}
+	return -1;
+}
+
 /* ------------------------------------------------------------- the model */
 
 struct extra_tensor {
@@ -544,12 +554,10 @@ static int parse_config(struct lq_model *m, json_t *root, const struct arch_desc
 	int rc;
 	if (!mt) {
 		/* older files: infer from architectures[0] */
-		const char *an = json_string_value(json_array_get(getkey(root, "architectures"), 0));
-		for (size_t i = 0; an && i < sizeof arch_table / sizeof arch_table[0]; i++) {
-			size_t pl = strlen(arch_table[i].prefix);
-			if (!strncmp(an, arch_table[i].prefix, pl) && !strcmp(an + pl, "ForCausalLM"))
+		int arch = lq_arch_of_class(json_string_value(json_array_get(getkey(root, "architectures"), 0)));
+		for (size_t i = 0; arch >= 0 && i < sizeof arch_table / sizeof arch_table[0]; i++)
+			if (arch_table[i].arch == arch)
 				a = &arch_table[i];
-		}
 		if (!a)
 			return lq_fail(err, LQ_ERR_FORMAT, "config.json: no 'model_type'");
 	} else {

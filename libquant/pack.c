@@ -207,10 +207,6 @@ static const char *const stored_files[] = {
 	"special_tokens_map.json", "chat_template.jinja", "chat_template.json",
 };
 
-static const char *const known_archs[] = {
-	"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM", "Gemma2ForCausalLM",
-};
-
 static char *join(const char *a, const char *b)
 {
 	size_t la = strlen(a), lb = strlen(b);
@@ -428,11 +424,7 @@ static int store_files(struct lq_writer *w, const char *dir, const struct lq_pac
 				if (!json_is_string(a))
 					rc = lq_fail(err, LQ_ERR_FORMAT, "%s: no \"architectures\" list", p);
 				else {
-					size_t k;
-					for (k = 0; k < sizeof known_archs / sizeof known_archs[0]; k++)
-						if (strcmp(json_string_value(a), known_archs[k]) == 0)
-							break;
-					if (k == sizeof known_archs / sizeof known_archs[0])
+					if (lq_arch_of_class(json_string_value(a)) < 0)
 						rc = lq_fail(err, LQ_ERR_UNSUPPORTED,
 							     "%s: unknown architecture '%s' (supported: Llama, Mistral, Qwen2, Phi-3, Gemma 2)",
 							     p, json_string_value(a));
