@@ -148,6 +148,16 @@ __device__ __forceinline__ float rnd(float v, int cd)
 	return v;
 }
 
+/* The scale of block b, with the reference's float32 roundings (no FMA). */
+__device__ __forceinline__ float w_scale(const kweight &w, uint64_t b)
+{
+	if (w.dq)
+		return __fadd_rn(__fmul_rn(__uint_as_float(b_dyn[((const uint8_t *)w.scales)[b]]),
+					   w.nested[b >> LQ_QNESTED_SHIFT]),
+				 w.offset);
+	return ((const float *)w.scales)[b];
+}
+
 /* Element i of a weight as float32, rounded exactly as lq_dequantize_ref. */
 __device__ __forceinline__ float w_get(const kweight &w, uint64_t i)
 {
@@ -158,14 +168,7 @@ __device__ __forceinline__ float w_get(const kweight &w, uint64_t i)
 			return __half2float(((const __half *)w.data)[i]);
 		return ((const float *)w.data)[i];
 	}
-	uint64_t b = i >> w.bshift;
-	float s;
-	if (w.dq)
-		s = __fadd_rn(__fmul_rn(__uint_as_float(b_dyn[((const uint8_t *)w.scales)[b]]),
-					w.nested[b >> LQ_QNESTED_SHIFT]),
-			      w.offset);
-	else
-		s = ((const float *)w.scales)[b];
+	float s = w_scale(w, i >> w.bshift);
 	if (w.qtype == LQ_QTYPE_INT8)
 		return __fmul_rn((float)(int8_t)w.data[i], __fmul_rn(s, 1.0f / 127.0f));
 	uint8_t byte = w.data[i >> 1];
@@ -460,14 +463,8 @@ template <typename T>
 __global__ void k_weight_to8(kweight w, uint64_t n8, T *out)
 {
 	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n8; j += (uint64_t)gridDim.x * blockDim.x) {
-		uint64_t i0 = j * 8, b = i0 >> w.bshift;
-		float s;
-		if (w.dq)
-			s = __fadd_rn(__fmul_rn(__uint_as_float(b_dyn[((const uint8_t *)w.scales)[b]]),
-						w.nested[b >> LQ_QNESTED_SHIFT]),
-				      w.offset);
-		else
-			s = ((const float *)w.scales)[b];
+		uint64_t i0 = j * 8;
+		float s = w_scale(w, i0 >> w.bshift);
 		float v[8];
 		if (w.qtype == LQ_QTYPE_INT8) {
 			uint2 q = *(const uint2 *)(w.data + i0);
@@ -666,20 +663,9 @@ static float *layer_vc(gstate *g, int64_t l) { return layer_kc(g, l) + (uint64_t
 
 /* ------------------------------------------------------------- loading */
 
-/* The stored tensor of a role (tied lm_head: the embedding), or NULL. */
 static const struct lq_tensor *role_tensor(gstate *g, int role, int layer)
 {
-	long i = lq_model_find_role(g->m, role, layer);
-	if (i < 0)
-		return NULL;
-	const struct lq_model_param *p = lq_model_param(g->m, (size_t)i);
-	if (p->tied) {
-		long e = lq_model_find_role(g->m, LQ_ROLE_EMBED, -1);
-		if (e < 0)
-			return NULL;
-		p = lq_model_param(g->m, (size_t)e);
-	}
-	return lq_file_find(g->f, p->name);
+	return lq_model_role_tensor(g->m, g->f, role, layer);
 }
 
 struct upload {

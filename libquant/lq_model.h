@@ -257,6 +257,11 @@ const struct lq_model_param *lq_model_param(const struct lq_model *m, size_t i);
 long lq_model_find_param(const struct lq_model *m, const char *name);
 /* Parameter of a role in a layer (layer -1 for the non-layer roles), or -1. */
 long lq_model_find_role(const struct lq_model *m, int role, int layer);
+/* The tensor of a role stored in LQ file f (a tied lm_head is the embedding),
+ * or NULL when the model has no such parameter or f does not store it.
+ * Borrowed from f. */
+const struct lq_tensor *lq_model_role_tensor(const struct lq_model *m, const struct lq_file *f, int role,
+					     int layer);
 
 size_t lq_model_nmodules(const struct lq_model *m);
 const struct lq_module *lq_model_module(const struct lq_model *m, size_t i);

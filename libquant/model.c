@@ -1133,6 +1133,22 @@ long lq_model_find_role(const struct lq_model *m, int role, int layer)
 	return -1;
 }
 
+const struct lq_tensor *lq_model_role_tensor(const struct lq_model *m, const struct lq_file *f, int role,
+					     int layer)
+{
+	long i = lq_model_find_role(m, role, layer);
+	if (i < 0)
+		return NULL;
+	const struct lq_model_param *p = &m->params[i];
+	if (p->tied) {
+		long e = lq_model_find_role(m, LQ_ROLE_EMBED, -1);
+		if (e < 0)
+			return NULL;
+		p = &m->params[e];
+	}
+	return lq_file_find(f, p->name);
+}
+
 int lq_model_map_name(const struct lq_model *m, const char *name, long *param, long *module)
 {
 	long p = lq_model_find_param(m, name);
