@@ -5,7 +5,7 @@
  * measured memory read bandwidth.
  *
  * usage: bench_run [--layers N] [--hidden N] [--intermediate N] [--vocab N]
- *                  [--prompt N] [--decode N] [--threads N]
+ *                  [--prompt N] [--decode N] [--threads N] [--only bf16|int8|nf4]
  * (default: a ~0.2B model, 8 layers x 1024, vocab 32000; --hidden 2048
  * --intermediate 5632 --layers 22 gives a ~1.1B TinyLlama-shaped model)
  *
@@ -83,10 +83,11 @@ int main(int argc, char **argv)
 {
 	int layers = 8, hidden = 1024, inter = 2816, vocab = 32000, prompt = 64, decode = 32;
 	int threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+	const char *only = NULL;
 	static const struct option lo[] = {
 		{"layers", 1, 0, 'l'}, {"hidden", 1, 0, 'H'}, {"intermediate", 1, 0, 'I'},
 		{"vocab", 1, 0, 'v'},  {"prompt", 1, 0, 'p'}, {"decode", 1, 0, 'd'},
-		{"threads", 1, 0, 'j'}, {0, 0, 0, 0}};
+		{"threads", 1, 0, 'j'}, {"only", 1, 0, 'o'}, {0, 0, 0, 0}};
 	int o;
 	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		int v = atoi(optarg);
@@ -98,11 +99,16 @@ int main(int argc, char **argv)
 		case 'p': prompt = v; break;
 		case 'd': decode = v; break;
 		case 'j': threads = v; break;
-		default: fprintf(stderr, "usage: bench_run [--layers N] [--hidden N] [--intermediate N] [--vocab N] [--prompt N] [--decode N] [--threads N]\n"); return 2;
+		case 'o': only = optarg; break;
+		default: fprintf(stderr, "usage: bench_run [--layers N] [--hidden N] [--intermediate N] [--vocab N] [--prompt N] [--decode N] [--threads N] [--only bf16|int8|nf4]\n"); return 2;
 		}
 	}
 	if (threads < 1)
 		threads = 1;
+	if (only && strcmp(only, "bf16") && strcmp(only, "int8") && strcmp(only, "nf4")) {
+		fprintf(stderr, "bench_run: --only takes bf16, int8 or nf4\n");
+		return 2;
+	}
 	char dir[] = "/tmp/bench_run.XXXXXX";
 	if (!mkdtemp(dir)) {
 		perror("bench_run: mkdtemp");
@@ -139,6 +145,8 @@ int main(int argc, char **argv)
 	const char *qn[] = { "bf16", "int8", "nf4+dq" };
 	int rc = 0;
 	for (int q = 0; q < 3; q++) {
+		if (only && strncmp(qn[q], only, strlen(only)))
+			continue;
 		struct lq_pack_opts po;
 		lq_pack_opts_init(&po);
 		po.qtype = qt[q];
