@@ -14,27 +14,42 @@
 
 /* ================================================================ pool */
 
+/*
+ * Workers wait for a job by spinning a short while (POOL_SPIN pauses, tens
+ * of microseconds) before sleeping on the condition variable: a decode step
+ * runs about eight jobs per layer back to back, and waking a sleeping
+ * thread for each costs more than the smaller jobs themselves.  Tasks are
+ * taken with an atomic counter.  gen is published with release semantics
+ * after the job's fields, and read with acquire semantics.
+ */
+#define POOL_SPIN 4000
+
 struct lq_pool {
 	int n;                 /* threads including the caller */
 	pthread_t *th;
 	pthread_mutex_t mu;
 	pthread_cond_t go, done;
-	uint64_t gen;          /* job generation */
-	int quit;
+	uint64_t gen;          /* job generation (atomic) */
+	int quit;              /* (atomic) */
 	void (*fn)(void *, int, int);
 	void *ctx;
 	int ntasks;
-	int next;              /* next task index to take */
-	int running;           /* workers still in the current job */
+	int next;              /* next task index to take (atomic) */
+	int running;           /* workers still in the current job (atomic) */
 };
+
+static void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#endif
+}
 
 static void pool_work(struct lq_pool *p)
 {
 	for (;;) {
-		pthread_mutex_lock(&p->mu);
-		int i = p->next < p->ntasks ? p->next++ : -1;
-		pthread_mutex_unlock(&p->mu);
-		if (i < 0)
+		int i = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED);
+		if (i >= p->ntasks)
 			return;
 		p->fn(p->ctx, i, p->ntasks);
 	}
@@ -45,20 +60,27 @@ static void *pool_main(void *arg)
 	struct lq_pool *p = arg;
 	uint64_t seen = 0;
 	for (;;) {
-		pthread_mutex_lock(&p->mu);
-		while (!p->quit && p->gen == seen)
-			pthread_cond_wait(&p->go, &p->mu);
-		if (p->quit) {
-			pthread_mutex_unlock(&p->mu);
-			return NULL;
+		int spins = 0;
+		while (__atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) == seen &&
+		       !__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE) && spins < POOL_SPIN) {
+			cpu_relax();
+			spins++;
 		}
-		seen = p->gen;
-		pthread_mutex_unlock(&p->mu);
+		if (__atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) == seen) {
+			pthread_mutex_lock(&p->mu);
+			while (!p->quit && __atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) == seen)
+				pthread_cond_wait(&p->go, &p->mu);
+			pthread_mutex_unlock(&p->mu);
+		}
+		if (__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE))
+			return NULL;
+		seen = __atomic_load_n(&p->gen, __ATOMIC_ACQUIRE);
 		pool_work(p);
-		pthread_mutex_lock(&p->mu);
-		if (--p->running == 0)
+		if (__atomic_sub_fetch(&p->running, 1, __ATOMIC_ACQ_REL) == 0) {
+			pthread_mutex_lock(&p->mu);
 			pthread_cond_signal(&p->done);
-		pthread_mutex_unlock(&p->mu);
+			pthread_mutex_unlock(&p->mu);
+		}
 	}
 }
 
@@ -100,7 +122,7 @@ void lq_pool_free(struct lq_pool *p)
 	if (!p)
 		return;
 	pthread_mutex_lock(&p->mu);
-	p->quit = 1;
+	__atomic_store_n(&p->quit, 1, __ATOMIC_RELEASE);
 	pthread_cond_broadcast(&p->go);
 	pthread_mutex_unlock(&p->mu);
 	for (int i = 0; i < p->n - 1; i++)
@@ -127,18 +149,24 @@ void lq_pool_run(struct lq_pool *p, void (*fn)(void *ctx, int i, int ntasks), vo
 			fn(ctx, i, ntasks);
 		return;
 	}
-	pthread_mutex_lock(&p->mu);
+	/* every worker has finished the previous job (running was 0) */
 	p->fn = fn;
 	p->ctx = ctx;
 	p->ntasks = ntasks;
-	p->next = 0;
-	p->running = p->n - 1;
-	p->gen++;
+	__atomic_store_n(&p->next, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&p->running, p->n - 1, __ATOMIC_RELAXED);
+	pthread_mutex_lock(&p->mu);
+	__atomic_store_n(&p->gen, p->gen + 1, __ATOMIC_RELEASE);
 	pthread_cond_broadcast(&p->go);
 	pthread_mutex_unlock(&p->mu);
 	pool_work(p);
+	for (int spins = 0; spins < POOL_SPIN; spins++) {
+		if (__atomic_load_n(&p->running, __ATOMIC_ACQUIRE) == 0)
+			return;
+		cpu_relax();
+	}
 	pthread_mutex_lock(&p->mu);
-	while (p->running > 0)
+	while (__atomic_load_n(&p->running, __ATOMIC_ACQUIRE) > 0)
 		pthread_cond_wait(&p->done, &p->mu);
 	pthread_mutex_unlock(&p->mu);
 }
@@ -402,48 +430,161 @@ AVX2_TARGET static float dot_row_avx2(const struct lq_weight *w, uint64_t r, con
 	}
 }
 
-/* NF4/FP4 row dot with AVX-512: one permute decodes 16 codes. */
-__attribute__((target("avx512f,avx2,fma"))) static float dot_row_q4_avx512(const struct lq_weight *w,
-									 uint64_t r, const float *x)
+/* ------------------------------------------------------ AVX-512 kernels
+ *
+ * Decode (few tokens) streams every weight once per token, so these kernels
+ * decode as few instructions per weight as possible and prefetch the
+ * weights PF_AHEAD bytes ahead (the hardware prefetcher alone keeps too few
+ * lines in flight behind a decode loop: measured 2x slower than a plain
+ * sum).  The activations are first permuted (perm_q4, perm_pair) into the
+ * order in which a 512-bit load of weights yields its elements, zero-padded
+ * to whole chunks, so no weight needs a shuffle to line up with its
+ * activation. */
+
+#define AVX512_TARGET __attribute__((target("avx512f,avx2,fma")))
+#define PF_AHEAD 4096
+
+/* 4-bit chunks of 128 elements = 64 code bytes: dword lane j holds bytes
+ * 4j..4j+3, i.e. elements 8j..8j+7, and the nibble at bit 4k of lane j
+ * (vpermps reads the low 4 bits of each lane after a shift by 4k) is
+ * element 8j + (k & ~1) + !(k & 1), high nibble first. */
+static uint64_t q4_padded(uint64_t K)
+{
+	return (K + 127) & ~(uint64_t)127;
+}
+
+static void perm_q4(const float *x, float *xp, uint64_t K)
+{
+	for (uint64_t c = 0; c < K; c += 128)
+		for (unsigned k = 0; k < 8; k++)
+			for (unsigned l = 0; l < 16; l++) {
+				uint64_t e = c + 8 * l + (k & ~1u) + !(k & 1);
+				xp[c + 16 * k + l] = e < K ? x[e] : 0.0f;
+			}
+}
+
+/* bf16 chunks of 32 elements: dword lane j holds elements 2j (low half)
+ * and 2j + 1 (high half). */
+static uint64_t pair_padded(uint64_t K)
+{
+	return (K + 31) & ~(uint64_t)31;
+}
+
+static void perm_pair(const float *x, float *xp, uint64_t K)
+{
+	for (uint64_t c = 0; c < K; c += 32)
+		for (unsigned l = 0; l < 16; l++) {
+			uint64_t e = c + 2 * l;
+			xp[c + l] = e < K ? x[e] : 0.0f;
+			xp[c + 16 + l] = e + 1 < K ? x[e + 1] : 0.0f;
+		}
+}
+
+/* 8 table lookups of the nibbles of q against 128 permuted activations. */
+AVX512_TARGET static inline __m512 q4_chunk(__m512i q, __m512 tab, const float *xc)
+{
+	__m512 a = _mm512_mul_ps(_mm512_permutexvar_ps(q, tab), _mm512_loadu_ps(xc));
+	__m512 b = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), tab),
+				 _mm512_loadu_ps(xc + 16));
+	a = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 8), tab),
+			    _mm512_loadu_ps(xc + 32), a);
+	b = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 12), tab),
+			    _mm512_loadu_ps(xc + 48), b);
+	a = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 16), tab),
+			    _mm512_loadu_ps(xc + 64), a);
+	b = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 20), tab),
+			    _mm512_loadu_ps(xc + 80), b);
+	a = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 24), tab),
+			    _mm512_loadu_ps(xc + 96), a);
+	b = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 28), tab),
+			    _mm512_loadu_ps(xc + 112), b);
+	return _mm512_add_ps(a, b);
+}
+
+/* NF4/FP4 row dot with AVX-512 against perm_q4 activations: one 64-byte
+ * load, 7 shifts and 8 permutes per 128 weights.  The row starts on a block
+ * boundary; the block size is a power of two >= 32 dividing K. */
+AVX512_TARGET static float dot_row_q4_avx512(const struct lq_weight *w, uint64_t r,
+					     const float *xp)
 {
 	uint64_t K = w->cols, i0 = r * K, bs = (uint64_t)w->block_size;
-	__m512 tab = _mm512_loadu_ps(q4_tab(w->qtype));
+	const __m512 tab = _mm512_loadu_ps(q4_tab(w->qtype));
 	const uint8_t *d = (const uint8_t *)w->data + i0 / 2;
 	const float *sc = w->scales + i0 / bs;
-	const __m128i m4 = _mm_set1_epi8(15);
+	/* lane j of a chunk (elements 8j..8j+7) takes the scale of block 8j / bs */
+	int32_t si[16] = {0};
+	if (bs < 128)
+		for (int l = 0; l < 16; l++)
+			si[l] = (int32_t)((uint64_t)(8 * l) / bs);
+	const __m512i sidx = _mm512_loadu_si512(si);
+	const __mmask16 sall = bs < 128 ? (__mmask16)((1u << (128 / bs)) - 1) : 1;
 	__m512 acc = _mm512_setzero_ps();
-	for (uint64_t c = 0, b = 0; c < K; c += bs, b++) {
-		__m512 ba = _mm512_setzero_ps();
-		for (uint64_t j = c; j < c + bs; j += 32) {
-			__m128i bytes = _mm_loadu_si128((const __m128i *)(d + j / 2));
-			__m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), m4);
-			__m128i lo = _mm_and_si128(bytes, m4);
-			__m512 v0 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), tab);
-			__m512 v1 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(hi, lo)), tab);
-			ba = _mm512_fmadd_ps(v0, _mm512_loadu_ps(x + j), ba);
-			ba = _mm512_fmadd_ps(v1, _mm512_loadu_ps(x + j + 16), ba);
-		}
-		acc = _mm512_fmadd_ps(ba, _mm512_set1_ps(sc[b]), acc);
+	uint64_t c = 0;
+	for (; c + 128 <= K; c += 128) {
+		_mm_prefetch((const char *)(d + c / 2) + PF_AHEAD, _MM_HINT_T0);
+		__m512i q = _mm512_loadu_si512(d + c / 2);
+		__m512 s = bs < 128 ? _mm512_permutexvar_ps(sidx, _mm512_maskz_loadu_ps(sall, sc + c / bs))
+				    : _mm512_set1_ps(sc[c / bs]);
+		acc = _mm512_fmadd_ps(q4_chunk(q, tab, xp + c), s, acc);
+	}
+	if (c < K) {
+		/* the last, partial chunk: lanes past K load zero codes, which meet
+		 * the zero padding of xp; only the row's own scales are read */
+		uint64_t left = K - c;
+		__mmask16 m = (__mmask16)((1u << (left / 8)) - 1);
+		__mmask16 ms = bs < 128 ? (__mmask16)((1u << (left / bs)) - 1) : 1;
+		__m512i q = _mm512_maskz_loadu_epi32(m, d + c / 2);
+		__m512 s = _mm512_permutexvar_ps(sidx, _mm512_maskz_loadu_ps(ms, sc + c / bs));
+		acc = _mm512_fmadd_ps(q4_chunk(q, tab, xp + c), s, acc);
 	}
 	return _mm512_reduce_add_ps(acc);
 }
 
-/* INT8 row dot with AVX-512 (16 codes per step). */
-__attribute__((target("avx512f,avx2,fma"))) static float dot_row_i8_avx512(const struct lq_weight *w,
-									 uint64_t r, const float *x)
+/* bf16 row dot with AVX-512 against perm_pair activations: the low halves
+ * shifted up and the high halves masked are the float32 values. */
+AVX512_TARGET static float dot_row_bf16_avx512(const struct lq_weight *w, uint64_t r,
+					       const float *xp)
+{
+	uint64_t K = w->cols;
+	const uint16_t *d = (const uint16_t *)w->data + r * K;
+	const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+	__m512 a = _mm512_setzero_ps(), b = a;
+	uint64_t c = 0;
+	for (; c + 32 <= K; c += 32) {
+		_mm_prefetch((const char *)(d + c) + PF_AHEAD, _MM_HINT_T0);
+		__m512i v = _mm512_loadu_si512(d + c);
+		a = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)),
+				    _mm512_loadu_ps(xp + c), a);
+		b = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)),
+				    _mm512_loadu_ps(xp + c + 16), b);
+	}
+	if (c < K) { /* K is even here */
+		__m512i v = _mm512_maskz_loadu_epi32((__mmask16)((1u << ((K - c) / 2)) - 1), d + c);
+		a = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)),
+				    _mm512_loadu_ps(xp + c), a);
+		b = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)),
+				    _mm512_loadu_ps(xp + c + 16), b);
+	}
+	return _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+}
+
+/* INT8 row dot with AVX-512 (16 codes per step, natural activation order). */
+AVX512_TARGET static float dot_row_i8_avx512(const struct lq_weight *w, uint64_t r, const float *x)
 {
 	uint64_t K = w->cols, i0 = r * K, bs = (uint64_t)w->block_size;
 	const int8_t *q = (const int8_t *)w->data + i0;
 	const float *sc = w->scales + i0 / bs;
 	__m512 acc = _mm512_setzero_ps();
 	for (uint64_t c = 0, b = 0; c < K; c += bs, b++) {
-		__m512 ba = _mm512_setzero_ps();
-		for (uint64_t j = c; j < c + bs; j += 16) {
-			__m128i v = _mm_loadu_si128((const __m128i *)(q + j));
-			__m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
-			ba = _mm512_fmadd_ps(f, _mm512_loadu_ps(x + j), ba);
+		__m512 ba = _mm512_setzero_ps(), bb = ba;
+		for (uint64_t j = c; j < c + bs; j += 32) {
+			_mm_prefetch((const char *)(q + j) + PF_AHEAD, _MM_HINT_T0);
+			__m512 f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + j))));
+			__m512 f1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + j + 16))));
+			ba = _mm512_fmadd_ps(f0, _mm512_loadu_ps(x + j), ba);
+			bb = _mm512_fmadd_ps(f1, _mm512_loadu_ps(x + j + 16), bb);
 		}
-		acc = _mm512_fmadd_ps(ba, _mm512_set1_ps(sc[b] * (1.0f / 127.0f)), acc);
+		acc = _mm512_fmadd_ps(_mm512_add_ps(ba, bb), _mm512_set1_ps(sc[b] * (1.0f / 127.0f)), acc);
 	}
 	return _mm512_reduce_add_ps(acc);
 }
@@ -558,26 +699,36 @@ struct mm_job {
 	float *y;
 	int fused;  /* AVX2 dot per row and token, no row buffer */
 	int avx2;   /* AVX2 dots against the row buffer */
-	int avx512; /* quantized fused dots with AVX-512 */
+	int avx512; /* fused dots with AVX-512: INT8 on x, NF4/FP4/bf16 on xp */
+	const float *xp; /* permuted activations (perm_q4 / perm_pair), or NULL */
+	uint64_t kp;     /* their row stride */
+	uint64_t chunk;  /* rows per task */
 };
 
-#define MM_CHUNK 16 /* rows per task */
+#define MM_CHUNK 16 /* rows per task, at least */
+#ifndef MM_TASK_BYTES
+/* fused (decode) tasks: at least this many weight bytes, so that each task
+ * streams a long contiguous run that the prefetches keep ahead of */
+#define MM_TASK_BYTES 65536
+#endif
 
 static void mm_task(void *ctx, int i, int ntasks)
 {
 	(void)ntasks;
 	struct mm_job *j = ctx;
 	uint64_t R = j->w->rows, K = j->w->cols;
-	uint64_t r0 = (uint64_t)i * MM_CHUNK, r1 = r0 + MM_CHUNK;
+	uint64_t r0 = (uint64_t)i * j->chunk, r1 = r0 + j->chunk;
 	if (r1 > R)
 		r1 = R;
 #if LQ_HAVE_AVX2
 	if (j->fused && j->avx512) {
-		int i8 = j->w->qtype == LQ_QTYPE_INT8;
+		const struct lq_weight *w = j->w;
 		for (uint64_t r = r0; r < r1; r++)
 			for (size_t t = 0; t < j->n; t++)
-				j->y[t * R + r] = i8 ? dot_row_i8_avx512(j->w, r, j->x + t * K)
-						     : dot_row_q4_avx512(j->w, r, j->x + t * K);
+				j->y[t * R + r] =
+					w->qtype == LQ_QTYPE_INT8 ? dot_row_i8_avx512(w, r, j->x + t * K)
+					: w->qtype == LQ_QTYPE_NONE ? dot_row_bf16_avx512(w, r, j->xp + t * j->kp)
+								    : dot_row_q4_avx512(w, r, j->xp + t * j->kp);
 		return;
 	}
 	if (j->fused) {
@@ -656,15 +807,45 @@ void lq_matmul(const struct lq_weight *w, const float *x, size_t n, float *y,
 		return;
 	/* few tokens: fused dequantize-dot (the row is decoded once per token);
 	 * more: decode the row once into a buffer and reuse it */
-	struct mm_job j = { w, x, n, y, 0, 0, 0 };
+	struct mm_job j = { w, x, n, y, 0, 0, 0, NULL, 0, MM_CHUNK };
+	float *xp = NULL;
 #if LQ_HAVE_AVX2
 	j.fused = n <= 4 && avx2_ok(w);
 	j.avx2 = have_avx2();
-	j.avx512 = j.fused && w->qtype != LQ_QTYPE_NONE && __builtin_cpu_supports("avx512f");
+	if (j.fused && __builtin_cpu_supports("avx512f")) {
+		int q4 = w->qtype == LQ_QTYPE_NF4 || w->qtype == LQ_QTYPE_FP4;
+		int bf16 = w->qtype == LQ_QTYPE_NONE && w->dtype == LQ_DTYPE_BF16;
+		if (q4 || bf16) {
+			/* permuted activations; out of memory: the AVX2 kernels */
+			uint64_t kp = q4 ? q4_padded(w->cols) : pair_padded(w->cols);
+			if (kp <= SIZE_MAX / sizeof(float) / n)
+				xp = malloc(n * (size_t)kp * sizeof(float));
+			if (xp) {
+				for (size_t t = 0; t < n; t++)
+					(q4 ? perm_q4 : perm_pair)(x + t * w->cols, xp + t * kp, w->cols);
+				j.xp = xp;
+				j.kp = kp;
+				j.avx512 = 1;
+			}
+		} else if (w->qtype == LQ_QTYPE_INT8) {
+			j.avx512 = 1;
+		}
+	}
 #endif
 
-	uint64_t ntasks = (w->rows + MM_CHUNK - 1) / MM_CHUNK;
+	j.chunk = MM_CHUNK;
+	if (j.fused) {
+		uint64_t rb = w->cols; /* bytes per row */
+		if (w->qtype == LQ_QTYPE_NF4 || w->qtype == LQ_QTYPE_FP4)
+			rb = w->cols / 2;
+		else if (w->qtype == LQ_QTYPE_NONE)
+			rb = w->cols * lq_dtype_size(w->dtype);
+		if (rb && MM_TASK_BYTES / rb > MM_CHUNK)
+			j.chunk = MM_TASK_BYTES / rb;
+	}
+	uint64_t ntasks = (w->rows + j.chunk - 1) / j.chunk;
 	if (ntasks > INT32_MAX)
 		ntasks = INT32_MAX; /* not reachable for sane shapes */
 	lq_pool_run(pool, mm_task, &j, (int)ntasks);
+	free(xp);
 }
