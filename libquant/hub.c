@@ -22,6 +22,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <jansson.h>
 #include <limits.h>
 #include <openssl/evp.h>
@@ -74,6 +75,7 @@ struct fjob {
 	uint64_t size;
 	int have_meta;
 	atomic_ullong done;    /* bytes on disk */
+	int gone;              /* rc is a 404 EntryNotFound / RevisionNotFound from resolve */
 	int rc;
 	struct lq_error err;
 };
@@ -1080,9 +1082,12 @@ static void filelist_free(struct filelist *l)
 	l->n = l->cap = 0;
 }
 
+/* The files of commit.  *rev_gone is set when the hub answers 404
+ * RevisionNotFound for the commit. */
 static int list_tree(struct hub *h, CURL *c, const char *commit, struct filelist *out,
-		     struct lq_error *err)
+		     int *rev_gone, struct lq_error *err)
 {
+	*rev_gone = 0;
 	char *base = api_base(h);
 	char *url = base ? xasprintf("%s/tree/%s?recursive=true&expand=false", base, commit) : NULL;
 	free(base);
@@ -1096,8 +1101,11 @@ static int list_tree(struct hub *h, CURL *c, const char *commit, struct filelist
 			break;
 		}
 		rc = api_get(h, c, url, &r, err);
-		if (rc)
+		if (rc) {
+			*rev_gone = rc == LQ_ERR_NOTFOUND && r.status == 404 && r.error_code &&
+				    !strcmp(r.error_code, "RevisionNotFound");
 			break;
+		}
 		json_error_t je;
 		json_t *j = json_loadb(r.body ? r.body : "", r.len, 0, &je);
 		if (!json_is_array(j)) {
@@ -1167,6 +1175,7 @@ struct meta {
 	char etag[65];
 	uint64_t size;
 	char *location; /* where to GET the content */
+	int gone;       /* the answer was 404 EntryNotFound or RevisionNotFound */
 };
 
 /*
@@ -1232,6 +1241,9 @@ static int resolve_meta(struct hub *h, CURL *c, const char *rev, const char *pat
 			continue;
 		}
 		if (r.status < 200 || r.status >= 300) {
+			m->gone = r.status == 404 && r.error_code &&
+				  (!strcmp(r.error_code, "EntryNotFound") ||
+				   !strcmp(r.error_code, "RevisionNotFound"));
 			rc = map_error(h, &r, url, path, err);
 			goto out;
 		}
@@ -2418,8 +2430,10 @@ static void run_one(struct hub *h, CURL *c, struct fjob *fj, const char *commit)
 	}
 	struct meta m;
 	fj->rc = resolve_meta(h, c, commit, fj->path, &m, &fj->err);
-	if (fj->rc)
+	if (fj->rc) {
+		fj->gone = fj->rc == LQ_ERR_NOTFOUND && m.gone;
 		return;
+	}
 	if (fj->have_meta && strcmp(m.etag, fj->etag))
 		hlog(h, "warning: %s: the listing says etag %s, the file has %s", fj->path, fj->etag,
 		     m.etag);
@@ -2460,6 +2474,120 @@ static void *pool_worker(void *arg)
 	return NULL;
 }
 
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+	(void)st;
+	(void)f;
+	if (flag == FTW_DP)
+		rmdir(path);
+	else
+		unlink(path);
+	return 0;
+}
+
+/* Remove a snapshot folder this call created for a commit it gave up: its
+ * pointers and folders (the blobs they point to stay). */
+static void remove_snapshot(const char *snap)
+{
+	nftw(snap, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/*
+ * The current commit of the branch or tag h->rev, asked again after a
+ * listed file turned out to be gone: X-Repo-Commit of HEAD
+ * /resolve/<rev>/<path> (also sent with a 404 EntryNotFound), else
+ * /api/.../revision/<rev>.  1 with now[] set, or 0.
+ */
+static int resolve_again(struct hub *h, CURL *c, const char *path, char now[41])
+{
+	if (path) {
+		struct meta m;
+		resolve_meta(h, c, h->rev, path, &m, NULL);
+		free(m.location);
+		if (is_hex(m.commit, 40)) {
+			memcpy(now, m.commit, 41);
+			return 1;
+		}
+	}
+	return get_commit(h, c, now, NULL) == LQ_OK;
+}
+
+/*
+ * Download the files of commit listed in *all that pass the filters into
+ * snapshots/<commit> (or the local dir).  *snap receives the snapshot
+ * folder (malloc'ed), *made whether this call created it.  The result of
+ * each file is in all->v[i].rc; returns the first failure.
+ */
+static int snapshot_commit(struct hub *h, const char *commit, struct filelist *all, char **snap,
+			   int *made, struct lq_error *err)
+{
+	const struct lq_hub_options *o = h->o;
+	size_t k = 0;
+	for (size_t i = 0; i < all->n; i++) {
+		if (lq_hub_path_selected(all->v[i].path, o->include, o->n_include, o->exclude,
+					 o->n_exclude)) {
+			all->v[k++] = all->v[i];
+		} else {
+			free(all->v[i].path);
+		}
+	}
+	all->n = k;
+	if (!all->n && (o->n_include || o->n_exclude))
+		hlog(h, "warning: no file of %s '%s' matches the patterns", h->type, h->repo_id);
+	h->total = 0;
+	h->files_done = 0;
+	atomic_store(&h->done, 0);
+	for (size_t i = 0; i < all->n; i++) {
+		h->total += all->v[i].size;
+		atomic_init(&all->v[i].done, 0);
+	}
+	h->files_total = (int)all->n;
+	if (!h->local) {
+		cachedir_tag(h);
+		*snap = xasprintf("%s/snapshots/%s", h->repo_dir, commit);
+		struct stat st;
+		*made = *snap && stat(*snap, &st) != 0;
+		int e = *snap ? mkdir_p(*snap) : ENOMEM;
+		if (e) {
+			*made = 0;
+			return lq_fail_errno(err, e, "%s", *snap ? *snap : "snapshot");
+		}
+	}
+	report(h, NULL, 1);
+	struct pool p = {.h = h, .files = all, .commit = commit};
+	pthread_mutex_init(&p.mu, NULL);
+	int nt = h->jobs;
+	if ((size_t)nt > all->n)
+		nt = (int)all->n;
+	pthread_t tid[64];
+	int started = 0;
+	for (int i = 0; i < nt; i++)
+		if (pthread_create(&tid[i], NULL, pool_worker, &p) == 0)
+			started++;
+	if (nt && !started)
+		pool_worker(&p);
+	for (int i = 0; i < started; i++)
+		pthread_join(tid[i], NULL);
+	pthread_mutex_destroy(&p.mu);
+	int failed = 0, rc = LQ_OK;
+	for (size_t i = 0; i < all->n; i++) {
+		if (!all->v[i].rc)
+			continue;
+		if (!failed++) {
+			rc = all->v[i].rc;
+			if (err)
+				*err = all->v[i].err;
+		} else if (all->v[i].rc != LQ_ERR_INTERRUPTED && !all->v[i].gone) {
+			hlog(h, "%s", all->v[i].err.msg);
+		}
+	}
+	if (failed > 1 && err) {
+		size_t l = strlen(err->msg);
+		snprintf(err->msg + l, sizeof err->msg - l, " (and %d more failed files)", failed - 1);
+	}
+	return rc;
+}
+
 int lq_hub_fetch_snapshot(const struct lq_hub_options *o, const char *repo_id, char **path_out,
 			  struct lq_error *err)
 {
@@ -2483,8 +2611,9 @@ int lq_hub_fetch_snapshot(const struct lq_hub_options *o, const char *repo_id, c
 	}
 	share_init(&h);
 	struct filelist all = {0};
-	char commit[41];
-	char *snap = NULL;
+	char commit[41], first[41] = "";
+	char *snap = NULL, *gone = NULL;
+	int branch = !is_hex(h.rev, 40), rev_gone = 0, made = 0;
 	CURL *c = handle_new(&h);
 	if (!c) {
 		rc = lq_fail(err, LQ_ERR_NOMEM, "cannot create a curl handle");
@@ -2496,12 +2625,12 @@ int lq_hub_fetch_snapshot(const struct lq_hub_options *o, const char *repo_id, c
 	if (!o->force && !snapshot_from_cache(&h, &cached, "", NULL))
 		h.retries = 0;
 	free(cached);
-	if (is_hex(h.rev, 40))
-		memcpy(commit, h.rev, 41);
-	else
+	if (branch)
 		rc = get_commit(&h, c, commit, err);
+	else
+		memcpy(commit, h.rev, 41);
 	if (!rc)
-		rc = list_tree(&h, c, commit, &all, err);
+		rc = list_tree(&h, c, commit, &all, &rev_gone, err);
 	h.retries = saved_retries;
 	if (rc == LQ_ERR_NETWORK) {
 		struct lq_error e2 = {0};
@@ -2511,68 +2640,73 @@ int lq_hub_fetch_snapshot(const struct lq_hub_options *o, const char *repo_id, c
 		}
 		goto out;
 	}
-	if (rc)
-		goto out;
-	/* filter */
-	size_t k = 0;
-	for (size_t i = 0; i < all.n; i++) {
-		if (lq_hub_path_selected(all.v[i].path, o->include, o->n_include, o->exclude,
-					 o->n_exclude)) {
-			all.v[k++] = all.v[i];
-		} else {
-			free(all.v[i].path);
-		}
-	}
-	all.n = k;
-	if (!all.n && (o->n_include || o->n_exclude))
-		hlog(&h, "warning: no file of %s '%s' matches the patterns", h.type, repo_id);
-	for (size_t i = 0; i < all.n; i++) {
-		h.total += all.v[i].size;
-		atomic_init(&all.v[i].done, 0);
-	}
-	h.files_total = (int)all.n;
-	if (!h.local) {
-		cachedir_tag(&h);
-		snap = xasprintf("%s/snapshots/%s", h.repo_dir, commit);
-		int e = snap ? mkdir_p(snap) : ENOMEM;
-		if (e) {
-			rc = lq_fail_errno(err, e, "%s", snap ? snap : "snapshot");
-			goto out;
-		}
-		if ((rc = write_ref(&h, commit, err)))
-			goto out;
-	}
-	report(&h, NULL, 1);
-	struct pool p = {.h = &h, .files = &all, .commit = commit};
-	pthread_mutex_init(&p.mu, NULL);
-	int nt = h.jobs;
-	if ((size_t)nt > all.n)
-		nt = (int)all.n;
-	pthread_t tid[64];
-	int started = 0;
-	for (int i = 0; i < nt; i++)
-		if (pthread_create(&tid[i], NULL, pool_worker, &p) == 0)
-			started++;
-	if (nt && !started)
-		pool_worker(&p);
-	for (int i = 0; i < started; i++)
-		pthread_join(tid[i], NULL);
-	pthread_mutex_destroy(&p.mu);
-	int failed = 0;
-	for (size_t i = 0; i < all.n; i++) {
-		if (!all.v[i].rc)
+	for (;;) {
+		if (!rc)
+			rc = snapshot_commit(&h, commit, &all, &snap, &made, err);
+		/*
+		 * A file listed for the commit (or the commit itself) is gone:
+		 * the branch was force-pushed and /revision answered an old
+		 * commit (hub-protocol.md section 7, #12).  Ask for the branch's
+		 * commit again and start over on it, once; never leave a half
+		 * snapshot of a commit given up, nor a ref to it.
+		 */
+		int stale = branch && rc == LQ_ERR_NOTFOUND && rev_gone;
+		free(gone);
+		gone = NULL;
+		for (size_t i = 0; branch && rc && !stale && i < all.n; i++)
+			if (all.v[i].rc && all.v[i].gone) {
+				stale = 1;
+				free(gone);
+				gone = strdup(all.v[i].path);
+			}
+		if (!stale)
+			break;
+		if (made)
+			remove_snapshot(snap);
+		made = 0;
+		free(snap);
+		snap = NULL;
+		char now[41] = "";
+		int found = resolve_again(&h, c, gone, now);
+		char what[320];
+		if (gone)
+			snprintf(what, sizeof what, "file '%s'", gone);
+		else
+			snprintf(what, sizeof what, "the file list");
+		if (!first[0] && found && strcmp(now, commit)) {
+			hlog(&h, "note: %s '%s': revision '%s' moved from %s to %s (force-pushed?); "
+				 "downloading the new commit",
+			     h.type, repo_id, h.rev, commit, now);
+			memcpy(first, commit, sizeof first);
+			memcpy(commit, now, sizeof commit);
+			filelist_free(&all);
+			rc = list_tree(&h, c, commit, &all, &rev_gone, err);
 			continue;
-		if (!failed++) {
-			rc = all.v[i].rc;
-			if (err)
-				*err = all.v[i].err;
-		} else if (all.v[i].rc != LQ_ERR_INTERRUPTED) {
-			hlog(&h, "%s", all.v[i].err.msg);
 		}
+		if (first[0])
+			rc = lq_fail(err, LQ_ERR_NOTFOUND,
+				     "%s '%s': %s not found at commit %s either (revision '%s' "
+				     "resolved to %s, then to %s: force-pushed again? try later)",
+				     h.type, repo_id, what, commit, h.rev, first, commit);
+		else if (found)
+			rc = lq_fail(err, LQ_ERR_NOTFOUND,
+				     "%s '%s': %s of commit %s is gone (404) and revision '%s' still "
+				     "resolves to %s (force-pushed, and the hub's answer is stale? "
+				     "try later)",
+				     h.type, repo_id, what, commit, h.rev, now);
+		else
+			rc = lq_fail(err, LQ_ERR_NOTFOUND,
+				     "%s '%s': %s of commit %s is gone (404) and revision '%s' cannot "
+				     "be resolved again",
+				     h.type, repo_id, what, commit, h.rev);
+		goto out;
 	}
-	if (failed > 1 && err) {
-		size_t l = strlen(err->msg);
-		snprintf(err->msg + l, sizeof err->msg - l, " (and %d more failed files)", failed - 1);
+	/* the ref names the commit whose snapshot was made (also after a
+	 * partial failure, as huggingface_hub, which writes it first) */
+	if (snap) {
+		int e = write_ref(&h, commit, rc ? NULL : err);
+		if (!rc)
+			rc = e;
 	}
 	if (!rc) {
 		report(&h, NULL, 2);
@@ -2585,6 +2719,7 @@ int lq_hub_fetch_snapshot(const struct lq_hub_options *o, const char *repo_id, c
 	}
 out:
 	free(snap);
+	free(gone);
 	filelist_free(&all);
 	curl_easy_cleanup(c);
 	share_release(&h);

@@ -109,7 +109,11 @@ int lq_hub_fetch_file(const struct lq_hub_options *opt, const char *repo_id,
  * exclude filters (or resolve it from the cache when offline) and return the
  * absolute snapshot directory (or the local_dir) in *path_out, malloc'ed,
  * caller frees.  Succeeds only when every selected file is present and
- * verified.  Errors as lq_hub_fetch_file.
+ * verified.  When the revision is a branch or tag and a listed file answers
+ * 404 (a force-push after the hub resolved the revision), the branch is
+ * resolved again and, if it moved, the snapshot starts over once on the new
+ * commit (a log line says so); refs/<revision> names only a commit actually
+ * downloaded.  Errors as lq_hub_fetch_file.
  */
 int lq_hub_fetch_snapshot(const struct lq_hub_options *opt, const char *repo_id,
 			  char **path_out, struct lq_error *err);

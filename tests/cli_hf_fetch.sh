@@ -217,6 +217,101 @@ out=$("$F" --endpoint http://127.0.0.1:1 org/tiny 2>"$T/err")
 check "unreachable hub: cached snapshot" [ "$out" = "$R/snapshots/$MAIN" ]
 check "unreachable hub + cache: no retry delay" [ $(($(date +%s) - t0)) -le 2 ]
 
+# ------------------------------------------------------------------ force-push: stale /revision answer
+# (hub-protocol.md section 7, #12): /revision/main still names the old commit,
+# whose files are gone; hf-fetch asks for main's commit again and starts over once
+FPR="$T/repos/models/org/fp"
+FPS="$FPR/main"
+mkdir -p "$FPS"
+echo '{}' >"$FPR/repo.json"
+printf '{"model_type": "llama", "v": 1}\n' >"$FPS/config.json"
+echo "old notes" >"$FPS/notes.txt"
+gen_bytes "$FPS/model.safetensors" 500000 7
+SHA_FP=$(sha256sum "$FPS/model.safetensors" | cut -d' ' -f1)
+fp_push() { # N: force-push main: config.json changed, notes.txt gone, new.txt added
+	printf '{"model_type": "llama", "v": %s}\n' "$1" >"$FPS/config.json"
+	rm -f "$FPS/notes.txt"
+	echo "new $1" >"$FPS/new.txt"
+}
+fp_files() { (cd "$1" && find . ! -type d | sort | tr '\n' ' '); }
+# the model's blob is already in the cache (fetched before the push)
+"$F" --cache-dir "$T/fp1" org/fp model.safetensors >/dev/null 2>&1
+FP1="$T/fp1/models--org--fp"
+rm -rf "$FP1/snapshots" "$FP1/refs"
+hub_reset
+OLD=$(hub_stale repo=org/fp branch=main count=1)
+fp_push 2
+NEW=$(hub_branch_commit org/fp main)
+check "force-push: the branch moved" [ -n "$OLD" ] && [ -n "$NEW" ] && [ "$OLD" != "$NEW" ]
+"$F" --cache-dir "$T/fp1" $FAST org/fp >"$T/out" 2>"$T/err"; rc=$?
+check "stale revision: exit 0" [ $rc -eq 0 ] || cat "$T/err" >&2
+check "stale revision: prints the new snapshot" [ "$(cat "$T/out")" = "$FP1/snapshots/$NEW" ]
+check "stale revision: refs/main is the new commit" [ "$(cat "$FP1/refs/main" 2>/dev/null)" = "$NEW" ]
+check "stale revision: only the new snapshot" [ "$(ls "$FP1/snapshots")" = "$NEW" ]
+check "stale revision: the new commit's files, no old one" \
+	[ "$(fp_files "$FP1/snapshots/$NEW")" = "./config.json ./model.safetensors ./new.txt " ]
+check "stale revision: new content" cmp -s "$FPS/config.json" "$FP1/snapshots/$NEW/config.json"
+check "stale revision: snapshot verified" hub_verify_snapshots "$FP1"
+check "stale revision: re-resolved by HEAD /resolve/main" \
+	[ "$(hub_count '"method": "HEAD", "path": "/org/fp/resolve/main/')" -ge 1 ]
+check "stale revision: verified blob reused" [ "$(hub_count '"port": "cdn"')" -eq 0 ]
+check "stale revision: says the branch moved" grep -q "revision 'main' moved from $OLD to $NEW" "$T/err"
+
+# the old commit's tree is gone too (RevisionNotFound): /revision asked again
+hub_reset
+OLD=$(hub_stale repo=org/fp branch=main count=1 tree=gone)
+fp_push 3
+NEW=$(hub_branch_commit org/fp main)
+"$F" --cache-dir "$T/fp2" $FAST org/fp >"$T/out" 2>"$T/err"; rc=$?
+FP2="$T/fp2/models--org--fp"
+check "stale revision, old tree gone: exit 0" [ $rc -eq 0 ] || cat "$T/err" >&2
+check "stale revision, old tree gone: refs/main" [ "$(cat "$FP2/refs/main" 2>/dev/null)" = "$NEW" ]
+check "stale revision, old tree gone: only the new snapshot" [ "$(ls "$FP2/snapshots")" = "$NEW" ] &&
+	[ "$(fp_files "$FP2/snapshots/$NEW")" = "./config.json ./model.safetensors ./new.txt " ]
+
+# a single file resolves the branch itself: not affected
+hub_reset
+OLD=$(hub_stale repo=org/fp branch=main count=-1)
+fp_push 4
+NEW=$(hub_branch_commit org/fp main)
+out=$("$F" --cache-dir "$T/fp3" $FAST org/fp config.json 2>/dev/null)
+check "stale revision, single file: new commit" [ "$out" = "$T/fp3/models--org--fp/snapshots/$NEW/config.json" ]
+
+# the stale answer persists everywhere: a clear error, nothing half-written
+hub_reset
+OLD=$(hub_stale repo=org/fp branch=main count=-1 resolve=1)
+fp_push 5
+"$F" --cache-dir "$T/fp4" $FAST org/fp >"$T/out" 2>"$T/err"; rc=$?
+FP4="$T/fp4/models--org--fp"
+check "stale persists: exit 1" [ $rc -eq 1 ]
+check "stale persists: one-line error" [ "$(wc -l <"$T/err")" -eq 1 ]
+check "stale persists: names repo, file and commit" \
+	grep -q "model 'org/fp': file 'config.json' of commit $OLD is gone (404) and revision 'main' still resolves to $OLD" "$T/err"
+check "stale persists: no snapshot left" [ -z "$(ls "$FP4/snapshots" 2>/dev/null)" ]
+check "stale persists: no ref" [ ! -e "$FP4/refs/main" ]
+check "stale persists: nothing on stdout" [ ! -s "$T/out" ]
+check "stale persists: no partial" [ -z "$(find "$T/fp4" -name '*.incomplete*')" ]
+
+# the new commit's files are missing too: the error names both commits
+hub_reset
+OLD=$(hub_stale repo=org/fp branch=main count=1)
+fp_push 6
+NEW=$(hub_branch_commit org/fp main)
+hub_fault kind=status where=resolve 'file=*' 'method=*' arg=404 code=EntryNotFound count=-1
+"$F" --cache-dir "$T/fp5" $FAST org/fp >"$T/out" 2>"$T/err"; rc=$?
+FP5="$T/fp5/models--org--fp"
+check "gone after the restart: exit 1" [ $rc -eq 1 ]
+check "gone after the restart: names both commits" \
+	grep -q "model 'org/fp': file 'config.json' not found at commit $NEW either (revision 'main' resolved to $OLD, then to $NEW" "$T/err"
+check "gone after the restart: no snapshot, no ref" [ -z "$(ls "$FP5/snapshots" 2>/dev/null)" ] && [ ! -e "$FP5/refs/main" ]
+check "gone after the restart: one restart only" [ "$(hub_count '/api/models/org/fp/tree/')" -eq 2 ]
+
+# a commit revision is never re-resolved
+hub_reset
+"$F" --cache-dir "$T/fp6" $FAST -r "$OLD" org/fp >/dev/null 2>"$T/err"; rc=$?
+check "old commit asked by sha: exit 1, no retry" [ $rc -eq 1 ] && [ "$(hub_count '/revision/')" -eq 0 ]
+hub_reset
+
 # ------------------------------------------------------------------ retries
 hub_reset
 hub_fault kind=status where=resolve method=HEAD file=config.json arg=503 count=2 retry_after=0

@@ -4,7 +4,9 @@
 #                  exports HF_ENDPOINT, clears the user's HF_* and proxy variables
 # hub_stop         stop it
 # hub_fault ARGS   add a fault: hub_fault kind=drop where=cdn file=x arg=100 count=2
-# hub_reset        drop faults and the request log
+# hub_stale ARGS   pin a stale /revision answer (force-push emulation), prints the
+#                  pinned commit: hub_stale repo=org/x branch=main count=1
+# hub_reset        drop faults, stale pins and the request log
 # hub_log          the request log (JSON lines) on stdout
 # ok DESC / nok DESC / check DESC CMD...   count results; hub_summary prints the line
 
@@ -50,6 +52,11 @@ hub_fault() {
 	curl -sf "http://127.0.0.1:$HUB/_test/fault?$_q" >/dev/null
 }
 
+hub_stale() {
+	_q=$(printf '%s&' "$@")
+	curl -sf "http://127.0.0.1:$HUB/_test/stale?$_q"
+}
+
 hub_reset() { curl -sf "http://127.0.0.1:$HUB/_test/reset" >/dev/null; }
 hub_log() { curl -sf "http://127.0.0.1:$HUB/_test/log"; }
 
@@ -60,6 +67,12 @@ hub_count() { hub_log | grep -cE "$1"; }
 hub_commit() {
 	curl -sf "http://127.0.0.1:$HUB/api/${3:-models}/$1/revision/$2" |
 		python3 -c 'import json,sys; print(json.load(sys.stdin)["sha"])'
+}
+
+# commit of BRANCH of REPO from the refs listing (never a stale answer)
+hub_branch_commit() { # REPO BRANCH
+	curl -sf "http://127.0.0.1:$HUB/api/models/$1/refs" | python3 -c 'import json,sys
+print([b["targetCommit"] for b in json.load(sys.stdin)["branches"] if b["name"] == sys.argv[1]][0])' "$2"
 }
 
 # random integer in [0, N)

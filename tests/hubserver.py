@@ -19,10 +19,21 @@
 #
 # Test control (not logged), all GET on the hub port:
 #   /_test/fault?kind=K&where=cdn|resolve|api|any&file=GLOB&method=GET|HEAD|*
-#               &count=N (-1 = always)&arg=A&retry_after=S     add a fault
-#   /_test/reset    drop faults and the request log
+#               &count=N (-1 = always)&arg=A&retry_after=S&code=C     add a fault
+#   /_test/stale?repo=ID&type=model&branch=B&count=N (-1 = always)&resolve=0|1
+#               &tree=list|gone
+#               pin B's current commit as a stale answer, then move the branch by
+#               changing its files (a force-push): /api/.../revision/B answers the
+#               pinned (old) commit and its siblings for the next N calls;
+#               /resolve/<old>/<file> answers 404 EntryNotFound (the old commit's
+#               files are gone); /api/.../tree/<old> lists the old files (tree=list,
+#               the default) or answers 404 RevisionNotFound (tree=gone); with
+#               resolve=1, /resolve/B/<file> is stale too (404 EntryNotFound with
+#               X-Repo-Commit <old>, each such answer takes one of the N)
+#   /_test/reset    drop faults, stale pins and the request log
 #   /_test/log      request log, one JSON object per line
-# Fault kinds: status (answer status arg, with Retry-After), ratelimit (429
+# Fault kinds: status (answer status arg, with Retry-After, and X-Error-Code
+# code=C if given), ratelimit (429
 # with RateLimit t=arg), drop (close the connection after arg body bytes),
 # corrupt (flip a byte of the body), slow (sleep arg s per 64 KiB),
 # norange (ignore Range), expire (CDN answers 403), html (CDN answers 200 with a
@@ -50,6 +61,7 @@ class State:
         self.page_size = page_size
         self.lock = threading.Lock()
         self.faults = []
+        self.stale = []   # pinned stale commits (see /_test/stale)
         self.log = []
         self.hash_cache = {}
         self.main_port = 0
@@ -119,6 +131,50 @@ class State:
             info = self.file_info(os.path.join(repo["dir"], branch, p), lfs_min)
             h.update(("%s %s\n" % (p, info["sha1"])).encode())
         return h.hexdigest()
+
+    def entries(self, repo, branch):
+        """Every tree entry (files and directories) of a branch, sorted."""
+        lfs_min = repo.get("lfs_min", 1024)
+        entries = []
+        dirs = set()
+        for p in self.files(repo, branch):
+            segs = p.split("/")
+            for i in range(1, len(segs)):
+                dirs.add("/".join(segs[:i]))
+            info = self.file_info(os.path.join(repo["dir"], branch, p), lfs_min)
+            e = {"type": "file", "size": info["size"], "path": p}
+            if info["lfs"]:
+                e["oid"] = info["pointer_oid"]
+                e["lfs"] = {"oid": info["sha256"], "size": info["size"],
+                            "pointerSize": info["pointer_size"]}
+            else:
+                e["oid"] = info["sha1"]
+            entries.append(e)
+        for d in dirs:
+            entries.append({"type": "directory", "oid": "0" * 40, "size": 0, "path": d})
+        entries.sort(key=lambda e: e["path"])
+        return entries
+
+    # ---- stale pins (force-push emulation)
+    def stale_pin(self, repo, rev):
+        """The pin of repo whose old commit is rev, or None."""
+        with self.lock:
+            for s in self.stale:
+                if s["type"] == repo["type"] and s["id"] == repo["id"] and s["commit"] == rev:
+                    return s
+        return None
+
+    def take_stale(self, repo, branch, resolve):
+        """The pin answering for branch now (one of its count taken), or None."""
+        with self.lock:
+            for s in self.stale:
+                if (s["type"] != repo["type"] or s["id"] != repo["id"] or s["branch"] != branch
+                        or s["count"] == 0 or (resolve and not s["resolve"])):
+                    continue
+                if s["count"] > 0:
+                    s["count"] -= 1
+                return s
+        return None
 
     def resolve_rev(self, repo, rev):
         """(branch, commit) or None."""
@@ -209,7 +265,7 @@ class Handler(BaseHTTPRequestHandler):
             h = {}
             if f.get("retry_after") is not None:
                 h["Retry-After"] = str(f["retry_after"])
-            self.error(int(f["arg"] or 500), message="injected", headers=h)
+            self.error(int(f["arg"] or 500), f.get("code"), message="injected", headers=h)
             return True
         if f["kind"] == "ratelimit":
             t = int(f["arg"] or 1)
@@ -277,13 +333,30 @@ class Handler(BaseHTTPRequestHandler):
         if what == "fault":
             f = {"kind": g("kind"), "where": g("where", "any"), "file": g("file", "*"),
                  "method": g("method", "GET"), "count": int(g("count", "1")),
-                 "arg": g("arg"), "retry_after": g("retry_after")}
+                 "arg": g("arg"), "retry_after": g("retry_after"), "code": g("code")}
             with self.st.lock:
                 self.st.faults.append(f)
             body = b"ok\n"
+        elif what == "stale":
+            rtype = g("type", "model")
+            repo = self.st.find_repo(rtype, g("repo", ""))
+            branch = g("branch", "main")
+            if repo is None or branch not in self.st.branches(repo):
+                body = b"no such repo or branch\n"
+            else:
+                pin = {"type": rtype, "id": repo["id"], "branch": branch,
+                       "commit": self.st.commit(repo, branch),
+                       "files": self.st.files(repo, branch),
+                       "entries": self.st.entries(repo, branch),
+                       "count": int(g("count", "1")), "resolve": g("resolve", "0") == "1",
+                       "tree": g("tree", "list")}
+                with self.st.lock:
+                    self.st.stale.append(pin)
+                body = (pin["commit"] + "\n").encode()
         elif what == "reset":
             with self.st.lock:
                 self.st.faults.clear()
+                self.st.stale.clear()
                 self.st.log.clear()
             body = b"ok\n"
         elif what == "log":
@@ -340,6 +413,12 @@ class Handler(BaseHTTPRequestHandler):
         return r
 
     def info(self, repo, rev, q):
+        pin = self.st.take_stale(repo, rev, False)
+        if pin is not None:
+            body = {"id": repo["id"], "sha": pin["commit"], "private": bool(repo.get("private")),
+                    "gated": repo.get("gated", False), "disabled": False,
+                    "siblings": [{"rfilename": p} for p in pin["files"]]}
+            return self.send(200, {"Content-Type": "application/json"}, json.dumps(body).encode())
         r = self.rev_or_error(repo, rev)
         if r is None:
             return
@@ -368,32 +447,18 @@ class Handler(BaseHTTPRequestHandler):
         self.send(200, {"Content-Type": "application/json"}, json.dumps(body).encode())
 
     def tree(self, repo, rev, sub, q):
-        r = self.rev_or_error(repo, rev)
-        if r is None:
-            return
-        branch, commit = r
-        lfs_min = repo.get("lfs_min", 1024)
-        entries = []
-        dirs = set()
-        for p in self.st.files(repo, branch):
-            if sub and not p.startswith(sub + "/"):
-                continue
-            segs = p.split("/")
-            for i in range(1, len(segs)):
-                dirs.add("/".join(segs[:i]))
-            info = self.st.file_info(os.path.join(repo["dir"], branch, p), lfs_min)
-            e = {"type": "file", "size": info["size"], "path": p}
-            if info["lfs"]:
-                e["oid"] = info["pointer_oid"]
-                e["lfs"] = {"oid": info["sha256"], "size": info["size"],
-                            "pointerSize": info["pointer_size"]}
-            else:
-                e["oid"] = info["sha1"]
-            entries.append(e)
-        for d in dirs:
-            if not sub or d.startswith(sub + "/"):
-                entries.append({"type": "directory", "oid": "0" * 40, "size": 0, "path": d})
-        entries.sort(key=lambda e: e["path"])
+        pin = self.st.stale_pin(repo, rev)
+        if pin is not None and pin["tree"] == "gone":
+            return self.error(404, "RevisionNotFound", "Invalid rev id: %s" % rev)
+        if pin is not None:
+            entries = pin["entries"]
+        else:
+            r = self.rev_or_error(repo, rev)
+            if r is None:
+                return
+            entries = self.st.entries(repo, r[0])
+        if sub:
+            entries = [e for e in entries if e["path"].startswith(sub + "/")]
         cursor = int(q.get("cursor", ["0"])[0])
         page = entries[cursor:cursor + self.st.page_size]
         h = {"Content-Type": "application/json"}
@@ -426,6 +491,11 @@ class Handler(BaseHTTPRequestHandler):
         repo = self.check_repo(rtype, rid, True)
         if repo is None:
             return
+        pin = self.st.stale_pin(repo, rev) or self.st.take_stale(repo, rev, True)
+        if pin is not None:
+            # the old commit's files are gone after the force-push
+            return self.error(404, "EntryNotFound", "%s does not exist on \"%s\"" % (path, rev),
+                              headers={"X-Repo-Commit": pin["commit"]})
         r = self.rev_or_error(repo, rev)
         if r is None:
             return
