@@ -442,7 +442,12 @@ AVX2_TARGET static float dot_row_avx2(const struct lq_weight *w, uint64_t r, con
  * activation. */
 
 #define AVX512_TARGET __attribute__((target("avx512f,avx2,fma")))
+#ifndef PF_AHEAD
 #define PF_AHEAD 4096
+#endif
+#ifndef PF_HINT
+#define PF_HINT _MM_HINT_T0
+#endif
 
 /* 4-bit chunks of 128 elements = 64 code bytes: dword lane j holds bytes
  * 4j..4j+3, i.e. elements 8j..8j+7, and the nibble at bit 4k of lane j
@@ -521,7 +526,7 @@ AVX512_TARGET static float dot_row_q4_avx512(const struct lq_weight *w, uint64_t
 	__m512 acc = _mm512_setzero_ps();
 	uint64_t c = 0;
 	for (; c + 128 <= K; c += 128) {
-		_mm_prefetch((const char *)(d + c / 2) + PF_AHEAD, _MM_HINT_T0);
+		_mm_prefetch((const char *)(d + c / 2) + PF_AHEAD, PF_HINT);
 		__m512i q = _mm512_loadu_si512(d + c / 2);
 		__m512 s = bs < 128 ? _mm512_permutexvar_ps(sidx, _mm512_maskz_loadu_ps(sall, sc + c / bs))
 				    : _mm512_set1_ps(sc[c / bs]);
@@ -551,7 +556,7 @@ AVX512_TARGET static float dot_row_bf16_avx512(const struct lq_weight *w, uint64
 	__m512 a = _mm512_setzero_ps(), b = a;
 	uint64_t c = 0;
 	for (; c + 32 <= K; c += 32) {
-		_mm_prefetch((const char *)(d + c) + PF_AHEAD, _MM_HINT_T0);
+		_mm_prefetch((const char *)(d + c) + PF_AHEAD, PF_HINT);
 		__m512i v = _mm512_loadu_si512(d + c);
 		a = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)),
 				    _mm512_loadu_ps(xp + c), a);
@@ -578,7 +583,7 @@ AVX512_TARGET static float dot_row_i8_avx512(const struct lq_weight *w, uint64_t
 	for (uint64_t c = 0, b = 0; c < K; c += bs, b++) {
 		__m512 ba = _mm512_setzero_ps(), bb = ba;
 		for (uint64_t j = c; j < c + bs; j += 32) {
-			_mm_prefetch((const char *)(q + j) + PF_AHEAD, _MM_HINT_T0);
+			_mm_prefetch((const char *)(q + j) + PF_AHEAD, PF_HINT);
 			__m512 f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + j))));
 			__m512 f1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + j + 16))));
 			ba = _mm512_fmadd_ps(f0, _mm512_loadu_ps(x + j), ba);
@@ -842,6 +847,10 @@ void lq_matmul(const struct lq_weight *w, const float *x, size_t n, float *y,
 			rb = w->cols * lq_dtype_size(w->dtype);
 		if (rb && MM_TASK_BYTES / rb > MM_CHUNK)
 			j.chunk = MM_TASK_BYTES / rb;
+		/* but at least two tasks per thread */
+		uint64_t per = w->rows / (2 * (uint64_t)lq_pool_size(pool));
+		if (per < j.chunk)
+			j.chunk = per > MM_CHUNK ? per : MM_CHUNK;
 	}
 	uint64_t ntasks = (w->rows + j.chunk - 1) / j.chunk;
 	if (ntasks > INT32_MAX)
