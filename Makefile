@@ -153,8 +153,8 @@ MAN1 := $(wildcard man/*.1)
 MAN3 := $(wildcard man/*.3)
 MAN5 := $(wildcard man/*.5)
 
-PC_FORMAT := 'prefix=%s\nlibdir=%s\nincludedir=%s\n\nName: libquant\nDescription: blockwise NF4/FP4/INT8 weight quantization and the LQ packed format\nVersion: 0.1.0\nRequires.private: %s\nLibs: -L$${libdir} -lquant\nLibs.private: -lm -pthread\nCflags: -I$${includedir}\n'
-PC_ARGS = '$(PREFIX)' '$(subst $(PREFIX),$${prefix},$(LIBDIR))' '$(subst $(PREFIX),$${prefix},$(INCDIR))' '$(PKGS)'
+PC_FORMAT := 'prefix=%s\nlibdir=%s\nincludedir=%s\n\nName: libquant\nDescription: blockwise NF4/FP4/INT8 weight quantization and the LQ packed format\nVersion: 0.1.0\nRequires.private: %s\nLibs: -L$${libdir} -lquant\nLibs.private: %s-lm -pthread\nCflags: -I$${includedir}\n'
+PC_ARGS = '$(PREFIX)' '$(subst $(PREFIX),$${prefix},$(LIBDIR))' '$(subst $(PREFIX),$${prefix},$(INCDIR))' '$(PKGS)' '$(if $(CUDA_LIBS),$(CUDA_LIBS) ,)'
 
 $(BUILD)/libquant.pc: Makefile
 	@mkdir -p $(@D)
