@@ -452,7 +452,7 @@ AVX2_TARGET static float dot_row_avx2(const struct lq_weight *w, uint64_t r, con
 /* 4-bit chunks of 128 elements = 64 code bytes: dword lane j holds bytes
  * 4j..4j+3, i.e. elements 8j..8j+7, and the nibble at bit 4k of lane j
  * (vpermps reads the low 4 bits of each lane after a shift by 4k) is
- * element 8j + (k & ~1) + !(k & 1), high nibble first. */
+ * element 8j + (k ^ 1), high nibble first. */
 static uint64_t q4_padded(uint64_t K)
 {
 	return (K + 127) & ~(uint64_t)127;
@@ -460,12 +460,16 @@ static uint64_t q4_padded(uint64_t K)
 
 static void perm_q4(const float *x, float *xp, uint64_t K)
 {
-	for (uint64_t c = 0; c < K; c += 128)
-		for (unsigned k = 0; k < 8; k++)
-			for (unsigned l = 0; l < 16; l++) {
-				uint64_t e = c + 8 * l + (k & ~1u) + !(k & 1);
-				xp[c + 16 * k + l] = e < K ? x[e] : 0.0f;
-			}
+	uint64_t c = 0;
+	for (; c + 128 <= K; c += 128)
+		for (unsigned l = 0; l < 16; l++)
+			for (unsigned k = 0; k < 8; k++)
+				xp[c + 16 * k + l] = x[c + 8 * l + (k ^ 1)];
+	for (unsigned k = 0; c < K && k < 8; k++)
+		for (unsigned l = 0; l < 16; l++) {
+			uint64_t e = c + 8 * l + (k ^ 1);
+			xp[c + 16 * k + l] = e < K ? x[e] : 0.0f;
+		}
 }
 
 /* bf16 chunks of 32 elements: dword lane j holds elements 2j (low half)
@@ -513,33 +517,42 @@ AVX512_TARGET static float dot_row_q4_avx512(const struct lq_weight *w, uint64_t
 					     const float *xp)
 {
 	uint64_t K = w->cols, i0 = r * K, bs = (uint64_t)w->block_size;
+	unsigned lb = (unsigned)__builtin_ctzll(bs); /* bs is a power of two */
 	const __m512 tab = _mm512_loadu_ps(q4_tab(w->qtype));
 	const uint8_t *d = (const uint8_t *)w->data + i0 / 2;
-	const float *sc = w->scales + i0 / bs;
-	/* lane j of a chunk (elements 8j..8j+7) takes the scale of block 8j / bs */
-	int32_t si[16] = {0};
-	if (bs < 128)
-		for (int l = 0; l < 16; l++)
-			si[l] = (int32_t)((uint64_t)(8 * l) / bs);
-	const __m512i sidx = _mm512_loadu_si512(si);
-	const __mmask16 sall = bs < 128 ? (__mmask16)((1u << (128 / bs)) - 1) : 1;
+	const float *sc = w->scales + (i0 >> lb);
+	/* lane j of a chunk (elements 8j..8j+7) takes the scale of block 8j / bs:
+	 * blocks of 32 or 64 elements, 4 or 2 scales per chunk */
+	const __m512i sidx = _mm512_srli_epi32(
+		_mm512_set_epi32(120, 112, 104, 96, 88, 80, 72, 64, 56, 48, 40, 32, 24, 16, 8, 0),
+		lb < 7 ? lb : 7);
+	const __mmask16 sall = bs < 128 ? (__mmask16)((1u << (128 >> lb)) - 1) : 1;
 	__m512 acc = _mm512_setzero_ps();
 	uint64_t c = 0;
-	for (; c + 128 <= K; c += 128) {
-		_mm_prefetch((const char *)(d + c / 2) + PF_AHEAD, PF_HINT);
-		__m512i q = _mm512_loadu_si512(d + c / 2);
-		__m512 s = bs < 128 ? _mm512_permutexvar_ps(sidx, _mm512_maskz_loadu_ps(sall, sc + c / bs))
-				    : _mm512_set1_ps(sc[c / bs]);
-		acc = _mm512_fmadd_ps(q4_chunk(q, tab, xp + c), s, acc);
+	if (bs < 128) {
+		const uint64_t per = 128 >> lb; /* scales per chunk */
+		for (; c + 128 <= K; c += 128, sc += per) {
+			_mm_prefetch((const char *)(d + c / 2) + PF_AHEAD, PF_HINT);
+			__m512i q = _mm512_loadu_si512(d + c / 2);
+			__m512 s = _mm512_permutexvar_ps(sidx, _mm512_maskz_loadu_ps(sall, sc));
+			acc = _mm512_fmadd_ps(q4_chunk(q, tab, xp + c), s, acc);
+		}
+	} else {
+		for (; c + 128 <= K; c += 128) { /* K is a multiple of bs >= 128 */
+			_mm_prefetch((const char *)(d + c / 2) + PF_AHEAD, PF_HINT);
+			__m512i q = _mm512_loadu_si512(d + c / 2);
+			acc = _mm512_fmadd_ps(q4_chunk(q, tab, xp + c), _mm512_set1_ps(sc[c >> lb]), acc);
+		}
 	}
 	if (c < K) {
-		/* the last, partial chunk: lanes past K load zero codes, which meet
-		 * the zero padding of xp; only the row's own scales are read */
+		/* the last, partial chunk (bs <= 64 here: K is a multiple of bs):
+		 * lanes past K load zero codes, which meet the zero padding of xp;
+		 * only the row's own scales are read */
 		uint64_t left = K - c;
 		__mmask16 m = (__mmask16)((1u << (left / 8)) - 1);
-		__mmask16 ms = bs < 128 ? (__mmask16)((1u << (left / bs)) - 1) : 1;
+		__mmask16 ms = (__mmask16)((1u << (left >> lb)) - 1);
 		__m512i q = _mm512_maskz_loadu_epi32(m, d + c / 2);
-		__m512 s = _mm512_permutexvar_ps(sidx, _mm512_maskz_loadu_ps(ms, sc + c / bs));
+		__m512 s = _mm512_permutexvar_ps(sidx, _mm512_maskz_loadu_ps(ms, sc));
 		acc = _mm512_fmadd_ps(q4_chunk(q, tab, xp + c), s, acc);
 	}
 	return _mm512_reduce_add_ps(acc);
