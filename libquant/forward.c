@@ -461,6 +461,17 @@ static float dot_lanes(const float *a, const float *b, int64_t n)
 	return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
+/* y += a * x (restrict: vectorized without an overlap check). */
+static void axpy(float *restrict y, float a, const float *restrict x, int64_t n)
+{
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		for (int l = 0; l < 8; l++)
+			y[i + l] += a * x[i + l];
+	for (; i < n; i++)
+		y[i] += a * x[i];
+}
+
 struct attn_job {
 	struct lq_run *r;
 	struct layer *l;
@@ -511,9 +522,7 @@ static void attn_task(void *ctx, int idx, int ntasks)
 	memset(out, 0, (size_t)hd * sizeof(float));
 	for (int64_t jx = lo; jx <= p; jx++) {
 		const float *v = l->vc + (size_t)jx * (size_t)r->kvdim + (size_t)(kvh * hd);
-		float w = s[jx - lo] * inv;
-		for (int64_t i = 0; i < hd; i++)
-			out[i] += w * v[i];
+		axpy(out, s[jx - lo] * inv, v, hd);
 	}
 	if (s != sbuf)
 		free(s);
