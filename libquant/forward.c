@@ -57,20 +57,9 @@ static float *falloc(uint64_t n)
 	return calloc(n ? (size_t)n : 1, sizeof(float));
 }
 
-/* The stored tensor of a role (tied lm_head: the embedding), or NULL. */
 static const struct lq_tensor *role_tensor(struct lq_run *r, int role, int layer)
 {
-	long i = lq_model_find_role(r->m, role, layer);
-	if (i < 0)
-		return NULL;
-	const struct lq_model_param *p = lq_model_param(r->m, (size_t)i);
-	if (p->tied) {
-		long e = lq_model_find_role(r->m, LQ_ROLE_EMBED, -1);
-		if (e < 0)
-			return NULL;
-		p = lq_model_param(r->m, (size_t)e);
-	}
-	return lq_file_find(r->f, p->name);
+	return lq_model_role_tensor(r->m, r->f, role, layer);
 }
 
 static int need_weight(struct lq_run *r, int role, int layer, uint64_t rows, uint64_t cols,

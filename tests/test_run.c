@@ -110,8 +110,11 @@ static void test_matmul(void)
 		{ LQ_QTYPE_INT8, LQ_DTYPE_BF16, 256, 1 },
 	};
 	/* cols: multiple of the block, blocks across rows, odd (4-bit rows
-	 * starting in a low nibble), longer than the stack row buffer */
-	uint64_t shapes[][2] = { { 37, 64 }, { 19, 96 }, { 11, 33 }, { 5, 1500 } };
+	 * starting in a low nibble), longer than the stack row buffer, whole
+	 * 128-column chunks of the AVX-512 decode kernels (256, 384), and a
+	 * matrix of several 64 KiB decode tasks (300 x 1024) */
+	uint64_t shapes[][2] = { { 37, 64 }, { 19, 96 }, { 11, 33 }, { 5, 1500 }, { 7, 256 }, { 3, 384 },
+				 { 300, 1024 } };
 	for (size_t s = 0; s < sizeof st / sizeof st[0]; s++)
 		for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
 			uint64_t R = shapes[k][0], K = shapes[k][1];
