@@ -74,6 +74,14 @@ CUDA_MSG := building without CUDA (nvcc not found or CUDA=0)
 GPU_TARGETS :=
 endif
 
+# the CUDA configuration of this build directory: switching it (CUDA=0, or
+# nvcc appearing) rebuilds what depends on it instead of mixing the two
+CUDA_STAMP := $(BUILD)/.cuda-$(if $(NVCC),on,off)
+$(CUDA_STAMP):
+	@mkdir -p $(@D)
+	@rm -f $(BUILD)/.cuda-on $(BUILD)/.cuda-off
+	@touch $@
+
 .PHONY: all lib tools tests check check-gpu bench-gpu \
 	bench fuzz demo install uninstall clean cuda-msg
 .DEFAULT_GOAL := all
@@ -91,12 +99,14 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-$(BUILD)/libquant.a: $(LIB_OBJ)
+$(BUILD)/libquant.a: $(LIB_OBJ) $(CUDA_STAMP)
 	@mkdir -p $(@D)
-	rm -f $@ && ar rcs $@ $^
+	rm -f $@ && ar rcs $@ $(LIB_OBJ)
 
-$(BUILD)/libquant.so: $(LIB_OBJ)
-	$(CC) -shared -o $@ $^ $(ALL_LDFLAGS) $(LIBS)
+$(BUILD)/libquant.so: $(LIB_OBJ) $(CUDA_STAMP)
+	$(CC) -shared -o $@ $(LIB_OBJ) $(ALL_LDFLAGS) $(LIBS)
+
+$(BUILD)/libquant/cuda_none.o: $(CUDA_STAMP)
 
 $(BUILD)/bin/%: $(BUILD)/tools/%.o $(BUILD)/libquant.a
 	@mkdir -p $(@D)
