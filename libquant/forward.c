@@ -436,20 +436,6 @@ static float act(int a, float x)
 	}
 }
 
-/* Dot of two vectors in 8 float lanes (vectorizable; the scores of a
- * long context were a scalar dependency chain per key). */
-static float dot_lanes(const float *a, const float *b, int64_t n)
-{
-	float acc[8] = {0};
-	int64_t i = 0;
-	for (; i + 8 <= n; i += 8)
-		for (int l = 0; l < 8; l++)
-			acc[l] += a[i + l] * b[i + l];
-	for (; i < n; i++)
-		acc[i & 7] += a[i] * b[i];
-	return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
 /* y += a * x (restrict: vectorized without an overlap check). */
 static void axpy(float *restrict y, float a, const float *restrict x, int64_t n)
 {
@@ -495,7 +481,7 @@ static void attn_task(void *ctx, int idx, int ntasks)
 	float mx = -INFINITY;
 	for (int64_t jx = lo; jx <= p; jx++) {
 		const float *k = l->kc + (size_t)jx * (size_t)r->kvdim + (size_t)(kvh * hd);
-		float d = dot_lanes(q, k, hd) * scale;
+		float d = lq_dot_f32(q, k, (size_t)hd) * scale;
 		if (cap > 0)
 			d = tanhf(d / cap) * cap;
 		s[jx - lo] = d;

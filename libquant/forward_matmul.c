@@ -321,8 +321,7 @@ void lq_matmul_ref(const struct lq_weight *w, const float *x, size_t n, float *y
 		}
 }
 
-/* Dot product in 8 float32 lanes (vectorizable), lanes summed pairwise. */
-static float dot_f32(const float *restrict a, const float *restrict b, size_t n)
+float lq_dot_f32(const float *restrict a, const float *restrict b, size_t n)
 {
 	float acc[8] = {0};
 	size_t i = 0;
@@ -812,7 +811,7 @@ static void mm_task(void *ctx, int i, int ntasks)
 	for (uint64_t r = r0; r < r1; r++) {
 		lq_weight_row(j->w, r, row);
 		for (size_t t = 0; t < j->n; t++)
-			j->y[t * R + r] = dot_f32(row, j->x + t * K, (size_t)K);
+			j->y[t * R + r] = lq_dot_f32(row, j->x + t * K, (size_t)K);
 	}
 	if (row != stackbuf)
 		free(row);

@@ -53,4 +53,8 @@ void lq_arena_free(struct lq_arena *a);
 int lq_map_file(const char *path, const void **map, uint64_t *size, struct lq_error *err);
 void lq_unmap_file(const void *map, uint64_t size);
 
+/* Dot product in 8 float32 lanes (vectorizable), lanes summed pairwise
+ * (forward_matmul.c; also the CPU runtime's attention scores). */
+float lq_dot_f32(const float *restrict a, const float *restrict b, size_t n);
+
 #endif
