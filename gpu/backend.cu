@@ -1117,7 +1117,8 @@ static int matvec_multi(gstate *g, const dweight *const *ws, int nw, const float
 
 /* -------------------------------------------------------------- forward */
 
-static int bias_round(gstate *g, float *y, int64_t ld, const float *b, size_t n, int64_t d, struct lq_error *err)
+/* y[t][i] += b[i] for n rows of d (row stride ld); nothing without a bias. */
+static int add_bias(gstate *g, float *y, int64_t ld, const float *b, size_t n, int64_t d, struct lq_error *err)
 {
 	if (!b)
 		return LQ_OK;
@@ -1158,8 +1159,6 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			q = g->qkv;
 			k = q + g->qdim;
 			v = k + g->kvdim;
-			if ((rc = bias_round(g, g->qkv, F, NULL, n, F, err)))
-				return rc;
 		} else {
 			/* q, k, v side by side in rows of F: separate GEMVs */
 			ld = F;
@@ -1181,9 +1180,9 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 				CK(cudaMemcpy2DAsync(k, F * 4, tk, g->kvdim * 4, g->kvdim * 4, n, cudaMemcpyDeviceToDevice, g->st), "k");
 				CK(cudaMemcpy2DAsync(v, F * 4, tv, g->kvdim * 4, g->kvdim * 4, n, cudaMemcpyDeviceToDevice, g->st), "v");
 			}
-			if ((rc = bias_round(g, q, ld, l->q_bias, n, g->qdim, err)) ||
-			    (rc = bias_round(g, k, ld, l->k_bias, n, g->kvdim, err)) ||
-			    (rc = bias_round(g, v, ld, l->v_bias, n, g->kvdim, err)))
+			if ((rc = add_bias(g, q, ld, l->q_bias, n, g->qdim, err)) ||
+			    (rc = add_bias(g, k, ld, l->k_bias, n, g->kvdim, err)) ||
+			    (rc = add_bias(g, v, ld, l->v_bias, n, g->kvdim, err)))
 				return rc;
 		}
 		dim3 rg((unsigned)(g->H + g->KV), (unsigned)n);
@@ -1200,7 +1199,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			k_attn_merge<<<dim3((unsigned)g->H, (unsigned)n), 128, 0, g->st>>>(g->part, g->att, g->H, g->hd, S, cd);
 			CK(cudaGetLastError(), "attention");
 		}
-		if ((rc = matmul(g, &l->o, g->att, n, g->o, err)) || (rc = bias_round(g, g->o, D, l->o_bias, n, D, err)))
+		if ((rc = matmul(g, &l->o, g->att, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->o_bias, n, D, err)))
 			return rc;
 		if (c->sandwich_norms) {
 			k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, g->st>>>(g->o, NULL, l->post_attn_norm, NULL, g->x, D, eps,
@@ -1220,8 +1219,6 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			gt = g->gu;
 			ut = g->gu + I;
 			gl = 2 * I;
-			if ((rc = bias_round(g, g->gu, 2 * I, NULL, n, 2 * I, err)))
-				return rc;
 		} else {
 			gt = g->gu;
 			ut = g->gu + (uint64_t)n * I;
@@ -1232,13 +1229,13 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 				rc = matvec_multi(g, ws, 2, g->h, ys, err);
 			else if (!(rc = matmul(g, &l->gate, g->h, n, gt, err)))
 				rc = matmul(g, &l->up, g->h, n, ut, err);
-			if (rc || (rc = bias_round(g, gt, I, l->gate_bias, n, I, err)) ||
-			    (rc = bias_round(g, ut, I, l->up_bias, n, I, err)))
+			if (rc || (rc = add_bias(g, gt, I, l->gate_bias, n, I, err)) ||
+			    (rc = add_bias(g, ut, I, l->up_bias, n, I, err)))
 				return rc;
 		}
 		k_act<<<grid_for((uint64_t)n * I, 256), 256, 0, g->st>>>(gt, ut, gl, g->g, (int64_t)n, I, c->act, cd);
 		CK(cudaGetLastError(), "the MLP activation");
-		if ((rc = matmul(g, &l->down, g->g, n, g->o, err)) || (rc = bias_round(g, g->o, D, l->down_bias, n, D, err)))
+		if ((rc = matmul(g, &l->down, g->g, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->down_bias, n, D, err)))
 			return rc;
 		if (c->sandwich_norms)
 			k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, g->st>>>(g->o, NULL, l->post_ffn_norm, NULL, g->x, D, eps,
@@ -1390,9 +1387,9 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 	memset(&u, 0, sizeof u);
 	u.g = g;
 	cudaDeviceProp prop;
-	if (g->nl <= 0 || g->H <= 0 || g->KV <= 0 || g->H % g->KV || g->hd <= 0 || g->hd > 32 * ATT_MAXE ||
-	    g->rot < 0 || g->rot > g->hd || g->rot % 2 || g->vocab <= 0 || g->hidden <= 0 || g->inter <= 0 ||
-	    g->vocab > INT32_MAX || g->inter > INT32_MAX / 2) {
+	if ((rc = lq_model_runtime_check(c, err)))
+		goto fail;
+	if (g->hd > 32 * ATT_MAXE || g->inter <= 0 || g->vocab > INT32_MAX || g->inter > INT32_MAX / 2) {
 		rc = gfail(err, LQ_ERR_UNSUPPORTED, "model hyper-parameters out of range for the GPU runtime");
 		goto fail;
 	}

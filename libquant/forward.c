@@ -266,12 +266,9 @@ int lq_run_create(struct lq_run **out, const struct lq_model *m, const struct lq
 	r->qdim = r->H * r->hd;
 	r->kvdim = r->KV * r->hd;
 	r->rot = c->rope.rotary_dim;
-	int rc = LQ_OK;
-	if (r->nl <= 0 || r->H <= 0 || r->KV <= 0 || r->H % r->KV || r->hd <= 0 || r->hd % 2 ||
-	    r->rot < 0 || r->rot > r->hd || r->rot % 2 || r->vocab <= 0 || r->hidden <= 0) {
-		rc = lq_fail(err, LQ_ERR_UNSUPPORTED, "model hyper-parameters out of range for the runtime");
+	int rc = lq_model_runtime_check(c, err);
+	if (rc)
 		goto fail;
-	}
 	r->max_ctx = c->max_position_embeddings > 0 ? c->max_position_embeddings : 4096;
 	if (o && o->max_ctx > 0)
 		r->max_ctx = o->max_ctx;

@@ -257,6 +257,10 @@ const struct lq_model_param *lq_model_param(const struct lq_model *m, size_t i);
 long lq_model_find_param(const struct lq_model *m, const char *name);
 /* Parameter of a role in a layer (layer -1 for the non-layer roles), or -1. */
 long lq_model_find_role(const struct lq_model *m, int role, int layer);
+/* Check the hyper-parameters both runtimes rely on (positive sizes, heads
+ * a multiple of the KV heads, even head_dim, rotary_dim even and <=
+ * head_dim): LQ_OK or LQ_ERR_UNSUPPORTED with a message. */
+int lq_model_runtime_check(const struct lq_model_config *c, struct lq_error *err);
 /* The tensor of a role stored in LQ file f (a tied lm_head is the embedding),
  * or NULL when the model has no such parameter or f does not store it.
  * Borrowed from f. */

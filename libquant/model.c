@@ -1133,6 +1133,16 @@ long lq_model_find_role(const struct lq_model *m, int role, int layer)
 	return -1;
 }
 
+int lq_model_runtime_check(const struct lq_model_config *c, struct lq_error *err)
+{
+	int64_t rot = c->rope.rotary_dim;
+	if (c->num_layers <= 0 || c->num_heads <= 0 || c->num_kv_heads <= 0 || c->num_heads % c->num_kv_heads ||
+	    c->head_dim <= 0 || c->head_dim % 2 || rot < 0 || rot > c->head_dim || rot % 2 || c->vocab_size <= 0 ||
+	    c->hidden_size <= 0)
+		return lq_fail(err, LQ_ERR_UNSUPPORTED, "model hyper-parameters out of range for the runtime");
+	return LQ_OK;
+}
+
 const struct lq_tensor *lq_model_role_tensor(const struct lq_model *m, const struct lq_file *f, int role,
 					     int layer)
 {
