@@ -1,8 +1,10 @@
 /*
  * lq_run.h - the inference runtime (part of the public API, included by
- * libquant.h): the CPU forward pass of the five architectures of lq_model.h
- * over the weights of an LQ file, a KV cache, the dequantizing matmuls it is
- * built from, and the sampler.
+ * libquant.h): the forward pass of the five architectures of lq_model.h
+ * over the weights of an LQ file with a KV cache, on the CPU (described
+ * below) or, through the same calls, on a CUDA GPU (gpu/backend.cu, see
+ * struct lq_run_opts); the dequantizing matmuls the CPU runtime is built
+ * from, and the sampler.
  *
  * Copyright (c) the libquant authors.  MIT license.
  *
