@@ -1010,14 +1010,21 @@ static cudaDataType cd_type(int cd)
 	return cd == LQ_COMPUTE_F32 ? CUDA_R_32F : cd == LQ_COMPUTE_F16 ? CUDA_R_16F : CUDA_R_16BF;
 }
 
+/* The fast GEMV's mode for a compute dtype: activations are float32 arrays
+ * holding values of the compute dtype (rnd). */
+static int gemv_mode(int cd)
+{
+	return cd == LQ_COMPUTE_F32 ? LQ_GEMV_EXACT : cd == LQ_COMPUTE_F16 ? LQ_GEMV_F16 : LQ_GEMV_BF16;
+}
+
 /* y[n, ldy] (first rows columns) = x[n, K] W^T. */
 static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *y, struct lq_error *err)
 {
 	uint64_t N = w->rows, K = w->cols;
 	int rc;
 	if (n == 1 && w->k.qtype != LQ_QTYPE_NONE && w->fast) {
-		int e = g->cd == LQ_COMPUTE_F32 ? lq_cuda_gemv_exact(&w->q, N, K, x, y, g->st)
-						: lq_cuda_gemv(&w->q, N, K, x, LQ_DTYPE_F32, y, g->st);
+		const struct lq_cuda_qweight *qw = &w->q;
+		int e = lq_cuda_gemv_multi(&qw, &y, 1, K, x, LQ_DTYPE_F32, gemv_mode(g->cd), g->st);
 		if (e)
 			return cuda_fail(err, (cudaError_t)e, "the dequant-GEMV");
 		return LQ_OK;
@@ -1102,7 +1109,7 @@ static int matvec_multi(gstate *g, const dweight *const *ws, int nw, const float
 		qs[i] = &ws[i]->q;
 	}
 	if (same) {
-		int e = lq_cuda_gemv_multi(qs, ys, nw, ws[0]->cols, x, LQ_DTYPE_F32, g->cd == LQ_COMPUTE_F32, g->st);
+		int e = lq_cuda_gemv_multi(qs, ys, nw, ws[0]->cols, x, LQ_DTYPE_F32, gemv_mode(g->cd), g->st);
 		if (e)
 			return cuda_fail(err, (cudaError_t)e, "the dequant-GEMV");
 		return LQ_OK;

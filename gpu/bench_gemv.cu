@@ -97,6 +97,8 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	int sweep = argc > 1 && strcmp(argv[1], "--sweep") == 0;
+	/* --once: one plain launch per shape and qtype, nothing timed (for a profiler) */
+	int once = argc > 1 && strcmp(argv[1], "--once") == 0;
 	cudaDeviceProp prop;
 	CU(cudaGetDeviceProperties(&prop, 0));
 	time_t now = time(NULL);
@@ -141,6 +143,21 @@ int main(int argc, char **argv)
 					hx[k] = (uint16_t)(0x3c00u + (k * 37u) % 0x300u) ^ (k & 1 ? 0x8000u : 0);
 				CU(cudaMemcpy(d_x, hx, K * 2, cudaMemcpyHostToDevice));
 				free(hx);
+			}
+			if (once) {
+				struct lq_cuda_qweight w = {p, cw[0].data, cw[0].scales, cw[0].nested, 0.01f, n};
+				int rc = lq_cuda_gemv_ex(&w, N, K, d_x, LQ_DTYPE_BF16, d_y, st, 0, 0, 0);
+				CU(cudaStreamSynchronize(st));
+				printf("once %llu x %llu qtype %d: rc %d\n", (unsigned long long)N, (unsigned long long)K, p.qtype, rc);
+				for (int c = 0; c < copies; c++) {
+					cudaFree(cw[c].data);
+					cudaFree(cw[c].scales);
+					cudaFree(cw[c].nested);
+				}
+				free(cw);
+				cudaFree(d_x);
+				cudaFree(d_y);
+				continue;
 			}
 			int rows_list[] = {0, 2, 4, 8};
 			int nvar = sweep ? 4 : 1;

@@ -38,6 +38,7 @@
 #include "lq_blocks.h"
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <string.h>
 
@@ -57,6 +58,26 @@ __device__ __forceinline__ uint4 ld_stream(const uint8_t *p)
 	asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
 		     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
 		     : "l"(p));
+	return v;
+}
+
+#ifndef TC_L2
+#define TC_L2 256 /* L2 fetch granularity hint of the tensor-core kernel's weight loads */
+#endif
+__device__ __forceinline__ uint4 ld_stream_tc(const uint8_t *p)
+{
+	uint4 v;
+#if TC_L2 == 256
+	asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+		     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+		     : "l"(p));
+#elif TC_L2 == 128
+	asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0,%1,%2,%3}, [%4];"
+		     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+		     : "l"(p));
+#else
+	v = ld_stream(p);
+#endif
 	return v;
 }
 
@@ -171,7 +192,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MINBLOCKS) k_gemv_fast(cons
 	constexpr int EPC = QT == LQ_QTYPE_INT8 ? 16 : 32; /* elements per 16-byte chunk */
 	constexpr int U = GEMV_LOADS / R;                  /* chunk steps per batch of loads */
 	constexpr bool Q4 = QT != LQ_QTYPE_INT8;
-	__shared__ uint32_t lut[Q4 ? 256 * 32 : 1];
+	__shared__ uint32_t lut[Q4 ? (EX ? 16 * 32 : 256 * 32) : 1];
 	__shared__ float dmap[DQ ? 256 : 1];
 	__shared__ float red[GEMV_THREADS / 32][R];
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -389,6 +410,408 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
 	return (int)cudaErrorInvalidValue;
 }
 
+/* ------------------------------------------------------------------------
+ * Tensor-core 4-bit GEMV (activations holding bf16 or fp16 values).
+ *
+ * A warp owns a tile of 16 rows and walks K in spans of 128 elements (64
+ * packed bytes per row): lane (g, c) (g = lane / 4, c = lane % 4) loads the
+ * 16-byte chunk c of rows g and g + 8 and decodes it a byte (two codes) at a
+ * time into the bf16 (fp16) pair that an mma.m16n8k16 A register holds --
+ * one PRMT builds the shared-memory address (code in byte 1, lane in byte
+ * 0: a 256-entry table with one copy per bank), one LDS fetches the pair.
+ * The dot product is permutation-invariant in k, so each lane feeds its own
+ * chunk's bytes into its own k slots; B column n carries the activations of
+ * chunk n (lane (n, n) supplies them, every other B entry is zero), so D's
+ * columns 0..3 are the four chunks' partial sums.  A chunk never spans two
+ * quantization blocks (block size >= 64), so after the span each lane
+ * applies one fp32 block scale per row and accumulates in fp32.  The
+ * products are exact in fp32 and the tensor core accumulates in fp32.
+ *
+ * One block of 16 warps per SM (persistent); a work item is 16 / WK tiles,
+ * each split over WK warps along K; the warps' partial sums meet in shared
+ * memory, and every TC_CH items the block adds them up in a fixed order and
+ * stores y: two barriers per TC_CH items, no atomics, deterministic.
+ * Weight loads run TC_DEPTH spans ahead of the math, across item
+ * boundaries, and the first ones are issued before the table is built and
+ * before waiting for the previous kernel (programmatic dependent launch).
+ * ---------------------------------------------------------------------- */
+#define TC_THREADS 512
+#define TC_WARPS (TC_THREADS / 32)
+#ifndef TC_DEPTH
+#define TC_DEPTH 2
+#endif
+#define TC_LUT_BYTES 65536 /* 256 codes x 256 bytes (32 lanes x 4 bytes used) */
+#define TC_SPAN 128        /* elements of K per warp step */
+#define TC_CH 8            /* work items between two reductions of their partial sums */
+#ifndef TC_CONTIG
+#define TC_CONTIG 1        /* each warp takes a contiguous run of spans */
+#endif
+
+/* The table must start at a multiple of 64 KiB of the shared window, so
+ * the request leaves room to align it. */
+static size_t tc_smem(uint64_t K)
+{
+	return 2 * TC_LUT_BYTES + 256 * 4 + TC_CH * TC_WARPS * 16 * 4 + (size_t)K * 2;
+}
+
+template <bool F16>
+__device__ __forceinline__ uint32_t tc_pack(float lo, float hi)
+{
+	if (F16) {
+		__half2 h = __floats2half2_rn(lo, hi);
+		return *(uint32_t *)&h;
+	}
+	__nv_bfloat162 b = __floats2bfloat162_rn(lo, hi);
+	return *(uint32_t *)&b;
+}
+
+template <bool F16>
+__device__ __forceinline__ void tc_mma(float *d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+				       uint32_t b1)
+{
+	if (F16)
+		asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+		    "{%0,%1,%2,%3};"
+		    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+		    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+	else
+		asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+		    "{%0,%1,%2,%3};"
+		    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+		    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* The pair for byte k of word w from this lane's copy of the table: lut4 is
+ * the table's shared-window address (a multiple of 64 KiB) plus lane * 4,
+ * so one PRMT (the code into byte 1) makes the address. */
+__device__ __forceinline__ uint32_t tc_lut(uint32_t w, uint32_t lut4, int k)
+{
+	uint32_t v, a = __byte_perm(w, lut4, 0x7604u | (uint32_t)k << 4);
+	asm("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(a));
+	return v;
+}
+
+struct tc_slot {
+	uint4 a, b;   /* chunk c of rows g and g + 8 */
+	uint32_t s;   /* this lane's scale: u8 code (double quant) or float bits */
+	float n;      /* its nested scale */
+	float off;    /* the part's double-quant offset */
+};
+
+/* The parts of a launch, in tiles of 16 rows (32-bit: checked at launch). */
+struct tc_part {
+	const uint8_t *data;
+	const void *scales;
+	const float *nested;
+	float *y;
+	float offset;
+	uint32_t N;  /* rows */
+	uint32_t t0; /* first tile; UINT32_MAX for an unused part */
+};
+struct tc_parts {
+	tc_part p[LQ_GEMV_PARTS];
+};
+
+__device__ __forceinline__ int tc_part_of(const tc_parts &P, uint32_t tile)
+{
+	int pi = 0;
+#pragma unroll
+	for (int i = 1; i < LQ_GEMV_PARTS; i++)
+		pi += tile >= P.p[i].t0;
+	return pi;
+}
+
+template <int QT, bool DQ, bool F16, typename XT>
+__global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant__ tc_parts P, int bshift,
+							   uint32_t K, const XT *__restrict__ x, uint32_t ntiles,
+							   int wkl)
+{
+	extern __shared__ __align__(16) uint8_t tc_sm[];
+	const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(tc_sm);
+	const uint32_t lut_s = (sbase + TC_LUT_BYTES - 1) & ~(uint32_t)(TC_LUT_BYTES - 1);
+	uint8_t *lut = tc_sm + (lut_s - sbase);
+	float *dmap = (float *)(lut + TC_LUT_BYTES);
+	float *red = dmap + 256; /* [TC_CH][TC_WARPS][16] */
+	uint32_t *xs = (uint32_t *)(red + TC_CH * TC_WARPS * 16);
+
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int g = lane >> 2, c = lane & 3;
+	const uint32_t lut4 = lut_s | (uint32_t)lane << 2;
+	const int WK = 1 << wkl, WT = TC_WARPS >> wkl;
+	const int wt = warp >> wkl, wk = warp & (WK - 1);
+	const uint32_t spr = K / TC_SPAN;
+#if TC_CONTIG
+	/* warp wk owns spans [s_lo, s_lo + m) of each row of its tile */
+	const uint32_t s_lo = (spr * (uint32_t)wk) >> wkl;
+	const uint32_t m = ((spr * (uint32_t)(wk + 1)) >> wkl) - s_lo;
+	const uint32_t SST = 1; /* span stride */
+#else
+	/* warp wk owns spans wk, wk + WK, ... */
+	const uint32_t s_lo = (uint32_t)wk;
+	const uint32_t m = (spr - (uint32_t)wk + (uint32_t)WK - 1) >> wkl; /* spans per item, >= 1 */
+	const uint32_t SST = (uint32_t)WK;
+#endif
+	const uint32_t nitems = (ntiles + (uint32_t)WT - 1) / (uint32_t)WT;
+	const uint32_t ni = (nitems - blockIdx.x + gridDim.x - 1) / gridDim.x;
+	const uint32_t Q = ni * m;
+	const uint32_t rowb = K / 2;
+	const uint32_t lrow = (uint32_t)g + ((uint32_t)c >> 1) * 8; /* the row of this lane's scale */
+
+	/* load side: pointers of the next span to fetch */
+	uint32_t l_item = 0, l_left = m;
+	const uint8_t *pa, *pb;
+	const void *scl;
+	const float *nst;
+	float l_off;
+	uint64_t sbn; /* element index that names this lane's scale block */
+	auto setup = [&](uint32_t item) {
+		uint32_t tile = (blockIdx.x + item * gridDim.x) * (uint32_t)WT + (uint32_t)wt;
+		tile = min(tile, ntiles - 1); /* a partial last item: read valid rows, store nothing */
+		const tc_part &pp = P.p[tc_part_of(P, tile)];
+		uint32_t r0 = (tile - pp.t0) * 16, last = pp.N - 1;
+		uint32_t ra = min(r0 + (uint32_t)g, last), rb = min(r0 + (uint32_t)g + 8, last);
+		uint32_t rs = min(r0 + lrow, last);
+		uint32_t o = s_lo * 64 + (uint32_t)c * 16;
+		pa = pp.data + (uint64_t)ra * rowb + o;
+		pb = pp.data + (uint64_t)rb * rowb + o;
+		sbn = (uint64_t)rs * K + s_lo * TC_SPAN + (c & 1) * 64;
+		scl = pp.scales;
+		nst = pp.nested;
+		l_off = pp.offset;
+	};
+	auto load = [&](tc_slot &s) {
+		s.a = ld_stream_tc(pa);
+		s.b = ld_stream_tc(pb);
+		uint64_t bi = sbn >> bshift;
+		if (DQ) {
+			s.s = __ldg((const unsigned char *)scl + bi);
+			s.n = __ldg(nst + (bi >> LQ_QNESTED_SHIFT));
+		} else {
+			s.s = __float_as_uint(__ldg((const float *)scl + bi));
+		}
+		s.off = l_off;
+		if (--l_left) {
+			pa += SST * 64;
+			pb += SST * 64;
+			sbn += SST * TC_SPAN;
+		} else {
+			l_left = m;
+			if (++l_item < ni)
+				setup(l_item);
+		}
+	};
+
+	tc_slot buf[TC_DEPTH];
+	uint32_t lq = 0;
+	setup(0);
+#pragma unroll
+	for (int d = 0; d < TC_DEPTH; d++)
+		if (lq < Q) {
+			load(buf[d]);
+			lq++;
+		}
+
+	{
+		const uint32_t *tab = QT == LQ_QTYPE_NF4 ? g_nf4 : g_fp4;
+		for (int i = tid; i < 256 * 32; i += TC_THREADS) {
+			int e = i >> 5, l = i & 31;
+			*(uint32_t *)(lut + e * 256 + l * 4) =
+				tc_pack<F16>(__uint_as_float(tab[e >> 4]), __uint_as_float(tab[e & 15]));
+		}
+		if (DQ)
+			for (int i = tid; i < 256; i += TC_THREADS)
+				dmap[i] = __uint_as_float(g_dyn[i]);
+	}
+#if __CUDA_ARCH__ >= 900
+	cudaGridDependencySynchronize();
+#endif
+	if (sizeof(XT) == 2) {
+		const uint4 *xv = (const uint4 *)x;
+		for (uint32_t i = tid; i < K / 8; i += TC_THREADS)
+			((uint4 *)xs)[i] = __ldg(xv + i);
+	} else {
+		const float4 *xv = (const float4 *)x;
+		for (uint32_t i = tid; i < K / 4; i += TC_THREADS) {
+			float4 v = __ldg(xv + i);
+			((uint2 *)xs)[i] = make_uint2(tc_pack<F16>(v.x, v.y), tc_pack<F16>(v.z, v.w));
+		}
+	}
+	__syncthreads();
+
+	/* math side */
+	uint32_t c_item = 0, c_left = m, c_sp = s_lo;
+	float acc_g = 0.0f, acc_g8 = 0.0f;
+	for (uint32_t q0 = 0; q0 < Q; q0 += TC_DEPTH) {
+#pragma unroll
+		for (int d = 0; d < TC_DEPTH; d++) {
+			if (q0 + d >= Q)
+				break;
+			tc_slot &s = buf[d];
+			float sc = DQ ? __fadd_rn(__fmul_rn(dmap[s.s], s.n), s.off) : __uint_as_float(s.s);
+			float so = __shfl_down_sync(0xffffffffu, sc, 2);
+			uint32_t xb[16];
+			if (g == c) {
+				const uint4 *xp = (const uint4 *)(xs + c_sp * (TC_SPAN / 2) + c * 16);
+#pragma unroll
+				for (int i = 0; i < 4; i++) {
+					uint4 v = xp[i];
+					xb[4 * i] = v.x;
+					xb[4 * i + 1] = v.y;
+					xb[4 * i + 2] = v.z;
+					xb[4 * i + 3] = v.w;
+				}
+			} else {
+#pragma unroll
+				for (int i = 0; i < 16; i++)
+					xb[i] = 0;
+			}
+			const uint32_t wa[4] = {s.a.x, s.a.y, s.a.z, s.a.w}, wb[4] = {s.b.x, s.b.y, s.b.z, s.b.w};
+			float d0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+			for (int j = 0; j < 8; j++) {
+				const int wi = j >> 1, k0 = (2 * j) & 3, k1 = k0 + 1;
+				tc_mma<F16>(j & 1 ? d1 : d0, tc_lut(wa[wi], lut4, k0), tc_lut(wb[wi], lut4, k0),
+					    tc_lut(wa[wi], lut4, k1), tc_lut(wb[wi], lut4, k1), xb[2 * j], xb[2 * j + 1]);
+			}
+			acc_g = fmaf(sc, (d0[0] + d0[1]) + (d1[0] + d1[1]), acc_g);
+			acc_g8 = fmaf(so, (d0[2] + d0[3]) + (d1[2] + d1[3]), acc_g8);
+			if (lq < Q) {
+				load(s);
+				lq++;
+			}
+			if (--c_left) {
+				c_sp += SST;
+				continue;
+			}
+			/*
+			 * End of this warp's share of the item: its 16 row sums go to
+			 * shared memory; every TC_CH items (and after the last) the
+			 * block adds them up in a fixed order and stores y.
+			 */
+			float vg = acc_g + __shfl_xor_sync(0xffffffffu, acc_g, 1);
+			float vg8 = acc_g8 + __shfl_xor_sync(0xffffffffu, acc_g8, 1);
+			float *rw = red + ((c_item % TC_CH) * TC_WARPS + warp) * 16;
+			if (c == 0) {
+				rw[g] = vg;
+				rw[g + 8] = vg8;
+			}
+			if (c_item % TC_CH == TC_CH - 1 || c_item == ni - 1) {
+				__syncthreads();
+				const uint32_t i0 = c_item - c_item % TC_CH, per = (uint32_t)WT * 16;
+				const uint32_t nout = (c_item - i0 + 1) * per;
+				for (uint32_t o = (uint32_t)tid; o < nout; o += TC_THREADS) {
+					uint32_t it = i0 + o / per, t = (o % per) >> 4, r = o & 15;
+					uint32_t tile = (blockIdx.x + it * gridDim.x) * (uint32_t)WT + t;
+					if (tile >= ntiles)
+						continue;
+					const tc_part &pp = P.p[tc_part_of(P, tile)];
+					uint32_t row = (tile - pp.t0) * 16 + r;
+					if (row >= pp.N)
+						continue;
+					const float *rr = red + ((it % TC_CH) * TC_WARPS + t * (uint32_t)WK) * 16 + r;
+					float v = 0.0f;
+					for (int w = 0; w < WK; w++)
+						v += rr[w * 16];
+					pp.y[row] = v;
+				}
+				__syncthreads();
+			}
+			acc_g = acc_g8 = 0.0f;
+			c_left = m;
+			c_sp = s_lo;
+			c_item++;
+		}
+	}
+}
+
+/* Launch the tensor-core kernel; cudaErrorNotSupported when the shape or
+ * the device does not suit it (the caller falls back). */
+template <int QT, bool DQ, bool F16, typename XT>
+static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, int nw, uint64_t K, const XT *x,
+		     cudaStream_t st, int grid_max)
+{
+	auto kern = k_gemv_tc<QT, DQ, F16, XT>;
+	size_t smem = tc_smem(K);
+	int dev = 0, sms = 0, major = 0, optin = 0, per_sm = 0;
+	cudaError_t e;
+	if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
+	    (e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess ||
+	    (e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess ||
+	    (e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess)
+		return (int)e;
+	if (major < 8 || smem > (size_t)optin)
+		return (int)cudaErrorNotSupported;
+	if ((e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)) != cudaSuccess ||
+	    (e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, TC_THREADS, smem)) != cudaSuccess)
+		return (int)e;
+	if (per_sm < 1)
+		return (int)cudaErrorNotSupported;
+	tc_parts P;
+	memset(&P, 0, sizeof P);
+	uint64_t tiles = 0;
+	for (int i = 0; i < LQ_GEMV_PARTS; i++) {
+		P.p[i].t0 = UINT32_MAX;
+		if (i >= nw)
+			continue;
+		const struct lq_cuda_qweight *w = ws[i];
+		uint64_t N = w->n / K;
+		if (N > UINT32_MAX / 2 || tiles > UINT32_MAX / 4)
+			return (int)cudaErrorNotSupported;
+		P.p[i].data = w->d_data;
+		P.p[i].scales = w->d_scales;
+		P.p[i].nested = w->d_nested;
+		P.p[i].offset = w->offset;
+		P.p[i].N = (uint32_t)N;
+		P.p[i].y = ys[i];
+		P.p[i].t0 = (uint32_t)tiles;
+		tiles += (N + 15) / 16;
+	}
+	if (tiles > UINT32_MAX / 4 || K > UINT32_MAX / 2)
+		return (int)cudaErrorNotSupported;
+	uint64_t spr = K / TC_SPAN;
+	int wkl = 0;
+	while (wkl < 4 && (2ull << wkl) <= spr)
+		wkl++;
+	uint64_t wt = TC_WARPS >> wkl, items = (tiles + wt - 1) / wt;
+	uint64_t grid = (uint64_t)sms * (uint64_t)per_sm;
+	if (grid_max > 0 && (uint64_t)grid_max < grid)
+		grid = (uint64_t)grid_max;
+	if (items < grid)
+		grid = items;
+	cudaLaunchConfig_t cfg = {};
+	cfg.gridDim = dim3((unsigned)grid);
+	cfg.blockDim = dim3(TC_THREADS);
+	cfg.dynamicSmemBytes = smem;
+	cfg.stream = st;
+	cudaLaunchAttribute attr[1];
+	attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	attr[0].val.programmaticStreamSerializationAllowed = 1;
+	if (major >= 9) {
+		cfg.attrs = attr;
+		cfg.numAttrs = 1;
+	}
+	int bshift = gemv_bshift(ws[0]->p.block_size);
+	e = cudaLaunchKernelEx(&cfg, kern, P, bshift, (uint32_t)K, x, (uint32_t)tiles, wkl);
+	return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
+}
+
+/* The tensor-core path for 4-bit weights with block size >= 64 and K a
+ * multiple of 128; cudaErrorNotSupported otherwise. */
+template <bool F16, typename XT>
+static int try_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, int nw, uint64_t K, const XT *x,
+		  cudaStream_t st, int grid_max)
+{
+	const struct lq_qparams *p = &ws[0]->p;
+	if (p->qtype == LQ_QTYPE_INT8 || p->block_size < 64 || K % TC_SPAN)
+		return (int)cudaErrorNotSupported;
+	int dq = p->double_quant != 0;
+	if (p->qtype == LQ_QTYPE_NF4)
+		return dq ? launch_tc<LQ_QTYPE_NF4, true, F16, XT>(ws, ys, nw, K, x, st, grid_max)
+			  : launch_tc<LQ_QTYPE_NF4, false, F16, XT>(ws, ys, nw, K, x, st, grid_max);
+	return dq ? launch_tc<LQ_QTYPE_FP4, true, F16, XT>(ws, ys, nw, K, x, st, grid_max)
+		  : launch_tc<LQ_QTYPE_FP4, false, F16, XT>(ws, ys, nw, K, x, st, grid_max);
+}
+
 static int gemv_check(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x)
 {
 	int bs = w->p.block_size;
@@ -398,19 +821,20 @@ static int gemv_check(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, c
 }
 
 static int gemv_run(const struct lq_cuda_qweight *const *ws, float *const *ys, int n, uint64_t K, const void *d_x,
-		    int x_dtype, int exact, void *stream, int rows, int grid_max, int ksplit_max)
+		    int x_dtype, int mode, void *stream, int rows, int grid_max, int ksplit_max)
 {
-	if (n < 1 || n > LQ_GEMV_PARTS || (rows != 0 && rows != 1 && rows != 2 && rows != 4 && rows != 8))
+	if (n < 1 || n > LQ_GEMV_PARTS || (rows != 0 && rows != 1 && rows != 2 && rows != 4 && rows != 8) ||
+	    mode < LQ_GEMV_F32 || mode > LQ_GEMV_F16)
 		return (int)cudaErrorInvalidValue;
 	for (int i = 0; i < n; i++)
 		if (!ws[i] || !ys[i] || !gemv_check(ws[i], ws[i]->n / (K ? K : 1), K, d_x) ||
 		    ws[i]->p.qtype != ws[0]->p.qtype || ws[i]->p.double_quant != ws[0]->p.double_quant ||
 		    ws[i]->p.block_size != ws[0]->p.block_size)
 			return (int)cudaErrorInvalidValue;
+	if (x_dtype != LQ_DTYPE_F32 && !(x_dtype == LQ_DTYPE_BF16 && (mode == LQ_GEMV_F32 || mode == LQ_GEMV_BF16)))
+		return (int)cudaErrorInvalidValue;
 	cudaStream_t st = (cudaStream_t)stream;
-	if (exact && ws[0]->p.qtype != LQ_QTYPE_INT8) {
-		if (x_dtype != LQ_DTYPE_F32)
-			return (int)cudaErrorInvalidValue;
+	if (mode == LQ_GEMV_EXACT && ws[0]->p.qtype != LQ_QTYPE_INT8) {
 		const float *x = (const float *)d_x;
 		int dq = ws[0]->p.double_quant != 0;
 		if (ws[0]->p.qtype == LQ_QTYPE_NF4)
@@ -419,11 +843,23 @@ static int gemv_run(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 		return dq ? launch_t<LQ_QTYPE_FP4, true, float, 8, true>(ws, ys, n, K, x, st, grid_max, ksplit_max)
 			  : launch_t<LQ_QTYPE_FP4, false, float, 8, true>(ws, ys, n, K, x, st, grid_max, ksplit_max);
 	}
+	/* bf16 activations in memory hold bf16 values by definition */
+	if (x_dtype == LQ_DTYPE_BF16)
+		mode = LQ_GEMV_BF16;
+	if (rows == 0 && ksplit_max == 0 && (mode == LQ_GEMV_BF16 || mode == LQ_GEMV_F16)) {
+		int e;
+		if (x_dtype == LQ_DTYPE_BF16)
+			e = try_tc<false, __nv_bfloat16>(ws, ys, n, K, (const __nv_bfloat16 *)d_x, st, grid_max);
+		else if (mode == LQ_GEMV_F16)
+			e = try_tc<true, float>(ws, ys, n, K, (const float *)d_x, st, grid_max);
+		else
+			e = try_tc<false, float>(ws, ys, n, K, (const float *)d_x, st, grid_max);
+		if (e != (int)cudaErrorNotSupported)
+			return e;
+	}
 	if (x_dtype == LQ_DTYPE_BF16)
 		return launch_q<__nv_bfloat16>(ws, ys, n, K, (const __nv_bfloat16 *)d_x, st, rows, grid_max, ksplit_max);
-	if (x_dtype == LQ_DTYPE_F32)
-		return launch_q<float>(ws, ys, n, K, (const float *)d_x, st, rows, grid_max, ksplit_max);
-	return (int)cudaErrorInvalidValue;
+	return launch_q<float>(ws, ys, n, K, (const float *)d_x, st, rows, grid_max, ksplit_max);
 }
 
 extern "C" int lq_cuda_gemv_ex(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
@@ -431,7 +867,7 @@ extern "C" int lq_cuda_gemv_ex(const struct lq_cuda_qweight *w, uint64_t N, uint
 {
 	if (!gemv_check(w, N, K, d_x))
 		return (int)cudaErrorInvalidValue;
-	return gemv_run(&w, &d_y, 1, K, d_x, x_dtype, 0, stream, rows, grid_max, ksplit_max);
+	return gemv_run(&w, &d_y, 1, K, d_x, x_dtype, LQ_GEMV_F32, stream, rows, grid_max, ksplit_max);
 }
 
 extern "C" int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
@@ -445,11 +881,11 @@ extern "C" int lq_cuda_gemv_exact(const struct lq_cuda_qweight *w, uint64_t N, u
 {
 	if (!gemv_check(w, N, K, d_x))
 		return (int)cudaErrorInvalidValue;
-	return gemv_run(&w, &d_y, 1, K, d_x, LQ_DTYPE_F32, 1, stream, 0, 0, 0);
+	return gemv_run(&w, &d_y, 1, K, d_x, LQ_DTYPE_F32, LQ_GEMV_EXACT, stream, 0, 0, 0);
 }
 
 extern "C" int lq_cuda_gemv_multi(const struct lq_cuda_qweight *const *ws, float *const *ys, int n, uint64_t K,
-				  const void *d_x, int x_dtype, int exact, void *stream)
+				  const void *d_x, int x_dtype, int mode, void *stream)
 {
-	return gemv_run(ws, ys, n, K, d_x, x_dtype, exact, stream, 0, 0, 0);
+	return gemv_run(ws, ys, n, K, d_x, x_dtype, mode, stream, 0, 0, 0);
 }

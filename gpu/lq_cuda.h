@@ -56,6 +56,8 @@ int lq_cuda_gemv_f32(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K,
  * are used rounded to bf16 (relative error <= 2^-9 per weight before the
  * fp32 block scale); INT8 codes are exact.  May clear d_y with
  * cudaMemsetAsync on `stream` (split-K); safe under CUDA graph capture.
+ * With bf16 activations, 4-bit weights use the tensor-core kernel
+ * (LQ_GEMV_BF16 below) where the shape allows.
  */
 int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
 		 int x_dtype, float *d_y, void *stream);
@@ -69,18 +71,32 @@ int lq_cuda_gemv_exact(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, 
 /*
  * Several GEMVs over the same activations in one launch (q, k and v; gate
  * and up): y_i = W_i x for n <= LQ_GEMV_PARTS weights of the same K, qtype,
- * block size and double quant (else cudaErrorInvalidValue).  exact: as
- * lq_cuda_gemv_exact (x_dtype must be LQ_DTYPE_F32).  Launched with
- * programmatic dependent launch on sm_90, so that the kernel's set-up
- * overlaps the previous kernel.
+ * block size and double quant (else cudaErrorInvalidValue).  mode says what
+ * the float32 activations hold and how the codes are used:
+ *   LQ_GEMV_F32    any float32 values; 4-bit codes as bf16 (lq_cuda_gemv)
+ *   LQ_GEMV_EXACT  exact float32 code values (lq_cuda_gemv_exact)
+ *   LQ_GEMV_BF16   values representable in bf16 (--compute-dtype bf16):
+ *                  4-bit weights go through the tensor cores as bf16
+ *                  (block size >= 64 and K % 128 == 0; else as LQ_GEMV_F32)
+ *   LQ_GEMV_F16    values representable in fp16: the same with fp16 codes
+ *                  (relative error <= 2^-11 per weight)
+ * A value that is not representable is rounded to nearest.  x_dtype
+ * LQ_DTYPE_BF16 (activations stored as bf16) implies LQ_GEMV_BF16.
+ * Launched with programmatic dependent launch on sm_90, so that the
+ * kernel's set-up overlaps the previous kernel.
  */
 #define LQ_GEMV_PARTS 3
+#define LQ_GEMV_F32 0
+#define LQ_GEMV_EXACT 1
+#define LQ_GEMV_BF16 2
+#define LQ_GEMV_F16 3
 int lq_cuda_gemv_multi(const struct lq_cuda_qweight *const *ws, float *const *ys, int n, uint64_t K,
-		       const void *d_x, int x_dtype, int exact, void *stream);
+		       const void *d_x, int x_dtype, int mode, void *stream);
 /*
  * lq_cuda_gemv with tuning knobs for benchmarks: rows per block (0 = auto,
  * else 1, 2, 4 or 8), grid_max (0 = all resident blocks) and ksplit_max
- * (0 = auto) cap the grid.
+ * (0 = auto) cap the grid.  rows or ksplit_max other than 0 select the
+ * CUDA-core kernel even for bf16 activations.
  */
 int lq_cuda_gemv_ex(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
 		    int x_dtype, float *d_y, void *stream, int rows, int grid_max, int ksplit_max);

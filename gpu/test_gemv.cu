@@ -12,9 +12,15 @@
  * relative error <= 2^-9 = 1.95e-3 per weight, plus fp32 rounding);
  * INT8 |y - ref| <= 1e-5 a (exact codes, fp32 rounding only).  The old naive
  * kernel (lq_cuda_gemv_f32) is checked on the same data at 1e-5 a.
+ * The tensor-core path (bf16 activations, or lq_cuda_gemv_multi with
+ * LQ_GEMV_BF16 / LQ_GEMV_F16 on float32 arrays holding such values) runs
+ * on the same cases, alone, with a grid of 2 blocks (several work items
+ * per block) and as a multi-part launch; fp16 codes are held to 1e-3 a
+ * (2^-11 per weight).  Shapes with K % 128 != 0 exercise its fallback.
  */
 #include "lq_cuda.h"
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -59,19 +65,113 @@ static double worst(const float *y, const double *ref, const double *a, uint64_t
 	return m;
 }
 
+/* One random quantized weight on the device with its float32 dequantization. */
+struct tw {
+	struct lq_cuda_qweight q;
+	float *wd;
+	void *dbuf[3];
+};
+
+static void tw_make(struct tw *t, int qtype, int bs, int dq, uint64_t N, uint64_t K, unsigned seed)
+{
+	uint64_t n = N * K;
+	struct lq_qparams p = {qtype, bs, dq};
+	float *w = (float *)malloc(n * 4);
+	t->wd = (float *)malloc(n * 4);
+	for (uint64_t i = 0; i < n; i++)
+		w[i] = frand(&seed) * (1.0f + (float)(i % 89) * 0.1f);
+	size_t db = lq_qdata_bytes(qtype, n), sb = lq_qscale_bytes(&p, n), nb = lq_qnested_bytes(&p, n);
+	uint8_t *data = (uint8_t *)malloc(db);
+	void *scales = malloc(sb);
+	float *nested = (float *)malloc(nb + 4), *work = (float *)malloc(lq_qnblocks(n, bs) * 4);
+	struct lq_qbuf qb = {data, scales, nested, 0};
+	lq_quantize(&p, w, n, &qb, work, 2);
+	lq_dequantize_ref(&p, &qb, n, t->wd);
+	memset(t->dbuf, 0, sizeof t->dbuf);
+	CU(cudaMalloc(&t->dbuf[0], db));
+	CU(cudaMalloc(&t->dbuf[1], sb));
+	CU(cudaMemcpy(t->dbuf[0], data, db, cudaMemcpyHostToDevice));
+	CU(cudaMemcpy(t->dbuf[1], scales, sb, cudaMemcpyHostToDevice));
+	if (nb) {
+		CU(cudaMalloc(&t->dbuf[2], nb));
+		CU(cudaMemcpy(t->dbuf[2], nested, nb, cudaMemcpyHostToDevice));
+	}
+	struct lq_cuda_qweight q = {p, (const uint8_t *)t->dbuf[0], t->dbuf[1], (const float *)t->dbuf[2], qb.offset, n};
+	t->q = q;
+	free(w); free(data); free(scales); free(nested); free(work);
+}
+
+static void tw_free(struct tw *t)
+{
+	for (int i = 0; i < 3; i++)
+		cudaFree(t->dbuf[i]);
+	free(t->wd);
+}
+
+/* q, k and v style: three weights of different row counts in one launch. */
+static void test_multi(int qtype, int dq, int mode, uint64_t K)
+{
+	const uint64_t Ns[3] = {33, 1000, 7};
+	struct tw t[3];
+	const struct lq_cuda_qweight *ws[3];
+	float *d_y[3], *d_x, *x = (float *)malloc(K * 4);
+	unsigned seed = 99u + (unsigned)K;
+	for (uint64_t k = 0; k < K; k++) {
+		float v = frand(&seed) * 10;
+		x[k] = mode == LQ_GEMV_F16 ? __half2float(__float2half(v)) : bf2f(f2bf(v));
+	}
+	CU(cudaMalloc(&d_x, K * 4));
+	CU(cudaMemcpy(d_x, x, K * 4, cudaMemcpyHostToDevice));
+	for (int i = 0; i < 3; i++) {
+		tw_make(&t[i], qtype, 64, dq, Ns[i], K, 7u * (unsigned)i + 1);
+		ws[i] = &t[i].q;
+		CU(cudaMalloc(&d_y[i], Ns[i] * 4));
+		CU(cudaMemset(d_y[i], 0xff, Ns[i] * 4));
+	}
+	int rc = lq_cuda_gemv_multi(ws, d_y, 3, K, d_x, LQ_DTYPE_F32, mode, 0);
+	CU(cudaDeviceSynchronize());
+	double tol = qtype == LQ_QTYPE_INT8 ? 1e-5 : mode == LQ_GEMV_F16 ? 1e-3 : 3e-3;
+	for (int i = 0; i < 3; i++) {
+		uint64_t N = Ns[i];
+		float *y = (float *)malloc(N * 4);
+		double *ref = (double *)malloc(N * 8), *a = (double *)malloc(N * 8);
+		CU(cudaMemcpy(y, d_y[i], N * 4, cudaMemcpyDeviceToHost));
+		for (uint64_t r = 0; r < N; r++) {
+			double s = 0, sa = 0;
+			for (uint64_t k = 0; k < K; k++) {
+				s += (double)t[i].wd[r * K + k] * x[k];
+				sa += fabs((double)t[i].wd[r * K + k] * x[k]);
+			}
+			ref[r] = s;
+			a[r] = sa;
+		}
+		double e = worst(y, ref, a, N);
+		CHECK(rc == 0 && e <= tol, "multi part %d q=%d dq=%d mode=%d K=%llu: rc %d err %g (tol %g)", i, qtype, dq,
+		      mode, (unsigned long long)K, rc, e, tol);
+		free(y); free(ref); free(a);
+		cudaFree(d_y[i]);
+		tw_free(&t[i]);
+	}
+	cudaFree(d_x);
+	free(x);
+}
+
 int main(void)
 {
 	if (lq_cuda_device_count() == 0) {
 		printf("skipping: no CUDA device\n0 passed, 0 failed\n");
 		return 0;
 	}
-	const uint64_t shapes[][2] = {{1, 256}, {7, 768}, {33, 4096}, {1000, 512}, {4099, 256}, {3, 14336}};
+	const uint64_t shapes[][2] = {{1, 256}, {7, 768}, {33, 4096}, {1000, 512}, {4099, 256}, {3, 14336},
+				      {50, 128}, {5, 192}, {300, 2304}};
 	const int rows_opts[] = {0, 1, 2, 4, 8};
 	for (int q = LQ_QTYPE_NF4; q <= LQ_QTYPE_INT8; q++)
 		for (int dq = 0; dq <= 1; dq++)
 			for (int bs = 64; bs <= 256; bs *= 2)
 				for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
 					uint64_t N = shapes[si][0], K = shapes[si][1], n = N * K;
+					if (K % (uint64_t)bs)
+						continue;
 					struct lq_qparams p = {q, bs, dq};
 					unsigned seed = (unsigned)(n * 3 + q * 7 + dq + bs);
 					float *w = (float *)malloc(n * 4), *wd = (float *)malloc(n * 4);
@@ -84,25 +184,28 @@ int main(void)
 					struct lq_qbuf qb = {data, scales, nested, 0};
 					lq_quantize(&p, w, n, &qb, work, 2);
 					lq_dequantize_ref(&p, &qb, n, wd);
-					float *xf = (float *)malloc(K * 4), *xb = (float *)malloc(K * 4);
+					float *xf = (float *)malloc(K * 4), *xb = (float *)malloc(K * 4), *x16 = (float *)malloc(K * 4);
 					uint16_t *xh = (uint16_t *)malloc(K * 2);
 					for (uint64_t k = 0; k < K; k++) {
 						xf[k] = frand(&seed) * 10;
 						xh[k] = f2bf(xf[k]);
 						xb[k] = bf2f(xh[k]);
+						x16[k] = __half2float(__float2half(xf[k]));
 					}
 					double *rf = (double *)malloc(N * 8), *af = (double *)malloc(N * 8);
 					double *rb = (double *)malloc(N * 8), *ab = (double *)malloc(N * 8);
+					double *rh = (double *)malloc(N * 8), *ah = (double *)malloc(N * 8);
 					for (uint64_t r = 0; r < N; r++) {
-						double s1 = 0, a1 = 0, s2 = 0, a2 = 0;
+						double s1 = 0, a1 = 0, s2 = 0, a2 = 0, s3 = 0, a3 = 0;
 						for (uint64_t k = 0; k < K; k++) {
 							double wv = wd[r * K + k];
 							s1 += wv * xf[k]; a1 += fabs(wv * xf[k]);
 							s2 += wv * xb[k]; a2 += fabs(wv * xb[k]);
+							s3 += wv * x16[k]; a3 += fabs(wv * x16[k]);
 						}
-						rf[r] = s1; af[r] = a1; rb[r] = s2; ab[r] = a2;
+						rf[r] = s1; af[r] = a1; rb[r] = s2; ab[r] = a2; rh[r] = s3; ah[r] = a3;
 					}
-					uint8_t *d_data; void *d_scales, *d_xf, *d_xh; float *d_nested = NULL, *d_y;
+					uint8_t *d_data; void *d_scales, *d_xf, *d_xh, *d_xb, *d_x16; float *d_nested = NULL, *d_y;
 					CU(cudaMalloc(&d_data, db)); CU(cudaMalloc(&d_scales, sb));
 					if (nb) { CU(cudaMalloc(&d_nested, nb)); CU(cudaMemcpy(d_nested, nested, nb, cudaMemcpyHostToDevice)); }
 					CU(cudaMemcpy(d_data, data, db, cudaMemcpyHostToDevice));
@@ -110,6 +213,9 @@ int main(void)
 					CU(cudaMalloc(&d_xf, K * 4)); CU(cudaMalloc(&d_xh, K * 2)); CU(cudaMalloc(&d_y, N * 4));
 					CU(cudaMemcpy(d_xf, xf, K * 4, cudaMemcpyHostToDevice));
 					CU(cudaMemcpy(d_xh, xh, K * 2, cudaMemcpyHostToDevice));
+					CU(cudaMalloc(&d_xb, K * 4)); CU(cudaMalloc(&d_x16, K * 4));
+					CU(cudaMemcpy(d_xb, xb, K * 4, cudaMemcpyHostToDevice));
+					CU(cudaMemcpy(d_x16, x16, K * 4, cudaMemcpyHostToDevice));
 					struct lq_cuda_qweight qw = {p, d_data, d_scales, d_nested, qb.offset, n};
 					float *y = (float *)malloc(N * 4);
 					double tol = q == LQ_QTYPE_INT8 ? 1e-5 : 3e-3;
@@ -139,10 +245,32 @@ int main(void)
 					double e2 = worst(y, rb, ab, N);
 					CHECK(e2 <= tol, "gemv grid_max=2 q=%d dq=%d bs=%d %llux%llu: err %g", q, dq, bs,
 					      (unsigned long long)N, (unsigned long long)K, e2);
+					/* the tensor-core path: float32 arrays of bf16 / fp16 values, grid of 2 */
+					const struct lq_cuda_qweight *wl[1] = {&qw};
+					for (int mode = LQ_GEMV_BF16; mode <= LQ_GEMV_F16; mode++)
+						for (int gm = 0; gm <= 2; gm += 2) {
+							CU(cudaMemset(d_y, 0xff, N * 4));
+							int rc = gm ? lq_cuda_gemv_ex(&qw, N, K, d_xh, LQ_DTYPE_BF16, d_y, 0, 0, gm, 0)
+								    : lq_cuda_gemv_multi(wl, &d_y, 1, K, mode == LQ_GEMV_BF16 ? d_xb : d_x16,
+											 LQ_DTYPE_F32, mode, 0);
+							CU(cudaDeviceSynchronize());
+							CU(cudaMemcpy(y, d_y, N * 4, cudaMemcpyDeviceToHost));
+							int h = mode == LQ_GEMV_F16 && !gm;
+							double e3 = h ? worst(y, rh, ah, N) : worst(y, rb, ab, N);
+							double t3 = q == LQ_QTYPE_INT8 ? tol : h ? 1e-3 : 3e-3;
+							CHECK(rc == 0 && e3 <= t3, "gemv mode=%d grid_max=%d q=%d dq=%d bs=%d %llux%llu: rc %d err %g (tol %g)",
+							      mode, gm, q, dq, bs, (unsigned long long)N, (unsigned long long)K, rc, e3, t3);
+						}
 					cudaFree(d_data); cudaFree(d_scales); cudaFree(d_nested); cudaFree(d_xf); cudaFree(d_xh); cudaFree(d_y);
+					cudaFree(d_xb); cudaFree(d_x16);
 					free(w); free(wd); free(data); free(scales); free(nested); free(work); free(xf); free(xb); free(xh);
-					free(rf); free(af); free(rb); free(ab); free(y);
+					free(x16); free(rf); free(af); free(rb); free(ab); free(rh); free(ah); free(y);
 				}
+	for (int q = LQ_QTYPE_NF4; q <= LQ_QTYPE_INT8; q++)
+		for (int mode = LQ_GEMV_F32; mode <= LQ_GEMV_F16; mode++) {
+			test_multi(q, 1, mode, 512);
+			test_multi(q, 0, mode, 4096);
+		}
 	/* errors: K not a multiple of the block size, bad dtype, misaligned x */
 	{
 		struct lq_qparams p = {LQ_QTYPE_NF4, 64, 0};
