@@ -37,6 +37,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <utility>
 #include <stdlib.h>
 #include <string.h>
 
@@ -178,10 +179,23 @@ __device__ __forceinline__ float w_get(const kweight &w, uint64_t i)
 
 /* ------------------------------------------------------------- kernels */
 
+/* Wait for the previous kernel of the stream to complete (programmatic
+ * dependent launch; a no-op without it). */
+__device__ __forceinline__ void pdl_wait()
+{
+#if __CUDA_ARCH__ >= 900
+	cudaGridDependencySynchronize();
+	/* and let the next kernel be scheduled: it waits the same way, and it
+	 * is launched only once every block of this one has started */
+	cudaTriggerProgrammaticLaunchCompletion();
+#endif
+}
+
 __device__ __forceinline__ int64_t cur_pos(const int64_t *d_pos, int64_t pos) { return d_pos ? *d_pos : pos; }
 
 __global__ void k_embed(kweight w, uint64_t cols, const int32_t *tok, float scale, float *x, int cd)
 {
+	pdl_wait();
 	uint64_t row = (uint64_t)tok[blockIdx.x];
 	float *xt = x + (uint64_t)blockIdx.x * cols;
 	for (uint64_t i = threadIdx.x; i < cols; i += blockDim.x) {
@@ -213,6 +227,7 @@ __device__ float block_sum(float v)
 __global__ void __launch_bounds__(1024) k_rmsnorm(float *x, const float *res, const float *w, float *y, float *add,
 						  int64_t D, float eps, int plus1, int cd)
 {
+	pdl_wait();
 	float *xt = x + (uint64_t)blockIdx.x * D;
 	float ss = 0;
 	if (res) {
@@ -243,9 +258,67 @@ __global__ void __launch_bounds__(1024) k_rmsnorm(float *x, const float *res, co
 	}
 }
 
+/* k_rmsnorm for rows of D % 4 == 0 floats, D <= 4096 * NV: every thread
+ * keeps its NV float4s in registers (one read of x and res, one of w), so
+ * the one-block-per-token kernel pays the memory latency twice, not 2 D /
+ * blockDim.x times. */
+template <int NV>
+__global__ void __launch_bounds__(1024) k_rmsnorm4(float *x, const float *res, const float *w, float *y, float *add,
+						   int64_t D, float eps, int plus1, int cd)
+{
+	pdl_wait();
+	const int64_t D4 = D >> 2, row = (int64_t)blockIdx.x * D;
+	float4 *xt = (float4 *)(x + row);
+	float4 v[NV];
+	float ss = 0.0f;
+#pragma unroll
+	for (int k = 0; k < NV; k++) {
+		int64_t j = threadIdx.x + (int64_t)k * blockDim.x;
+		if (j >= D4)
+			continue;
+		v[k] = xt[j];
+		if (res) {
+			float4 r = ((const float4 *)(res + row))[j];
+			v[k].x += r.x;
+			v[k].y += r.y;
+			v[k].z += r.z;
+			v[k].w += r.w;
+			xt[j] = v[k];
+		}
+		ss = fmaf(v[k].x, v[k].x, ss);
+		ss = fmaf(v[k].y, v[k].y, ss);
+		ss = fmaf(v[k].z, v[k].z, ss);
+		ss = fmaf(v[k].w, v[k].w, ss);
+	}
+	ss = block_sum(ss);
+	float var = ss / (float)D;
+	float inv = (float)(1.0 / sqrt((double)(var + eps)));
+#pragma unroll
+	for (int k = 0; k < NV; k++) {
+		int64_t j = threadIdx.x + (int64_t)k * blockDim.x;
+		if (j >= D4)
+			continue;
+		float4 wv = ((const float4 *)w)[j], o;
+		float hv[4] = {v[k].x * inv, v[k].y * inv, v[k].z * inv, v[k].w * inv}, wk[4] = {wv.x, wv.y, wv.z, wv.w};
+		float ov[4];
+#pragma unroll
+		for (int e = 0; e < 4; e++)
+			ov[e] = plus1 ? hv[e] * (1.0f + wk[e]) : wk[e] * hv[e];
+		if (add) {
+			float4 a = ((float4 *)(add + row))[j];
+			o = make_float4(a.x + ov[0], a.y + ov[1], a.z + ov[2], a.w + ov[3]);
+			((float4 *)(add + row))[j] = o;
+		} else {
+			o = make_float4(rnd(ov[0], cd), rnd(ov[1], cd), rnd(ov[2], cd), rnd(ov[3], cd));
+			((float4 *)(y + row))[j] = o;
+		}
+	}
+}
+
 /* y[t][i] += b[i] for a [n, d] block with row stride ld. */
 __global__ void k_bias(float *y, int64_t ld, const float *b, int64_t n, int64_t d)
 {
+	pdl_wait();
 	uint64_t tot = (uint64_t)n * d;
 	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < tot; j += (uint64_t)gridDim.x * blockDim.x) {
 		uint64_t t = j / d, i = j % d;
@@ -262,6 +335,7 @@ __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *
 		       int64_t KV, int64_t hd, int64_t rot, const float *inv_freq, float ascale,
 		       const int64_t *d_pos, int64_t pos, float *kc, float *vc, int64_t kvdim, int cd)
 {
+	pdl_wait();
 	int64_t t = blockIdx.y, hh = blockIdx.x;
 	int64_t p = cur_pos(d_pos, pos) + t;
 	float *vec = hh < H ? q + t * qs + hh * hd : k + t * ks + (hh - H) * hd;
@@ -289,17 +363,57 @@ __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *
 	}
 }
 
+/* Merge the S splits of k_attn for (token t, head h) into out: the first
+ * warp computes the weight of each split, then every thread sums its dims.
+ * part was written by other blocks of the same grid: read through L2. */
+__device__ void attn_merge(const float *part, float *out, int64_t H, int64_t hd, int S, int cd, int64_t t, int64_t h)
+{
+	__shared__ float wsh[ATT_MAXSPLIT];
+	__shared__ float Lsh;
+	const float *pp = part + (t * H + h) * S * (hd + 2);
+	if (threadIdx.x < 32) {
+		int lane = threadIdx.x;
+		float M = -INFINITY;
+		for (int s = lane; s < S; s += 32)
+			M = fmaxf(M, __ldcg(pp + s * (hd + 2) + hd));
+		for (int o = 16; o; o >>= 1)
+			M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+		float L = 0.0f;
+		for (int s = lane; s < S; s += 32) {
+			float ms = __ldcg(pp + s * (hd + 2) + hd);
+			float w = ms == -INFINITY ? 0.0f : expf(ms - M);
+			wsh[s] = w;
+			L += __ldcg(pp + s * (hd + 2) + hd + 1) * w;
+		}
+		for (int o = 16; o; o >>= 1)
+			L += __shfl_xor_sync(0xffffffffu, L, o);
+		if (lane == 0)
+			Lsh = L;
+	}
+	__syncthreads();
+	const float inv = 1.0f / Lsh;
+	for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
+		float a = 0.0f;
+		for (int s = 0; s < S; s++)
+			a += __ldcg(pp + s * (hd + 2) + d) * wsh[s];
+		out[t * (H * hd) + h * hd + d] = rnd(a * inv, cd);
+	}
+}
+
 /*
  * Attention of query token t (blockIdx.y), head h (blockIdx.x) over the keys
  * of its split (blockIdx.z of gridDim.z) of the visible range, online
  * softmax per warp, then the warps merged.  One split: the normalized output
- * goes to out; several: (max, sum, unnormalized vector) go to part.
+ * goes to out; several: (max, sum, unnormalized vector) go to part, and the
+ * last block of the splits to finish (counted in cnt[t * H + h], which it
+ * resets) merges them into out.
  */
 __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t qs, const float *kc, const float *vc,
-						      float *out, float *part, int64_t H, int64_t grp,
+						      float *out, float *part, int *cnt, int64_t H, int64_t grp,
 						      int64_t hd, int64_t kvdim, int64_t window, float scale,
 						      float cap, const int64_t *d_pos, int64_t pos, int cd)
 {
+	pdl_wait();
 	__shared__ float sm[ATT_WARPS][32 * ATT_MAXE + 2];
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	const int64_t t = blockIdx.y, h = blockIdx.x, kvh = h / grp;
@@ -374,43 +488,22 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 		pp[hd] = M;
 		pp[hd + 1] = L;
 	}
-}
-
-/* Merge the splits of k_attn: block = (head, token); the first warp
- * computes the weight of each split, then every thread sums its dims. */
-__global__ void k_attn_merge(const float *part, float *out, int64_t H, int64_t hd, int S, int cd)
-{
-	__shared__ float wsh[ATT_MAXSPLIT];
-	__shared__ float Lsh;
-	const int64_t t = blockIdx.y, h = blockIdx.x;
-	const float *pp = part + (t * H + h) * S * (hd + 2);
-	if (threadIdx.x < 32) {
-		int lane = threadIdx.x;
-		float M = -INFINITY;
-		for (int s = lane; s < S; s += 32)
-			M = fmaxf(M, pp[s * (hd + 2) + hd]);
-		for (int o = 16; o; o >>= 1)
-			M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-		float L = 0.0f;
-		for (int s = lane; s < S; s += 32) {
-			float ms = pp[s * (hd + 2) + hd];
-			float w = ms == -INFINITY ? 0.0f : expf(ms - M);
-			wsh[s] = w;
-			L += pp[s * (hd + 2) + hd + 1] * w;
-		}
-		for (int o = 16; o; o >>= 1)
-			L += __shfl_xor_sync(0xffffffffu, L, o);
-		if (lane == 0)
-			Lsh = L;
+	if (S == 1)
+		return;
+	/* the last split of (t, h) to finish merges them all */
+	__shared__ int last;
+	__threadfence();
+	__syncthreads();
+	if (threadIdx.x == 0) {
+		last = atomicAdd(cnt + t * H + h, 1) == S - 1;
+		if (last)
+			cnt[t * H + h] = 0; /* ready for the next step */
 	}
 	__syncthreads();
-	const float inv = 1.0f / Lsh;
-	for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
-		float a = 0.0f;
-		for (int s = 0; s < S; s++)
-			a += pp[s * (hd + 2) + d] * wsh[s];
-		out[t * (H * hd) + h * hd + d] = rnd(a * inv, cd);
-	}
+	if (!last)
+		return;
+	__threadfence();
+	attn_merge(part, out, H, hd, (int)S, cd, t, h);
 }
 
 __device__ __forceinline__ float act_f(int a, float x)
@@ -431,6 +524,7 @@ __device__ __forceinline__ float act_f(int a, float x)
 /* out[t][i] = rnd(act(g) * u) for gate/up rows of stride ld. */
 __global__ void k_act(const float *g, const float *u, int64_t ld, float *out, int64_t n, int64_t I, int act, int cd)
 {
+	pdl_wait();
 	uint64_t tot = (uint64_t)n * I;
 	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < tot; j += (uint64_t)gridDim.x * blockDim.x) {
 		uint64_t t = j / I, i = j % I;
@@ -440,6 +534,7 @@ __global__ void k_act(const float *g, const float *u, int64_t ld, float *out, in
 
 __global__ void k_softcap(float *y, uint64_t n, float cap)
 {
+	pdl_wait();
 	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (uint64_t)gridDim.x * blockDim.x)
 		y[j] = tanhf(y[j] / cap) * cap;
 }
@@ -453,6 +548,7 @@ template <> __device__ __forceinline__ __half from_f<__half>(float v) { return _
 template <typename T>
 __global__ void k_weight_to(kweight w, uint64_t n, T *out)
 {
+	pdl_wait();
 	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (uint64_t)gridDim.x * blockDim.x)
 		out[j] = from_f<T>(w_get(w, j));
 }
@@ -462,6 +558,7 @@ __global__ void k_weight_to(kweight w, uint64_t n, T *out)
 template <typename T>
 __global__ void k_weight_to8(kweight w, uint64_t n8, T *out)
 {
+	pdl_wait();
 	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n8; j += (uint64_t)gridDim.x * blockDim.x) {
 		uint64_t i0 = j * 8;
 		float s = w_scale(w, i0 >> w.bshift);
@@ -498,6 +595,7 @@ __global__ void k_weight_to8(kweight w, uint64_t n8, T *out)
 template <typename T>
 __global__ void k_f32_to(const float *x, uint64_t n, T *out)
 {
+	pdl_wait();
 	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (uint64_t)gridDim.x * blockDim.x)
 		out[j] = from_f<T>(x[j]);
 }
@@ -509,6 +607,7 @@ __global__ void k_f32_to(const float *x, uint64_t n, T *out)
 template <typename WT>
 __global__ void k_gemv_dense(const WT *W, uint64_t N, uint64_t K, const float *x, float *y, int vec)
 {
+	pdl_wait();
 	constexpr int E = 16 / sizeof(WT);
 	uint64_t row = (uint64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
 	int lane = threadIdx.x & 31;
@@ -554,6 +653,7 @@ __global__ void k_gemv_dense(const WT *W, uint64_t N, uint64_t K, const float *x
  * blocks span rows, which the fast GEMV does not take): a warp per row. */
 __global__ void k_gemv_any(kweight w, uint64_t N, uint64_t K, const float *x, float *y)
 {
+	pdl_wait();
 	uint64_t row = (uint64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
 	int lane = threadIdx.x & 31;
 	if (row >= N)
@@ -575,6 +675,7 @@ struct bf16raw {
 template <>
 __global__ void k_gemv_dense<bf16raw>(const bf16raw *W, uint64_t N, uint64_t K, const float *x, float *y, int vec)
 {
+	pdl_wait();
 	uint64_t row = (uint64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
 	int lane = threadIdx.x & 31;
 	if (row >= N)
@@ -628,6 +729,7 @@ struct gstate {
 	struct cublas_fns cb;
 	cublasHandle_t cbh;
 	int cbh_ok;
+	int pdl; /* launch with programmatic dependent launch (sm_90) */
 	int64_t nl, H, KV, hd, hidden, inter, vocab, qdim, kvdim, rot, max_ctx;
 	float embed_scale;
 	dweight embed, lm_head;
@@ -643,6 +745,7 @@ struct gstate {
 	float *kv;             /* [nl][2][cap][kvdim] */
 	int64_t cap;
 	float *x, *h, *o, *qkv, *att, *gu, *g, *part, *logits;
+	int *acnt;             /* [H] split counters of decode attention */
 	void *xbuf, *wbuf;
 	uint64_t wbuf_bytes;
 	int32_t *tok;
@@ -657,6 +760,31 @@ struct gstate {
 	float graph_ascale;
 	int graph_split;
 };
+
+/*
+ * Launch a kernel of this file on the runtime's stream.  On sm_90 it is a
+ * programmatic dependent launch: its blocks may be scheduled while the
+ * previous kernel drains, and every kernel here starts with pdl_wait(),
+ * which returns once the previous kernel has completed and its writes are
+ * visible (so nothing is read or written early).  Errors are recorded as
+ * the last CUDA error, which the callers check.
+ */
+template <typename... P, typename... A>
+static cudaError_t launch_k(gstate *g, void (*k)(P...), dim3 grid, dim3 block, A &&...args)
+{
+	cudaLaunchConfig_t cfg = {};
+	cfg.gridDim = grid;
+	cfg.blockDim = block;
+	cfg.stream = g->st;
+	cudaLaunchAttribute at[1];
+	if (g->pdl) {
+		at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+		at[0].val.programmaticStreamSerializationAllowed = 1;
+		cfg.attrs = at;
+		cfg.numAttrs = 1;
+	}
+	return cudaLaunchKernelEx(&cfg, k, std::forward<A>(args)...);
+}
 
 static float *layer_kc(gstate *g, int64_t l) { return g->kv + (uint64_t)l * 2 * g->cap * g->kvdim; }
 static float *layer_vc(gstate *g, int64_t l) { return layer_kc(g, l) + (uint64_t)g->cap * g->kvdim; }
@@ -904,7 +1032,7 @@ static void g_free(void *state)
 		cudaGraphExecDestroy(g->graph);
 	if (g->cbh_ok)
 		g->cb.destroy(g->cbh);
-	void *d[] = { g->arena, g->inv_freq, g->kv, g->x, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part,
+	void *d[] = { g->arena, g->inv_freq, g->kv, g->x, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part, g->acnt,
 		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos };
 	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
 		gfree(d[i]);
@@ -996,11 +1124,11 @@ static int dense_gemv(gstate *g, int dtype, const void *W, uint64_t N, uint64_t 
 	unsigned grid = (unsigned)((N + 7) / 8);
 	int vec = (K * lq_dtype_size(dtype)) % 16 == 0 && ((uintptr_t)W & 15) == 0 && ((uintptr_t)x & 15) == 0;
 	if (dtype == LQ_DTYPE_BF16)
-		k_gemv_dense<bf16raw><<<grid, 256, 0, g->st>>>((const bf16raw *)W, N, K, x, y, vec);
+		launch_k(g, k_gemv_dense<bf16raw>, dim3(grid), dim3(256), (const bf16raw *)W, N, K, x, y, vec);
 	else if (dtype == LQ_DTYPE_F16)
-		k_gemv_dense<__half><<<grid, 256, 0, g->st>>>((const __half *)W, N, K, x, y, vec);
+		launch_k(g, k_gemv_dense<__half>, dim3(grid), dim3(256), (const __half *)W, N, K, x, y, vec);
 	else
-		k_gemv_dense<float><<<grid, 256, 0, g->st>>>((const float *)W, N, K, x, y, vec);
+		launch_k(g, k_gemv_dense<float>, dim3(grid), dim3(256), (const float *)W, N, K, x, y, vec);
 	CK(cudaGetLastError(), "a GEMV");
 	return LQ_OK;
 }
@@ -1032,7 +1160,7 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 	if (n == 1 && w->k.qtype == LQ_QTYPE_NONE)
 		return dense_gemv(g, w->k.dtype, w->k.data, N, K, x, y, err);
 	if (n == 1) {
-		k_gemv_any<<<(unsigned)((N + 7) / 8), 256, 0, g->st>>>(w->k, N, K, x, y);
+		launch_k(g, k_gemv_any, dim3((unsigned)((N + 7) / 8)), dim3(256), w->k, N, K, x, y);
 		CK(cudaGetLastError(), "a GEMV");
 		return LQ_OK;
 	}
@@ -1048,17 +1176,17 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 		if (w->k.qtype != LQ_QTYPE_NONE && ne % 8 == 0) {
 			uint64_t n8 = ne / 8;
 			if (T == LQ_DTYPE_F32)
-				k_weight_to8<float><<<grid_for(n8, 256), 256, 0, g->st>>>(w->k, n8, (float *)g->wbuf);
+				launch_k(g, k_weight_to8<float>, dim3(grid_for(n8, 256)), dim3(256), w->k, n8, (float *)g->wbuf);
 			else if (T == LQ_DTYPE_F16)
-				k_weight_to8<__half><<<grid_for(n8, 256), 256, 0, g->st>>>(w->k, n8, (__half *)g->wbuf);
+				launch_k(g, k_weight_to8<__half>, dim3(grid_for(n8, 256)), dim3(256), w->k, n8, (__half *)g->wbuf);
 			else
-				k_weight_to8<__nv_bfloat16><<<grid_for(n8, 256), 256, 0, g->st>>>(w->k, n8, (__nv_bfloat16 *)g->wbuf);
+				launch_k(g, k_weight_to8<__nv_bfloat16>, dim3(grid_for(n8, 256)), dim3(256), w->k, n8, (__nv_bfloat16 *)g->wbuf);
 		} else if (T == LQ_DTYPE_F32)
-			k_weight_to<float><<<grid_for(ne, 256), 256, 0, g->st>>>(w->k, ne, (float *)g->wbuf);
+			launch_k(g, k_weight_to<float>, dim3(grid_for(ne, 256)), dim3(256), w->k, ne, (float *)g->wbuf);
 		else if (T == LQ_DTYPE_F16)
-			k_weight_to<__half><<<grid_for(ne, 256), 256, 0, g->st>>>(w->k, ne, (__half *)g->wbuf);
+			launch_k(g, k_weight_to<__half>, dim3(grid_for(ne, 256)), dim3(256), w->k, ne, (__half *)g->wbuf);
 		else
-			k_weight_to<__nv_bfloat16><<<grid_for(ne, 256), 256, 0, g->st>>>(w->k, ne, (__nv_bfloat16 *)g->wbuf);
+			launch_k(g, k_weight_to<__nv_bfloat16>, dim3(grid_for(ne, 256)), dim3(256), w->k, ne, (__nv_bfloat16 *)g->wbuf);
 		CK(cudaGetLastError(), "dequantizing a weight");
 		A = g->wbuf;
 	}
@@ -1078,9 +1206,9 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 	if (T != LQ_DTYPE_F32) {
 		uint64_t ne = (uint64_t)n * K;
 		if (T == LQ_DTYPE_F16)
-			k_f32_to<__half><<<grid_for(ne, 256), 256, 0, g->st>>>(x, ne, (__half *)g->xbuf);
+			launch_k(g, k_f32_to<__half>, dim3(grid_for(ne, 256)), dim3(256), x, ne, (__half *)g->xbuf);
 		else
-			k_f32_to<__nv_bfloat16><<<grid_for(ne, 256), 256, 0, g->st>>>(x, ne, (__nv_bfloat16 *)g->xbuf);
+			launch_k(g, k_f32_to<__nv_bfloat16>, dim3(grid_for(ne, 256)), dim3(256), x, ne, (__nv_bfloat16 *)g->xbuf);
 		CK(cudaGetLastError(), "converting activations");
 		B = g->xbuf;
 	}
@@ -1093,6 +1221,26 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 		return gfail(err, LQ_ERR_IO, "cuBLAS GEMM failed (status %d) on a [%llu, %llu] weight", (int)s,
 			     (unsigned long long)N, (unsigned long long)K);
 	return LQ_OK;
+}
+
+/* RMSNorm of n rows (see k_rmsnorm): the register kernel where it fits. */
+static void rmsnorm(gstate *g, size_t n, float *x, const float *res, const float *w, float *y, float *add)
+{
+	const struct lq_model_config *c = g->c;
+	int64_t D = g->hidden, D4 = D / 4;
+	float eps = (float)c->rms_norm_eps;
+	if (D % 4 == 0 && D4 <= 4 * 1024) {
+		int nv = D4 <= 1024 ? 1 : D4 <= 2048 ? 2 : 4;
+		unsigned th = (unsigned)((D4 + nv - 1) / nv + 31) / 32 * 32;
+		if (nv == 1)
+			launch_k(g, k_rmsnorm4<1>, dim3((unsigned)n), dim3(th), x, res, w, y, add, D, eps, c->norm_plus_one, g->cd);
+		else if (nv == 2)
+			launch_k(g, k_rmsnorm4<2>, dim3((unsigned)n), dim3(th), x, res, w, y, add, D, eps, c->norm_plus_one, g->cd);
+		else
+			launch_k(g, k_rmsnorm4<4>, dim3((unsigned)n), dim3(th), x, res, w, y, add, D, eps, c->norm_plus_one, g->cd);
+		return;
+	}
+	launch_k(g, k_rmsnorm, dim3((unsigned)n), dim3(NORM_THREADS), x, res, w, y, add, D, eps, c->norm_plus_one, g->cd);
 }
 
 /* One token through several weights of the same input (q, k, v; gate, up):
@@ -1129,7 +1277,7 @@ static int add_bias(gstate *g, float *y, int64_t ld, const float *b, size_t n, i
 {
 	if (!b)
 		return LQ_OK;
-	k_bias<<<grid_for((uint64_t)n * d, 256), 256, 0, g->st>>>(y, ld, b, (int64_t)n, d);
+	launch_k(g, k_bias, dim3(grid_for((uint64_t)n * d, 256)), dim3(256), y, ld, b, (int64_t)n, d);
 	CK(cudaGetLastError(), "a bias");
 	return LQ_OK;
 }
@@ -1151,12 +1299,12 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 	int64_t D = g->hidden, I = g->inter, F = g->qdim + 2 * g->kvdim;
 	float eps = (float)c->rms_norm_eps;
 	float escale = g->embed_scale;
-	k_embed<<<(unsigned)n, 256, 0, g->st>>>(g->embed.k, (uint64_t)D, g->tok, escale, g->x, cd);
+	launch_k(g, k_embed, dim3((unsigned)n), dim3(256), g->embed.k, (uint64_t)D, g->tok, escale, g->x, cd);
 	CK(cudaGetLastError(), "the embedding");
 	const float *pend = NULL; /* MLP output not yet added to x (fused into the next norm) */
 	for (int64_t li = 0; li < g->nl; li++) {
 		glayer *l = &g->L[li];
-		k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, g->st>>>(g->x, pend, l->attn_norm, g->h, NULL, D, eps, c->norm_plus_one, cd);
+		rmsnorm(g, n, g->x, pend, l->attn_norm, g->h, nullptr);
 		float *q, *k, *v;
 		int64_t ld;
 		if (c->fused_qkv) {
@@ -1193,29 +1341,22 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 				return rc;
 		}
 		dim3 rg((unsigned)(g->H + g->KV), (unsigned)n);
-		k_rope<<<rg, 64, 0, g->st>>>(q, ld, k, ld, v, ld, g->H, g->KV, g->hd, g->rot, g->inv_freq, g->ascale, d_pos,
+		launch_k(g, k_rope, dim3(rg), dim3(64), q, ld, k, ld, v, ld, g->H, g->KV, g->hd, g->rot, g->inv_freq, g->ascale, d_pos,
 					     pos, layer_kc(g, li), layer_vc(g, li), g->kvdim, cd);
 		CK(cudaGetLastError(), "RoPE");
 		int S = attn_splits(g, n);
 		dim3 ag((unsigned)g->H, (unsigned)n, (unsigned)S);
-		k_attn<<<ag, ATT_WARPS * 32, 0, g->st>>>(q, ld, layer_kc(g, li), layer_vc(g, li), g->att, g->part, g->H,
-							 g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
-							 (float)c->attn_logit_softcap, d_pos, pos, cd);
+		launch_k(g, k_attn, dim3(ag), dim3(ATT_WARPS * 32), q, ld, layer_kc(g, li), layer_vc(g, li), g->att, g->part,
+			 g->acnt, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
+			 (float)c->attn_logit_softcap, d_pos, pos, cd);
 		CK(cudaGetLastError(), "attention");
-		if (S > 1) {
-			k_attn_merge<<<dim3((unsigned)g->H, (unsigned)n), 128, 0, g->st>>>(g->part, g->att, g->H, g->hd, S, cd);
-			CK(cudaGetLastError(), "attention");
-		}
 		if ((rc = matmul(g, &l->o, g->att, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->o_bias, n, D, err)))
 			return rc;
 		if (c->sandwich_norms) {
-			k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, g->st>>>(g->o, NULL, l->post_attn_norm, NULL, g->x, D, eps,
-									   c->norm_plus_one, cd);
-			k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, g->st>>>(g->x, NULL, l->pre_ffn_norm, g->h, NULL, D, eps,
-									   c->norm_plus_one, cd);
+			rmsnorm(g, n, g->o, nullptr, l->post_attn_norm, nullptr, g->x);
+			rmsnorm(g, n, g->x, nullptr, l->pre_ffn_norm, g->h, nullptr);
 		} else {
-			k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, g->st>>>(g->x, g->o, l->post_attn_norm, g->h, NULL, D, eps,
-									   c->norm_plus_one, cd);
+			rmsnorm(g, n, g->x, g->o, l->post_attn_norm, g->h, nullptr);
 		}
 		CK(cudaGetLastError(), "a norm");
 		float *gt, *ut;
@@ -1240,13 +1381,12 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			    (rc = add_bias(g, ut, I, l->up_bias, n, I, err)))
 				return rc;
 		}
-		k_act<<<grid_for((uint64_t)n * I, 256), 256, 0, g->st>>>(gt, ut, gl, g->g, (int64_t)n, I, c->act, cd);
+		launch_k(g, k_act, dim3(grid_for((uint64_t)n * I, 256)), dim3(256), gt, ut, gl, g->g, (int64_t)n, I, c->act, cd);
 		CK(cudaGetLastError(), "the MLP activation");
 		if ((rc = matmul(g, &l->down, g->g, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->down_bias, n, D, err)))
 			return rc;
 		if (c->sandwich_norms)
-			k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, g->st>>>(g->o, NULL, l->post_ffn_norm, NULL, g->x, D, eps,
-									   c->norm_plus_one, cd);
+			rmsnorm(g, n, g->o, nullptr, l->post_ffn_norm, nullptr, g->x);
 		else
 			pend = g->o;
 		CK(cudaGetLastError(), "a residual add");
@@ -1254,14 +1394,13 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 	if (!want_logits)
 		return LQ_OK;
 	size_t first = all_logits ? 0 : n - 1, nl = n - first;
-	k_rmsnorm<<<(unsigned)nl, NORM_THREADS, 0, g->st>>>(g->x + first * D, pend ? pend + first * D : NULL, g->final_norm, g->h, NULL, D, eps,
-							    c->norm_plus_one, cd);
+	rmsnorm(g, nl, g->x + first * D, pend ? pend + first * D : nullptr, g->final_norm, g->h, nullptr);
 	CK(cudaGetLastError(), "the final norm");
 	if ((rc = matmul(g, &g->lm_head, g->h, nl, g->logits, err)))
 		return rc;
 	if (c->final_logit_softcap > 0) {
 		uint64_t tot = (uint64_t)nl * g->vocab;
-		k_softcap<<<grid_for(tot, 256), 256, 0, g->st>>>(g->logits, tot, (float)c->final_logit_softcap);
+		launch_k(g, k_softcap, dim3(grid_for(tot, 256)), dim3(256), g->logits, tot, (float)c->final_logit_softcap);
 		CK(cudaGetLastError(), "the logit soft-cap");
 	}
 	return LQ_OK;
@@ -1412,6 +1551,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		}
 	}
 	snprintf(g->desc, sizeof g->desc, "cuda:%d %s, %s", g->dev, prop.name, lq_compute_name(g->cd));
+	g->pdl = prop.major >= 9 && !getenv("LQ_CUDA_NO_PDL");
 	g->L = (glayer *)calloc((size_t)g->nl, sizeof *g->L);
 	g->h_inv = (float *)calloc((size_t)(g->rot + 2), sizeof(float));
 	if (!g->L || !g->h_inv) {
@@ -1479,13 +1619,19 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		    (rc = dmalloc((void **)&g->gu, N * wide * 4, "activations", err)) ||
 		    (rc = dmalloc((void **)&g->g, N * I * 4, "activations", err)) ||
 		    (rc = dmalloc((void **)&g->part, (uint64_t)g->H * ATT_MAXSPLIT * (g->hd + 2) * 4, "attention", err)) ||
+		    (rc = dmalloc((void **)&g->acnt, (uint64_t)g->H * 4, "attention", err)) ||
 		    (rc = dmalloc((void **)&g->logits, N * (uint64_t)g->vocab * 4, "the logits", err)) ||
 		    (rc = dmalloc((void **)&g->xbuf, N * xb * 2, "activations", err)) ||
 		    (rc = dmalloc((void **)&g->inv_freq, (uint64_t)(g->rot / 2 + 1) * 4, "RoPE", err)) ||
 		    (rc = dmalloc((void **)&g->tok, N * 4, "the tokens", err)) ||
 		    (rc = dmalloc((void **)&g->pos, 8, "the position", err)))
 			goto fail;
-		cudaError_t e = cudaHostAlloc((void **)&g->h_tok, 4, cudaHostAllocDefault);
+		cudaError_t e = cudaMemset(g->acnt, 0, (size_t)g->H * 4);
+		if (e != cudaSuccess) {
+			rc = cuda_fail(err, e, "clearing the attention counters");
+			goto fail;
+		}
+		e = cudaHostAlloc((void **)&g->h_tok, 4, cudaHostAllocDefault);
 		if (e == cudaSuccess)
 			e = cudaHostAlloc((void **)&g->h_pos, 8, cudaHostAllocDefault);
 		if (e == cudaSuccess)

@@ -219,6 +219,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MINBLOCKS) k_gemv_fast(cons
 	 * kernel; x is its output */
 #if __CUDA_ARCH__ >= 900
 	cudaGridDependencySynchronize();
+	cudaTriggerProgrammaticLaunchCompletion();
 #endif
 
 	const uint64_t cpr = K / EPC; /* chunks per row */
@@ -624,6 +625,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	}
 #if __CUDA_ARCH__ >= 900
 	cudaGridDependencySynchronize();
+	cudaTriggerProgrammaticLaunchCompletion();
 #endif
 	if (sizeof(XT) == 2) {
 		const uint4 *xv = (const uint4 *)x;
