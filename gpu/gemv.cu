@@ -497,6 +497,7 @@ struct tc_slot {
 	uint32_t s;   /* this lane's scale: u8 code (double quant) or float bits */
 	float n;      /* its nested scale */
 	float off;    /* the part's double-quant offset */
+	uint32_t xsp; /* its span index in the row (activations) */
 };
 
 /* The parts of a launch, in tiles of 16 rows (32-bit: checked at launch). */
@@ -565,6 +566,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	const float *nst;
 	float l_off;
 	uint64_t sbn; /* element index that names this lane's scale block */
+	uint32_t l_sp = 0;
 	auto setup = [&](uint32_t item) {
 		uint32_t tile = (blockIdx.x + item * gridDim.x) * (uint32_t)WT + (uint32_t)wt;
 		tile = min(tile, ntiles - 1); /* a partial last item: read valid rows, store nothing */
@@ -579,6 +581,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		scl = pp.scales;
 		nst = pp.nested;
 		l_off = pp.offset;
+		l_sp = s_lo;
 	};
 	auto load = [&](tc_slot &s) {
 		s.a = ld_stream_tc(pa);
@@ -591,10 +594,12 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			s.s = __float_as_uint(__ldg((const float *)scl + bi));
 		}
 		s.off = l_off;
+		s.xsp = l_sp;
 		if (--l_left) {
 			pa += SST * 64;
 			pb += SST * 64;
 			sbn += SST * TC_SPAN;
+			l_sp += SST;
 		} else {
 			l_left = m;
 			if (++l_item < ni)
@@ -602,15 +607,19 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		}
 	};
 
-	tc_slot buf[TC_DEPTH];
+	tc_slot buf[2 * TC_DEPTH];
 	uint32_t lq = 0;
 	setup(0);
 #pragma unroll
-	for (int d = 0; d < TC_DEPTH; d++)
+	for (int d = 0; d < 2 * TC_DEPTH; d++) {
+		buf[d].s = 0;
+		buf[d].n = 0.0f;
+		buf[d].xsp = 0;
 		if (lq < Q) {
 			load(buf[d]);
 			lq++;
 		}
+	}
 
 	{
 		const uint32_t *tab = QT == LQ_QTYPE_NF4 ? g_nf4 : g_fp4;
@@ -640,88 +649,94 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	}
 	__syncthreads();
 
-	/* math side */
-	uint32_t c_item = 0, c_left = m, c_sp = s_lo;
+	/* math side: two spans at a time, in straight-line code */
+	uint32_t c_item = 0, c_left = m;
 	float acc_g = 0.0f, acc_g8 = 0.0f;
-	for (uint32_t q0 = 0; q0 < Q; q0 += TC_DEPTH) {
+	/* the scaled partial sums of one span for rows g and g + 8 (lanes c < 2) */
+	auto span = [&](const tc_slot &s, float &pg, float &pg8) {
+		float sc = DQ ? __fadd_rn(__fmul_rn(dmap[s.s], s.n), s.off) : __uint_as_float(s.s);
+		float so = __shfl_down_sync(0xffffffffu, sc, 2);
+		const uint32_t wa[4] = {s.a.x, s.a.y, s.a.z, s.a.w}, wb[4] = {s.b.x, s.b.y, s.b.z, s.b.w};
+		const uint2 *xp = (const uint2 *)(xs + s.xsp * (TC_SPAN / 2) + c * 16);
+		float d0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+		for (int j = 0; j < 8; j++) {
+			const int wi = j >> 1, k0 = (2 * j) & 3, k1 = k0 + 1;
+			uint2 xv = make_uint2(0u, 0u);
+			if (g == c)
+				xv = xp[j];
+			tc_mma<F16>(j & 1 ? d1 : d0, tc_lut(wa[wi], lut4, k0), tc_lut(wb[wi], lut4, k0),
+				    tc_lut(wa[wi], lut4, k1), tc_lut(wb[wi], lut4, k1), xv.x, xv.y);
+		}
+		pg = sc * ((d0[0] + d0[1]) + (d1[0] + d1[1]));
+		pg8 = so * ((d0[2] + d0[3]) + (d1[2] + d1[3]));
+	};
+	/*
+	 * End of this warp's share of an item: its 16 row sums go to shared
+	 * memory; every TC_CH items (and after the last) the block adds them up
+	 * in a fixed order and stores y.
+	 */
+	auto flush = [&]() {
+		float vg = acc_g + __shfl_xor_sync(0xffffffffu, acc_g, 1);
+		float vg8 = acc_g8 + __shfl_xor_sync(0xffffffffu, acc_g8, 1);
+		float *rw = red + ((c_item % TC_CH) * TC_WARPS + warp) * 16;
+		if (c == 0) {
+			rw[g] = vg;
+			rw[g + 8] = vg8;
+		}
+		if (c_item % TC_CH == TC_CH - 1 || c_item == ni - 1) {
+			__syncthreads();
+			const uint32_t i0 = c_item - c_item % TC_CH, per = (uint32_t)WT * 16;
+			const uint32_t nout = (c_item - i0 + 1) * per;
+			for (uint32_t o = (uint32_t)tid; o < nout; o += TC_THREADS) {
+				uint32_t it = i0 + o / per, t = (o % per) >> 4, r = o & 15;
+				uint32_t tile = (blockIdx.x + it * gridDim.x) * (uint32_t)WT + t;
+				if (tile >= ntiles)
+					continue;
+				const tc_part &pp = P.p[tc_part_of(P, tile)];
+				uint32_t row = (tile - pp.t0) * 16 + r;
+				if (row >= pp.N)
+					continue;
+				const float *rr = red + ((it % TC_CH) * TC_WARPS + t * (uint32_t)WK) * 16 + r;
+				float v = 0.0f;
+				for (int w = 0; w < WK; w++)
+					v += rr[w * 16];
+				pp.y[row] = v;
+			}
+			__syncthreads();
+		}
+		acc_g = acc_g8 = 0.0f;
+		c_left = m;
+		c_item++;
+	};
+	for (uint32_t q0 = 0; q0 < Q; q0 += 2 * TC_DEPTH) {
 #pragma unroll
 		for (int d = 0; d < TC_DEPTH; d++) {
-			if (q0 + d >= Q)
+			const uint32_t q = q0 + 2 * d;
+			if (q >= Q)
 				break;
-			tc_slot &s = buf[d];
-			float sc = DQ ? __fadd_rn(__fmul_rn(dmap[s.s], s.n), s.off) : __uint_as_float(s.s);
-			float so = __shfl_down_sync(0xffffffffu, sc, 2);
-			uint32_t xb[16];
-			if (g == c) {
-				const uint4 *xp = (const uint4 *)(xs + c_sp * (TC_SPAN / 2) + c * 16);
-#pragma unroll
-				for (int i = 0; i < 4; i++) {
-					uint4 v = xp[i];
-					xb[4 * i] = v.x;
-					xb[4 * i + 1] = v.y;
-					xb[4 * i + 2] = v.z;
-					xb[4 * i + 3] = v.w;
-				}
-			} else {
-#pragma unroll
-				for (int i = 0; i < 16; i++)
-					xb[i] = 0;
-			}
-			const uint32_t wa[4] = {s.a.x, s.a.y, s.a.z, s.a.w}, wb[4] = {s.b.x, s.b.y, s.b.z, s.b.w};
-			float d0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-			for (int j = 0; j < 8; j++) {
-				const int wi = j >> 1, k0 = (2 * j) & 3, k1 = k0 + 1;
-				tc_mma<F16>(j & 1 ? d1 : d0, tc_lut(wa[wi], lut4, k0), tc_lut(wb[wi], lut4, k0),
-					    tc_lut(wa[wi], lut4, k1), tc_lut(wb[wi], lut4, k1), xb[2 * j], xb[2 * j + 1]);
-			}
-			acc_g = fmaf(sc, (d0[0] + d0[1]) + (d1[0] + d1[1]), acc_g);
-			acc_g8 = fmaf(so, (d0[2] + d0[3]) + (d1[2] + d1[3]), acc_g8);
+			tc_slot &A = buf[2 * d], &B = buf[2 * d + 1];
+			float ag, ag8, bg, bg8;
+			span(A, ag, ag8);
+			span(B, bg, bg8); /* past the end when q + 1 == Q: computed, not used */
 			if (lq < Q) {
-				load(s);
+				load(A);
 				lq++;
 			}
-			if (--c_left) {
-				c_sp += SST;
-				continue;
+			if (lq < Q) {
+				load(B);
+				lq++;
 			}
-			/*
-			 * End of this warp's share of the item: its 16 row sums go to
-			 * shared memory; every TC_CH items (and after the last) the
-			 * block adds them up in a fixed order and stores y.
-			 */
-			float vg = acc_g + __shfl_xor_sync(0xffffffffu, acc_g, 1);
-			float vg8 = acc_g8 + __shfl_xor_sync(0xffffffffu, acc_g8, 1);
-			float *rw = red + ((c_item % TC_CH) * TC_WARPS + warp) * 16;
-			if (c == 0) {
-				rw[g] = vg;
-				rw[g + 8] = vg8;
+			acc_g += ag;
+			acc_g8 += ag8;
+			if (!--c_left)
+				flush();
+			if (q + 1 < Q) {
+				acc_g += bg;
+				acc_g8 += bg8;
+				if (!--c_left)
+					flush();
 			}
-			if (c_item % TC_CH == TC_CH - 1 || c_item == ni - 1) {
-				__syncthreads();
-				const uint32_t i0 = c_item - c_item % TC_CH, per = (uint32_t)WT * 16;
-				const uint32_t nout = (c_item - i0 + 1) * per;
-				for (uint32_t o = (uint32_t)tid; o < nout; o += TC_THREADS) {
-					uint32_t it = i0 + o / per, t = (o % per) >> 4, r = o & 15;
-					uint32_t tile = (blockIdx.x + it * gridDim.x) * (uint32_t)WT + t;
-					if (tile >= ntiles)
-						continue;
-					const tc_part &pp = P.p[tc_part_of(P, tile)];
-					uint32_t row = (tile - pp.t0) * 16 + r;
-					if (row >= pp.N)
-						continue;
-					const float *rr = red + ((it % TC_CH) * TC_WARPS + t * (uint32_t)WK) * 16 + r;
-					float v = 0.0f;
-					for (int w = 0; w < WK; w++)
-						v += rr[w * 16];
-					pp.y[row] = v;
-				}
-				__syncthreads();
-			}
-			acc_g = acc_g8 = 0.0f;
-			c_left = m;
-			c_sp = s_lo;
-			c_item++;
 		}
 	}
 }
