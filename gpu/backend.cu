@@ -506,6 +506,137 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 	attn_merge(part, out, H, hd, (int)S, cd, t, h);
 }
 
+/*
+ * Attention for a chunk of n > 1 query tokens, tiled: a block of FA_THREADS
+ * takes FA_Q queries of one head, walks the visible keys of the cache in
+ * tiles of FA_K (K and V staged in shared memory, rows padded so that the
+ * 16-byte reads of eight lanes hit distinct banks), and keeps an online
+ * softmax per query row: lane (r, u) (r = query, u = 0..7) scores keys
+ * u, u + 8, ... of the tile and accumulates dims u, u + 8, ... of the
+ * output.  float32 throughout, as k_attn; causal, sliding window and
+ * soft-capping as there.  Shared memory: (FA_Q + 2 FA_K) (hd + 4) floats.
+ */
+#define FA_Q 32
+#define FA_K 32
+#define FA_THREADS 256
+static size_t fa_smem(int64_t hd)
+{
+	return ((size_t)(FA_Q + 2 * FA_K) * (size_t)(hd + 4) + (size_t)FA_Q * (FA_K + 1)) * sizeof(float);
+}
+template <int EM> /* head_dim <= 8 * EM */
+__global__ void __launch_bounds__(FA_THREADS, 2) k_attn_tiled(const float *q, int64_t qs, const float *kc, const float *vc,
+							   float *out, int64_t H, int64_t grp, int64_t hd,
+							   int64_t kvdim, int64_t window, float scale, float cap,
+							   int64_t pos, int64_t n, int cd)
+{
+	extern __shared__ __align__(16) float fa_sm[];
+	pdl_wait();
+	const int64_t h = blockIdx.x, kvh = h / grp, t0 = (int64_t)blockIdx.y * FA_Q;
+	const int64_t ld = hd + 4;
+	float *Qs = fa_sm, *Ks = Qs + FA_Q * ld, *Vs = Ks + FA_K * ld, *Ps = Vs + FA_K * ld; /* Ps: [FA_Q][FA_K + 1] */
+	const int tid = threadIdx.x, r = tid >> 3, u = tid & 7;
+	const int64_t nq = min((int64_t)FA_Q, n - t0);
+	/* the queries of the tile */
+	for (int64_t i = tid; i < FA_Q * hd; i += FA_THREADS) {
+		int64_t qi = i / hd, d = i % hd;
+		Qs[qi * ld + d] = qi < nq ? q[(t0 + qi) * qs + h * hd + d] : 0.0f;
+	}
+	const int64_t p = pos + t0 + r;          /* this lane's query position */
+	const int64_t pmax = pos + t0 + nq - 1;  /* the last visible key of the tile */
+	int64_t lo = 0;
+	if (window > 0 && pos + t0 - window + 1 > 0)
+		lo = pos + t0 - window + 1;
+	const int E = (int)((hd + 7) / 8);
+	float acc[EM];
+#pragma unroll
+	for (int e = 0; e < EM; e++)
+		acc[e] = 0.0f;
+	float m = -INFINITY, l = 0.0f;
+	for (int64_t k0 = lo - lo % FA_K; k0 <= pmax; k0 += FA_K) {
+		__syncthreads(); /* the previous tile is consumed */
+		for (int64_t i = tid; i < FA_K * hd; i += FA_THREADS) {
+			int64_t kj = i / hd, d = i % hd, j = k0 + kj;
+			bool ok = j <= pmax;
+			Ks[kj * ld + d] = ok ? kc[j * kvdim + kvh * hd + d] : 0.0f;
+			Vs[kj * ld + d] = ok ? vc[j * kvdim + kvh * hd + d] : 0.0f;
+		}
+		__syncthreads();
+		/* scores of keys u + 8 v (v = 0..3) */
+		float sc[FA_K / 8];
+#pragma unroll
+		for (int v = 0; v < FA_K / 8; v++)
+			sc[v] = 0.0f;
+		const float *qr = Qs + r * ld;
+		if (hd % 4 == 0) {
+			for (int64_t d = 0; d < hd; d += 4) {
+				float4 a = *(const float4 *)(qr + d);
+#pragma unroll
+				for (int v = 0; v < FA_K / 8; v++) {
+					float4 b = *(const float4 *)(Ks + (u + 8 * v) * ld + d);
+					sc[v] = fmaf(a.x, b.x, sc[v]);
+					sc[v] = fmaf(a.y, b.y, sc[v]);
+					sc[v] = fmaf(a.z, b.z, sc[v]);
+					sc[v] = fmaf(a.w, b.w, sc[v]);
+				}
+			}
+		} else {
+			for (int64_t d = 0; d < hd; d++)
+#pragma unroll
+				for (int v = 0; v < FA_K / 8; v++)
+					sc[v] = fmaf(qr[d], Ks[(u + 8 * v) * ld + d], sc[v]);
+		}
+		float mx = -INFINITY;
+#pragma unroll
+		for (int v = 0; v < FA_K / 8; v++) {
+			int64_t j = k0 + u + 8 * v;
+			float sv = sc[v] * scale;
+			if (cap > 0.0f)
+				sv = tanhf(sv / cap) * cap;
+			bool vis = r < nq && j <= p && j >= lo && (window <= 0 || j > p - window);
+			sc[v] = vis ? sv : -INFINITY;
+			mx = fmaxf(mx, sc[v]);
+		}
+		for (int o = 1; o < 8; o <<= 1)
+			mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+		float mn = fmaxf(m, mx);
+		float corr = mn == -INFINITY ? 1.0f : expf(m - mn), ps = 0.0f;
+#pragma unroll
+		for (int v = 0; v < FA_K / 8; v++) {
+			float pw = mn == -INFINITY ? 0.0f : expf(sc[v] - mn);
+			Ps[r * (FA_K + 1) + u + 8 * v] = pw;
+			ps += pw;
+		}
+		for (int o = 1; o < 8; o <<= 1)
+			ps += __shfl_xor_sync(0xffffffffu, ps, o);
+		l = l * corr + ps;
+		m = mn;
+		__syncwarp();
+		const float *pr = Ps + r * (FA_K + 1);
+#pragma unroll
+		for (int e = 0; e < EM; e++) {
+			if (e >= E)
+				break;
+			int64_t d = u + 8 * e;
+			float a = acc[e] * corr;
+			if (d < hd)
+				for (int kj = 0; kj < FA_K; kj++)
+					a = fmaf(pr[kj], Vs[kj * ld + d], a);
+			acc[e] = a;
+		}
+	}
+	if (r < nq) {
+		float inv = 1.0f / l;
+#pragma unroll
+		for (int e = 0; e < EM; e++) {
+			if (e >= E)
+				break;
+			int64_t d = u + 8 * e;
+			if (d < hd)
+				out[(t0 + r) * (H * hd) + h * hd + d] = rnd(acc[e] * inv, cd);
+		}
+	}
+}
+
 __device__ __forceinline__ float act_f(int a, float x)
 {
 	switch (a) {
@@ -555,39 +686,57 @@ __global__ void k_weight_to(kweight w, uint64_t n, T *out)
 
 /* The same for a quantized weight, 8 elements per thread (one scale: blocks
  * hold a multiple of 32 elements), 16- or 32-byte stores; n % 8 == 0. */
+/*
+ * Weight -> dense matrix of T, one 16-byte chunk of codes per thread and step
+ * (32 4-bit or 16 INT8 elements, all in one quantization block, so the scale
+ * is rebuilt once), with the code table and the scale map in shared memory:
+ * indexing constant memory with per-lane values serializes the warp.  The
+ * values are those of k_weight_to (exact float32 products, then rounded).
+ */
 template <typename T>
-__global__ void k_weight_to8(kweight w, uint64_t n8, T *out)
+__global__ void __launch_bounds__(256) k_weight_to16b(kweight w, uint64_t nchunks, T *out)
 {
+	__shared__ float tab[16], dmap[256];
 	pdl_wait();
-	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n8; j += (uint64_t)gridDim.x * blockDim.x) {
-		uint64_t i0 = j * 8;
-		float s = w_scale(w, i0 >> w.bshift);
-		float v[8];
-		if (w.qtype == LQ_QTYPE_INT8) {
-			uint2 q = *(const uint2 *)(w.data + i0);
+	if (threadIdx.x < 16)
+		tab[threadIdx.x] = __uint_as_float((w.qtype == LQ_QTYPE_NF4 ? b_nf4 : b_fp4)[threadIdx.x]);
+	for (int i = threadIdx.x; i < 256; i += blockDim.x)
+		dmap[i] = __uint_as_float(b_dyn[i]);
+	__syncthreads();
+	const bool i8 = w.qtype == LQ_QTYPE_INT8;
+	const uint64_t epc = i8 ? 16 : 32;
+	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < nchunks; j += (uint64_t)gridDim.x * blockDim.x) {
+		uint4 q4 = __ldg((const uint4 *)(w.data + j * 16));
+		const uint32_t q[4] = {q4.x, q4.y, q4.z, q4.w};
+		uint64_t i0 = j * epc, b = i0 >> w.bshift;
+		float s = w.dq ? __fadd_rn(__fmul_rn(dmap[__ldg((const uint8_t *)w.scales + b)],
+						     __ldg(w.nested + (b >> LQ_QNESTED_SHIFT))),
+					   w.offset)
+			       : __ldg((const float *)w.scales + b);
+		T *dst = out + i0;
+		if (i8) {
 			float si = __fmul_rn(s, 1.0f / 127.0f);
+			T o[16];
 #pragma unroll
-			for (int k = 0; k < 8; k++)
-				v[k] = __fmul_rn((float)(int8_t)((k < 4 ? q.x : q.y) >> (8 * (k & 3))), si);
+			for (int k = 0; k < 16; k++)
+				o[k] = from_f<T>(__fmul_rn((float)(int8_t)(q[k >> 2] >> (8 * (k & 3))), si));
+#pragma unroll
+			for (int k = 0; k < (int)(16 * sizeof(T) / 16); k++)
+				((uint4 *)dst)[k] = ((const uint4 *)o)[k];
 		} else {
-			uint32_t q = *(const uint32_t *)(w.data + i0 / 2);
-			const uint32_t *tab = w.qtype == LQ_QTYPE_NF4 ? b_nf4 : b_fp4;
 #pragma unroll
-			for (int k = 0; k < 4; k++) {
-				uint32_t byte = (q >> (8 * k)) & 0xffu;
-				v[2 * k] = __fmul_rn(__uint_as_float(tab[byte >> 4]), s);
-				v[2 * k + 1] = __fmul_rn(__uint_as_float(tab[byte & 15]), s);
+			for (int h = 0; h < 2; h++) { /* 16 elements (8 bytes) at a time */
+				T o[16];
+#pragma unroll
+				for (int k = 0; k < 8; k++) {
+					uint32_t byte = (q[2 * h + (k >> 2)] >> (8 * (k & 3))) & 0xffu;
+					o[2 * k] = from_f<T>(__fmul_rn(tab[byte >> 4], s));
+					o[2 * k + 1] = from_f<T>(__fmul_rn(tab[byte & 15], s));
+				}
+#pragma unroll
+				for (int k = 0; k < (int)(16 * sizeof(T) / 16); k++)
+					((uint4 *)(dst + 16 * h))[k] = ((const uint4 *)o)[k];
 			}
-		}
-		T o[8];
-#pragma unroll
-		for (int k = 0; k < 8; k++)
-			o[k] = from_f<T>(v[k]);
-		if (sizeof(T) == 2) {
-			*(uint4 *)(out + i0) = *(const uint4 *)o;
-		} else {
-			((uint4 *)(out + i0))[0] = ((const uint4 *)o)[0];
-			((uint4 *)(out + i0))[1] = ((const uint4 *)o)[1];
 		}
 	}
 }
@@ -730,6 +879,8 @@ struct gstate {
 	cublasHandle_t cbh;
 	int cbh_ok;
 	int pdl; /* launch with programmatic dependent launch (sm_90) */
+	const float *xconv;    /* the activations xbuf holds converted (NULL: none) */
+	size_t xconv_n;
 	int64_t nl, H, KV, hd, hidden, inter, vocab, qdim, kvdim, rot, max_ctx;
 	float embed_scale;
 	dweight embed, lm_head;
@@ -770,11 +921,12 @@ struct gstate {
  * the last CUDA error, which the callers check.
  */
 template <typename... P, typename... A>
-static cudaError_t launch_k(gstate *g, void (*k)(P...), dim3 grid, dim3 block, A &&...args)
+static cudaError_t launch_ks(gstate *g, void (*k)(P...), dim3 grid, dim3 block, size_t smem, A &&...args)
 {
 	cudaLaunchConfig_t cfg = {};
 	cfg.gridDim = grid;
 	cfg.blockDim = block;
+	cfg.dynamicSmemBytes = smem;
 	cfg.stream = g->st;
 	cudaLaunchAttribute at[1];
 	if (g->pdl) {
@@ -784,6 +936,12 @@ static cudaError_t launch_k(gstate *g, void (*k)(P...), dim3 grid, dim3 block, A
 		cfg.numAttrs = 1;
 	}
 	return cudaLaunchKernelEx(&cfg, k, std::forward<A>(args)...);
+}
+
+template <typename... P, typename... A>
+static cudaError_t launch_k(gstate *g, void (*k)(P...), dim3 grid, dim3 block, A &&...args)
+{
+	return launch_ks(g, k, grid, block, 0, std::forward<A>(args)...);
 }
 
 static float *layer_kc(gstate *g, int64_t l) { return g->kv + (uint64_t)l * 2 * g->cap * g->kvdim; }
@@ -1173,14 +1331,16 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 		uint64_t ne = N * K;
 		if ((rc = ensure_wbuf(g, ne * lq_dtype_size(T), err)))
 			return rc;
-		if (w->k.qtype != LQ_QTYPE_NONE && ne % 8 == 0) {
-			uint64_t n8 = ne / 8;
+		uint64_t epc = w->k.qtype == LQ_QTYPE_INT8 ? 16 : 32;
+		if (w->k.qtype != LQ_QTYPE_NONE && ne % epc == 0) {
+			uint64_t nc = ne / epc;
 			if (T == LQ_DTYPE_F32)
-				launch_k(g, k_weight_to8<float>, dim3(grid_for(n8, 256)), dim3(256), w->k, n8, (float *)g->wbuf);
+				launch_k(g, k_weight_to16b<float>, dim3(grid_for(nc, 256)), dim3(256), w->k, nc, (float *)g->wbuf);
 			else if (T == LQ_DTYPE_F16)
-				launch_k(g, k_weight_to8<__half>, dim3(grid_for(n8, 256)), dim3(256), w->k, n8, (__half *)g->wbuf);
+				launch_k(g, k_weight_to16b<__half>, dim3(grid_for(nc, 256)), dim3(256), w->k, nc, (__half *)g->wbuf);
 			else
-				launch_k(g, k_weight_to8<__nv_bfloat16>, dim3(grid_for(n8, 256)), dim3(256), w->k, n8, (__nv_bfloat16 *)g->wbuf);
+				launch_k(g, k_weight_to16b<__nv_bfloat16>, dim3(grid_for(nc, 256)), dim3(256), w->k, nc,
+					 (__nv_bfloat16 *)g->wbuf);
 		} else if (T == LQ_DTYPE_F32)
 			launch_k(g, k_weight_to<float>, dim3(grid_for(ne, 256)), dim3(256), w->k, ne, (float *)g->wbuf);
 		else if (T == LQ_DTYPE_F16)
@@ -1203,7 +1363,11 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 		g->cb.set_stream(g->cbh, g->st);
 	}
 	const void *B = x;
-	if (T != LQ_DTYPE_F32) {
+	if (T != LQ_DTYPE_F32 && g->xconv == x && g->xconv_n == n) {
+		B = g->xbuf; /* q, k and v (gate and up) share their converted input */
+	} else if (T != LQ_DTYPE_F32) {
+		g->xconv = x;
+		g->xconv_n = n;
 		uint64_t ne = (uint64_t)n * K;
 		if (T == LQ_DTYPE_F16)
 			launch_k(g, k_f32_to<__half>, dim3(grid_for(ne, 256)), dim3(256), x, ne, (__half *)g->xbuf);
@@ -1226,6 +1390,7 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 /* RMSNorm of n rows (see k_rmsnorm): the register kernel where it fits. */
 static void rmsnorm(gstate *g, size_t n, float *x, const float *res, const float *w, float *y, float *add)
 {
+	g->xconv = NULL; /* a matmul input changes */
 	const struct lq_model_config *c = g->c;
 	int64_t D = g->hidden, D4 = D / 4;
 	float eps = (float)c->rms_norm_eps;
@@ -1299,6 +1464,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 	int64_t D = g->hidden, I = g->inter, F = g->qdim + 2 * g->kvdim;
 	float eps = (float)c->rms_norm_eps;
 	float escale = g->embed_scale;
+	g->xconv = NULL;
 	launch_k(g, k_embed, dim3((unsigned)n), dim3(256), g->embed.k, (uint64_t)D, g->tok, escale, g->x, cd);
 	CK(cudaGetLastError(), "the embedding");
 	const float *pend = NULL; /* MLP output not yet added to x (fused into the next norm) */
@@ -1344,11 +1510,20 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		launch_k(g, k_rope, dim3(rg), dim3(64), q, ld, k, ld, v, ld, g->H, g->KV, g->hd, g->rot, g->inv_freq, g->ascale, d_pos,
 					     pos, layer_kc(g, li), layer_vc(g, li), g->kvdim, cd);
 		CK(cudaGetLastError(), "RoPE");
-		int S = attn_splits(g, n);
-		dim3 ag((unsigned)g->H, (unsigned)n, (unsigned)S);
-		launch_k(g, k_attn, dim3(ag), dim3(ATT_WARPS * 32), q, ld, layer_kc(g, li), layer_vc(g, li), g->att, g->part,
-			 g->acnt, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
-			 (float)c->attn_logit_softcap, d_pos, pos, cd);
+		g->xconv = NULL;
+		if (n > 1) {
+			dim3 fg((unsigned)g->H, (unsigned)((n + FA_Q - 1) / FA_Q));
+			auto fk = g->hd <= 64 ? k_attn_tiled<8> : g->hd <= 128 ? k_attn_tiled<16> : k_attn_tiled<32>;
+			launch_ks(g, fk, fg, dim3(FA_THREADS), fa_smem(g->hd), q, ld, layer_kc(g, li), layer_vc(g, li),
+				  g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
+				  (float)c->attn_logit_softcap, pos, (int64_t)n, cd);
+		} else {
+			int S = attn_splits(g, n);
+			dim3 ag((unsigned)g->H, (unsigned)n, (unsigned)S);
+			launch_k(g, k_attn, dim3(ag), dim3(ATT_WARPS * 32), q, ld, layer_kc(g, li), layer_vc(g, li), g->att,
+				 g->part, g->acnt, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
+				 (float)c->attn_logit_softcap, d_pos, pos, cd);
+		}
 		CK(cudaGetLastError(), "attention");
 		if ((rc = matmul(g, &l->o, g->att, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->o_bias, n, D, err)))
 			return rc;
@@ -1381,6 +1556,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			    (rc = add_bias(g, ut, I, l->up_bias, n, I, err)))
 				return rc;
 		}
+		g->xconv = NULL;
 		launch_k(g, k_act, dim3(grid_for((uint64_t)n * I, 256)), dim3(256), gt, ut, gl, g->g, (int64_t)n, I, c->act, cd);
 		CK(cudaGetLastError(), "the MLP activation");
 		if ((rc = matmul(g, &l->down, g->g, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->down_bias, n, D, err)))
@@ -1545,7 +1721,13 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 	{
 		cudaError_t e;
 		if ((e = cudaSetDevice(g->dev)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, g->dev)) != cudaSuccess ||
-		    (e = cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking)) != cudaSuccess) {
+		    (e = cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking)) != cudaSuccess ||
+		    (e = cudaFuncSetAttribute(k_attn_tiled<8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+					      (int)fa_smem(g->hd))) != cudaSuccess ||
+		    (e = cudaFuncSetAttribute(k_attn_tiled<16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+					      (int)fa_smem(g->hd))) != cudaSuccess ||
+		    (e = cudaFuncSetAttribute(k_attn_tiled<32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+					      (int)fa_smem(g->hd))) != cudaSuccess) {
 			rc = cuda_fail(err, e, "opening the GPU");
 			goto fail;
 		}
