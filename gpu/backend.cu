@@ -508,13 +508,15 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 
 /*
  * Attention for a chunk of n > 1 query tokens, tiled: a block of FA_THREADS
- * takes FA_Q queries of one head, walks the visible keys of the cache in
+ * takes FA_Q queries of one head and walks the visible keys of the cache in
  * tiles of FA_K (K and V staged in shared memory, rows padded so that the
- * 16-byte reads of eight lanes hit distinct banks), and keeps an online
- * softmax per query row: lane (r, u) (r = query, u = 0..7) scores keys
- * u, u + 8, ... of the tile and accumulates dims u, u + 8, ... of the
- * output.  float32 throughout, as k_attn; causal, sliding window and
- * soft-capping as there.  Shared memory: (FA_Q + 2 FA_K) (hd + 4) floats.
+ * 16-byte reads of a quarter warp hit distinct banks), with an online
+ * softmax per query row.  Lane (rq, u) (rq = 0..15, u = 0..15) owns query
+ * rows rq and rq + 16: it scores keys u and u + 16 of each tile for both
+ * (2 x 2 dot products share their loads) and accumulates output dims u,
+ * u + 16, ... for both, so each value read from shared memory feeds two or
+ * more FMAs.  float32 throughout, as k_attn; causal, sliding window and
+ * soft-capping as there.
  */
 #define FA_Q 32
 #define FA_K 32
@@ -523,116 +525,127 @@ static size_t fa_smem(int64_t hd)
 {
 	return ((size_t)(FA_Q + 2 * FA_K) * (size_t)(hd + 4) + (size_t)FA_Q * (FA_K + 1)) * sizeof(float);
 }
-template <int EM> /* head_dim <= 8 * EM */
-__global__ void __launch_bounds__(FA_THREADS, 2) k_attn_tiled(const float *q, int64_t qs, const float *kc, const float *vc,
-							   float *out, int64_t H, int64_t grp, int64_t hd,
-							   int64_t kvdim, int64_t window, float scale, float cap,
-							   int64_t pos, int64_t n, int cd)
+template <int EM> /* head_dim <= 16 * EM */
+__global__ void __launch_bounds__(FA_THREADS, 2) k_attn_tiled(const float *q, int64_t qs, const float *kc,
+							      const float *vc, float *out, int64_t H, int64_t grp,
+							      int64_t hd, int64_t kvdim, int64_t window, float scale,
+							      float cap, int64_t pos, int64_t n, int cd)
 {
 	extern __shared__ __align__(16) float fa_sm[];
 	pdl_wait();
 	const int64_t h = blockIdx.x, kvh = h / grp, t0 = (int64_t)blockIdx.y * FA_Q;
-	const int64_t ld = hd + 4;
+	const int ld = (int)hd + 4, ihd = (int)hd;
 	float *Qs = fa_sm, *Ks = Qs + FA_Q * ld, *Vs = Ks + FA_K * ld, *Ps = Vs + FA_K * ld; /* Ps: [FA_Q][FA_K + 1] */
-	const int tid = threadIdx.x, r = tid >> 3, u = tid & 7;
-	const int64_t nq = min((int64_t)FA_Q, n - t0);
-	/* the queries of the tile */
-	for (int64_t i = tid; i < FA_Q * hd; i += FA_THREADS) {
-		int64_t qi = i / hd, d = i % hd;
+	const int tid = threadIdx.x, rq = tid >> 4, u = tid & 15;
+	const int nq = (int)min((int64_t)FA_Q, n - t0);
+	for (int i = tid; i < FA_Q * ihd; i += FA_THREADS) {
+		int qi = i / ihd, d = i - qi * ihd;
 		Qs[qi * ld + d] = qi < nq ? q[(t0 + qi) * qs + h * hd + d] : 0.0f;
 	}
-	const int64_t p = pos + t0 + r;          /* this lane's query position */
-	const int64_t pmax = pos + t0 + nq - 1;  /* the last visible key of the tile */
+	const int64_t p0 = pos + t0 + rq, p1 = p0 + 16; /* this lane's two query positions */
+	const int64_t pmax = pos + t0 + nq - 1;         /* the last key any query of the tile sees */
 	int64_t lo = 0;
 	if (window > 0 && pos + t0 - window + 1 > 0)
 		lo = pos + t0 - window + 1;
-	const int E = (int)((hd + 7) / 8);
-	float acc[EM];
+	const int E = (ihd + 15) / 16;
+	float acc0[EM], acc1[EM];
 #pragma unroll
 	for (int e = 0; e < EM; e++)
-		acc[e] = 0.0f;
-	float m = -INFINITY, l = 0.0f;
+		acc0[e] = acc1[e] = 0.0f;
+	float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 	for (int64_t k0 = lo - lo % FA_K; k0 <= pmax; k0 += FA_K) {
 		__syncthreads(); /* the previous tile is consumed */
-		for (int64_t i = tid; i < FA_K * hd; i += FA_THREADS) {
-			int64_t kj = i / hd, d = i % hd, j = k0 + kj;
+		for (int i = tid; i < FA_K * ihd; i += FA_THREADS) {
+			int kj = i / ihd, d = i - kj * ihd;
+			int64_t j = k0 + kj;
 			bool ok = j <= pmax;
 			Ks[kj * ld + d] = ok ? kc[j * kvdim + kvh * hd + d] : 0.0f;
 			Vs[kj * ld + d] = ok ? vc[j * kvdim + kvh * hd + d] : 0.0f;
 		}
 		__syncthreads();
-		/* scores of keys u + 8 v (v = 0..3) */
-		float sc[FA_K / 8];
-#pragma unroll
-		for (int v = 0; v < FA_K / 8; v++)
-			sc[v] = 0.0f;
-		const float *qr = Qs + r * ld;
-		if (hd % 4 == 0) {
-			for (int64_t d = 0; d < hd; d += 4) {
-				float4 a = *(const float4 *)(qr + d);
-#pragma unroll
-				for (int v = 0; v < FA_K / 8; v++) {
-					float4 b = *(const float4 *)(Ks + (u + 8 * v) * ld + d);
-					sc[v] = fmaf(a.x, b.x, sc[v]);
-					sc[v] = fmaf(a.y, b.y, sc[v]);
-					sc[v] = fmaf(a.z, b.z, sc[v]);
-					sc[v] = fmaf(a.w, b.w, sc[v]);
-				}
+		/* s[a][b]: query rq + 16 a, key u + 16 b */
+		float s[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+		const float *q0 = Qs + rq * ld, *q1 = q0 + 16 * ld, *ka = Ks + u * ld, *kb = ka + 16 * ld;
+		if ((ihd & 3) == 0) {
+			for (int d = 0; d < ihd; d += 4) {
+				float4 a0 = *(const float4 *)(q0 + d), a1 = *(const float4 *)(q1 + d);
+				float4 b0 = *(const float4 *)(ka + d), b1 = *(const float4 *)(kb + d);
+				s[0][0] = fmaf(a0.x, b0.x, fmaf(a0.y, b0.y, fmaf(a0.z, b0.z, fmaf(a0.w, b0.w, s[0][0]))));
+				s[0][1] = fmaf(a0.x, b1.x, fmaf(a0.y, b1.y, fmaf(a0.z, b1.z, fmaf(a0.w, b1.w, s[0][1]))));
+				s[1][0] = fmaf(a1.x, b0.x, fmaf(a1.y, b0.y, fmaf(a1.z, b0.z, fmaf(a1.w, b0.w, s[1][0]))));
+				s[1][1] = fmaf(a1.x, b1.x, fmaf(a1.y, b1.y, fmaf(a1.z, b1.z, fmaf(a1.w, b1.w, s[1][1]))));
 			}
 		} else {
-			for (int64_t d = 0; d < hd; d++)
-#pragma unroll
-				for (int v = 0; v < FA_K / 8; v++)
-					sc[v] = fmaf(qr[d], Ks[(u + 8 * v) * ld + d], sc[v]);
+			for (int d = 0; d < ihd; d++) {
+				s[0][0] = fmaf(q0[d], ka[d], s[0][0]);
+				s[0][1] = fmaf(q0[d], kb[d], s[0][1]);
+				s[1][0] = fmaf(q1[d], ka[d], s[1][0]);
+				s[1][1] = fmaf(q1[d], kb[d], s[1][1]);
+			}
 		}
-		float mx = -INFINITY;
+		float corr[2];
 #pragma unroll
-		for (int v = 0; v < FA_K / 8; v++) {
-			int64_t j = k0 + u + 8 * v;
-			float sv = sc[v] * scale;
-			if (cap > 0.0f)
-				sv = tanhf(sv / cap) * cap;
-			bool vis = r < nq && j <= p && j >= lo && (window <= 0 || j > p - window);
-			sc[v] = vis ? sv : -INFINITY;
-			mx = fmaxf(mx, sc[v]);
-		}
-		for (int o = 1; o < 8; o <<= 1)
-			mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-		float mn = fmaxf(m, mx);
-		float corr = mn == -INFINITY ? 1.0f : expf(m - mn), ps = 0.0f;
+		for (int a = 0; a < 2; a++) {
+			const int64_t pq = a ? p1 : p0;
+			const bool live = rq + 16 * a < nq;
+			float mx = -INFINITY;
 #pragma unroll
-		for (int v = 0; v < FA_K / 8; v++) {
-			float pw = mn == -INFINITY ? 0.0f : expf(sc[v] - mn);
-			Ps[r * (FA_K + 1) + u + 8 * v] = pw;
-			ps += pw;
+			for (int b = 0; b < 2; b++) {
+				int64_t j = k0 + u + 16 * b;
+				float sv = s[a][b] * scale;
+				if (cap > 0.0f)
+					sv = tanhf(sv / cap) * cap;
+				bool vis = live && j <= pq && j >= lo && (window <= 0 || j > pq - window);
+				s[a][b] = vis ? sv : -INFINITY;
+				mx = fmaxf(mx, s[a][b]);
+			}
+			for (int o = 1; o < 16; o <<= 1)
+				mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+			float &m = a ? m1 : m0, &l = a ? l1 : l0;
+			float mn = fmaxf(m, mx);
+			corr[a] = mn == -INFINITY ? 1.0f : expf(m - mn);
+			float ps = 0.0f;
+#pragma unroll
+			for (int b = 0; b < 2; b++) {
+				float pw = mn == -INFINITY ? 0.0f : expf(s[a][b] - mn);
+				Ps[(rq + 16 * a) * (FA_K + 1) + u + 16 * b] = pw;
+				ps += pw;
+			}
+			for (int o = 1; o < 16; o <<= 1)
+				ps += __shfl_xor_sync(0xffffffffu, ps, o);
+			l = l * corr[a] + ps;
+			m = mn;
 		}
-		for (int o = 1; o < 8; o <<= 1)
-			ps += __shfl_xor_sync(0xffffffffu, ps, o);
-		l = l * corr + ps;
-		m = mn;
 		__syncwarp();
-		const float *pr = Ps + r * (FA_K + 1);
 #pragma unroll
 		for (int e = 0; e < EM; e++) {
-			if (e >= E)
-				break;
-			int64_t d = u + 8 * e;
-			float a = acc[e] * corr;
-			if (d < hd)
-				for (int kj = 0; kj < FA_K; kj++)
-					a = fmaf(pr[kj], Vs[kj * ld + d], a);
-			acc[e] = a;
+			acc0[e] *= corr[0];
+			acc1[e] *= corr[1];
+		}
+		const float *pr0 = Ps + rq * (FA_K + 1), *pr1 = pr0 + 16 * (FA_K + 1);
+		for (int kj = 0; kj < FA_K; kj++) {
+			float w0 = pr0[kj], w1 = pr1[kj];
+			const float *vr = Vs + kj * ld + u;
+#pragma unroll
+			for (int e = 0; e < EM; e++) {
+				if (e < E && u + 16 * e < ihd) {
+					float v = vr[16 * e];
+					acc0[e] = fmaf(w0, v, acc0[e]);
+					acc1[e] = fmaf(w1, v, acc1[e]);
+				}
+			}
 		}
 	}
-	if (r < nq) {
-		float inv = 1.0f / l;
+#pragma unroll
+	for (int a = 0; a < 2; a++) {
+		if (rq + 16 * a >= nq)
+			continue;
+		float inv = 1.0f / (a ? l1 : l0);
 #pragma unroll
 		for (int e = 0; e < EM; e++) {
-			if (e >= E)
-				break;
-			int64_t d = u + 8 * e;
-			if (d < hd)
-				out[(t0 + r) * (H * hd) + h * hd + d] = rnd(acc[e] * inv, cd);
+			int d = u + 16 * e;
+			if (e < E && d < ihd)
+				out[(t0 + rq + 16 * a) * (H * hd) + h * hd + d] = rnd((a ? acc1[e] : acc0[e]) * inv, cd);
 		}
 	}
 }
@@ -1513,7 +1526,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		g->xconv = NULL;
 		if (n > 1) {
 			dim3 fg((unsigned)g->H, (unsigned)((n + FA_Q - 1) / FA_Q));
-			auto fk = g->hd <= 64 ? k_attn_tiled<8> : g->hd <= 128 ? k_attn_tiled<16> : k_attn_tiled<32>;
+			auto fk = g->hd <= 64 ? k_attn_tiled<4> : g->hd <= 128 ? k_attn_tiled<8> : k_attn_tiled<16>;
 			launch_ks(g, fk, fg, dim3(FA_THREADS), fa_smem(g->hd), q, ld, layer_kc(g, li), layer_vc(g, li),
 				  g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
 				  (float)c->attn_logit_softcap, pos, (int64_t)n, cd);
@@ -1722,11 +1735,11 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		cudaError_t e;
 		if ((e = cudaSetDevice(g->dev)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, g->dev)) != cudaSuccess ||
 		    (e = cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking)) != cudaSuccess ||
+		    (e = cudaFuncSetAttribute(k_attn_tiled<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+					      (int)fa_smem(g->hd))) != cudaSuccess ||
 		    (e = cudaFuncSetAttribute(k_attn_tiled<8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 					      (int)fa_smem(g->hd))) != cudaSuccess ||
 		    (e = cudaFuncSetAttribute(k_attn_tiled<16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-					      (int)fa_smem(g->hd))) != cudaSuccess ||
-		    (e = cudaFuncSetAttribute(k_attn_tiled<32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 					      (int)fa_smem(g->hd))) != cudaSuccess) {
 			rc = cuda_fail(err, e, "opening the GPU");
 			goto fail;
