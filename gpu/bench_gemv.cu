@@ -90,6 +90,16 @@ static double time_graph(cudaGraphExec_t ge, cudaStream_t st)
 	return best / 1e3 / ITERS; /* seconds per call */
 }
 
+static void free_copies(struct copyw *cw, int copies)
+{
+	for (int c = 0; c < copies; c++) {
+		cudaFree(cw[c].data);
+		cudaFree(cw[c].scales);
+		cudaFree(cw[c].nested);
+	}
+	free(cw);
+}
+
 int main(int argc, char **argv)
 {
 	if (lq_cuda_device_count() == 0) {
@@ -149,12 +159,7 @@ int main(int argc, char **argv)
 				int rc = lq_cuda_gemv_ex(&w, N, K, d_x, LQ_DTYPE_BF16, d_y, st, 0, 0, 0);
 				CU(cudaStreamSynchronize(st));
 				printf("once %llu x %llu qtype %d: rc %d\n", (unsigned long long)N, (unsigned long long)K, p.qtype, rc);
-				for (int c = 0; c < copies; c++) {
-					cudaFree(cw[c].data);
-					cudaFree(cw[c].scales);
-					cudaFree(cw[c].nested);
-				}
-				free(cw);
+				free_copies(cw, copies);
 				cudaFree(d_x);
 				cudaFree(d_y);
 				continue;
@@ -234,12 +239,7 @@ int main(int argc, char **argv)
 			}
 			free(src);
 			free(dst);
-			for (int c = 0; c < copies; c++) {
-				cudaFree(cw[c].data);
-				cudaFree(cw[c].scales);
-				cudaFree(cw[c].nested);
-			}
-			free(cw);
+			free_copies(cw, copies);
 			cudaFree(d_x);
 			cudaFree(d_y);
 		}

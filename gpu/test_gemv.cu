@@ -172,18 +172,11 @@ int main(void)
 					uint64_t N = shapes[si][0], K = shapes[si][1], n = N * K;
 					if (K % (uint64_t)bs)
 						continue;
-					struct lq_qparams p = {q, bs, dq};
 					unsigned seed = (unsigned)(n * 3 + q * 7 + dq + bs);
-					float *w = (float *)malloc(n * 4), *wd = (float *)malloc(n * 4);
-					for (uint64_t i = 0; i < n; i++)
-						w[i] = frand(&seed) * (1.0f + (float)(i % 97) * 0.1f);
-					size_t db = lq_qdata_bytes(q, n), sb = lq_qscale_bytes(&p, n), nb = lq_qnested_bytes(&p, n);
-					uint8_t *data = (uint8_t *)malloc(db);
-					void *scales = malloc(sb);
-					float *nested = (float *)malloc(nb + 4), *work = (float *)malloc(lq_qnblocks(n, bs) * 4);
-					struct lq_qbuf qb = {data, scales, nested, 0};
-					lq_quantize(&p, w, n, &qb, work, 2);
-					lq_dequantize_ref(&p, &qb, n, wd);
+					struct tw t;
+					tw_make(&t, q, bs, dq, N, K, seed);
+					const float *wd = t.wd;
+					seed = seed * 2654435761u + 1u; /* the activations: another stream */
 					float *xf = (float *)malloc(K * 4), *xb = (float *)malloc(K * 4), *x16 = (float *)malloc(K * 4);
 					uint16_t *xh = (uint16_t *)malloc(K * 2);
 					for (uint64_t k = 0; k < K; k++) {
@@ -205,18 +198,15 @@ int main(void)
 						}
 						rf[r] = s1; af[r] = a1; rb[r] = s2; ab[r] = a2; rh[r] = s3; ah[r] = a3;
 					}
-					uint8_t *d_data; void *d_scales, *d_xf, *d_xh, *d_xb, *d_x16; float *d_nested = NULL, *d_y;
-					CU(cudaMalloc(&d_data, db)); CU(cudaMalloc(&d_scales, sb));
-					if (nb) { CU(cudaMalloc(&d_nested, nb)); CU(cudaMemcpy(d_nested, nested, nb, cudaMemcpyHostToDevice)); }
-					CU(cudaMemcpy(d_data, data, db, cudaMemcpyHostToDevice));
-					CU(cudaMemcpy(d_scales, scales, sb, cudaMemcpyHostToDevice));
+					void *d_xf, *d_xh, *d_xb, *d_x16;
+					float *d_y;
 					CU(cudaMalloc(&d_xf, K * 4)); CU(cudaMalloc(&d_xh, K * 2)); CU(cudaMalloc(&d_y, N * 4));
 					CU(cudaMemcpy(d_xf, xf, K * 4, cudaMemcpyHostToDevice));
 					CU(cudaMemcpy(d_xh, xh, K * 2, cudaMemcpyHostToDevice));
 					CU(cudaMalloc(&d_xb, K * 4)); CU(cudaMalloc(&d_x16, K * 4));
 					CU(cudaMemcpy(d_xb, xb, K * 4, cudaMemcpyHostToDevice));
 					CU(cudaMemcpy(d_x16, x16, K * 4, cudaMemcpyHostToDevice));
-					struct lq_cuda_qweight qw = {p, d_data, d_scales, d_nested, qb.offset, n};
+					struct lq_cuda_qweight qw = t.q;
 					float *y = (float *)malloc(N * 4);
 					double tol = q == LQ_QTYPE_INT8 ? 1e-5 : 3e-3;
 					/* the naive reference kernel */
@@ -261,10 +251,10 @@ int main(void)
 							CHECK(rc == 0 && e3 <= t3, "gemv mode=%d grid_max=%d q=%d dq=%d bs=%d %llux%llu: rc %d err %g (tol %g)",
 							      mode, gm, q, dq, bs, (unsigned long long)N, (unsigned long long)K, rc, e3, t3);
 						}
-					cudaFree(d_data); cudaFree(d_scales); cudaFree(d_nested); cudaFree(d_xf); cudaFree(d_xh); cudaFree(d_y);
-					cudaFree(d_xb); cudaFree(d_x16);
-					free(w); free(wd); free(data); free(scales); free(nested); free(work); free(xf); free(xb); free(xh);
-					free(x16); free(rf); free(af); free(rb); free(ab); free(rh); free(ah); free(y);
+					cudaFree(d_xf); cudaFree(d_xh); cudaFree(d_y); cudaFree(d_xb); cudaFree(d_x16);
+					tw_free(&t);
+					free(xf); free(xb); free(xh); free(x16); free(rf); free(af); free(rb); free(ab); free(rh); free(ah);
+					free(y);
 				}
 	for (int q = LQ_QTYPE_NF4; q <= LQ_QTYPE_INT8; q++)
 		for (int mode = LQ_GEMV_F32; mode <= LQ_GEMV_F16; mode++) {
