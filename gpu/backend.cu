@@ -676,6 +676,46 @@ __global__ void k_act(const float *g, const float *u, int64_t ld, float *out, in
 	}
 }
 
+/* The first index of the maximum of l[0..n) (NaN never wins; 0 when l[0]
+ * is NaN or nothing beats it), as lq_argmax_f32 on the host; one block. */
+__global__ void __launch_bounds__(1024) k_argmax(const float *l, int64_t n, int32_t *out)
+{
+	pdl_wait();
+	__shared__ float sv[32];
+	__shared__ int64_t si[32];
+	float best = -INFINITY;
+	int64_t bi = -1; /* none yet */
+	for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+		float v = l[i];
+		if (v > best || (bi < 0 && v == best)) { /* indices rise: the first maximum stays */
+			best = v;
+			bi = i;
+		}
+	}
+	for (int o = 16; o; o >>= 1) {
+		float ov = __shfl_xor_sync(0xffffffffu, best, o);
+		int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+		if (oi >= 0 && (bi < 0 || ov > best || (ov == best && oi < bi))) {
+			best = ov;
+			bi = oi;
+		}
+	}
+	int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	if (lane == 0) {
+		sv[w] = best;
+		si[w] = bi;
+	}
+	__syncthreads();
+	if (threadIdx.x == 0) {
+		for (int k = 1; k < (int)(blockDim.x >> 5); k++)
+			if (si[k] >= 0 && (bi < 0 || sv[k] > best || (sv[k] == best && si[k] < bi))) {
+				best = sv[k];
+				bi = si[k];
+			}
+		*out = (bi < 0 || isnan(l[0])) ? 0 : (int32_t)bi;
+	}
+}
+
 __global__ void k_softcap(float *y, uint64_t n, float cap)
 {
 	pdl_wait();
@@ -918,11 +958,12 @@ struct gstate {
 	int32_t *h_tok;
 	int64_t *h_pos;
 	float *h_logits;
-	/* the decode graph */
-	cudaGraphExec_t graph;
-	int64_t graph_cap;
-	float graph_ascale;
-	int graph_split;
+	/* the decode graphs: [0] copies the logits back, [1] only their argmax */
+	cudaGraphExec_t graph[2];
+	int64_t graph_cap[2];
+	float graph_ascale[2];
+	int graph_split[2];
+	int32_t *d_id, *h_id;  /* the argmax, on the device and pinned on the host */
 };
 
 /*
@@ -1199,12 +1240,13 @@ static void g_free(void *state)
 	gstate *g = (gstate *)state;
 	if (!g)
 		return;
-	if (g->graph)
-		cudaGraphExecDestroy(g->graph);
+	for (int i = 0; i < 2; i++)
+		if (g->graph[i])
+			cudaGraphExecDestroy(g->graph[i]);
 	if (g->cbh_ok)
 		g->cb.destroy(g->cbh);
 	void *d[] = { g->arena, g->inv_freq, g->kv, g->x, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part, g->acnt,
-		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos };
+		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos, g->d_id };
 	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
 		gfree(d[i]);
 	if (g->h_tok)
@@ -1213,6 +1255,8 @@ static void g_free(void *state)
 		cudaFreeHost(g->h_pos);
 	if (g->h_logits)
 		cudaFreeHost(g->h_logits);
+	if (g->h_id)
+		cudaFreeHost(g->h_id);
 	if (g->st)
 		cudaStreamDestroy(g->st);
 	if (g->cb.lib)
@@ -1261,10 +1305,11 @@ static int ensure_cache(gstate *g, int64_t need, struct lq_error *err)
 	}
 	g->kv = (float *)nk;
 	g->cap = cap;
-	if (g->graph) {
-		cudaGraphExecDestroy(g->graph);
-		g->graph = NULL;
-	}
+	for (int i = 0; i < 2; i++)
+		if (g->graph[i]) {
+			cudaGraphExecDestroy(g->graph[i]);
+			g->graph[i] = NULL;
+		}
 	return LQ_OK;
 }
 
@@ -1615,14 +1660,23 @@ static int update_rope(gstate *g, int64_t seq_len, struct lq_error *err)
 	return LQ_OK;
 }
 
-static int decode_graph(gstate *g, struct lq_error *err)
+/* The argmax of one logits row (k_argmax, one block): as lq_sample's greedy
+ * pick, the first index of the maximum, NaN never picked, 0 when l[0] is NaN. */
+static int launch_argmax(gstate *g, struct lq_error *err)
+{
+	launch_k(g, k_argmax, dim3(1), dim3(1024), (const float *)g->logits, (int64_t)g->vocab, g->d_id);
+	CK(cudaGetLastError(), "the argmax");
+	return LQ_OK;
+}
+
+static int decode_graph(gstate *g, int am, struct lq_error *err)
 {
 	int S = attn_splits(g, 1);
-	if (g->graph && g->graph_cap == g->cap && g->graph_ascale == g->ascale && g->graph_split == S)
+	if (g->graph[am] && g->graph_cap[am] == g->cap && g->graph_ascale[am] == g->ascale && g->graph_split[am] == S)
 		return LQ_OK;
-	if (g->graph) {
-		cudaGraphExecDestroy(g->graph);
-		g->graph = NULL;
+	if (g->graph[am]) {
+		cudaGraphExecDestroy(g->graph[am]);
+		g->graph[am] = NULL;
 	}
 	cudaGraph_t gr;
 	CK(cudaStreamBeginCapture(g->st, cudaStreamCaptureModeThreadLocal), "capturing the decode graph");
@@ -1630,8 +1684,12 @@ static int decode_graph(gstate *g, struct lq_error *err)
 	if (e == cudaSuccess)
 		e = cudaMemcpyAsync(g->pos, g->h_pos, sizeof(int64_t), cudaMemcpyHostToDevice, g->st);
 	int rc = e == cudaSuccess ? run_tokens(g, 1, 0, g->pos, 1, 0, err) : cuda_fail(err, e, "the decode graph");
+	if (!rc && am)
+		rc = launch_argmax(g, err);
 	if (!rc) {
-		e = cudaMemcpyAsync(g->h_logits, g->logits, (size_t)g->vocab * sizeof(float), cudaMemcpyDeviceToHost, g->st);
+		e = am ? cudaMemcpyAsync(g->h_id, g->d_id, sizeof(int32_t), cudaMemcpyDeviceToHost, g->st)
+		       : cudaMemcpyAsync(g->h_logits, g->logits, (size_t)g->vocab * sizeof(float), cudaMemcpyDeviceToHost,
+					 g->st);
 		if (e)
 			rc = cuda_fail(err, e, "the decode graph");
 	}
@@ -1643,12 +1701,12 @@ static int decode_graph(gstate *g, struct lq_error *err)
 		return rc;
 	}
 	CK(e, "capturing the decode graph");
-	e = cudaGraphInstantiate(&g->graph, gr, 0);
+	e = cudaGraphInstantiate(&g->graph[am], gr, 0);
 	cudaGraphDestroy(gr);
 	CK(e, "instantiating the decode graph");
-	g->graph_cap = g->cap;
-	g->graph_ascale = g->ascale;
-	g->graph_split = S;
+	g->graph_cap[am] = g->cap;
+	g->graph_ascale[am] = g->ascale;
+	g->graph_split[am] = S;
 	return LQ_OK;
 }
 
@@ -1663,11 +1721,11 @@ static int g_forward(void *state, const int32_t *tokens, size_t n, int64_t pos, 
 		return rc;
 	if (n == 1 && logits) {
 		/* decode: replay the graph */
-		if ((rc = decode_graph(g, err)))
+		if ((rc = decode_graph(g, 0, err)))
 			return rc;
 		*g->h_tok = tokens[0];
 		*g->h_pos = pos;
-		CK(cudaGraphLaunch(g->graph, g->st), "the decode step");
+		CK(cudaGraphLaunch(g->graph[0], g->st), "the decode step");
 		CK(cudaStreamSynchronize(g->st), "the decode step");
 		memcpy(logits, g->h_logits, (size_t)g->vocab * sizeof(float));
 		return LQ_OK;
@@ -1689,6 +1747,41 @@ static int g_forward(void *state, const int32_t *tokens, size_t n, int64_t pos, 
 		CK(cudaStreamSynchronize(g->st), "the forward pass");
 		done += m;
 	}
+	return LQ_OK;
+}
+
+/* forward, keeping only the argmax of the last logits row (greedy decoding):
+ * 4 bytes come back instead of the vocabulary's logits. */
+static int g_argmax(void *state, const int32_t *tokens, size_t n, int64_t pos, int32_t *id, struct lq_error *err)
+{
+	gstate *g = (gstate *)state;
+	int rc;
+	if ((rc = ensure_cache(g, pos + (int64_t)n, err)) || (rc = update_rope(g, pos + (int64_t)n, err)))
+		return rc;
+	if (n == 1) {
+		if ((rc = decode_graph(g, 1, err)))
+			return rc;
+		*g->h_tok = tokens[0];
+		*g->h_pos = pos;
+		CK(cudaGraphLaunch(g->graph[1], g->st), "the decode step");
+	} else {
+		for (size_t done = 0; done < n;) {
+			size_t m = n - done < CHUNK ? n - done : CHUNK;
+			int last = done + m == n;
+			CK(cudaMemcpyAsync(g->tok, tokens + done, m * sizeof(int32_t), cudaMemcpyHostToDevice, g->st),
+			   "the tokens");
+			if ((rc = run_tokens(g, m, pos + (int64_t)done, NULL, last, 0, err)))
+				return rc;
+			if (!last)
+				CK(cudaStreamSynchronize(g->st), "the forward pass");
+			done += m;
+		}
+		if ((rc = launch_argmax(g, err)))
+			return rc;
+		CK(cudaMemcpyAsync(g->h_id, g->d_id, sizeof(int32_t), cudaMemcpyDeviceToHost, g->st), "the argmax");
+	}
+	CK(cudaStreamSynchronize(g->st), "the decode step");
+	*id = *g->h_id;
 	return LQ_OK;
 }
 
@@ -1819,7 +1912,8 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		    (rc = dmalloc((void **)&g->xbuf, N * xb * 2, "activations", err)) ||
 		    (rc = dmalloc((void **)&g->inv_freq, (uint64_t)(g->rot / 2 + 1) * 4, "RoPE", err)) ||
 		    (rc = dmalloc((void **)&g->tok, N * 4, "the tokens", err)) ||
-		    (rc = dmalloc((void **)&g->pos, 8, "the position", err)))
+		    (rc = dmalloc((void **)&g->pos, 8, "the position", err)) ||
+		    (rc = dmalloc((void **)&g->d_id, 4, "the argmax", err)))
 			goto fail;
 		cudaError_t e = cudaMemset(g->acnt, 0, (size_t)g->H * 4);
 		if (e != cudaSuccess) {
@@ -1831,6 +1925,8 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 			e = cudaHostAlloc((void **)&g->h_pos, 8, cudaHostAllocDefault);
 		if (e == cudaSuccess)
 			e = cudaHostAlloc((void **)&g->h_logits, (size_t)g->vocab * 4, cudaHostAllocDefault);
+		if (e == cudaSuccess)
+			e = cudaHostAlloc((void **)&g->h_id, 4, cudaHostAllocDefault);
 		if (e != cudaSuccess) {
 			rc = cuda_fail(err, e, "pinned host memory");
 			goto fail;
@@ -1859,7 +1955,7 @@ static const char *g_describe(void *state)
 	return ((gstate *)state)->desc;
 }
 
-static const struct lq_backend cuda_backend = { "cuda", g_prepare, g_forward, g_free, g_describe };
+static const struct lq_backend cuda_backend = { "cuda", g_prepare, g_forward, g_free, g_describe, g_argmax };
 
 extern "C" const struct lq_backend *lq_backend_cuda(void)
 {

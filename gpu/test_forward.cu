@@ -11,7 +11,8 @@
  *    relative L2 of the CPU runtime and of transformers' reference (where a
  *    reference exists: unquantized and NF4); the same rows decoded one token
  *    at a time through the KV cache (the CUDA-graph path) within 1e-4;
- *    greedy continuations of 24 tokens identical to the CPU's;
+ *    greedy continuations of 24 tokens identical to the CPU's, also with
+ *    the argmax taken on the device (lq_run_forward_argmax);
  *  - bf16 and fp16 compute: the logits within 2e-2 relative L2 of the
  *    CPU's fp32 logits (all rows together; every row within 3e-2).
  * Then a larger synthetic Llama (tests/gen_checkpoint: hidden 512, GQA,
@@ -192,6 +193,17 @@ static void compare(const char *what, struct model *md, const int32_t *ids, size
 	greedy(cpu, ids, np, 24, gc);
 	greedy(gpu, ids, np, 24, gg);
 	CHECK(!memcmp(gc, gg, sizeof gc), "%s fp32: greedy continuation differs", what);
+	/* the same with the argmax taken on the device (what run does for greedy) */
+	{
+		int32_t ga[24], id = -1;
+		int64_t pos = (int64_t)np;
+		CHECK_OK(lq_run_forward_argmax(gpu, ids, np, 0, &id, &e), &e);
+		for (int i = 0; i < 24; i++) {
+			ga[i] = id;
+			CHECK_OK(lq_run_forward_argmax(gpu, &ga[i], 1, pos++, &id, &e), &e);
+		}
+		CHECK(!memcmp(gc, ga, sizeof gc), "%s fp32: greedy continuation with the device argmax differs", what);
+	}
 	/* bf16 / fp16 */
 	for (int cdt = LQ_COMPUTE_BF16; cdt <= LQ_COMPUTE_F16; cdt++) {
 		struct lq_run *gh = make_run(md, LQ_BACKEND_CUDA, cdt, ctx);

@@ -579,14 +579,10 @@ static void layer_forward(struct lq_run *r, struct layer *l, size_t n, int64_t p
 	}
 }
 
-int lq_run_forward(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos,
-		   float *logits, int all_logits, struct lq_error *err)
+/* The checks of lq_run_forward's arguments (n > 0). */
+static int check_tokens(const struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos,
+			struct lq_error *err)
 {
-	if (pos < 0 || pos > r->pos)
-		return lq_fail(err, LQ_ERR_INVALID, "position %lld is past the %lld cached tokens",
-			       (long long)pos, (long long)r->pos);
-	if (n == 0)
-		return LQ_OK;
 	if ((uint64_t)n > (uint64_t)(r->max_ctx - pos))
 		return lq_fail(err, LQ_ERR_INVALID,
 			       "%lld tokens exceed the context length of %lld tokens",
@@ -595,7 +591,46 @@ int lq_run_forward(struct lq_run *r, const int32_t *tokens, size_t n, int64_t po
 		if (tokens[t] < 0 || tokens[t] >= r->vocab)
 			return lq_fail(err, LQ_ERR_INVALID, "token id %ld is outside the vocabulary (0..%lld)",
 				       (long)tokens[t], (long long)r->vocab - 1);
-	int rc;
+	return LQ_OK;
+}
+
+int lq_run_forward_argmax(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos, int32_t *id,
+			  struct lq_error *err)
+{
+	if (pos < 0 || pos > r->pos)
+		return lq_fail(err, LQ_ERR_INVALID, "position %lld is past the %lld cached tokens",
+			       (long long)pos, (long long)r->pos);
+	if (n == 0)
+		return lq_fail(err, LQ_ERR_INVALID, "no tokens to run");
+	int rc = check_tokens(r, tokens, n, pos, err);
+	if (rc)
+		return rc;
+	if (r->be && r->be->argmax) {
+		rc = r->be->argmax(r->be_state, tokens, n, pos, id, err);
+		r->pos = rc ? (pos < r->pos ? pos : r->pos) : pos + (int64_t)n;
+		return rc;
+	}
+	float *lg = malloc((size_t)r->vocab * sizeof *lg);
+	if (!lg)
+		return lq_fail(err, LQ_ERR_NOMEM, "out of memory");
+	rc = lq_run_forward(r, tokens, n, pos, lg, 0, err);
+	if (!rc)
+		*id = lq_argmax_f32(lg, r->vocab);
+	free(lg);
+	return rc;
+}
+
+int lq_run_forward(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos,
+		   float *logits, int all_logits, struct lq_error *err)
+{
+	if (pos < 0 || pos > r->pos)
+		return lq_fail(err, LQ_ERR_INVALID, "position %lld is past the %lld cached tokens",
+			       (long long)pos, (long long)r->pos);
+	if (n == 0)
+		return LQ_OK;
+	int rc = check_tokens(r, tokens, n, pos, err);
+	if (rc)
+		return rc;
 	if (r->be) {
 		rc = r->be->forward(r->be_state, tokens, n, pos, logits, all_logits, err);
 		r->pos = rc ? (pos < r->pos ? pos : r->pos) : pos + (int64_t)n;
@@ -680,7 +715,7 @@ static const char *cpu_describe(void *state)
 }
 
 static const struct lq_backend cpu_backend = { "cpu", cpu_prepare, cpu_forward, cpu_free,
-					       cpu_describe };
+					       cpu_describe, NULL };
 
 const struct lq_backend *lq_backend_cpu(void)
 {

@@ -56,5 +56,8 @@ void lq_unmap_file(const void *map, uint64_t size);
 /* Dot product in 8 float32 lanes (vectorizable), lanes summed pairwise
  * (forward_matmul.c; also the CPU runtime's attention scores). */
 float lq_dot_f32(const float *restrict a, const float *restrict b, size_t n);
+/* The first index of the maximum of l[0..n) (n >= 1), as lq_sample's greedy
+ * pick: l[i] replaces the best so far only when strictly greater. */
+int32_t lq_argmax_f32(const float *l, int64_t n);
 
 #endif

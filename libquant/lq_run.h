@@ -127,6 +127,10 @@ struct lq_backend {
 	void (*free)(void *state);
 	/* one line naming the device, e.g. "cuda:0 NVIDIA H200, bf16"; owned by state */
 	const char *(*describe)(void *state);
+	/* optional (NULL: forward + argmax on the host): as forward, but only
+	 * the argmax of the last logits row (lowest id on ties) comes back */
+	int (*argmax)(void *state, const int32_t *tokens, size_t n, int64_t pos, int32_t *id,
+		      struct lq_error *err);
 };
 /* The CPU backend (static, never freed). */
 const struct lq_backend *lq_backend_cpu(void);
@@ -157,6 +161,15 @@ void lq_run_free(struct lq_run *r);
  */
 int lq_run_forward(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos,
 		   float *logits, int all_logits, struct lq_error *err);
+/*
+ * Greedy decoding's step: run the tokens as lq_run_forward does and store in
+ * *id the argmax of the last token's logits (the first, i.e. lowest, id
+ * among equal maxima; id 0 when logit 0 is NaN), which is what lq_sample
+ * picks with temperature <= 0 and no repetition penalty.  On the GPU the
+ * argmax is taken on the device and only the id is copied back.
+ */
+int lq_run_forward_argmax(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos, int32_t *id,
+			  struct lq_error *err);
 /* The backend in use ("cpu" or "cuda") and a one-line description of the
  * device (owned by r). */
 const char *lq_run_backend(const struct lq_run *r);

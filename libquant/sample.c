@@ -71,7 +71,7 @@ static int cmp_desc(const void *a, const void *b)
 	return x->i < y->i ? -1 : x->i > y->i;
 }
 
-static int32_t argmax(const float *l, int64_t n)
+int32_t lq_argmax_f32(const float *l, int64_t n)
 {
 	int64_t best = 0;
 	for (int64_t i = 1; i < n; i++)
@@ -101,13 +101,13 @@ int32_t lq_sample(float *logits, int64_t vocab, const struct lq_sample_opts *o,
 		free(done);
 	}
 	if (o->temperature <= 0)
-		return argmax(logits, vocab);
+		return lq_argmax_f32(logits, vocab);
 	float invt = (float)o->temperature;
 	for (int64_t i = 0; i < vocab; i++)
 		logits[i] /= invt;
 	struct idx_val *iv = malloc((size_t)vocab * sizeof *iv);
 	if (!iv)
-		return argmax(logits, vocab);
+		return lq_argmax_f32(logits, vocab);
 	for (int64_t i = 0; i < vocab; i++) {
 		iv[i].v = logits[i];
 		iv[i].i = (int32_t)i;

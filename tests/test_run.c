@@ -178,6 +178,16 @@ static float *load_npy(const char *path, size_t want)
 static const int32_t fix_ids[] = { 1, 5, 17, 33, 40, 2, 9, 60, 71, 3, 88, 12, 45, 6, 19, 27, 50, 8, 91, 30, 14, 66, 23, 4 };
 #define NIDS (sizeof fix_ids / sizeof fix_ids[0])
 
+/* The first index of the largest value (the greedy pick). */
+static int32_t first_max(const float *v, int64_t n)
+{
+	int64_t b = 0;
+	for (int64_t i = 1; i < n; i++)
+		if (v[i] > v[b])
+			b = i;
+	return (int32_t)b;
+}
+
 static void test_fixture(const char *arch, int qtype)
 {
 	char dir[256], ref[256], tmp[] = "/tmp/test_run.XXXXXX";
@@ -241,6 +251,23 @@ static void test_fixture(const char *arch, int qtype)
 		}
 		CHECK(wk < 1e-5, "%s: cached decode differs by %g", arch, wk);
 		CHECK(lq_run_pos(r) == (int64_t)NIDS);
+		/* the greedy step: the argmax of the same logits, prefill and decode
+		 * (each compared with lq_run_forward over the same tokens: Phi-3's
+		 * rope factors depend on the sequence length) */
+		int32_t id = -1, want_id;
+		CHECK_OK(lq_run_forward(r, fix_ids, 12, 0, one, 0, &e), &e);
+		want_id = first_max(one, V);
+		CHECK_OK(lq_run_forward_argmax(r, fix_ids, 12, 0, &id, &e), &e);
+		CHECK(id == want_id, "%s: argmax after 12 tokens %d, logits say %d", arch, id, want_id);
+		CHECK(lq_run_pos(r) == 12);
+		CHECK_OK(lq_run_forward(r, fix_ids + 12, 1, 12, one, 0, &e), &e);
+		want_id = first_max(one, V);
+		CHECK_OK(lq_run_forward_argmax(r, fix_ids + 12, 1, 12, &id, &e), &e);
+		CHECK(id == want_id, "%s: argmax of a decode step %d, logits say %d", arch, id, want_id);
+		CHECK(lq_run_forward_argmax(r, fix_ids, 0, 0, &id, &e) == LQ_ERR_INVALID);
+		CHECK(lq_run_forward_argmax(r, fix_ids, 1, 14, &id, &e) == LQ_ERR_INVALID);
+		CHECK(strstr(e.msg, "position") != NULL, "%s", e.msg);
+		CHECK_OK(lq_run_forward(r, fix_ids, NIDS, 0, NULL, 0, &e), &e);
 		/* errors */
 		int32_t bad = (int32_t)V;
 		CHECK(lq_run_forward(r, &bad, 1, 0, one, 0, &e) == LQ_ERR_INVALID);

@@ -427,14 +427,19 @@ static void generate_from(struct model *md, struct opts *o, const int32_t *promp
 	double t0 = now_s();
 	if (reuse >= np)
 		reuse = np - 1;
-	int rc = lq_run_forward(md->run, prompt + reuse, np - reuse, (int64_t)reuse, logits, 0, &e);
+	/* greedy without a penalty: the runtime takes the argmax (on the GPU,
+	 * only the id comes back) */
+	int greedy = o->s.temperature <= 0 && (o->s.repetition_penalty <= 0 || o->s.repetition_penalty == 1.0);
+	int32_t next = 0;
+	int rc = greedy ? lq_run_forward_argmax(md->run, prompt + reuse, np - reuse, (int64_t)reuse, &next, &e)
+			: lq_run_forward(md->run, prompt + reuse, np - reuse, (int64_t)reuse, logits, 0, &e);
 	if (rc)
 		die_lq(rc, &e);
 	res->prefill_s = now_s() - t0;
 	t0 = now_s();
 	size_t printed = 0; /* bytes of text already written to out */
 	for (long k = 0; k < o->max_new; k++) {
-		int32_t id = lq_sample(logits, vocab, &o->s, seen, nseen, &rng);
+		int32_t id = greedy ? next : lq_sample(logits, vocab, &o->s, seen, nseen, &rng);
 		if (k == 0)
 			res->first_s = now_s() - t_start;
 		if (!o->ignore_eos && is_eos(md, id)) {
@@ -501,7 +506,8 @@ static void generate_from(struct model *md, struct opts *o, const int32_t *promp
 			warnx_("stopped at the context length of %lld tokens", (long long)maxctx);
 			break;
 		}
-		rc = lq_run_forward(md->run, &id, 1, (int64_t)nseen - 1, logits, 0, &e);
+		rc = greedy ? lq_run_forward_argmax(md->run, &id, 1, (int64_t)nseen - 1, &next, &e)
+			    : lq_run_forward(md->run, &id, 1, (int64_t)nseen - 1, logits, 0, &e);
 		if (rc)
 			die_lq(rc, &e);
 	}
