@@ -1839,7 +1839,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		}
 	}
 	snprintf(g->desc, sizeof g->desc, "cuda:%d %s, %s", g->dev, prop.name, lq_compute_name(g->cd));
-	g->pdl = prop.major >= 9 && !getenv("LQ_CUDA_NO_PDL");
+	g->pdl = prop.major >= 9;
 	g->L = (glayer *)calloc((size_t)g->nl, sizeof *g->L);
 	g->h_inv = (float *)calloc((size_t)(g->rot + 2), sizeof(float));
 	if (!g->L || !g->h_inv) {
