@@ -24,15 +24,19 @@
  * <= 2^-9 per weight before the fp32 scale; bitsandbytes' bf16 GEMV does the
  * same); INT8 codes are exact.  Products and sums are fp32.
  *
- * Speed (H200, bench_gemv): INT8 reaches 77-89% of the copy bandwidth on the
- * large shapes; NF4 stays near 35-41% because the 4-bit path is bound by
- * instruction issue, not memory: per packed byte it spends about nine
- * instructions (byte extract, LUT address, LDS, two bf16 unpacks, two FFMA,
- * plus amortized x/scale work), and 3.5 TB/s over 132 SMs would need about
- * 13 bytes per SM per clock, i.e. nearly every issue slot.  Reaching the
- * target needs fewer instructions per byte (tensor-core mma on bf16 pairs
- * from the LUT, with the per-row block scales folded in per k-slice), not
- * more loads in flight (register double-buffering was tried: slower).
+ * Which kernel runs: 4-bit weights with activations holding bf16 or fp16
+ * values (the runtime at --compute-dtype bf16/fp16, or bf16 activations in
+ * memory) go through the tensor-core kernel further down (k_gemv_tc) when
+ * the block size is >= 64 and K % 128 == 0; everything else (INT8, float32
+ * activations of any value, the exact fp32 path, other shapes) through
+ * k_gemv_fast here.
+ *
+ * Speed (H200, bench_gemv, BENCHMARKS.md): INT8 reaches 76-91% of the copy
+ * bandwidth on the large shapes; NF4 in this kernel stays near 35-41%
+ * because its 4-bit path is bound by instruction issue (about nine
+ * instructions per packed byte: byte extract, LUT address, LDS, two bf16
+ * unpacks, two FFMA, plus amortized x/scale work); the tensor-core kernel
+ * reaches 59-67% on the same shapes.
  */
 #include "lq_cuda.h"
 #include "lq_blocks.h"
@@ -432,9 +436,12 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
  * each split over WK warps along K; the warps' partial sums meet in shared
  * memory, and every TC_CH items the block adds them up in a fixed order and
  * stores y: two barriers per TC_CH items, no atomics, deterministic.
- * Weight loads run TC_DEPTH spans ahead of the math, across item
+ * The math takes two spans at a time in straight-line code (independent
+ * mma chains); weight loads run 2 * TC_DEPTH spans ahead of it, across item
  * boundaries, and the first ones are issued before the table is built and
  * before waiting for the previous kernel (programmatic dependent launch).
+ * TC_DEPTH, TC_CH, TC_CONTIG and TC_L2 are tuning knobs (-D...); on the H200
+ * the defaults were best or within 2% (BENCHMARKS.md).
  * ---------------------------------------------------------------------- */
 #define TC_THREADS 512
 #define TC_WARPS (TC_THREADS / 32)
