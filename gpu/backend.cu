@@ -153,9 +153,8 @@ __device__ __forceinline__ float rnd(float v, int cd)
 __device__ __forceinline__ float w_scale(const kweight &w, uint64_t b)
 {
 	if (w.dq)
-		return __fadd_rn(__fmul_rn(__uint_as_float(b_dyn[((const uint8_t *)w.scales)[b]]),
-					   w.nested[b >> LQ_QNESTED_SHIFT]),
-				 w.offset);
+		return lq_dq_scale(__uint_as_float(b_dyn[((const uint8_t *)w.scales)[b]]), w.nested[b >> LQ_QNESTED_SHIFT],
+				   w.offset);
 	return ((const float *)w.scales)[b];
 }
 
@@ -762,9 +761,8 @@ __global__ void __launch_bounds__(256) k_weight_to16b(kweight w, uint64_t nchunk
 		uint4 q4 = __ldg((const uint4 *)(w.data + j * 16));
 		const uint32_t q[4] = {q4.x, q4.y, q4.z, q4.w};
 		uint64_t i0 = j * epc, b = i0 >> w.bshift;
-		float s = w.dq ? __fadd_rn(__fmul_rn(dmap[__ldg((const uint8_t *)w.scales + b)],
-						     __ldg(w.nested + (b >> LQ_QNESTED_SHIFT))),
-					   w.offset)
+		float s = w.dq ? lq_dq_scale(dmap[__ldg((const uint8_t *)w.scales + b)],
+					     __ldg(w.nested + (b >> LQ_QNESTED_SHIFT)), w.offset)
 			       : __ldg((const float *)w.scales + b);
 		T *dst = out + i0;
 		if (i8) {

@@ -26,8 +26,7 @@ __device__ __forceinline__ float block_scale(const void *scales, const float *ne
 {
 	if (!dq)
 		return ((const float *)scales)[b];
-	float t = __fmul_rn(__uint_as_float(c_dyn[((const uint8_t *)scales)[b]]), nested[b >> LQ_QNESTED_SHIFT]);
-	return __fadd_rn(t, offset);
+	return lq_dq_scale(__uint_as_float(c_dyn[((const uint8_t *)scales)[b]]), nested[b >> LQ_QNESTED_SHIFT], offset);
 }
 
 __device__ __forceinline__ float code_value(int qtype, int code)

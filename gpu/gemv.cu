@@ -168,8 +168,7 @@ __device__ __forceinline__ float gemv_scale(const void *scales, const float *nes
 {
 	if (!DQ)
 		return __ldg((const float *)scales + b);
-	float t = __fmul_rn(dmap[__ldg((const uint8_t *)scales + b)], __ldg(nested + (b >> LQ_QNESTED_SHIFT)));
-	return __fadd_rn(t, offset);
+	return lq_dq_scale(dmap[__ldg((const uint8_t *)scales + b)], __ldg(nested + (b >> LQ_QNESTED_SHIFT)), offset);
 }
 
 /* Up to LQ_GEMV_PARTS weights with the same K and layout, run as one grid
@@ -661,7 +660,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	float acc_g = 0.0f, acc_g8 = 0.0f;
 	/* the scaled partial sums of one span for rows g and g + 8 (lanes c < 2) */
 	auto span = [&](const tc_slot &s, float &pg, float &pg8) {
-		float sc = DQ ? __fadd_rn(__fmul_rn(dmap[s.s], s.n), s.off) : __uint_as_float(s.s);
+		float sc = DQ ? lq_dq_scale(dmap[s.s], s.n, s.off) : __uint_as_float(s.s);
 		float so = __shfl_down_sync(0xffffffffu, sc, 2);
 		const uint32_t wa[4] = {s.a.x, s.a.y, s.a.z, s.a.w}, wb[4] = {s.b.x, s.b.y, s.b.z, s.b.w};
 		const uint2 *xp = (const uint2 *)(xs + s.xsp * (TC_SPAN / 2) + c * 16);

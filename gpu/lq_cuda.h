@@ -105,4 +105,14 @@ int lq_cuda_gemv_ex(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, con
 }
 #endif
 
+#ifdef __CUDACC__
+/* A double-quant block scale from the dynamic-map value of its u8 code, its
+ * nested scale and the offset, with lq_dequantize_ref's two float32
+ * roundings (no FMA).  Every kernel that rebuilds scales uses this. */
+static __device__ __forceinline__ float lq_dq_scale(float mapped, float nested, float offset)
+{
+	return __fadd_rn(__fmul_rn(mapped, nested), offset);
+}
+#endif
+
 #endif
