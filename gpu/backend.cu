@@ -1804,7 +1804,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 	g->qdim = g->H * g->hd;
 	g->kvdim = g->KV * g->hd;
 	g->rot = c->rope.rotary_dim;
-	g->max_ctx = o->max_ctx > 0 ? o->max_ctx : c->max_position_embeddings > 0 ? c->max_position_embeddings : 4096;
+	g->max_ctx = o->max_ctx; /* resolved by lq_run_create */
 	g->cd = o->compute;
 	g->dev = o->device;
 	g->inv_len = -1;

@@ -118,7 +118,8 @@ struct lq_run;
  */
 struct lq_backend {
 	const char *name;  /* "cpu", "cuda" */
-	/* o->compute is resolved (never -1) when lq_run_create calls it */
+	/* o->compute (never -1) and o->max_ctx (> 0) are resolved when
+	 * lq_run_create calls it */
 	int (*prepare)(void **state, const struct lq_model *m, const struct lq_file *f,
 		       const struct lq_run_opts *o, struct lq_error *err);
 	/* tokens are validated (ids in range, pos + n within the context) */
