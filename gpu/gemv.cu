@@ -65,23 +65,13 @@ __device__ __forceinline__ uint4 ld_stream(const uint8_t *p)
 	return v;
 }
 
-#ifndef TC_L2
-#define TC_L2 256 /* L2 fetch granularity hint of the tensor-core kernel's weight loads */
-#endif
+/* A 16-byte streaming load that asks L2 to fetch 256 bytes around it. */
 __device__ __forceinline__ uint4 ld_stream_tc(const uint8_t *p)
 {
 	uint4 v;
-#if TC_L2 == 256
 	asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
 		     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
 		     : "l"(p));
-#elif TC_L2 == 128
-	asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0,%1,%2,%3}, [%4];"
-		     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-		     : "l"(p));
-#else
-	v = ld_stream(p);
-#endif
 	return v;
 }
 
@@ -439,8 +429,9 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
  * mma chains); weight loads run 2 * TC_DEPTH spans ahead of it, across item
  * boundaries, and the first ones are issued before the table is built and
  * before waiting for the previous kernel (programmatic dependent launch).
- * TC_DEPTH, TC_CH, TC_CONTIG and TC_L2 are tuning knobs (-D...); on the H200
- * the defaults were best or within 2% (BENCHMARKS.md).
+ * TC_DEPTH and TC_CH are tuning knobs (-D...); on the H200 the defaults
+ * were best or within 2%, as were interleaved K slices and other L2
+ * prefetch sizes (BENCHMARKS.md).
  * ---------------------------------------------------------------------- */
 #define TC_THREADS 512
 #define TC_WARPS (TC_THREADS / 32)
@@ -450,9 +441,6 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
 #define TC_LUT_BYTES 65536 /* 256 codes x 256 bytes (32 lanes x 4 bytes used) */
 #define TC_SPAN 128        /* elements of K per warp step */
 #define TC_CH 8            /* work items between two reductions of their partial sums */
-#ifndef TC_CONTIG
-#define TC_CONTIG 1        /* each warp takes a contiguous run of spans */
-#endif
 
 /* The table must start at a multiple of 64 KiB of the shared window, so
  * the request leaves room to align it. */
@@ -548,17 +536,9 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	const int WK = 1 << wkl, WT = TC_WARPS >> wkl;
 	const int wt = warp >> wkl, wk = warp & (WK - 1);
 	const uint32_t spr = K / TC_SPAN;
-#if TC_CONTIG
-	/* warp wk owns spans [s_lo, s_lo + m) of each row of its tile */
+	/* warp wk owns spans [s_lo, s_lo + m) of each row of its tile (m >= 1: WK <= spr) */
 	const uint32_t s_lo = (spr * (uint32_t)wk) >> wkl;
 	const uint32_t m = ((spr * (uint32_t)(wk + 1)) >> wkl) - s_lo;
-	const uint32_t SST = 1; /* span stride */
-#else
-	/* warp wk owns spans wk, wk + WK, ... */
-	const uint32_t s_lo = (uint32_t)wk;
-	const uint32_t m = (spr - (uint32_t)wk + (uint32_t)WK - 1) >> wkl; /* spans per item, >= 1 */
-	const uint32_t SST = (uint32_t)WK;
-#endif
 	const uint32_t nitems = (ntiles + (uint32_t)WT - 1) / (uint32_t)WT;
 	const uint32_t ni = (nitems - blockIdx.x + gridDim.x - 1) / gridDim.x;
 	const uint32_t Q = ni * m;
@@ -602,10 +582,10 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		s.off = l_off;
 		s.xsp = l_sp;
 		if (--l_left) {
-			pa += SST * 64;
-			pb += SST * 64;
-			sbn += SST * TC_SPAN;
-			l_sp += SST;
+			pa += 64;
+			pb += 64;
+			sbn += TC_SPAN;
+			l_sp++;
 		} else {
 			l_left = m;
 			if (++l_item < ni)
@@ -897,14 +877,6 @@ extern "C" int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_
 			    int x_dtype, float *d_y, void *stream)
 {
 	return lq_cuda_gemv_ex(w, N, K, d_x, x_dtype, d_y, stream, 0, 0, 0);
-}
-
-extern "C" int lq_cuda_gemv_exact(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const float *d_x,
-				  float *d_y, void *stream)
-{
-	if (!gemv_check(w, N, K, d_x))
-		return (int)cudaErrorInvalidValue;
-	return gemv_run(&w, &d_y, 1, K, d_x, LQ_DTYPE_F32, LQ_GEMV_EXACT, stream, 0, 0, 0);
 }
 
 extern "C" int lq_cuda_gemv_multi(const struct lq_cuda_qweight *const *ws, float *const *ys, int n, uint64_t K,

@@ -62,19 +62,14 @@ int lq_cuda_gemv_f32(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K,
 int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
 		 int x_dtype, float *d_y, void *stream);
 /*
- * lq_cuda_gemv with float32 activations and the exact float32 code values
- * (the CPU runtime's numbers up to the order of the sums): for
- * --compute-dtype fp32.  Same requirements.
- */
-int lq_cuda_gemv_exact(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const float *d_x,
-		       float *d_y, void *stream);
-/*
  * Several GEMVs over the same activations in one launch (q, k and v; gate
  * and up): y_i = W_i x for n <= LQ_GEMV_PARTS weights of the same K, qtype,
  * block size and double quant (else cudaErrorInvalidValue).  mode says what
  * the float32 activations hold and how the codes are used:
  *   LQ_GEMV_F32    any float32 values; 4-bit codes as bf16 (lq_cuda_gemv)
- *   LQ_GEMV_EXACT  exact float32 code values (lq_cuda_gemv_exact)
+ *   LQ_GEMV_EXACT  float32 values and the exact float32 code values (the
+ *                  CPU runtime's numbers up to the order of the sums):
+ *                  --compute-dtype fp32
  *   LQ_GEMV_BF16   values representable in bf16 (--compute-dtype bf16):
  *                  4-bit weights go through the tensor cores as bf16
  *                  (block size >= 64 and K % 128 == 0; else as LQ_GEMV_F32)
