@@ -124,13 +124,13 @@ static struct lq_run *make_run(struct model *md, int backend, int compute, int64
 	return rc ? NULL : r;
 }
 
-static int32_t argmax(const float *v, int64_t n)
+/* The greedy pick, as run makes it: lq_sample at temperature 0. */
+static int32_t greedy_pick(float *v, int64_t n)
 {
-	int32_t b = 0;
-	for (int64_t i = 1; i < n; i++)
-		if (v[i] > v[b])
-			b = (int32_t)i;
-	return b;
+	struct lq_sample_opts so;
+	lq_sample_opts_init(&so);
+	so.temperature = 0;
+	return lq_sample(v, n, &so, NULL, 0, NULL);
 }
 
 /* Greedy continuation of ids[0..np) for ngen tokens. */
@@ -142,7 +142,7 @@ static void greedy(struct lq_run *r, const int32_t *ids, size_t np, int ngen, in
 	CHECK_OK(lq_run_forward(r, ids, np, 0, lg, 0, &e), &e);
 	int64_t pos = (int64_t)np;
 	for (int i = 0; i < ngen; i++) {
-		out[i] = argmax(lg, V);
+		out[i] = greedy_pick(lg, V);
 		CHECK_OK(lq_run_forward(r, &out[i], 1, pos++, lg, 0, &e), &e);
 	}
 	free(lg);

@@ -28,13 +28,13 @@ static double now(void)
 	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static int32_t argmax(const float *v, int64_t n)
+/* The greedy pick, as run makes it: lq_sample at temperature 0. */
+static int32_t greedy_pick(float *v, int64_t n)
 {
-	int32_t b = 0;
-	for (int64_t i = 1; i < n; i++)
-		if (v[i] > v[b])
-			b = (int32_t)i;
-	return b;
+	struct lq_sample_opts so;
+	lq_sample_opts_init(&so);
+	so.temperature = 0;
+	return lq_sample(v, n, &so, NULL, 0, NULL);
 }
 
 int main(int argc, char **argv)
@@ -103,11 +103,11 @@ int main(int argc, char **argv)
 		if (lq_run_forward(r, ids, (size_t)np, 0, lg, 0, &e))
 			break;
 		double t1 = now();
-		int32_t tok = argmax(lg, V);
+		int32_t tok = greedy_pick(lg, V);
 		for (int k = 0; k < nnew; k++) {
 			if (lq_run_forward(r, &tok, 1, np + k, lg, 0, &e))
 				break;
-			tok = argmax(lg, V);
+			tok = greedy_pick(lg, V);
 		}
 		double d = now() - t1;
 		best_dec = d < best_dec ? d : best_dec;

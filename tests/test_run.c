@@ -178,16 +178,6 @@ static float *load_npy(const char *path, size_t want)
 static const int32_t fix_ids[] = { 1, 5, 17, 33, 40, 2, 9, 60, 71, 3, 88, 12, 45, 6, 19, 27, 50, 8, 91, 30, 14, 66, 23, 4 };
 #define NIDS (sizeof fix_ids / sizeof fix_ids[0])
 
-/* The first index of the largest value (the greedy pick). */
-static int32_t first_max(const float *v, int64_t n)
-{
-	int64_t b = 0;
-	for (int64_t i = 1; i < n; i++)
-		if (v[i] > v[b])
-			b = i;
-	return (int32_t)b;
-}
-
 static void test_fixture(const char *arch, int qtype)
 {
 	char dir[256], ref[256], tmp[] = "/tmp/test_run.XXXXXX";
@@ -251,17 +241,20 @@ static void test_fixture(const char *arch, int qtype)
 		}
 		CHECK(wk < 1e-5, "%s: cached decode differs by %g", arch, wk);
 		CHECK(lq_run_pos(r) == (int64_t)NIDS);
-		/* the greedy step: the argmax of the same logits, prefill and decode
-		 * (each compared with lq_run_forward over the same tokens: Phi-3's
-		 * rope factors depend on the sequence length) */
+		/* the greedy step: lq_sample's pick at temperature 0 from the same
+		 * logits, prefill and decode (each compared with lq_run_forward over
+		 * the same tokens: Phi-3's rope factors depend on the sequence length) */
 		int32_t id = -1, want_id;
+		struct lq_sample_opts greedy;
+		lq_sample_opts_init(&greedy);
+		greedy.temperature = 0;
 		CHECK_OK(lq_run_forward(r, fix_ids, 12, 0, one, 0, &e), &e);
-		want_id = first_max(one, V);
+		want_id = lq_sample(one, V, &greedy, NULL, 0, NULL);
 		CHECK_OK(lq_run_forward_argmax(r, fix_ids, 12, 0, &id, &e), &e);
 		CHECK(id == want_id, "%s: argmax after 12 tokens %d, logits say %d", arch, id, want_id);
 		CHECK(lq_run_pos(r) == 12);
 		CHECK_OK(lq_run_forward(r, fix_ids + 12, 1, 12, one, 0, &e), &e);
-		want_id = first_max(one, V);
+		want_id = lq_sample(one, V, &greedy, NULL, 0, NULL);
 		CHECK_OK(lq_run_forward_argmax(r, fix_ids + 12, 1, 12, &id, &e), &e);
 		CHECK(id == want_id, "%s: argmax of a decode step %d, logits say %d", arch, id, want_id);
 		CHECK(lq_run_forward_argmax(r, fix_ids, 0, 0, &id, &e) == LQ_ERR_INVALID);
