@@ -131,6 +131,8 @@ struct kweight {
 	const void *scales;
 	const float *nested;
 	float offset;
+	uint32_t tspr;  /* 0: as stored; else the GPU tile layout with K = 128 * tspr */
+	uint64_t rows;  /* rows of a tiled weight (its data holds ceil(rows / 16) * 16) */
 };
 
 struct dweight {
@@ -158,7 +160,8 @@ __device__ __forceinline__ float w_scale(const kweight &w, uint64_t b)
 	return ((const float *)w.scales)[b];
 }
 
-/* Element i of a weight as float32, rounded exactly as lq_dequantize_ref. */
+/* Element i of a weight as float32, rounded exactly as lq_dequantize_ref
+ * (a weight as stored: tspr == 0). */
 __device__ __forceinline__ float w_get(const kweight &w, uint64_t i)
 {
 	if (w.qtype == LQ_QTYPE_NONE) {
@@ -760,10 +763,19 @@ __global__ void __launch_bounds__(256) k_weight_to16b(kweight w, uint64_t nchunk
 	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < nchunks; j += (uint64_t)gridDim.x * blockDim.x) {
 		uint4 q4 = __ldg((const uint4 *)(w.data + j * 16));
 		const uint32_t q[4] = {q4.x, q4.y, q4.z, q4.w};
-		uint64_t i0 = j * epc, b = i0 >> w.bshift;
-		float s = w.dq ? lq_dq_scale(dmap[__ldg((const uint8_t *)w.scales + b)],
+		uint64_t i0 = j * epc, b = i0 >> w.bshift, sb = b;
+		if (w.tspr) { /* the tile layout (formats/LQ-FORMAT.md): chunk j is row r of a record */
+			uint64_t rec = j >> 6, t = rec / w.tspr, r = (j >> 2) & 15, row = t * 16 + r;
+			if (row >= w.rows)
+				continue; /* padding */
+			uint64_t K = (uint64_t)w.tspr * 128, col = (rec % w.tspr) * 128 + (j & 3) * 32, nbr = K >> w.bshift;
+			i0 = row * K + col;
+			b = i0 >> w.bshift;
+			sb = (t * nbr + (col >> w.bshift)) * 16 + r;
+		}
+		float s = w.dq ? lq_dq_scale(dmap[__ldg((const uint8_t *)w.scales + sb)],
 					     __ldg(w.nested + (b >> LQ_QNESTED_SHIFT)), w.offset)
-			       : __ldg((const float *)w.scales + b);
+			       : __ldg((const float *)w.scales + sb);
 		T *dst = out + i0;
 		if (i8) {
 			float si = __fmul_rn(s, 1.0f / 127.0f);
@@ -940,6 +952,8 @@ struct gstate {
 	/* device memory */
 	uint8_t *arena;        /* weights */
 	uint64_t arena_size, arena_used;
+	uint8_t *tscratch;     /* while uploading: a weight as stored, before lq_cuda_tile */
+	uint64_t tscratch_need;
 	float *inv_freq;       /* [rot / 2] */
 	float *h_inv;          /* host copy of what is on the device */
 	int64_t inv_len;       /* sequence length inv_freq was computed for (-1: none) */
@@ -1028,36 +1042,42 @@ static int flush_stage(struct upload *u, struct lq_error *err)
 	return LQ_OK;
 }
 
-/* Reserve size bytes of the weight arena and copy src there (asynchronously,
- * through the pinned staging buffers); *dev receives the address. */
-static int put(struct upload *u, const void *src, uint64_t size, void **dev, struct lq_error *err)
+/* Reserve size bytes of the weight arena (a 256-byte boundary); *dev
+ * receives the address (NULL while counting). */
+static int reserve(struct upload *u, uint64_t size, void **dev, struct lq_error *err)
 {
 	gstate *g = u->g;
 	uint64_t off = (g->arena_used + 255) & ~(uint64_t)255;
 	g->arena_used = off + size;
-	if (u->counting) {
-		*dev = NULL;
+	*dev = NULL;
+	if (u->counting)
 		return LQ_OK;
-	}
 	if (g->arena_used > g->arena_size)
 		return gfail(err, LQ_ERR_INVALID, "internal: weight arena overflow");
 	*dev = g->arena + off;
+	return LQ_OK;
+}
+
+/* Copy size bytes from src to the device address dst (asynchronously,
+ * through the pinned staging buffers). */
+static int stage_to(struct upload *u, const void *src, uint64_t size, uint8_t *dst, struct lq_error *err)
+{
 	const uint8_t *s = (const uint8_t *)src;
 	while (size) {
-		if (u->fill && u->dst + u->fill != g->arena + off) {
+		if (u->fill && u->dst + u->fill != dst) {
 			int rc = flush_stage(u, err);
 			if (rc)
 				return rc;
 		}
 		if (!u->fill)
-			u->dst = g->arena + off;
+			u->dst = dst;
 		size_t take = STAGE_BYTES - u->fill;
 		if (take > size)
 			take = (size_t)size;
 		memcpy(u->stage[u->cur] + u->fill, s, take);
 		u->fill += take;
 		s += take;
-		off += take;
+		dst += take;
 		size -= take;
 		if (u->fill == STAGE_BYTES) {
 			int rc = flush_stage(u, err);
@@ -1066,6 +1086,16 @@ static int put(struct upload *u, const void *src, uint64_t size, void **dev, str
 		}
 	}
 	return LQ_OK;
+}
+
+/* Reserve size bytes of the weight arena and copy src there; *dev receives
+ * the address. */
+static int put(struct upload *u, const void *src, uint64_t size, void **dev, struct lq_error *err)
+{
+	int rc = reserve(u, size, dev, err);
+	if (rc || u->counting)
+		return rc;
+	return stage_to(u, src, size, (uint8_t *)*dev, err);
 }
 
 static int bshift_of(int bs)
@@ -1108,7 +1138,20 @@ static int load_weight(struct upload *u, int role, int layer, uint64_t rows, uin
 		return gfail(err, LQ_ERR_UNSUPPORTED, "tensor '%s': row-wise int8 is not supported by the runtime", t->name);
 	void *d = NULL, *s = NULL, *nst = NULL;
 	int rc;
-	if ((rc = put(u, t->data, t->data_size, &d, err)) || (rc = put(u, t->scales, t->scale_size, &s, err)))
+	uint64_t epc = t->qtype == LQ_QTYPE_INT8 ? 16 : 32;
+	w->fast = cols % (uint64_t)t->block_size == 0 && cols % epc == 0;
+	struct lq_qparams qp = {t->qtype, t->block_size, t->double_quant};
+	/* 4-bit weights for the tensor-core GEMV: the GPU tile layout
+	 * (formats/LQ-FORMAT.md), made on the device from a copy as stored */
+	int tile = g->cd != LQ_COMPUTE_F32 && role != LQ_ROLE_EMBED && w->fast && lq_cuda_tiles_ok(&qp, rows, cols);
+	if (tile) {
+		uint64_t db, sb, sdata = (t->data_size + 255) & ~(uint64_t)255;
+		lq_cuda_tiles_size(&qp, rows, cols, &db, &sb);
+		if (sdata + t->scale_size > g->tscratch_need)
+			g->tscratch_need = sdata + t->scale_size;
+		if ((rc = reserve(u, db, &d, err)) || (rc = reserve(u, sb, &s, err)))
+			return rc;
+	} else if ((rc = put(u, t->data, t->data_size, &d, err)) || (rc = put(u, t->scales, t->scale_size, &s, err)))
 		return rc;
 	if (t->double_quant && (rc = put(u, t->nested, t->nested_size, &nst, err)))
 		return rc;
@@ -1126,8 +1169,23 @@ static int load_weight(struct upload *u, int role, int layer, uint64_t rows, uin
 	w->q.d_nested = (const float *)nst;
 	w->q.offset = t->offset;
 	w->q.n = t->nelem;
-	uint64_t epc = t->qtype == LQ_QTYPE_INT8 ? 16 : 32;
-	w->fast = cols % (uint64_t)t->block_size == 0 && cols % epc == 0;
+	w->q.layout = LQ_CUDA_ROWS;
+	if (tile) {
+		w->k.tspr = (uint32_t)(cols / 128);
+		w->k.rows = rows;
+		if (u->counting)
+			return LQ_OK;
+		struct lq_cuda_qweight rq = w->q;
+		uint8_t *sd = g->tscratch, *ss = sd + ((t->data_size + 255) & ~(uint64_t)255);
+		rq.d_data = sd;
+		rq.d_scales = ss;
+		if ((rc = stage_to(u, t->data, t->data_size, sd, err)) ||
+		    (rc = stage_to(u, t->scales, t->scale_size, ss, err)) || (rc = flush_stage(u, err)))
+			return rc;
+		int e = lq_cuda_tile(&rq, cols, d, s, &w->q, g->st);
+		if (e)
+			return cuda_fail(err, (cudaError_t)e, "re-laying out a weight");
+	}
 	return LQ_OK;
 }
 
@@ -1243,7 +1301,7 @@ static void g_free(void *state)
 			cudaGraphExecDestroy(g->graph[i]);
 	if (g->cbh_ok)
 		g->cb.destroy(g->cbh);
-	void *d[] = { g->arena, g->inv_freq, g->kv, g->x, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part, g->acnt,
+	void *d[] = { g->arena, g->tscratch, g->inv_freq, g->kv, g->x, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part, g->acnt,
 		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos, g->d_id };
 	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
 		gfree(d[i]);
@@ -1389,7 +1447,7 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 			return rc;
 		uint64_t epc = w->k.qtype == LQ_QTYPE_INT8 ? 16 : 32;
 		if (w->k.qtype != LQ_QTYPE_NONE && ne % epc == 0) {
-			uint64_t nc = ne / epc;
+			uint64_t nc = w->k.tspr ? (N + 15) / 16 * 16 * K / epc : ne / epc;
 			if (T == LQ_DTYPE_F32)
 				launch_k(g, k_weight_to16b<float>, dim3(grid_for(nc, 256)), dim3(256), w->k, nc, (float *)g->wbuf);
 			else if (T == LQ_DTYPE_F16)
@@ -1473,6 +1531,7 @@ static int matvec_multi(gstate *g, const dweight *const *ws, int nw, const float
 	const struct lq_cuda_qweight *qs[LQ_GEMV_PARTS];
 	for (int i = 0; same && i < nw; i++) {
 		same = ws[i]->k.qtype != LQ_QTYPE_NONE && ws[i]->fast && ws[i]->cols == ws[0]->cols &&
+		       ws[i]->q.layout == ws[0]->q.layout &&
 		       ws[i]->k.qtype == ws[0]->k.qtype && ws[i]->k.dq == ws[0]->k.dq &&
 		       ws[i]->k.bshift == ws[0]->k.bshift;
 		qs[i] = &ws[i]->q;
@@ -1861,13 +1920,14 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		size_t fr = 0, tot = 0;
 		cudaMemGetInfo(&fr, &tot);
 		g->arena_size = g->arena_used;
-		if (g->arena_size > fr) {
+		if (g->arena_size + g->tscratch_need > fr) {
 			rc = gfail(err, LQ_ERR_NOMEM,
 				   "the model needs %.0f MiB of GPU memory for its weights; %.0f MiB of %.0f MiB are free on %s",
 				   g->arena_size / 1048576.0, fr / 1048576.0, tot / 1048576.0, g->desc);
 			goto fail;
 		}
-		if ((rc = dmalloc((void **)&g->arena, g->arena_size, "the weights", err)))
+		if ((rc = dmalloc((void **)&g->arena, g->arena_size, "the weights", err)) ||
+		    (g->tscratch_need && (rc = dmalloc((void **)&g->tscratch, g->tscratch_need, "re-laying out the weights", err))))
 			goto fail;
 	}
 	u.counting = 0;
@@ -1890,6 +1950,8 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 			rc = cuda_fail(err, e, "the weight upload");
 			goto fail;
 		}
+		gfree(g->tscratch);
+		g->tscratch = NULL;
 	}
 	{
 		uint64_t N = CHUNK, F = (uint64_t)(g->qdim + 2 * g->kvdim), D = (uint64_t)g->hidden,

@@ -140,6 +140,30 @@ int main(int argc, char **argv)
 				k_fill<<<1024, 256, 0, st>>>((uint8_t *)cw[c].scales, sb, 99u + c);
 				k_fillf<<<64, 256, 0, st>>>(cw[c].nested, nb / 4, 0.05f);
 			}
+			/* 4-bit weights in the GPU tile layout, as the runtime holds them */
+			int tiled = lq_cuda_tiles_ok(&p, N, K);
+			struct lq_cuda_qweight *wq = (struct lq_cuda_qweight *)calloc((size_t)copies, sizeof *wq);
+			for (int c = 0; c < copies; c++) {
+				struct lq_cuda_qweight w = {p, cw[c].data, cw[c].scales, cw[c].nested, 0.01f, n, LQ_CUDA_ROWS};
+				wq[c] = w;
+				if (!tiled)
+					continue;
+				uint64_t tdb, tsb;
+				void *td, *ts;
+				lq_cuda_tiles_size(&p, N, K, &tdb, &tsb);
+				CU(cudaMalloc(&td, tdb));
+				CU(cudaMalloc(&ts, tsb));
+				int rc = lq_cuda_tile(&w, K, td, ts, &wq[c], st);
+				CU(cudaStreamSynchronize(st));
+				if (rc || tdb != db || tsb != sb) {
+					fprintf(stderr, "bench_gemv: lq_cuda_tile: %s\n", rc ? lq_cuda_strerror(rc) : "size differs");
+					return 1;
+				}
+				cudaFree(cw[c].data);
+				cudaFree(cw[c].scales);
+				cw[c].data = (uint8_t *)td;
+				cw[c].scales = ts;
+			}
 			__nv_bfloat16 *d_x;
 			float *d_y;
 			CU(cudaMalloc(&d_x, K * 2));
@@ -155,26 +179,24 @@ int main(int argc, char **argv)
 				free(hx);
 			}
 			if (once) {
-				struct lq_cuda_qweight w = {p, cw[0].data, cw[0].scales, cw[0].nested, 0.01f, n};
-				int rc = lq_cuda_gemv_ex(&w, N, K, d_x, LQ_DTYPE_BF16, d_y, st, 0, 0, 0);
+				int rc = lq_cuda_gemv_ex(&wq[0], N, K, d_x, LQ_DTYPE_BF16, d_y, st, 0, 0, 0);
 				CU(cudaStreamSynchronize(st));
 				printf("once %llu x %llu qtype %d: rc %d\n", (unsigned long long)N, (unsigned long long)K, p.qtype, rc);
 				free_copies(cw, copies);
+				free(wq);
 				cudaFree(d_x);
 				cudaFree(d_y);
 				continue;
 			}
 			int rows_list[] = {0, 2, 4, 8};
-			int nvar = sweep ? 4 : 1;
+			int nvar = sweep && !tiled ? 4 : 1; /* rows apply to the CUDA-core kernel */
 			double t_gemv[4];
 			for (int v = 0; v < nvar; v++) {
 				cudaGraph_t g;
 				cudaGraphExec_t ge;
 				CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
 				for (int i = 0; i < ITERS; i++) {
-					struct copyw *c = &cw[i % copies];
-					struct lq_cuda_qweight w = {p, c->data, c->scales, c->nested, 0.01f, n};
-					int rc = lq_cuda_gemv_ex(&w, N, K, d_x, LQ_DTYPE_BF16, d_y, st, rows_list[v], 0, 0);
+					int rc = lq_cuda_gemv_ex(&wq[i % copies], N, K, d_x, LQ_DTYPE_BF16, d_y, st, rows_list[v], 0, 0);
 					if (rc) {
 						fprintf(stderr, "bench_gemv: gemv: %s\n", lq_cuda_strerror(rc));
 						return 1;
@@ -240,6 +262,7 @@ int main(int argc, char **argv)
 			free(src);
 			free(dst);
 			free_copies(cw, copies);
+			free(wq);
 			cudaFree(d_x);
 			cudaFree(d_y);
 		}

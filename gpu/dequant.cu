@@ -62,6 +62,8 @@ static int bshift_of(int bs)
 
 extern "C" int lq_cuda_dequant_f32(const struct lq_cuda_qweight *w, float *d_out, void *stream)
 {
+	if (w->layout != LQ_CUDA_ROWS)
+		return (int)cudaErrorInvalidValue;
 	uint64_t blocks = (w->n + 255) / 256;
 	unsigned grid = blocks > 65535 * 8 ? 65535 * 8 : (unsigned)(blocks ? blocks : 1);
 	k_dequant<<<grid, 256, 0, (cudaStream_t)stream>>>(w->p.qtype, w->p.double_quant, bshift_of(w->p.block_size),
@@ -101,7 +103,7 @@ __global__ void k_gemv(int qtype, int dq, int bshift, const uint8_t *data, const
 extern "C" int lq_cuda_gemv_f32(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const float *d_x,
 				float *d_y, void *stream)
 {
-	if (K % (uint64_t)w->p.block_size || N * K != w->n)
+	if (K % (uint64_t)w->p.block_size || N * K != w->n || w->layout != LQ_CUDA_ROWS)
 		return (int)cudaErrorInvalidValue;
 	unsigned grid = (unsigned)((N + 7) / 8);
 	k_gemv<<<grid, 256, 0, (cudaStream_t)stream>>>(w->p.qtype, w->p.double_quant, bshift_of(w->p.block_size),

@@ -24,12 +24,12 @@
  * <= 2^-9 per weight before the fp32 scale; bitsandbytes' bf16 GEMV does the
  * same); INT8 codes are exact.  Products and sums are fp32.
  *
- * Which kernel runs: 4-bit weights with activations holding bf16 or fp16
- * values (the runtime at --compute-dtype bf16/fp16, or bf16 activations in
- * memory) go through the tensor-core kernel further down (k_gemv_tc) when
- * the block size is >= 64 and K % 128 == 0; everything else (INT8, float32
- * activations of any value, the exact fp32 path, other shapes) through
- * k_gemv_fast here.
+ * Which kernel runs: 4-bit weights in the GPU tile layout (lq_cuda_tile;
+ * the runtime makes it at --compute-dtype bf16/fp16 for block sizes >= 64
+ * and K % 128 == 0) go through the tensor-core kernel further down
+ * (k_gemv_tc), with activations holding bf16 or fp16 values; everything
+ * else (INT8, row-major weights, float32 activations of any value, the
+ * exact fp32 path) through k_gemv_fast here.
  *
  * Speed (H200, bench_gemv, BENCHMARKS.md): INT8 reaches 76-91% of the copy
  * bandwidth on the large shapes; NF4 in this kernel stays near 35-41%
@@ -407,9 +407,14 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
 /* ------------------------------------------------------------------------
  * Tensor-core 4-bit GEMV (activations holding bf16 or fp16 values).
  *
- * A warp owns a tile of 16 rows and walks K in spans of 128 elements (64
- * packed bytes per row): lane (g, c) (g = lane / 4, c = lane % 4) loads the
- * 16-byte chunk c of rows g and g + 8 and decodes it a byte (two codes) at a
+ * Weights are in the GPU tile layout (formats/LQ-FORMAT.md, made by
+ * lq_cuda_tile at load time): a warp owns a tile of 16 rows and walks K in
+ * spans of 128 elements, one 1024-byte record per tile and span (16 rows x
+ * 64 packed bytes); lane (g, c) (g = lane / 4, c = lane % 4) loads the
+ * 16-byte chunk c of rows g and g + 8 -- bytes 16 * lane and 512 + 16 * lane
+ * of the record, so each load instruction of the warp covers 512 contiguous
+ * bytes -- and the scale codes of its 16 rows lie in one 16-byte group per
+ * block.  It decodes its chunk a byte (two codes) at a
  * time into the bf16 (fp16) pair that an mma.m16n8k16 A register holds --
  * one PRMT builds the shared-memory address (code in byte 1, lane in byte
  * 0: a 256-entry table with one copy per bank), one LDS fetches the pair.
@@ -496,8 +501,8 @@ struct tc_slot {
 
 /* The parts of a launch, in tiles of 16 rows (32-bit: checked at launch). */
 struct tc_part {
-	const uint8_t *data;
-	const void *scales;
+	const uint8_t *data;  /* tile layout */
+	const void *scales;   /* tile layout */
 	const float *nested;
 	float *y;
 	float offset;
@@ -542,49 +547,46 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	const uint32_t nitems = (ntiles + (uint32_t)WT - 1) / (uint32_t)WT;
 	const uint32_t ni = (nitems - blockIdx.x + gridDim.x - 1) / gridDim.x;
 	const uint32_t Q = ni * m;
-	const uint32_t rowb = K / 2;
+	const uint32_t nbr = K >> bshift; /* blocks per row */
 	const uint32_t lrow = (uint32_t)g + ((uint32_t)c >> 1) * 8; /* the row of this lane's scale */
 
 	/* load side: pointers of the next span to fetch */
 	uint32_t l_item = 0, l_left = m;
-	const uint8_t *pa, *pb;
-	const void *scl;
+	const uint8_t *pa;      /* this lane's chunk of row g; row g + 8 is 512 bytes on */
+	const uint8_t *scl;     /* scale entry of this lane's row, block 0 (tile layout) */
 	const float *nst;
 	float l_off;
-	uint64_t sbn; /* element index that names this lane's scale block */
+	uint64_t rowblk;        /* row * nbr: the row-major block number of block 0 */
+	uint32_t l_e = 0;       /* column of this lane's scale block */
 	uint32_t l_sp = 0;
 	auto setup = [&](uint32_t item) {
 		uint32_t tile = (blockIdx.x + item * gridDim.x) * (uint32_t)WT + (uint32_t)wt;
 		tile = min(tile, ntiles - 1); /* a partial last item: read valid rows, store nothing */
 		const tc_part &pp = P.p[tc_part_of(P, tile)];
-		uint32_t r0 = (tile - pp.t0) * 16, last = pp.N - 1;
-		uint32_t ra = min(r0 + (uint32_t)g, last), rb = min(r0 + (uint32_t)g + 8, last);
-		uint32_t rs = min(r0 + lrow, last);
-		uint32_t o = s_lo * 64 + (uint32_t)c * 16;
-		pa = pp.data + (uint64_t)ra * rowb + o;
-		pb = pp.data + (uint64_t)rb * rowb + o;
-		sbn = (uint64_t)rs * K + s_lo * TC_SPAN + (c & 1) * 64;
-		scl = pp.scales;
+		const uint32_t lt = tile - pp.t0;
+		pa = pp.data + ((uint64_t)lt * spr + s_lo) * 1024 + (uint32_t)lane * 16;
+		scl = (const uint8_t *)pp.scales + ((uint64_t)lt * nbr * 16 + lrow) * (DQ ? 1 : 4);
+		rowblk = (uint64_t)min(lt * 16 + lrow, pp.N - 1) * nbr; /* padding rows: any valid index */
+		l_e = s_lo * TC_SPAN + (c & 1) * 64;
 		nst = pp.nested;
 		l_off = pp.offset;
 		l_sp = s_lo;
 	};
 	auto load = [&](tc_slot &s) {
 		s.a = ld_stream_tc(pa);
-		s.b = ld_stream_tc(pb);
-		uint64_t bi = sbn >> bshift;
+		s.b = ld_stream_tc(pa + 512);
+		uint32_t kb = l_e >> bshift;
 		if (DQ) {
-			s.s = __ldg((const unsigned char *)scl + bi);
-			s.n = __ldg(nst + (bi >> LQ_QNESTED_SHIFT));
+			s.s = __ldg(scl + kb * 16);
+			s.n = __ldg(nst + ((rowblk + kb) >> LQ_QNESTED_SHIFT));
 		} else {
-			s.s = __float_as_uint(__ldg((const float *)scl + bi));
+			s.s = __float_as_uint(__ldg((const float *)scl + kb * 16));
 		}
 		s.off = l_off;
 		s.xsp = l_sp;
 		if (--l_left) {
-			pa += 64;
-			pb += 64;
-			sbn += TC_SPAN;
+			pa += 1024;
+			l_e += TC_SPAN;
 			l_sp++;
 		} else {
 			l_left = m;
@@ -727,20 +729,29 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	}
 }
 
+static cudaError_t tc_device(int *sms, int *major, int *optin)
+{
+	int dev = 0;
+	cudaError_t e;
+	if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
+	    (e = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess ||
+	    (e = cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess ||
+	    (e = cudaDeviceGetAttribute(optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess)
+		return e;
+	return cudaSuccess;
+}
+
 /* Launch the tensor-core kernel; cudaErrorNotSupported when the shape or
- * the device does not suit it (the caller falls back). */
+ * the device does not suit it. */
 template <int QT, bool DQ, bool F16, typename XT>
 static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, int nw, uint64_t K, const XT *x,
 		     cudaStream_t st, int grid_max)
 {
 	auto kern = k_gemv_tc<QT, DQ, F16, XT>;
 	size_t smem = tc_smem(K);
-	int dev = 0, sms = 0, major = 0, optin = 0, per_sm = 0;
+	int sms = 0, major = 0, optin = 0, per_sm = 0;
 	cudaError_t e;
-	if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
-	    (e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess ||
-	    (e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess ||
-	    (e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess)
+	if ((e = tc_device(&sms, &major, &optin)) != cudaSuccess)
 		return (int)e;
 	if (major < 8 || smem > (size_t)optin)
 		return (int)cudaErrorNotSupported;
@@ -798,8 +809,8 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 	return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
 }
 
-/* The tensor-core path for 4-bit weights with block size >= 64 and K a
- * multiple of 128; cudaErrorNotSupported otherwise. */
+/* The tensor-core path for tiled 4-bit weights (block size >= 64, K a
+ * multiple of 128); cudaErrorNotSupported otherwise. */
 template <bool F16, typename XT>
 static int try_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, int nw, uint64_t K, const XT *x,
 		  cudaStream_t st, int grid_max)
@@ -818,7 +829,7 @@ static int try_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, int
 static int gemv_check(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x)
 {
 	int bs = w->p.block_size;
-	return !(N == 0 || K == 0 || bs < LQ_QBLOCK_MIN || bs > LQ_QBLOCK_MAX || (bs & (bs - 1)) ||
+	return !(N == 0 || (w->layout != LQ_CUDA_ROWS && w->layout != LQ_CUDA_TILES) || K == 0 || bs < LQ_QBLOCK_MIN || bs > LQ_QBLOCK_MAX || (bs & (bs - 1)) ||
 		 K % (uint64_t)bs || N > UINT64_MAX / K || N * K != w->n || !w->d_data || !w->d_scales ||
 		 (w->p.double_quant && !w->d_nested) || ((uintptr_t)w->d_data & 15) || ((uintptr_t)d_x & 15));
 }
@@ -832,12 +843,12 @@ static int gemv_run(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 	for (int i = 0; i < n; i++)
 		if (!ws[i] || !ys[i] || !gemv_check(ws[i], ws[i]->n / (K ? K : 1), K, d_x) ||
 		    ws[i]->p.qtype != ws[0]->p.qtype || ws[i]->p.double_quant != ws[0]->p.double_quant ||
-		    ws[i]->p.block_size != ws[0]->p.block_size)
+		    ws[i]->p.block_size != ws[0]->p.block_size || ws[i]->layout != ws[0]->layout)
 			return (int)cudaErrorInvalidValue;
 	if (x_dtype != LQ_DTYPE_F32 && !(x_dtype == LQ_DTYPE_BF16 && (mode == LQ_GEMV_F32 || mode == LQ_GEMV_BF16)))
 		return (int)cudaErrorInvalidValue;
 	cudaStream_t st = (cudaStream_t)stream;
-	if (mode == LQ_GEMV_EXACT && ws[0]->p.qtype != LQ_QTYPE_INT8) {
+	if (mode == LQ_GEMV_EXACT && ws[0]->p.qtype != LQ_QTYPE_INT8 && ws[0]->layout == LQ_CUDA_ROWS) {
 		const float *x = (const float *)d_x;
 		int dq = ws[0]->p.double_quant != 0;
 		if (ws[0]->p.qtype == LQ_QTYPE_NF4)
@@ -849,7 +860,9 @@ static int gemv_run(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 	/* bf16 activations in memory hold bf16 values by definition */
 	if (x_dtype == LQ_DTYPE_BF16)
 		mode = LQ_GEMV_BF16;
-	if (rows == 0 && ksplit_max == 0 && (mode == LQ_GEMV_BF16 || mode == LQ_GEMV_F16)) {
+	if (ws[0]->layout == LQ_CUDA_TILES) {
+		if (rows != 0 || ksplit_max != 0 || (mode != LQ_GEMV_BF16 && mode != LQ_GEMV_F16))
+			return (int)cudaErrorInvalidValue;
 		int e;
 		if (x_dtype == LQ_DTYPE_BF16)
 			e = try_tc<false, __nv_bfloat16>(ws, ys, n, K, (const __nv_bfloat16 *)d_x, st, grid_max);
@@ -857,8 +870,7 @@ static int gemv_run(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 			e = try_tc<true, float>(ws, ys, n, K, (const float *)d_x, st, grid_max);
 		else
 			e = try_tc<false, float>(ws, ys, n, K, (const float *)d_x, st, grid_max);
-		if (e != (int)cudaErrorNotSupported)
-			return e;
+		return e == (int)cudaErrorNotSupported ? (int)cudaErrorInvalidValue : e;
 	}
 	if (x_dtype == LQ_DTYPE_BF16)
 		return launch_q<__nv_bfloat16>(ws, ys, n, K, (const __nv_bfloat16 *)d_x, st, rows, grid_max, ksplit_max);
@@ -883,4 +895,90 @@ extern "C" int lq_cuda_gemv_multi(const struct lq_cuda_qweight *const *ws, float
 				  const void *d_x, int x_dtype, int mode, void *stream)
 {
 	return gemv_run(ws, ys, n, K, d_x, x_dtype, mode, stream, 0, 0, 0);
+}
+
+/* ------------------------------------------------------------------------
+ * The GPU tile layout (formats/LQ-FORMAT.md): made once at load time.
+ * ---------------------------------------------------------------------- */
+
+extern "C" int lq_cuda_tiles_ok(const struct lq_qparams *p, uint64_t N, uint64_t K)
+{
+	int sms = 0, major = 0, optin = 0;
+	if (!p || (p->qtype != LQ_QTYPE_NF4 && p->qtype != LQ_QTYPE_FP4) || p->block_size < 64 ||
+	    p->block_size > LQ_QBLOCK_MAX || (p->block_size & (p->block_size - 1)) || N == 0 || K == 0 ||
+	    K % TC_SPAN || N > UINT32_MAX / 2 || K > UINT32_MAX / 2 || (N + 15) / 16 > UINT32_MAX / 4)
+		return 0;
+	if (tc_device(&sms, &major, &optin) != cudaSuccess)
+		return 0;
+	return major >= 8 && tc_smem(K) <= (size_t)optin;
+}
+
+extern "C" void lq_cuda_tiles_size(const struct lq_qparams *p, uint64_t N, uint64_t K, uint64_t *data_bytes,
+				   uint64_t *scale_bytes)
+{
+	uint64_t rows = (N + 15) / 16 * 16;
+	*data_bytes = rows * (K / 2);
+	*scale_bytes = rows * (K / (uint64_t)p->block_size) * (p->double_quant ? 1 : 4);
+}
+
+/* 16 bytes of a code record per thread and step (padding rows: zeros). */
+__global__ void k_tile_codes(const uint8_t *__restrict__ src, uint4 *__restrict__ dst, uint64_t N, uint64_t K,
+			     uint64_t units)
+{
+	const uint64_t spr = K / TC_SPAN;
+	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < units;
+	     j += (uint64_t)gridDim.x * blockDim.x) {
+		uint64_t rec = j >> 6, t = rec / spr, sp = rec % spr, row = t * 16 + ((j >> 2) & 15);
+		uint4 v = make_uint4(0u, 0u, 0u, 0u);
+		if (row < N)
+			v = *(const uint4 *)(src + row * (K / 2) + sp * 64 + (j & 3) * 16);
+		dst[j] = v;
+	}
+}
+
+/* One scale entry (ES bytes) per thread and step (padding rows: zeros). */
+template <typename ES>
+__global__ void k_tile_scales(const ES *__restrict__ src, ES *__restrict__ dst, uint64_t N, uint64_t nbr,
+			      uint64_t total)
+{
+	for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+	     i += (uint64_t)gridDim.x * blockDim.x) {
+		uint64_t grp = i >> 4, t = grp / nbr, b = grp % nbr, row = t * 16 + (i & 15);
+		dst[i] = row < N ? src[row * nbr + b] : (ES)0;
+	}
+}
+
+static unsigned tile_grid(uint64_t n)
+{
+	uint64_t b = (n + 255) / 256;
+	return b > 65535 * 8 ? 65535 * 8 : b ? (unsigned)b : 1u;
+}
+
+extern "C" int lq_cuda_tile(const struct lq_cuda_qweight *w, uint64_t K, void *d_data, void *d_scales,
+			    struct lq_cuda_qweight *out, void *stream)
+{
+	if (!w || !out || !d_data || !d_scales || w->layout != LQ_CUDA_ROWS || K == 0 || w->n % K ||
+	    !lq_cuda_tiles_ok(&w->p, w->n / K, K) || !w->d_data || !w->d_scales ||
+	    (w->p.double_quant && !w->d_nested) || ((uintptr_t)w->d_data & 15) || ((uintptr_t)d_data & 15) ||
+	    ((uintptr_t)d_scales & 3))
+		return (int)cudaErrorInvalidValue;
+	uint64_t N = w->n / K, db, sb, nbr = K / (uint64_t)w->p.block_size;
+	lq_cuda_tiles_size(&w->p, N, K, &db, &sb);
+	cudaStream_t st = (cudaStream_t)stream;
+	k_tile_codes<<<tile_grid(db / 16), 256, 0, st>>>(w->d_data, (uint4 *)d_data, N, K, db / 16);
+	uint64_t ns = (N + 15) / 16 * 16 * nbr;
+	if (w->p.double_quant)
+		k_tile_scales<uint8_t><<<tile_grid(ns), 256, 0, st>>>((const uint8_t *)w->d_scales, (uint8_t *)d_scales,
+								      N, nbr, ns);
+	else
+		k_tile_scales<float><<<tile_grid(ns), 256, 0, st>>>((const float *)w->d_scales, (float *)d_scales, N,
+								    nbr, ns);
+	cudaError_t e = cudaGetLastError();
+	if (e != cudaSuccess)
+		return (int)e;
+	*out = *w;
+	out->d_data = (const uint8_t *)d_data;
+	out->d_scales = d_scales;
+	out->layout = LQ_CUDA_TILES;
+	return 0;
 }

@@ -1,8 +1,10 @@
 /*
  * lq_cuda.h - the CUDA side of libquant (built when nvcc is found).
  *
- * Kernels read the LQ block layout of libquant/lq_blocks.h directly (packed
- * codes, uint8 or fp32 scales, nested scales): no re-layout at load time.
+ * Kernels read the LQ block layout of libquant/lq_blocks.h (packed codes,
+ * uint8 or fp32 scales, nested scales) as stored, except the tensor-core
+ * GEMV, which reads 4-bit weights in the GPU tile layout that
+ * formats/LQ-FORMAT.md specifies (lq_cuda_tile makes it on the device).
  * All pointers named d_* are device pointers.  Functions return 0 or a
  * cudaError_t value; lq_cuda_strerror names it.
  */
@@ -27,10 +29,30 @@ struct lq_cuda_qweight {
 	const float *d_nested;  /* float[ceil(nb/256)] with double quant */
 	float offset;           /* double-quant offset */
 	uint64_t n;             /* elements */
+	int layout;             /* LQ_CUDA_ROWS (as stored) or LQ_CUDA_TILES */
 };
+#define LQ_CUDA_ROWS 0
+#define LQ_CUDA_TILES 1
 
 /*
- * Dequantize to float32: d_out[i] = table[code_i] * scale(block of i), with
+ * The GPU tile layout (formats/LQ-FORMAT.md) of a 4-bit [N, K] weight.
+ * lq_cuda_tiles_ok: 1 when the tensor-core GEMV takes such a weight on the
+ * current device (NF4/FP4, block size >= 64, K % 128 == 0, K within its
+ * shared memory), else 0.  lq_cuda_tiles_size: the bytes of the tiled codes
+ * and scales (rows padded to a multiple of 16).  lq_cuda_tile: re-lay out
+ * the row-major weight w (layout LQ_CUDA_ROWS) into d_data and d_scales
+ * (device buffers of those sizes, not overlapping w's parts) on `stream`,
+ * and describe the result in *out (layout LQ_CUDA_TILES; nested scales and
+ * offset are w's).  cudaErrorInvalidValue when the weight does not qualify.
+ */
+int lq_cuda_tiles_ok(const struct lq_qparams *p, uint64_t N, uint64_t K);
+void lq_cuda_tiles_size(const struct lq_qparams *p, uint64_t N, uint64_t K, uint64_t *data_bytes,
+			uint64_t *scale_bytes);
+int lq_cuda_tile(const struct lq_cuda_qweight *w, uint64_t K, void *d_data, void *d_scales,
+		 struct lq_cuda_qweight *out, void *stream);
+
+/*
+ * Dequantize (layout LQ_CUDA_ROWS) to float32: d_out[i] = table[code_i] * scale(block of i), with
  * the scale rebuilt as map[u8] * nested[b >> 8] + offset under double quant,
  * rounded exactly as lq_dequantize_ref (bit-identical results).
  */
@@ -56,8 +78,9 @@ int lq_cuda_gemv_f32(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K,
  * are used rounded to bf16 (relative error <= 2^-9 per weight before the
  * fp32 block scale); INT8 codes are exact.  May clear d_y with
  * cudaMemsetAsync on `stream` (split-K); safe under CUDA graph capture.
- * With bf16 activations, 4-bit weights use the tensor-core kernel
- * (LQ_GEMV_BF16 below) where the shape allows.
+ * Weights in the tile layout go through the tensor-core kernel (bf16
+ * activations, or LQ_GEMV_BF16 / LQ_GEMV_F16 below); row-major weights
+ * through the CUDA-core kernel.
  */
 int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
 		 int x_dtype, float *d_y, void *stream);
@@ -71,10 +94,12 @@ int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const 
  *                  CPU runtime's numbers up to the order of the sums):
  *                  --compute-dtype fp32
  *   LQ_GEMV_BF16   values representable in bf16 (--compute-dtype bf16):
- *                  4-bit weights go through the tensor cores as bf16
- *                  (block size >= 64 and K % 128 == 0; else as LQ_GEMV_F32)
+ *                  4-bit weights in the tile layout go through the tensor
+ *                  cores as bf16 (row-major ones as LQ_GEMV_F32)
  *   LQ_GEMV_F16    values representable in fp16: the same with fp16 codes
  *                  (relative error <= 2^-11 per weight)
+ * Tiled weights take only LQ_GEMV_BF16 / LQ_GEMV_F16 (or bf16 x), all
+ * parts the same layout (else cudaErrorInvalidValue).
  * A value that is not representable is rounded to nearest.  x_dtype
  * LQ_DTYPE_BF16 (activations stored as bf16) implies LQ_GEMV_BF16.
  * Launched with programmatic dependent launch on sm_90, so that the
@@ -90,8 +115,8 @@ int lq_cuda_gemv_multi(const struct lq_cuda_qweight *const *ws, float *const *ys
 /*
  * lq_cuda_gemv with tuning knobs for benchmarks: rows per block (0 = auto,
  * else 1, 2, 4 or 8), grid_max (0 = all resident blocks) and ksplit_max
- * (0 = auto) cap the grid.  rows or ksplit_max other than 0 select the
- * CUDA-core kernel even for bf16 activations.
+ * (0 = auto) cap the grid.  rows and ksplit_max apply to the CUDA-core
+ * kernel (row-major weights) and must be 0 for tiled ones.
  */
 int lq_cuda_gemv_ex(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
 		    int x_dtype, float *d_y, void *stream, int rows, int grid_max, int ksplit_max);

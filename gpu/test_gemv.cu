@@ -12,11 +12,14 @@
  * relative error <= 2^-9 = 1.95e-3 per weight, plus fp32 rounding);
  * INT8 |y - ref| <= 1e-5 a (exact codes, fp32 rounding only).  The old naive
  * kernel (lq_cuda_gemv_f32) is checked on the same data at 1e-5 a.
- * The tensor-core path (bf16 activations, or lq_cuda_gemv_multi with
- * LQ_GEMV_BF16 / LQ_GEMV_F16 on float32 arrays holding such values) runs
- * on the same cases, alone, with a grid of 2 blocks (several work items
- * per block) and as a multi-part launch; fp16 codes are held to 1e-3 a
- * (2^-11 per weight).  Shapes with K % 128 != 0 exercise its fallback.
+ * The tensor-core path (weights re-laid out by lq_cuda_tile, whose bytes
+ * are checked against the layout of formats/LQ-FORMAT.md built here on the
+ * host; bf16 activations, or lq_cuda_gemv_multi with LQ_GEMV_BF16 /
+ * LQ_GEMV_F16 on float32 arrays holding such values) runs on the cases the
+ * tile layout takes (4-bit, block size >= 64, K % 128 == 0), alone, with a
+ * grid of 2 blocks (several work items per block) and as a multi-part
+ * launch; fp16 codes are held to 1e-3 a (2^-11 per weight).  Row-major
+ * weights in those modes take the CUDA-core kernel (3e-3 a).
  */
 #include "lq_cuda.h"
 
@@ -65,12 +68,41 @@ static double worst(const float *y, const double *ref, const double *a, uint64_t
 	return m;
 }
 
-/* One random quantized weight on the device with its float32 dequantization. */
+/* One random quantized weight on the device with its float32 dequantization
+ * (q as stored; tq in the tile layout when tiled is set). */
 struct tw {
-	struct lq_cuda_qweight q;
+	struct lq_cuda_qweight q, tq;
+	int tiled;
 	float *wd;
-	void *dbuf[3];
+	void *dbuf[5];
 };
+
+/* The tile layout of formats/LQ-FORMAT.md, built on the host from the
+ * stored parts, against what lq_cuda_tile wrote. */
+static int tiles_match(const struct lq_qparams *p, uint64_t N, uint64_t K, const uint8_t *data,
+		       const uint8_t *scales, const void *d_tdata, const void *d_tscales)
+{
+	uint64_t T = (N + 15) / 16, S = K / 128, B = K / (uint64_t)p->block_size, es = p->double_quant ? 1 : 4;
+	uint64_t db = T * 16 * K / 2, sb = T * 16 * B * es, xdb = 0, xsb = 0;
+	lq_cuda_tiles_size(p, N, K, &xdb, &xsb);
+	if (xdb != db || xsb != sb)
+		return 0;
+	uint8_t *ed = (uint8_t *)calloc(db, 1), *es_ = (uint8_t *)calloc(sb, 1);
+	uint8_t *gd = (uint8_t *)malloc(db), *gs = (uint8_t *)malloc(sb);
+	for (uint64_t t = 0; t < T; t++)
+		for (uint64_t sp = 0; sp < S; sp++)
+			for (uint64_t r = 0; r < 16 && t * 16 + r < N; r++)
+				memcpy(ed + (t * S + sp) * 1024 + r * 64, data + (t * 16 + r) * (K / 2) + sp * 64, 64);
+	for (uint64_t t = 0; t < T; t++)
+		for (uint64_t b = 0; b < B; b++)
+			for (uint64_t r = 0; r < 16 && t * 16 + r < N; r++)
+				memcpy(es_ + ((t * B + b) * 16 + r) * es, scales + ((t * 16 + r) * B + b) * es, es);
+	CU(cudaMemcpy(gd, d_tdata, db, cudaMemcpyDeviceToHost));
+	CU(cudaMemcpy(gs, d_tscales, sb, cudaMemcpyDeviceToHost));
+	int ok = memcmp(ed, gd, db) == 0 && memcmp(es_, gs, sb) == 0;
+	free(ed); free(es_); free(gd); free(gs);
+	return ok;
+}
 
 static void tw_make(struct tw *t, int qtype, int bs, int dq, uint64_t N, uint64_t K, unsigned seed)
 {
@@ -96,14 +128,34 @@ static void tw_make(struct tw *t, int qtype, int bs, int dq, uint64_t N, uint64_
 		CU(cudaMalloc(&t->dbuf[2], nb));
 		CU(cudaMemcpy(t->dbuf[2], nested, nb, cudaMemcpyHostToDevice));
 	}
-	struct lq_cuda_qweight q = {p, (const uint8_t *)t->dbuf[0], t->dbuf[1], (const float *)t->dbuf[2], qb.offset, n};
+	struct lq_cuda_qweight q = {p, (const uint8_t *)t->dbuf[0], t->dbuf[1], (const float *)t->dbuf[2], qb.offset, n,
+				    LQ_CUDA_ROWS};
 	t->q = q;
+	t->tiled = lq_cuda_tiles_ok(&p, N, K);
+	if (t->tiled) {
+		uint64_t tdb, tsb;
+		lq_cuda_tiles_size(&p, N, K, &tdb, &tsb);
+		CU(cudaMalloc(&t->dbuf[3], tdb));
+		CU(cudaMalloc(&t->dbuf[4], tsb));
+		CU(cudaMemset(t->dbuf[3], 0x5a, tdb)); /* padding must be written */
+		CU(cudaMemset(t->dbuf[4], 0x5a, tsb));
+		int rc = lq_cuda_tile(&t->q, K, t->dbuf[3], t->dbuf[4], &t->tq, 0);
+		CU(cudaDeviceSynchronize());
+		CHECK(rc == 0 && t->tq.layout == LQ_CUDA_TILES && t->tq.d_nested == t->q.d_nested &&
+		      tiles_match(&p, N, K, data, (const uint8_t *)scales, t->dbuf[3], t->dbuf[4]),
+		      "tile layout q=%d bs=%d dq=%d %llux%llu: rc %d", qtype, bs, dq, (unsigned long long)N,
+		      (unsigned long long)K, rc);
+	} else {
+		struct lq_cuda_qweight tq;
+		CHECK(lq_cuda_tile(&t->q, K, t->dbuf[0], t->dbuf[1], &tq, 0) == (int)cudaErrorInvalidValue,
+		      "lq_cuda_tile refuses q=%d bs=%d %llux%llu", qtype, bs, (unsigned long long)N, (unsigned long long)K);
+	}
 	free(w); free(data); free(scales); free(nested); free(work);
 }
 
 static void tw_free(struct tw *t)
 {
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 5; i++)
 		cudaFree(t->dbuf[i]);
 	free(t->wd);
 }
@@ -124,13 +176,13 @@ static void test_multi(int qtype, int dq, int mode, uint64_t K)
 	CU(cudaMemcpy(d_x, x, K * 4, cudaMemcpyHostToDevice));
 	for (int i = 0; i < 3; i++) {
 		tw_make(&t[i], qtype, 64, dq, Ns[i], K, 7u * (unsigned)i + 1);
-		ws[i] = &t[i].q;
+		ws[i] = t[i].tiled && mode >= LQ_GEMV_BF16 ? &t[i].tq : &t[i].q;
 		CU(cudaMalloc(&d_y[i], Ns[i] * 4));
 		CU(cudaMemset(d_y[i], 0xff, Ns[i] * 4));
 	}
 	int rc = lq_cuda_gemv_multi(ws, d_y, 3, K, d_x, LQ_DTYPE_F32, mode, 0);
 	CU(cudaDeviceSynchronize());
-	double tol = qtype == LQ_QTYPE_INT8 ? 1e-5 : mode == LQ_GEMV_F16 ? 1e-3 : 3e-3;
+	double tol = qtype == LQ_QTYPE_INT8 ? 1e-5 : mode == LQ_GEMV_F16 && t[0].tiled ? 1e-3 : 3e-3;
 	for (int i = 0; i < 3; i++) {
 		uint64_t N = Ns[i];
 		float *y = (float *)malloc(N * 4);
@@ -235,22 +287,42 @@ int main(void)
 					double e2 = worst(y, rb, ab, N);
 					CHECK(e2 <= tol, "gemv grid_max=2 q=%d dq=%d bs=%d %llux%llu: err %g", q, dq, bs,
 					      (unsigned long long)N, (unsigned long long)K, e2);
-					/* the tensor-core path: float32 arrays of bf16 / fp16 values, grid of 2 */
-					const struct lq_cuda_qweight *wl[1] = {&qw};
-					for (int mode = LQ_GEMV_BF16; mode <= LQ_GEMV_F16; mode++)
-						for (int gm = 0; gm <= 2; gm += 2) {
-							CU(cudaMemset(d_y, 0xff, N * 4));
-							int rc = gm ? lq_cuda_gemv_ex(&qw, N, K, d_xh, LQ_DTYPE_BF16, d_y, 0, 0, gm, 0)
-								    : lq_cuda_gemv_multi(wl, &d_y, 1, K, mode == LQ_GEMV_BF16 ? d_xb : d_x16,
-											 LQ_DTYPE_F32, mode, 0);
-							CU(cudaDeviceSynchronize());
-							CU(cudaMemcpy(y, d_y, N * 4, cudaMemcpyDeviceToHost));
-							int h = mode == LQ_GEMV_F16 && !gm;
-							double e3 = h ? worst(y, rh, ah, N) : worst(y, rb, ab, N);
-							double t3 = q == LQ_QTYPE_INT8 ? tol : h ? 1e-3 : 3e-3;
-							CHECK(rc == 0 && e3 <= t3, "gemv mode=%d grid_max=%d q=%d dq=%d bs=%d %llux%llu: rc %d err %g (tol %g)",
-							      mode, gm, q, dq, bs, (unsigned long long)N, (unsigned long long)K, rc, e3, t3);
-						}
+					/* float32 arrays of bf16 / fp16 values, grid of 2: the tensor-core
+					 * path on the tiled weight, the CUDA-core one on the row-major one */
+					for (int lay = 0; lay <= t.tiled; lay++)
+						for (int mode = LQ_GEMV_BF16; mode <= LQ_GEMV_F16; mode++)
+							for (int gm = 0; gm <= 2; gm += 2) {
+								const struct lq_cuda_qweight *wl[1] = {lay ? &t.tq : &qw};
+								CU(cudaMemset(d_y, 0xff, N * 4));
+								int rc = gm ? lq_cuda_gemv_ex(wl[0], N, K, d_xh, LQ_DTYPE_BF16, d_y, 0, 0, gm, 0)
+									    : lq_cuda_gemv_multi(wl, &d_y, 1, K, mode == LQ_GEMV_BF16 ? d_xb : d_x16,
+												 LQ_DTYPE_F32, mode, 0);
+								CU(cudaDeviceSynchronize());
+								CU(cudaMemcpy(y, d_y, N * 4, cudaMemcpyDeviceToHost));
+								int h = mode == LQ_GEMV_F16 && !gm;
+								double e3 = h ? worst(y, rh, ah, N) : worst(y, rb, ab, N);
+								double t3 = q == LQ_QTYPE_INT8 ? tol : h && lay ? 1e-3 : 3e-3;
+								CHECK(rc == 0 && e3 <= t3, "gemv layout=%d mode=%d grid_max=%d q=%d dq=%d bs=%d %llux%llu: rc %d err %g (tol %g)",
+								      lay, mode, gm, q, dq, bs, (unsigned long long)N, (unsigned long long)K, rc, e3, t3);
+							}
+					if (t.tiled) { /* what a tiled weight refuses */
+						const struct lq_cuda_qweight *wl[1] = {&t.tq};
+						CHECK(lq_cuda_gemv_multi(wl, &d_y, 1, K, d_xf, LQ_DTYPE_F32, LQ_GEMV_F32, 0) ==
+							      (int)cudaErrorInvalidValue &&
+							      lq_cuda_gemv_multi(wl, &d_y, 1, K, d_xf, LQ_DTYPE_F32, LQ_GEMV_EXACT, 0) ==
+								      (int)cudaErrorInvalidValue &&
+							      lq_cuda_gemv_ex(&t.tq, N, K, d_xh, LQ_DTYPE_BF16, d_y, 0, 2, 0, 0) ==
+								      (int)cudaErrorInvalidValue &&
+							      lq_cuda_gemv_f32(&t.tq, N, K, (const float *)d_xf, d_y, 0) ==
+								      (int)cudaErrorInvalidValue &&
+							      lq_cuda_dequant_f32(&t.tq, d_y, 0) == (int)cudaErrorInvalidValue,
+						      "tiled weight refuses f32 modes, rows, the naive kernels");
+						const struct lq_cuda_qweight *mixed[2] = {&t.tq, &qw};
+						float *ys2[2] = {d_y, d_y};
+						CHECK(lq_cuda_gemv_multi(mixed, ys2, 2, K, d_xb, LQ_DTYPE_F32, LQ_GEMV_BF16, 0) ==
+							      (int)cudaErrorInvalidValue,
+						      "mixed layouts refused");
+					}
 					cudaFree(d_xf); cudaFree(d_xh); cudaFree(d_y); cudaFree(d_xb); cudaFree(d_x16);
 					tw_free(&t);
 					free(xf); free(xb); free(xh); free(x16); free(rf); free(af); free(rb); free(ab); free(rh); free(ah);
