@@ -652,6 +652,205 @@ __global__ void __launch_bounds__(FA_THREADS, 2) k_attn_tiled(const float *q, in
 	}
 }
 
+/*
+ * Attention for a chunk of n > 1 query tokens on the tensor cores (bf16 or
+ * fp16 compute, head_dim a multiple of 16 up to 256): a block of 4 warps
+ * takes TA_Q = 64 queries of one head, each warp 16 of them, and walks the
+ * visible keys in tiles of TA_K = 64, flash-attention style.  K and V are
+ * staged in shared memory in the compute dtype (V transposed, so that a B
+ * operand register is two adjacent elements); Q, K and V hold values of
+ * that dtype already (k_rope rounds them), so S = Q K^T takes exact
+ * products with fp32 accumulation (mma.m16n8k16).  The online softmax runs
+ * in fp32 on the S fragment (scale, soft-capping, causal and sliding-window
+ * masks as k_attn); the probabilities are rounded to the compute dtype for
+ * P V (as eager attention in bf16 does), the row sums use them unrounded,
+ * and O accumulates in fp32.
+ */
+#define TA_Q 64
+#define TA_K 64
+#define TA_THREADS 128
+static size_t ta_smem(int64_t hd)
+{
+	return ((size_t)(TA_Q + TA_K) * (size_t)(hd + 8) + (size_t)hd * (TA_K + 8)) * 2;
+}
+static bool ta_ok(int64_t hd) { return hd % 16 == 0 && hd <= 256; }
+
+template <bool F16>
+__device__ __forceinline__ uint32_t ta_pack(float lo, float hi)
+{
+	if (F16) {
+		__half2 v = __floats2half2_rn(lo, hi);
+		return *(uint32_t *)&v;
+	}
+	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+	return *(uint32_t *)&v;
+}
+
+template <bool F16>
+__device__ __forceinline__ void ta_mma(float *d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+				       uint32_t b1)
+{
+	if (F16)
+		asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+		    "{%0,%1,%2,%3};"
+		    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+		    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+	else
+		asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+		    "{%0,%1,%2,%3};"
+		    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+		    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t ta_ld(const uint16_t *p) { return *(const uint32_t *)p; }
+
+template <bool F16, int NT> /* head_dim <= 8 * NT */
+__global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t qs, const float *kc, const float *vc,
+							 float *out, int64_t H, int64_t grp, int64_t hd, int64_t kvdim,
+							 int64_t window, float scale, float cap, int64_t pos, int64_t n,
+							 int cd)
+{
+	extern __shared__ __align__(16) uint16_t ta_sm[];
+	pdl_wait();
+	const int ld = (int)hd + 8, vld = TA_K + 8, h4 = (int)hd / 4;
+	uint16_t *Qs = ta_sm, *Ks = Qs + TA_Q * ld, *Vt = Ks + TA_K * ld; /* Vt: [hd][vld] */
+	const int64_t h = blockIdx.x, kvh = h / grp, t0 = (int64_t)blockIdx.y * TA_Q;
+	const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
+	const int nq = (int)min((int64_t)TA_Q, n - t0);
+	for (int i = tid; i < TA_Q * h4; i += TA_THREADS) {
+		int qi = i / h4, d = (i - qi * h4) * 4;
+		float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+		if (qi < nq)
+			v = *(const float4 *)(q + (t0 + qi) * qs + h * hd + d);
+		*(uint2 *)(Qs + qi * ld + d) = make_uint2(ta_pack<F16>(v.x, v.y), ta_pack<F16>(v.z, v.w));
+	}
+	const int r0 = warp * 16 + g; /* this lane's rows r0 and r0 + 8 of the tile */
+	const int64_t pq0 = pos + t0 + r0, pq1 = pq0 + 8;
+	const bool live0 = r0 < nq, live1 = r0 + 8 < nq;
+	const int64_t pmax = pos + t0 + nq - 1, wlast = pos + t0 + warp * 16 + 15;
+	int64_t lo = 0;
+	if (window > 0 && pos + t0 - window + 1 > 0)
+		lo = pos + t0 - window + 1;
+	const int kt = (int)hd / 16, ntl = (int)hd / 8;
+	float o[NT][4];
+#pragma unroll
+	for (int d = 0; d < NT; d++)
+		o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+	float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+	for (int64_t k0 = lo - lo % TA_K; k0 <= pmax; k0 += TA_K) {
+		__syncthreads(); /* the previous tile is consumed */
+		for (int i = tid; i < TA_K * h4; i += TA_THREADS) {
+			int kj = i / h4, d = (i - kj * h4) * 4;
+			int64_t j = k0 + kj;
+			float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
+			if (j <= pmax) {
+				kv = *(const float4 *)(kc + j * kvdim + kvh * hd + d);
+				vv = *(const float4 *)(vc + j * kvdim + kvh * hd + d);
+			}
+			*(uint2 *)(Ks + kj * ld + d) = make_uint2(ta_pack<F16>(kv.x, kv.y), ta_pack<F16>(kv.z, kv.w));
+			uint32_t v01 = ta_pack<F16>(vv.x, vv.y), v23 = ta_pack<F16>(vv.z, vv.w);
+			Vt[(d + 0) * vld + kj] = (uint16_t)v01;
+			Vt[(d + 1) * vld + kj] = (uint16_t)(v01 >> 16);
+			Vt[(d + 2) * vld + kj] = (uint16_t)v23;
+			Vt[(d + 3) * vld + kj] = (uint16_t)(v23 >> 16);
+		}
+		__syncthreads();
+		if (k0 > wlast || warp * 16 >= nq)
+			continue; /* no row of this warp sees a key of the tile */
+		float s[8][4];
+#pragma unroll
+		for (int t = 0; t < 8; t++)
+			s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+		for (int kk = 0; kk < kt; kk++) {
+			const uint16_t *qa = Qs + r0 * ld + kk * 16 + 2 * c;
+			uint32_t a0 = ta_ld(qa), a1 = ta_ld(qa + 8 * ld), a2 = ta_ld(qa + 8), a3 = ta_ld(qa + 8 * ld + 8);
+#pragma unroll
+			for (int t = 0; t < 8; t++) {
+				const uint16_t *kb = Ks + (t * 8 + g) * ld + kk * 16 + 2 * c;
+				ta_mma<F16>(s[t], a0, a1, a2, a3, ta_ld(kb), ta_ld(kb + 8));
+			}
+		}
+		float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+		for (int t = 0; t < 8; t++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				const int64_t j = k0 + t * 8 + 2 * c + (e & 1), pq = e < 2 ? pq0 : pq1;
+				float v = s[t][e] * scale;
+				if (cap > 0.0f)
+					v = tanhf(v / cap) * cap;
+				bool vis = (e < 2 ? live0 : live1) && j <= pq && j >= lo && (window <= 0 || j > pq - window);
+				s[t][e] = vis ? v : -INFINITY;
+				if (e < 2)
+					mx0 = fmaxf(mx0, s[t][e]);
+				else
+					mx1 = fmaxf(mx1, s[t][e]);
+			}
+		mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+		mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+		mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+		mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+		const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+		const float c0 = mn0 == -INFINITY ? 1.0f : expf(m0 - mn0), c1 = mn1 == -INFINITY ? 1.0f : expf(m1 - mn1);
+		float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+		for (int t = 0; t < 8; t++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				const float mn = e < 2 ? mn0 : mn1;
+				float pw = mn == -INFINITY ? 0.0f : expf(s[t][e] - mn);
+				s[t][e] = pw;
+				if (e < 2)
+					ps0 += pw;
+				else
+					ps1 += pw;
+			}
+		l0 = l0 * c0 + ps0; /* this lane's part of the row sum (the quad adds up at the end) */
+		l1 = l1 * c1 + ps1;
+		m0 = mn0;
+		m1 = mn1;
+#pragma unroll
+		for (int d = 0; d < NT; d++) {
+			o[d][0] *= c0;
+			o[d][1] *= c0;
+			o[d][2] *= c1;
+			o[d][3] *= c1;
+		}
+#pragma unroll
+		for (int kk = 0; kk < TA_K / 16; kk++) {
+			uint32_t a0 = ta_pack<F16>(s[2 * kk][0], s[2 * kk][1]), a1 = ta_pack<F16>(s[2 * kk][2], s[2 * kk][3]);
+			uint32_t a2 = ta_pack<F16>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+			uint32_t a3 = ta_pack<F16>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+			for (int d = 0; d < NT; d++) {
+				if (d < ntl) {
+					const uint16_t *vb = Vt + (d * 8 + g) * vld + kk * 16 + 2 * c;
+					ta_mma<F16>(o[d], a0, a1, a2, a3, ta_ld(vb), ta_ld(vb + 8));
+				}
+			}
+		}
+	}
+	l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+	l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+	l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+	l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+	const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+	float *o0 = out + (t0 + r0) * (H * hd) + h * hd + 2 * c, *o1 = o0 + 8 * (H * hd);
+#pragma unroll
+	for (int d = 0; d < NT; d++) {
+		if (d < ntl) {
+			if (live0) {
+				o0[d * 8] = rnd(o[d][0] * i0, cd);
+				o0[d * 8 + 1] = rnd(o[d][1] * i0, cd);
+			}
+			if (live1) {
+				o1[d * 8] = rnd(o[d][2] * i1, cd);
+				o1[d * 8 + 1] = rnd(o[d][3] * i1, cd);
+			}
+		}
+	}
+}
+
 __device__ __forceinline__ float act_f(int a, float x)
 {
 	switch (a) {
@@ -1626,7 +1825,14 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 					     pos, layer_kc(g, li), layer_vc(g, li), g->kvdim, cd);
 		CK(cudaGetLastError(), "RoPE");
 		g->xconv = NULL;
-		if (n > 1) {
+		if (n > 1 && g->cd != LQ_COMPUTE_F32 && ta_ok(g->hd)) {
+			dim3 tg((unsigned)g->H, (unsigned)((n + TA_Q - 1) / TA_Q));
+			auto tk = g->cd == LQ_COMPUTE_F16 ? (g->hd <= 64 ? k_attn_tc<true, 8> : g->hd <= 128 ? k_attn_tc<true, 16> : k_attn_tc<true, 32>)
+							  : (g->hd <= 64 ? k_attn_tc<false, 8> : g->hd <= 128 ? k_attn_tc<false, 16> : k_attn_tc<false, 32>);
+			launch_ks(g, tk, tg, dim3(TA_THREADS), ta_smem(g->hd), q, ld, layer_kc(g, li), layer_vc(g, li),
+				  g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
+				  (float)c->attn_logit_softcap, pos, (int64_t)n, cd);
+		} else if (n > 1) {
 			dim3 fg((unsigned)g->H, (unsigned)((n + FA_Q - 1) / FA_Q));
 			auto fk = g->hd <= 64 ? k_attn_tiled<4> : g->hd <= 128 ? k_attn_tiled<8> : k_attn_tiled<16>;
 			launch_ks(g, fk, fg, dim3(FA_THREADS), fa_smem(g->hd), q, ld, layer_kc(g, li), layer_vc(g, li),
@@ -1890,7 +2096,13 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		    (e = cudaFuncSetAttribute(k_attn_tiled<8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 					      (int)fa_smem(g->hd))) != cudaSuccess ||
 		    (e = cudaFuncSetAttribute(k_attn_tiled<16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-					      (int)fa_smem(g->hd))) != cudaSuccess) {
+					      (int)fa_smem(g->hd))) != cudaSuccess ||
+		    (ta_ok(g->hd) && ((e = cudaFuncSetAttribute(k_attn_tc<false, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ta_smem(g->hd))) != cudaSuccess ||
+				      (e = cudaFuncSetAttribute(k_attn_tc<false, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ta_smem(g->hd))) != cudaSuccess ||
+				      (e = cudaFuncSetAttribute(k_attn_tc<false, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ta_smem(g->hd))) != cudaSuccess ||
+				      (e = cudaFuncSetAttribute(k_attn_tc<true, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ta_smem(g->hd))) != cudaSuccess ||
+				      (e = cudaFuncSetAttribute(k_attn_tc<true, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ta_smem(g->hd))) != cudaSuccess ||
+				      (e = cudaFuncSetAttribute(k_attn_tc<true, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ta_smem(g->hd))) != cudaSuccess))) {
 			rc = cuda_fail(err, e, "opening the GPU");
 			goto fail;
 		}

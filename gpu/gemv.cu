@@ -645,16 +645,18 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		float sc = DQ ? lq_dq_scale(dmap[s.s], s.n, s.off) : __uint_as_float(s.s);
 		float so = __shfl_down_sync(0xffffffffu, sc, 2);
 		const uint32_t wa[4] = {s.a.x, s.a.y, s.a.z, s.a.w}, wb[4] = {s.b.x, s.b.y, s.b.z, s.b.w};
-		const uint2 *xp = (const uint2 *)(xs + s.xsp * (TC_SPAN / 2) + c * 16);
+		/* lane (c, c) holds B column c: chunk c's 32 activations, 4 x 16 bytes */
+		const uint4 *xp = (const uint4 *)(xs + s.xsp * (TC_SPAN / 2) + c * 16);
 		float d0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-		for (int j = 0; j < 8; j++) {
-			const int wi = j >> 1, k0 = (2 * j) & 3, k1 = k0 + 1;
-			uint2 xv = make_uint2(0u, 0u);
+		for (int j2 = 0; j2 < 4; j2++) {
+			uint4 xv = make_uint4(0u, 0u, 0u, 0u);
 			if (g == c)
-				xv = xp[j];
-			tc_mma<F16>(j & 1 ? d1 : d0, tc_lut(wa[wi], lut4, k0), tc_lut(wb[wi], lut4, k0),
-				    tc_lut(wa[wi], lut4, k1), tc_lut(wb[wi], lut4, k1), xv.x, xv.y);
+				xv = xp[j2];
+			tc_mma<F16>(d0, tc_lut(wa[j2], lut4, 0), tc_lut(wb[j2], lut4, 0), tc_lut(wa[j2], lut4, 1),
+				    tc_lut(wb[j2], lut4, 1), xv.x, xv.y);
+			tc_mma<F16>(d1, tc_lut(wa[j2], lut4, 2), tc_lut(wb[j2], lut4, 2), tc_lut(wa[j2], lut4, 3),
+				    tc_lut(wb[j2], lut4, 3), xv.z, xv.w);
 		}
 		pg = sc * ((d0[0] + d0[1]) + (d1[0] + d1[1]));
 		pg8 = so * ((d0[2] + d0[3]) + (d1[2] + d1[3]));
