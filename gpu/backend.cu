@@ -264,9 +264,32 @@ __global__ void __launch_bounds__(1024) k_rmsnorm(float *x, const float *res, co
  * keeps its NV float4s in registers (one read of x and res, one of w), so
  * the one-block-per-token kernel pays the memory latency twice, not 2 D /
  * blockDim.x times. */
+/* The 16-bit copy of values of the compute dtype (bf16, or fp16 at
+ * LQ_COMPUTE_F16) that a GEMM reads instead of converting them (see
+ * conv16): element i of p. */
+__device__ __forceinline__ void st16(void *p, uint64_t i, float v, int cd)
+{
+	if (cd == LQ_COMPUTE_F16)
+		((__half *)p)[i] = __float2half_rn(v);
+	else
+		((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+}
+__device__ __forceinline__ void st16x4(void *p, uint64_t i, float4 v, int cd)
+{
+	uint2 u;
+	if (cd == LQ_COMPUTE_F16) {
+		__half2 a = __floats2half2_rn(v.x, v.y), b = __floats2half2_rn(v.z, v.w);
+		u = make_uint2(*(uint32_t *)&a, *(uint32_t *)&b);
+	} else {
+		__nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+		u = make_uint2(*(uint32_t *)&a, *(uint32_t *)&b);
+	}
+	*(uint2 *)((uint16_t *)p + i) = u;
+}
+
 template <int NV>
 __global__ void __launch_bounds__(1024) k_rmsnorm4(float *x, const float *res, const float *w, float *y, float *add,
-						   int64_t D, float eps, int plus1, int cd)
+						   int64_t D, float eps, int plus1, int cd, void *y16)
 {
 	pdl_wait();
 	const int64_t D4 = D >> 2, row = (int64_t)blockIdx.x * D;
@@ -313,6 +336,8 @@ __global__ void __launch_bounds__(1024) k_rmsnorm4(float *x, const float *res, c
 		} else {
 			o = make_float4(rnd(ov[0], cd), rnd(ov[1], cd), rnd(ov[2], cd), rnd(ov[3], cd));
 			((float4 *)(y + row))[j] = o;
+			if (y16)
+				st16x4(y16, (uint64_t)row + 4 * (uint64_t)j, o, cd);
 		}
 	}
 }
@@ -708,7 +733,7 @@ template <bool F16, int NT> /* head_dim <= 8 * NT */
 __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t qs, const float *kc, const float *vc,
 							 float *out, int64_t H, int64_t grp, int64_t hd, int64_t kvdim,
 							 int64_t window, float scale, float cap, int64_t pos, int64_t n,
-							 int cd)
+							 int cd, void *out16)
 {
 	extern __shared__ __align__(16) uint16_t ta_sm[];
 	pdl_wait();
@@ -835,17 +860,21 @@ __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t 
 	l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
 	l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
 	const float i0 = 1.0f / l0, i1 = 1.0f / l1;
-	float *o0 = out + (t0 + r0) * (H * hd) + h * hd + 2 * c, *o1 = o0 + 8 * (H * hd);
+	const uint64_t e0 = (uint64_t)(t0 + r0) * (H * hd) + h * hd + 2 * c, e1 = e0 + 8 * (H * hd);
 #pragma unroll
 	for (int d = 0; d < NT; d++) {
 		if (d < ntl) {
 			if (live0) {
-				o0[d * 8] = rnd(o[d][0] * i0, cd);
-				o0[d * 8 + 1] = rnd(o[d][1] * i0, cd);
+				float2 v = make_float2(rnd(o[d][0] * i0, cd), rnd(o[d][1] * i0, cd));
+				*(float2 *)(out + e0 + d * 8) = v;
+				if (out16)
+					*(uint32_t *)((uint16_t *)out16 + e0 + d * 8) = ta_pack<F16>(v.x, v.y);
 			}
 			if (live1) {
-				o1[d * 8] = rnd(o[d][2] * i1, cd);
-				o1[d * 8 + 1] = rnd(o[d][3] * i1, cd);
+				float2 v = make_float2(rnd(o[d][2] * i1, cd), rnd(o[d][3] * i1, cd));
+				*(float2 *)(out + e1 + d * 8) = v;
+				if (out16)
+					*(uint32_t *)((uint16_t *)out16 + e1 + d * 8) = ta_pack<F16>(v.x, v.y);
 			}
 		}
 	}
@@ -867,13 +896,17 @@ __device__ __forceinline__ float act_f(int a, float x)
 }
 
 /* out[t][i] = rnd(act(g) * u) for gate/up rows of stride ld. */
-__global__ void k_act(const float *g, const float *u, int64_t ld, float *out, int64_t n, int64_t I, int act, int cd)
+__global__ void k_act(const float *g, const float *u, int64_t ld, float *out, int64_t n, int64_t I, int act, int cd,
+		      void *out16)
 {
 	pdl_wait();
 	uint64_t tot = (uint64_t)n * I;
 	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < tot; j += (uint64_t)gridDim.x * blockDim.x) {
 		uint64_t t = j / I, i = j % I;
-		out[j] = rnd(act_f(act, g[t * ld + i]) * u[t * ld + i], cd);
+		float v = rnd(act_f(act, g[t * ld + i]) * u[t * ld + i], cd);
+		out[j] = v;
+		if (out16)
+			st16(out16, j, v, cd);
 	}
 }
 
@@ -941,7 +974,7 @@ __global__ void k_weight_to(kweight w, uint64_t n, T *out)
 /* The same for a quantized weight, 8 elements per thread (one scale: blocks
  * hold a multiple of 32 elements), 16- or 32-byte stores; n % 8 == 0. */
 /*
- * Weight -> dense matrix of T, one 16-byte chunk of codes per thread and step
+ * Weight as stored -> dense matrix of T, one 16-byte chunk of codes per thread and step
  * (32 4-bit or 16 INT8 elements, all in one quantization block, so the scale
  * is rebuilt once), with the code table and the scale map in shared memory:
  * indexing constant memory with per-lane values serializes the warp.  The
@@ -962,19 +995,10 @@ __global__ void __launch_bounds__(256) k_weight_to16b(kweight w, uint64_t nchunk
 	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < nchunks; j += (uint64_t)gridDim.x * blockDim.x) {
 		uint4 q4 = __ldg((const uint4 *)(w.data + j * 16));
 		const uint32_t q[4] = {q4.x, q4.y, q4.z, q4.w};
-		uint64_t i0 = j * epc, b = i0 >> w.bshift, sb = b;
-		if (w.tspr) { /* the tile layout (formats/LQ-FORMAT.md): chunk j is row r of a record */
-			uint64_t rec = j >> 6, t = rec / w.tspr, r = (j >> 2) & 15, row = t * 16 + r;
-			if (row >= w.rows)
-				continue; /* padding */
-			uint64_t K = (uint64_t)w.tspr * 128, col = (rec % w.tspr) * 128 + (j & 3) * 32, nbr = K >> w.bshift;
-			i0 = row * K + col;
-			b = i0 >> w.bshift;
-			sb = (t * nbr + (col >> w.bshift)) * 16 + r;
-		}
-		float s = w.dq ? lq_dq_scale(dmap[__ldg((const uint8_t *)w.scales + sb)],
+		uint64_t i0 = j * epc, b = i0 >> w.bshift;
+		float s = w.dq ? lq_dq_scale(dmap[__ldg((const uint8_t *)w.scales + b)],
 					     __ldg(w.nested + (b >> LQ_QNESTED_SHIFT)), w.offset)
-			       : __ldg((const float *)w.scales + sb);
+			       : __ldg((const float *)w.scales + b);
 		T *dst = out + i0;
 		if (i8) {
 			float si = __fmul_rn(s, 1.0f / 127.0f);
@@ -999,6 +1023,72 @@ __global__ void __launch_bounds__(256) k_weight_to16b(kweight w, uint64_t nchunk
 				for (int k = 0; k < (int)(16 * sizeof(T) / 16); k++)
 					((uint4 *)(dst + 16 * h))[k] = ((const uint4 *)o)[k];
 			}
+		}
+	}
+}
+
+/*
+ * A tiled 4-bit weight (the GPU tile layout) -> dense row-major matrix of a
+ * 16-bit T.  A warp takes half a record (8 rows x 64 packed bytes) per
+ * step: each lane loads its 16-byte chunk, then the 4 lanes of a row swap
+ * 32-bit words so that lane c holds bytes 4c..4c+3 of all four chunks and
+ * its 16-byte stores land next to its neighbours' (each store instruction
+ * of the warp writes 8 whole 64-byte segments).  Values as k_weight_to16b.
+ */
+template <typename T>
+__global__ void __launch_bounds__(256) k_tiles_to16(kweight w, uint32_t nhalf, T *out)
+{
+	__shared__ float tab[16], dmap[256];
+	pdl_wait();
+	if (threadIdx.x < 16)
+		tab[threadIdx.x] = __uint_as_float((w.qtype == LQ_QTYPE_NF4 ? b_nf4 : b_fp4)[threadIdx.x]);
+	for (int i = threadIdx.x; i < 256; i += blockDim.x)
+		dmap[i] = __uint_as_float(b_dyn[i]);
+	__syncthreads();
+	const uint32_t lane = threadIdx.x & 31, c = lane & 3, K = w.tspr * 128, nbr = K >> w.bshift;
+	const uint32_t nwarps = (gridDim.x * blockDim.x) >> 5;
+	for (uint32_t hr = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; hr < nhalf; hr += nwarps) {
+		const uint32_t rec = hr >> 1, t = rec / w.tspr, sp = rec - t * w.tspr;
+		const uint32_t r = (hr & 1) * 8 + (lane >> 2);
+		const uint64_t row = (uint64_t)t * 16 + r;
+		uint4 q4 = __ldg((const uint4 *)(w.data + (uint64_t)hr * 512 + lane * 16));
+		/* word c of each chunk k of the row (chunk k is lane k of the quad) */
+		uint32_t rm[4], wd[4]; /* rm[m]: word c of chunk c ^ m */
+#pragma unroll
+		for (int m = 0; m < 4; m++) {
+			const uint32_t i = c ^ (uint32_t)m; /* the word the partner lane c ^ m wants */
+			uint32_t v = i == 0 ? q4.x : i == 1 ? q4.y : i == 2 ? q4.z : q4.w;
+			rm[m] = m ? __shfl_xor_sync(0xffffffffu, v, m) : v;
+		}
+#pragma unroll
+		for (int k = 0; k < 4; k++) {
+			const uint32_t m = c ^ (uint32_t)k;
+			wd[k] = m == 0 ? rm[0] : m == 1 ? rm[1] : m == 2 ? rm[2] : rm[3];
+		}
+		if (row >= w.rows)
+			continue; /* padding */
+		/* chunks 0-1 and 2-3 each lie in one block (block size >= 64) */
+		float sc[2];
+#pragma unroll
+		for (int hf = 0; hf < 2; hf++) {
+			const uint32_t kb = (sp * 128 + hf * 64) >> w.bshift;
+			const uint64_t sb = ((uint64_t)t * nbr + kb) * 16 + r, b = row * nbr + kb;
+			sc[hf] = w.dq ? lq_dq_scale(dmap[__ldg((const uint8_t *)w.scales + sb)],
+						    __ldg(w.nested + (b >> LQ_QNESTED_SHIFT)), w.offset)
+				      : __ldg((const float *)w.scales + sb);
+		}
+		T *dst = out + row * K + sp * 128 + c * 8;
+#pragma unroll
+		for (int k = 0; k < 4; k++) {
+			const float s = sc[k >> 1];
+			T o[8];
+#pragma unroll
+			for (int b = 0; b < 4; b++) {
+				uint32_t byte = (wd[k] >> (8 * b)) & 0xffu;
+				o[2 * b] = from_f<T>(__fmul_rn(tab[byte >> 4], s));
+				o[2 * b + 1] = from_f<T>(__fmul_rn(tab[byte & 15], s));
+			}
+			*(uint4 *)(dst + k * 32) = *(const uint4 *)o;
 		}
 	}
 }
@@ -1646,8 +1736,16 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 			return rc;
 		uint64_t epc = w->k.qtype == LQ_QTYPE_INT8 ? 16 : 32;
 		if (w->k.qtype != LQ_QTYPE_NONE && ne % epc == 0) {
-			uint64_t nc = w->k.tspr ? (N + 15) / 16 * 16 * K / epc : ne / epc;
-			if (T == LQ_DTYPE_F32)
+			uint64_t nc = ne / epc;
+			if (w->k.tspr) { /* tiled: never at fp32 compute */
+				uint32_t nh = (uint32_t)((N + 15) / 16 * w->k.tspr * 2);
+				if (T == LQ_DTYPE_F16)
+					launch_k(g, k_tiles_to16<__half>, dim3(grid_for((uint64_t)nh * 32, 256)), dim3(256), w->k, nh,
+						 (__half *)g->wbuf);
+				else
+					launch_k(g, k_tiles_to16<__nv_bfloat16>, dim3(grid_for((uint64_t)nh * 32, 256)), dim3(256), w->k,
+						 nh, (__nv_bfloat16 *)g->wbuf);
+			} else if (T == LQ_DTYPE_F32)
 				launch_k(g, k_weight_to16b<float>, dim3(grid_for(nc, 256)), dim3(256), w->k, nc, (float *)g->wbuf);
 			else if (T == LQ_DTYPE_F16)
 				launch_k(g, k_weight_to16b<__half>, dim3(grid_for(nc, 256)), dim3(256), w->k, nc, (__half *)g->wbuf);
@@ -1700,6 +1798,24 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 	return LQ_OK;
 }
 
+/*
+ * Where a kernel producing n > 1 rows of GEMM input also stores them as
+ * 16-bit values of the compute dtype, so that matmul skips its conversion
+ * (NULL when matmul would not use them: fp32 compute, one row, no cuBLAS);
+ * conv16_done records which activations xbuf now holds.
+ */
+static void *conv16(gstate *g, size_t n)
+{
+	return n > 1 && g->cd != LQ_COMPUTE_F32 && g->cbh_ok ? g->xbuf : nullptr;
+}
+static void conv16_done(gstate *g, const float *x, size_t n)
+{
+	if (conv16(g, n)) {
+		g->xconv = x;
+		g->xconv_n = n;
+	}
+}
+
 /* RMSNorm of n rows (see k_rmsnorm): the register kernel where it fits. */
 static void rmsnorm(gstate *g, size_t n, float *x, const float *res, const float *w, float *y, float *add)
 {
@@ -1710,12 +1826,15 @@ static void rmsnorm(gstate *g, size_t n, float *x, const float *res, const float
 	if (D % 4 == 0 && D4 <= 4 * 1024) {
 		int nv = D4 <= 1024 ? 1 : D4 <= 2048 ? 2 : 4;
 		unsigned th = (unsigned)((D4 + nv - 1) / nv + 31) / 32 * 32;
+		void *y16 = add ? nullptr : conv16(g, n);
 		if (nv == 1)
-			launch_k(g, k_rmsnorm4<1>, dim3((unsigned)n), dim3(th), x, res, w, y, add, D, eps, c->norm_plus_one, g->cd);
+			launch_k(g, k_rmsnorm4<1>, dim3((unsigned)n), dim3(th), x, res, w, y, add, D, eps, c->norm_plus_one, g->cd, y16);
 		else if (nv == 2)
-			launch_k(g, k_rmsnorm4<2>, dim3((unsigned)n), dim3(th), x, res, w, y, add, D, eps, c->norm_plus_one, g->cd);
+			launch_k(g, k_rmsnorm4<2>, dim3((unsigned)n), dim3(th), x, res, w, y, add, D, eps, c->norm_plus_one, g->cd, y16);
 		else
-			launch_k(g, k_rmsnorm4<4>, dim3((unsigned)n), dim3(th), x, res, w, y, add, D, eps, c->norm_plus_one, g->cd);
+			launch_k(g, k_rmsnorm4<4>, dim3((unsigned)n), dim3(th), x, res, w, y, add, D, eps, c->norm_plus_one, g->cd, y16);
+		if (y16)
+			conv16_done(g, y, n);
 		return;
 	}
 	launch_k(g, k_rmsnorm, dim3((unsigned)n), dim3(NORM_THREADS), x, res, w, y, add, D, eps, c->norm_plus_one, g->cd);
@@ -1831,7 +1950,8 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 							  : (g->hd <= 64 ? k_attn_tc<false, 8> : g->hd <= 128 ? k_attn_tc<false, 16> : k_attn_tc<false, 32>);
 			launch_ks(g, tk, tg, dim3(TA_THREADS), ta_smem(g->hd), q, ld, layer_kc(g, li), layer_vc(g, li),
 				  g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
-				  (float)c->attn_logit_softcap, pos, (int64_t)n, cd);
+				  (float)c->attn_logit_softcap, pos, (int64_t)n, cd, conv16(g, n));
+			conv16_done(g, g->att, n);
 		} else if (n > 1) {
 			dim3 fg((unsigned)g->H, (unsigned)((n + FA_Q - 1) / FA_Q));
 			auto fk = g->hd <= 64 ? k_attn_tiled<4> : g->hd <= 128 ? k_attn_tiled<8> : k_attn_tiled<16>;
@@ -1878,7 +1998,9 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 				return rc;
 		}
 		g->xconv = NULL;
-		launch_k(g, k_act, dim3(grid_for((uint64_t)n * I, 256)), dim3(256), gt, ut, gl, g->g, (int64_t)n, I, c->act, cd);
+		launch_k(g, k_act, dim3(grid_for((uint64_t)n * I, 256)), dim3(256), gt, ut, gl, g->g, (int64_t)n, I, c->act, cd,
+			 conv16(g, n));
+		conv16_done(g, g->g, n);
 		CK(cudaGetLastError(), "the MLP activation");
 		if ((rc = matmul(g, &l->down, g->g, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->down_bias, n, D, err)))
 			return rc;
