@@ -1231,6 +1231,7 @@ struct gstate {
 	cublasHandle_t cbh;
 	int cbh_ok;
 	int pdl; /* launch with programmatic dependent launch (sm_90) */
+	int fuse; /* decode: RMSNorm and residual adds inside the GEMVs (see fusable) */
 	const float *xconv;    /* the activations xbuf holds converted (NULL: none) */
 	size_t xconv_n;
 	int64_t nl, H, KV, hd, hidden, inter, vocab, qdim, kvdim, rot, max_ctx;
@@ -1868,6 +1869,57 @@ static int matvec_multi(gstate *g, const dweight *const *ws, int nw, const float
 	return LQ_OK;
 }
 
+/*
+ * Whether the decode step can fuse each RMSNorm into the GEMVs that read it
+ * and each residual add into the GEMV that produces it (lq_cuda_gemv_fused):
+ * bf16/fp16 compute, every linear weight of every layer tiled, one norm
+ * between sublayers (no sandwich norms), no o / down bias.
+ */
+static int fusable(gstate *g)
+{
+	const struct lq_model_config *c = g->c;
+	if (g->cd == LQ_COMPUTE_F32 || c->sandwich_norms || g->hidden % 4)
+		return 0;
+	for (int64_t i = 0; i < g->nl; i++) {
+		const glayer *l = &g->L[i];
+		const dweight *ws[7] = {&l->o, &l->down, nullptr, nullptr, nullptr, nullptr, nullptr};
+		int n = 2;
+		if (c->fused_qkv)
+			ws[n++] = &l->qkv;
+		else {
+			ws[n++] = &l->q;
+			ws[n++] = &l->k;
+			ws[n++] = &l->v;
+		}
+		if (c->fused_gate_up)
+			ws[n++] = &l->gate_up;
+		else {
+			ws[n++] = &l->gate;
+			ws[n++] = &l->up;
+		}
+		for (int j = 0; j < n; j++)
+			if (ws[j]->k.qtype == LQ_QTYPE_NONE || ws[j]->q.layout != LQ_CUDA_TILES)
+				return 0;
+		if (l->o_bias || l->down_bias)
+			return 0;
+	}
+	return 1;
+}
+
+/* Decode with g->fuse: ys_i = W_i RMSNorm(x) (norm_w) or ys_i += W_i x (add). */
+static int gemv_fuse(gstate *g, const dweight *const *ws, int nw, const float *x, float *const *ys, const float *norm_w,
+		     int add, struct lq_error *err)
+{
+	const struct lq_cuda_qweight *qs[LQ_GEMV_PARTS];
+	for (int i = 0; i < nw; i++)
+		qs[i] = &ws[i]->q;
+	struct lq_gemv_fuse f = {norm_w, (float)g->c->rms_norm_eps, g->c->norm_plus_one, add};
+	int e = lq_cuda_gemv_fused(qs, ys, nw, ws[0]->cols, x, gemv_mode(g->cd), &f, g->st);
+	if (e)
+		return cuda_fail(err, (cudaError_t)e, "the dequant-GEMV");
+	return LQ_OK;
+}
+
 /* -------------------------------------------------------------- forward */
 
 /* y[t][i] += b[i] for n rows of d (row stride ld); nothing without a bias. */
@@ -1901,13 +1953,17 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 	launch_k(g, k_embed, dim3((unsigned)n), dim3(256), g->embed.k, (uint64_t)D, g->tok, escale, g->x, cd);
 	CK(cudaGetLastError(), "the embedding");
 	const float *pend = NULL; /* MLP output not yet added to x (fused into the next norm) */
+	const int fz = n == 1 && g->fuse; /* norms and residual adds inside the GEMVs */
 	for (int64_t li = 0; li < g->nl; li++) {
 		glayer *l = &g->L[li];
-		rmsnorm(g, n, g->x, pend, l->attn_norm, g->h, nullptr);
+		if (!fz)
+			rmsnorm(g, n, g->x, pend, l->attn_norm, g->h, nullptr);
 		float *q, *k, *v;
 		int64_t ld;
 		if (c->fused_qkv) {
-			if ((rc = matmul(g, &l->qkv, g->h, n, g->qkv, err)))
+			const dweight *wq = &l->qkv;
+			if ((rc = fz ? gemv_fuse(g, &wq, 1, g->x, &g->qkv, l->attn_norm, 0, err)
+				     : matmul(g, &l->qkv, g->h, n, g->qkv, err)))
 				return rc;
 			ld = F;
 			q = g->qkv;
@@ -1922,7 +1978,8 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			if (n == 1) {
 				const dweight *ws[3] = { &l->q, &l->k, &l->v };
 				float *ys[3] = { q, k, v };
-				if ((rc = matvec_multi(g, ws, 3, g->h, ys, err)))
+				if ((rc = fz ? gemv_fuse(g, ws, 3, g->x, ys, l->attn_norm, 0, err)
+					     : matvec_multi(g, ws, 3, g->h, ys, err)))
 					return rc;
 			} else {
 				/* GEMM outputs are dense [n, rows]: use att/o/g as scratch */
@@ -1966,9 +2023,15 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 				 (float)c->attn_logit_softcap, d_pos, pos, cd);
 		}
 		CK(cudaGetLastError(), "attention");
-		if ((rc = matmul(g, &l->o, g->att, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->o_bias, n, D, err)))
+		if (fz) {
+			const dweight *wo = &l->o;
+			if ((rc = gemv_fuse(g, &wo, 1, g->att, &g->x, nullptr, 1, err)))
+				return rc;
+		} else if ((rc = matmul(g, &l->o, g->att, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->o_bias, n, D, err)))
 			return rc;
-		if (c->sandwich_norms) {
+		if (fz) {
+			/* post_attn_norm is applied by the gate / up GEMV */
+		} else if (c->sandwich_norms) {
 			rmsnorm(g, n, g->o, nullptr, l->post_attn_norm, nullptr, g->x);
 			rmsnorm(g, n, g->x, nullptr, l->pre_ffn_norm, g->h, nullptr);
 		} else {
@@ -1978,7 +2041,9 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		float *gt, *ut;
 		int64_t gl;
 		if (c->fused_gate_up) {
-			if ((rc = matmul(g, &l->gate_up, g->h, n, g->gu, err)))
+			const dweight *wgu = &l->gate_up;
+			if ((rc = fz ? gemv_fuse(g, &wgu, 1, g->x, &g->gu, l->post_attn_norm, 0, err)
+				     : matmul(g, &l->gate_up, g->h, n, g->gu, err)))
 				return rc;
 			gt = g->gu;
 			ut = g->gu + I;
@@ -1989,7 +2054,9 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			gl = I;
 			const dweight *ws[2] = { &l->gate, &l->up };
 			float *ys[2] = { gt, ut };
-			if (n == 1)
+			if (fz)
+				rc = gemv_fuse(g, ws, 2, g->x, ys, l->post_attn_norm, 0, err);
+			else if (n == 1)
 				rc = matvec_multi(g, ws, 2, g->h, ys, err);
 			else if (!(rc = matmul(g, &l->gate, g->h, n, gt, err)))
 				rc = matmul(g, &l->up, g->h, n, ut, err);
@@ -2002,6 +2069,12 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			 conv16(g, n));
 		conv16_done(g, g->g, n);
 		CK(cudaGetLastError(), "the MLP activation");
+		if (fz) {
+			const dweight *wd = &l->down;
+			if ((rc = gemv_fuse(g, &wd, 1, g->g, &g->x, nullptr, 1, err)))
+				return rc;
+			continue; /* the residual is in x */
+		}
 		if ((rc = matmul(g, &l->down, g->g, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->down_bias, n, D, err)))
 			return rc;
 		if (c->sandwich_norms)
@@ -2287,6 +2360,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		gfree(g->tscratch);
 		g->tscratch = NULL;
 	}
+	g->fuse = fusable(g);
 	{
 		uint64_t N = CHUNK, F = (uint64_t)(g->qdim + 2 * g->kvdim), D = (uint64_t)g->hidden,
 			 I = (uint64_t)g->inter, wide = F > 2 * I ? F : 2 * I;

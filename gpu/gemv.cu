@@ -525,7 +525,7 @@ __device__ __forceinline__ int tc_part_of(const tc_parts &P, uint32_t tile)
 template <int QT, bool DQ, bool F16, typename XT>
 __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant__ tc_parts P, int bshift,
 							   uint32_t K, const XT *__restrict__ x, uint32_t ntiles,
-							   int wkl)
+							   int wkl, const float *__restrict__ nw, float eps, int fl)
 {
 	extern __shared__ __align__(16) uint8_t tc_sm[];
 	const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(tc_sm);
@@ -628,6 +628,35 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		const uint4 *xv = (const uint4 *)x;
 		for (uint32_t i = tid; i < K / 8; i += TC_THREADS)
 			((uint4 *)xs)[i] = __ldg(xv + i);
+	} else if (nw) {
+		/* the input is RMSNorm(x), as k_rmsnorm4 computes it (the sum of
+		 * squares in another order), rounded to the compute dtype */
+		const float4 *xv = (const float4 *)x;
+		float ss = 0.0f;
+		for (uint32_t i = tid; i < K / 4; i += TC_THREADS) {
+			float4 v = __ldg(xv + i);
+			ss = fmaf(v.x, v.x, ss);
+			ss = fmaf(v.y, v.y, ss);
+			ss = fmaf(v.z, v.z, ss);
+			ss = fmaf(v.w, v.w, ss);
+		}
+		for (int o = 16; o; o >>= 1)
+			ss += __shfl_xor_sync(0xffffffffu, ss, o);
+		if (lane == 0)
+			red[warp] = ss; /* red is free until the first flush, after the barrier below */
+		__syncthreads();
+		float tot = 0.0f;
+		for (int w = 0; w < TC_WARPS; w++)
+			tot += red[w];
+		const float inv = (float)(1.0 / sqrt((double)(tot / (float)K + eps)));
+		for (uint32_t i = tid; i < K / 4; i += TC_THREADS) {
+			float4 v = __ldg(xv + i), wv = __ldg((const float4 *)nw + i);
+			float h[4] = {v.x * inv, v.y * inv, v.z * inv, v.w * inv}, wk[4] = {wv.x, wv.y, wv.z, wv.w}, o[4];
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				o[e] = fl & LQ_GEMV_NORM_PLUS_ONE ? h[e] * (1.0f + wk[e]) : wk[e] * h[e];
+			((uint2 *)xs)[i] = make_uint2(tc_pack<F16>(o[0], o[1]), tc_pack<F16>(o[2], o[3]));
+		}
 	} else {
 		const float4 *xv = (const float4 *)x;
 		for (uint32_t i = tid; i < K / 4; i += TC_THREADS) {
@@ -691,7 +720,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 				float v = 0.0f;
 				for (int w = 0; w < WK; w++)
 					v += rr[w * 16];
-				pp.y[row] = v;
+				pp.y[row] = fl & LQ_GEMV_ADD_OUT ? pp.y[row] + v : v; /* one writer per row */
 			}
 			__syncthreads();
 		}
@@ -747,7 +776,7 @@ static cudaError_t tc_device(int *sms, int *major, int *optin)
  * the device does not suit it. */
 template <int QT, bool DQ, bool F16, typename XT>
 static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, int nw, uint64_t K, const XT *x,
-		     cudaStream_t st, int grid_max)
+		     cudaStream_t st, int grid_max, const struct lq_gemv_fuse *fu)
 {
 	auto kern = k_gemv_tc<QT, DQ, F16, XT>;
 	size_t smem = tc_smem(K);
@@ -807,7 +836,9 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 		cfg.numAttrs = 1;
 	}
 	int bshift = gemv_bshift(ws[0]->p.block_size);
-	e = cudaLaunchKernelEx(&cfg, kern, P, bshift, (uint32_t)K, x, (uint32_t)tiles, wkl);
+	const float *nrm = fu ? fu->norm_w : nullptr;
+	int fl = fu ? (fu->plus_one ? LQ_GEMV_NORM_PLUS_ONE : 0) | (fu->add_out ? LQ_GEMV_ADD_OUT : 0) : 0;
+	e = cudaLaunchKernelEx(&cfg, kern, P, bshift, (uint32_t)K, x, (uint32_t)tiles, wkl, nrm, fu ? fu->eps : 0.0f, fl);
 	return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
 }
 
@@ -815,17 +846,17 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
  * multiple of 128); cudaErrorNotSupported otherwise. */
 template <bool F16, typename XT>
 static int try_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, int nw, uint64_t K, const XT *x,
-		  cudaStream_t st, int grid_max)
+		  cudaStream_t st, int grid_max, const struct lq_gemv_fuse *fu)
 {
 	const struct lq_qparams *p = &ws[0]->p;
 	if (p->qtype == LQ_QTYPE_INT8 || p->block_size < 64 || K % TC_SPAN)
 		return (int)cudaErrorNotSupported;
 	int dq = p->double_quant != 0;
 	if (p->qtype == LQ_QTYPE_NF4)
-		return dq ? launch_tc<LQ_QTYPE_NF4, true, F16, XT>(ws, ys, nw, K, x, st, grid_max)
-			  : launch_tc<LQ_QTYPE_NF4, false, F16, XT>(ws, ys, nw, K, x, st, grid_max);
-	return dq ? launch_tc<LQ_QTYPE_FP4, true, F16, XT>(ws, ys, nw, K, x, st, grid_max)
-		  : launch_tc<LQ_QTYPE_FP4, false, F16, XT>(ws, ys, nw, K, x, st, grid_max);
+		return dq ? launch_tc<LQ_QTYPE_NF4, true, F16, XT>(ws, ys, nw, K, x, st, grid_max, fu)
+			  : launch_tc<LQ_QTYPE_NF4, false, F16, XT>(ws, ys, nw, K, x, st, grid_max, fu);
+	return dq ? launch_tc<LQ_QTYPE_FP4, true, F16, XT>(ws, ys, nw, K, x, st, grid_max, fu)
+		  : launch_tc<LQ_QTYPE_FP4, false, F16, XT>(ws, ys, nw, K, x, st, grid_max, fu);
 }
 
 static int gemv_check(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x)
@@ -837,7 +868,8 @@ static int gemv_check(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, c
 }
 
 static int gemv_run(const struct lq_cuda_qweight *const *ws, float *const *ys, int n, uint64_t K, const void *d_x,
-		    int x_dtype, int mode, void *stream, int rows, int grid_max, int ksplit_max)
+		    int x_dtype, int mode, void *stream, int rows, int grid_max, int ksplit_max,
+		    const struct lq_gemv_fuse *fu = nullptr)
 {
 	if (n < 1 || n > LQ_GEMV_PARTS || (rows != 0 && rows != 1 && rows != 2 && rows != 4 && rows != 8) ||
 	    mode < LQ_GEMV_F32 || mode > LQ_GEMV_F16)
@@ -862,16 +894,19 @@ static int gemv_run(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 	/* bf16 activations in memory hold bf16 values by definition */
 	if (x_dtype == LQ_DTYPE_BF16)
 		mode = LQ_GEMV_BF16;
+	if (fu && (ws[0]->layout != LQ_CUDA_TILES || x_dtype != LQ_DTYPE_F32 ||
+		   (fu->norm_w && ((uintptr_t)fu->norm_w & 15))))
+		return (int)cudaErrorInvalidValue;
 	if (ws[0]->layout == LQ_CUDA_TILES) {
 		if (rows != 0 || ksplit_max != 0 || (mode != LQ_GEMV_BF16 && mode != LQ_GEMV_F16))
 			return (int)cudaErrorInvalidValue;
 		int e;
 		if (x_dtype == LQ_DTYPE_BF16)
-			e = try_tc<false, __nv_bfloat16>(ws, ys, n, K, (const __nv_bfloat16 *)d_x, st, grid_max);
+			e = try_tc<false, __nv_bfloat16>(ws, ys, n, K, (const __nv_bfloat16 *)d_x, st, grid_max, fu);
 		else if (mode == LQ_GEMV_F16)
-			e = try_tc<true, float>(ws, ys, n, K, (const float *)d_x, st, grid_max);
+			e = try_tc<true, float>(ws, ys, n, K, (const float *)d_x, st, grid_max, fu);
 		else
-			e = try_tc<false, float>(ws, ys, n, K, (const float *)d_x, st, grid_max);
+			e = try_tc<false, float>(ws, ys, n, K, (const float *)d_x, st, grid_max, fu);
 		return e == (int)cudaErrorNotSupported ? (int)cudaErrorInvalidValue : e;
 	}
 	if (x_dtype == LQ_DTYPE_BF16)
@@ -897,6 +932,14 @@ extern "C" int lq_cuda_gemv_multi(const struct lq_cuda_qweight *const *ws, float
 				  const void *d_x, int x_dtype, int mode, void *stream)
 {
 	return gemv_run(ws, ys, n, K, d_x, x_dtype, mode, stream, 0, 0, 0);
+}
+
+extern "C" int lq_cuda_gemv_fused(const struct lq_cuda_qweight *const *ws, float *const *ys, int n, uint64_t K,
+				  const float *d_x, int mode, const struct lq_gemv_fuse *f, void *stream)
+{
+	if (!f)
+		return (int)cudaErrorInvalidValue;
+	return gemv_run(ws, ys, n, K, d_x, LQ_DTYPE_F32, mode, stream, 0, 0, 0, f);
 }
 
 /* ------------------------------------------------------------------------

@@ -113,6 +113,27 @@ int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const 
 int lq_cuda_gemv_multi(const struct lq_cuda_qweight *const *ws, float *const *ys, int n, uint64_t K,
 		       const void *d_x, int x_dtype, int mode, void *stream);
 /*
+ * lq_cuda_gemv_multi for tiled weights (LQ_GEMV_BF16 / LQ_GEMV_F16, float32
+ * d_x) with what the runtime's decode step fuses into it:
+ *   norm_w != NULL  the input is RMSNorm(x): x / sqrt(mean(x^2) + eps)
+ *                   times norm_w (times 1 + norm_w with plus_one), rounded
+ *                   to the mode's dtype -- every block computes it from x
+ *                   (norm_w 16-byte aligned, K elements)
+ *   add_out         y_i += W_i x (the residual add; y_i is read and written
+ *                   by one thread per row) instead of y_i = W_i x
+ * cudaErrorInvalidValue for row-major weights or a NULL f.
+ */
+struct lq_gemv_fuse {
+	const float *norm_w;
+	float eps;
+	int plus_one;
+	int add_out;
+};
+#define LQ_GEMV_NORM_PLUS_ONE 1
+#define LQ_GEMV_ADD_OUT 2
+int lq_cuda_gemv_fused(const struct lq_cuda_qweight *const *ws, float *const *ys, int n, uint64_t K,
+		       const float *d_x, int mode, const struct lq_gemv_fuse *f, void *stream);
+/*
  * lq_cuda_gemv with tuning knobs for benchmarks: rows per block (0 = auto,
  * else 1, 2, 4 or 8), grid_max (0 = all resident blocks) and ksplit_max
  * (0 = auto) cap the grid.  rows and ksplit_max apply to the CUDA-core

@@ -208,6 +208,88 @@ static void test_multi(int qtype, int dq, int mode, uint64_t K)
 	free(x);
 }
 
+/* lq_cuda_gemv_fused: RMSNorm of x as the input (plus_one or not) and
+ * y += W x, on two tiled parts, against the host's norm and product. */
+static void test_fused(int qtype, int mode, uint64_t K)
+{
+	const uint64_t Ns[2] = {37, 500};
+	struct tw t[2];
+	const struct lq_cuda_qweight *ws[2], *rows_w[2];
+	float *x = (float *)malloc(K * 4), *nw = (float *)malloc(K * 4), *xn = (float *)malloc(K * 4);
+	unsigned seed = 4242u + (unsigned)K;
+	for (uint64_t k = 0; k < K; k++) {
+		x[k] = frand(&seed) * 30;
+		nw[k] = 1.0f + frand(&seed) * 8;
+	}
+	float *d_x, *d_nw, *d_y[2];
+	CU(cudaMalloc(&d_x, K * 4));
+	CU(cudaMalloc(&d_nw, K * 4));
+	CU(cudaMemcpy(d_x, x, K * 4, cudaMemcpyHostToDevice));
+	CU(cudaMemcpy(d_nw, nw, K * 4, cudaMemcpyHostToDevice));
+	for (int i = 0; i < 2; i++) {
+		tw_make(&t[i], qtype, 64, 1, Ns[i], K, 31u * (unsigned)i + 5);
+		ws[i] = &t[i].tq;
+		rows_w[i] = &t[i].q;
+		CU(cudaMalloc(&d_y[i], Ns[i] * 4));
+	}
+	const float eps = 1e-5f;
+	double ss = 0;
+	for (uint64_t k = 0; k < K; k++)
+		ss += (double)x[k] * x[k];
+	const float inv = (float)(1.0 / sqrt((double)((float)ss / (float)K + eps)));
+	for (int plus1 = 0; plus1 <= 1; plus1++)
+		for (int add = 0; add <= 1; add++) {
+			for (uint64_t k = 0; k < K; k++) {
+				float h = x[k] * inv, o = plus1 ? h * (1.0f + nw[k]) : nw[k] * h;
+				xn[k] = mode == LQ_GEMV_F16 ? __half2float(__float2half(o)) : bf2f(f2bf(o));
+			}
+			float *y0[2];
+			for (int i = 0; i < 2; i++) {
+				y0[i] = (float *)malloc(Ns[i] * 4);
+				for (uint64_t r = 0; r < Ns[i]; r++)
+					y0[i][r] = add ? frand(&seed) * 5 : 0.0f;
+				if (add)
+					CU(cudaMemcpy(d_y[i], y0[i], Ns[i] * 4, cudaMemcpyHostToDevice));
+				else
+					CU(cudaMemset(d_y[i], 0xff, Ns[i] * 4));
+			}
+			struct lq_gemv_fuse f = {d_nw, eps, plus1, add};
+			int rc = lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, &f, 0);
+			CU(cudaDeviceSynchronize());
+			for (int i = 0; i < 2; i++) {
+				uint64_t N = Ns[i];
+				float *y = (float *)malloc(N * 4);
+				double *ref = (double *)malloc(N * 8), *a = (double *)malloc(N * 8);
+				CU(cudaMemcpy(y, d_y[i], N * 4, cudaMemcpyDeviceToHost));
+				for (uint64_t r = 0; r < N; r++) {
+					double sum = 0, sa = 0;
+					for (uint64_t k = 0; k < K; k++) {
+						sum += (double)t[i].wd[r * K + k] * xn[k];
+						sa += fabs((double)t[i].wd[r * K + k] * xn[k]);
+					}
+					ref[r] = sum + y0[i][r];
+					a[r] = sa + fabs(y0[i][r]);
+				}
+				double e = worst(y, ref, a, N), tol = mode == LQ_GEMV_F16 ? 1e-3 : 3e-3;
+				CHECK(rc == 0 && e <= tol, "fused part %d q=%d mode=%d K=%llu plus1=%d add=%d: rc %d err %g", i, qtype,
+				      mode, (unsigned long long)K, plus1, add, rc, e);
+				free(y); free(ref); free(a);
+				free(y0[i]);
+			}
+		}
+	struct lq_gemv_fuse f = {d_nw, eps, 0, 0};
+	CHECK(lq_cuda_gemv_fused(rows_w, d_y, 2, K, d_x, mode, &f, 0) == (int)cudaErrorInvalidValue &&
+		      lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, NULL, 0) == (int)cudaErrorInvalidValue &&
+		      lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, LQ_GEMV_EXACT, &f, 0) == (int)cudaErrorInvalidValue,
+	      "fused refuses row-major weights, no fusion, fp32 modes");
+	for (int i = 0; i < 2; i++) {
+		cudaFree(d_y[i]);
+		tw_free(&t[i]);
+	}
+	cudaFree(d_x); cudaFree(d_nw);
+	free(x); free(nw); free(xn);
+}
+
 int main(void)
 {
 	if (lq_cuda_device_count() == 0) {
@@ -332,6 +414,11 @@ int main(void)
 		for (int mode = LQ_GEMV_F32; mode <= LQ_GEMV_F16; mode++) {
 			test_multi(q, 1, mode, 512);
 			test_multi(q, 0, mode, 4096);
+		}
+	for (int q = LQ_QTYPE_NF4; q <= LQ_QTYPE_FP4; q++)
+		for (int mode = LQ_GEMV_BF16; mode <= LQ_GEMV_F16; mode++) {
+			test_fused(q, mode, 512);
+			test_fused(q, mode, 4096);
 		}
 	/* errors: K not a multiple of the block size, bad dtype, misaligned x */
 	{
