@@ -910,16 +910,33 @@ __global__ void k_act(const float *g, const float *u, int64_t ld, float *out, in
 	}
 }
 
-/* The first index of the maximum of l[0..n) (NaN never wins; 0 when l[0]
- * is NaN or nothing beats it), as lq_argmax_f32 on the host; one block. */
-__global__ void __launch_bounds__(1024) k_argmax(const float *l, int64_t n, int32_t *out)
+/* (ov, oi) beats (best, bi): a larger value, or the same at a lower index;
+ * oi < 0 is none, NaN never wins. */
+__device__ __forceinline__ void am_take(float &best, int64_t &bi, float ov, int64_t oi)
+{
+	if (oi >= 0 && (bi < 0 || ov > best || (ov == best && oi < bi))) {
+		best = ov;
+		bi = oi;
+	}
+}
+
+/*
+ * The first index of the maximum of l[0..n) (NaN never wins; 0 when l[0]
+ * is NaN or nothing beats it), as lq_argmax_f32 on the host.  Each block
+ * takes a contiguous slice; with several blocks the last one to finish
+ * (counted in *cnt, which it resets) combines their results (pv, pi).
+ */
+#define ARGMAX_BLOCKS 48
+__global__ void __launch_bounds__(1024) k_argmax(const float *l, int64_t n, int32_t *out, float *pv, int64_t *pi,
+						 int *cnt)
 {
 	pdl_wait();
 	__shared__ float sv[32];
 	__shared__ int64_t si[32];
+	const int64_t per = (n + gridDim.x - 1) / gridDim.x, lo = per * blockIdx.x, hi = min(n, lo + per);
 	float best = -INFINITY;
 	int64_t bi = -1; /* none yet */
-	for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+	for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
 		float v = l[i];
 		if (v > best || (bi < 0 && v == best)) { /* indices rise: the first maximum stays */
 			best = v;
@@ -929,10 +946,7 @@ __global__ void __launch_bounds__(1024) k_argmax(const float *l, int64_t n, int3
 	for (int o = 16; o; o >>= 1) {
 		float ov = __shfl_xor_sync(0xffffffffu, best, o);
 		int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-		if (oi >= 0 && (bi < 0 || ov > best || (ov == best && oi < bi))) {
-			best = ov;
-			bi = oi;
-		}
+		am_take(best, bi, ov, oi);
 	}
 	int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
 	if (lane == 0) {
@@ -940,14 +954,24 @@ __global__ void __launch_bounds__(1024) k_argmax(const float *l, int64_t n, int3
 		si[w] = bi;
 	}
 	__syncthreads();
-	if (threadIdx.x == 0) {
-		for (int k = 1; k < (int)(blockDim.x >> 5); k++)
-			if (si[k] >= 0 && (bi < 0 || sv[k] > best || (sv[k] == best && si[k] < bi))) {
-				best = sv[k];
-				bi = si[k];
-			}
-		*out = (bi < 0 || isnan(l[0])) ? 0 : (int32_t)bi;
+	if (threadIdx.x != 0)
+		return;
+	for (int k = 1; k < (int)(blockDim.x >> 5); k++)
+		am_take(best, bi, sv[k], si[k]);
+	if (gridDim.x > 1) {
+		pv[blockIdx.x] = best;
+		pi[blockIdx.x] = bi;
+		__threadfence();
+		if (atomicAdd(cnt, 1) != (int)gridDim.x - 1)
+			return;
+		__threadfence();
+		*cnt = 0; /* ready for the next launch */
+		best = -INFINITY;
+		bi = -1;
+		for (unsigned b = 0; b < gridDim.x; b++)
+			am_take(best, bi, __ldcg(pv + b), __ldcg(pi + b));
 	}
+	*out = (bi < 0 || isnan(l[0])) ? 0 : (int32_t)bi;
 }
 
 __global__ void k_softcap(float *y, uint64_t n, float cap)
@@ -1251,7 +1275,9 @@ struct gstate {
 	float *kv;             /* [nl][2][cap][kvdim] */
 	int64_t cap;
 	float *x, *h, *o, *qkv, *att, *gu, *g, *part, *logits;
-	int *acnt;             /* [H] split counters of decode attention */
+	int *acnt;             /* [H] split counters of decode attention, then k_argmax's */
+	float *am_v;           /* [ARGMAX_BLOCKS] k_argmax's per-block results */
+	int64_t *am_i;
 	void *xbuf, *wbuf;
 	uint64_t wbuf_bytes;
 	int32_t *tok;
@@ -1591,7 +1617,7 @@ static void g_free(void *state)
 			cudaGraphExecDestroy(g->graph[i]);
 	if (g->cbh_ok)
 		g->cb.destroy(g->cbh);
-	void *d[] = { g->arena, g->tscratch, g->inv_freq, g->kv, g->x, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part, g->acnt,
+	void *d[] = { g->arena, g->tscratch, g->inv_freq, g->kv, g->x, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part, g->acnt, g->am_v, g->am_i,
 		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos, g->d_id };
 	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
 		gfree(d[i]);
@@ -2118,11 +2144,14 @@ static int update_rope(gstate *g, int64_t seq_len, struct lq_error *err)
 	return LQ_OK;
 }
 
-/* The argmax of one logits row (k_argmax, one block): as lq_sample's greedy
+/* The argmax of one logits row (k_argmax): as lq_sample's greedy
  * pick, the first index of the maximum, NaN never picked, 0 when l[0] is NaN. */
 static int launch_argmax(gstate *g, struct lq_error *err)
 {
-	launch_k(g, k_argmax, dim3(1), dim3(1024), (const float *)g->logits, (int64_t)g->vocab, g->d_id);
+	/* at least 256 logits per block: the tests run several blocks on a 1000-token vocabulary */
+	unsigned nb = (unsigned)((g->vocab + 255) / 256 < ARGMAX_BLOCKS ? (g->vocab + 255) / 256 : ARGMAX_BLOCKS);
+	launch_k(g, k_argmax, dim3(nb), dim3(1024), (const float *)g->logits, (int64_t)g->vocab, g->d_id, g->am_v, g->am_i,
+		 g->acnt + g->H);
 	CK(cudaGetLastError(), "the argmax");
 	return LQ_OK;
 }
@@ -2375,7 +2404,9 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		    (rc = dmalloc((void **)&g->gu, N * wide * 4, "activations", err)) ||
 		    (rc = dmalloc((void **)&g->g, N * I * 4, "activations", err)) ||
 		    (rc = dmalloc((void **)&g->part, (uint64_t)g->H * ATT_MAXSPLIT * (g->hd + 2) * 4, "attention", err)) ||
-		    (rc = dmalloc((void **)&g->acnt, (uint64_t)g->H * 4, "attention", err)) ||
+		    (rc = dmalloc((void **)&g->acnt, (uint64_t)(g->H + 1) * 4, "attention", err)) ||
+		    (rc = dmalloc((void **)&g->am_v, ARGMAX_BLOCKS * 4, "the argmax", err)) ||
+		    (rc = dmalloc((void **)&g->am_i, ARGMAX_BLOCKS * 8, "the argmax", err)) ||
 		    (rc = dmalloc((void **)&g->logits, N * (uint64_t)g->vocab * 4, "the logits", err)) ||
 		    (rc = dmalloc((void **)&g->xbuf, N * xb * 2, "activations", err)) ||
 		    (rc = dmalloc((void **)&g->inv_freq, (uint64_t)(g->rot / 2 + 1) * 4, "RoPE", err)) ||
@@ -2383,7 +2414,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		    (rc = dmalloc((void **)&g->pos, 8, "the position", err)) ||
 		    (rc = dmalloc((void **)&g->d_id, 4, "the argmax", err)))
 			goto fail;
-		cudaError_t e = cudaMemset(g->acnt, 0, (size_t)g->H * 4);
+		cudaError_t e = cudaMemset(g->acnt, 0, (size_t)(g->H + 1) * 4);
 		if (e != cudaSuccess) {
 			rc = cuda_fail(err, e, "clearing the attention counters");
 			goto fail;
