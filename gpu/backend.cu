@@ -880,21 +880,6 @@ __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t 
 	}
 }
 
-__device__ __forceinline__ float act_f(int a, float x)
-{
-	switch (a) {
-	case LQ_ACT_GELU_TANH:
-	case LQ_ACT_GELU_NEW:
-		return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-	case LQ_ACT_GELU:
-		return (float)(0.5 * x * (1.0 + erf(x / 1.4142135623730951)));
-	case LQ_ACT_RELU:
-		return x > 0 ? x : 0;
-	default:
-		return x / (1.0f + expf(-x));
-	}
-}
-
 /* out[t][i] = rnd(act(g) * u) for gate/up rows of stride ld. */
 __global__ void k_act(const float *g, const float *u, int64_t ld, float *out, int64_t n, int64_t I, int act, int cd,
 		      void *out16)
@@ -903,7 +888,7 @@ __global__ void k_act(const float *g, const float *u, int64_t ld, float *out, in
 	uint64_t tot = (uint64_t)n * I;
 	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < tot; j += (uint64_t)gridDim.x * blockDim.x) {
 		uint64_t t = j / I, i = j % I;
-		float v = rnd(act_f(act, g[t * ld + i]) * u[t * ld + i], cd);
+		float v = rnd(lq_act(act, g[t * ld + i]) * u[t * ld + i], cd);
 		out[j] = v;
 		if (out16)
 			st16(out16, j, v, cd);
@@ -1932,14 +1917,15 @@ static int fusable(gstate *g)
 	return 1;
 }
 
-/* Decode with g->fuse: ys_i = W_i RMSNorm(x) (norm_w) or ys_i += W_i x (add). */
+/* Decode with g->fuse: ys_i = W_i RMSNorm(x) (norm_w) or ys_i += W_i x (add);
+ * with act_out (gate and up): act_out = act(gate) * up instead of ys. */
 static int gemv_fuse(gstate *g, const dweight *const *ws, int nw, const float *x, float *const *ys, const float *norm_w,
-		     int add, struct lq_error *err)
+		     int add, float *act_out, struct lq_error *err)
 {
 	const struct lq_cuda_qweight *qs[LQ_GEMV_PARTS];
 	for (int i = 0; i < nw; i++)
 		qs[i] = &ws[i]->q;
-	struct lq_gemv_fuse f = {norm_w, (float)g->c->rms_norm_eps, g->c->norm_plus_one, add};
+	struct lq_gemv_fuse f = {norm_w, (float)g->c->rms_norm_eps, g->c->norm_plus_one, add, act_out, g->c->act};
 	int e = lq_cuda_gemv_fused(qs, ys, nw, ws[0]->cols, x, gemv_mode(g->cd), &f, g->st);
 	if (e)
 		return cuda_fail(err, (cudaError_t)e, "the dequant-GEMV");
@@ -1988,7 +1974,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		int64_t ld;
 		if (c->fused_qkv) {
 			const dweight *wq = &l->qkv;
-			if ((rc = fz ? gemv_fuse(g, &wq, 1, g->x, &g->qkv, l->attn_norm, 0, err)
+			if ((rc = fz ? gemv_fuse(g, &wq, 1, g->x, &g->qkv, l->attn_norm, 0, nullptr, err)
 				     : matmul(g, &l->qkv, g->h, n, g->qkv, err)))
 				return rc;
 			ld = F;
@@ -2004,7 +1990,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			if (n == 1) {
 				const dweight *ws[3] = { &l->q, &l->k, &l->v };
 				float *ys[3] = { q, k, v };
-				if ((rc = fz ? gemv_fuse(g, ws, 3, g->x, ys, l->attn_norm, 0, err)
+				if ((rc = fz ? gemv_fuse(g, ws, 3, g->x, ys, l->attn_norm, 0, nullptr, err)
 					     : matvec_multi(g, ws, 3, g->h, ys, err)))
 					return rc;
 			} else {
@@ -2051,7 +2037,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		CK(cudaGetLastError(), "attention");
 		if (fz) {
 			const dweight *wo = &l->o;
-			if ((rc = gemv_fuse(g, &wo, 1, g->att, &g->x, nullptr, 1, err)))
+			if ((rc = gemv_fuse(g, &wo, 1, g->att, &g->x, nullptr, 1, nullptr, err)))
 				return rc;
 		} else if ((rc = matmul(g, &l->o, g->att, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->o_bias, n, D, err)))
 			return rc;
@@ -2066,9 +2052,10 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		CK(cudaGetLastError(), "a norm");
 		float *gt, *ut;
 		int64_t gl;
+		int act_done = 0;
 		if (c->fused_gate_up) {
 			const dweight *wgu = &l->gate_up;
-			if ((rc = fz ? gemv_fuse(g, &wgu, 1, g->x, &g->gu, l->post_attn_norm, 0, err)
+			if ((rc = fz ? gemv_fuse(g, &wgu, 1, g->x, &g->gu, l->post_attn_norm, 0, nullptr, err)
 				     : matmul(g, &l->gate_up, g->h, n, g->gu, err)))
 				return rc;
 			gt = g->gu;
@@ -2080,8 +2067,10 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			gl = I;
 			const dweight *ws[2] = { &l->gate, &l->up };
 			float *ys[2] = { gt, ut };
+			/* the activation inside the GEMV too, without gate / up biases */
+			act_done = fz && !l->gate_bias && !l->up_bias;
 			if (fz)
-				rc = gemv_fuse(g, ws, 2, g->x, ys, l->post_attn_norm, 0, err);
+				rc = gemv_fuse(g, ws, 2, g->x, ys, l->post_attn_norm, 0, act_done ? g->g : nullptr, err);
 			else if (n == 1)
 				rc = matvec_multi(g, ws, 2, g->h, ys, err);
 			else if (!(rc = matmul(g, &l->gate, g->h, n, gt, err)))
@@ -2091,13 +2080,15 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 				return rc;
 		}
 		g->xconv = NULL;
-		launch_k(g, k_act, dim3(grid_for((uint64_t)n * I, 256)), dim3(256), gt, ut, gl, g->g, (int64_t)n, I, c->act, cd,
-			 conv16(g, n));
-		conv16_done(g, g->g, n);
-		CK(cudaGetLastError(), "the MLP activation");
+		if (!act_done) {
+			launch_k(g, k_act, dim3(grid_for((uint64_t)n * I, 256)), dim3(256), gt, ut, gl, g->g, (int64_t)n, I, c->act,
+				 cd, conv16(g, n));
+			conv16_done(g, g->g, n);
+			CK(cudaGetLastError(), "the MLP activation");
+		}
 		if (fz) {
 			const dweight *wd = &l->down;
-			if ((rc = gemv_fuse(g, &wd, 1, g->g, &g->x, nullptr, 1, err)))
+			if ((rc = gemv_fuse(g, &wd, 1, g->g, &g->x, nullptr, 1, nullptr, err)))
 				return rc;
 			continue; /* the residual is in x */
 		}

@@ -525,7 +525,8 @@ __device__ __forceinline__ int tc_part_of(const tc_parts &P, uint32_t tile)
 template <int QT, bool DQ, bool F16, typename XT>
 __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant__ tc_parts P, int bshift,
 							   uint32_t K, const XT *__restrict__ x, uint32_t ntiles,
-							   int wkl, const float *__restrict__ nw, float eps, int fl)
+							   int wkl, const float *__restrict__ nw, float eps, int fl,
+							   float *act_y, int act)
 {
 	extern __shared__ __align__(16) uint8_t tc_sm[];
 	const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(tc_sm);
@@ -559,9 +560,15 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	uint64_t rowblk;        /* row * nbr: the row-major block number of block 0 */
 	uint32_t l_e = 0;       /* column of this lane's scale block */
 	uint32_t l_sp = 0;
+	/* act_y: gate (part 0) and up (part 1) in pairs of tiles, tile wt / 2 of
+	 * the item's pairs from part wt % 2 */
+	const uint32_t T0 = P.p[1].t0;
 	auto setup = [&](uint32_t item) {
 		uint32_t tile = (blockIdx.x + item * gridDim.x) * (uint32_t)WT + (uint32_t)wt;
 		tile = min(tile, ntiles - 1); /* a partial last item: read valid rows, store nothing */
+		if (act_y)
+			tile = ((uint32_t)wt & 1) * T0 +
+			       min((blockIdx.x + item * gridDim.x) * (uint32_t)(WT / 2) + ((uint32_t)wt >> 1), T0 - 1);
 		const tc_part &pp = P.p[tc_part_of(P, tile)];
 		const uint32_t lt = tile - pp.t0;
 		pa = pp.data + ((uint64_t)lt * spr + s_lo) * 1024 + (uint32_t)lane * 16;
@@ -703,7 +710,27 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			rw[g] = vg;
 			rw[g + 8] = vg8;
 		}
-		if (c_item % TC_CH == TC_CH - 1 || c_item == ni - 1) {
+		if ((c_item % TC_CH == TC_CH - 1 || c_item == ni - 1) && act_y) {
+			__syncthreads();
+			const uint32_t i0 = c_item - c_item % TC_CH, per = (uint32_t)WT * 8; /* pairs x 16 rows */
+			const uint32_t nout = (c_item - i0 + 1) * per;
+			for (uint32_t o = (uint32_t)tid; o < nout; o += TC_THREADS) {
+				uint32_t it = i0 + o / per, q = (o % per) >> 4, r = o & 15;
+				uint32_t pt = (blockIdx.x + it * gridDim.x) * (uint32_t)(WT / 2) + q, row = pt * 16 + r;
+				if (pt >= T0 || row >= P.p[0].N)
+					continue;
+				const float *rg = red + ((it % TC_CH) * TC_WARPS + 2 * q * (uint32_t)WK) * 16 + r;
+				const float *ru = rg + WK * 16;
+				float vg = 0.0f, vu = 0.0f;
+				for (int w = 0; w < WK; w++) {
+					vg += rg[w * 16];
+					vu += ru[w * 16];
+				}
+				float v = lq_act(act, vg) * vu;
+				act_y[row] = F16 ? __half2float(__float2half_rn(v)) : __bfloat162float(__float2bfloat16_rn(v));
+			}
+			__syncthreads();
+		} else if (c_item % TC_CH == TC_CH - 1 || c_item == ni - 1) {
 			__syncthreads();
 			const uint32_t i0 = c_item - c_item % TC_CH, per = (uint32_t)WT * 16;
 			const uint32_t nout = (c_item - i0 + 1) * per;
@@ -817,6 +844,8 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 	int wkl = 0;
 	while (wkl < 4 && (2ull << wkl) <= spr)
 		wkl++;
+	if (fu && fu->act_out && wkl > 3)
+		wkl = 3; /* at least two tiles (a gate / up pair) per item */
 	uint64_t wt = TC_WARPS >> wkl, items = (tiles + wt - 1) / wt;
 	uint64_t grid = (uint64_t)sms * (uint64_t)per_sm;
 	if (grid_max > 0 && (uint64_t)grid_max < grid)
@@ -838,7 +867,8 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 	int bshift = gemv_bshift(ws[0]->p.block_size);
 	const float *nrm = fu ? fu->norm_w : nullptr;
 	int fl = fu ? (fu->plus_one ? LQ_GEMV_NORM_PLUS_ONE : 0) | (fu->add_out ? LQ_GEMV_ADD_OUT : 0) : 0;
-	e = cudaLaunchKernelEx(&cfg, kern, P, bshift, (uint32_t)K, x, (uint32_t)tiles, wkl, nrm, fu ? fu->eps : 0.0f, fl);
+	e = cudaLaunchKernelEx(&cfg, kern, P, bshift, (uint32_t)K, x, (uint32_t)tiles, wkl, nrm, fu ? fu->eps : 0.0f, fl,
+			       fu ? fu->act_out : nullptr, fu ? fu->act : 0);
 	return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
 }
 
@@ -895,7 +925,8 @@ static int gemv_run(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 	if (x_dtype == LQ_DTYPE_BF16)
 		mode = LQ_GEMV_BF16;
 	if (fu && (ws[0]->layout != LQ_CUDA_TILES || x_dtype != LQ_DTYPE_F32 ||
-		   (fu->norm_w && ((uintptr_t)fu->norm_w & 15))))
+		   (fu->norm_w && ((uintptr_t)fu->norm_w & 15)) ||
+		   (fu->act_out && (n != 2 || ws[0]->n != ws[1]->n || fu->add_out))))
 		return (int)cudaErrorInvalidValue;
 	if (ws[0]->layout == LQ_CUDA_TILES) {
 		if (rows != 0 || ksplit_max != 0 || (mode != LQ_GEMV_BF16 && mode != LQ_GEMV_F16))

@@ -121,6 +121,11 @@ int lq_cuda_gemv_multi(const struct lq_cuda_qweight *const *ws, float *const *ys
  *                   (norm_w 16-byte aligned, K elements)
  *   add_out         y_i += W_i x (the residual add; y_i is read and written
  *                   by one thread per row) instead of y_i = W_i x
+ *   act_out != NULL two parts of the same rows, gate and up (ys unused):
+ *                   act_out[r] = act(gate_r) * up_r rounded to the mode's
+ *                   dtype (the gated MLP activation, LQ_ACT_* act); a block
+ *                   takes tile t of both, so the pair meets in its shared
+ *                   memory (not with add_out)
  * cudaErrorInvalidValue for row-major weights or a NULL f.
  */
 struct lq_gemv_fuse {
@@ -128,6 +133,8 @@ struct lq_gemv_fuse {
 	float eps;
 	int plus_one;
 	int add_out;
+	float *act_out; /* see below */
+	int act;        /* LQ_ACT_* */
 };
 #define LQ_GEMV_NORM_PLUS_ONE 1
 #define LQ_GEMV_ADD_OUT 2
@@ -153,6 +160,22 @@ int lq_cuda_gemv_ex(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, con
 static __device__ __forceinline__ float lq_dq_scale(float mapped, float nested, float offset)
 {
 	return __fadd_rn(__fmul_rn(mapped, nested), offset);
+}
+
+/* The MLP activation a (LQ_ACT_*) of x, as the runtimes compute it. */
+static __device__ __forceinline__ float lq_act(int a, float x)
+{
+	switch (a) {
+	case LQ_ACT_GELU_TANH:
+	case LQ_ACT_GELU_NEW:
+		return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+	case LQ_ACT_GELU:
+		return (float)(0.5 * x * (1.0 + erf(x / 1.4142135623730951)));
+	case LQ_ACT_RELU:
+		return x > 0 ? x : 0;
+	default:
+		return x / (1.0f + expf(-x));
+	}
 }
 #endif
 

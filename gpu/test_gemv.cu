@@ -253,7 +253,7 @@ static void test_fused(int qtype, int mode, uint64_t K)
 				else
 					CU(cudaMemset(d_y[i], 0xff, Ns[i] * 4));
 			}
-			struct lq_gemv_fuse f = {d_nw, eps, plus1, add};
+			struct lq_gemv_fuse f = {d_nw, eps, plus1, add, NULL, 0};
 			int rc = lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, &f, 0);
 			CU(cudaDeviceSynchronize());
 			for (int i = 0; i < 2; i++) {
@@ -277,7 +277,7 @@ static void test_fused(int qtype, int mode, uint64_t K)
 				free(y0[i]);
 			}
 		}
-	struct lq_gemv_fuse f = {d_nw, eps, 0, 0};
+	struct lq_gemv_fuse f = {d_nw, eps, 0, 0, NULL, 0};
 	CHECK(lq_cuda_gemv_fused(rows_w, d_y, 2, K, d_x, mode, &f, 0) == (int)cudaErrorInvalidValue &&
 		      lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, NULL, 0) == (int)cudaErrorInvalidValue &&
 		      lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, LQ_GEMV_EXACT, &f, 0) == (int)cudaErrorInvalidValue,
@@ -288,6 +288,74 @@ static void test_fused(int qtype, int mode, uint64_t K)
 	}
 	cudaFree(d_x); cudaFree(d_nw);
 	free(x); free(nw); free(xn);
+}
+
+/* The gated activation fused into a gate / up launch (act_out): against
+ * act(gate) * up on the host from the same launch without it (the sums
+ * differ only in order: a K split of 8 warps instead of 16). */
+static float host_act(int a, float x)
+{
+	if (a == LQ_ACT_GELU_TANH)
+		return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+	return x / (1.0f + expf(-x));
+}
+
+static void test_fused_act(int qtype, int mode, uint64_t K, uint64_t N, int act)
+{
+	struct tw t[2];
+	const struct lq_cuda_qweight *ws[2];
+	float *x = (float *)malloc(K * 4), *nw = (float *)malloc(K * 4);
+	unsigned seed = 777u + (unsigned)(K + N);
+	for (uint64_t k = 0; k < K; k++) {
+		x[k] = frand(&seed) * 30;
+		nw[k] = 1.0f + frand(&seed) * 8;
+	}
+	float *d_x, *d_nw, *d_y[2], *d_a;
+	CU(cudaMalloc(&d_x, K * 4));
+	CU(cudaMalloc(&d_nw, K * 4));
+	CU(cudaMalloc(&d_a, N * 4));
+	CU(cudaMemcpy(d_x, x, K * 4, cudaMemcpyHostToDevice));
+	CU(cudaMemcpy(d_nw, nw, K * 4, cudaMemcpyHostToDevice));
+	for (int i = 0; i < 2; i++) {
+		tw_make(&t[i], qtype, 64, 1, N, K, 91u * (unsigned)i + 3);
+		ws[i] = &t[i].tq;
+		CU(cudaMalloc(&d_y[i], N * 4));
+	}
+	struct lq_gemv_fuse f = {d_nw, 1e-5f, 0, 0, NULL, act};
+	int rc1 = lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, &f, 0);
+	CU(cudaMemset(d_a, 0xff, N * 4));
+	f.act_out = d_a;
+	int rc2 = lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, &f, 0);
+	CU(cudaDeviceSynchronize());
+	float *yg = (float *)malloc(N * 4), *yu = (float *)malloc(N * 4), *ya = (float *)malloc(N * 4);
+	CU(cudaMemcpy(yg, d_y[0], N * 4, cudaMemcpyDeviceToHost));
+	CU(cudaMemcpy(yu, d_y[1], N * 4, cudaMemcpyDeviceToHost));
+	CU(cudaMemcpy(ya, d_a, N * 4, cudaMemcpyDeviceToHost));
+	double mean = 0, worst_e = 0;
+	float *h = (float *)malloc(N * 4);
+	for (uint64_t r = 0; r < N; r++) {
+		float v = host_act(act, yg[r]) * yu[r];
+		h[r] = mode == LQ_GEMV_F16 ? __half2float(__float2half(v)) : bf2f(f2bf(v));
+		mean += fabs(h[r]) / (double)N;
+	}
+	for (uint64_t r = 0; r < N; r++) {
+		double e = fabs((double)ya[r] - h[r]) / (fabs(h[r]) / 128.0 + 1e-3 * mean);
+		if (!(e <= worst_e))
+			worst_e = e; /* NaN sticks */
+	}
+	CHECK(rc1 == 0 && rc2 == 0 && worst_e <= 1.0, "fused act q=%d mode=%d K=%llu N=%llu act=%d: rc %d %d, err %g", qtype,
+	      mode, (unsigned long long)K, (unsigned long long)N, act, rc1, rc2, worst_e);
+	/* pairs need two parts of the same rows and no residual add */
+	f.add_out = 1;
+	CHECK(lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, &f, 0) == (int)cudaErrorInvalidValue &&
+		      (f.add_out = 0, lq_cuda_gemv_fused(ws, d_y, 1, K, d_x, mode, &f, 0) == (int)cudaErrorInvalidValue),
+	      "fused act refuses add_out and one part");
+	for (int i = 0; i < 2; i++) {
+		cudaFree(d_y[i]);
+		tw_free(&t[i]);
+	}
+	cudaFree(d_x); cudaFree(d_nw); cudaFree(d_a);
+	free(x); free(nw); free(yg); free(yu); free(ya); free(h);
 }
 
 int main(void)
@@ -419,6 +487,8 @@ int main(void)
 		for (int mode = LQ_GEMV_BF16; mode <= LQ_GEMV_F16; mode++) {
 			test_fused(q, mode, 512);
 			test_fused(q, mode, 4096);
+			test_fused_act(q, mode, 4096, 300, LQ_ACT_SILU);
+			test_fused_act(q, mode, 256, 1000, LQ_ACT_GELU_TANH);
 		}
 	/* errors: K not a multiple of the block size, bad dtype, misaligned x */
 	{
