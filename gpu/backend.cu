@@ -700,33 +700,6 @@ static size_t ta_smem(int64_t hd)
 }
 static bool ta_ok(int64_t hd) { return hd % 16 == 0 && hd <= 256; }
 
-template <bool F16>
-__device__ __forceinline__ uint32_t ta_pack(float lo, float hi)
-{
-	if (F16) {
-		__half2 v = __floats2half2_rn(lo, hi);
-		return *(uint32_t *)&v;
-	}
-	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-	return *(uint32_t *)&v;
-}
-
-template <bool F16>
-__device__ __forceinline__ void ta_mma(float *d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-				       uint32_t b1)
-{
-	if (F16)
-		asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-		    "{%0,%1,%2,%3};"
-		    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-		    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-	else
-		asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-		    "{%0,%1,%2,%3};"
-		    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-		    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 __device__ __forceinline__ uint32_t ta_ld(const uint16_t *p) { return *(const uint32_t *)p; }
 
 template <bool F16, int NT> /* head_dim <= 8 * NT */
@@ -747,7 +720,7 @@ __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t 
 		float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 		if (qi < nq)
 			v = *(const float4 *)(q + (t0 + qi) * qs + h * hd + d);
-		*(uint2 *)(Qs + qi * ld + d) = make_uint2(ta_pack<F16>(v.x, v.y), ta_pack<F16>(v.z, v.w));
+		*(uint2 *)(Qs + qi * ld + d) = make_uint2(lq_pack16<F16>(v.x, v.y), lq_pack16<F16>(v.z, v.w));
 	}
 	const int r0 = warp * 16 + g; /* this lane's rows r0 and r0 + 8 of the tile */
 	const int64_t pq0 = pos + t0 + r0, pq1 = pq0 + 8;
@@ -772,8 +745,8 @@ __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t 
 				kv = *(const float4 *)(kc + j * kvdim + kvh * hd + d);
 				vv = *(const float4 *)(vc + j * kvdim + kvh * hd + d);
 			}
-			*(uint2 *)(Ks + kj * ld + d) = make_uint2(ta_pack<F16>(kv.x, kv.y), ta_pack<F16>(kv.z, kv.w));
-			uint32_t v01 = ta_pack<F16>(vv.x, vv.y), v23 = ta_pack<F16>(vv.z, vv.w);
+			*(uint2 *)(Ks + kj * ld + d) = make_uint2(lq_pack16<F16>(kv.x, kv.y), lq_pack16<F16>(kv.z, kv.w));
+			uint32_t v01 = lq_pack16<F16>(vv.x, vv.y), v23 = lq_pack16<F16>(vv.z, vv.w);
 			Vt[(d + 0) * vld + kj] = (uint16_t)v01;
 			Vt[(d + 1) * vld + kj] = (uint16_t)(v01 >> 16);
 			Vt[(d + 2) * vld + kj] = (uint16_t)v23;
@@ -792,7 +765,7 @@ __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t 
 #pragma unroll
 			for (int t = 0; t < 8; t++) {
 				const uint16_t *kb = Ks + (t * 8 + g) * ld + kk * 16 + 2 * c;
-				ta_mma<F16>(s[t], a0, a1, a2, a3, ta_ld(kb), ta_ld(kb + 8));
+				lq_mma16816<F16>(s[t], a0, a1, a2, a3, ta_ld(kb), ta_ld(kb + 8));
 			}
 		}
 		float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -843,14 +816,14 @@ __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t 
 		}
 #pragma unroll
 		for (int kk = 0; kk < TA_K / 16; kk++) {
-			uint32_t a0 = ta_pack<F16>(s[2 * kk][0], s[2 * kk][1]), a1 = ta_pack<F16>(s[2 * kk][2], s[2 * kk][3]);
-			uint32_t a2 = ta_pack<F16>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-			uint32_t a3 = ta_pack<F16>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+			uint32_t a0 = lq_pack16<F16>(s[2 * kk][0], s[2 * kk][1]), a1 = lq_pack16<F16>(s[2 * kk][2], s[2 * kk][3]);
+			uint32_t a2 = lq_pack16<F16>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+			uint32_t a3 = lq_pack16<F16>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
 			for (int d = 0; d < NT; d++) {
 				if (d < ntl) {
 					const uint16_t *vb = Vt + (d * 8 + g) * vld + kk * 16 + 2 * c;
-					ta_mma<F16>(o[d], a0, a1, a2, a3, ta_ld(vb), ta_ld(vb + 8));
+					lq_mma16816<F16>(o[d], a0, a1, a2, a3, ta_ld(vb), ta_ld(vb + 8));
 				}
 			}
 		}
@@ -868,13 +841,13 @@ __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t 
 				float2 v = make_float2(rnd(o[d][0] * i0, cd), rnd(o[d][1] * i0, cd));
 				*(float2 *)(out + e0 + d * 8) = v;
 				if (out16)
-					*(uint32_t *)((uint16_t *)out16 + e0 + d * 8) = ta_pack<F16>(v.x, v.y);
+					*(uint32_t *)((uint16_t *)out16 + e0 + d * 8) = lq_pack16<F16>(v.x, v.y);
 			}
 			if (live1) {
 				float2 v = make_float2(rnd(o[d][2] * i1, cd), rnd(o[d][3] * i1, cd));
 				*(float2 *)(out + e1 + d * 8) = v;
 				if (out16)
-					*(uint32_t *)((uint16_t *)out16 + e1 + d * 8) = ta_pack<F16>(v.x, v.y);
+					*(uint32_t *)((uint16_t *)out16 + e1 + d * 8) = lq_pack16<F16>(v.x, v.y);
 			}
 		}
 	}
@@ -982,6 +955,18 @@ __global__ void k_weight_to(kweight w, uint64_t n, T *out)
 
 /* The same for a quantized weight, 8 elements per thread (one scale: blocks
  * hold a multiple of 32 elements), 16- or 32-byte stores; n % 8 == 0. */
+/* The 4-bit code table and the double-quant map into shared memory (a
+ * barrier follows): indexing constant memory with per-lane values
+ * serializes the warp. */
+__device__ __forceinline__ void dq_tables(int qtype, float *tab, float *dmap)
+{
+	if (threadIdx.x < 16)
+		tab[threadIdx.x] = __uint_as_float((qtype == LQ_QTYPE_NF4 ? b_nf4 : b_fp4)[threadIdx.x]);
+	for (int i = threadIdx.x; i < 256; i += blockDim.x)
+		dmap[i] = __uint_as_float(b_dyn[i]);
+	__syncthreads();
+}
+
 /*
  * Weight as stored -> dense matrix of T, one 16-byte chunk of codes per thread and step
  * (32 4-bit or 16 INT8 elements, all in one quantization block, so the scale
@@ -994,11 +979,7 @@ __global__ void __launch_bounds__(256) k_weight_to16b(kweight w, uint64_t nchunk
 {
 	__shared__ float tab[16], dmap[256];
 	pdl_wait();
-	if (threadIdx.x < 16)
-		tab[threadIdx.x] = __uint_as_float((w.qtype == LQ_QTYPE_NF4 ? b_nf4 : b_fp4)[threadIdx.x]);
-	for (int i = threadIdx.x; i < 256; i += blockDim.x)
-		dmap[i] = __uint_as_float(b_dyn[i]);
-	__syncthreads();
+	dq_tables(w.qtype, tab, dmap);
 	const bool i8 = w.qtype == LQ_QTYPE_INT8;
 	const uint64_t epc = i8 ? 16 : 32;
 	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < nchunks; j += (uint64_t)gridDim.x * blockDim.x) {
@@ -1049,11 +1030,7 @@ __global__ void __launch_bounds__(256) k_tiles_to16(kweight w, uint32_t nhalf, T
 {
 	__shared__ float tab[16], dmap[256];
 	pdl_wait();
-	if (threadIdx.x < 16)
-		tab[threadIdx.x] = __uint_as_float((w.qtype == LQ_QTYPE_NF4 ? b_nf4 : b_fp4)[threadIdx.x]);
-	for (int i = threadIdx.x; i < 256; i += blockDim.x)
-		dmap[i] = __uint_as_float(b_dyn[i]);
-	__syncthreads();
+	dq_tables(w.qtype, tab, dmap);
 	const uint32_t lane = threadIdx.x & 31, c = lane & 3, K = w.tspr * 128, nbr = K >> w.bshift;
 	const uint32_t nwarps = (gridDim.x * blockDim.x) >> 5;
 	for (uint32_t hr = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; hr < nhalf; hr += nwarps) {

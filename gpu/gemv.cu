@@ -454,33 +454,6 @@ static size_t tc_smem(uint64_t K)
 	return 2 * TC_LUT_BYTES + 256 * 4 + TC_CH * TC_WARPS * 16 * 4 + (size_t)K * 2;
 }
 
-template <bool F16>
-__device__ __forceinline__ uint32_t tc_pack(float lo, float hi)
-{
-	if (F16) {
-		__half2 h = __floats2half2_rn(lo, hi);
-		return *(uint32_t *)&h;
-	}
-	__nv_bfloat162 b = __floats2bfloat162_rn(lo, hi);
-	return *(uint32_t *)&b;
-}
-
-template <bool F16>
-__device__ __forceinline__ void tc_mma(float *d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-				       uint32_t b1)
-{
-	if (F16)
-		asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-		    "{%0,%1,%2,%3};"
-		    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-		    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-	else
-		asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-		    "{%0,%1,%2,%3};"
-		    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-		    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 /* The pair for byte k of word w from this lane's copy of the table: lut4 is
  * the table's shared-window address (a multiple of 64 KiB) plus lane * 4,
  * so one PRMT (the code into byte 1) makes the address. */
@@ -621,7 +594,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		for (int i = tid; i < 256 * 32; i += TC_THREADS) {
 			int e = i >> 5, l = i & 31;
 			*(uint32_t *)(lut + e * 256 + l * 4) =
-				tc_pack<F16>(__uint_as_float(tab[e >> 4]), __uint_as_float(tab[e & 15]));
+				lq_pack16<F16>(__uint_as_float(tab[e >> 4]), __uint_as_float(tab[e & 15]));
 		}
 		if (DQ)
 			for (int i = tid; i < 256; i += TC_THREADS)
@@ -662,13 +635,13 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 #pragma unroll
 			for (int e = 0; e < 4; e++)
 				o[e] = fl & LQ_GEMV_NORM_PLUS_ONE ? h[e] * (1.0f + wk[e]) : wk[e] * h[e];
-			((uint2 *)xs)[i] = make_uint2(tc_pack<F16>(o[0], o[1]), tc_pack<F16>(o[2], o[3]));
+			((uint2 *)xs)[i] = make_uint2(lq_pack16<F16>(o[0], o[1]), lq_pack16<F16>(o[2], o[3]));
 		}
 	} else {
 		const float4 *xv = (const float4 *)x;
 		for (uint32_t i = tid; i < K / 4; i += TC_THREADS) {
 			float4 v = __ldg(xv + i);
-			((uint2 *)xs)[i] = make_uint2(tc_pack<F16>(v.x, v.y), tc_pack<F16>(v.z, v.w));
+			((uint2 *)xs)[i] = make_uint2(lq_pack16<F16>(v.x, v.y), lq_pack16<F16>(v.z, v.w));
 		}
 	}
 	__syncthreads();
@@ -689,9 +662,9 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			uint4 xv = make_uint4(0u, 0u, 0u, 0u);
 			if (g == c)
 				xv = xp[j2];
-			tc_mma<F16>(d0, tc_lut(wa[j2], lut4, 0), tc_lut(wb[j2], lut4, 0), tc_lut(wa[j2], lut4, 1),
+			lq_mma16816<F16>(d0, tc_lut(wa[j2], lut4, 0), tc_lut(wb[j2], lut4, 0), tc_lut(wa[j2], lut4, 1),
 				    tc_lut(wb[j2], lut4, 1), xv.x, xv.y);
-			tc_mma<F16>(d1, tc_lut(wa[j2], lut4, 2), tc_lut(wb[j2], lut4, 2), tc_lut(wa[j2], lut4, 3),
+			lq_mma16816<F16>(d1, tc_lut(wa[j2], lut4, 2), tc_lut(wb[j2], lut4, 2), tc_lut(wa[j2], lut4, 3),
 				    tc_lut(wb[j2], lut4, 3), xv.z, xv.w);
 		}
 		pg = sc * ((d0[0] + d0[1]) + (d1[0] + d1[1]));

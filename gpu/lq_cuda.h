@@ -154,6 +154,40 @@ int lq_cuda_gemv_ex(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, con
 #endif
 
 #ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+/* Two floats as the bf16 (fp16 with F16) pair of an mma operand register,
+ * rounded to nearest even; lo in the low half. */
+template <bool F16>
+static __device__ __forceinline__ uint32_t lq_pack16(float lo, float hi)
+{
+	if (F16) {
+		__half2 v = __floats2half2_rn(lo, hi);
+		return *(uint32_t *)&v;
+	}
+	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+	return *(uint32_t *)&v;
+}
+
+/* d += A B for one m16n8k16 tile, bf16 (fp16) operands, fp32 accumulation
+ * (sm_80 and later). */
+template <bool F16>
+static __device__ __forceinline__ void lq_mma16816(float *d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+						   uint32_t b0, uint32_t b1)
+{
+	if (F16)
+		asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+		    "{%0,%1,%2,%3};"
+		    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+		    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+	else
+		asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+		    "{%0,%1,%2,%3};"
+		    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+		    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
 /* A double-quant block scale from the dynamic-map value of its u8 code, its
  * nested scale and the offset, with lq_dequantize_ref's two float32
  * roundings (no FMA).  Every kernel that rebuilds scales uses this. */
