@@ -17,8 +17,10 @@
  *    CPU's fp32 logits (all rows together; every row within 3e-2).
  * Then a larger synthetic Llama (tests/gen_checkpoint: hidden 512, GQA,
  * 130 prompt tokens, so that the fast GEMV, split-K, split attention, the
- * chunked prefill and the KV-cache growth run) the same way, and the errors
- * a user can provoke (token out of range, context exceeded, no such device).
+ * chunked prefill and the KV-cache growth run) the same way, the other four
+ * architectures at that size (tests/gen_arch_checkpoint.py, skipped with a
+ * message without python3, numpy and safetensors), and the errors a user
+ * can provoke (token out of range, context exceeded, no such device).
  */
 #include "libquant.h"
 
@@ -331,6 +333,37 @@ int main(void)
 			close_model(&md);
 		}
 		system("rm -rf /tmp/test_forward.big");
+	}
+	/* the other four architectures at the same size (tests/gen_arch_checkpoint.py):
+	 * fused q/k/v and gate/up (Phi-3, longrope), sandwich norms and soft-caps
+	 * (Gemma 2), q/k/v biases (Qwen2), sliding windows, through the tile
+	 * layout and the fused decode GEMVs at bf16 / fp16 */
+	{
+		static const char *const archs[] = {"phi3", "gemma2", "qwen2", "mistral"};
+		int32_t ids[130];
+		for (int i = 0; i < 130; i++)
+			ids[i] = (int32_t)((i * 7919u + 13) % 1000);
+		for (size_t a = 0; a < sizeof archs / sizeof archs[0]; a++) {
+			char dir[128];
+			snprintf(dir, sizeof dir, "/tmp/test_forward.%s", archs[a]);
+			snprintf(cmd, sizeof cmd, "python3 tests/gen_arch_checkpoint.py %s %s", archs[a], dir);
+			if (system(cmd) != 0) {
+				printf("  skipping the synthetic %s model: tests/gen_arch_checkpoint.py needs python3 with numpy "
+				       "and safetensors\n", archs[a]);
+				continue;
+			}
+			struct model md = { NULL, NULL };
+			if (!open_packed(dir, LQ_QTYPE_NF4, 1, &md)) {
+				char what[64];
+				snprintf(what, sizeof what, "synthetic %s nf4", archs[a]);
+				compare(what, &md, ids, 130, 100, NULL, 1024);
+			} else {
+				CHECK(0, "cannot pack %s", dir);
+			}
+			close_model(&md);
+			snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+			system(cmd);
+		}
 	}
 	/* no such device */
 	{
