@@ -36,7 +36,7 @@
  * because its 4-bit path is bound by instruction issue (about nine
  * instructions per packed byte: byte extract, LUT address, LDS, two bf16
  * unpacks, two FFMA, plus amortized x/scale work); the tensor-core kernel
- * reaches 59-67% on the same shapes.
+ * reaches 65-79% on the same shapes (weights in the GPU tile layout).
  */
 #include "lq_cuda.h"
 #include "lq_blocks.h"
