@@ -853,6 +853,19 @@ __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t 
 	}
 }
 
+/* The prefill attention kernels for a head size (and compute dtype): the
+ * instances prefill launches and whose shared memory prepare sets. */
+static decltype(&k_attn_tiled<4>) fa_kernel(int64_t hd)
+{
+	return hd <= 64 ? k_attn_tiled<4> : hd <= 128 ? k_attn_tiled<8> : k_attn_tiled<16>;
+}
+static decltype(&k_attn_tc<false, 8>) ta_kernel(int64_t hd, int cd)
+{
+	if (cd == LQ_COMPUTE_F16)
+		return hd <= 64 ? k_attn_tc<true, 8> : hd <= 128 ? k_attn_tc<true, 16> : k_attn_tc<true, 32>;
+	return hd <= 64 ? k_attn_tc<false, 8> : hd <= 128 ? k_attn_tc<false, 16> : k_attn_tc<false, 32>;
+}
+
 /* out[t][i] = rnd(act(g) * u) for gate/up rows of stride ld. */
 __global__ void k_act(const float *g, const float *u, int64_t ld, float *out, int64_t n, int64_t I, int act, int cd,
 		      void *out16)
@@ -953,8 +966,6 @@ __global__ void k_weight_to(kweight w, uint64_t n, T *out)
 		out[j] = from_f<T>(w_get(w, j));
 }
 
-/* The same for a quantized weight, 8 elements per thread (one scale: blocks
- * hold a multiple of 32 elements), 16- or 32-byte stores; n % 8 == 0. */
 /* The 4-bit code table and the double-quant map into shared memory (a
  * barrier follows): indexing constant memory with per-lane values
  * serializes the warp. */
@@ -1376,14 +1387,6 @@ static int put(struct upload *u, const void *src, uint64_t size, void **dev, str
 	return stage_to(u, src, size, (uint8_t *)*dev, err);
 }
 
-static int bshift_of(int bs)
-{
-	int s = 0;
-	while ((1 << s) < bs)
-		s++;
-	return s;
-}
-
 static int load_weight(struct upload *u, int role, int layer, uint64_t rows, uint64_t cols, dweight *w,
 		       struct lq_error *err)
 {
@@ -1422,8 +1425,10 @@ static int load_weight(struct upload *u, int role, int layer, uint64_t rows, uin
 	/* 4-bit weights for the tensor-core GEMV: the GPU tile layout
 	 * (formats/LQ-FORMAT.md), made on the device from a copy as stored */
 	int tile = g->cd != LQ_COMPUTE_F32 && role != LQ_ROLE_EMBED && w->fast && lq_cuda_tiles_ok(&qp, rows, cols);
+	/* the scratch copy as stored: codes, then scales at a 256-byte boundary */
+	const uint64_t sdata = (t->data_size + 255) & ~(uint64_t)255;
 	if (tile) {
-		uint64_t db, sb, sdata = (t->data_size + 255) & ~(uint64_t)255;
+		uint64_t db, sb;
 		lq_cuda_tiles_size(&qp, rows, cols, &db, &sb);
 		if (sdata + t->scale_size > g->tscratch_need)
 			g->tscratch_need = sdata + t->scale_size;
@@ -1434,7 +1439,7 @@ static int load_weight(struct upload *u, int role, int layer, uint64_t rows, uin
 	if (t->double_quant && (rc = put(u, t->nested, t->nested_size, &nst, err)))
 		return rc;
 	w->k.dq = t->double_quant;
-	w->k.bshift = bshift_of(t->block_size);
+	w->k.bshift = lq_cuda_bshift(t->block_size);
 	w->k.data = (const uint8_t *)d;
 	w->k.scales = s;
 	w->k.nested = (const float *)nst;
@@ -1454,7 +1459,7 @@ static int load_weight(struct upload *u, int role, int layer, uint64_t rows, uin
 		if (u->counting)
 			return LQ_OK;
 		struct lq_cuda_qweight rq = w->q;
-		uint8_t *sd = g->tscratch, *ss = sd + ((t->data_size + 255) & ~(uint64_t)255);
+		uint8_t *sd = g->tscratch, *ss = sd + sdata;
 		rq.d_data = sd;
 		rq.d_scales = ss;
 		if ((rc = stage_to(u, t->data, t->data_size, sd, err)) ||
@@ -1992,16 +1997,13 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		g->xconv = NULL;
 		if (n > 1 && g->cd != LQ_COMPUTE_F32 && ta_ok(g->hd)) {
 			dim3 tg((unsigned)g->H, (unsigned)((n + TA_Q - 1) / TA_Q));
-			auto tk = g->cd == LQ_COMPUTE_F16 ? (g->hd <= 64 ? k_attn_tc<true, 8> : g->hd <= 128 ? k_attn_tc<true, 16> : k_attn_tc<true, 32>)
-							  : (g->hd <= 64 ? k_attn_tc<false, 8> : g->hd <= 128 ? k_attn_tc<false, 16> : k_attn_tc<false, 32>);
-			launch_ks(g, tk, tg, dim3(TA_THREADS), ta_smem(g->hd), q, ld, layer_kc(g, li), layer_vc(g, li),
+			launch_ks(g, ta_kernel(g->hd, g->cd), tg, dim3(TA_THREADS), ta_smem(g->hd), q, ld, layer_kc(g, li), layer_vc(g, li),
 				  g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
 				  (float)c->attn_logit_softcap, pos, (int64_t)n, cd, conv16(g, n));
 			conv16_done(g, g->att, n);
 		} else if (n > 1) {
 			dim3 fg((unsigned)g->H, (unsigned)((n + FA_Q - 1) / FA_Q));
-			auto fk = g->hd <= 64 ? k_attn_tiled<4> : g->hd <= 128 ? k_attn_tiled<8> : k_attn_tiled<16>;
-			launch_ks(g, fk, fg, dim3(FA_THREADS), fa_smem(g->hd), q, ld, layer_kc(g, li), layer_vc(g, li),
+			launch_ks(g, fa_kernel(g->hd), fg, dim3(FA_THREADS), fa_smem(g->hd), q, ld, layer_kc(g, li), layer_vc(g, li),
 				  g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
 				  (float)c->attn_logit_softcap, pos, (int64_t)n, cd);
 		} else {
@@ -2283,18 +2285,10 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		cudaError_t e;
 		if ((e = cudaSetDevice(g->dev)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, g->dev)) != cudaSuccess ||
 		    (e = cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking)) != cudaSuccess ||
-		    (e = cudaFuncSetAttribute(k_attn_tiled<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+		    (e = cudaFuncSetAttribute(fa_kernel(g->hd), cudaFuncAttributeMaxDynamicSharedMemorySize,
 					      (int)fa_smem(g->hd))) != cudaSuccess ||
-		    (e = cudaFuncSetAttribute(k_attn_tiled<8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-					      (int)fa_smem(g->hd))) != cudaSuccess ||
-		    (e = cudaFuncSetAttribute(k_attn_tiled<16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-					      (int)fa_smem(g->hd))) != cudaSuccess ||
-		    (ta_ok(g->hd) && ((e = cudaFuncSetAttribute(k_attn_tc<false, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ta_smem(g->hd))) != cudaSuccess ||
-				      (e = cudaFuncSetAttribute(k_attn_tc<false, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ta_smem(g->hd))) != cudaSuccess ||
-				      (e = cudaFuncSetAttribute(k_attn_tc<false, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ta_smem(g->hd))) != cudaSuccess ||
-				      (e = cudaFuncSetAttribute(k_attn_tc<true, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ta_smem(g->hd))) != cudaSuccess ||
-				      (e = cudaFuncSetAttribute(k_attn_tc<true, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ta_smem(g->hd))) != cudaSuccess ||
-				      (e = cudaFuncSetAttribute(k_attn_tc<true, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ta_smem(g->hd))) != cudaSuccess))) {
+		    (ta_ok(g->hd) && (e = cudaFuncSetAttribute(ta_kernel(g->hd, g->cd), cudaFuncAttributeMaxDynamicSharedMemorySize,
+								(int)ta_smem(g->hd))) != cudaSuccess)) {
 			rc = cuda_fail(err, e, "opening the GPU");
 			goto fail;
 		}
@@ -2326,8 +2320,9 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		g->arena_size = g->arena_used;
 		if (g->arena_size + g->tscratch_need > fr) {
 			rc = gfail(err, LQ_ERR_NOMEM,
-				   "the model needs %.0f MiB of GPU memory for its weights; %.0f MiB of %.0f MiB are free on %s",
-				   g->arena_size / 1048576.0, fr / 1048576.0, tot / 1048576.0, g->desc);
+				   "the model needs %.0f MiB of GPU memory for its weights (%.0f MiB more while uploading them); "
+				   "%.0f MiB of %.0f MiB are free on %s",
+				   g->arena_size / 1048576.0, g->tscratch_need / 1048576.0, fr / 1048576.0, tot / 1048576.0, g->desc);
 			goto fail;
 		}
 		if ((rc = dmalloc((void **)&g->arena, g->arena_size, "the weights", err)) ||

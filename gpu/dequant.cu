@@ -52,21 +52,11 @@ __global__ void k_dequant(int qtype, int dq, int bshift, const uint8_t *data, co
 	}
 }
 
-static int bshift_of(int bs)
-{
-	int s = 0;
-	while ((1 << s) < bs)
-		s++;
-	return s;
-}
-
 extern "C" int lq_cuda_dequant_f32(const struct lq_cuda_qweight *w, float *d_out, void *stream)
 {
 	if (w->layout != LQ_CUDA_ROWS)
 		return (int)cudaErrorInvalidValue;
-	uint64_t blocks = (w->n + 255) / 256;
-	unsigned grid = blocks > 65535 * 8 ? 65535 * 8 : (unsigned)(blocks ? blocks : 1);
-	k_dequant<<<grid, 256, 0, (cudaStream_t)stream>>>(w->p.qtype, w->p.double_quant, bshift_of(w->p.block_size),
+	k_dequant<<<lq_cuda_grid256(w->n), 256, 0, (cudaStream_t)stream>>>(w->p.qtype, w->p.double_quant, lq_cuda_bshift(w->p.block_size),
 							   w->d_data, w->d_scales, w->d_nested, w->offset, w->n, d_out);
 	return (int)cudaGetLastError();
 }
@@ -106,7 +96,7 @@ extern "C" int lq_cuda_gemv_f32(const struct lq_cuda_qweight *w, uint64_t N, uin
 	if (K % (uint64_t)w->p.block_size || N * K != w->n || w->layout != LQ_CUDA_ROWS)
 		return (int)cudaErrorInvalidValue;
 	unsigned grid = (unsigned)((N + 7) / 8);
-	k_gemv<<<grid, 256, 0, (cudaStream_t)stream>>>(w->p.qtype, w->p.double_quant, bshift_of(w->p.block_size),
+	k_gemv<<<grid, 256, 0, (cudaStream_t)stream>>>(w->p.qtype, w->p.double_quant, lq_cuda_bshift(w->p.block_size),
 							w->d_data, w->d_scales, w->d_nested, w->offset, N, K, d_x, d_y);
 	return (int)cudaGetLastError();
 }

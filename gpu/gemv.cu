@@ -296,14 +296,6 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MINBLOCKS) k_gemv_fast(cons
 	}
 }
 
-static int gemv_bshift(int bs)
-{
-	int s = 0;
-	while ((1 << s) < bs)
-		s++;
-	return s;
-}
-
 template <int QT, bool DQ, typename XT, int R, bool EX = false>
 static int launch_t(const struct lq_cuda_qweight *const *ws, float *const *ys, int nw, uint64_t K, const XT *x,
 		    cudaStream_t st, int grid_max, int ksplit_max)
@@ -364,7 +356,7 @@ static int launch_t(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 		cfg.attrs = attr;
 		cfg.numAttrs = 1;
 	}
-	int bshift = gemv_bshift(ws[0]->p.block_size);
+	int bshift = lq_cuda_bshift(ws[0]->p.block_size);
 	e = cudaLaunchKernelEx(&cfg, kern, P, bshift, K, x, groups);
 	return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
 }
@@ -837,7 +829,7 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 		cfg.attrs = attr;
 		cfg.numAttrs = 1;
 	}
-	int bshift = gemv_bshift(ws[0]->p.block_size);
+	int bshift = lq_cuda_bshift(ws[0]->p.block_size);
 	const float *nrm = fu ? fu->norm_w : nullptr;
 	int fl = fu ? (fu->plus_one ? LQ_GEMV_NORM_PLUS_ONE : 0) | (fu->add_out ? LQ_GEMV_ADD_OUT : 0) : 0;
 	e = cudaLaunchKernelEx(&cfg, kern, P, bshift, (uint32_t)K, x, (uint32_t)tiles, wkl, nrm, fu ? fu->eps : 0.0f, fl,
@@ -997,12 +989,6 @@ __global__ void k_tile_scales(const ES *__restrict__ src, ES *__restrict__ dst, 
 	}
 }
 
-static unsigned tile_grid(uint64_t n)
-{
-	uint64_t b = (n + 255) / 256;
-	return b > 65535 * 8 ? 65535 * 8 : b ? (unsigned)b : 1u;
-}
-
 extern "C" int lq_cuda_tile(const struct lq_cuda_qweight *w, uint64_t K, void *d_data, void *d_scales,
 			    struct lq_cuda_qweight *out, void *stream)
 {
@@ -1014,13 +1000,13 @@ extern "C" int lq_cuda_tile(const struct lq_cuda_qweight *w, uint64_t K, void *d
 	uint64_t N = w->n / K, db, sb, nbr = K / (uint64_t)w->p.block_size;
 	lq_cuda_tiles_size(&w->p, N, K, &db, &sb);
 	cudaStream_t st = (cudaStream_t)stream;
-	k_tile_codes<<<tile_grid(db / 16), 256, 0, st>>>(w->d_data, (uint4 *)d_data, N, K, db / 16);
+	k_tile_codes<<<lq_cuda_grid256(db / 16), 256, 0, st>>>(w->d_data, (uint4 *)d_data, N, K, db / 16);
 	uint64_t ns = (N + 15) / 16 * 16 * nbr;
 	if (w->p.double_quant)
-		k_tile_scales<uint8_t><<<tile_grid(ns), 256, 0, st>>>((const uint8_t *)w->d_scales, (uint8_t *)d_scales,
+		k_tile_scales<uint8_t><<<lq_cuda_grid256(ns), 256, 0, st>>>((const uint8_t *)w->d_scales, (uint8_t *)d_scales,
 								      N, nbr, ns);
 	else
-		k_tile_scales<float><<<tile_grid(ns), 256, 0, st>>>((const float *)w->d_scales, (float *)d_scales, N,
+		k_tile_scales<float><<<lq_cuda_grid256(ns), 256, 0, st>>>((const float *)w->d_scales, (float *)d_scales, N,
 								    nbr, ns);
 	cudaError_t e = cudaGetLastError();
 	if (e != cudaSuccess)

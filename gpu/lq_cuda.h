@@ -157,6 +157,23 @@ int lq_cuda_gemv_ex(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, con
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+/* log2 of a block size (a power of two): element i lies in block i >> it. */
+static inline int lq_cuda_bshift(int bs)
+{
+	int s = 0;
+	while ((1 << s) < bs)
+		s++;
+	return s;
+}
+
+/* Blocks of 256 threads for a grid-stride loop over n items: one item per
+ * thread, at most 65535 * 8 blocks, at least one. */
+static inline unsigned lq_cuda_grid256(uint64_t n)
+{
+	uint64_t b = (n + 255) / 256;
+	return b > 65535 * 8 ? 65535 * 8 : b ? (unsigned)b : 1u;
+}
+
 /* Two floats as the bf16 (fp16 with F16) pair of an mma operand register,
  * rounded to nearest even; lo in the low half. */
 template <bool F16>
