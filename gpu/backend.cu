@@ -1259,12 +1259,19 @@ struct gstate {
 	int32_t *h_tok;
 	int64_t *h_pos;
 	float *h_logits;
-	/* the decode graphs: [0] copies the logits back, [1] only their argmax */
-	cudaGraphExec_t graph[2];
-	int64_t graph_cap[2];
-	float graph_ascale[2];
-	int graph_split[2];
+	/* the decode graphs: [0] copies the logits back, [1] only their argmax,
+	 * [2] leaves the logits on the device (sampling) */
+	cudaGraphExec_t graph[3];
+	int64_t graph_cap[3];
+	float graph_ascale[3];
+	int graph_split[3];
 	int32_t *d_id, *h_id;  /* the argmax, on the device and pinned on the host */
+	/* sampling: lq_cuda_topk's scratch and result (device, pinned host), the
+	 * penalized ids (device, pinned host, pen_cap of each) */
+	uint8_t *tk_scr;
+	struct lq_cuda_topk_out *d_tk, *h_tk;
+	int32_t *d_pen, *h_pen;
+	size_t pen_cap;
 };
 
 /*
@@ -1579,13 +1586,13 @@ static void g_free(void *state)
 	gstate *g = (gstate *)state;
 	if (!g)
 		return;
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < 3; i++)
 		if (g->graph[i])
 			cudaGraphExecDestroy(g->graph[i]);
 	if (g->cbh_ok)
 		g->cb.destroy(g->cbh);
 	void *d[] = { g->arena, g->tscratch, g->inv_freq, g->kv, g->x, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part, g->acnt, g->am_v, g->am_i,
-		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos, g->d_id };
+		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos, g->d_id, g->tk_scr, g->d_tk, g->d_pen };
 	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
 		gfree(d[i]);
 	if (g->h_tok)
@@ -1594,8 +1601,10 @@ static void g_free(void *state)
 		cudaFreeHost(g->h_pos);
 	if (g->h_logits)
 		cudaFreeHost(g->h_logits);
-	if (g->h_id)
-		cudaFreeHost(g->h_id);
+	void *h[] = { g->h_id, g->h_tk, g->h_pen };
+	for (size_t i = 0; i < sizeof h / sizeof h[0]; i++)
+		if (h[i])
+			cudaFreeHost(h[i]);
 	if (g->st)
 		cudaStreamDestroy(g->st);
 	if (g->cb.lib)
@@ -1644,7 +1653,7 @@ static int ensure_cache(gstate *g, int64_t need, struct lq_error *err)
 	}
 	g->kv = (float *)nk;
 	g->cap = cap;
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < 3; i++)
 		if (g->graph[i]) {
 			cudaGraphExecDestroy(g->graph[i]);
 			g->graph[i] = NULL;
@@ -2141,9 +2150,9 @@ static int decode_graph(gstate *g, int am, struct lq_error *err)
 	if (e == cudaSuccess)
 		e = cudaMemcpyAsync(g->pos, g->h_pos, sizeof(int64_t), cudaMemcpyHostToDevice, g->st);
 	int rc = e == cudaSuccess ? run_tokens(g, 1, 0, g->pos, 1, 0, err) : cuda_fail(err, e, "the decode graph");
-	if (!rc && am)
+	if (!rc && am == 1)
 		rc = launch_argmax(g, err);
-	if (!rc) {
+	if (!rc && am < 2) {
 		e = am ? cudaMemcpyAsync(g->h_id, g->d_id, sizeof(int32_t), cudaMemcpyDeviceToHost, g->st)
 		       : cudaMemcpyAsync(g->h_logits, g->logits, (size_t)g->vocab * sizeof(float), cudaMemcpyDeviceToHost,
 					 g->st);
@@ -2207,38 +2216,124 @@ static int g_forward(void *state, const int32_t *tokens, size_t n, int64_t pos, 
 	return LQ_OK;
 }
 
+/* Run the tokens, leaving the last row's logits on the device; with am,
+ * also their argmax, copied to h_id.  Queued on the stream, not waited for. */
+static int forward_dev(gstate *g, const int32_t *tokens, size_t n, int64_t pos, int am, struct lq_error *err)
+{
+	int rc;
+	if ((rc = ensure_cache(g, pos + (int64_t)n, err)) || (rc = update_rope(g, pos + (int64_t)n, err)))
+		return rc;
+	if (n == 1) {
+		int mode = am ? 1 : 2;
+		if ((rc = decode_graph(g, mode, err)))
+			return rc;
+		*g->h_tok = tokens[0];
+		*g->h_pos = pos;
+		CK(cudaGraphLaunch(g->graph[mode], g->st), "the decode step");
+		return LQ_OK;
+	}
+	for (size_t done = 0; done < n;) {
+		size_t m = n - done < CHUNK ? n - done : CHUNK;
+		int last = done + m == n;
+		CK(cudaMemcpyAsync(g->tok, tokens + done, m * sizeof(int32_t), cudaMemcpyHostToDevice, g->st), "the tokens");
+		if ((rc = run_tokens(g, m, pos + (int64_t)done, NULL, last, 0, err)))
+			return rc;
+		if (!last)
+			CK(cudaStreamSynchronize(g->st), "the forward pass");
+		done += m;
+	}
+	if (am) {
+		if ((rc = launch_argmax(g, err)))
+			return rc;
+		CK(cudaMemcpyAsync(g->h_id, g->d_id, sizeof(int32_t), cudaMemcpyDeviceToHost, g->st), "the argmax");
+	}
+	return LQ_OK;
+}
+
 /* forward, keeping only the argmax of the last logits row (greedy decoding):
  * 4 bytes come back instead of the vocabulary's logits. */
 static int g_argmax(void *state, const int32_t *tokens, size_t n, int64_t pos, int32_t *id, struct lq_error *err)
 {
 	gstate *g = (gstate *)state;
-	int rc;
-	if ((rc = ensure_cache(g, pos + (int64_t)n, err)) || (rc = update_rope(g, pos + (int64_t)n, err)))
+	int rc = forward_dev(g, tokens, n, pos, 1, err);
+	if (rc)
 		return rc;
-	if (n == 1) {
-		if ((rc = decode_graph(g, 1, err)))
-			return rc;
-		*g->h_tok = tokens[0];
-		*g->h_pos = pos;
-		CK(cudaGraphLaunch(g->graph[1], g->st), "the decode step");
-	} else {
-		for (size_t done = 0; done < n;) {
-			size_t m = n - done < CHUNK ? n - done : CHUNK;
-			int last = done + m == n;
-			CK(cudaMemcpyAsync(g->tok, tokens + done, m * sizeof(int32_t), cudaMemcpyHostToDevice, g->st),
-			   "the tokens");
-			if ((rc = run_tokens(g, m, pos + (int64_t)done, NULL, last, 0, err)))
-				return rc;
-			if (!last)
-				CK(cudaStreamSynchronize(g->st), "the forward pass");
-			done += m;
-		}
+	CK(cudaStreamSynchronize(g->st), "the decode step");
+	*id = *g->h_id;
+	return LQ_OK;
+}
+
+/* Room for npen penalized ids (device and pinned host). */
+static int ensure_pen(gstate *g, size_t npen, struct lq_error *err)
+{
+	if (npen <= g->pen_cap)
+		return LQ_OK;
+	size_t c = g->pen_cap ? g->pen_cap : 1024;
+	while (c < npen)
+		c *= 2;
+	gfree(g->d_pen);
+	if (g->h_pen)
+		cudaFreeHost(g->h_pen);
+	g->d_pen = g->h_pen = NULL;
+	g->pen_cap = 0;
+	int rc = dmalloc((void **)&g->d_pen, c * sizeof(int32_t), "the repetition penalty", err);
+	if (rc)
+		return rc;
+	CK(cudaHostAlloc((void **)&g->h_pen, c * sizeof(int32_t), cudaHostAllocDefault), "pinned host memory");
+	g->pen_cap = c;
+	return LQ_OK;
+}
+
+/* forward, then lq_sample's penalty, temperature and top-k (or argmax) on
+ * the device (struct lq_backend's sample) */
+static int g_sample(void *state, const int32_t *tokens, size_t n, int64_t pos, const struct lq_sample_opts *o,
+		    const int32_t *pen, size_t npen, float *vals, int32_t *ids, size_t cap, size_t *count, float *logits,
+		    struct lq_error *err)
+{
+	gstate *g = (gstate *)state;
+	double p = o->repetition_penalty;
+	int rc;
+	*count = 0;
+	if (!(p > 0 && p != 1.0))
+		npen = 0;
+	if ((rc = ensure_pen(g, npen, err)) || (rc = forward_dev(g, tokens, n, pos, 0, err)))
+		return rc;
+	if (npen) {
+		/* the previous step has completed: h_pen is free */
+		memcpy(g->h_pen, pen, npen * sizeof(int32_t));
+		CK(cudaMemcpyAsync(g->d_pen, g->h_pen, npen * sizeof(int32_t), cudaMemcpyHostToDevice, g->st),
+		   "the repetition penalty");
+		CK((cudaError_t)lq_cuda_penalty(g->logits, g->d_pen, (int64_t)npen, (float)p, g->st),
+		   "the repetition penalty");
+	}
+	if (o->temperature <= 0) {
 		if ((rc = launch_argmax(g, err)))
 			return rc;
 		CK(cudaMemcpyAsync(g->h_id, g->d_id, sizeof(int32_t), cudaMemcpyDeviceToHost, g->st), "the argmax");
+		CK(cudaStreamSynchronize(g->st), "the sampling step");
+		ids[0] = *g->h_id;
+		*count = 1;
+		return LQ_OK;
 	}
-	CK(cudaStreamSynchronize(g->st), "the decode step");
-	*id = *g->h_id;
+	size_t lim = cap < LQ_CUDA_TOPK_MAX ? cap : LQ_CUDA_TOPK_MAX;
+	if (o->top_k > 0 && (size_t)o->top_k <= lim && g->vocab <= LQ_CUDA_TOPK_NMAX) {
+		CK((cudaError_t)lq_cuda_topk(g->logits, g->vocab, (float)o->temperature, o->top_k, g->tk_scr, g->d_tk, g->st),
+		   "the top-k filter");
+		CK(cudaMemcpyAsync(g->h_tk, g->d_tk, sizeof *g->h_tk, cudaMemcpyDeviceToHost, g->st), "the top-k filter");
+		CK(cudaStreamSynchronize(g->st), "the sampling step");
+		int32_t c = g->h_tk->count;
+		if (c > 0 && (size_t)c <= lim) {
+			memcpy(vals, g->h_tk->vals, (size_t)c * sizeof(float));
+			memcpy(ids, g->h_tk->ids, (size_t)c * sizeof(int32_t));
+			*count = (size_t)c;
+			return LQ_OK;
+		}
+	}
+	/* the whole row (after the penalty) for the host */
+	CK(cudaMemcpyAsync(g->h_logits, g->logits, (size_t)g->vocab * sizeof(float), cudaMemcpyDeviceToHost, g->st),
+	   "the logits");
+	CK(cudaStreamSynchronize(g->st), "the sampling step");
+	memcpy(logits, g->h_logits, (size_t)g->vocab * sizeof(float));
 	return LQ_OK;
 }
 
@@ -2375,9 +2470,13 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		    (rc = dmalloc((void **)&g->inv_freq, (uint64_t)(g->rot / 2 + 1) * 4, "RoPE", err)) ||
 		    (rc = dmalloc((void **)&g->tok, N * 4, "the tokens", err)) ||
 		    (rc = dmalloc((void **)&g->pos, 8, "the position", err)) ||
-		    (rc = dmalloc((void **)&g->d_id, 4, "the argmax", err)))
+		    (rc = dmalloc((void **)&g->d_id, 4, "the argmax", err)) ||
+		    (rc = dmalloc((void **)&g->tk_scr, lq_cuda_topk_scratch_size(g->vocab), "sampling", err)) ||
+		    (rc = dmalloc((void **)&g->d_tk, sizeof *g->d_tk, "sampling", err)))
 			goto fail;
 		cudaError_t e = cudaMemset(g->acnt, 0, (size_t)(g->H + 1) * 4);
+		if (e == cudaSuccess)
+			e = cudaMemset(g->tk_scr, 0, lq_cuda_topk_scratch_size(g->vocab));
 		if (e != cudaSuccess) {
 			rc = cuda_fail(err, e, "clearing the attention counters");
 			goto fail;
@@ -2389,6 +2488,8 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 			e = cudaHostAlloc((void **)&g->h_logits, (size_t)g->vocab * 4, cudaHostAllocDefault);
 		if (e == cudaSuccess)
 			e = cudaHostAlloc((void **)&g->h_id, 4, cudaHostAllocDefault);
+		if (e == cudaSuccess)
+			e = cudaHostAlloc((void **)&g->h_tk, sizeof *g->h_tk, cudaHostAllocDefault);
 		if (e != cudaSuccess) {
 			rc = cuda_fail(err, e, "pinned host memory");
 			goto fail;
@@ -2417,7 +2518,7 @@ static const char *g_describe(void *state)
 	return ((gstate *)state)->desc;
 }
 
-static const struct lq_backend cuda_backend = { "cuda", g_prepare, g_forward, g_free, g_describe, g_argmax };
+static const struct lq_backend cuda_backend = { "cuda", g_prepare, g_forward, g_free, g_describe, g_argmax, g_sample };
 
 extern "C" const struct lq_backend *lq_backend_cuda(void)
 {

@@ -149,6 +149,32 @@ int lq_cuda_gemv_fused(const struct lq_cuda_qweight *const *ws, float *const *ys
 int lq_cuda_gemv_ex(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
 		    int x_dtype, float *d_y, void *stream, int rows, int grid_max, int ksplit_max);
 
+/*
+ * lq_sample's first steps on the device (gpu/sample.cu).
+ * lq_cuda_penalty: the repetition penalty on d_logits[d_ids[i]] for
+ * i < nids (distinct ids): s < 0 ? s * penalty : s / penalty.
+ * lq_cuda_topk: the tokens lq_sample's top-k filter keeps from
+ * d_logits[0..n) / temperature (k in 1..LQ_CUDA_TOPK_MAX, temperature > 0,
+ * n <= LQ_CUDA_TOPK_NMAX; else cudaErrorInvalidValue):
+ * every token whose scaled logit is >= the k-th largest (all of them when
+ * k >= n), its scaled logit in vals, its id in ids, in no particular order;
+ * count -1 when there are more than LQ_CUDA_TOPK_MAX or a scaled logit is
+ * NaN.  d_scratch: lq_cuda_topk_scratch_size(n) bytes (or more), zeroed before
+ * the first call (calls leave it so); one call at a time per scratch.
+ */
+#define LQ_CUDA_TOPK_MAX 1024
+#define LQ_CUDA_TOPK_NMAX (1 << 20)
+struct lq_cuda_topk_out {
+	int32_t count;
+	int32_t pad[3];
+	float vals[LQ_CUDA_TOPK_MAX];
+	int32_t ids[LQ_CUDA_TOPK_MAX];
+};
+size_t lq_cuda_topk_scratch_size(int64_t n);
+int lq_cuda_topk(const float *d_logits, int64_t n, float temperature, int k, void *d_scratch,
+		 struct lq_cuda_topk_out *d_out, void *stream);
+int lq_cuda_penalty(float *d_logits, const int32_t *d_ids, int64_t nids, float penalty, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -12,7 +12,10 @@
  *    reference exists: unquantized and NF4); the same rows decoded one token
  *    at a time through the KV cache (the CUDA-graph path) within 1e-4;
  *    greedy continuations of 24 tokens identical to the CPU's, also with
- *    the argmax taken on the device (lq_run_forward_argmax);
+ *    the argmax taken on the device (lq_run_forward_argmax); sampled
+ *    continuations (lq_run_forward_sample: penalty, temperature, top-k on
+ *    the device) identical to lq_sample's on the same runtime's logits,
+ *    at every compute dtype;
  *  - bf16 and fp16 compute: the logits within 2e-2 relative L2 of the
  *    CPU's fp32 logits (all rows together; every row within 3e-2).
  * Then a larger synthetic Llama (tests/gen_checkpoint: hidden 512, GQA,
@@ -150,6 +153,66 @@ static void greedy(struct lq_run *r, const int32_t *ids, size_t np, int ngen, in
 	free(lg);
 }
 
+/* A sampled continuation of ids[0..np) for ngen tokens with options o and a
+ * seed: with dev, lq_run_forward_sample (penalty, temperature, top-k or
+ * argmax on the device); else lq_run_forward and lq_sample on the host. */
+static void sampled(struct lq_run *r, const int32_t *ids, size_t np, int ngen, const struct lq_sample_opts *o,
+		    uint64_t seed, int dev, int32_t *out)
+{
+	struct lq_error e = {0};
+	int64_t V = lq_run_vocab(r);
+	float *lg = (float *)malloc((size_t)V * sizeof(float));
+	int32_t *seen = (int32_t *)malloc((np + (size_t)ngen) * sizeof(int32_t));
+	struct lq_rng g;
+	lq_rng_seed(&g, seed);
+	memcpy(seen, ids, np * sizeof *seen);
+	size_t ns = np;
+	for (int i = 0; i < ngen; i++) {
+		const int32_t *feed = i ? &seen[ns - 1] : seen;
+		size_t nf = i ? 1 : np;
+		int64_t pos = i ? (int64_t)ns - 1 : 0;
+		int32_t id = -1;
+		if (dev) {
+			CHECK_OK(lq_run_forward_sample(r, feed, nf, pos, o, seen, ns, &g, &id, &e), &e);
+		} else {
+			CHECK_OK(lq_run_forward(r, feed, nf, pos, lg, 0, &e), &e);
+			id = lq_sample(lg, V, o, seen, ns, &g);
+		}
+		out[i] = id;
+		seen[ns++] = id;
+	}
+	free(lg);
+	free(seen);
+}
+
+/* Sampled continuations picked on the device equal lq_sample's on the same
+ * runtime's logits, for the sampling options run offers. */
+static void check_sampling(const char *what, struct lq_run *r, const int32_t *ids, size_t np)
+{
+	struct lq_sample_opts os[6];
+	for (int i = 0; i < 6; i++)
+		lq_sample_opts_init(&os[i]);
+	os[0].temperature = 0.8;     /* top-k 50 on the device */
+	os[1].top_k = 0;             /* top-k off: the row comes back */
+	os[1].top_p = 0.9;
+	os[2].temperature = 0;       /* argmax after the penalty on the device */
+	os[2].repetition_penalty = 1.3;
+	os[3].temperature = 1.2;
+	os[3].top_k = 5;
+	os[3].min_p = 0.1;
+	os[3].repetition_penalty = 0.7;
+	os[4].top_k = 1;
+	os[5].temperature = 2.0;     /* the cap of device candidates */
+	os[5].top_k = 1024;
+	os[5].top_p = 0.95;
+	for (int i = 0; i < 6; i++) {
+		int32_t a[24], b[24];
+		sampled(r, ids, np, 24, &os[i], 1000 + (uint64_t)i, 1, a);
+		sampled(r, ids, np, 24, &os[i], 1000 + (uint64_t)i, 0, b);
+		CHECK(!memcmp(a, b, sizeof a), "%s: sampled continuation %d differs from lq_sample's", what, i);
+	}
+}
+
 /* The comparisons for one packed model; ids[n], ref = transformers' logits or NULL. */
 static void compare(const char *what, struct model *md, const int32_t *ids, size_t n, size_t split,
 		    const float *ref, int64_t ctx)
@@ -206,6 +269,7 @@ static void compare(const char *what, struct model *md, const int32_t *ids, size
 		}
 		CHECK(!memcmp(gc, ga, sizeof gc), "%s fp32: greedy continuation with the device argmax differs", what);
 	}
+	check_sampling(what, gpu, ids, np);
 	/* bf16 / fp16 */
 	for (int cdt = LQ_COMPUTE_BF16; cdt <= LQ_COMPUTE_F16; cdt++) {
 		struct lq_run *gh = make_run(md, LQ_BACKEND_CUDA, cdt, ctx);
@@ -227,6 +291,7 @@ static void compare(const char *what, struct model *md, const int32_t *ids, size
 			wd = a > wd ? a : wd;
 		}
 		CHECK(wd < 3e-2, "%s %s: GPU decode vs CPU fp32 worst row rel L2 %g", what, lq_compute_name(cdt), wd);
+		check_sampling(what, gh, ids, np);
 		printf("  %-22s %s: all %.2e, worst row: prefill %.2e decode %.2e\n", what, lq_compute_name(cdt), all, w, wd);
 		lq_run_free(gh);
 	}

@@ -47,6 +47,7 @@ struct lq_run {
 	/* another backend (CUDA) doing the work, or NULL for this CPU runtime */
 	const struct lq_backend *be;
 	void *be_state;
+	float *samp_lg; /* [vocab]: lq_run_forward_sample's row when the backend sends it back */
 	char desc[64];
 };
 
@@ -142,6 +143,7 @@ void lq_run_free(struct lq_run *r)
 	free(r->L);
 	if (r->be)
 		r->be->free(r->be_state);
+	free(r->samp_lg);
 	lq_weight_release(&r->embed);
 	lq_weight_release(&r->lm_head);
 	free(r->final_norm);
@@ -620,6 +622,77 @@ int lq_run_forward_argmax(struct lq_run *r, const int32_t *tokens, size_t n, int
 	return rc;
 }
 
+/* Candidates a backend may return from one sampling step. */
+#define SAMPLE_CAP 1024
+
+int lq_run_forward_sample(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos,
+			  const struct lq_sample_opts *o, const int32_t *seen, size_t nseen, struct lq_rng *rng,
+			  int32_t *id, struct lq_error *err)
+{
+	double pen = o->repetition_penalty;
+	int penal = pen > 0 && pen != 1.0;
+	if (o->temperature <= 0 && !penal)
+		return lq_run_forward_argmax(r, tokens, n, pos, id, err);
+	if (o->temperature > 0 && !rng)
+		return lq_fail(err, LQ_ERR_INVALID, "sampling needs a random generator");
+	if (pos < 0 || pos > r->pos)
+		return lq_fail(err, LQ_ERR_INVALID, "position %lld is past the %lld cached tokens",
+			       (long long)pos, (long long)r->pos);
+	if (n == 0)
+		return lq_fail(err, LQ_ERR_INVALID, "no tokens to run");
+	int rc = check_tokens(r, tokens, n, pos, err);
+	if (rc)
+		return rc;
+	if (!r->samp_lg && !(r->samp_lg = malloc((size_t)r->vocab * sizeof *r->samp_lg)))
+		return lq_fail(err, LQ_ERR_NOMEM, "out of memory");
+	float *lg = r->samp_lg;
+	if (!r->be || !r->be->sample) {
+		if (!(rc = lq_run_forward(r, tokens, n, pos, lg, 0, err)))
+			*id = lq_sample(lg, r->vocab, o, seen, nseen, rng);
+		return rc;
+	}
+	/* the distinct ids the penalty applies to, in order of first sight */
+	int32_t *pl = NULL;
+	size_t npl = 0;
+	unsigned char *mark = NULL;
+	if (penal && nseen) {
+		pl = malloc(nseen * sizeof *pl);
+		mark = calloc((size_t)r->vocab, 1);
+		if (!pl || !mark) {
+			free(pl);
+			free(mark);
+			return lq_fail(err, LQ_ERR_NOMEM, "out of memory");
+		}
+		for (size_t i = 0; i < nseen; i++) {
+			int32_t t = seen[i];
+			if (t >= 0 && t < r->vocab && !mark[t]) {
+				mark[t] = 1;
+				pl[npl++] = t;
+			}
+		}
+		free(mark);
+	}
+	float vals[SAMPLE_CAP];
+	int32_t ids[SAMPLE_CAP];
+	size_t count = 0;
+	rc = r->be->sample(r->be_state, tokens, n, pos, o, pl, npl, vals, ids, SAMPLE_CAP, &count, lg, err);
+	r->pos = rc ? (pos < r->pos ? pos : r->pos) : pos + (int64_t)n;
+	if (!rc) {
+		if (o->temperature <= 0 && count)
+			*id = ids[0];
+		else if (count)
+			*id = lq_sample_kept(vals, ids, count, o, rng);
+		else {
+			/* the row came back with the penalty applied */
+			struct lq_sample_opts o2 = *o;
+			o2.repetition_penalty = 1.0;
+			*id = lq_sample(lg, r->vocab, &o2, NULL, 0, rng);
+		}
+	}
+	free(pl);
+	return rc;
+}
+
 int lq_run_forward(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos,
 		   float *logits, int all_logits, struct lq_error *err)
 {
@@ -715,7 +788,7 @@ static const char *cpu_describe(void *state)
 }
 
 static const struct lq_backend cpu_backend = { "cpu", cpu_prepare, cpu_forward, cpu_free,
-					       cpu_describe, NULL };
+					       cpu_describe, NULL, NULL };
 
 const struct lq_backend *lq_backend_cpu(void)
 {

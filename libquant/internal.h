@@ -59,5 +59,11 @@ float lq_dot_f32(const float *restrict a, const float *restrict b, size_t n);
 /* The first index of the maximum of l[0..n) (n >= 1), as lq_sample's greedy
  * pick: l[i] replaces the best so far only when strictly greater. */
 int32_t lq_argmax_f32(const float *l, int64_t n);
+/* lq_sample from its top-k step on: vals / ids[0..n) are the kept tokens
+ * (temperature-scaled logits and ids, in any order; distinct ids), exactly the
+ * set lq_sample's top-k filter keeps, ties included.  Same pick and the
+ * same draws from rng as lq_sample; -1 when n is 0. */
+int32_t lq_sample_kept(const float *vals, const int32_t *ids, size_t n, const struct lq_sample_opts *o,
+		       struct lq_rng *rng);
 
 #endif

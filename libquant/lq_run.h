@@ -116,6 +116,9 @@ struct lq_run;
  * model from an LQ file, run tokens through it at a position (the KV cache
  * holds positions 0..pos-1 from earlier calls), free.
  */
+struct lq_sample_opts;
+struct lq_rng;
+
 struct lq_backend {
 	const char *name;  /* "cpu", "cuda" */
 	/* o->compute (never -1) and o->max_ctx (> 0) are resolved when
@@ -132,6 +135,20 @@ struct lq_backend {
 	 * the argmax of the last logits row (lowest id on ties) comes back */
 	int (*argmax)(void *state, const int32_t *tokens, size_t n, int64_t pos, int32_t *id,
 		      struct lq_error *err);
+	/* optional (NULL: forward, then lq_sample on the host): as forward,
+	 * then the first steps of lq_sample on the last logits row, on the
+	 * device: the repetition penalty over pen[0..npen) (distinct ids in
+	 * range; none when o's penalty is off), then, with temperature > 0 and
+	 * 0 < top_k <= cap, the temperature and the top-k filter with its ties.
+	 * *count receives the number of tokens kept, their scaled logits in
+	 * vals and ids in ids (in any order); or 1 with the argmax (after the
+	 * penalty) in ids[0] when temperature <= 0; or 0 when the device
+	 * cannot make the set (top-k off or over cap, a NaN logit, more ties
+	 * than cap): then logits[vocab] receives the row after the penalty,
+	 * for the host to sample from. */
+	int (*sample)(void *state, const int32_t *tokens, size_t n, int64_t pos, const struct lq_sample_opts *o,
+		      const int32_t *pen, size_t npen, float *vals, int32_t *ids, size_t cap, size_t *count,
+		      float *logits, struct lq_error *err);
 };
 /* The CPU backend (static, never freed). */
 const struct lq_backend *lq_backend_cpu(void);
@@ -171,6 +188,18 @@ int lq_run_forward(struct lq_run *r, const int32_t *tokens, size_t n, int64_t po
  */
 int lq_run_forward_argmax(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos, int32_t *id,
 			  struct lq_error *err);
+/*
+ * A sampling step: run the tokens as lq_run_forward does, then pick the next
+ * token from the last token's logits as lq_sample(logits, vocab, o, seen,
+ * nseen, rng) would: the same id and the same draws from rng.  On the GPU
+ * the penalty, the temperature and the top-k filter (or the argmax, when
+ * greedy) run on the device and only the kept tokens come back, unless
+ * top-k is off or over 1024 or the logits hold a NaN: then the whole row
+ * comes back and the host samples from it.  rng may be NULL when greedy.
+ */
+int lq_run_forward_sample(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos,
+			  const struct lq_sample_opts *o, const int32_t *seen, size_t nseen, struct lq_rng *rng,
+			  int32_t *id, struct lq_error *err);
 /* The backend in use ("cpu" or "cuda") and a one-line description of the
  * device (owned by r). */
 const char *lq_run_backend(const struct lq_run *r);

@@ -80,55 +80,15 @@ int32_t lq_argmax_f32(const float *l, int64_t n)
 	return (int32_t)best;
 }
 
-int32_t lq_sample(float *logits, int64_t vocab, const struct lq_sample_opts *o,
-		  const int32_t *seen, size_t nseen, struct lq_rng *rng)
+/* From iv[0..keep) (sorted by cmp_desc, keep >= 1: the tokens top-k kept),
+ * the rest of lq_sample: probabilities, top-p, min-p, the draw. */
+static int32_t pick(const struct idx_val *iv, int64_t keep, const struct lq_sample_opts *o, struct lq_rng *rng)
 {
-	if (vocab <= 0)
-		return -1;
-	double pen = o->repetition_penalty;
-	if (pen > 0 && pen != 1.0) {
-		/* each distinct id once (torch gathers then scatters) */
-		unsigned char *done = calloc((size_t)vocab, 1);
-		for (size_t i = 0; i < nseen; i++) {
-			int32_t id = seen[i];
-			if (id < 0 || id >= vocab || (done && done[id]))
-				continue;
-			if (done)
-				done[id] = 1;
-			float s = logits[id];
-			logits[id] = s < 0 ? s * (float)pen : s / (float)pen;
-		}
-		free(done);
-	}
-	if (o->temperature <= 0)
-		return lq_argmax_f32(logits, vocab);
-	float invt = (float)o->temperature;
-	for (int64_t i = 0; i < vocab; i++)
-		logits[i] /= invt;
-	struct idx_val *iv = malloc((size_t)vocab * sizeof *iv);
-	if (!iv)
-		return lq_argmax_f32(logits, vocab);
-	for (int64_t i = 0; i < vocab; i++) {
-		iv[i].v = logits[i];
-		iv[i].i = (int32_t)i;
-	}
-	qsort(iv, (size_t)vocab, sizeof *iv, cmp_desc);
-	int64_t keep = vocab;
-	if (o->top_k > 0 && o->top_k < keep) {
-		/* ties with the k-th value are kept, as torch's "< kth" test does */
-		float kth = iv[o->top_k - 1].v;
-		keep = o->top_k;
-		while (keep < vocab && iv[keep].v >= kth)
-			keep++;
-	}
 	/* probabilities of the kept tokens */
 	double mx = iv[0].v, sum = 0;
 	double *p = malloc((size_t)keep * sizeof *p);
-	if (!p) {
-		int32_t id = iv[0].i;
-		free(iv);
-		return id;
-	}
+	if (!p)
+		return iv[0].i;
 	for (int64_t i = 0; i < keep; i++) {
 		p[i] = exp((double)iv[i].v - mx);
 		sum += p[i];
@@ -169,6 +129,79 @@ int32_t lq_sample(float *logits, int64_t vocab, const struct lq_sample_opts *o,
 		}
 	}
 	free(p);
+	return id;
+}
+
+/* The repetition penalty, each distinct id of seen once (torch gathers then
+ * scatters). */
+static void penalize(float *logits, int64_t vocab, double pen, const int32_t *seen, size_t nseen)
+{
+	if (!(pen > 0 && pen != 1.0))
+		return;
+	unsigned char *done = calloc((size_t)vocab, 1);
+	for (size_t i = 0; i < nseen; i++) {
+		int32_t id = seen[i];
+		if (id < 0 || id >= vocab || (done && done[id]))
+			continue;
+		if (done)
+			done[id] = 1;
+		float s = logits[id];
+		logits[id] = s < 0 ? s * (float)pen : s / (float)pen;
+	}
+	free(done);
+}
+
+int32_t lq_sample(float *logits, int64_t vocab, const struct lq_sample_opts *o,
+		  const int32_t *seen, size_t nseen, struct lq_rng *rng)
+{
+	if (vocab <= 0)
+		return -1;
+	penalize(logits, vocab, o->repetition_penalty, seen, nseen);
+	if (o->temperature <= 0)
+		return lq_argmax_f32(logits, vocab);
+	float invt = (float)o->temperature;
+	for (int64_t i = 0; i < vocab; i++)
+		logits[i] /= invt;
+	struct idx_val *iv = malloc((size_t)vocab * sizeof *iv);
+	if (!iv)
+		return lq_argmax_f32(logits, vocab);
+	for (int64_t i = 0; i < vocab; i++) {
+		iv[i].v = logits[i];
+		iv[i].i = (int32_t)i;
+	}
+	qsort(iv, (size_t)vocab, sizeof *iv, cmp_desc);
+	int64_t keep = vocab;
+	if (o->top_k > 0 && o->top_k < keep) {
+		/* ties with the k-th value are kept, as torch's "< kth" test does */
+		float kth = iv[o->top_k - 1].v;
+		keep = o->top_k;
+		while (keep < vocab && iv[keep].v >= kth)
+			keep++;
+	}
+	int32_t id = pick(iv, keep, o, rng);
+	free(iv);
+	return id;
+}
+
+int32_t lq_sample_kept(const float *vals, const int32_t *ids, size_t n, const struct lq_sample_opts *o,
+		       struct lq_rng *rng)
+{
+	if (n == 0)
+		return -1;
+	struct idx_val *iv = malloc(n * sizeof *iv);
+	if (!iv) {
+		size_t best = 0;
+		for (size_t i = 1; i < n; i++)
+			if (vals[i] > vals[best] || (vals[i] == vals[best] && ids[i] < ids[best]))
+				best = i;
+		return ids[best];
+	}
+	for (size_t i = 0; i < n; i++) {
+		iv[i].v = vals[i];
+		iv[i].i = ids[i];
+	}
+	qsort(iv, n, sizeof *iv, cmp_desc);
+	int32_t id = pick(iv, (int64_t)n, o, rng);
 	free(iv);
 	return id;
 }

@@ -10,6 +10,7 @@
  * Copyright (c) the libquant authors.  MIT license.
  */
 #include "test.h"
+#include "internal.h" /* lq_sample_kept */
 
 #include <math.h>
 #include <stdint.h>
@@ -178,6 +179,8 @@ static float *load_npy(const char *path, size_t want)
 static const int32_t fix_ids[] = { 1, 5, 17, 33, 40, 2, 9, 60, 71, 3, 88, 12, 45, 6, 19, 27, 50, 8, 91, 30, 14, 66, 23, 4 };
 #define NIDS (sizeof fix_ids / sizeof fix_ids[0])
 
+static void check_forward_sample(struct lq_run *r, const char *arch);
+
 static void test_fixture(const char *arch, int qtype)
 {
 	char dir[256], ref[256], tmp[] = "/tmp/test_run.XXXXXX";
@@ -260,6 +263,7 @@ static void test_fixture(const char *arch, int qtype)
 		CHECK(lq_run_forward_argmax(r, fix_ids, 0, 0, &id, &e) == LQ_ERR_INVALID);
 		CHECK(lq_run_forward_argmax(r, fix_ids, 1, 14, &id, &e) == LQ_ERR_INVALID);
 		CHECK(strstr(e.msg, "position") != NULL, "%s", e.msg);
+		check_forward_sample(r, arch);
 		CHECK_OK(lq_run_forward(r, fix_ids, NIDS, 0, NULL, 0, &e), &e);
 		/* errors */
 		int32_t bad = (int32_t)V;
@@ -329,6 +333,141 @@ static void test_sampler(void)
 	CHECK(all && counts[1] > counts[0]);
 }
 
+static int cmp_f_desc(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+	return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* lq_sample_kept on the set lq_sample's top-k keeps (found here by brute
+ * force, shuffled) picks what lq_sample picks, with the same draws: the
+ * contract lq_run_forward_sample's device path relies on.  Logits on a
+ * coarse grid, so that the k-th value has ties. */
+static void test_sample_kept(void)
+{
+	static const double temps[] = { 0.6, 1.0, 1.7 };
+	static const int ks[] = { 1, 2, 5, 40, 50 };
+	static const double tps[] = { 1.0, 0.9, 0.5 };
+	static const double mps[] = { 0.0, 0.05 };
+	int fails = 0, trials = 0, tied = 0;
+	for (int trial = 0; trial < 400; trial++) {
+		int64_t V = 60 + (int64_t)(rs % 3000);
+		float *l = malloc((size_t)V * sizeof *l), *c = malloc((size_t)V * sizeof *c),
+		      *sorted = malloc((size_t)V * sizeof *sorted), *vals = malloc((size_t)V * sizeof *vals);
+		int32_t *ids = malloc((size_t)V * sizeof *ids);
+		if (!l || !c || !sorted || !vals || !ids)
+			return;
+		for (int64_t i = 0; i < V; i++)
+			l[i] = roundf(frand() * 24.0f) * 0.25f;
+		if (trial % 7 == 0)
+			l[rs % (uint64_t)V] = -0.0f;
+		struct lq_sample_opts o;
+		lq_sample_opts_init(&o);
+		o.temperature = temps[trial % 3];
+		o.top_k = ks[(trial / 3) % 5];
+		o.top_p = tps[(trial / 15) % 3];
+		o.min_p = mps[(trial / 45) % 2];
+		float t = (float)o.temperature;
+		for (int64_t i = 0; i < V; i++)
+			sorted[i] = l[i] / t;
+		qsort(sorted, (size_t)V, sizeof *sorted, cmp_f_desc);
+		float kth = sorted[o.top_k - 1];
+		size_t n = 0;
+		for (int64_t i = 0; i < V; i++)
+			if (l[i] / t >= kth) {
+				vals[n] = l[i] / t;
+				ids[n++] = (int32_t)i;
+			}
+		tied += n > (size_t)o.top_k;
+		for (size_t i = n; i > 1; i--) { /* shuffle */
+			size_t j = (size_t)(rs % i);
+			frand();
+			float tv = vals[i - 1];
+			int32_t ti = ids[i - 1];
+			vals[i - 1] = vals[j];
+			ids[i - 1] = ids[j];
+			vals[j] = tv;
+			ids[j] = ti;
+		}
+		for (uint64_t seed = 1; seed <= 5; seed++) {
+			struct lq_rng a, b;
+			lq_rng_seed(&a, seed);
+			lq_rng_seed(&b, seed);
+			memcpy(c, l, (size_t)V * sizeof *c);
+			int32_t want = lq_sample(c, V, &o, NULL, 0, &a);
+			int32_t got = lq_sample_kept(vals, ids, n, &o, &b);
+			trials++;
+			if (want != got || memcmp(&a, &b, sizeof a))
+				fails++;
+		}
+		free(l);
+		free(c);
+		free(sorted);
+		free(vals);
+		free(ids);
+	}
+	CHECK(fails == 0, "lq_sample_kept differs from lq_sample in %d of %d draws", fails, trials);
+	CHECK(tied > 50, "only %d sets had ties at the k-th value", tied);
+	struct lq_sample_opts o;
+	lq_sample_opts_init(&o);
+	CHECK(lq_sample_kept(NULL, NULL, 0, &o, NULL) == -1);
+}
+
+/* lq_run_forward_sample picks what lq_run_forward + lq_sample pick, step
+ * by step through the cache, with every sampling option, and leaves the
+ * position where lq_run_forward does. */
+static void check_forward_sample(struct lq_run *r, const char *arch)
+{
+	int64_t V = lq_run_vocab(r);
+	float *lg = malloc((size_t)V * sizeof *lg);
+	if (!lg)
+		return;
+	struct lq_sample_opts os[4];
+	for (int i = 0; i < 4; i++)
+		lq_sample_opts_init(&os[i]);
+	os[0].temperature = 0.8; /* top-k 50 */
+	os[1].top_k = 0;
+	os[1].top_p = 0.9;
+	os[2].temperature = 0;
+	os[2].repetition_penalty = 1.3;
+	os[3].temperature = 1.2;
+	os[3].top_k = 5;
+	os[3].min_p = 0.1;
+	os[3].repetition_penalty = 0.7;
+	for (int oi = 0; oi < 4; oi++) {
+		struct lq_rng a, b;
+		lq_rng_seed(&a, 42 + (uint64_t)oi);
+		lq_rng_seed(&b, 42 + (uint64_t)oi);
+		int32_t seen[NIDS + 8], got = -1, want = -1;
+		memcpy(seen, fix_ids, 10 * sizeof *seen);
+		size_t ns = 10;
+		struct lq_error e = {0};
+		CHECK_OK(lq_run_forward_sample(r, seen, ns, 0, &os[oi], seen, ns, &b, &got, &e), &e);
+		CHECK_OK(lq_run_forward(r, seen, ns, 0, lg, 0, &e), &e);
+		want = lq_sample(lg, V, &os[oi], seen, ns, &a);
+		CHECK(got == want, "%s options %d: prompt step picked %d, lq_sample %d", arch, oi, got, want);
+		for (int step = 0; step < 6; step++) {
+			seen[ns] = want;
+			ns++;
+			CHECK_OK(lq_run_forward_sample(r, &seen[ns - 1], 1, (int64_t)ns - 1, &os[oi], seen, ns, &b, &got, &e),
+				 &e);
+			CHECK(lq_run_pos(r) == (int64_t)ns);
+			CHECK_OK(lq_run_forward(r, &seen[ns - 1], 1, (int64_t)ns - 1, lg, 0, &e), &e);
+			want = lq_sample(lg, V, &os[oi], seen, ns, &a);
+			CHECK(got == want, "%s options %d step %d: picked %d, lq_sample %d", arch, oi, step, got, want);
+		}
+		CHECK(!memcmp(&a, &b, sizeof a), "%s options %d: the generators drifted apart", arch, oi);
+	}
+	struct lq_error e = {0};
+	int32_t id;
+	CHECK(lq_run_forward_sample(r, fix_ids, 1, 0, &os[0], NULL, 0, NULL, &id, &e) == LQ_ERR_INVALID);
+	struct lq_rng g;
+	lq_rng_seed(&g, 1);
+	CHECK(lq_run_forward_sample(r, fix_ids, 0, 0, &os[0], NULL, 0, &g, &id, &e) == LQ_ERR_INVALID);
+	CHECK(lq_run_forward_sample(r, fix_ids, 1, 999, &os[0], NULL, 0, &g, &id, &e) == LQ_ERR_INVALID);
+	free(lg);
+}
+
 int main(void)
 {
 	test_matmul();
@@ -338,5 +477,6 @@ int main(void)
 		test_fixture(archs[i], LQ_QTYPE_NF4);
 	}
 	test_sampler();
+	test_sample_kept();
 	return test_summary();
 }

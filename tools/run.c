@@ -407,18 +407,17 @@ static void generate_from(struct model *md, struct opts *o, const int32_t *promp
 	memset(res, 0, sizeof *res);
 	res->prompt_tokens = np;
 	res->finish = "length";
-	int64_t vocab = lq_run_vocab(md->run), maxctx = lq_run_max_ctx(md->run);
+	int64_t maxctx = lq_run_max_ctx(md->run);
 	if (np == 0)
 		die("the prompt is empty");
 	if ((int64_t)np > maxctx)
 		die("the prompt has %zu tokens, more than the context length of %lld tokens",
 		    np, (long long)maxctx);
-	float *logits = malloc((size_t)vocab * sizeof(float));
 	size_t cap = np + (size_t)o->max_new + 1;
 	int32_t *seen = malloc(cap * sizeof *seen);
 	size_t tcap = 256, tlen = 0;
 	char *text = malloc(tcap);
-	if (!logits || !seen || !text)
+	if (!seen || !text)
 		die("out of memory");
 	memcpy(seen, prompt, np * sizeof *seen);
 	size_t nseen = np;
@@ -427,19 +426,18 @@ static void generate_from(struct model *md, struct opts *o, const int32_t *promp
 	double t0 = now_s();
 	if (reuse >= np)
 		reuse = np - 1;
-	/* greedy without a penalty: the runtime takes the argmax (on the GPU,
-	 * only the id comes back) */
-	int greedy = o->s.temperature <= 0 && (o->s.repetition_penalty <= 0 || o->s.repetition_penalty == 1.0);
+	/* the runtime picks each token (on the GPU, the penalty, temperature and
+	 * top-k or the argmax run there; only the kept tokens come back) */
 	int32_t next = 0;
-	int rc = greedy ? lq_run_forward_argmax(md->run, prompt + reuse, np - reuse, (int64_t)reuse, &next, &e)
-			: lq_run_forward(md->run, prompt + reuse, np - reuse, (int64_t)reuse, logits, 0, &e);
+	int rc = lq_run_forward_sample(md->run, prompt + reuse, np - reuse, (int64_t)reuse, &o->s, seen, nseen, &rng,
+				       &next, &e);
 	if (rc)
 		die_lq(rc, &e);
 	res->prefill_s = now_s() - t0;
 	t0 = now_s();
 	size_t printed = 0; /* bytes of text already written to out */
 	for (long k = 0; k < o->max_new; k++) {
-		int32_t id = greedy ? next : lq_sample(logits, vocab, &o->s, seen, nseen, &rng);
+		int32_t id = next;
 		if (k == 0)
 			res->first_s = now_s() - t_start;
 		if (!o->ignore_eos && is_eos(md, id)) {
@@ -506,8 +504,7 @@ static void generate_from(struct model *md, struct opts *o, const int32_t *promp
 			warnx_("stopped at the context length of %lld tokens", (long long)maxctx);
 			break;
 		}
-		rc = greedy ? lq_run_forward_argmax(md->run, &id, 1, (int64_t)nseen - 1, &next, &e)
-			    : lq_run_forward(md->run, &id, 1, (int64_t)nseen - 1, logits, 0, &e);
+		rc = lq_run_forward_sample(md->run, &id, 1, (int64_t)nseen - 1, &o->s, seen, nseen, &rng, &next, &e);
 		if (rc)
 			die_lq(rc, &e);
 	}
@@ -541,7 +538,6 @@ static void generate_from(struct model *md, struct opts *o, const int32_t *promp
 	res->text = text;
 	res->text_len = tlen;
 	free(seen);
-	free(logits);
 }
 
 static void generate(struct model *md, struct opts *o, const int32_t *prompt, size_t np,

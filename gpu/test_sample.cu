@@ -1,0 +1,171 @@
+/*
+ * test_sample.cu - lq_cuda_topk and lq_cuda_penalty against the host's
+ * arithmetic (make check-gpu): the kept set (ties with the k-th value, -0
+ * and +0, infinities, vocabularies of one to several chunks per block and
+ * over the block limit) and its values bit for bit, -1 on NaN and on sets
+ * over LQ_CUDA_TOPK_MAX, the penalty bit for bit.  Chunks whose own ties
+ * at their k-th value outnumber the final set ("infs" with k 1024) must not
+ * lose it.
+ *
+ * Copyright (c) the libquant authors.  MIT license.
+ */
+#include "lq_cuda.h"
+
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int pass, fail;
+#define CHECK(c, ...) do { if (c) pass++; else { fail++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } } while (0)
+#define CU(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); exit(1); } } while (0)
+
+static uint64_t rs = 0x9E3779B97F4A7C15ull;
+static uint32_t rnd(void)
+{
+	rs ^= rs << 13;
+	rs ^= rs >> 7;
+	rs ^= rs << 17;
+	return (uint32_t)(rs >> 32);
+}
+static float urand(void) { return (float)rnd() / 4294967296.0f; }
+
+static int cmp_desc(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+	return x < y ? 1 : x > y ? -1 : 0;
+}
+
+struct pair {
+	int32_t id;
+	float v;
+};
+static int cmp_id(const void *a, const void *b)
+{
+	const struct pair *x = (const struct pair *)a, *y = (const struct pair *)b;
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+enum { RANDOM, GRID, EQUAL, ZEROS, INFS, NAN1 };
+static const char *kind_name[] = { "random", "grid", "equal", "zeros", "infs", "nan" };
+
+static void fill(float *l, int64_t n, int kind)
+{
+	for (int64_t i = 0; i < n; i++) {
+		switch (kind) {
+		case RANDOM: l[i] = (urand() - 0.5f) * 40.0f; break;
+		case GRID: l[i] = floorf(urand() * 16.0f) * 0.5f - 4.0f; break;
+		case EQUAL: l[i] = 1.5f; break;
+		case ZEROS: l[i] = (rnd() & 1) ? 0.0f : -0.0f; if (rnd() % 5 == 0) l[i] = urand() - 1.0f; break;
+		case INFS: l[i] = rnd() % 3 == 0 ? -INFINITY : (urand() - 0.5f) * 8.0f; break;
+		case NAN1: l[i] = urand(); break;
+		}
+	}
+	if (kind == INFS && n > 3)
+		l[n / 2] = INFINITY;
+	if (kind == NAN1)
+		l[rnd() % (uint64_t)n] = NAN;
+}
+
+int main(void)
+{
+	if (lq_cuda_device_count() == 0) {
+		printf("skipping: no CUDA device\n0 passed, 0 failed\n");
+		return 0;
+	}
+	static const int64_t sizes[] = { 1, 7, 50, 1000, 2048, 2049, 4097, 32000, 128256, 151936, 256000, LQ_CUDA_TOPK_NMAX };
+	static const int kvals[] = { 1, 2, 50, 333, LQ_CUDA_TOPK_MAX };
+	static const float temps[] = { 1.0f, 0.7f, 1.3f };
+	const int64_t nmax = LQ_CUDA_TOPK_NMAX;
+	float *l = (float *)malloc(nmax * 4), *sc = (float *)malloc(nmax * 4), *srt = (float *)malloc(nmax * 4);
+	struct pair *want = (struct pair *)malloc(nmax * sizeof *want), *got = (struct pair *)malloc(LQ_CUDA_TOPK_MAX * sizeof *got);
+	struct lq_cuda_topk_out *h = (struct lq_cuda_topk_out *)malloc(sizeof *h);
+	float *d_l;
+	void *d_scr;
+	struct lq_cuda_topk_out *d_out;
+	CU(cudaMalloc(&d_l, nmax * 4));
+	CU(cudaMalloc(&d_scr, lq_cuda_topk_scratch_size(nmax)));
+	CU(cudaMemset(d_scr, 0, lq_cuda_topk_scratch_size(nmax)));
+	CU(cudaMalloc(&d_out, sizeof *d_out));
+	int cases = 0;
+	for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
+		for (int kind = RANDOM; kind <= NAN1; kind++)
+			for (size_t ki = 0; ki < sizeof kvals / sizeof kvals[0]; ki++) {
+				int64_t n = sizes[si];
+				int k = kvals[ki];
+				float t = temps[cases++ % 3];
+				fill(l, n, kind);
+				CU(cudaMemcpy(d_l, l, n * 4, cudaMemcpyHostToDevice));
+				CHECK(lq_cuda_topk(d_l, n, t, k, d_scr, d_out, 0) == 0, "launch");
+				CU(cudaMemcpy(h, d_out, sizeof *h, cudaMemcpyDeviceToHost));
+				/* the host: lq_sample's temperature and top-k */
+				int nan = 0;
+				for (int64_t i = 0; i < n; i++) {
+					sc[i] = l[i] / t;
+					nan |= sc[i] != sc[i];
+				}
+				int64_t nw = 0;
+				if (!nan) {
+					memcpy(srt, sc, n * 4);
+					qsort(srt, (size_t)n, 4, cmp_desc);
+					float kth = k < n ? srt[k - 1] : -INFINITY;
+					for (int64_t i = 0; i < n; i++)
+						if (sc[i] >= kth) {
+							want[nw].id = (int32_t)i;
+							want[nw++].v = sc[i];
+						}
+				}
+				int64_t expect = nan || nw > LQ_CUDA_TOPK_MAX ? -1 : nw;
+				CHECK(h->count == expect, "n %lld %s k %d T %g: count %d, want %lld", (long long)n, kind_name[kind],
+				      k, t, h->count, (long long)expect);
+				if (h->count != expect || expect < 0)
+					continue;
+				for (int i = 0; i < h->count; i++) {
+					got[i].id = h->ids[i];
+					got[i].v = h->vals[i];
+				}
+				qsort(got, (size_t)h->count, sizeof *got, cmp_id);
+				int same = 1;
+				for (int i = 0; i < h->count; i++)
+					same &= got[i].id == want[i].id && !memcmp(&got[i].v, &want[i].v, 4);
+				CHECK(same, "n %lld %s k %d T %g: the kept set differs", (long long)n, kind_name[kind], k, t);
+			}
+	/* bad arguments */
+	CHECK(lq_cuda_topk(d_l, 100, 1.0f, 0, d_scr, d_out, 0) != 0, "k 0 accepted");
+	CHECK(lq_cuda_topk(d_l, 100, 1.0f, LQ_CUDA_TOPK_MAX + 1, d_scr, d_out, 0) != 0, "k over the limit accepted");
+	CHECK(lq_cuda_topk(d_l, 100, 0.0f, 5, d_scr, d_out, 0) != 0, "temperature 0 accepted");
+	CHECK(lq_cuda_topk(d_l, LQ_CUDA_TOPK_NMAX + 1, 1.0f, 5, d_scr, d_out, 0) != 0, "n over the limit accepted");
+	/* the repetition penalty */
+	for (int pi = 0; pi < 2; pi++) {
+		int64_t n = 128256, np = 3000;
+		float p = pi ? 0.7f : 1.3f;
+		fill(l, n, RANDOM);
+		int32_t *ids = (int32_t *)malloc(np * 4), *d_ids;
+		for (int64_t i = 0; i < np; i++)
+			ids[i] = (int32_t)(i * 41 % n); /* distinct */
+		CU(cudaMalloc(&d_ids, np * 4));
+		CU(cudaMemcpy(d_ids, ids, np * 4, cudaMemcpyHostToDevice));
+		CU(cudaMemcpy(d_l, l, n * 4, cudaMemcpyHostToDevice));
+		CHECK(lq_cuda_penalty(d_l, d_ids, np, p, 0) == 0, "penalty launch");
+		CU(cudaMemcpy(sc, d_l, n * 4, cudaMemcpyDeviceToHost));
+		for (int64_t i = 0; i < np; i++) {
+			float s = l[ids[i]];
+			l[ids[i]] = s < 0 ? s * p : s / p;
+		}
+		CHECK(!memcmp(sc, l, n * 4), "penalty %g differs from the host's", p);
+		cudaFree(d_ids);
+		free(ids);
+	}
+	cudaFree(d_l);
+	cudaFree(d_scr);
+	cudaFree(d_out);
+	free(l);
+	free(sc);
+	free(srt);
+	free(want);
+	free(got);
+	free(h);
+	printf("%d passed, %d failed\n", pass, fail);
+	return fail != 0;
+}
