@@ -1212,6 +1212,7 @@ __global__ void k_gemv_dense<bf16raw>(const bf16raw *W, uint64_t N, uint64_t K, 
 
 struct glayer {
 	dweight q, k, v, qkv, o, gate, up, gate_up, down;
+	int gu_views; /* gate and up are views of the tiled gate_up's halves (split_gate_up) */
 	float *attn_norm, *post_attn_norm, *pre_ffn_norm, *post_ffn_norm;
 	float *q_bias, *k_bias, *v_bias, *o_bias, *gate_bias, *up_bias, *down_bias;
 	int64_t window;
@@ -1872,6 +1873,36 @@ static int matvec_multi(gstate *g, const dweight *const *ws, int nw, const float
 }
 
 /*
+ * A fused gate_up weight [2I, K] in the tile layout as two weights (views of
+ * its halves, nothing copied), so that the decode GEMV can pair their tiles
+ * and apply the activation (Phi-3): the up half must start on a tile
+ * (I % 16 == 0) and, with double quant, on a nested-scale group
+ * (I * K / block_size % 256 == 0).
+ */
+static int split_gate_up(const dweight *gu, uint64_t I, dweight *gate, dweight *up)
+{
+	const struct lq_cuda_qweight *q = &gu->q;
+	if (gu->k.qtype == LQ_QTYPE_NONE || q->layout != LQ_CUDA_TILES || I % 16 || gu->rows != 2 * I)
+		return 0;
+	const uint64_t K = gu->cols, nbr = K / (uint64_t)q->p.block_size;
+	if (q->p.double_quant && (I * nbr) % LQ_QNESTED_BLOCK)
+		return 0;
+	const uint64_t tiles = I / 16, esz = q->p.double_quant ? 1 : 4;
+	*gate = *up = *gu;
+	gate->rows = up->rows = I;
+	gate->q.n = up->q.n = I * K;
+	up->q.d_data = q->d_data + tiles * (K / 128) * 1024;
+	up->q.d_scales = (const uint8_t *)q->d_scales + tiles * nbr * 16 * esz;
+	if (q->p.double_quant)
+		up->q.d_nested = q->d_nested + I * nbr / LQ_QNESTED_BLOCK;
+	gate->k.rows = up->k.rows = I;
+	up->k.data = up->q.d_data;
+	up->k.scales = up->q.d_scales;
+	up->k.nested = up->q.d_nested;
+	return 1;
+}
+
+/*
  * Whether the decode step can fuse each RMSNorm into the GEMVs that read it
  * and each residual add into the GEMV that produces it (lq_cuda_gemv_fused):
  * bf16/fp16 compute, every linear weight of every layer tiled, one norm
@@ -2041,7 +2072,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		float *gt, *ut;
 		int64_t gl;
 		int act_done = 0;
-		if (c->fused_gate_up) {
+		if (c->fused_gate_up && !(fz && l->gu_views)) {
 			const dweight *wgu = &l->gate_up;
 			if ((rc = fz ? gemv_fuse(g, &wgu, 1, g->x, &g->gu, l->post_attn_norm, 0, nullptr, err)
 				     : matmul(g, &l->gate_up, g->h, n, g->gu, err)))
@@ -2448,6 +2479,10 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		g->tscratch = NULL;
 	}
 	g->fuse = fusable(g);
+	for (int64_t i = 0; g->fuse && g->c->fused_gate_up && i < g->nl; i++) {
+		glayer *l = &g->L[i];
+		l->gu_views = split_gate_up(&l->gate_up, (uint64_t)g->inter, &l->gate, &l->up);
+	}
 	{
 		uint64_t N = CHUNK, F = (uint64_t)(g->qdim + 2 * g->kvdim), D = (uint64_t)g->hidden,
 			 I = (uint64_t)g->inter, wide = F > 2 * I ? F : 2 * I;

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""gen_checkpoint_gpu.py DIR [--layers N] - a Llama-3.1-8B-shaped checkpoint
-with random bf16 weights (normal, std 0.02; norms 1), made on the GPU with
-torch for `make bench-gpu` (tests/gen_checkpoint makes the same shapes on the
-CPU, but takes minutes for 16 GB).  Writes DIR/config.json and
-DIR/model.safetensors (one file; safetensors' own writer)."""
+"""gen_checkpoint_gpu.py DIR [--layers N] [--phi3] - a Llama-3.1-8B-shaped
+checkpoint (with --phi3: Phi-3-mini-4k-shaped, fused qkv_proj and
+gate_up_proj) with random bf16 weights (normal, std 0.02; norms 1), made on
+the GPU with torch for `make bench-gpu` (tests/gen_checkpoint makes the
+Llama shapes on the CPU, but takes minutes for 16 GB).  Writes
+DIR/config.json and DIR/model.safetensors (one file; safetensors' own
+writer)."""
 import json
 import os
 import sys
@@ -15,7 +17,8 @@ from safetensors.torch import save_file
 def main():
     out = sys.argv[1]
     layers = int(sys.argv[sys.argv.index("--layers") + 1]) if "--layers" in sys.argv else 32
-    V, D, I, H, KV = 128256, 4096, 14336, 32, 8
+    phi3 = "--phi3" in sys.argv
+    V, D, I, H, KV = (32064, 3072, 8192, 32, 32) if phi3 else (128256, 4096, 14336, 32, 8)
     hd = D // H
     os.makedirs(out, exist_ok=True)
     cfg = {
@@ -29,6 +32,16 @@ def main():
                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
         "rope_theta": 500000.0,
     }
+    if phi3:
+        cfg = {
+            "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "vocab_size": V,
+            "hidden_size": D, "intermediate_size": I, "num_hidden_layers": layers,
+            "num_attention_heads": H, "num_key_value_heads": KV, "max_position_embeddings": 4096,
+            "original_max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+            "bos_token_id": 1, "eos_token_id": 32000, "tie_word_embeddings": False,
+            "torch_dtype": "bfloat16", "rope_theta": 10000.0, "rope_scaling": None,
+            "sliding_window": 2047,
+        }
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     g = torch.Generator(device="cuda").manual_seed(1)
@@ -42,12 +55,16 @@ def main():
         p = f"model.layers.{i}."
         t[p + "input_layernorm.weight"] = torch.ones(D, dtype=torch.bfloat16)
         t[p + "post_attention_layernorm.weight"] = torch.ones(D, dtype=torch.bfloat16)
-        t[p + "self_attn.q_proj.weight"] = w(H * hd, D)
-        t[p + "self_attn.k_proj.weight"] = w(KV * hd, D)
-        t[p + "self_attn.v_proj.weight"] = w(KV * hd, D)
+        if phi3:
+            t[p + "self_attn.qkv_proj.weight"] = w((H + 2 * KV) * hd, D)
+            t[p + "mlp.gate_up_proj.weight"] = w(2 * I, D)
+        else:
+            t[p + "self_attn.q_proj.weight"] = w(H * hd, D)
+            t[p + "self_attn.k_proj.weight"] = w(KV * hd, D)
+            t[p + "self_attn.v_proj.weight"] = w(KV * hd, D)
+            t[p + "mlp.gate_proj.weight"] = w(I, D)
+            t[p + "mlp.up_proj.weight"] = w(I, D)
         t[p + "self_attn.o_proj.weight"] = w(D, H * hd)
-        t[p + "mlp.gate_proj.weight"] = w(I, D)
-        t[p + "mlp.up_proj.weight"] = w(I, D)
         t[p + "mlp.down_proj.weight"] = w(D, I)
     save_file(t, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
 
