@@ -1905,13 +1905,14 @@ static int split_gate_up(const dweight *gu, uint64_t I, dweight *gate, dweight *
 /*
  * Whether the decode step can fuse each RMSNorm into the GEMVs that read it
  * and each residual add into the GEMV that produces it (lq_cuda_gemv_fused):
- * bf16/fp16 compute, every linear weight of every layer tiled, one norm
- * between sublayers (no sandwich norms), no o / down bias.
+ * bf16/fp16 compute, every linear weight of every layer tiled, no o / down
+ * bias.  With sandwich norms (Gemma 2) the norms of the o and down outputs
+ * and their residual adds stay in k_rmsnorm.
  */
 static int fusable(gstate *g)
 {
 	const struct lq_model_config *c = g->c;
-	if (g->cd == LQ_COMPUTE_F32 || c->sandwich_norms || g->hidden % 4)
+	if (g->cd == LQ_COMPUTE_F32 || g->hidden % 4)
 		return 0;
 	for (int64_t i = 0; i < g->nl; i++) {
 		const glayer *l = &g->L[i];
@@ -2055,17 +2056,22 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		}
 		CK(cudaGetLastError(), "attention");
 		if (fz) {
+			/* the residual add in the GEMV; with sandwich norms (Gemma 2) the
+			 * output's norm first, then the add, in k_rmsnorm */
 			const dweight *wo = &l->o;
-			if ((rc = gemv_fuse(g, &wo, 1, g->att, &g->x, nullptr, 1, nullptr, err)))
+			float *yo = c->sandwich_norms ? g->o : g->x;
+			if ((rc = gemv_fuse(g, &wo, 1, g->att, &yo, nullptr, !c->sandwich_norms, nullptr, err)))
 				return rc;
+			if (c->sandwich_norms)
+				rmsnorm(g, n, g->o, nullptr, l->post_attn_norm, nullptr, g->x);
 		} else if ((rc = matmul(g, &l->o, g->att, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->o_bias, n, D, err)))
 			return rc;
-		if (fz) {
-			/* post_attn_norm is applied by the gate / up GEMV */
-		} else if (c->sandwich_norms) {
+		/* the MLP's input norm: applied by the gate / up GEMV when fused */
+		const float *mlp_norm = c->sandwich_norms ? l->pre_ffn_norm : l->post_attn_norm;
+		if (!fz && c->sandwich_norms) {
 			rmsnorm(g, n, g->o, nullptr, l->post_attn_norm, nullptr, g->x);
 			rmsnorm(g, n, g->x, nullptr, l->pre_ffn_norm, g->h, nullptr);
-		} else {
+		} else if (!fz) {
 			rmsnorm(g, n, g->x, g->o, l->post_attn_norm, g->h, nullptr);
 		}
 		CK(cudaGetLastError(), "a norm");
@@ -2074,7 +2080,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		int act_done = 0;
 		if (c->fused_gate_up && !(fz && l->gu_views)) {
 			const dweight *wgu = &l->gate_up;
-			if ((rc = fz ? gemv_fuse(g, &wgu, 1, g->x, &g->gu, l->post_attn_norm, 0, nullptr, err)
+			if ((rc = fz ? gemv_fuse(g, &wgu, 1, g->x, &g->gu, mlp_norm, 0, nullptr, err)
 				     : matmul(g, &l->gate_up, g->h, n, g->gu, err)))
 				return rc;
 			gt = g->gu;
@@ -2089,7 +2095,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			/* the activation inside the GEMV too, without gate / up biases */
 			act_done = fz && !l->gate_bias && !l->up_bias;
 			if (fz)
-				rc = gemv_fuse(g, ws, 2, g->x, ys, l->post_attn_norm, 0, act_done ? g->g : nullptr, err);
+				rc = gemv_fuse(g, ws, 2, g->x, ys, mlp_norm, 0, act_done ? g->g : nullptr, err);
 			else if (n == 1)
 				rc = matvec_multi(g, ws, 2, g->h, ys, err);
 			else if (!(rc = matmul(g, &l->gate, g->h, n, gt, err)))
@@ -2107,8 +2113,11 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		}
 		if (fz) {
 			const dweight *wd = &l->down;
-			if ((rc = gemv_fuse(g, &wd, 1, g->g, &g->x, nullptr, 1, nullptr, err)))
+			float *yd = c->sandwich_norms ? g->o : g->x;
+			if ((rc = gemv_fuse(g, &wd, 1, g->g, &yd, nullptr, !c->sandwich_norms, nullptr, err)))
 				return rc;
+			if (c->sandwich_norms)
+				rmsnorm(g, n, g->o, nullptr, l->post_ffn_norm, nullptr, g->x);
 			continue; /* the residual is in x */
 		}
 		if ((rc = matmul(g, &l->down, g->g, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->down_bias, n, D, err)))

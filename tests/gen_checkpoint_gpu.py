@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""gen_checkpoint_gpu.py DIR [--layers N] [--phi3] - a Llama-3.1-8B-shaped
-checkpoint (with --phi3: Phi-3-mini-4k-shaped, fused qkv_proj and
-gate_up_proj) with random bf16 weights (normal, std 0.02; norms 1), made on
+"""gen_checkpoint_gpu.py DIR [--layers N] [--phi3 | --gemma2] - a
+Llama-3.1-8B-shaped checkpoint (with --phi3: Phi-3-mini-4k-shaped, fused
+qkv_proj and gate_up_proj; with --gemma2: Gemma-2-2B-shaped, sandwich norms,
+soft-caps, tied embeddings) with random bf16 weights (normal, std 0.02; norms 1), made on
 the GPU with torch for `make bench-gpu` (tests/gen_checkpoint makes the
 Llama shapes on the CPU, but takes minutes for 16 GB).  Writes
 DIR/config.json and DIR/model.safetensors (one file; safetensors' own
@@ -17,9 +18,12 @@ from safetensors.torch import save_file
 def main():
     out = sys.argv[1]
     layers = int(sys.argv[sys.argv.index("--layers") + 1]) if "--layers" in sys.argv else 32
-    phi3 = "--phi3" in sys.argv
+    phi3, gemma2 = "--phi3" in sys.argv, "--gemma2" in sys.argv
     V, D, I, H, KV = (32064, 3072, 8192, 32, 32) if phi3 else (128256, 4096, 14336, 32, 8)
     hd = D // H
+    if gemma2:
+        layers = int(sys.argv[sys.argv.index("--layers") + 1]) if "--layers" in sys.argv else 26
+        V, D, I, H, KV, hd = 256000, 2304, 9216, 8, 4, 256
     os.makedirs(out, exist_ok=True)
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": V,
@@ -42,6 +46,18 @@ def main():
             "torch_dtype": "bfloat16", "rope_theta": 10000.0, "rope_scaling": None,
             "sliding_window": 2047,
         }
+    if gemma2:
+        cfg = {
+            "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "vocab_size": V,
+            "hidden_size": D, "intermediate_size": I, "num_hidden_layers": layers,
+            "num_attention_heads": H, "num_key_value_heads": KV, "head_dim": hd,
+            "max_position_embeddings": 8192, "rms_norm_eps": 1e-6,
+            "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": hd,
+            "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "sliding_window": 4096,
+            "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+            "bos_token_id": 2, "eos_token_id": 1, "tie_word_embeddings": True,
+            "torch_dtype": "bfloat16", "rope_theta": 10000.0,
+        }
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     g = torch.Generator(device="cuda").manual_seed(1)
@@ -49,12 +65,16 @@ def main():
     def w(*shape):
         return (torch.randn(*shape, generator=g, device="cuda", dtype=torch.float32) * 0.02).to(torch.bfloat16).cpu()
 
-    t = {"model.embed_tokens.weight": w(V, D), "model.norm.weight": torch.ones(D, dtype=torch.bfloat16),
-         "lm_head.weight": w(V, D)}
+    t = {"model.embed_tokens.weight": w(V, D), "model.norm.weight": torch.ones(D, dtype=torch.bfloat16)}
+    if not gemma2:
+        t["lm_head.weight"] = w(V, D)
     for i in range(layers):
         p = f"model.layers.{i}."
         t[p + "input_layernorm.weight"] = torch.ones(D, dtype=torch.bfloat16)
         t[p + "post_attention_layernorm.weight"] = torch.ones(D, dtype=torch.bfloat16)
+        if gemma2:
+            t[p + "pre_feedforward_layernorm.weight"] = torch.ones(D, dtype=torch.bfloat16)
+            t[p + "post_feedforward_layernorm.weight"] = torch.ones(D, dtype=torch.bfloat16)
         if phi3:
             t[p + "self_attn.qkv_proj.weight"] = w((H + 2 * KV) * hd, D)
             t[p + "mlp.gate_up_proj.weight"] = w(2 * I, D)
