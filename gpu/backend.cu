@@ -355,17 +355,25 @@ __global__ void k_bias(float *y, int64_t ld, const float *b, int64_t n, int64_t 
 }
 
 /*
- * RoPE on q and k (block = one head of one token; heads 0..H-1 are query
- * heads, H..H+KV-1 key heads) and the KV cache store of k and v.
+ * The q / k / v biases (qb, kb, vb: NULL when the model has none), RoPE on
+ * q and k (block = one head of one token; heads 0..H-1 are query heads,
+ * H..H+KV-1 key heads) and the KV cache store of k and v.
  */
 __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *v, int64_t vs, int64_t H,
 		       int64_t KV, int64_t hd, int64_t rot, const float *inv_freq, float ascale,
-		       const int64_t *d_pos, int64_t pos, float *kc, float *vc, int64_t kvdim, int cd)
+		       const int64_t *d_pos, int64_t pos, float *kc, float *vc, int64_t kvdim, int cd,
+		       const float *qb, const float *kb, const float *vb)
 {
 	pdl_wait();
 	int64_t t = blockIdx.y, hh = blockIdx.x;
 	int64_t p = cur_pos(d_pos, pos) + t;
 	float *vec = hh < H ? q + t * qs + hh * hd : k + t * ks + (hh - H) * hd;
+	const float *bias = hh < H ? (qb ? qb + hh * hd : nullptr) : (kb ? kb + (hh - H) * hd : nullptr);
+	if (bias) {
+		for (int64_t i = threadIdx.x; i < hd; i += blockDim.x)
+			vec[i] += bias[i];
+		__syncthreads();
+	}
 	int64_t half = rot / 2;
 	for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
 		float fr = __fmul_rn((float)p, inv_freq[i]);
@@ -383,10 +391,10 @@ __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *
 	}
 	int64_t kh = hh - H;
 	float *kd = kc + p * kvdim + kh * hd, *vd = vc + p * kvdim + kh * hd;
-	const float *vsrc = v + t * vs + kh * hd;
+	const float *vsrc = v + t * vs + kh * hd, *vbh = vb ? vb + kh * hd : nullptr;
 	for (int64_t i = threadIdx.x; i < hd; i += blockDim.x) {
 		kd[i] = rnd(vec[i], cd);
-		vd[i] = rnd(vsrc[i], cd);
+		vd[i] = rnd(vbh ? vsrc[i] + vbh[i] : vsrc[i], cd);
 	}
 }
 
@@ -2026,14 +2034,12 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 				CK(cudaMemcpy2DAsync(k, F * 4, tk, g->kvdim * 4, g->kvdim * 4, n, cudaMemcpyDeviceToDevice, g->st), "k");
 				CK(cudaMemcpy2DAsync(v, F * 4, tv, g->kvdim * 4, g->kvdim * 4, n, cudaMemcpyDeviceToDevice, g->st), "v");
 			}
-			if ((rc = add_bias(g, q, ld, l->q_bias, n, g->qdim, err)) ||
-			    (rc = add_bias(g, k, ld, l->k_bias, n, g->kvdim, err)) ||
-			    (rc = add_bias(g, v, ld, l->v_bias, n, g->kvdim, err)))
-				return rc;
+			/* the q / k / v biases: added by k_rope */
 		}
 		dim3 rg((unsigned)(g->H + g->KV), (unsigned)n);
 		launch_k(g, k_rope, dim3(rg), dim3(64), q, ld, k, ld, v, ld, g->H, g->KV, g->hd, g->rot, g->inv_freq, g->ascale, d_pos,
-					     pos, layer_kc(g, li), layer_vc(g, li), g->kvdim, cd);
+					     pos, layer_kc(g, li), layer_vc(g, li), g->kvdim, cd, (const float *)l->q_bias,
+					     (const float *)l->k_bias, (const float *)l->v_bias);
 		CK(cudaGetLastError(), "RoPE");
 		g->xconv = NULL;
 		if (n > 1 && g->cd != LQ_COMPUTE_F32 && ta_ok(g->hd)) {

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""gen_checkpoint_gpu.py DIR [--layers N] [--phi3 | --gemma2] - a
+"""gen_checkpoint_gpu.py DIR [--layers N] [--phi3 | --gemma2 | --qwen2] - a
 Llama-3.1-8B-shaped checkpoint (with --phi3: Phi-3-mini-4k-shaped, fused
 qkv_proj and gate_up_proj; with --gemma2: Gemma-2-2B-shaped, sandwich norms,
-soft-caps, tied embeddings) with random bf16 weights (normal, std 0.02; norms 1), made on
+soft-caps, tied embeddings; with --qwen2: Qwen2-1.5B-shaped, q/k/v biases,
+tied embeddings) with random bf16 weights (normal, std 0.02; norms 1), made on
 the GPU with torch for `make bench-gpu` (tests/gen_checkpoint makes the
 Llama shapes on the CPU, but takes minutes for 16 GB).  Writes
 DIR/config.json and DIR/model.safetensors (one file; safetensors' own
@@ -18,12 +19,15 @@ from safetensors.torch import save_file
 def main():
     out = sys.argv[1]
     layers = int(sys.argv[sys.argv.index("--layers") + 1]) if "--layers" in sys.argv else 32
-    phi3, gemma2 = "--phi3" in sys.argv, "--gemma2" in sys.argv
+    phi3, gemma2, qwen2 = "--phi3" in sys.argv, "--gemma2" in sys.argv, "--qwen2" in sys.argv
     V, D, I, H, KV = (32064, 3072, 8192, 32, 32) if phi3 else (128256, 4096, 14336, 32, 8)
     hd = D // H
     if gemma2:
         layers = int(sys.argv[sys.argv.index("--layers") + 1]) if "--layers" in sys.argv else 26
         V, D, I, H, KV, hd = 256000, 2304, 9216, 8, 4, 256
+    if qwen2:
+        layers = int(sys.argv[sys.argv.index("--layers") + 1]) if "--layers" in sys.argv else 28
+        V, D, I, H, KV, hd = 151936, 1536, 8960, 12, 2, 128
     os.makedirs(out, exist_ok=True)
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": V,
@@ -58,6 +62,15 @@ def main():
             "bos_token_id": 2, "eos_token_id": 1, "tie_word_embeddings": True,
             "torch_dtype": "bfloat16", "rope_theta": 10000.0,
         }
+    if qwen2:
+        cfg = {
+            "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": V,
+            "hidden_size": D, "intermediate_size": I, "num_hidden_layers": layers,
+            "num_attention_heads": H, "num_key_value_heads": KV, "max_position_embeddings": 32768,
+            "rms_norm_eps": 1e-6, "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151643,
+            "tie_word_embeddings": True, "torch_dtype": "bfloat16", "rope_theta": 1000000.0,
+            "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 28,
+        }
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     g = torch.Generator(device="cuda").manual_seed(1)
@@ -66,7 +79,7 @@ def main():
         return (torch.randn(*shape, generator=g, device="cuda", dtype=torch.float32) * 0.02).to(torch.bfloat16).cpu()
 
     t = {"model.embed_tokens.weight": w(V, D), "model.norm.weight": torch.ones(D, dtype=torch.bfloat16)}
-    if not gemma2:
+    if not (gemma2 or qwen2):
         t["lm_head.weight"] = w(V, D)
     for i in range(layers):
         p = f"model.layers.{i}."
@@ -84,6 +97,10 @@ def main():
             t[p + "self_attn.v_proj.weight"] = w(KV * hd, D)
             t[p + "mlp.gate_proj.weight"] = w(I, D)
             t[p + "mlp.up_proj.weight"] = w(I, D)
+        if qwen2:
+            t[p + "self_attn.q_proj.bias"] = w(H * hd)
+            t[p + "self_attn.k_proj.bias"] = w(KV * hd)
+            t[p + "self_attn.v_proj.bias"] = w(KV * hd)
         t[p + "self_attn.o_proj.weight"] = w(D, H * hd)
         t[p + "mlp.down_proj.weight"] = w(D, I)
     save_file(t, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
