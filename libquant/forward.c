@@ -596,15 +596,22 @@ static int check_tokens(const struct lq_run *r, const int32_t *tokens, size_t n,
 	return LQ_OK;
 }
 
-int lq_run_forward_argmax(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos, int32_t *id,
-			  struct lq_error *err)
+/* A step that must produce a token: pos within the cache, at least one
+ * token, every token in the vocabulary and within the context. */
+static int check_step(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos, struct lq_error *err)
 {
 	if (pos < 0 || pos > r->pos)
 		return lq_fail(err, LQ_ERR_INVALID, "position %lld is past the %lld cached tokens",
 			       (long long)pos, (long long)r->pos);
 	if (n == 0)
 		return lq_fail(err, LQ_ERR_INVALID, "no tokens to run");
-	int rc = check_tokens(r, tokens, n, pos, err);
+	return check_tokens(r, tokens, n, pos, err);
+}
+
+int lq_run_forward_argmax(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos, int32_t *id,
+			  struct lq_error *err)
+{
+	int rc = check_step(r, tokens, n, pos, err);
 	if (rc)
 		return rc;
 	if (r->be && r->be->argmax) {
@@ -635,12 +642,7 @@ int lq_run_forward_sample(struct lq_run *r, const int32_t *tokens, size_t n, int
 		return lq_run_forward_argmax(r, tokens, n, pos, id, err);
 	if (o->temperature > 0 && !rng)
 		return lq_fail(err, LQ_ERR_INVALID, "sampling needs a random generator");
-	if (pos < 0 || pos > r->pos)
-		return lq_fail(err, LQ_ERR_INVALID, "position %lld is past the %lld cached tokens",
-			       (long long)pos, (long long)r->pos);
-	if (n == 0)
-		return lq_fail(err, LQ_ERR_INVALID, "no tokens to run");
-	int rc = check_tokens(r, tokens, n, pos, err);
+	int rc = check_step(r, tokens, n, pos, err);
 	if (rc)
 		return rc;
 	if (!r->samp_lg && !(r->samp_lg = malloc((size_t)r->vocab * sizeof *r->samp_lg)))

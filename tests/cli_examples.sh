@@ -142,6 +142,10 @@ if command -v python3 >/dev/null || command -v setsid >/dev/null; then
 		sleep "$delay"
 		kill -s "$sig" -- "-$MK_PID" 2>/dev/null
 		wait
+		# make may exit before its children have finished their own clean-up
+		# (each removes its temporary on the signal): wait for the whole group
+		_i=0
+		while kill -0 -- "-$MK_PID" 2>/dev/null && [ $_i -lt 200 ]; do sleep 0.05; _i=$((_i + 1)); done
 		MK_PID=
 		what="$sig after ${delay}s${jobs:+ ($jobs)}"
 		[ -e "$O/tiny.report.md" ] || interrupted=$((interrupted + 1))
@@ -164,7 +168,8 @@ if command -v python3 >/dev/null || command -v setsid >/dev/null; then
 			bad=1; echo "partial: report.md" >&2
 		fi
 		check "interrupt ($what): no partial target" [ $bad -eq 0 ]
-		check "interrupt ($what): no temporary left" [ -z "$(find "$O" -name '*.tmp*' 2>/dev/null)" ]
+		check "interrupt ($what): no temporary left" sh -c 'left=$(find "$1" -name "*.tmp*" 2>/dev/null)
+[ -z "$left" ] || { echo "left: $left" >&2; exit 1; }' sh "$O"
 		mk "$O" >/dev/null 2>&1
 		check "interrupt ($what): make then finishes the job" report_ok "$O" tiny
 	done
