@@ -238,22 +238,6 @@ static __device__ __forceinline__ float lq_dq_scale(float mapped, float nested, 
 {
 	return __fadd_rn(__fmul_rn(mapped, nested), offset);
 }
-
-/* The MLP activation a (LQ_ACT_*) of x, as the runtimes compute it. */
-static __device__ __forceinline__ float lq_act(int a, float x)
-{
-	switch (a) {
-	case LQ_ACT_GELU_TANH:
-	case LQ_ACT_GELU_NEW:
-		return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-	case LQ_ACT_GELU:
-		return (float)(0.5 * x * (1.0 + erf(x / 1.4142135623730951)));
-	case LQ_ACT_RELU:
-		return x > 0 ? x : 0;
-	default:
-		return x / (1.0f + expf(-x));
-	}
-}
 #endif
 
 #endif

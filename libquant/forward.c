@@ -13,6 +13,7 @@
  * Copyright (c) the libquant authors.  MIT license.
  */
 #include "internal.h"
+#include "lq_blocks.h" /* lq_act */
 
 #include <jansson.h>
 #include <math.h>
@@ -420,21 +421,6 @@ static void rope_apply(const struct lq_run *r, float *v, const float *cs, const 
 	}
 }
 
-static float act(int a, float x)
-{
-	switch (a) {
-	case LQ_ACT_GELU_TANH:
-	case LQ_ACT_GELU_NEW:
-		return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-	case LQ_ACT_GELU:
-		return (float)(0.5 * x * (1.0 + erf(x / 1.4142135623730951)));
-	case LQ_ACT_RELU:
-		return x > 0 ? x : 0;
-	default:
-		return x / (1.0f + expf(-x));
-	}
-}
-
 /* y += a * x (restrict: vectorized without an overlap check). */
 static void axpy(float *restrict y, float a, const float *restrict x, int64_t n)
 {
@@ -568,7 +554,7 @@ static void layer_forward(struct lq_run *r, struct layer *l, size_t n, int64_t p
 	add_bias(r->u, l->up_bias, n, I);
 	size_t ni = n * (size_t)I;
 	for (size_t i = 0; i < ni; i++)
-		r->g[i] = act(c->act, r->g[i]) * r->u[i];
+		r->g[i] = lq_act(c->act, r->g[i]) * r->u[i];
 	lq_matmul(&l->down, r->g, n, r->o, r->pool);
 	add_bias(r->o, l->down_bias, n, D);
 	if (c->sandwich_norms) {
@@ -653,26 +639,17 @@ int lq_run_forward_sample(struct lq_run *r, const int32_t *tokens, size_t n, int
 			*id = lq_sample(lg, r->vocab, o, seen, nseen, rng);
 		return rc;
 	}
-	/* the distinct ids the penalty applies to, in order of first sight */
+	/* the distinct ids the penalty applies to */
 	int32_t *pl = NULL;
 	size_t npl = 0;
-	unsigned char *mark = NULL;
 	if (penal && nseen) {
 		pl = malloc(nseen * sizeof *pl);
-		mark = calloc((size_t)r->vocab, 1);
-		if (!pl || !mark) {
+		int64_t k = pl ? lq_distinct_ids(seen, nseen, r->vocab, pl) : -1;
+		if (k < 0) {
 			free(pl);
-			free(mark);
 			return lq_fail(err, LQ_ERR_NOMEM, "out of memory");
 		}
-		for (size_t i = 0; i < nseen; i++) {
-			int32_t t = seen[i];
-			if (t >= 0 && t < r->vocab && !mark[t]) {
-				mark[t] = 1;
-				pl[npl++] = t;
-			}
-		}
-		free(mark);
+		npl = (size_t)k;
 	}
 	float vals[SAMPLE_CAP];
 	int32_t ids[SAMPLE_CAP];

@@ -65,5 +65,9 @@ int32_t lq_argmax_f32(const float *l, int64_t n);
  * same draws from rng as lq_sample; -1 when n is 0. */
 int32_t lq_sample_kept(const float *vals, const int32_t *ids, size_t n, const struct lq_sample_opts *o,
 		       struct lq_rng *rng);
+/* The distinct ids of seen[0..nseen) in [0, vocab), in order of first
+ * sight, into out (room for nseen): their count, -1 when out of memory (the
+ * ids the repetition penalty applies to). */
+int64_t lq_distinct_ids(const int32_t *seen, size_t nseen, int64_t vocab, int32_t *out);
 
 #endif

@@ -1,6 +1,7 @@
 /*
  * lq_blocks.h - block layout constants and code tables of libquant's
- * blockwise quantization, defined once for C and CUDA.
+ * blockwise quantization, and the arithmetic the CPU and GPU runtimes must
+ * share (the MLP activation), defined once for C and CUDA.
  *
  * Copyright (c) the libquant authors.  MIT license.
  *
@@ -34,6 +35,8 @@
  */
 #ifndef LQ_BLOCKS_H
 #define LQ_BLOCKS_H
+
+#include "lq_model.h" /* LQ_ACT_* */
 
 #include <stdint.h>
 #include <string.h>
@@ -310,6 +313,24 @@ LQ_HD static inline float lq_bnb_rcp(float a, const uint32_t *plus, const uint32
 		ur -= 1;
 	memcpy(&r, &ur, 4);
 	return r;
+}
+
+/* ------------------------------------------------------------ runtimes */
+
+/* The MLP activation a (LQ_ACT_*) of x, as both runtimes compute it. */
+LQ_HD static inline float lq_act(int a, float x)
+{
+	switch (a) {
+	case LQ_ACT_GELU_TANH:
+	case LQ_ACT_GELU_NEW:
+		return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+	case LQ_ACT_GELU:
+		return (float)(0.5 * x * (1.0 + erf(x / 1.4142135623730951)));
+	case LQ_ACT_RELU:
+		return x > 0 ? x : 0;
+	default:
+		return x / (1.0f + expf(-x));
+	}
 }
 
 #endif /* LQ_BLOCKS_H */

@@ -132,23 +132,40 @@ static int32_t pick(const struct idx_val *iv, int64_t keep, const struct lq_samp
 	return id;
 }
 
-/* The repetition penalty, each distinct id of seen once (torch gathers then
- * scatters). */
-static void penalize(float *logits, int64_t vocab, double pen, const int32_t *seen, size_t nseen)
+int64_t lq_distinct_ids(const int32_t *seen, size_t nseen, int64_t vocab, int32_t *out)
 {
-	if (!(pen > 0 && pen != 1.0))
-		return;
-	unsigned char *done = calloc((size_t)vocab, 1);
+	unsigned char *mark = calloc(vocab > 0 ? (size_t)vocab : 1, 1);
+	if (!mark)
+		return -1;
+	int64_t n = 0;
 	for (size_t i = 0; i < nseen; i++) {
 		int32_t id = seen[i];
-		if (id < 0 || id >= vocab || (done && done[id]))
+		if (id >= 0 && id < vocab && !mark[id]) {
+			mark[id] = 1;
+			out[n++] = id;
+		}
+	}
+	free(mark);
+	return n;
+}
+
+/* The repetition penalty, each distinct id of seen once (torch gathers then
+ * scatters); out of memory: each occurrence. */
+static void penalize(float *logits, int64_t vocab, double pen, const int32_t *seen, size_t nseen)
+{
+	if (!(pen > 0 && pen != 1.0) || !nseen)
+		return;
+	int32_t *ids = malloc(nseen * sizeof *ids);
+	int64_t n = ids ? lq_distinct_ids(seen, nseen, vocab, ids) : -1;
+	const int32_t *use = n < 0 ? seen : ids;
+	for (int64_t i = 0; i < (n < 0 ? (int64_t)nseen : n); i++) {
+		int32_t id = use[i];
+		if (id < 0 || id >= vocab)
 			continue;
-		if (done)
-			done[id] = 1;
 		float s = logits[id];
 		logits[id] = s < 0 ? s * (float)pen : s / (float)pen;
 	}
-	free(done);
+	free(ids);
 }
 
 int32_t lq_sample(float *logits, int64_t vocab, const struct lq_sample_opts *o,
