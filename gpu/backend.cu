@@ -1270,10 +1270,11 @@ struct gstate {
 	float *h_logits;
 	/* the decode graphs: [0] copies the logits back, [1] only their argmax,
 	 * [2] leaves the logits on the device (sampling) */
-	cudaGraphExec_t graph[3];
-	int64_t graph_cap[3];
-	float graph_ascale[3];
-	int graph_split[3];
+#define NGRAPH 3
+	cudaGraphExec_t graph[NGRAPH];
+	int64_t graph_cap[NGRAPH];
+	float graph_ascale[NGRAPH];
+	int graph_split[NGRAPH];
 	int32_t *d_id, *h_id;  /* the argmax, on the device and pinned on the host */
 	/* sampling: lq_cuda_topk's scratch and result (device, pinned host), the
 	 * penalized ids (device, pinned host, pen_cap of each) */
@@ -1595,7 +1596,7 @@ static void g_free(void *state)
 	gstate *g = (gstate *)state;
 	if (!g)
 		return;
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < NGRAPH; i++)
 		if (g->graph[i])
 			cudaGraphExecDestroy(g->graph[i]);
 	if (g->cbh_ok)
@@ -1662,7 +1663,7 @@ static int ensure_cache(gstate *g, int64_t need, struct lq_error *err)
 	}
 	g->kv = (float *)nk;
 	g->cap = cap;
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < NGRAPH; i++)
 		if (g->graph[i]) {
 			cudaGraphExecDestroy(g->graph[i]);
 			g->graph[i] = NULL;
@@ -1965,6 +1966,19 @@ static int gemv_fuse(gstate *g, const dweight *const *ws, int nw, const float *x
 
 /* -------------------------------------------------------------- forward */
 
+/* Decode with g->fuse, a sublayer's output into the residual: x += W in,
+ * the add inside the GEMV; with sandwich norms (Gemma 2) x += norm(W in)
+ * (out_norm), the norm and the add in k_rmsnorm. */
+static int fused_residual(gstate *g, const dweight *w, const float *in, const float *out_norm, struct lq_error *err)
+{
+	const int sw = g->c->sandwich_norms;
+	float *y = sw ? g->o : g->x;
+	int rc = gemv_fuse(g, &w, 1, in, &y, nullptr, !sw, nullptr, err);
+	if (!rc && sw)
+		rmsnorm(g, 1, g->o, nullptr, out_norm, nullptr, g->x);
+	return rc;
+}
+
 /* y[t][i] += b[i] for n rows of d (row stride ld); nothing without a bias. */
 static int add_bias(gstate *g, float *y, int64_t ld, const float *b, size_t n, int64_t d, struct lq_error *err)
 {
@@ -2062,14 +2076,8 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		}
 		CK(cudaGetLastError(), "attention");
 		if (fz) {
-			/* the residual add in the GEMV; with sandwich norms (Gemma 2) the
-			 * output's norm first, then the add, in k_rmsnorm */
-			const dweight *wo = &l->o;
-			float *yo = c->sandwich_norms ? g->o : g->x;
-			if ((rc = gemv_fuse(g, &wo, 1, g->att, &yo, nullptr, !c->sandwich_norms, nullptr, err)))
+			if ((rc = fused_residual(g, &l->o, g->att, l->post_attn_norm, err)))
 				return rc;
-			if (c->sandwich_norms)
-				rmsnorm(g, n, g->o, nullptr, l->post_attn_norm, nullptr, g->x);
 		} else if ((rc = matmul(g, &l->o, g->att, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->o_bias, n, D, err)))
 			return rc;
 		/* the MLP's input norm: applied by the gate / up GEMV when fused */
@@ -2118,12 +2126,8 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			CK(cudaGetLastError(), "the MLP activation");
 		}
 		if (fz) {
-			const dweight *wd = &l->down;
-			float *yd = c->sandwich_norms ? g->o : g->x;
-			if ((rc = gemv_fuse(g, &wd, 1, g->g, &yd, nullptr, !c->sandwich_norms, nullptr, err)))
+			if ((rc = fused_residual(g, &l->down, g->g, l->post_ffn_norm, err)))
 				return rc;
-			if (c->sandwich_norms)
-				rmsnorm(g, n, g->o, nullptr, l->post_ffn_norm, nullptr, g->x);
 			continue; /* the residual is in x */
 		}
 		if ((rc = matmul(g, &l->down, g->g, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->down_bias, n, D, err)))
@@ -2178,6 +2182,16 @@ static int launch_argmax(gstate *g, struct lq_error *err)
 	launch_k(g, k_argmax, dim3(nb), dim3(1024), (const float *)g->logits, (int64_t)g->vocab, g->d_id, g->am_v, g->am_i,
 		 g->acnt + g->H);
 	CK(cudaGetLastError(), "the argmax");
+	return LQ_OK;
+}
+
+/* The argmax of the logits row into h_id (queued, not waited for). */
+static int argmax_to_host(gstate *g, struct lq_error *err)
+{
+	int rc = launch_argmax(g, err);
+	if (rc)
+		return rc;
+	CK(cudaMemcpyAsync(g->h_id, g->d_id, sizeof(int32_t), cudaMemcpyDeviceToHost, g->st), "the argmax");
 	return LQ_OK;
 }
 
@@ -2288,12 +2302,7 @@ static int forward_dev(gstate *g, const int32_t *tokens, size_t n, int64_t pos, 
 			CK(cudaStreamSynchronize(g->st), "the forward pass");
 		done += m;
 	}
-	if (am) {
-		if ((rc = launch_argmax(g, err)))
-			return rc;
-		CK(cudaMemcpyAsync(g->h_id, g->d_id, sizeof(int32_t), cudaMemcpyDeviceToHost, g->st), "the argmax");
-	}
-	return LQ_OK;
+	return am ? argmax_to_host(g, err) : LQ_OK;
 }
 
 /* forward, keeping only the argmax of the last logits row (greedy decoding):
@@ -2337,11 +2346,8 @@ static int g_sample(void *state, const int32_t *tokens, size_t n, int64_t pos, c
 		    struct lq_error *err)
 {
 	gstate *g = (gstate *)state;
-	double p = o->repetition_penalty;
 	int rc;
 	*count = 0;
-	if (!(p > 0 && p != 1.0))
-		npen = 0;
 	if ((rc = ensure_pen(g, npen, err)) || (rc = forward_dev(g, tokens, n, pos, 0, err)))
 		return rc;
 	if (npen) {
@@ -2349,13 +2355,12 @@ static int g_sample(void *state, const int32_t *tokens, size_t n, int64_t pos, c
 		memcpy(g->h_pen, pen, npen * sizeof(int32_t));
 		CK(cudaMemcpyAsync(g->d_pen, g->h_pen, npen * sizeof(int32_t), cudaMemcpyHostToDevice, g->st),
 		   "the repetition penalty");
-		CK((cudaError_t)lq_cuda_penalty(g->logits, g->d_pen, (int64_t)npen, (float)p, g->st),
+		CK((cudaError_t)lq_cuda_penalty(g->logits, g->d_pen, (int64_t)npen, (float)o->repetition_penalty, g->st),
 		   "the repetition penalty");
 	}
 	if (o->temperature <= 0) {
-		if ((rc = launch_argmax(g, err)))
+		if ((rc = argmax_to_host(g, err)))
 			return rc;
-		CK(cudaMemcpyAsync(g->h_id, g->d_id, sizeof(int32_t), cudaMemcpyDeviceToHost, g->st), "the argmax");
 		CK(cudaStreamSynchronize(g->st), "the sampling step");
 		ids[0] = *g->h_id;
 		*count = 1;
@@ -2528,7 +2533,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		if (e == cudaSuccess)
 			e = cudaMemset(g->tk_scr, 0, lq_cuda_topk_scratch_size(g->vocab));
 		if (e != cudaSuccess) {
-			rc = cuda_fail(err, e, "clearing the attention counters");
+			rc = cuda_fail(err, e, "clearing the attention and sampling counters");
 			goto fail;
 		}
 		e = cudaHostAlloc((void **)&g->h_tok, 4, cudaHostAllocDefault);
