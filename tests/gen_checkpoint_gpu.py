@@ -18,16 +18,15 @@ from safetensors.torch import save_file
 
 def main():
     out = sys.argv[1]
-    layers = int(sys.argv[sys.argv.index("--layers") + 1]) if "--layers" in sys.argv else 32
     phi3, gemma2, qwen2 = "--phi3" in sys.argv, "--gemma2" in sys.argv, "--qwen2" in sys.argv
-    V, D, I, H, KV = (32064, 3072, 8192, 32, 32) if phi3 else (128256, 4096, 14336, 32, 8)
-    hd = D // H
-    if gemma2:
-        layers = int(sys.argv[sys.argv.index("--layers") + 1]) if "--layers" in sys.argv else 26
-        V, D, I, H, KV, hd = 256000, 2304, 9216, 8, 4, 256
-    if qwen2:
-        layers = int(sys.argv[sys.argv.index("--layers") + 1]) if "--layers" in sys.argv else 28
-        V, D, I, H, KV, hd = 151936, 1536, 8960, 12, 2, 128
+    # vocabulary, hidden, intermediate, heads, KV heads, head size, layers
+    V, D, I, H, KV, hd, layers = (
+        (32064, 3072, 8192, 32, 32, 96, 32) if phi3 else
+        (256000, 2304, 9216, 8, 4, 256, 26) if gemma2 else
+        (151936, 1536, 8960, 12, 2, 128, 28) if qwen2 else
+        (128256, 4096, 14336, 32, 8, 128, 32))
+    if "--layers" in sys.argv:
+        layers = int(sys.argv[sys.argv.index("--layers") + 1])
     os.makedirs(out, exist_ok=True)
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": V,
