@@ -40,6 +40,11 @@ NVCC :=
 endif
 CUARCH ?= -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=compute_80
 NVCCFLAGS ?= -O3 -std=c++17 $(CUARCH) -Xcompiler -fPIC,-Wall -Ilibquant -Igpu
+# GPU_TRACE=1: a diagnostic build whose decode kernels record %globaltimer
+# (tests/gpu_trace.py; use its own BUILD directory)
+ifeq ($(GPU_TRACE),1)
+NVCCFLAGS += -DTC_TRACE
+endif
 
 # ---------------------------------------------------------------- sources
 LIB_SRC := $(sort $(wildcard libquant/*.c formats/*.c))

@@ -195,9 +195,20 @@ __device__ __forceinline__ void pdl_wait()
 
 __device__ __forceinline__ int64_t cur_pos(const int64_t *d_pos, int64_t pos) { return d_pos ? *d_pos : pos; }
 
-__global__ void k_embed(kweight w, uint64_t cols, const int32_t *tok, float scale, float *x, int cd)
+__global__ void k_embed(kweight w, uint64_t cols, const int32_t *tok, float scale, float *x, int cd,
+			const float *inv_freq, int64_t half, float ascale, const int64_t *d_pos, int64_t pos, float *rtab)
 {
 	pdl_wait();
+	/* one token: the cos / sin of its position (times ascale) for every
+	 * layer's k_rope, made once per step */
+	if (rtab && blockIdx.x == 0) {
+		const int64_t p = cur_pos(d_pos, pos);
+		for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+			float fr = __fmul_rn((float)p, inv_freq[i]);
+			rtab[i] = __fmul_rn((float)cos((double)fr), ascale);
+			rtab[half + i] = __fmul_rn((float)sin((double)fr), ascale);
+		}
+	}
 	uint64_t row = (uint64_t)tok[blockIdx.x];
 	float *xt = x + (uint64_t)blockIdx.x * cols;
 	for (uint64_t i = threadIdx.x; i < cols; i += blockDim.x) {
@@ -357,45 +368,105 @@ __global__ void k_bias(float *y, int64_t ld, const float *b, int64_t n, int64_t 
 /*
  * The q / k / v biases (qb, kb, vb: NULL when the model has none), RoPE on
  * q and k (block = one head of one token; heads 0..H-1 are query heads,
- * H..H+KV-1 key heads) and the KV cache store of k and v.
+ * H..H+KV-1 key heads) and the KV cache store of k and v.  rtab: the cos /
+ * sin of the position that k_embed made for this step (one token);
+ * without it they are computed here (double-precision cos and sin).
  */
+#ifdef TC_TRACE
+/* Diagnostic builds only (-DTC_TRACE): %globaltimer at points of the decode
+ * kernels k_rope (kind 1) and k_attn (kind 2), per block, keyed by the
+ * layer's K cache; written to $LQ_KT_TRACE at exit (make GPU_TRACE=1;
+ * tests/gpu_trace.py reads it with the GEMVs' trace). */
+#define KT_N (1u << 20)
+__device__ unsigned long long g_kt[KT_N][8];
+__device__ unsigned g_kt_n;
+__device__ __forceinline__ unsigned long long kt_now()
+{
+	unsigned long long t;
+	asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+	return t;
+}
+#define KT_DECL unsigned long long kt_[5] = {kt_now(), 0, 0, 0, 0}
+#define KT(i) (kt_[i] = kt_now())
+#define KT_END(kind, key)                                                                                   \
+	do {                                                                                                \
+		if (threadIdx.x == 0) {                                                                     \
+			unsigned s_ = atomicAdd(&g_kt_n, 1u) & (KT_N - 1);                                  \
+			g_kt[s_][0] = (unsigned long long)(key);                                            \
+			g_kt[s_][1] = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * (unsigned long long)blockIdx.z); \
+			for (int i_ = 0; i_ < 5; i_++)                                                      \
+				g_kt[s_][2 + i_] = kt_[i_];                                                 \
+			g_kt[s_][7] = (kind);                                                               \
+		}                                                                                           \
+	} while (0)
+static void kt_dump(void)
+{
+	const char *path = getenv("LQ_KT_TRACE");
+	unsigned n = 0;
+	unsigned long long(*h)[8] = (unsigned long long(*)[8])malloc(sizeof(unsigned long long) * 8 * KT_N);
+	FILE *f = path && h ? fopen(path, "wb") : NULL;
+	if (f && cudaDeviceSynchronize() == cudaSuccess && cudaMemcpyFromSymbol(&n, g_kt_n, 4) == cudaSuccess &&
+	    cudaMemcpyFromSymbol(h, g_kt, sizeof(unsigned long long) * 8 * KT_N) == cudaSuccess) {
+		fwrite(&n, 4, 1, f);
+		fwrite(h, sizeof(unsigned long long) * 8, KT_N, f);
+	}
+	if (f)
+		fclose(f);
+	free(h);
+}
+#else
+#define KT_DECL do { } while (0)
+#define KT(i) do { } while (0)
+#define KT_END(kind, key) do { } while (0)
+#endif
+
 __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *v, int64_t vs, int64_t H,
 		       int64_t KV, int64_t hd, int64_t rot, const float *inv_freq, float ascale,
 		       const int64_t *d_pos, int64_t pos, float *kc, float *vc, int64_t kvdim, int cd,
-		       const float *qb, const float *kb, const float *vb)
+		       const float *qb, const float *kb, const float *vb, const float *rtab)
 {
+	KT_DECL;
 	pdl_wait();
+	KT(1);
 	int64_t t = blockIdx.y, hh = blockIdx.x;
 	int64_t p = cur_pos(d_pos, pos) + t;
-	float *vec = hh < H ? q + t * qs + hh * hd : k + t * ks + (hh - H) * hd;
-	const float *bias = hh < H ? (qb ? qb + hh * hd : nullptr) : (kb ? kb + (hh - H) * hd : nullptr);
-	if (bias) {
-		for (int64_t i = threadIdx.x; i < hd; i += blockDim.x)
-			vec[i] += bias[i];
-		__syncthreads();
-	}
-	int64_t half = rot / 2;
+	/* q heads: rotated and rounded in place; k heads: into the cache (the
+	 * k rows of the input are not read again).  Each value is read once and
+	 * kept in registers: bias, rotation, rounding, store. */
+	const bool isq = hh < H;
+	const int64_t kh = hh - H;
+	float *vec = isq ? q + t * qs + hh * hd : k + t * ks + kh * hd;
+	float *dst = isq ? vec : kc + p * kvdim + kh * hd;
+	const float *bias = isq ? (qb ? qb + hh * hd : nullptr) : (kb ? kb + kh * hd : nullptr);
+	const int64_t half = rot / 2;
 	for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-		float fr = __fmul_rn((float)p, inv_freq[i]);
-		float cs = __fmul_rn((float)cos((double)fr), ascale);
-		float sn = __fmul_rn((float)sin((double)fr), ascale);
+		float cs, sn;
+		if (rtab) { /* one token: made by k_embed, the same expressions */
+			cs = rtab[i];
+			sn = rtab[half + i];
+		} else {
+			float fr = __fmul_rn((float)p, inv_freq[i]);
+			cs = __fmul_rn((float)cos((double)fr), ascale);
+			sn = __fmul_rn((float)sin((double)fr), ascale);
+		}
 		float x1 = vec[i], x2 = vec[i + half];
-		vec[i] = x1 * cs - x2 * sn;
-		vec[i + half] = x2 * cs + x1 * sn;
+		if (bias) {
+			x1 += bias[i];
+			x2 += bias[i + half];
+		}
+		dst[i] = rnd(x1 * cs - x2 * sn, cd);
+		dst[i + half] = rnd(x2 * cs + x1 * sn, cd);
 	}
-	__syncthreads();
-	if (hh < H) {
+	for (int64_t i = rot + threadIdx.x; i < hd; i += blockDim.x) /* past the rotary dims */
+		dst[i] = rnd(bias ? vec[i] + bias[i] : vec[i], cd);
+	if (!isq) {
+		float *vd = vc + p * kvdim + kh * hd;
+		const float *vsrc = v + t * vs + kh * hd, *vbh = vb ? vb + kh * hd : nullptr;
 		for (int64_t i = threadIdx.x; i < hd; i += blockDim.x)
-			vec[i] = rnd(vec[i], cd);
-		return;
+			vd[i] = rnd(vbh ? vsrc[i] + vbh[i] : vsrc[i], cd);
 	}
-	int64_t kh = hh - H;
-	float *kd = kc + p * kvdim + kh * hd, *vd = vc + p * kvdim + kh * hd;
-	const float *vsrc = v + t * vs + kh * hd, *vbh = vb ? vb + kh * hd : nullptr;
-	for (int64_t i = threadIdx.x; i < hd; i += blockDim.x) {
-		kd[i] = rnd(vec[i], cd);
-		vd[i] = rnd(vbh ? vsrc[i] + vbh[i] : vsrc[i], cd);
-	}
+	KT(2);
+	KT_END(1, kc);
 }
 
 /* Merge the S splits of k_attn for (token t, head h) into out: the first
@@ -448,7 +519,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 						      int64_t hd, int64_t kvdim, int64_t window, float scale,
 						      float cap, const int64_t *d_pos, int64_t pos, int cd)
 {
-	pdl_wait();
+	KT_DECL;
 	__shared__ float sm[ATT_WARPS][32 * ATT_MAXE + 2];
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	const int64_t t = blockIdx.y, h = blockIdx.x, kvh = h / grp;
@@ -459,6 +530,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 	const int64_t len = p - lo + 1, S = gridDim.z;
 	const int64_t per = (len + S - 1) / S;
 	const int64_t j0 = lo + per * blockIdx.z, j1 = min(p + 1, j0 + per);
+	pdl_wait();
+	KT(1);
 	const float *qv = q + t * qs + h * hd;
 	float qr[ATT_MAXE], acc[ATT_MAXE];
 #pragma unroll
@@ -492,6 +565,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 			acc[e] = acc[e] * corr + pw * vr[e];
 		m = mn;
 	}
+	KT(2);
 #pragma unroll
 	for (int e = 0; e < ATT_MAXE; e++)
 		sm[warp][lane + 32 * e] = acc[e];
@@ -523,8 +597,10 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 		pp[hd] = M;
 		pp[hd + 1] = L;
 	}
-	if (S == 1)
+	if (S == 1) {
+		KT_END(2, kc);
 		return;
+	}
 	/* the last split of (t, h) to finish merges them all */
 	__shared__ int last;
 	__threadfence();
@@ -535,10 +611,15 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 			cnt[t * H + h] = 0; /* ready for the next step */
 	}
 	__syncthreads();
-	if (!last)
+	KT(3);
+	if (!last) {
+		KT_END(2, kc);
 		return;
+	}
 	__threadfence();
 	attn_merge(part, out, H, hd, (int)S, cd, t, h);
+	KT(4);
+	KT_END(2, kc);
 }
 
 /*
@@ -1251,6 +1332,7 @@ struct gstate {
 	uint8_t *tscratch;     /* while uploading: a weight as stored, before lq_cuda_tile */
 	uint64_t tscratch_need;
 	float *inv_freq;       /* [rot / 2] */
+	float *rtab;           /* [rot]: cos, sin of the decoded token's position (k_embed -> k_rope) */
 	float *h_inv;          /* host copy of what is on the device */
 	int64_t inv_len;       /* sequence length inv_freq was computed for (-1: none) */
 	float ascale;
@@ -1601,7 +1683,7 @@ static void g_free(void *state)
 			cudaGraphExecDestroy(g->graph[i]);
 	if (g->cbh_ok)
 		g->cb.destroy(g->cbh);
-	void *d[] = { g->arena, g->tscratch, g->inv_freq, g->kv, g->x, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part, g->acnt, g->am_v, g->am_i,
+	void *d[] = { g->arena, g->tscratch, g->inv_freq, g->rtab, g->kv, g->x, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part, g->acnt, g->am_v, g->am_i,
 		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos, g->d_id, g->tk_scr, g->d_tk, g->d_pen };
 	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
 		gfree(d[i]);
@@ -2001,13 +2083,20 @@ static int attn_splits(gstate *g, size_t n)
 static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, int want_logits, int all_logits,
 		      struct lq_error *err)
 {
+#ifdef TC_TRACE
+	static int kt_reg;
+	if (!kt_reg++)
+		atexit(kt_dump);
+#endif
 	const struct lq_model_config *c = g->c;
 	int cd = g->cd, rc;
 	int64_t D = g->hidden, I = g->inter, F = g->qdim + 2 * g->kvdim;
 	float eps = (float)c->rms_norm_eps;
 	float escale = g->embed_scale;
 	g->xconv = NULL;
-	launch_k(g, k_embed, dim3((unsigned)n), dim3(256), g->embed.k, (uint64_t)D, g->tok, escale, g->x, cd);
+	float *rtab = n == 1 ? g->rtab : nullptr; /* RoPE's cos / sin, made once per step */
+	launch_k(g, k_embed, dim3((unsigned)n), dim3(256), g->embed.k, (uint64_t)D, g->tok, escale, g->x, cd,
+		 (const float *)g->inv_freq, g->rot / 2, g->ascale, d_pos, pos, rtab);
 	CK(cudaGetLastError(), "the embedding");
 	const float *pend = NULL; /* MLP output not yet added to x (fused into the next norm) */
 	const int fz = n == 1 && g->fuse; /* norms and residual adds inside the GEMVs */
@@ -2053,7 +2142,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		dim3 rg((unsigned)(g->H + g->KV), (unsigned)n);
 		launch_k(g, k_rope, dim3(rg), dim3(64), q, ld, k, ld, v, ld, g->H, g->KV, g->hd, g->rot, g->inv_freq, g->ascale, d_pos,
 					     pos, layer_kc(g, li), layer_vc(g, li), g->kvdim, cd, (const float *)l->q_bias,
-					     (const float *)l->k_bias, (const float *)l->v_bias);
+					     (const float *)l->k_bias, (const float *)l->v_bias, (const float *)rtab);
 		CK(cudaGetLastError(), "RoPE");
 		g->xconv = NULL;
 		if (n > 1 && g->cd != LQ_COMPUTE_F32 && ta_ok(g->hd)) {
@@ -2523,6 +2612,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		    (rc = dmalloc((void **)&g->logits, N * (uint64_t)g->vocab * 4, "the logits", err)) ||
 		    (rc = dmalloc((void **)&g->xbuf, N * xb * 2, "activations", err)) ||
 		    (rc = dmalloc((void **)&g->inv_freq, (uint64_t)(g->rot / 2 + 1) * 4, "RoPE", err)) ||
+		    (rc = dmalloc((void **)&g->rtab, (uint64_t)(g->rot + 2) * 4, "RoPE", err)) ||
 		    (rc = dmalloc((void **)&g->tok, N * 4, "the tokens", err)) ||
 		    (rc = dmalloc((void **)&g->pos, 8, "the position", err)) ||
 		    (rc = dmalloc((void **)&g->d_id, 4, "the argmax", err)) ||

@@ -476,7 +476,31 @@ struct tc_part {
 };
 struct tc_parts {
 	tc_part p[LQ_GEMV_PARTS];
+	uint32_t seq; /* launch number (TC_TRACE builds only) */
 };
+
+#ifdef TC_TRACE
+/* Diagnostic builds only (-DTC_TRACE): thread 0 of every block records
+ * %globaltimer at entry, before and after the wait for the previous
+ * kernel, after staging x and at exit, per launch (the seq-th launch_tc
+ * call, modulo TC_TR_SEQ; graph replays overwrite their slots); the table
+ * is written to $LQ_TC_TRACE at exit (make GPU_TRACE=1; tests/gpu_trace.py
+ * reads it). */
+#define TC_TR_SEQ 1024
+#define TC_TR_BLK 256
+#define TC_TR_EV 5
+__device__ unsigned long long g_tc_trace[TC_TR_SEQ * TC_TR_BLK * TC_TR_EV];
+#define TC_TR(ev)                                                                                          \
+	do {                                                                                               \
+		if (threadIdx.x == 0 && blockIdx.x < TC_TR_BLK) {                                          \
+			unsigned long long t_;                                                             \
+			asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_));                             \
+			g_tc_trace[((P.seq % TC_TR_SEQ) * TC_TR_BLK + blockIdx.x) * TC_TR_EV + (ev)] = t_; \
+		}                                                                                          \
+	} while (0)
+#else
+#define TC_TR(ev) do { } while (0)
+#endif
 
 __device__ __forceinline__ int tc_part_of(const tc_parts &P, uint32_t tile)
 {
@@ -501,6 +525,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	float *red = dmap + 256; /* [TC_CH][TC_WARPS][16] */
 	uint32_t *xs = (uint32_t *)(red + TC_CH * TC_WARPS * 16);
 
+	TC_TR(0);
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 	const int g = lane >> 2, c = lane & 3;
 	const uint32_t lut4 = lut_s | (uint32_t)lane << 2;
@@ -592,10 +617,12 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			for (int i = tid; i < 256; i += TC_THREADS)
 				dmap[i] = __uint_as_float(g_dyn[i]);
 	}
+	TC_TR(1);
 #if __CUDA_ARCH__ >= 900
 	cudaGridDependencySynchronize();
 	cudaTriggerProgrammaticLaunchCompletion();
 #endif
+	TC_TR(2);
 	if (sizeof(XT) == 2) {
 		const uint4 *xv = (const uint4 *)x;
 		for (uint32_t i = tid; i < K / 8; i += TC_THREADS)
@@ -638,6 +665,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	}
 	__syncthreads();
 
+	TC_TR(3);
 	/* math side: two spans at a time, in straight-line code */
 	uint32_t c_item = 0, c_left = m;
 	float acc_g = 0.0f, acc_g8 = 0.0f;
@@ -750,7 +778,29 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			}
 		}
 	}
+	TC_TR(4);
 }
+
+#ifdef TC_TRACE
+#include <stdio.h>
+#include <stdlib.h>
+static uint32_t g_tc_seq;
+static void tc_trace_dump(void)
+{
+	const char *path = getenv("LQ_TC_TRACE");
+	size_t n = (size_t)TC_TR_SEQ * TC_TR_BLK * TC_TR_EV;
+	unsigned long long *h = (unsigned long long *)malloc(n * sizeof *h);
+	FILE *f = path && h ? fopen(path, "wb") : NULL;
+	if (f && cudaDeviceSynchronize() == cudaSuccess && cudaMemcpyFromSymbol(h, g_tc_trace, n * sizeof *h) == cudaSuccess) {
+		uint32_t hd[4] = {TC_TR_SEQ, TC_TR_BLK, TC_TR_EV, g_tc_seq};
+		fwrite(hd, sizeof hd, 1, f);
+		fwrite(h, sizeof *h, n, f);
+	}
+	if (f)
+		fclose(f);
+	free(h);
+}
+#endif
 
 static cudaError_t tc_device(int *sms, int *major, int *optin)
 {
@@ -785,6 +835,11 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 		return (int)cudaErrorNotSupported;
 	tc_parts P;
 	memset(&P, 0, sizeof P);
+#ifdef TC_TRACE
+	if (g_tc_seq == 0)
+		atexit(tc_trace_dump);
+	P.seq = g_tc_seq++;
+#endif
 	uint64_t tiles = 0;
 	for (int i = 0; i < LQ_GEMV_PARTS; i++) {
 		P.p[i].t0 = UINT32_MAX;
