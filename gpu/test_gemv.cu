@@ -175,9 +175,9 @@ static void tw_free(struct tw *t)
 }
 
 /* q, k and v style: three weights of different row counts in one launch. */
-static void test_multi(int qtype, int dq, int mode, uint64_t K)
+static void test_multi(int qtype, int dq, int mode, uint64_t K, uint64_t N1)
 {
-	const uint64_t Ns[3] = {33, 1000, 7};
+	const uint64_t Ns[3] = {33, N1, 7};
 	struct tw t[3];
 	const struct lq_cuda_qweight *ws[3];
 	float *d_y[3], *d_x, *x = (float *)malloc(K * 4);
@@ -482,8 +482,11 @@ int main(void)
 				}
 	for (int q = LQ_QTYPE_NF4; q <= LQ_QTYPE_INT8; q++)
 		for (int mode = LQ_GEMV_F32; mode <= LQ_GEMV_F16; mode++) {
-			test_multi(q, 1, mode, 512);
-			test_multi(q, 0, mode, 4096);
+			test_multi(q, 1, mode, 512, 1000);
+			test_multi(q, 0, mode, 4096, 1000);
+			/* several work items per block, across the parts and a partial tile */
+			if (q != LQ_QTYPE_INT8 && mode >= LQ_GEMV_BF16)
+				test_multi(q, 1, mode, 512, 40001);
 		}
 	for (int q = LQ_QTYPE_NF4; q <= LQ_QTYPE_FP4; q++)
 		for (int mode = LQ_GEMV_BF16; mode <= LQ_GEMV_F16; mode++) {
@@ -491,6 +494,7 @@ int main(void)
 			test_fused(q, mode, 4096);
 			test_fused_act(q, mode, 4096, 300, LQ_ACT_SILU);
 			test_fused_act(q, mode, 256, 1000, LQ_ACT_GELU_TANH);
+			test_fused_act(q, mode, 512, 20001, LQ_ACT_SILU); /* several pairs of tiles per block */
 		}
 	/* errors: K not a multiple of the block size, bad dtype, misaligned x */
 	{
