@@ -477,19 +477,32 @@ __device__ void attn_merge(const float *part, float *out, int64_t H, int64_t hd,
 	__shared__ float wsh[ATT_MAXSPLIT];
 	__shared__ float Lsh;
 	const float *pp = part + (t * H + h) * S * (hd + 2);
+	static_assert(ATT_MAXSPLIT <= 64, "two splits per lane");
 	if (threadIdx.x < 32) {
-		int lane = threadIdx.x;
-		float M = -INFINITY;
-		for (int s = lane; s < S; s += 32)
-			M = fmaxf(M, __ldcg(pp + s * (hd + 2) + hd));
+		/* the (max, sum) pairs of splits lane and lane + 32, read once */
+		const int lane = threadIdx.x;
+		float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+		if (lane < S) {
+			m0 = __ldcg(pp + lane * (hd + 2) + hd);
+			l0 = __ldcg(pp + lane * (hd + 2) + hd + 1);
+		}
+		if (lane + 32 < S) {
+			m1 = __ldcg(pp + (lane + 32) * (hd + 2) + hd);
+			l1 = __ldcg(pp + (lane + 32) * (hd + 2) + hd + 1);
+		}
+		float M = fmaxf(m0, m1);
 		for (int o = 16; o; o >>= 1)
 			M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
 		float L = 0.0f;
-		for (int s = lane; s < S; s += 32) {
-			float ms = __ldcg(pp + s * (hd + 2) + hd);
-			float w = ms == -INFINITY ? 0.0f : expf(ms - M);
-			wsh[s] = w;
-			L += __ldcg(pp + s * (hd + 2) + hd + 1) * w;
+		if (lane < S) {
+			float w = m0 == -INFINITY ? 0.0f : expf(m0 - M);
+			wsh[lane] = w;
+			L += l0 * w;
+		}
+		if (lane + 32 < S) {
+			float w = m1 == -INFINITY ? 0.0f : expf(m1 - M);
+			wsh[lane + 32] = w;
+			L += l1 * w;
 		}
 		for (int o = 16; o; o >>= 1)
 			L += __shfl_xor_sync(0xffffffffu, L, o);
@@ -500,7 +513,8 @@ __device__ void attn_merge(const float *part, float *out, int64_t H, int64_t hd,
 	const float inv = 1.0f / Lsh;
 	for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
 		float a = 0.0f;
-		for (int s = 0; s < S; s++)
+#pragma unroll 16
+		for (int s = 0; s < S; s++) /* 16 loads in flight, the sum in split order */
 			a += __ldcg(pp + s * (hd + 2) + d) * wsh[s];
 		out[t * (H * hd) + h * hd + d] = rnd(a * inv, cd);
 	}
