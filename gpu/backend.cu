@@ -365,13 +365,6 @@ __global__ void k_bias(float *y, int64_t ld, const float *b, int64_t n, int64_t 
 	}
 }
 
-/*
- * The q / k / v biases (qb, kb, vb: NULL when the model has none), RoPE on
- * q and k (block = one head of one token; heads 0..H-1 are query heads,
- * H..H+KV-1 key heads) and the KV cache store of k and v.  rtab: the cos /
- * sin of the position that k_embed made for this step (one token);
- * without it they are computed here (double-precision cos and sin).
- */
 #ifdef TC_TRACE
 /* Diagnostic builds only (-DTC_TRACE): %globaltimer at points of the decode
  * kernels k_rope (kind 1) and k_attn (kind 2), per block, keyed by the
@@ -420,6 +413,13 @@ static void kt_dump(void)
 #define KT_END(kind, key) do { } while (0)
 #endif
 
+/*
+ * The q / k / v biases (qb, kb, vb: NULL when the model has none), RoPE on
+ * q and k (block = one head of one token; heads 0..H-1 are query heads,
+ * H..H+KV-1 key heads) and the KV cache store of k and v.  rtab: the cos /
+ * sin of the position that k_embed made for this step (one token);
+ * without it they are computed here (double-precision cos and sin).
+ */
 __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *v, int64_t vs, int64_t H,
 		       int64_t KV, int64_t hd, int64_t rot, const float *inv_freq, float ascale,
 		       const int64_t *d_pos, int64_t pos, float *kc, float *vc, int64_t kvdim, int cd,
