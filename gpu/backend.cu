@@ -195,6 +195,16 @@ __device__ __forceinline__ void pdl_wait()
 
 __device__ __forceinline__ int64_t cur_pos(const int64_t *d_pos, int64_t pos) { return d_pos ? *d_pos : pos; }
 
+/* RoPE's cos and sin of position p for frequency f, times ascale (the
+ * double-precision cos / sin rounded to float): k_embed's per-step table and
+ * k_rope without it. */
+__device__ __forceinline__ void rope_cs(int64_t p, float f, float ascale, float *cs, float *sn)
+{
+	float fr = __fmul_rn((float)p, f);
+	*cs = __fmul_rn((float)cos((double)fr), ascale);
+	*sn = __fmul_rn((float)sin((double)fr), ascale);
+}
+
 __global__ void k_embed(kweight w, uint64_t cols, const int32_t *tok, float scale, float *x, int cd,
 			const float *inv_freq, int64_t half, float ascale, const int64_t *d_pos, int64_t pos, float *rtab)
 {
@@ -203,11 +213,8 @@ __global__ void k_embed(kweight w, uint64_t cols, const int32_t *tok, float scal
 	 * layer's k_rope, made once per step */
 	if (rtab && blockIdx.x == 0) {
 		const int64_t p = cur_pos(d_pos, pos);
-		for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-			float fr = __fmul_rn((float)p, inv_freq[i]);
-			rtab[i] = __fmul_rn((float)cos((double)fr), ascale);
-			rtab[half + i] = __fmul_rn((float)sin((double)fr), ascale);
-		}
+		for (int64_t i = threadIdx.x; i < half; i += blockDim.x)
+			rope_cs(p, inv_freq[i], ascale, &rtab[i], &rtab[half + i]);
 	}
 	uint64_t row = (uint64_t)tok[blockIdx.x];
 	float *xt = x + (uint64_t)blockIdx.x * cols;
@@ -441,13 +448,11 @@ __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *
 	const int64_t half = rot / 2;
 	for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
 		float cs, sn;
-		if (rtab) { /* one token: made by k_embed, the same expressions */
+		if (rtab) { /* one token: made by k_embed */
 			cs = rtab[i];
 			sn = rtab[half + i];
 		} else {
-			float fr = __fmul_rn((float)p, inv_freq[i]);
-			cs = __fmul_rn((float)cos((double)fr), ascale);
-			sn = __fmul_rn((float)sin((double)fr), ascale);
+			rope_cs(p, inv_freq[i], ascale, &cs, &sn);
 		}
 		float x1 = vec[i], x2 = vec[i + half];
 		if (bias) {
