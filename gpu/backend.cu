@@ -380,14 +380,8 @@ __global__ void k_bias(float *y, int64_t ld, const float *b, int64_t n, int64_t 
 #define KT_N (1u << 20)
 __device__ unsigned long long g_kt[KT_N][8];
 __device__ unsigned g_kt_n;
-__device__ __forceinline__ unsigned long long kt_now()
-{
-	unsigned long long t;
-	asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-	return t;
-}
-#define KT_DECL unsigned long long kt_[5] = {kt_now(), 0, 0, 0, 0}
-#define KT(i) (kt_[i] = kt_now())
+#define KT_DECL unsigned long long kt_[5] = {lq_globaltimer(), 0, 0, 0, 0}
+#define KT(i) (kt_[i] = lq_globaltimer())
 #define KT_END(kind, key)                                                                                   \
 	do {                                                                                                \
 		if (threadIdx.x == 0) {                                                                     \
@@ -401,18 +395,11 @@ __device__ __forceinline__ unsigned long long kt_now()
 	} while (0)
 static void kt_dump(void)
 {
-	const char *path = getenv("LQ_KT_TRACE");
 	unsigned n = 0;
-	unsigned long long(*h)[8] = (unsigned long long(*)[8])malloc(sizeof(unsigned long long) * 8 * KT_N);
-	FILE *f = path && h ? fopen(path, "wb") : NULL;
-	if (f && cudaDeviceSynchronize() == cudaSuccess && cudaMemcpyFromSymbol(&n, g_kt_n, 4) == cudaSuccess &&
-	    cudaMemcpyFromSymbol(h, g_kt, sizeof(unsigned long long) * 8 * KT_N) == cudaSuccess) {
-		fwrite(&n, 4, 1, f);
-		fwrite(h, sizeof(unsigned long long) * 8, KT_N, f);
-	}
-	if (f)
-		fclose(f);
-	free(h);
+	void *d = NULL;
+	if (cudaDeviceSynchronize() == cudaSuccess && cudaMemcpyFromSymbol(&n, g_kt_n, sizeof n) == cudaSuccess &&
+	    cudaGetSymbolAddress(&d, g_kt) == cudaSuccess)
+		lq_cuda_trace_write("LQ_KT_TRACE", &n, sizeof n, d, sizeof g_kt);
 }
 #else
 #define KT_DECL do { } while (0)

@@ -490,13 +490,10 @@ struct tc_parts {
 #define TC_TR_BLK 256
 #define TC_TR_EV 5
 __device__ unsigned long long g_tc_trace[TC_TR_SEQ * TC_TR_BLK * TC_TR_EV];
-#define TC_TR(ev)                                                                                          \
-	do {                                                                                               \
-		if (threadIdx.x == 0 && blockIdx.x < TC_TR_BLK) {                                          \
-			unsigned long long t_;                                                             \
-			asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_));                             \
-			g_tc_trace[((P.seq % TC_TR_SEQ) * TC_TR_BLK + blockIdx.x) * TC_TR_EV + (ev)] = t_; \
-		}                                                                                          \
+#define TC_TR(ev)                                                                                              \
+	do {                                                                                                   \
+		if (threadIdx.x == 0 && blockIdx.x < TC_TR_BLK)                                                \
+			g_tc_trace[((P.seq % TC_TR_SEQ) * TC_TR_BLK + blockIdx.x) * TC_TR_EV + (ev)] = lq_globaltimer(); \
 	} while (0)
 #else
 #define TC_TR(ev) do { } while (0)
@@ -784,21 +781,27 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 #ifdef TC_TRACE
 #include <stdio.h>
 #include <stdlib.h>
-static uint32_t g_tc_seq;
-static void tc_trace_dump(void)
+void lq_cuda_trace_write(const char *env, const void *hdr, size_t hb, const void *d_table, size_t bytes)
 {
-	const char *path = getenv("LQ_TC_TRACE");
-	size_t n = (size_t)TC_TR_SEQ * TC_TR_BLK * TC_TR_EV;
-	unsigned long long *h = (unsigned long long *)malloc(n * sizeof *h);
-	FILE *f = path && h ? fopen(path, "wb") : NULL;
-	if (f && cudaDeviceSynchronize() == cudaSuccess && cudaMemcpyFromSymbol(h, g_tc_trace, n * sizeof *h) == cudaSuccess) {
-		uint32_t hd[4] = {TC_TR_SEQ, TC_TR_BLK, TC_TR_EV, g_tc_seq};
-		fwrite(hd, sizeof hd, 1, f);
-		fwrite(h, sizeof *h, n, f);
+	const char *path = getenv(env);
+	void *h = path ? malloc(bytes) : NULL;
+	FILE *f = h ? fopen(path, "wb") : NULL;
+	if (f && cudaDeviceSynchronize() == cudaSuccess && cudaMemcpy(h, d_table, bytes, cudaMemcpyDeviceToHost) == cudaSuccess) {
+		fwrite(hdr, 1, hb, f);
+		fwrite(h, 1, bytes, f);
 	}
 	if (f)
 		fclose(f);
 	free(h);
+}
+
+static uint32_t g_tc_seq;
+static void tc_trace_dump(void)
+{
+	void *d = NULL;
+	uint32_t hd[4] = {TC_TR_SEQ, TC_TR_BLK, TC_TR_EV, g_tc_seq};
+	if (cudaGetSymbolAddress(&d, g_tc_trace) == cudaSuccess)
+		lq_cuda_trace_write("LQ_TC_TRACE", hd, sizeof hd, d, sizeof g_tc_trace);
 }
 #endif
 

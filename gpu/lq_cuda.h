@@ -238,6 +238,20 @@ static __device__ __forceinline__ float lq_dq_scale(float mapped, float nested, 
 {
 	return __fadd_rn(__fmul_rn(mapped, nested), offset);
 }
+
+#ifdef TC_TRACE
+/* Diagnostic builds only (make GPU_TRACE=1): the %globaltimer the decode
+ * kernels record, and the writer of a recorded table (gemv.cu): at exit,
+ * hb header bytes then the bytes of d_table to the file named by $env
+ * (nothing without it).  tests/gpu_trace.py reads the files. */
+static __device__ __forceinline__ unsigned long long lq_globaltimer(void)
+{
+	unsigned long long t;
+	asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+	return t;
+}
+void lq_cuda_trace_write(const char *env, const void *hdr, size_t hb, const void *d_table, size_t bytes);
+#endif
 #endif
 
 #endif
