@@ -604,11 +604,14 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	}
 
 	{
+		/* four codes per warp and step, each lane storing four lanes' copies
+		 * (one 16-byte store where there were four 4-byte ones): the table
+		 * build is on the critical path of every launch */
 		const uint32_t *tab = QT == LQ_QTYPE_NF4 ? g_nf4 : g_fp4;
-		for (int i = tid; i < 256 * 32; i += TC_THREADS) {
-			int e = i >> 5, l = i & 31;
-			*(uint32_t *)(lut + e * 256 + l * 4) =
-				lq_pack16<F16>(__uint_as_float(tab[e >> 4]), __uint_as_float(tab[e & 15]));
+		for (int e0 = warp * 4; e0 < 256; e0 += TC_WARPS * 4) {
+			const int e = e0 + (lane >> 3);
+			const uint32_t v = lq_pack16<F16>(__uint_as_float(tab[e >> 4]), __uint_as_float(tab[e & 15]));
+			*(uint4 *)(lut + e * 256 + (lane & 7) * 16) = make_uint4(v, v, v, v);
 		}
 		if (DQ)
 			for (int i = tid; i < 256; i += TC_THREADS)
