@@ -481,14 +481,15 @@ struct tc_parts {
 
 #ifdef TC_TRACE
 /* Diagnostic builds only (-DTC_TRACE): thread 0 of every block records
- * %globaltimer at entry, before and after the wait for the previous
- * kernel, after staging x and at exit, per launch (the seq-th launch_tc
+ * %globaltimer at entry, after issuing the first weight loads, after the
+ * table build (before the wait for the previous kernel), after the wait,
+ * after staging x and at exit, per launch (the seq-th launch_tc
  * call, modulo TC_TR_SEQ; graph replays overwrite their slots); the table
  * is written to $LQ_TC_TRACE at exit (make GPU_TRACE=1; tests/gpu_trace.py
  * reads it). */
 #define TC_TR_SEQ 1024
 #define TC_TR_BLK 256
-#define TC_TR_EV 5
+#define TC_TR_EV 6
 __device__ unsigned long long g_tc_trace[TC_TR_SEQ * TC_TR_BLK * TC_TR_EV];
 #define TC_TR(ev)                                                                                              \
 	do {                                                                                                   \
@@ -603,6 +604,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		}
 	}
 
+	TC_TR(1);
 	{
 		/* four codes per warp and step, each lane storing four lanes' copies
 		 * (one 16-byte store where there were four 4-byte ones): the table
@@ -617,12 +619,12 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			for (int i = tid; i < 256; i += TC_THREADS)
 				dmap[i] = __uint_as_float(g_dyn[i]);
 	}
-	TC_TR(1);
+	TC_TR(2);
 #if __CUDA_ARCH__ >= 900
 	cudaGridDependencySynchronize();
 	cudaTriggerProgrammaticLaunchCompletion();
 #endif
-	TC_TR(2);
+	TC_TR(3);
 	if (sizeof(XT) == 2) {
 		const uint4 *xv = (const uint4 *)x;
 		for (uint32_t i = tid; i < K / 8; i += TC_THREADS)
@@ -665,7 +667,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	}
 	__syncthreads();
 
-	TC_TR(3);
+	TC_TR(4);
 	/* math side: two spans at a time, in straight-line code */
 	uint32_t c_item = 0, c_left = m;
 	float acc_g = 0.0f, acc_g8 = 0.0f;
@@ -778,7 +780,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			}
 		}
 	}
-	TC_TR(4);
+	TC_TR(5);
 }
 
 #ifdef TC_TRACE

@@ -4,8 +4,9 @@ from a diagnostic build (make GPU_TRACE=1 BUILD=build-trace tests, then
 LQ_TC_TRACE=tc.bin LQ_KT_TRACE=kt.bin build-trace/tests/bench_gpu_run FILE.lq).
 
 TC file: %globaltimer per block of every tensor-core GEMV launch (entry,
-before / after the wait for the previous kernel, x staged, exit; the last
-graph replay of each launch).  KT file: the same for k_rope and k_attn,
+first weight loads issued, table built, after the wait for the previous
+kernel, x staged, exit; the last graph replay of each launch; files from
+before the "issued" stamp have the other five).  KT file: the same for k_rope and k_attn,
 keyed by the layer's K cache.  Prints, for the last decode step, each GEMV's
 times relative to the end of the GEMV before it, the mean per position in
 the layer (q/k/v, o, gate/up, down for the Llama shapes), and RoPE /
@@ -13,6 +14,7 @@ attention relative to the end of the q/k/v GEMV.  Needs numpy.
 Copyright (c) the libquant authors.  MIT license.
 """
 import sys
+import warnings
 
 import numpy as np
 
@@ -30,7 +32,10 @@ def gemv_run(path):
     i = len(rows) - 1  # the last run of launches less than 200 us apart
     while i > 0 and rows[i][0] - rows[i - 1][0] < 200e3:
         i -= 1
-    return [r[2] for r in rows[i:]]
+    run = [r[2] for r in rows[i:]]
+    if ev == 5:  # no "issued" stamp: a column of NaN in its place
+        run = [np.insert(b, 1, np.nan, axis=1) for b in run]
+    return run
 
 
 def main():
@@ -39,30 +44,37 @@ def main():
     run = gemv_run(sys.argv[1])
     if not run:
         sys.exit("gpu_trace.py: %s: no GEMV launches recorded" % sys.argv[1])
+    # stamps: 0 entry, 1 loads issued, 2 table built, 3 released, 4 x staged, 5 exit
     print("%d GEMV launches, %.1f us from the first entry to the last exit" %
-          (len(run), (max(b[:, 4].max() for b in run) - run[0][:, 0].min()) / 1e3))
-    print("us relative to the previous GEMV's last exit (x staged and exits relative to the first release):")
-    print("%4s %8s %8s %8s %8s %8s %8s %8s" % ("i", "entry0", "entryMed", "release", "xstaged", "exitMed", "exitMax", "period"))
+          (len(run), (max(b[:, 5].max() for b in run) - run[0][:, 0].min()) / 1e3))
+    print("us relative to the previous GEMV's last exit (x staged and exits relative to the first release);")
+    print("issued / prolog: a block's entry to its first loads issued / its table built (median);")
+    print("built: the last block's table built")
+    print("%4s %8s %8s %8s %8s %8s %8s %8s %8s %8s %8s" % ("i", "entry0", "entryMed", "issued", "prolog", "built",
+                                                        "release", "xstaged", "exitMed", "exitMax", "period"))
     prev, agg = None, {}
     for k, b in enumerate(run):
-        rel = b[:, 2].min()
+        rel = b[:, 3].min()
         pe = prev if prev is not None else b[:, 0].min()
-        v = ((b[:, 0].min() - pe), (np.median(b[:, 0]) - pe), (rel - pe), (np.median(b[:, 3]) - rel),
-             (np.median(b[:, 4]) - rel), (b[:, 4].max() - rel), (b[:, 4].max() - pe))
+        v = ((b[:, 0].min() - pe), (np.median(b[:, 0]) - pe), np.median(b[:, 1] - b[:, 0]),
+             np.median(b[:, 2] - b[:, 0]), (b[:, 2].max() - pe), (rel - pe), (np.median(b[:, 4]) - rel),
+             (np.median(b[:, 5]) - rel), (b[:, 5].max() - rel), (b[:, 5].max() - pe))
         v = tuple(x / 1e3 for x in v)
         if k < 8:
             print("%4d " % k + " ".join("%8.2f" % x for x in v))
         if prev is not None:
             agg.setdefault(k % 4, []).append(v)
-        prev = b[:, 4].max()
-    for m, v in sorted(agg.items()):
-        print("pos %d mean" % m + " ".join("%8.2f" % x for x in np.array(v).mean(0)))
+        prev = b[:, 5].max()
+    with warnings.catch_warnings():  # the NaN column of five-stamp files
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for m, v in sorted(agg.items()):
+            print("pos %d mean" % m + " ".join("%8.2f" % x for x in np.nanmean(np.array(v), 0)))
     if len(sys.argv) < 3:
         return
     k = open(sys.argv[2], 'rb').read()
     n = int(np.frombuffer(k[:4], dtype=np.uint32)[0])
     e = np.frombuffer(k[4:], dtype=np.uint64).reshape(-1, 8)[:n].astype(np.float64)
-    t0, t1 = run[0][:, 0].min(), max(b[:, 4].max() for b in run)
+    t0, t1 = run[0][:, 0].min(), max(b[:, 5].max() for b in run)
     e = e[(e[:, 2] >= t0) & (e[:, 2] <= t1)]
     res = []
     for key in sorted(set(e[:, 0])):
@@ -70,8 +82,8 @@ def main():
         at = e[(e[:, 0] == key) & (e[:, 7] == 2)]
         if not len(r) or not len(at):
             continue
-        qkv_end = max((b[:, 4].max() for b in run if b[:, 4].max() <= r[:, 3].min() + 1), default=np.nan)
-        o_rel = min((b[:, 2].min() for b in run if b[:, 2].min() > at[:, 2].min()), default=np.nan)
+        qkv_end = max((b[:, 5].max() for b in run if b[:, 5].max() <= r[:, 3].min() + 1), default=np.nan)
+        o_rel = min((b[:, 3].min() for b in run if b[:, 3].min() > at[:, 2].min()), default=np.nan)
         last = at[at[:, 6] > 0]
         v = [r[:, 2].min(), r[:, 3].min(), r[:, 4].max(), at[:, 2].min(), at[:, 3].min(), at[:, 3].max(),
              np.median(at[:, 4]), at[:, 4].max(), at[:, 5].max(), last[:, 6].max() if len(last) else np.nan, o_rel]

@@ -1,0 +1,39 @@
+#!/bin/sh
+# cli_gpu_trace.sh - tests/gpu_trace.py on synthetic trace files of the
+# layout the GPU_TRACE=1 build writes (the header, then per launch, block and
+# stamp a u64 %globaltimer): the timeline columns, older five-stamp files,
+# and a clear error for a file with nothing recorded.  Needs numpy.
+. "${LQ_ROOT:-.}/tests/lib.sh"
+cd "$LQ_ROOT" || exit 1
+if ! have_py numpy; then
+	echo "cli_gpu_trace.sh: skipped (needs python3 with numpy)"
+	finish
+	exit
+fi
+# launch k at 1 ms + 10 us * k; block j enters at +100 ns * j, issues its
+# loads 200 ns and has its table 1000 ns after entering, is released at
+# +1500 + 20 * j, stages x 500 ns later and exits at +8000 + 100 * j
+python3 - "$TMP" <<'PY' || bad "writing the synthetic trace files"
+import sys
+import numpy as np
+d = sys.argv[1]
+for ev, name in ((6, "tc6.bin"), (5, "tc5.bin"), (6, "empty.bin")):
+    a = np.zeros((4, 4, ev), dtype=np.uint64)
+    if name != "empty.bin":
+        for k in range(4):
+            t = 1000000 + 10000 * k
+            for j in range(4):
+                st = [t + 100 * j, t + 100 * j + 200, t + 100 * j + 1000, t + 1500 + 20 * j,
+                      t + 1500 + 20 * j + 500, t + 8000 + 100 * j]
+                a[k, j] = st if ev == 6 else st[:1] + st[2:]
+    with open(d + "/" + name, "wb") as f:
+        f.write(np.array([4, 4, ev, 4], dtype=np.uint32).tobytes() + a.tobytes())
+PY
+check "six stamps" python3 tests/gpu_trace.py "$TMP/tc6.bin"
+has "four launches" '^4 GEMV launches, 38\.3 us' "$TMP/out"
+has "second launch's row" '^ +1 +1\.70 +1\.85 +0\.20 +1\.00 +3\.00 +3\.20 +0\.53 +6\.65 +6\.80 +10\.00$' "$TMP/out"
+check "five stamps" python3 tests/gpu_trace.py "$TMP/tc5.bin"
+has "five stamps: no issued column" '^ +1 +1\.70 +1\.85 +nan +1\.00 +3\.00 +3\.20 +0\.53 +6\.65 +6\.80 +10\.00$' "$TMP/out"
+fails "nothing recorded" 1 'empty\.bin: no GEMV launches recorded' python3 tests/gpu_trace.py "$TMP/empty.bin"
+fails "no arguments" 1 'usage: gpu_trace\.py' python3 tests/gpu_trace.py
+finish
