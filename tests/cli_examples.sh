@@ -174,6 +174,30 @@ if command -v python3 >/dev/null || command -v setsid >/dev/null; then
 		check "interrupt ($what): make then finishes the job" report_ok "$O" tiny
 	done
 	check "interrupts happened before the end" [ $interrupted -ge 2 ]
+
+	# a second TERM while a recipe cleans up (make passes a TERM on to its children, so a
+	# recipe killed with its group may get two): the clean-up still removes the temporary.
+	# rm is made slow so that the second signal lands during it.
+	mkdir -p "$T/slowrm" "$T/trap2"
+	printf '#!/bin/sh\nsleep 0.5\nexec %s "$@"\n' "$(command -v rm)" >"$T/slowrm/rm"
+	chmod +x "$T/slowrm/rm"
+	rm -f "$T/pid"
+	spawn "$T/pid" env PATH="$T/slowrm:$PATH" make -C "$EX" --no-print-directory BIN="$LQ_BIN" \
+		OUT="$T/trap2" --eval '$(OUT)/slow: ; @$(tmp) sleep 5 $(commit)' "$T/trap2/slow" >"$T/ilog" 2>&1 &
+	_i=0
+	while [ ! -s "$T/pid" ] && [ $_i -lt 100 ]; do sleep 0.05; _i=$((_i + 1)); done
+	MK_PID=$(cat "$T/pid")
+	_i=0 # the recipe has started when its temporary exists
+	while [ -z "$(find "$T/trap2" -name 'slow.tmp.*' 2>/dev/null)" ] && [ $_i -lt 100 ]; do sleep 0.05; _i=$((_i + 1)); done
+	kill -s TERM -- "-$MK_PID" 2>/dev/null
+	sleep 0.25
+	kill -s TERM -- "-$MK_PID" 2>/dev/null
+	wait
+	_i=0
+	while kill -0 -- "-$MK_PID" 2>/dev/null && [ $_i -lt 200 ]; do sleep 0.05; _i=$((_i + 1)); done
+	MK_PID=
+	check "two TERMs: no temporary left" sh -c 'left=$(find "$1" -name "slow*" 2>/dev/null)
+[ -z "$left" ] || { echo "left: $left" >&2; exit 1; }' sh "$T/trap2"
 else
 	echo "skipping the interruption tests: neither python3 nor setsid"
 fi
