@@ -27,7 +27,9 @@ command -v bible >/dev/null 2>&1 || {
 mkdir -p "$train_dir"
 tmp_train="$train_dir/train.txt.tmp"
 tmp_held="$here/heldout.txt.tmp"
-trap 'rm -f "$tmp_train" "$tmp_held"' EXIT
+# removed on failure and on ^C / TERM too (further signals ignored during the clean-up)
+trap 'trap "" HUP INT TERM; rm -f "$tmp_train" "$tmp_held"' EXIT
+trap 'exit 130' HUP INT TERM
 # -l: no line wrapping (pretty mode otherwise wraps at 79 columns)
 LC_ALL=C bible -l 1000000 Gen1:1-Rev22:21 | LC_ALL=C awk -v train="$tmp_train" -v held="$tmp_held" '
 function flush() {
@@ -51,5 +53,5 @@ END {
 }'
 mv "$tmp_train" "$train_dir/train.txt"
 mv "$tmp_held" "$here/heldout.txt"
-trap - EXIT
+trap - EXIT HUP INT TERM
 wc -c "$train_dir/train.txt" "$here/heldout.txt" >&2
