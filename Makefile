@@ -45,6 +45,9 @@ NVCCFLAGS ?= -O3 -std=c++17 $(CUARCH) -Xcompiler -fPIC,-Wall -Ilibquant -Igpu
 ifeq ($(GPU_TRACE),1)
 NVCCFLAGS += -DTC_TRACE
 endif
+# GPU_DEFS="-DTC_DEPTH=1 ...": compile-time knobs of gpu/*.cu for an A/B build
+# (its own BUILD directory; tests/ab-gpu compares two builds)
+NVCCFLAGS += $(GPU_DEFS)
 
 # ---------------------------------------------------------------- sources
 LIB_SRC := $(sort $(wildcard libquant/*.c formats/*.c))

@@ -1,12 +1,18 @@
 #!/bin/sh
-# cli_gpu_trace.sh - tests/gpu_trace.py on synthetic trace files of the
-# layout the GPU_TRACE=1 build writes (the header, then per launch, block and
-# stamp a u64 %globaltimer): the timeline columns, older five-stamp files,
-# and a clear error for a file with nothing recorded.  Needs numpy.
+# cli_gpu_tools.sh - the GPU diagnostics scripts without a GPU:
+# tests/ab-gpu's argument checks, and tests/gpu_trace.py on synthetic trace
+# files of the layout the GPU_TRACE=1 build writes (the header, then per
+# launch, block and stamp a u64 %globaltimer): the timeline columns, older
+# five-stamp files, and a clear error for a file with nothing recorded (those
+# need numpy).
 . "${LQ_ROOT:-.}/tests/lib.sh"
 cd "$LQ_ROOT" || exit 1
+fails "ab-gpu: no arguments" 2 '^usage: ab-gpu' tests/ab-gpu
+fails "ab-gpu: bad round count" 2 "ROUNDS must be a positive integer, not 'x'" tests/ab-gpu /dev/null "$LQ_BUILD" "$LQ_BUILD" x
+fails "ab-gpu: unreadable file" 1 "$TMP/none\.lq: cannot read" tests/ab-gpu "$TMP/none.lq" "$LQ_BUILD" "$LQ_BUILD"
+fails "ab-gpu: missing build" 1 "$TMP/nobuild/tests/bench_gpu_run: missing" tests/ab-gpu /dev/null "$LQ_BUILD" "$TMP/nobuild"
 if ! have_py numpy; then
-	echo "cli_gpu_trace.sh: skipped (needs python3 with numpy)"
+	echo "cli_gpu_tools.sh: gpu_trace.py checks skipped (needs python3 with numpy)"
 	finish
 	exit
 fi
