@@ -124,6 +124,20 @@ os.execvp(sys.argv[2], sys.argv[2:])' "$@"
 		setsid sh -c 'echo $$ >"$0.t"; mv "$0.t" "$0"; exec "$@"' "$_p" "$@"
 	fi
 }
+group_started() { # PIDFILE: wait for spawn's pid file, MK_PID = the group
+	_i=0
+	while [ ! -s "$1" ] && [ $_i -lt 100 ]; do sleep 0.05; _i=$((_i + 1)); done
+	MK_PID=$(cat "$1")
+}
+group_gone() { # wait until every process of the group MK_PID has left
+	_i=0
+	while kill -0 -- "-$MK_PID" 2>/dev/null && [ $_i -lt 200 ]; do sleep 0.05; _i=$((_i + 1)); done
+	MK_PID=
+}
+none_left() { # DESC DIR NAME: no file NAME (a find -name pattern) under DIR
+	check "$1" sh -c 'left=$(find "$1" -name "$2" 2>/dev/null)
+[ -z "$left" ] || { echo "left: $left" >&2; exit 1; }' sh "$2" "$3"
+}
 if command -v python3 >/dev/null || command -v setsid >/dev/null; then
 	trial=0
 	interrupted=0
@@ -136,17 +150,13 @@ if command -v python3 >/dev/null || command -v setsid >/dev/null; then
 		rm -f "$T/pid"
 		spawn "$T/pid" timeout --foreground -k 5 300 make -C "$EX" --no-print-directory $jobs BIN="$LQ_BIN" \
 			OUT="$O" PPL_BYTES=$PPL >"$T/ilog" 2>&1 &
-		_i=0
-		while [ ! -s "$T/pid" ] && [ $_i -lt 100 ]; do sleep 0.05; _i=$((_i + 1)); done
-		MK_PID=$(cat "$T/pid")
+		group_started "$T/pid"
 		sleep "$delay"
 		kill -s "$sig" -- "-$MK_PID" 2>/dev/null
 		wait
 		# make may exit before its children have finished their own clean-up
 		# (each removes its temporary on the signal): wait for the whole group
-		_i=0
-		while kill -0 -- "-$MK_PID" 2>/dev/null && [ $_i -lt 200 ]; do sleep 0.05; _i=$((_i + 1)); done
-		MK_PID=
+		group_gone
 		what="$sig after ${delay}s${jobs:+ ($jobs)}"
 		[ -e "$O/tiny.report.md" ] || interrupted=$((interrupted + 1))
 		[ -n "$DEBUG" ] && { echo "== $spec"; tail -n 2 "$T/ilog"; ls "$O"; } >&2
@@ -168,8 +178,7 @@ if command -v python3 >/dev/null || command -v setsid >/dev/null; then
 			bad=1; echo "partial: report.md" >&2
 		fi
 		check "interrupt ($what): no partial target" [ $bad -eq 0 ]
-		check "interrupt ($what): no temporary left" sh -c 'left=$(find "$1" -name "*.tmp*" 2>/dev/null)
-[ -z "$left" ] || { echo "left: $left" >&2; exit 1; }' sh "$O"
+		none_left "interrupt ($what): no temporary left" "$O" "*.tmp*"
 		mk "$O" >/dev/null 2>&1
 		check "interrupt ($what): make then finishes the job" report_ok "$O" tiny
 	done
@@ -184,20 +193,15 @@ if command -v python3 >/dev/null || command -v setsid >/dev/null; then
 	rm -f "$T/pid"
 	spawn "$T/pid" env PATH="$T/slowrm:$PATH" make -C "$EX" --no-print-directory BIN="$LQ_BIN" \
 		OUT="$T/trap2" --eval '$(OUT)/slow: ; @$(tmp) sleep 5 $(commit)' "$T/trap2/slow" >"$T/ilog" 2>&1 &
-	_i=0
-	while [ ! -s "$T/pid" ] && [ $_i -lt 100 ]; do sleep 0.05; _i=$((_i + 1)); done
-	MK_PID=$(cat "$T/pid")
+	group_started "$T/pid"
 	_i=0 # the recipe has started when its temporary exists
 	while [ -z "$(find "$T/trap2" -name 'slow.tmp.*' 2>/dev/null)" ] && [ $_i -lt 100 ]; do sleep 0.05; _i=$((_i + 1)); done
 	kill -s TERM -- "-$MK_PID" 2>/dev/null
 	sleep 0.25
 	kill -s TERM -- "-$MK_PID" 2>/dev/null
 	wait
-	_i=0
-	while kill -0 -- "-$MK_PID" 2>/dev/null && [ $_i -lt 200 ]; do sleep 0.05; _i=$((_i + 1)); done
-	MK_PID=
-	check "two TERMs: no temporary left" sh -c 'left=$(find "$1" -name "slow*" 2>/dev/null)
-[ -z "$left" ] || { echo "left: $left" >&2; exit 1; }' sh "$T/trap2"
+	group_gone
+	none_left "two TERMs: no temporary left" "$T/trap2" "slow*"
 else
 	echo "skipping the interruption tests: neither python3 nor setsid"
 fi
