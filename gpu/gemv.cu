@@ -440,11 +440,23 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
 #define TC_SPAN 128        /* elements of K per warp step */
 #define TC_CH 8            /* work items between two reductions of their partial sums */
 
-/* The table must start at a multiple of 64 KiB of the shared window, so
- * the request leaves room to align it. */
-static size_t tc_smem(uint64_t K)
+/*
+ * Shared memory: the table must start at a multiple of 64 KiB of the shared
+ * window.  The rest (dynamic map, partial sums, x: tc_rest bytes) goes below
+ * it when the room that the alignment leaves there holds it, else above it.
+ * Dynamic shared memory starts after the `reserved` bytes the system keeps at
+ * the window's start (1 KB on sm_90), so the request is what that layout
+ * needs and no more: a smaller request measured faster (BENCHMARKS.md).
+ */
+__host__ __device__ static inline uint32_t tc_rest(uint64_t K)
 {
-	return 2 * TC_LUT_BYTES + 256 * 4 + TC_CH * TC_WARPS * 16 * 4 + (size_t)K * 2;
+	return 256 * 4 + TC_CH * TC_WARPS * 16 * 4 + (uint32_t)K * 2;
+}
+
+static size_t tc_smem(uint64_t K, int reserved)
+{
+	const size_t front = (TC_LUT_BYTES - (size_t)reserved % TC_LUT_BYTES) % TC_LUT_BYTES, rest = tc_rest(K);
+	return front >= rest ? front + TC_LUT_BYTES : front + TC_LUT_BYTES + rest;
 }
 
 /* The pair for byte k of word w from this lane's copy of the table: lut4 is
@@ -521,7 +533,14 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(tc_sm);
 	const uint32_t lut_s = (sbase + TC_LUT_BYTES - 1) & ~(uint32_t)(TC_LUT_BYTES - 1);
 	uint8_t *lut = tc_sm + (lut_s - sbase);
-	float *dmap = (float *)(lut + TC_LUT_BYTES);
+	const uint32_t rest = tc_rest(K);
+	float *dmap = (float *)(lut_s - sbase >= rest ? tc_sm : lut + TC_LUT_BYTES); /* tc_smem's layout */
+	{
+		uint32_t dsz;
+		asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dsz));
+		if ((uint32_t)((uint8_t *)dmap - tc_sm) + rest > dsz || lut_s + TC_LUT_BYTES > sbase + dsz)
+			__trap(); /* the window does not start where launch_tc assumed */
+	}
 	float *red = dmap + 256; /* [TC_CH][TC_WARPS][16] */
 	uint32_t *xs = (uint32_t *)(red + TC_CH * TC_WARPS * 16);
 
@@ -821,14 +840,15 @@ static void tc_trace_dump(void)
 }
 #endif
 
-static cudaError_t tc_device(int *sms, int *major, int *optin)
+static cudaError_t tc_device(int *sms, int *major, int *optin, int *reserved)
 {
 	int dev = 0;
 	cudaError_t e;
 	if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
 	    (e = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess ||
 	    (e = cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess ||
-	    (e = cudaDeviceGetAttribute(optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess)
+	    (e = cudaDeviceGetAttribute(optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess ||
+	    (e = cudaDeviceGetAttribute(reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev)) != cudaSuccess)
 		return e;
 	return cudaSuccess;
 }
@@ -840,11 +860,11 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 		     cudaStream_t st, int grid_max, const struct lq_gemv_fuse *fu)
 {
 	auto kern = k_gemv_tc<QT, DQ, F16, XT>;
-	size_t smem = tc_smem(K);
-	int sms = 0, major = 0, optin = 0, per_sm = 0;
+	int sms = 0, major = 0, optin = 0, reserved = 0, per_sm = 0;
 	cudaError_t e;
-	if ((e = tc_device(&sms, &major, &optin)) != cudaSuccess)
+	if ((e = tc_device(&sms, &major, &optin, &reserved)) != cudaSuccess)
 		return (int)e;
+	size_t smem = tc_smem(K, reserved);
 	if (major < 8 || smem > (size_t)optin)
 		return (int)cudaErrorNotSupported;
 	if ((e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)) != cudaSuccess ||
@@ -1018,14 +1038,14 @@ extern "C" int lq_cuda_gemv_fused(const struct lq_cuda_qweight *const *ws, float
 
 extern "C" int lq_cuda_tiles_ok(const struct lq_qparams *p, uint64_t N, uint64_t K)
 {
-	int sms = 0, major = 0, optin = 0;
+	int sms = 0, major = 0, optin = 0, reserved = 0;
 	if (!p || (p->qtype != LQ_QTYPE_NF4 && p->qtype != LQ_QTYPE_FP4) || p->block_size < 64 ||
 	    p->block_size > LQ_QBLOCK_MAX || (p->block_size & (p->block_size - 1)) || N == 0 || K == 0 ||
 	    K % TC_SPAN || N > UINT32_MAX / 2 || K > UINT32_MAX / 2 || (N + 15) / 16 > UINT32_MAX / 4)
 		return 0;
-	if (tc_device(&sms, &major, &optin) != cudaSuccess)
+	if (tc_device(&sms, &major, &optin, &reserved) != cudaSuccess)
 		return 0;
-	return major >= 8 && tc_smem(K) <= (size_t)optin;
+	return major >= 8 && tc_smem(K, reserved) <= (size_t)optin;
 }
 
 extern "C" void lq_cuda_tiles_size(const struct lq_qparams *p, uint64_t N, uint64_t K, uint64_t *data_bytes,

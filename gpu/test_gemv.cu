@@ -487,6 +487,9 @@ int main(void)
 			/* several work items per block, across the parts and a partial tile */
 			if (q != LQ_QTYPE_INT8 && mode >= LQ_GEMV_BF16)
 				test_multi(q, 1, mode, 512, 40001);
+			/* a K whose shared-memory staging no longer fits below the table */
+			if (q == LQ_QTYPE_NF4 && mode == LQ_GEMV_BF16)
+				test_multi(q, 1, mode, 32768, 100);
 		}
 	for (int q = LQ_QTYPE_NF4; q <= LQ_QTYPE_FP4; q++)
 		for (int mode = LQ_GEMV_BF16; mode <= LQ_GEMV_F16; mode++) {
