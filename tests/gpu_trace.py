@@ -5,9 +5,9 @@ LQ_TC_TRACE=tc.bin LQ_KT_TRACE=kt.bin build-trace/tests/bench_gpu_run FILE.lq).
 
 TC file: %globaltimer per block of every tensor-core GEMV launch (entry,
 the first half of the first weight loads issued, table built and the other
-half issued, after the wait for the previous
-kernel, x staged, exit; the last graph replay of each launch; files from
-before the "issued" stamp have the other five).  KT file: the same for k_rope and k_attn,
+half issued, after the wait for the previous kernel, x staged, exit; the
+last graph replay of each launch; files from before the "issued" stamp have
+the other five).  KT file: the same for k_rope and k_attn,
 keyed by the layer's K cache.  Prints, for the last decode step, each GEMV's
 times relative to the end of the GEMV before it, the mean per position in
 the layer (q/k/v, o, gate/up, down for the Llama shapes), and RoPE /
