@@ -17,7 +17,8 @@
  * copy's read + written figure, i.e. with the card's copy bandwidth.  Each
  * case rotates through enough copies of the weight (and of the copy buffers)
  * to touch at least 4 x 60 MB between two uses of one copy, so L2 never holds
- * the data; each timing is a CUDA graph of ITERS calls replayed REPS times
+ * the data (--l2: one copy, so L2 holds the shapes that fit in it: what the
+ * kernel does when memory is not what limits it); each timing is a CUDA graph of ITERS calls replayed REPS times
  * after one warm-up replay, timed with CUDA events; the best replay counts.
  * The weights are random codes generated on the GPU (speed does not depend
  * on the values).
@@ -109,6 +110,8 @@ int main(int argc, char **argv)
 	int sweep = argc > 1 && strcmp(argv[1], "--sweep") == 0;
 	/* --once: one plain launch per shape and qtype, nothing timed (for a profiler) */
 	int once = argc > 1 && strcmp(argv[1], "--once") == 0;
+	/* --l2: one copy of each weight, so L2 holds the shapes that fit in it */
+	int l2 = argc > 1 && strcmp(argv[1], "--l2") == 0;
 	cudaDeviceProp prop;
 	CU(cudaGetDeviceProperties(&prop, 0));
 	time_t now = time(NULL);
@@ -131,6 +134,8 @@ int main(int argc, char **argv)
 			int copies = (int)((4 * 60e6) / (double)bytes) + 1;
 			if (copies < 2)
 				copies = 2;
+			if (l2)
+				copies = 1;
 			struct copyw *cw = (struct copyw *)calloc((size_t)copies, sizeof *cw);
 			for (int c = 0; c < copies; c++) {
 				CU(cudaMalloc(&cw[c].data, db));
