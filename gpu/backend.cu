@@ -7,13 +7,14 @@
  *
  * Weights are uploaded once, as stored in the LQ file (packed codes, scales,
  * nested scales; unquantized tensors in their dtype), through two pinned
- * staging buffers with asynchronous copies.  Activations and the KV cache are
- * float32 buffers; with bf16 or fp16 compute, the inputs of every product
- * (the normalized hidden states, q, the KV cache, the attention output, the
- * gated MLP activation) are rounded to the compute dtype, as the tensors a
+ * staging buffers with asynchronous copies.  Activations are float32
+ * buffers; with bf16 or fp16 compute, the inputs of every product (the
+ * normalized hidden states, q, the KV cache, the attention output, the gated
+ * MLP activation) are rounded to the compute dtype, as the tensors a
  * bf16/fp16 forward multiplies, while the residual stream, biases, RoPE,
- * softmax and all sums stay float32 (as llama.cpp keeps them).  With fp32
- * the GPU computes what the CPU runtime does.
+ * softmax and all sums stay float32 (as llama.cpp keeps them); the KV cache
+ * holds its rounded values in the compute dtype (half the bytes of float32).
+ * With fp32 the GPU computes what the CPU runtime does.
  *
  * Matmuls: one token (decode) uses the fused dequant-GEMV of gemv.cu (exact
  * code values at fp32, bf16-rounded codes otherwise) or a dense GEMV for
@@ -194,6 +195,15 @@ __device__ __forceinline__ void pdl_wait()
 }
 
 __device__ __forceinline__ int64_t cur_pos(const int64_t *d_pos, int64_t pos) { return d_pos ? *d_pos : pos; }
+
+/* KV cache entries: float at fp32 compute, else the compute dtype (the
+ * values k_rope stores are rounded to it already, so nothing is lost). */
+__device__ __forceinline__ float kv_ld(const float *p) { return *p; }
+__device__ __forceinline__ float kv_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float kv_ld(const __half *p) { return __half2float(*p); }
+__device__ __forceinline__ void kv_st(float *p, float v) { *p = v; }
+__device__ __forceinline__ void kv_st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void kv_st(__half *p, float v) { *p = __float2half_rn(v); }
 
 /* RoPE's cos and sin of position p for frequency f, times ascale (the
  * double-precision cos / sin rounded to float): k_embed's per-step table and
@@ -414,9 +424,10 @@ static void kt_dump(void)
  * sin of the position that k_embed made for this step (one token);
  * without it they are computed here (double-precision cos and sin).
  */
+template <typename CT>
 __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *v, int64_t vs, int64_t H,
 		       int64_t KV, int64_t hd, int64_t rot, const float *inv_freq, float ascale,
-		       const int64_t *d_pos, int64_t pos, float *kc, float *vc, int64_t kvdim, int cd,
+		       const int64_t *d_pos, int64_t pos, CT *kc, CT *vc, int64_t kvdim, int cd,
 		       const float *qb, const float *kb, const float *vb, const float *rtab)
 {
 	KT_DECL;
@@ -430,7 +441,13 @@ __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *
 	const bool isq = hh < H;
 	const int64_t kh = hh - H;
 	float *vec = isq ? q + t * qs + hh * hd : k + t * ks + kh * hd;
-	float *dst = isq ? vec : kc + p * kvdim + kh * hd;
+	CT *kd = isq ? nullptr : kc + p * kvdim + kh * hd;
+	auto put = [&](int64_t i, float x) {
+		if (isq)
+			vec[i] = x;
+		else
+			kv_st(kd + i, x);
+	};
 	const float *bias = isq ? (qb ? qb + hh * hd : nullptr) : (kb ? kb + kh * hd : nullptr);
 	const int64_t half = rot / 2;
 	for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
@@ -446,16 +463,16 @@ __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *
 			x1 += bias[i];
 			x2 += bias[i + half];
 		}
-		dst[i] = rnd(x1 * cs - x2 * sn, cd);
-		dst[i + half] = rnd(x2 * cs + x1 * sn, cd);
+		put(i, rnd(x1 * cs - x2 * sn, cd));
+		put(i + half, rnd(x2 * cs + x1 * sn, cd));
 	}
 	for (int64_t i = rot + threadIdx.x; i < hd; i += blockDim.x) /* past the rotary dims */
-		dst[i] = rnd(bias ? vec[i] + bias[i] : vec[i], cd);
+		put(i, rnd(bias ? vec[i] + bias[i] : vec[i], cd));
 	if (!isq) {
-		float *vd = vc + p * kvdim + kh * hd;
+		CT *vd = vc + p * kvdim + kh * hd;
 		const float *vsrc = v + t * vs + kh * hd, *vbh = vb ? vb + kh * hd : nullptr;
 		for (int64_t i = threadIdx.x; i < hd; i += blockDim.x)
-			vd[i] = rnd(vbh ? vsrc[i] + vbh[i] : vsrc[i], cd);
+			kv_st(vd + i, rnd(vbh ? vsrc[i] + vbh[i] : vsrc[i], cd));
 	}
 	KT(2);
 	KT_END(1, kc);
@@ -520,7 +537,8 @@ __device__ void attn_merge(const float *part, float *out, int64_t H, int64_t hd,
  * last block of the splits to finish (counted in cnt[t * H + h], which it
  * resets) merges them into out.
  */
-__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t qs, const float *kc, const float *vc,
+template <typename CT>
+__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t qs, const CT *kc, const CT *vc,
 						      float *out, float *part, int *cnt, int64_t H, int64_t grp,
 						      int64_t hd, int64_t kvdim, int64_t window, float scale,
 						      float cap, const int64_t *d_pos, int64_t pos, int cd)
@@ -548,15 +566,15 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 	}
 	float m = -INFINITY, l = 0.0f;
 	for (int64_t j = j0 + warp; j < j1; j += ATT_WARPS) {
-		const float *kv = kc + j * kvdim + kvh * hd;
-		const float *vv = vc + j * kvdim + kvh * hd;
+		const CT *kv = kc + j * kvdim + kvh * hd;
+		const CT *vv = vc + j * kvdim + kvh * hd;
 		float s = 0.0f, vr[ATT_MAXE];
 #pragma unroll
 		for (int e = 0; e < ATT_MAXE; e++) {
 			int64_t d = lane + 32 * e;
-			vr[e] = d < hd ? vv[d] : 0.0f;
+			vr[e] = d < hd ? kv_ld(vv + d) : 0.0f;
 			if (d < hd)
-				s = fmaf(qr[e], kv[d], s);
+				s = fmaf(qr[e], kv_ld(kv + d), s);
 		}
 		for (int o = 16; o; o >>= 1)
 			s += __shfl_xor_sync(0xffffffffu, s, o);
@@ -637,8 +655,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
  * rows rq and rq + 16: it scores keys u and u + 16 of each tile for both
  * (2 x 2 dot products share their loads) and accumulates output dims u,
  * u + 16, ... for both, so each value read from shared memory feeds two or
- * more FMAs.  float32 throughout, as k_attn; causal, sliding window and
- * soft-capping as there.
+ * more FMAs.  float32 throughout (the cache's entries widened), as k_attn;
+ * causal, sliding window and soft-capping as there.
  */
 #define FA_Q 32
 #define FA_K 32
@@ -647,9 +665,9 @@ static size_t fa_smem(int64_t hd)
 {
 	return ((size_t)(FA_Q + 2 * FA_K) * (size_t)(hd + 4) + (size_t)FA_Q * (FA_K + 1)) * sizeof(float);
 }
-template <int EM> /* head_dim <= 16 * EM */
-__global__ void __launch_bounds__(FA_THREADS, 2) k_attn_tiled(const float *q, int64_t qs, const float *kc,
-							      const float *vc, float *out, int64_t H, int64_t grp,
+template <int EM, typename CT> /* head_dim <= 16 * EM */
+__global__ void __launch_bounds__(FA_THREADS, 2) k_attn_tiled(const float *q, int64_t qs, const CT *kc,
+							      const CT *vc, float *out, int64_t H, int64_t grp,
 							      int64_t hd, int64_t kvdim, int64_t window, float scale,
 							      float cap, int64_t pos, int64_t n, int cd)
 {
@@ -681,8 +699,8 @@ __global__ void __launch_bounds__(FA_THREADS, 2) k_attn_tiled(const float *q, in
 			int kj = i / ihd, d = i - kj * ihd;
 			int64_t j = k0 + kj;
 			bool ok = j <= pmax;
-			Ks[kj * ld + d] = ok ? kc[j * kvdim + kvh * hd + d] : 0.0f;
-			Vs[kj * ld + d] = ok ? vc[j * kvdim + kvh * hd + d] : 0.0f;
+			Ks[kj * ld + d] = ok ? kv_ld(kc + j * kvdim + kvh * hd + d) : 0.0f;
+			Vs[kj * ld + d] = ok ? kv_ld(vc + j * kvdim + kvh * hd + d) : 0.0f;
 		}
 		__syncthreads();
 		/* s[a][b]: query rq + 16 a, key u + 16 b */
@@ -778,8 +796,8 @@ __global__ void __launch_bounds__(FA_THREADS, 2) k_attn_tiled(const float *q, in
  * takes TA_Q = 64 queries of one head, each warp 16 of them, and walks the
  * visible keys in tiles of TA_K = 64, flash-attention style.  K and V are
  * staged in shared memory in the compute dtype (V transposed, so that a B
- * operand register is two adjacent elements); Q, K and V hold values of
- * that dtype already (k_rope rounds them), so S = Q K^T takes exact
+ * operand register is two adjacent elements); Q holds values of that
+ * dtype (k_rope rounds them) and the cache is in it, so S = Q K^T takes exact
  * products with fp32 accumulation (mma.m16n8k16).  The online softmax runs
  * in fp32 on the S fragment (scale, soft-capping, causal and sliding-window
  * masks as k_attn); the probabilities are rounded to the compute dtype for
@@ -798,7 +816,7 @@ static bool ta_ok(int64_t hd) { return hd % 16 == 0 && hd <= 256; }
 __device__ __forceinline__ uint32_t ta_ld(const uint16_t *p) { return *(const uint32_t *)p; }
 
 template <bool F16, int NT> /* head_dim <= 8 * NT */
-__global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t qs, const float *kc, const float *vc,
+__global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t qs, const uint16_t *kc, const uint16_t *vc,
 							 float *out, int64_t H, int64_t grp, int64_t hd, int64_t kvdim,
 							 int64_t window, float scale, float cap, int64_t pos, int64_t n,
 							 int cd, void *out16)
@@ -835,13 +853,13 @@ __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t 
 		for (int i = tid; i < TA_K * h4; i += TA_THREADS) {
 			int kj = i / h4, d = (i - kj * h4) * 4;
 			int64_t j = k0 + kj;
-			float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
+			uint2 kv = make_uint2(0u, 0u), vv = kv; /* the cache holds the compute dtype */
 			if (j <= pmax) {
-				kv = *(const float4 *)(kc + j * kvdim + kvh * hd + d);
-				vv = *(const float4 *)(vc + j * kvdim + kvh * hd + d);
+				kv = *(const uint2 *)(kc + j * kvdim + kvh * hd + d);
+				vv = *(const uint2 *)(vc + j * kvdim + kvh * hd + d);
 			}
-			*(uint2 *)(Ks + kj * ld + d) = make_uint2(lq_pack16<F16>(kv.x, kv.y), lq_pack16<F16>(kv.z, kv.w));
-			uint32_t v01 = lq_pack16<F16>(vv.x, vv.y), v23 = lq_pack16<F16>(vv.z, vv.w);
+			*(uint2 *)(Ks + kj * ld + d) = kv;
+			uint32_t v01 = vv.x, v23 = vv.y;
 			Vt[(d + 0) * vld + kj] = (uint16_t)v01;
 			Vt[(d + 1) * vld + kj] = (uint16_t)(v01 >> 16);
 			Vt[(d + 2) * vld + kj] = (uint16_t)v23;
@@ -950,10 +968,20 @@ __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t 
 
 /* The prefill attention kernels for a head size (and compute dtype): the
  * instances prefill launches and whose shared memory prepare sets. */
-static decltype(&k_attn_tiled<4>) fa_kernel(int64_t hd)
+template <typename CT>
+static decltype(&k_attn_tiled<4, CT>) fa_kernel(int64_t hd)
 {
-	return hd <= 64 ? k_attn_tiled<4> : hd <= 128 ? k_attn_tiled<8> : k_attn_tiled<16>;
+	return hd <= 64 ? k_attn_tiled<4, CT> : hd <= 128 ? k_attn_tiled<8, CT> : k_attn_tiled<16, CT>;
 }
+/* The shared memory of the instance that compute dtype cd launches. */
+static cudaError_t fa_prepare(int64_t hd, int cd)
+{
+	const void *f = cd == LQ_COMPUTE_F32   ? (const void *)fa_kernel<float>(hd)
+			: cd == LQ_COMPUTE_F16 ? (const void *)fa_kernel<__half>(hd)
+					       : (const void *)fa_kernel<__nv_bfloat16>(hd);
+	return cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)fa_smem(hd));
+}
+
 static decltype(&k_attn_tc<false, 8>) ta_kernel(int64_t hd, int cd)
 {
 	if (cd == LQ_COMPUTE_F16)
@@ -1342,7 +1370,8 @@ struct gstate {
 	float *h_inv;          /* host copy of what is on the device */
 	int64_t inv_len;       /* sequence length inv_freq was computed for (-1: none) */
 	float ascale;
-	float *kv;             /* [nl][2][cap][kvdim] */
+	void *kv;              /* [nl][2][cap][kvdim] of kv_es bytes: the compute dtype (float at fp32) */
+	size_t kv_es;
 	int64_t cap;
 	float *x, *h, *o, *qkv, *att, *gu, *g, *part, *logits;
 	int *acnt;             /* [H] split counters of decode attention, then k_argmax's */
@@ -1404,8 +1433,8 @@ static cudaError_t launch_k(gstate *g, void (*k)(P...), dim3 grid, dim3 block, A
 	return launch_ks(g, k, grid, block, 0, std::forward<A>(args)...);
 }
 
-static float *layer_kc(gstate *g, int64_t l) { return g->kv + (uint64_t)l * 2 * g->cap * g->kvdim; }
-static float *layer_vc(gstate *g, int64_t l) { return layer_kc(g, l) + (uint64_t)g->cap * g->kvdim; }
+static void *layer_kc(gstate *g, int64_t l) { return (uint8_t *)g->kv + (uint64_t)l * 2 * g->cap * g->kvdim * g->kv_es; }
+static void *layer_vc(gstate *g, int64_t l) { return (uint8_t *)layer_kc(g, l) + (uint64_t)g->cap * g->kvdim * g->kv_es; }
 
 /* ------------------------------------------------------------- loading */
 
@@ -1738,18 +1767,19 @@ static int ensure_cache(gstate *g, int64_t need, struct lq_error *err)
 	if (cap > g->max_ctx)
 		cap = g->max_ctx;
 	void *nk;
-	int rc = dmalloc(&nk, (uint64_t)g->nl * 2 * cap * g->kvdim * sizeof(float), "the KV cache", err);
+	const uint64_t row = (uint64_t)g->kvdim * g->kv_es;
+	int rc = dmalloc(&nk, (uint64_t)g->nl * 2 * cap * row, "the KV cache", err);
 	if (rc)
 		return rc;
 	if (g->kv) {
 		for (int64_t l = 0; l < g->nl * 2; l++)
-			CK(cudaMemcpyAsync((float *)nk + (uint64_t)l * cap * g->kvdim, g->kv + (uint64_t)l * g->cap * g->kvdim,
-					   (uint64_t)g->cap * g->kvdim * sizeof(float), cudaMemcpyDeviceToDevice, g->st),
+			CK(cudaMemcpyAsync((uint8_t *)nk + (uint64_t)l * cap * row, (uint8_t *)g->kv + (uint64_t)l * g->cap * row,
+					   (uint64_t)g->cap * row, cudaMemcpyDeviceToDevice, g->st),
 			   "the KV cache");
 		CK(cudaStreamSynchronize(g->st), "the KV cache");
 		cudaFree(g->kv);
 	}
-	g->kv = (float *)nk;
+	g->kv = nk;
 	g->cap = cap;
 	for (int i = 0; i < NGRAPH; i++)
 		if (g->graph[i]) {
@@ -2085,6 +2115,45 @@ static int attn_splits(gstate *g, size_t n)
 	return (int)(s < 1 ? 1 : s > ATT_MAXSPLIT ? ATT_MAXSPLIT : s);
 }
 
+/* Layer li's RoPE (q rotated in place, k and v into the KV cache) and
+ * attention into g->att; CT: the cache's element type (kv_es bytes). */
+template <typename CT>
+static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, float *k, float *v, int64_t ld,
+		  int64_t pos, const int64_t *d_pos, const float *rtab, struct lq_error *err)
+{
+	const struct lq_model_config *c = g->c;
+	const int cd = g->cd;
+	CT *kc = (CT *)layer_kc(g, li), *vc = (CT *)layer_vc(g, li);
+	dim3 rg((unsigned)(g->H + g->KV), (unsigned)n);
+	launch_k(g, k_rope<CT>, dim3(rg), dim3(64), q, ld, k, ld, v, ld, g->H, g->KV, g->hd, g->rot, g->inv_freq, g->ascale,
+		 d_pos, pos, kc, vc, g->kvdim, cd, (const float *)l->q_bias, (const float *)l->k_bias,
+		 (const float *)l->v_bias, rtab);
+	CK(cudaGetLastError(), "RoPE");
+	g->xconv = NULL;
+	if (n > 1 && cd != LQ_COMPUTE_F32 && ta_ok(g->hd)) {
+		if constexpr (sizeof(CT) == 2) { /* the tensor-core kernel reads 16-bit caches */
+			dim3 tg((unsigned)g->H, (unsigned)((n + TA_Q - 1) / TA_Q));
+			launch_ks(g, ta_kernel(g->hd, cd), tg, dim3(TA_THREADS), ta_smem(g->hd), q, ld, (const uint16_t *)kc,
+				  (const uint16_t *)vc, g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window,
+				  (float)c->attn_scale, (float)c->attn_logit_softcap, pos, (int64_t)n, cd, conv16(g, n));
+			conv16_done(g, g->att, n);
+		}
+	} else if (n > 1) {
+		dim3 fg((unsigned)g->H, (unsigned)((n + FA_Q - 1) / FA_Q));
+		launch_ks(g, fa_kernel<CT>(g->hd), fg, dim3(FA_THREADS), fa_smem(g->hd), q, ld, (const CT *)kc, (const CT *)vc,
+			  g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
+			  (float)c->attn_logit_softcap, pos, (int64_t)n, cd);
+	} else {
+		int S = attn_splits(g, n);
+		dim3 ag((unsigned)g->H, (unsigned)n, (unsigned)S);
+		launch_k(g, k_attn<CT>, dim3(ag), dim3(ATT_WARPS * 32), q, ld, (const CT *)kc, (const CT *)vc, g->att, g->part,
+			 g->acnt, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
+			 (float)c->attn_logit_softcap, d_pos, pos, cd);
+	}
+	CK(cudaGetLastError(), "attention");
+	return LQ_OK;
+}
+
 /* Layers and head for n tokens at pos (d_pos when set, for the graph). */
 static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, int want_logits, int all_logits,
 		      struct lq_error *err)
@@ -2145,31 +2214,10 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			}
 			/* the q / k / v biases: added by k_rope */
 		}
-		dim3 rg((unsigned)(g->H + g->KV), (unsigned)n);
-		launch_k(g, k_rope, dim3(rg), dim3(64), q, ld, k, ld, v, ld, g->H, g->KV, g->hd, g->rot, g->inv_freq, g->ascale, d_pos,
-					     pos, layer_kc(g, li), layer_vc(g, li), g->kvdim, cd, (const float *)l->q_bias,
-					     (const float *)l->k_bias, (const float *)l->v_bias, (const float *)rtab);
-		CK(cudaGetLastError(), "RoPE");
-		g->xconv = NULL;
-		if (n > 1 && g->cd != LQ_COMPUTE_F32 && ta_ok(g->hd)) {
-			dim3 tg((unsigned)g->H, (unsigned)((n + TA_Q - 1) / TA_Q));
-			launch_ks(g, ta_kernel(g->hd, g->cd), tg, dim3(TA_THREADS), ta_smem(g->hd), q, ld, layer_kc(g, li), layer_vc(g, li),
-				  g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
-				  (float)c->attn_logit_softcap, pos, (int64_t)n, cd, conv16(g, n));
-			conv16_done(g, g->att, n);
-		} else if (n > 1) {
-			dim3 fg((unsigned)g->H, (unsigned)((n + FA_Q - 1) / FA_Q));
-			launch_ks(g, fa_kernel(g->hd), fg, dim3(FA_THREADS), fa_smem(g->hd), q, ld, layer_kc(g, li), layer_vc(g, li),
-				  g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
-				  (float)c->attn_logit_softcap, pos, (int64_t)n, cd);
-		} else {
-			int S = attn_splits(g, n);
-			dim3 ag((unsigned)g->H, (unsigned)n, (unsigned)S);
-			launch_k(g, k_attn, dim3(ag), dim3(ATT_WARPS * 32), q, ld, layer_kc(g, li), layer_vc(g, li), g->att,
-				 g->part, g->acnt, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
-				 (float)c->attn_logit_softcap, d_pos, pos, cd);
-		}
-		CK(cudaGetLastError(), "attention");
+		if ((rc = g->cd == LQ_COMPUTE_F32   ? attend<float>(g, l, li, n, q, k, v, ld, pos, d_pos, rtab, err)
+			  : g->cd == LQ_COMPUTE_F16 ? attend<__half>(g, l, li, n, q, k, v, ld, pos, d_pos, rtab, err)
+						    : attend<__nv_bfloat16>(g, l, li, n, q, k, v, ld, pos, d_pos, rtab, err)))
+			return rc;
 		if (fz) {
 			if ((rc = fused_residual(g, &l->o, g->att, l->post_attn_norm, err)))
 				return rc;
@@ -2506,6 +2554,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 	g->rot = c->rope.rotary_dim;
 	g->max_ctx = o->max_ctx; /* resolved by lq_run_create */
 	g->cd = o->compute;
+	g->kv_es = g->cd == LQ_COMPUTE_F32 ? sizeof(float) : 2;
 	g->dev = o->device;
 	g->inv_len = -1;
 	int rc = LQ_OK;
@@ -2526,8 +2575,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		cudaError_t e;
 		if ((e = cudaSetDevice(g->dev)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, g->dev)) != cudaSuccess ||
 		    (e = cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking)) != cudaSuccess ||
-		    (e = cudaFuncSetAttribute(fa_kernel(g->hd), cudaFuncAttributeMaxDynamicSharedMemorySize,
-					      (int)fa_smem(g->hd))) != cudaSuccess ||
+		    (e = fa_prepare(g->hd, g->cd)) != cudaSuccess ||
 		    (ta_ok(g->hd) && (e = cudaFuncSetAttribute(ta_kernel(g->hd, g->cd), cudaFuncAttributeMaxDynamicSharedMemorySize,
 								(int)ta_smem(g->hd))) != cudaSuccess)) {
 			rc = cuda_fail(err, e, "opening the GPU");
