@@ -26,6 +26,7 @@
  * can provoke (token out of range, context exceeded, no such device).
  */
 #include "libquant.h"
+#include "../tests/sample_cases.h"
 
 #include <cuda_runtime.h>
 #include <math.h>
@@ -189,23 +190,9 @@ static void sampled(struct lq_run *r, const int32_t *ids, size_t np, int ngen, c
  * runtime's logits, for the sampling options run offers. */
 static void check_sampling(const char *what, struct lq_run *r, const int32_t *ids, size_t np)
 {
-	struct lq_sample_opts os[6];
-	for (int i = 0; i < 6; i++)
-		lq_sample_opts_init(&os[i]);
-	os[0].temperature = 0.8;     /* top-k 50 on the device */
-	os[1].top_k = 0;             /* top-k off: the row comes back */
-	os[1].top_p = 0.9;
-	os[2].temperature = 0;       /* argmax after the penalty on the device */
-	os[2].repetition_penalty = 1.3;
-	os[3].temperature = 1.2;
-	os[3].top_k = 5;
-	os[3].min_p = 0.1;
-	os[3].repetition_penalty = 0.7;
-	os[4].top_k = 1;
-	os[5].temperature = 2.0;     /* the cap of device candidates */
-	os[5].top_k = 1024;
-	os[5].top_p = 0.95;
-	for (int i = 0; i < 6; i++) {
+	struct lq_sample_opts os[LQ_SAMPLE_CASES];
+	lq_sample_cases(os);
+	for (int i = 0; i < LQ_SAMPLE_CASES; i++) {
 		int32_t a[24], b[24];
 		sampled(r, ids, np, 24, &os[i], 1000 + (uint64_t)i, 1, a);
 		sampled(r, ids, np, 24, &os[i], 1000 + (uint64_t)i, 0, b);

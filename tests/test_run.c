@@ -10,6 +10,7 @@
  * Copyright (c) the libquant authors.  MIT license.
  */
 #include "test.h"
+#include "sample_cases.h"
 #include "internal.h" /* lq_sample_kept */
 
 #include <math.h>
@@ -422,19 +423,9 @@ static void check_forward_sample(struct lq_run *r, const char *arch)
 	float *lg = malloc((size_t)V * sizeof *lg);
 	if (!lg)
 		return;
-	struct lq_sample_opts os[4];
-	for (int i = 0; i < 4; i++)
-		lq_sample_opts_init(&os[i]);
-	os[0].temperature = 0.8; /* top-k 50 */
-	os[1].top_k = 0;
-	os[1].top_p = 0.9;
-	os[2].temperature = 0;
-	os[2].repetition_penalty = 1.3;
-	os[3].temperature = 1.2;
-	os[3].top_k = 5;
-	os[3].min_p = 0.1;
-	os[3].repetition_penalty = 0.7;
-	for (int oi = 0; oi < 4; oi++) {
+	struct lq_sample_opts os[LQ_SAMPLE_CASES];
+	lq_sample_cases(os);
+	for (int oi = 0; oi < LQ_SAMPLE_CASES; oi++) {
 		struct lq_rng a, b;
 		lq_rng_seed(&a, 42 + (uint64_t)oi);
 		lq_rng_seed(&b, 42 + (uint64_t)oi);

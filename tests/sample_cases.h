@@ -1,0 +1,35 @@
+/*
+ * sample_cases.h - the sampling option sets the tests run through
+ * lq_run_forward_sample against lq_sample: tests/test_run.c on the CPU
+ * runtime, gpu/test_forward.cu on the device's sampler.  One list, so both
+ * runtimes are held to the same cases.
+ *
+ * Copyright (c) the libquant authors.  MIT license.
+ */
+#ifndef LQ_SAMPLE_CASES_H
+#define LQ_SAMPLE_CASES_H
+
+#include "libquant.h"
+
+#define LQ_SAMPLE_CASES 6
+
+static inline void lq_sample_cases(struct lq_sample_opts os[LQ_SAMPLE_CASES])
+{
+	for (int i = 0; i < LQ_SAMPLE_CASES; i++)
+		lq_sample_opts_init(&os[i]);
+	os[0].temperature = 0.8; /* top-k 50 (on the device) */
+	os[1].top_k = 0;         /* top-k off (the device returns the row) */
+	os[1].top_p = 0.9;
+	os[2].temperature = 0; /* argmax after the penalty */
+	os[2].repetition_penalty = 1.3;
+	os[3].temperature = 1.2;
+	os[3].top_k = 5;
+	os[3].min_p = 0.1;
+	os[3].repetition_penalty = 0.7;
+	os[4].top_k = 1;
+	os[5].temperature = 2.0; /* the cap of the device's candidates */
+	os[5].top_k = 1024;
+	os[5].top_p = 0.95;
+}
+
+#endif
