@@ -196,14 +196,17 @@ __device__ __forceinline__ void pdl_wait()
 
 __device__ __forceinline__ int64_t cur_pos(const int64_t *d_pos, int64_t pos) { return d_pos ? *d_pos : pos; }
 
-/* KV cache entries: float at fp32 compute, else the compute dtype (the
- * values k_rope stores are rounded to it already, so nothing is lost). */
+/* A float rounded to T (float, bf16, fp16), and such a value as a float:
+ * the KV cache's entries (float at fp32 compute, else the compute dtype;
+ * k_rope stores values rounded to it already, so nothing is lost) and the
+ * dequantized weight matrices. */
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 __device__ __forceinline__ float kv_ld(const float *p) { return *p; }
 __device__ __forceinline__ float kv_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 __device__ __forceinline__ float kv_ld(const __half *p) { return __half2float(*p); }
-__device__ __forceinline__ void kv_st(float *p, float v) { *p = v; }
-__device__ __forceinline__ void kv_st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
-__device__ __forceinline__ void kv_st(__half *p, float v) { *p = __float2half_rn(v); }
 
 /* RoPE's cos and sin of position p for frequency f, times ascale (the
  * double-precision cos / sin rounded to float): k_embed's per-step table and
@@ -446,7 +449,7 @@ __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *
 		if (isq)
 			vec[i] = x;
 		else
-			kv_st(kd + i, x);
+			kd[i] = from_f<CT>(x);
 	};
 	const float *bias = isq ? (qb ? qb + hh * hd : nullptr) : (kb ? kb + kh * hd : nullptr);
 	const int64_t half = rot / 2;
@@ -472,7 +475,7 @@ __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *
 		CT *vd = vc + p * kvdim + kh * hd;
 		const float *vsrc = v + t * vs + kh * hd, *vbh = vb ? vb + kh * hd : nullptr;
 		for (int64_t i = threadIdx.x; i < hd; i += blockDim.x)
-			kv_st(vd + i, rnd(vbh ? vsrc[i] + vbh[i] : vsrc[i], cd));
+			vd[i] = from_f<CT>(rnd(vbh ? vsrc[i] + vbh[i] : vsrc[i], cd));
 	}
 	KT(2);
 	KT_END(1, kc);
@@ -1076,11 +1079,6 @@ __global__ void k_softcap(float *y, uint64_t n, float cap)
 }
 
 /* Weight -> dense matrix of T (exact float32 values, then rounded to T). */
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-
 template <typename T>
 __global__ void k_weight_to(kweight w, uint64_t n, T *out)
 {
@@ -1370,8 +1368,7 @@ struct gstate {
 	float *h_inv;          /* host copy of what is on the device */
 	int64_t inv_len;       /* sequence length inv_freq was computed for (-1: none) */
 	float ascale;
-	void *kv;              /* [nl][2][cap][kvdim] of kv_es bytes: the compute dtype (float at fp32) */
-	size_t kv_es;
+	void *kv;              /* [nl][2][cap][kvdim] of kv_es(g) bytes: the compute dtype (float at fp32) */
 	int64_t cap;
 	float *x, *h, *o, *qkv, *att, *gu, *g, *part, *logits;
 	int *acnt;             /* [H] split counters of decode attention, then k_argmax's */
@@ -1433,8 +1430,10 @@ static cudaError_t launch_k(gstate *g, void (*k)(P...), dim3 grid, dim3 block, A
 	return launch_ks(g, k, grid, block, 0, std::forward<A>(args)...);
 }
 
-static void *layer_kc(gstate *g, int64_t l) { return (uint8_t *)g->kv + (uint64_t)l * 2 * g->cap * g->kvdim * g->kv_es; }
-static void *layer_vc(gstate *g, int64_t l) { return (uint8_t *)layer_kc(g, l) + (uint64_t)g->cap * g->kvdim * g->kv_es; }
+/* Bytes of a KV cache entry: the compute dtype's (float at fp32). */
+static size_t kv_es(const gstate *g) { return g->cd == LQ_COMPUTE_F32 ? sizeof(float) : 2; }
+static void *layer_kc(gstate *g, int64_t l) { return (uint8_t *)g->kv + (uint64_t)l * 2 * g->cap * g->kvdim * kv_es(g); }
+static void *layer_vc(gstate *g, int64_t l) { return (uint8_t *)layer_kc(g, l) + (uint64_t)g->cap * g->kvdim * kv_es(g); }
 
 /* ------------------------------------------------------------- loading */
 
@@ -1767,7 +1766,7 @@ static int ensure_cache(gstate *g, int64_t need, struct lq_error *err)
 	if (cap > g->max_ctx)
 		cap = g->max_ctx;
 	void *nk;
-	const uint64_t row = (uint64_t)g->kvdim * g->kv_es;
+	const uint64_t row = (uint64_t)g->kvdim * kv_es(g);
 	int rc = dmalloc(&nk, (uint64_t)g->nl * 2 * cap * row, "the KV cache", err);
 	if (rc)
 		return rc;
@@ -2116,7 +2115,7 @@ static int attn_splits(gstate *g, size_t n)
 }
 
 /* Layer li's RoPE (q rotated in place, k and v into the KV cache) and
- * attention into g->att; CT: the cache's element type (kv_es bytes). */
+ * attention into g->att; CT: the cache's element type (kv_es(g) bytes). */
 template <typename CT>
 static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, float *k, float *v, int64_t ld,
 		  int64_t pos, const int64_t *d_pos, const float *rtab, struct lq_error *err)
@@ -2554,7 +2553,6 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 	g->rot = c->rope.rotary_dim;
 	g->max_ctx = o->max_ctx; /* resolved by lq_run_create */
 	g->cd = o->compute;
-	g->kv_es = g->cd == LQ_COMPUTE_F32 ? sizeof(float) : 2;
 	g->dev = o->device;
 	g->inv_len = -1;
 	int rc = LQ_OK;

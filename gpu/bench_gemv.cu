@@ -18,8 +18,9 @@
  * case rotates through enough copies of the weight (and of the copy buffers)
  * to touch at least 4 x 60 MB between two uses of one copy, so L2 never holds
  * the data (--l2: one copy, so L2 holds the shapes that fit in it: what the
- * kernel does when memory is not what limits it); each timing is a CUDA graph of ITERS calls replayed REPS times
- * after one warm-up replay, timed with CUDA events; the best replay counts.
+ * kernel does when memory is not what limits it); each timing is a CUDA
+ * graph of ITERS calls replayed REPS times after one warm-up replay, timed
+ * with CUDA events; the best replay counts.
  * The weights are random codes generated on the GPU (speed does not depend
  * on the values).
  */
