@@ -11,6 +11,24 @@ fails "ab-gpu: no arguments" 2 '^usage: ab-gpu' tests/ab-gpu
 fails "ab-gpu: bad round count" 2 "ROUNDS must be a positive integer, not 'x'" tests/ab-gpu /dev/null "$LQ_BUILD" "$LQ_BUILD" x
 fails "ab-gpu: unreadable file" 1 "$TMP/none\.lq: cannot read" tests/ab-gpu "$TMP/none.lq" "$LQ_BUILD" "$LQ_BUILD"
 fails "ab-gpu: missing build" 1 "$TMP/nobuild/tests/bench_gpu_run: missing" tests/ab-gpu /dev/null "$LQ_BUILD" "$TMP/nobuild"
+fails "ab-gpu: a word where -- belongs" 2 '^usage: ab-gpu' tests/ab-gpu /dev/null "$LQ_BUILD" "$LQ_BUILD" 2 --prompt
+# two stand-in builds whose bench_gpu_run prints its build, its arguments
+# and, as the real one does, the figures on its last line
+for b in ba bb; do
+	mkdir -p "$TMP/$b/tests"
+	printf '#!/bin/sh\necho "warming up"\necho "build %s file $1: decode 2.10 ms/token; args ${2:-none} ${3:-none}"\n' "$b" \
+		>"$TMP/$b/tests/bench_gpu_run"
+	chmod +x "$TMP/$b/tests/bench_gpu_run"
+done
+: >"$TMP/f.lq"
+check "ab-gpu: two rounds with arguments" tests/ab-gpu "$TMP/f.lq" "$TMP/ba" "$TMP/bb" 2 -- --prompt 4000
+printf 'round 1 %s/ba: decode 2.10 ms/token; args --prompt 4000\nround 1 %s/bb: decode 2.10 ms/token; args --prompt 4000\nround 2 %s/ba: decode 2.10 ms/token; args --prompt 4000\nround 2 %s/bb: decode 2.10 ms/token; args --prompt 4000\n' \
+	"$TMP" "$TMP" "$TMP" "$TMP" >"$TMP/want"
+same "ab-gpu: alternated, arguments passed on" "$TMP/out" "$TMP/want"
+check "ab-gpu: arguments without a round count" tests/ab-gpu "$TMP/f.lq" "$TMP/ba" "$TMP/bb" -- --new 8
+has "ab-gpu: three rounds by default" "^round 3 $TMP/bb: decode 2\.10 ms/token; args --new 8$" "$TMP/out"
+printf '#!/bin/sh\necho "no GPU" >&2\nexit 1\n' >"$TMP/bb/tests/bench_gpu_run"
+fails "ab-gpu: a failing run" 1 "ab-gpu: $TMP/bb: bench_gpu_run failed" tests/ab-gpu "$TMP/f.lq" "$TMP/ba" "$TMP/bb"
 if ! have_py numpy; then
 	echo "cli_gpu_tools.sh: gpu_trace.py checks skipped (needs python3 with numpy)"
 	finish
