@@ -388,7 +388,7 @@ __global__ void k_bias(float *y, int64_t ld, const float *b, int64_t n, int64_t 
 #ifdef TC_TRACE
 /* Diagnostic builds only (-DTC_TRACE): %globaltimer at points of the decode
  * kernels k_rope (kind 1) and k_attn (kind 2), per block, keyed by the
- * layer's K cache; written to $LQ_KT_TRACE at exit (make GPU_TRACE=1;
+ * layer's K cache, with the block's number and (high 32 bits) %smid; written to $LQ_KT_TRACE at exit (make GPU_TRACE=1;
  * tests/gpu_trace.py reads it with the GEMVs' trace). */
 #define KT_N (1u << 20)
 __device__ unsigned long long g_kt[KT_N][8];
@@ -400,7 +400,8 @@ __device__ unsigned g_kt_n;
 		if (threadIdx.x == 0) {                                                                     \
 			unsigned s_ = atomicAdd(&g_kt_n, 1u) & (KT_N - 1);                                  \
 			g_kt[s_][0] = (unsigned long long)(key);                                            \
-			g_kt[s_][1] = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * (unsigned long long)blockIdx.z); \
+			g_kt[s_][1] = (blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)) |             \
+				      (unsigned long long)lq_smid() << 32;                                   \
 			for (int i_ = 0; i_ < 5; i_++)                                                      \
 				g_kt[s_][2 + i_] = kt_[i_];                                                 \
 			g_kt[s_][7] = (kind);                                                               \

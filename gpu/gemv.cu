@@ -497,21 +497,28 @@ struct tc_parts {
  * %globaltimer at entry, after issuing the first half of the first weight
  * loads, after the table build and the other half (before the wait for the
  * previous kernel), after the wait,
- * after staging x and at exit, per launch (the seq-th launch_tc
+ * after staging x and at exit, and then the block's multiprocessor (%smid),
+ * per launch (the seq-th launch_tc
  * call, modulo TC_TR_SEQ; graph replays overwrite their slots); the table
  * is written to $LQ_TC_TRACE at exit (make GPU_TRACE=1; tests/gpu_trace.py
  * reads it). */
 #define TC_TR_SEQ 1024
 #define TC_TR_BLK 256
-#define TC_TR_EV 6
+#define TC_TR_EV 7 /* six stamps, then %smid */
 __device__ unsigned long long g_tc_trace[TC_TR_SEQ * TC_TR_BLK * TC_TR_EV];
 #define TC_TR(ev)                                                                                              \
 	do {                                                                                                   \
 		if (threadIdx.x == 0 && blockIdx.x < TC_TR_BLK)                                                \
 			g_tc_trace[((P.seq % TC_TR_SEQ) * TC_TR_BLK + blockIdx.x) * TC_TR_EV + (ev)] = lq_globaltimer(); \
 	} while (0)
+#define TC_TR_SM()                                                                                             \
+	do {                                                                                                   \
+		if (threadIdx.x == 0 && blockIdx.x < TC_TR_BLK)                                                \
+			g_tc_trace[((P.seq % TC_TR_SEQ) * TC_TR_BLK + blockIdx.x) * TC_TR_EV + 6] = lq_smid();  \
+	} while (0)
 #else
 #define TC_TR(ev) do { } while (0)
+#define TC_TR_SM() do { } while (0)
 #endif
 
 __device__ __forceinline__ int tc_part_of(const tc_parts &P, uint32_t tile)
@@ -545,6 +552,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	uint32_t *xs = (uint32_t *)(red + TC_CH * TC_WARPS * 16);
 
 	TC_TR(0);
+	TC_TR_SM();
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 	const int g = lane >> 2, c = lane & 3;
 	const uint32_t lut4 = lut_s | (uint32_t)lane << 2;

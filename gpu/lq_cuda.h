@@ -240,8 +240,8 @@ static __device__ __forceinline__ float lq_dq_scale(float mapped, float nested, 
 }
 
 #ifdef TC_TRACE
-/* Diagnostic builds only (make GPU_TRACE=1): the %globaltimer the decode
- * kernels record, and the writer of a recorded table (gemv.cu): at exit,
+/* Diagnostic builds only (make GPU_TRACE=1): the %globaltimer and %smid the
+ * decode kernels record, and the writer of a recorded table (gemv.cu): at exit,
  * hb header bytes then the bytes of d_table to the file named by $env
  * (nothing without it).  tests/gpu_trace.py reads the files. */
 static __device__ __forceinline__ unsigned long long lq_globaltimer(void)
@@ -249,6 +249,13 @@ static __device__ __forceinline__ unsigned long long lq_globaltimer(void)
 	unsigned long long t;
 	asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
 	return t;
+}
+/* the multiprocessor the calling thread runs on */
+static __device__ __forceinline__ unsigned lq_smid(void)
+{
+	unsigned s;
+	asm volatile("mov.u32 %0, %%smid;" : "=r"(s));
+	return s;
 }
 void lq_cuda_trace_write(const char *env, const void *hdr, size_t hb, const void *d_table, size_t bytes);
 #endif

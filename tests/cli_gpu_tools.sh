@@ -41,7 +41,7 @@ python3 - "$TMP" <<'PY' || bad "writing the synthetic trace files"
 import sys
 import numpy as np
 d = sys.argv[1]
-for ev, name in ((6, "tc6.bin"), (5, "tc5.bin"), (6, "empty.bin")):
+for ev, name in ((7, "tc7.bin"), (6, "tc6.bin"), (5, "tc5.bin"), (6, "empty.bin")):
     a = np.zeros((4, 4, ev), dtype=np.uint64)
     if name != "empty.bin":
         for k in range(4):
@@ -49,13 +49,34 @@ for ev, name in ((6, "tc6.bin"), (5, "tc5.bin"), (6, "empty.bin")):
             for j in range(4):
                 st = [t + 100 * j, t + 100 * j + 200, t + 100 * j + 1000, t + 1500 + 20 * j,
                       t + 1500 + 20 * j + 500, t + 8000 + 100 * j]
-                a[k, j] = st if ev == 6 else st[:1] + st[2:]
+                a[k, j] = st + [j] if ev == 7 else st if ev == 6 else st[:1] + st[2:]  # %smid: j
     with open(d + "/" + name, "wb") as f:
         f.write(np.array([4, 4, ev, 4], dtype=np.uint32).tobytes() + a.tobytes())
+# one layer's RoPE (kind 1) after launch 0's last exit (1,008,300 ns), then
+# three attention blocks (kind 2): two on SM 0 ending at 1,009,700, the
+# merging one on SM 1 ending at 1,010,000; launch 1 is the o GEMV, its
+# blocks j on SM j entering at 1,010,000 + 100 j
+K = 0x7000
+rows = [[K, 0, 1008400, 1008500, 1008900, 0, 0, 1]]
+for blk, sm, merged in ((0, 0, 0), (1, 0, 0), (2, 1, 1010000)):
+    rows.append([K, blk | sm << 32, 1009000, 1009100, 1009500, 1009700, merged, 2])
+with open(d + "/kt.bin", "wb") as f:
+    f.write(np.array([len(rows)], dtype=np.uint32).tobytes() + np.array(rows, dtype=np.uint64).tobytes())
 PY
 check "six stamps" python3 tests/gpu_trace.py "$TMP/tc6.bin"
 has "four launches" '^4 GEMV launches, 38\.3 us' "$TMP/out"
 has "second launch's row" '^ +1 +1\.70 +1\.85 +0\.20 +1\.00 +3\.00 +3\.20 +0\.53 +6\.65 +6\.80 +10\.00$' "$TMP/out"
+check "with %smid" python3 tests/gpu_trace.py "$TMP/tc7.bin"
+has "with %smid: the same row" '^ +1 +1\.70 +1\.85 +0\.20 +1\.00 +3\.00 +3\.20 +0\.53 +6\.65 +6\.80 +10\.00$' "$TMP/out"
+check "placement" python3 tests/gpu_trace.py "$TMP/tc7.bin" "$TMP/kt.bin"
+has "placement: RoPE released after the q/k/v GEMV" '^  rope release +0\.20 ' "$TMP/out"
+has "placement: SMs used" '^  SMs with attention blocks +2\.00 ' "$TMP/out"
+has "placement: busiest SM" '^  attention blocks on the busiest SM +2\.00 ' "$TMP/out"
+has "placement: o blocks sharing an SM" '^  o GEMV blocks on SMs with attention +2\.00 ' "$TMP/out"
+has "placement: median gap" '^  o entry - last attention end there, median us +0\.20 ' "$TMP/out"
+has "placement: largest gap" '^  o entry - last attention end there, max us +0\.30 ' "$TMP/out"
+check "no %smid, no placement" python3 tests/gpu_trace.py "$TMP/tc6.bin" "$TMP/kt.bin"
+if grep -q "SMs with attention" "$TMP/out"; then bad "placement printed without %smid"; else ok; fi
 check "five stamps" python3 tests/gpu_trace.py "$TMP/tc5.bin"
 has "five stamps: no issued column" '^ +1 +1\.70 +1\.85 +nan +1\.00 +3\.00 +3\.20 +0\.53 +6\.65 +6\.80 +10\.00$' "$TMP/out"
 fails "nothing recorded" 1 'empty\.bin: no GEMV launches recorded' python3 tests/gpu_trace.py "$TMP/empty.bin"

@@ -7,11 +7,15 @@ TC file: %globaltimer per block of every tensor-core GEMV launch (entry,
 the first half of the first weight loads issued, table built and the other
 half issued, after the wait for the previous kernel, x staged, exit; the
 last graph replay of each launch; files from before the "issued" stamp have
-the other five).  KT file: the same for k_rope and k_attn,
-keyed by the layer's K cache.  Prints, for the last decode step, each GEMV's
-times relative to the end of the GEMV before it, the mean per position in
-the layer (q/k/v, o, gate/up, down for the Llama shapes), and RoPE /
-attention relative to the end of the q/k/v GEMV.  Needs numpy.
+the other five), then the block's multiprocessor (%smid; older files do
+not have it).  KT file: the same for k_rope and k_attn, keyed by the
+layer's K cache, the block's %smid in the high half of its number.  Prints,
+for the last decode step, each GEMV's times relative to the end of the GEMV
+before it, the mean per position in the layer (q/k/v, o, gate/up, down for
+the Llama shapes), RoPE / attention relative to the end of the q/k/v GEMV,
+and (with %smid) how many SMs the attention blocks ran on and how long after
+the last attention block on its SM each of the o GEMV's blocks entered.
+Needs numpy.
 Copyright (c) the libquant authors.  MIT license.
 """
 import sys
@@ -36,13 +40,28 @@ def gemv_run(path):
     run = [r[2] for r in rows[i:]]
     if ev == 5:  # no "issued" stamp: a column of NaN in its place
         run = [np.insert(b, 1, np.nan, axis=1) for b in run]
-    return run
+    if ev < 7:  # no %smid column (older builds): NaN
+        run = [np.insert(b, 6, np.nan, axis=1) for b in run]
+    return run, ev >= 7
+
+
+def placement(at, ob):
+    """One layer: the SMs its attention blocks ran on, the most on one SM,
+    and for the o GEMV's blocks on those SMs how long after the last
+    attention block there ended (its last stamp) each entered (us)."""
+    sm = (at[:, 1] // 2 ** 32).astype(np.int64)
+    end = at[:, 2:7].max(axis=1)
+    used, count = np.unique(sm, return_counts=True)
+    last = dict(zip(used, [end[sm == u].max() for u in used]))
+    gaps = [(b[0] - last[int(b[6])]) / 1e3 for b in ob if int(b[6]) in last]
+    return (len(used), count.max(), len(gaps), np.median(gaps) if gaps else np.nan,
+            max(gaps) if gaps else np.nan)
 
 
 def main():
     if len(sys.argv) < 2:
         sys.exit("usage: gpu_trace.py TC_TRACE_FILE [KT_TRACE_FILE]")
-    run = gemv_run(sys.argv[1])
+    run, has_sm = gemv_run(sys.argv[1])
     if not run:
         sys.exit("gpu_trace.py: %s: no GEMV launches recorded" % sys.argv[1])
     # stamps: 0 entry, 1 loads issued, 2 table built, 3 released, 4 x staged, 5 exit
@@ -77,14 +96,18 @@ def main():
     e = np.frombuffer(k[4:], dtype=np.uint64).reshape(-1, 8)[:n].astype(np.float64)
     t0, t1 = run[0][:, 0].min(), max(b[:, 5].max() for b in run)
     e = e[(e[:, 2] >= t0) & (e[:, 2] <= t1)]
-    res = []
+    res, place = [], []
     for key in sorted(set(e[:, 0])):
         r = e[(e[:, 0] == key) & (e[:, 7] == 1)]
         at = e[(e[:, 0] == key) & (e[:, 7] == 2)]
         if not len(r) or not len(at):
             continue
         qkv_end = max((b[:, 5].max() for b in run if b[:, 5].max() <= r[:, 3].min() + 1), default=np.nan)
-        o_rel = min((b[:, 3].min() for b in run if b[:, 3].min() > at[:, 2].min()), default=np.nan)
+        later = [b for b in run if b[:, 3].min() > at[:, 2].min()]
+        ob = min(later, key=lambda b: b[:, 3].min()) if later else None
+        o_rel = ob[:, 3].min() if ob is not None else np.nan
+        if has_sm and ob is not None:
+            place.append(placement(at, ob))
         last = at[at[:, 6] > 0]
         v = [r[:, 2].min(), r[:, 3].min(), r[:, 4].max(), at[:, 2].min(), at[:, 3].min(), at[:, 3].max(),
              np.median(at[:, 4]), at[:, 4].max(), at[:, 5].max(), last[:, 6].max() if len(last) else np.nan, o_rel]
@@ -99,6 +122,19 @@ def main():
     print("RoPE and decode attention, us after the q/k/v GEMV's last exit, mean over %d layers (min, max):" % len(res))
     for j, nm in enumerate(names):
         print("  %-26s %7.2f  (%6.2f %6.2f)" % (nm, np.nanmean(res[:, j]), np.nanmin(res[:, j]), np.nanmax(res[:, j])))
+    if not place:
+        return
+    place = np.array(place)
+    names = ["SMs with attention blocks", "attention blocks on the busiest SM",
+             "o GEMV blocks on SMs with attention", "o entry - last attention end there, median us",
+             "o entry - last attention end there, max us"]
+    print("Where the attention blocks ran and when the o GEMV's blocks entered their SMs, mean over %d layers "
+          "(min, max):" % len(place))
+    with warnings.catch_warnings():  # layers where no o block shared an SM with attention: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for j, nm in enumerate(names):
+            print("  %-46s %7.2f  (%6.2f %6.2f)" % (nm, np.nanmean(place[:, j]), np.nanmin(place[:, j]),
+                                                    np.nanmax(place[:, j])))
 
 
 if __name__ == '__main__':
