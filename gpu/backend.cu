@@ -388,8 +388,9 @@ __global__ void k_bias(float *y, int64_t ld, const float *b, int64_t n, int64_t 
 #ifdef TC_TRACE
 /* Diagnostic builds only (-DTC_TRACE): %globaltimer at points of the decode
  * kernels k_rope (kind 1) and k_attn (kind 2), per block, keyed by the
- * layer's K cache, with the block's number and (high 32 bits) %smid; written to $LQ_KT_TRACE at exit (make GPU_TRACE=1;
- * tests/gpu_trace.py reads it with the GEMVs' trace). */
+ * layer's K cache, with the block's number and (high 32 bits) %smid;
+ * written to $LQ_KT_TRACE at exit (make GPU_TRACE=1; tests/gpu_trace.py
+ * reads it with the GEMVs' trace). */
 #define KT_N (1u << 20)
 __device__ unsigned long long g_kt[KT_N][8];
 __device__ unsigned g_kt_n;

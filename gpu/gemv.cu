@@ -506,16 +506,13 @@ struct tc_parts {
 #define TC_TR_BLK 256
 #define TC_TR_EV 7 /* six stamps, then %smid */
 __device__ unsigned long long g_tc_trace[TC_TR_SEQ * TC_TR_BLK * TC_TR_EV];
-#define TC_TR(ev)                                                                                              \
-	do {                                                                                                   \
-		if (threadIdx.x == 0 && blockIdx.x < TC_TR_BLK)                                                \
-			g_tc_trace[((P.seq % TC_TR_SEQ) * TC_TR_BLK + blockIdx.x) * TC_TR_EV + (ev)] = lq_globaltimer(); \
+#define TC_TR_PUT(ev, v)                                                                               \
+	do {                                                                                           \
+		if (threadIdx.x == 0 && blockIdx.x < TC_TR_BLK)                                        \
+			g_tc_trace[((P.seq % TC_TR_SEQ) * TC_TR_BLK + blockIdx.x) * TC_TR_EV + (ev)] = (v); \
 	} while (0)
-#define TC_TR_SM()                                                                                             \
-	do {                                                                                                   \
-		if (threadIdx.x == 0 && blockIdx.x < TC_TR_BLK)                                                \
-			g_tc_trace[((P.seq % TC_TR_SEQ) * TC_TR_BLK + blockIdx.x) * TC_TR_EV + 6] = lq_smid();  \
-	} while (0)
+#define TC_TR(ev) TC_TR_PUT(ev, lq_globaltimer())
+#define TC_TR_SM() TC_TR_PUT(6, lq_smid())
 #else
 #define TC_TR(ev) do { } while (0)
 #define TC_TR_SM() do { } while (0)
