@@ -34,6 +34,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <cooperative_groups.h>
 #include <dlfcn.h>
 #include <math.h>
 #include <stdarg.h>
@@ -43,9 +44,19 @@
 #include <string.h>
 
 #define CHUNK 512        /* tokens per forward step (longer inputs are split) */
+#ifndef ATT_WARPS
 #define ATT_WARPS 4      /* warps per attention block */
+#endif
 #define ATT_MAXE 8       /* head_dim <= 32 * ATT_MAXE */
 #define ATT_MAXSPLIT 64  /* key-range splits of decode attention */
+#ifndef ATT_CLUSTER
+#define ATT_CLUSTER 16   /* sm_90: up to this many splits are one thread-block cluster (0: never) */
+#endif
+#ifndef ATT_CLCAP
+#define ATT_CLCAP 512    /* caches up to this size: at most ATT_CLUSTER splits */
+#endif
+#define ROPE_THREADS 64  /* threads per k_rope block */
+#define ROPE_MAXV (32 * ATT_MAXE / ROPE_THREADS) /* v values per thread, head_dim <= 32 * ATT_MAXE */
 #define STAGE_BYTES (64u << 20)
 #define NORM_THREADS 1024
 
@@ -455,6 +466,20 @@ __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *
 	};
 	const float *bias = isq ? (qb ? qb + hh * hd : nullptr) : (kb ? kb + kh * hd : nullptr);
 	const int64_t half = rot / 2;
+	/* k heads: v read now, with everything else, not after the k stores
+	 * (which the compiler cannot move the loads across); from clamped
+	 * addresses, so that the loads issue together */
+	float vr[ROPE_MAXV];
+	const float *vsrc = v + t * vs + (isq ? 0 : kh) * hd, *vbh = vb && !isq ? vb + kh * hd : nullptr;
+	if (!isq) {
+#pragma unroll
+		for (int u = 0; u < ROPE_MAXV; u++) {
+			int64_t i = threadIdx.x + (int64_t)u * ROPE_THREADS, ic = i < hd ? i : hd - 1;
+			vr[u] = vsrc[ic];
+			if (vbh)
+				vr[u] += vbh[ic];
+		}
+	}
 	for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
 		float cs, sn;
 		if (rtab) { /* one token: made by k_embed */
@@ -475,9 +500,12 @@ __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *
 		put(i, rnd(bias ? vec[i] + bias[i] : vec[i], cd));
 	if (!isq) {
 		CT *vd = vc + p * kvdim + kh * hd;
-		const float *vsrc = v + t * vs + kh * hd, *vbh = vb ? vb + kh * hd : nullptr;
-		for (int64_t i = threadIdx.x; i < hd; i += blockDim.x)
-			vd[i] = from_f<CT>(rnd(vbh ? vsrc[i] + vbh[i] : vsrc[i], cd));
+#pragma unroll
+		for (int u = 0; u < ROPE_MAXV; u++) {
+			int64_t i = threadIdx.x + (int64_t)u * ROPE_THREADS;
+			if (i < hd)
+				vd[i] = from_f<CT>(rnd(vr[u], cd));
+		}
 	}
 	KT(2);
 	KT_END(1, kc);
@@ -485,24 +513,24 @@ __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *
 
 /* Merge the S splits of k_attn for (token t, head h) into out: the first
  * warp computes the weight of each split, then every thread sums its dims.
- * part was written by other blocks of the same grid: read through L2. */
-__device__ void attn_merge(const float *part, float *out, int64_t H, int64_t hd, int S, int cd, int64_t t, int64_t h)
+ * ld(s, i): entry i of split s's (unnormalized vector, max, sum). */
+template <typename LD>
+__device__ void merge_splits(LD ld, float *out, int64_t H, int64_t hd, int S, int cd, int64_t t, int64_t h)
 {
 	__shared__ float wsh[ATT_MAXSPLIT];
 	__shared__ float Lsh;
-	const float *pp = part + (t * H + h) * S * (hd + 2);
 	static_assert(ATT_MAXSPLIT <= 64, "two splits per lane");
 	if (threadIdx.x < 32) {
 		/* the (max, sum) pairs of splits lane and lane + 32, read once */
 		const int lane = threadIdx.x;
 		float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 		if (lane < S) {
-			m0 = __ldcg(pp + lane * (hd + 2) + hd);
-			l0 = __ldcg(pp + lane * (hd + 2) + hd + 1);
+			m0 = ld(lane, hd);
+			l0 = ld(lane, hd + 1);
 		}
 		if (lane + 32 < S) {
-			m1 = __ldcg(pp + (lane + 32) * (hd + 2) + hd);
-			l1 = __ldcg(pp + (lane + 32) * (hd + 2) + hd + 1);
+			m1 = ld(lane + 32, hd);
+			l1 = ld(lane + 32, hd + 1);
 		}
 		float M = fmaxf(m0, m1);
 		for (int o = 16; o; o >>= 1)
@@ -529,27 +557,88 @@ __device__ void attn_merge(const float *part, float *out, int64_t H, int64_t hd,
 		float a = 0.0f;
 #pragma unroll 16
 		for (int s = 0; s < S; s++) /* 16 loads in flight, the sum in split order */
-			a += __ldcg(pp + s * (hd + 2) + d) * wsh[s];
+			a += ld(s, d) * wsh[s];
 		out[t * (H * hd) + h * hd + d] = rnd(a * inv, cd);
 	}
+}
+
+/* The splits in part (written by other blocks of the same grid: read
+ * through L2). */
+__device__ void attn_merge(const float *part, float *out, int64_t H, int64_t hd, int S, int cd, int64_t t, int64_t h)
+{
+	const float *pp = part + (t * H + h) * S * (hd + 2);
+	merge_splits([=](int s, int64_t i) { return __ldcg(pp + s * (hd + 2) + i); }, out, H, hd, S, cd, t, h);
+}
+
+/*
+ * The S splits of (token t, head h) as one thread-block cluster (sm_90,
+ * cl set).  Every block arrives on the cluster barrier as it starts
+ * (cl_arrive); once its keys are done it waits for that phase (every peer
+ * is running), stores its (unnormalized vector, max, sum) into split slot r
+ * of rank 0's shared gather[S][hd + 2], arrives again (release) and
+ * exits, so that its SM is free for the next kernel.  Rank 0 waits
+ * (acquire) and merges the slots as attn_merge does (merge_splits).  No partials in global memory, no fence, counter or
+ * last-block wait.
+ */
+__device__ __forceinline__ void cl_arrive(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("barrier.cluster.arrive.release;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
+#endif
+}
+
+/* This block's slot in rank 0's gather, once every peer has started. */
+__device__ float *cl_slot(float *gather, int64_t hd)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	namespace cg = cooperative_groups;
+	cg::cluster_group cl = cg::this_cluster();
+	cl_wait(); /* the first phase: every peer has started */
+	return cl.map_shared_rank(gather, 0u) + cl.block_rank() * (hd + 2);
+#else
+	__trap(); /* launched as a cluster only on sm_90 */
+	return gather;
+#endif
+}
+
+/* After every thread's stores to its slot: rank 0 merges, the others leave. */
+__device__ void attn_merge_cluster(const float *gather, float *out, int64_t H, int64_t hd, int S, int cd, int64_t t,
+				   int64_t h)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	cl_arrive();
+	if (cooperative_groups::this_cluster().block_rank() != 0)
+		return;
+	cl_wait(); /* every split's slot is written */
+	merge_splits([=](int s, int64_t i) { return gather[s * (hd + 2) + i]; }, out, H, hd, S, cd, t, h);
+#endif
 }
 
 /*
  * Attention of query token t (blockIdx.y), head h (blockIdx.x) over the keys
  * of its split (blockIdx.z of gridDim.z) of the visible range, online
  * softmax per warp, then the warps merged.  One split: the normalized output
- * goes to out; several: (max, sum, unnormalized vector) go to part, and the
- * last block of the splits to finish (counted in cnt[t * H + h], which it
- * resets) merges them into out.
+ * goes to out.  Several, launched as one cluster (cl): merged through
+ * distributed shared memory (attn_merge_cluster).  Several otherwise: (max,
+ * sum, unnormalized vector) go to part, and the last block of the splits to
+ * finish (counted in cnt[t * H + h], which it resets) merges them into out.
  */
 template <typename CT>
 __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t qs, const CT *kc, const CT *vc,
 						      float *out, float *part, int *cnt, int64_t H, int64_t grp,
 						      int64_t hd, int64_t kvdim, int64_t window, float scale,
-						      float cap, const int64_t *d_pos, int64_t pos, int cd)
+						      float cap, const int64_t *d_pos, int64_t pos, int cd, int cl)
 {
 	KT_DECL;
 	__shared__ float sm[ATT_WARPS][32 * ATT_MAXE + 2];
+	extern __shared__ float gather[]; /* cl: [S][hd + 2] (used in rank 0) */
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	const int64_t t = blockIdx.y, h = blockIdx.x, kvh = h / grp;
 	const int64_t p = cur_pos(d_pos, pos) + t;
@@ -559,6 +648,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 	const int64_t len = p - lo + 1, S = gridDim.z;
 	const int64_t per = (len + S - 1) / S;
 	const int64_t j0 = lo + per * blockIdx.z, j1 = min(p + 1, j0 + per);
+	if (cl)
+		cl_arrive(); /* the first phase: this block has started */
 	pdl_wait();
 	KT(1);
 	const float *qv = q + t * qs + h * hd;
@@ -612,14 +703,28 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 		f[w] = mw == -INFINITY ? 0.0f : expf(mw - M);
 		L += sm[w][32 * ATT_MAXE + 1] * f[w];
 	}
+	float *slot = cl ? cl_slot(gather, hd) : nullptr;
 	for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
 		float a = 0.0f;
 		for (int w = 0; w < ATT_WARPS; w++)
 			a += sm[w][d] * f[w];
 		if (S == 1)
 			out[t * (H * hd) + h * hd + d] = rnd(a / L, cd);
+		else if (cl)
+			slot[d] = a;
 		else
 			part[((t * H + h) * S + blockIdx.z) * (hd + 2) + d] = a;
+	}
+	if (cl) {
+		if (threadIdx.x == 0) {
+			slot[hd] = M;
+			slot[hd + 1] = L;
+		}
+		KT(3);
+		attn_merge_cluster(gather, out, H, hd, (int)S, cd, t, h);
+		KT(4);
+		KT_END(2, kc);
+		return;
 	}
 	if (S > 1 && threadIdx.x == 0) {
 		float *pp = part + ((t * H + h) * S + blockIdx.z) * (hd + 2);
@@ -1352,6 +1457,7 @@ struct gstate {
 	cublasHandle_t cbh;
 	int cbh_ok;
 	int pdl; /* launch with programmatic dependent launch (sm_90) */
+	int att_cl; /* decode attention: at most this many splits merge as one cluster (0: none) */
 	int fuse; /* decode: RMSNorm and residual adds inside the GEMVs (see fusable) */
 	const float *xconv;    /* the activations xbuf holds converted (NULL: none) */
 	size_t xconv_n;
@@ -1408,22 +1514,37 @@ struct gstate {
  * visible (so nothing is read or written early).  Errors are recorded as
  * the last CUDA error, which the callers check.
  */
+/* clz > 0: blocks (x, y, z .. z + clz - 1) make one thread-block cluster. */
 template <typename... P, typename... A>
-static cudaError_t launch_ks(gstate *g, void (*k)(P...), dim3 grid, dim3 block, size_t smem, A &&...args)
+static cudaError_t launch_cl(gstate *g, void (*k)(P...), dim3 grid, dim3 block, size_t smem, unsigned clz,
+			     A &&...args)
 {
 	cudaLaunchConfig_t cfg = {};
 	cfg.gridDim = grid;
 	cfg.blockDim = block;
 	cfg.dynamicSmemBytes = smem;
 	cfg.stream = g->st;
-	cudaLaunchAttribute at[1];
+	cudaLaunchAttribute at[2];
+	unsigned na = 0;
 	if (g->pdl) {
-		at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-		at[0].val.programmaticStreamSerializationAllowed = 1;
-		cfg.attrs = at;
-		cfg.numAttrs = 1;
+		at[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+		at[na++].val.programmaticStreamSerializationAllowed = 1;
 	}
+	if (clz) {
+		at[na].id = cudaLaunchAttributeClusterDimension;
+		at[na].val.clusterDim.x = 1;
+		at[na].val.clusterDim.y = 1;
+		at[na++].val.clusterDim.z = clz;
+	}
+	cfg.attrs = na ? at : NULL;
+	cfg.numAttrs = na;
 	return cudaLaunchKernelEx(&cfg, k, std::forward<A>(args)...);
+}
+
+template <typename... P, typename... A>
+static cudaError_t launch_ks(gstate *g, void (*k)(P...), dim3 grid, dim3 block, size_t smem, A &&...args)
+{
+	return launch_cl(g, k, grid, block, smem, 0, std::forward<A>(args)...);
 }
 
 template <typename... P, typename... A>
@@ -2108,11 +2229,43 @@ static int add_bias(gstate *g, float *y, int64_t ld, const float *b, size_t n, i
 	return LQ_OK;
 }
 
+/* The most decode-attention splits that can run as one cluster: ATT_CLUSTER
+ * when the device can place such a cluster (above 8 is non-portable), else
+ * 8, else none (also when anything fails: the global merge works anywhere). */
+template <typename CT>
+static int att_cluster_max(void)
+{
+	int want = ATT_CLUSTER;
+	if (want < 2)
+		return 0;
+	if (want > 8 && cudaFuncSetAttribute(k_attn<CT>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
+		want = 8;
+	for (; want >= 2; want = want > 8 ? 8 : 0) {
+		cudaLaunchConfig_t cfg = {};
+		cudaLaunchAttribute at;
+		at.id = cudaLaunchAttributeClusterDimension;
+		at.val.clusterDim.x = 1;
+		at.val.clusterDim.y = 1;
+		at.val.clusterDim.z = (unsigned)want;
+		cfg.gridDim = dim3(1, 1, (unsigned)want);
+		cfg.blockDim = dim3(ATT_WARPS * 32);
+		cfg.attrs = &at;
+		cfg.numAttrs = 1;
+		int n = 0;
+		if (cudaOccupancyMaxActiveClusters(&n, k_attn<CT>, &cfg) == cudaSuccess && n > 0)
+			return want;
+	}
+	cudaGetLastError();
+	return 0;
+}
+
 static int attn_splits(gstate *g, size_t n)
 {
 	if (n > 1)
 		return 1;
 	int64_t s = g->cap / 16;
+	if (g->att_cl > 1 && g->cap <= ATT_CLCAP && s > g->att_cl)
+		s = g->att_cl; /* one cluster: fewer, longer splits without the global merge */
 	return (int)(s < 1 ? 1 : s > ATT_MAXSPLIT ? ATT_MAXSPLIT : s);
 }
 
@@ -2126,7 +2279,7 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 	const int cd = g->cd;
 	CT *kc = (CT *)layer_kc(g, li), *vc = (CT *)layer_vc(g, li);
 	dim3 rg((unsigned)(g->H + g->KV), (unsigned)n);
-	launch_k(g, k_rope<CT>, dim3(rg), dim3(64), q, ld, k, ld, v, ld, g->H, g->KV, g->hd, g->rot, g->inv_freq, g->ascale,
+	launch_k(g, k_rope<CT>, dim3(rg), dim3(ROPE_THREADS), q, ld, k, ld, v, ld, g->H, g->KV, g->hd, g->rot, g->inv_freq, g->ascale,
 		 d_pos, pos, kc, vc, g->kvdim, cd, (const float *)l->q_bias, (const float *)l->k_bias,
 		 (const float *)l->v_bias, rtab);
 	CK(cudaGetLastError(), "RoPE");
@@ -2145,11 +2298,12 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 			  g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
 			  (float)c->attn_logit_softcap, pos, (int64_t)n, cd);
 	} else {
-		int S = attn_splits(g, n);
+		int S = attn_splits(g, n), cl = S > 1 && S <= g->att_cl;
 		dim3 ag((unsigned)g->H, (unsigned)n, (unsigned)S);
-		launch_k(g, k_attn<CT>, dim3(ag), dim3(ATT_WARPS * 32), q, ld, (const CT *)kc, (const CT *)vc, g->att, g->part,
-			 g->acnt, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
-			 (float)c->attn_logit_softcap, d_pos, pos, cd);
+		launch_cl(g, k_attn<CT>, dim3(ag), dim3(ATT_WARPS * 32), cl ? (size_t)S * (g->hd + 2) * sizeof(float) : 0,
+			  cl ? (unsigned)S : 0u, q, ld, (const CT *)kc,
+			  (const CT *)vc, g->att, g->part, g->acnt, g->H, g->H / g->KV, g->hd, g->kvdim, l->window,
+			  (float)c->attn_scale, (float)c->attn_logit_softcap, d_pos, pos, cd, cl);
 	}
 	CK(cudaGetLastError(), "attention");
 	return LQ_OK;
@@ -2584,6 +2738,10 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 	}
 	snprintf(g->desc, sizeof g->desc, "cuda:%d %s, %s", g->dev, prop.name, lq_compute_name(g->cd));
 	g->pdl = prop.major >= 9;
+	g->att_cl = prop.major >= 9 ? (g->cd == LQ_COMPUTE_F32   ? att_cluster_max<float>()
+				       : g->cd == LQ_COMPUTE_F16 ? att_cluster_max<__half>()
+								 : att_cluster_max<__nv_bfloat16>())
+				    : 0;
 	g->L = (glayer *)calloc((size_t)g->nl, sizeof *g->L);
 	g->h_inv = (float *)calloc((size_t)(g->rot + 2), sizeof(float));
 	if (!g->L || !g->h_inv) {

@@ -15,6 +15,9 @@ before it, the mean per position in the layer (q/k/v, o, gate/up, down for
 the Llama shapes), RoPE / attention relative to the end of the q/k/v GEMV,
 and (with %smid) how many SMs the attention blocks ran on and how long after
 the last attention block on its SM each of the o GEMV's blocks entered.
+"counted": a split's partial written and counted (the global merge) or
+stored into the cluster's gather (the cluster merge); "merged": the merge
+done.
 Needs numpy.
 Copyright (c) the libquant authors.  MIT license.
 """
