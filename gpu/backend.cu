@@ -1084,11 +1084,26 @@ static decltype(&k_attn_tiled<4, CT>) fa_kernel(int64_t hd)
 	return hd <= 64 ? k_attn_tiled<4, CT> : hd <= 128 ? k_attn_tiled<8, CT> : k_attn_tiled<16, CT>;
 }
 /* The shared memory of the instance that compute dtype cd launches. */
+/* f(ctype<CT>{}) with CT the KV cache's element type for compute dtype cd:
+ * float at fp32, else the 16-bit type itself (the one place that choice is
+ * written). */
+template <typename T>
+struct ctype {
+	using type = T;
+};
+template <typename F>
+static auto by_cache_type(int cd, F &&f)
+{
+	if (cd == LQ_COMPUTE_F32)
+		return f(ctype<float>{});
+	if (cd == LQ_COMPUTE_F16)
+		return f(ctype<__half>{});
+	return f(ctype<__nv_bfloat16>{});
+}
+
 static cudaError_t fa_prepare(int64_t hd, int cd)
 {
-	const void *f = cd == LQ_COMPUTE_F32   ? (const void *)fa_kernel<float>(hd)
-			: cd == LQ_COMPUTE_F16 ? (const void *)fa_kernel<__half>(hd)
-					       : (const void *)fa_kernel<__nv_bfloat16>(hd);
+	const void *f = by_cache_type(cd, [&](auto c) { return (const void *)fa_kernel<typename decltype(c)::type>(hd); });
 	return cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)fa_smem(hd));
 }
 
@@ -2369,9 +2384,9 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			}
 			/* the q / k / v biases: added by k_rope */
 		}
-		if ((rc = g->cd == LQ_COMPUTE_F32   ? attend<float>(g, l, li, n, q, k, v, ld, pos, d_pos, rtab, err)
-			  : g->cd == LQ_COMPUTE_F16 ? attend<__half>(g, l, li, n, q, k, v, ld, pos, d_pos, rtab, err)
-						    : attend<__nv_bfloat16>(g, l, li, n, q, k, v, ld, pos, d_pos, rtab, err)))
+		if ((rc = by_cache_type(g->cd, [&](auto c) {
+			     return attend<typename decltype(c)::type>(g, l, li, n, q, k, v, ld, pos, d_pos, rtab, err);
+		     })))
 			return rc;
 		if (fz) {
 			if ((rc = fused_residual(g, &l->o, g->att, l->post_attn_norm, err)))
@@ -2738,9 +2753,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 	}
 	snprintf(g->desc, sizeof g->desc, "cuda:%d %s, %s", g->dev, prop.name, lq_compute_name(g->cd));
 	g->pdl = prop.major >= 9;
-	g->att_cl = prop.major >= 9 ? (g->cd == LQ_COMPUTE_F32   ? att_cluster_max<float>()
-				       : g->cd == LQ_COMPUTE_F16 ? att_cluster_max<__half>()
-								 : att_cluster_max<__nv_bfloat16>())
+	g->att_cl = prop.major >= 9 ? by_cache_type(g->cd, [](auto c) { return att_cluster_max<typename decltype(c)::type>(); })
 				    : 0;
 	g->L = (glayer *)calloc((size_t)g->nl, sizeof *g->L);
 	g->h_inv = (float *)calloc((size_t)(g->rot + 2), sizeof(float));
