@@ -53,7 +53,7 @@
 #define ATT_CLUSTER 16   /* sm_90: up to this many splits are one thread-block cluster (0: never) */
 #endif
 #ifndef ATT_CLCAP
-#define ATT_CLCAP 512    /* caches up to this size: at most ATT_CLUSTER splits */
+#define ATT_CLCAP 2048   /* caches up to this size: at most ATT_CLUSTER splits */
 #endif
 #define ROPE_THREADS 64  /* threads per k_rope block */
 #define ROPE_MAXV (32 * ATT_MAXE / ROPE_THREADS) /* v values per thread, head_dim <= 32 * ATT_MAXE */

@@ -345,8 +345,8 @@ int main(void)
 	if (system(cmd) != 0) {
 		CHECK(0, "cannot run %s", cmd);
 	} else {
-		int32_t ids[700];
-		for (int i = 0; i < 700; i++)
+		static int32_t ids[2080];
+		for (int i = 0; i < 2080; i++)
 			ids[i] = (int32_t)((i * 7919u + 13) % 1000);
 		for (size_t q = 0; q < 3; q++) {
 			struct model md = { NULL, NULL };
@@ -359,8 +359,9 @@ int main(void)
 				struct lq_error e = {0};
 				struct lq_run *cpu = make_run(&md, LQ_BACKEND_CPU, -1, 1024);
 				struct lq_run *gpu = make_run(&md, LQ_BACKEND_CUDA, LQ_COMPUTE_F32, 1024);
-				/* a cache of 720: 45 decode splits of the global merge
-				 * (1024: 64), not the power of two of every other case */
+				/* a cache of 720: 45 decode splits (the GPU's decode
+				 * attention clamps them to one cluster's 16 on sm_90), not
+				 * the power of two of every other case */
 				struct lq_run *gpu2 = make_run(&md, LQ_BACKEND_CUDA, LQ_COMPUTE_F32, 720);
 				if (cpu && gpu && gpu2) {
 					int64_t V = lq_run_vocab(cpu);
@@ -390,6 +391,33 @@ int main(void)
 				lq_run_free(cpu);
 				lq_run_free(gpu);
 				lq_run_free(gpu2);
+				if (q == 0) {
+					/* past 2048 positions (a cache of 2080: 64 splits and the
+					 * global merge on every GPU): a 2060-token prompt, 20 steps */
+					cpu = make_run(&md, LQ_BACKEND_CPU, -1, 2080);
+					gpu = make_run(&md, LQ_BACKEND_CUDA, LQ_COMPUTE_F32, 2080);
+					int64_t V = cpu ? lq_run_vocab(cpu) : 0;
+					float *a1 = (float *)malloc((size_t)V * 4), *a2 = (float *)malloc((size_t)V * 4);
+					if (cpu && gpu && a1 && a2) {
+						CHECK_OK(lq_run_forward(cpu, ids, 2060, 0, a1, 0, &e), &e);
+						CHECK_OK(lq_run_forward(gpu, ids, 2060, 0, a2, 0, &e), &e);
+						double w = rel_err(a2, a1, (size_t)V);
+						for (int t = 2060; t < 2080; t++) {
+							CHECK_OK(lq_run_forward(cpu, ids + t, 1, t, a1, 0, &e), &e);
+							CHECK_OK(lq_run_forward(gpu, ids + t, 1, t, a2, 0, &e), &e);
+							double x = rel_err(a2, a1, (size_t)V);
+							w = x > w ? x : w;
+						}
+						CHECK(w < 1e-4, "%s: 2060-token prefill + 20 decode steps: %g", what, w);
+						printf("  %-22s 2060+20 tokens: %.2e\n", what, w);
+					} else {
+						CHECK(0, "%s: cannot open the 2080-token runs", what);
+					}
+					free(a1);
+					free(a2);
+					lq_run_free(cpu);
+					lq_run_free(gpu);
+				}
 			}
 			close_model(&md);
 		}
