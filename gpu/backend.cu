@@ -577,8 +577,8 @@ __device__ void attn_merge(const float *part, float *out, int64_t H, int64_t hd,
  * is running), stores its (unnormalized vector, max, sum) into split slot r
  * of rank 0's shared gather[S][hd + 2], arrives again (release) and
  * exits, so that its SM is free for the next kernel.  Rank 0 waits
- * (acquire) and merges the slots as attn_merge does (merge_splits).  No partials in global memory, no fence, counter or
- * last-block wait.
+ * (acquire) and merges the slots as attn_merge does (merge_splits).  No
+ * partials in global memory, no fence, counter or last-block wait.
  */
 __device__ __forceinline__ void cl_arrive(void)
 {
@@ -1083,7 +1083,6 @@ static decltype(&k_attn_tiled<4, CT>) fa_kernel(int64_t hd)
 {
 	return hd <= 64 ? k_attn_tiled<4, CT> : hd <= 128 ? k_attn_tiled<8, CT> : k_attn_tiled<16, CT>;
 }
-/* The shared memory of the instance that compute dtype cd launches. */
 /* f(ctype<CT>{}) with CT the KV cache's element type for compute dtype cd:
  * float at fp32, else the 16-bit type itself (the one place that choice is
  * written). */
@@ -1101,6 +1100,7 @@ static auto by_cache_type(int cd, F &&f)
 	return f(ctype<__nv_bfloat16>{});
 }
 
+/* The shared memory of the instance that compute dtype cd launches. */
 static cudaError_t fa_prepare(int64_t hd, int cd)
 {
 	const void *f = by_cache_type(cd, [&](auto c) { return (const void *)fa_kernel<typename decltype(c)::type>(hd); });
@@ -2294,8 +2294,8 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 	const int cd = g->cd;
 	CT *kc = (CT *)layer_kc(g, li), *vc = (CT *)layer_vc(g, li);
 	dim3 rg((unsigned)(g->H + g->KV), (unsigned)n);
-	launch_k(g, k_rope<CT>, dim3(rg), dim3(ROPE_THREADS), q, ld, k, ld, v, ld, g->H, g->KV, g->hd, g->rot, g->inv_freq, g->ascale,
-		 d_pos, pos, kc, vc, g->kvdim, cd, (const float *)l->q_bias, (const float *)l->k_bias,
+	launch_k(g, k_rope<CT>, dim3(rg), dim3(ROPE_THREADS), q, ld, k, ld, v, ld, g->H, g->KV, g->hd, g->rot, g->inv_freq,
+		 g->ascale, d_pos, pos, kc, vc, g->kvdim, cd, (const float *)l->q_bias, (const float *)l->k_bias,
 		 (const float *)l->v_bias, rtab);
 	CK(cudaGetLastError(), "RoPE");
 	g->xconv = NULL;
@@ -2753,8 +2753,9 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 	}
 	snprintf(g->desc, sizeof g->desc, "cuda:%d %s, %s", g->dev, prop.name, lq_compute_name(g->cd));
 	g->pdl = prop.major >= 9;
-	g->att_cl = prop.major >= 9 ? by_cache_type(g->cd, [](auto c) { return att_cluster_max<typename decltype(c)::type>(); })
-				    : 0;
+	g->att_cl = 0;
+	if (prop.major >= 9)
+		g->att_cl = by_cache_type(g->cd, [](auto c) { return att_cluster_max<typename decltype(c)::type>(); });
 	g->L = (glayer *)calloc((size_t)g->nl, sizeof *g->L);
 	g->h_inv = (float *)calloc((size_t)(g->rot + 2), sizeof(float));
 	if (!g->L || !g->h_inv) {
