@@ -1529,7 +1529,19 @@ struct gstate {
  * visible (so nothing is read or written early).  Errors are recorded as
  * the last CUDA error, which the callers check.
  */
-/* clz > 0: blocks (x, y, z .. z + clz - 1) make one thread-block cluster. */
+/* The launch attribute that makes blocks (x, y, z .. z + clz - 1) one
+ * thread-block cluster. */
+static cudaLaunchAttribute cluster_z(unsigned clz)
+{
+	cudaLaunchAttribute a = {};
+	a.id = cudaLaunchAttributeClusterDimension;
+	a.val.clusterDim.x = 1;
+	a.val.clusterDim.y = 1;
+	a.val.clusterDim.z = clz;
+	return a;
+}
+
+/* clz > 0: launched in clusters of clz blocks along z (cluster_z). */
 template <typename... P, typename... A>
 static cudaError_t launch_cl(gstate *g, void (*k)(P...), dim3 grid, dim3 block, size_t smem, unsigned clz,
 			     A &&...args)
@@ -1545,12 +1557,8 @@ static cudaError_t launch_cl(gstate *g, void (*k)(P...), dim3 grid, dim3 block, 
 		at[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
 		at[na++].val.programmaticStreamSerializationAllowed = 1;
 	}
-	if (clz) {
-		at[na].id = cudaLaunchAttributeClusterDimension;
-		at[na].val.clusterDim.x = 1;
-		at[na].val.clusterDim.y = 1;
-		at[na++].val.clusterDim.z = clz;
-	}
+	if (clz)
+		at[na++] = cluster_z(clz);
 	cfg.attrs = na ? at : NULL;
 	cfg.numAttrs = na;
 	return cudaLaunchKernelEx(&cfg, k, std::forward<A>(args)...);
@@ -2257,11 +2265,7 @@ static int att_cluster_max(void)
 		want = 8;
 	for (; want >= 2; want = want > 8 ? 8 : 0) {
 		cudaLaunchConfig_t cfg = {};
-		cudaLaunchAttribute at;
-		at.id = cudaLaunchAttributeClusterDimension;
-		at.val.clusterDim.x = 1;
-		at.val.clusterDim.y = 1;
-		at.val.clusterDim.z = (unsigned)want;
+		cudaLaunchAttribute at = cluster_z((unsigned)want);
 		cfg.gridDim = dim3(1, 1, (unsigned)want);
 		cfg.blockDim = dim3(ATT_WARPS * 32);
 		cfg.attrs = &at;
