@@ -200,6 +200,31 @@ static void check_sampling(const char *what, struct lq_run *r, const int32_t *id
 	}
 }
 
+/* An np-token prompt, then decode steps np..n-1, on the CPU run and on each
+ * of the ng GPU runs: w[i] = GPU run i's worst rel L2 against the CPU's
+ * logits, over the prompt's last row and every step. */
+static void decode_worst(struct lq_run *cpu, struct lq_run *const *gpu, int ng, const int32_t *ids, int np, int n,
+			 double *w)
+{
+	struct lq_error e = {0};
+	int64_t V = lq_run_vocab(cpu);
+	float *a1 = (float *)malloc((size_t)V * 4), *a2 = (float *)malloc((size_t)V * 4);
+	for (int t = np - 1; t < n; t++) {
+		const int32_t *in = t < np ? ids : ids + t;
+		size_t k = t < np ? (size_t)np : 1;
+		int64_t pos = t < np ? 0 : t;
+		CHECK_OK(lq_run_forward(cpu, in, k, pos, a1, 0, &e), &e);
+		for (int i = 0; i < ng; i++) {
+			CHECK_OK(lq_run_forward(gpu[i], in, k, pos, a2, 0, &e), &e);
+			double x = rel_err(a2, a1, (size_t)V);
+			if (t == np - 1 || x > w[i])
+				w[i] = x;
+		}
+	}
+	free(a1);
+	free(a2);
+}
+
 /* The comparisons for one packed model; ids[n], ref = transformers' logits or NULL. */
 static void compare(const char *what, struct model *md, const int32_t *ids, size_t n, size_t split,
 		    const float *ref, int64_t ctx)
@@ -364,28 +389,16 @@ int main(void)
 				 * the power of two of every other case */
 				struct lq_run *gpu2 = make_run(&md, LQ_BACKEND_CUDA, LQ_COMPUTE_F32, 720);
 				if (cpu && gpu && gpu2) {
-					int64_t V = lq_run_vocab(cpu);
-					float *a1 = (float *)malloc((size_t)V * 4), *a2 = (float *)malloc((size_t)V * 4);
-					CHECK_OK(lq_run_forward(cpu, ids, 600, 0, a1, 0, &e), &e);
-					CHECK_OK(lq_run_forward(gpu, ids, 600, 0, a2, 0, &e), &e);
-					double w = rel_err(a2, a1, (size_t)V), w2 = 0;
-					CHECK_OK(lq_run_forward(gpu2, ids, 600, 0, a2, 0, &e), &e);
-					for (int t = 600; t < 700; t++) {
-						CHECK_OK(lq_run_forward(cpu, ids + t, 1, t, a1, 0, &e), &e);
-						CHECK_OK(lq_run_forward(gpu, ids + t, 1, t, a2, 0, &e), &e);
-						double x = rel_err(a2, a1, (size_t)V);
-						w = x > w ? x : w;
-						CHECK_OK(lq_run_forward(gpu2, ids + t, 1, t, a2, 0, &e), &e);
-						x = rel_err(a2, a1, (size_t)V);
-						w2 = x > w2 ? x : w2;
-					}
-					CHECK(w < 1e-4, "%s: 600-token prefill + 100 decode steps: %g", what, w);
-					CHECK(w2 < 1e-4, "%s: the same in a 720-token context: %g", what, w2);
-					printf("  %-22s 600+100 tokens: %.2e (context 720: %.2e)\n", what, w, w2);
+					struct lq_run *const gs[2] = { gpu, gpu2 };
+					double w[2];
+					decode_worst(cpu, gs, 2, ids, 600, 700, w);
+					CHECK(w[0] < 1e-4, "%s: 600-token prefill + 100 decode steps: %g", what, w[0]);
+					CHECK(w[1] < 1e-4, "%s: the same in a 720-token context: %g", what, w[1]);
+					printf("  %-22s 600+100 tokens: %.2e (context 720: %.2e)\n", what, w[0], w[1]);
 					int32_t many[1025] = { 0 };
+					float *a2 = (float *)malloc((size_t)lq_run_vocab(gpu) * 4);
 					CHECK(lq_run_forward(gpu, many, 1025, 0, a2, 0, &e) == LQ_ERR_INVALID, "context");
 					CHECK(strstr(e.msg, "context length") != NULL, "%s", e.msg);
-					free(a1);
 					free(a2);
 				}
 				lq_run_free(cpu);
@@ -396,25 +409,14 @@ int main(void)
 					 * global merge on every GPU): a 2060-token prompt, 20 steps */
 					cpu = make_run(&md, LQ_BACKEND_CPU, -1, 2080);
 					gpu = make_run(&md, LQ_BACKEND_CUDA, LQ_COMPUTE_F32, 2080);
-					int64_t V = cpu ? lq_run_vocab(cpu) : 0;
-					float *a1 = (float *)malloc((size_t)V * 4), *a2 = (float *)malloc((size_t)V * 4);
-					if (cpu && gpu && a1 && a2) {
-						CHECK_OK(lq_run_forward(cpu, ids, 2060, 0, a1, 0, &e), &e);
-						CHECK_OK(lq_run_forward(gpu, ids, 2060, 0, a2, 0, &e), &e);
-						double w = rel_err(a2, a1, (size_t)V);
-						for (int t = 2060; t < 2080; t++) {
-							CHECK_OK(lq_run_forward(cpu, ids + t, 1, t, a1, 0, &e), &e);
-							CHECK_OK(lq_run_forward(gpu, ids + t, 1, t, a2, 0, &e), &e);
-							double x = rel_err(a2, a1, (size_t)V);
-							w = x > w ? x : w;
-						}
+					if (cpu && gpu) {
+						double w;
+						decode_worst(cpu, &gpu, 1, ids, 2060, 2080, &w);
 						CHECK(w < 1e-4, "%s: 2060-token prefill + 20 decode steps: %g", what, w);
 						printf("  %-22s 2060+20 tokens: %.2e\n", what, w);
 					} else {
 						CHECK(0, "%s: cannot open the 2080-token runs", what);
 					}
-					free(a1);
-					free(a2);
 					lq_run_free(cpu);
 					lq_run_free(gpu);
 				}
