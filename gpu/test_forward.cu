@@ -21,9 +21,10 @@
  * Then a larger synthetic Llama (tests/gen_checkpoint: hidden 512, GQA,
  * 130 prompt tokens, so that the fast GEMV, split-K, split attention, the
  * chunked prefill and the KV-cache growth run) the same way, the other four
- * architectures at that size (tests/gen_arch_checkpoint.py, skipped with a
- * message without python3, numpy and safetensors), and the errors a user
- * can provoke (token out of range, context exceeded, no such device).
+ * architectures at that size, then all five at the real models' head sizes
+ * (96, 128, 256; tests/gen_arch_checkpoint.py, skipped with a message
+ * without python3, numpy and safetensors), and the errors a user can
+ * provoke (token out of range, context exceeded, no such device).
  */
 #include "libquant.h"
 #include "../tests/sample_cases.h"
@@ -428,25 +429,34 @@ int main(void)
 	/* the other four architectures at the same size (tests/gen_arch_checkpoint.py):
 	 * fused q/k/v and gate/up (Phi-3, longrope), sandwich norms and soft-caps
 	 * (Gemma 2), q/k/v biases (Qwen2), sliding windows, through the tile
-	 * layout and the fused decode GEMVs at bf16 / fp16 */
+	 * layout and the fused decode GEMVs at bf16 / fp16; then all five at the
+	 * head sizes of the real models (Llama 3.1, Mistral, Qwen2-7B: 128;
+	 * Phi-3: 96; Gemma 2: 256), which the attention kernels instantiate
+	 * separately (dims per lane, tensor-core tiles) */
 	{
-		static const char *const archs[] = {"phi3", "gemma2", "qwen2", "mistral"};
+		static const struct {
+			const char *arch;
+			int hd; /* 0: the script's default, 64 */
+		} archs[] = {{"phi3", 0},     {"gemma2", 0},  {"qwen2", 0},   {"mistral", 0}, {"llama", 128},
+			     {"mistral", 128}, {"qwen2", 128}, {"phi3", 96}, {"gemma2", 256}};
 		int32_t ids[130];
 		for (int i = 0; i < 130; i++)
 			ids[i] = (int32_t)((i * 7919u + 13) % 1000);
 		for (size_t a = 0; a < sizeof archs / sizeof archs[0]; a++) {
-			char dir[128];
-			snprintf(dir, sizeof dir, "/tmp/test_forward.%s", archs[a]);
-			snprintf(cmd, sizeof cmd, "python3 tests/gen_arch_checkpoint.py %s %s", archs[a], dir);
+			char dir[128], hd[16] = "";
+			if (archs[a].hd)
+				snprintf(hd, sizeof hd, " %d", archs[a].hd);
+			snprintf(dir, sizeof dir, "/tmp/test_forward.%s%d", archs[a].arch, archs[a].hd);
+			snprintf(cmd, sizeof cmd, "python3 tests/gen_arch_checkpoint.py %s %s%s", archs[a].arch, dir, hd);
 			if (system(cmd) != 0) {
 				printf("  skipping the synthetic %s model: tests/gen_arch_checkpoint.py needs python3 with numpy "
-				       "and safetensors\n", archs[a]);
+				       "and safetensors\n", archs[a].arch);
 				continue;
 			}
 			struct model md = { NULL, NULL };
 			if (!open_packed(dir, LQ_QTYPE_NF4, 1, &md)) {
 				char what[64];
-				snprintf(what, sizeof what, "synthetic %s nf4", archs[a]);
+				snprintf(what, sizeof what, "synthetic %s%s nf4", archs[a].arch, archs[a].hd ? hd : "");
 				compare(what, &md, ids, 130, 100, NULL, 1024);
 			} else {
 				CHECK(0, "cannot pack %s", dir);
