@@ -429,7 +429,10 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
  * (programmatic dependent launch).
  * TC_DEPTH and TC_CH are tuning knobs (-D...); on the H200 the defaults
  * were best or within 2%, as were interleaved K slices and other L2
- * prefetch sizes (BENCHMARKS.md).
+ * prefetch sizes (BENCHMARKS.md).  -DTC_NOMATH (diagnostic only, wrong
+ * results) leaves out the decode and the mma: the loads and bookkeeping
+ * alone reach 94-104% of the copy bandwidth on the large shapes, so the
+ * math, not the memory access pattern, is what bounds the kernel.
  * ---------------------------------------------------------------------- */
 #define TC_THREADS 512
 #define TC_WARPS (TC_THREADS / 32)
@@ -439,6 +442,9 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
 #define TC_LUT_BYTES 65536 /* 256 codes x 256 bytes (32 lanes x 4 bytes used) */
 #define TC_SPAN 128        /* elements of K per warp step */
 #define TC_CH 8            /* work items between two reductions of their partial sums */
+#ifndef TC_NORM_REG
+#define TC_NORM_REG 4 /* float4s of x per thread held across the fused norm's barrier */
+#endif
 
 /*
  * Shared memory: the table must start at a multiple of 64 KiB of the shared
@@ -666,15 +672,35 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			((uint4 *)xs)[i] = __ldg(xv + i);
 	} else if (nw) {
 		/* the input is RMSNorm(x), as k_rmsnorm4 computes it (the sum of
-		 * squares in another order), rounded to the compute dtype */
-		const float4 *xv = (const float4 *)x;
+		 * squares in another order), rounded to the compute dtype; up to
+		 * 4 * TC_NORM_REG * TC_THREADS elements, x and the norm weights
+		 * are read in one round trip and held in registers across the
+		 * barrier, longer rows are read twice */
+		const float4 *xv = (const float4 *)x, *wv4 = (const float4 *)nw;
+		const uint32_t n4 = K / 4;
+		const bool held = n4 <= TC_NORM_REG * TC_THREADS;
+		float4 hv[TC_NORM_REG], hw[TC_NORM_REG];
 		float ss = 0.0f;
-		for (uint32_t i = tid; i < K / 4; i += TC_THREADS) {
-			float4 v = __ldg(xv + i);
+		auto sq = [&](float4 v) {
 			ss = fmaf(v.x, v.x, ss);
 			ss = fmaf(v.y, v.y, ss);
 			ss = fmaf(v.z, v.z, ss);
 			ss = fmaf(v.w, v.w, ss);
+		};
+		if (held) {
+#pragma unroll
+			for (int j = 0; j < TC_NORM_REG; j++)
+				if (tid + j * TC_THREADS < n4) {
+					hv[j] = __ldg(xv + tid + j * TC_THREADS);
+					hw[j] = __ldg(wv4 + tid + j * TC_THREADS);
+				}
+#pragma unroll
+			for (int j = 0; j < TC_NORM_REG; j++)
+				if (tid + j * TC_THREADS < n4)
+					sq(hv[j]);
+		} else {
+			for (uint32_t i = tid; i < n4; i += TC_THREADS)
+				sq(__ldg(xv + i));
 		}
 		for (int o = 16; o; o >>= 1)
 			ss += __shfl_xor_sync(0xffffffffu, ss, o);
@@ -685,13 +711,21 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		for (int w = 0; w < TC_WARPS; w++)
 			tot += red[w];
 		const float inv = (float)(1.0 / sqrt((double)(tot / (float)K + eps)));
-		for (uint32_t i = tid; i < K / 4; i += TC_THREADS) {
-			float4 v = __ldg(xv + i), wv = __ldg((const float4 *)nw + i);
+		auto put = [&](uint32_t i, float4 v, float4 wv) {
 			float h[4] = {v.x * inv, v.y * inv, v.z * inv, v.w * inv}, wk[4] = {wv.x, wv.y, wv.z, wv.w}, o[4];
 #pragma unroll
 			for (int e = 0; e < 4; e++)
 				o[e] = fl & LQ_GEMV_NORM_PLUS_ONE ? h[e] * (1.0f + wk[e]) : wk[e] * h[e];
 			((uint2 *)xs)[i] = make_uint2(lq_pack16<F16>(o[0], o[1]), lq_pack16<F16>(o[2], o[3]));
+		};
+		if (held) {
+#pragma unroll
+			for (int j = 0; j < TC_NORM_REG; j++)
+				if (tid + j * TC_THREADS < n4)
+					put(tid + j * TC_THREADS, hv[j], hw[j]);
+		} else {
+			for (uint32_t i = tid; i < n4; i += TC_THREADS)
+				put(i, __ldg(xv + i), __ldg(wv4 + i));
 		}
 	} else {
 		const float4 *xv = (const float4 *)x;
@@ -710,6 +744,11 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	auto span = [&](const tc_slot &s, float &pg, float &pg8) {
 		float sc = DQ ? lq_dq_scale(dmap[s.s], s.n, s.off) : __uint_as_float(s.s);
 		float so = __shfl_down_sync(0xffffffffu, sc, 2);
+#ifdef TC_NOMATH /* diagnostic: the loads and the bookkeeping without the decode and the mma */
+		pg = sc * __uint_as_float((s.a.x ^ s.a.y ^ s.a.z ^ s.a.w) & 0x007fffffu);
+		pg8 = so * __uint_as_float((s.b.x ^ s.b.y ^ s.b.z ^ s.b.w) & 0x007fffffu);
+		return;
+#endif
 		const uint32_t wa[4] = {s.a.x, s.a.y, s.a.z, s.a.w}, wb[4] = {s.b.x, s.b.y, s.b.z, s.b.w};
 		/* lane (c, c) holds B column c: chunk c's 32 activations, 4 x 16 bytes */
 		const uint4 *xp = (const uint4 *)(xs + s.xsp * (TC_SPAN / 2) + c * 16);
