@@ -52,9 +52,13 @@
 #define GEMV_MINBLOCKS 6 /* blocks per SM: the 33 KB of shared memory allow 6 */
 #endif
 
-static __constant__ uint32_t g_nf4[16] = LQ_NF4_BITS_INIT;
-static __constant__ uint32_t g_fp4[16] = LQ_FP4_BITS_INIT;
-static __constant__ uint32_t g_dyn[256] = LQ_DYNMAP_BITS_INIT;
+/* The code tables in global memory, read through L1 (__ldg) when a block
+ * builds its shared-memory tables: each warp reads them at several indices
+ * at once, which the constant cache would serve one address at a time
+ * (ncu: a tenth of the tensor-core GEMV's stall samples were those reads). */
+static __device__ const uint32_t g_nf4[16] = LQ_NF4_BITS_INIT;
+static __device__ const uint32_t g_fp4[16] = LQ_FP4_BITS_INIT;
+static __device__ const uint32_t g_dyn[256] = LQ_DYNMAP_BITS_INIT;
 
 __device__ __forceinline__ uint4 ld_stream(const uint8_t *p)
 {
@@ -193,19 +197,19 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MINBLOCKS) k_gemv_fast(cons
 	if (Q4 && EX) {
 		const uint32_t *tab = QT == LQ_QTYPE_NF4 ? g_nf4 : g_fp4;
 		for (int i = tid; i < 16 * 32; i += GEMV_THREADS)
-			lut[i] = tab[i >> 5];
+			lut[i] = __ldg(tab + (i >> 5));
 	} else if (Q4) {
 		const uint32_t *tab = QT == LQ_QTYPE_NF4 ? g_nf4 : g_fp4;
 		for (int i = tid; i < 256 * 32; i += GEMV_THREADS) {
 			int byte = i >> 5;
-			uint32_t hi = __bfloat16_as_ushort(__float2bfloat16_rn(__uint_as_float(tab[byte >> 4])));
-			uint32_t lo = __bfloat16_as_ushort(__float2bfloat16_rn(__uint_as_float(tab[byte & 15])));
+			uint32_t hi = __bfloat16_as_ushort(__float2bfloat16_rn(__uint_as_float(__ldg(tab + (byte >> 4)))));
+			uint32_t lo = __bfloat16_as_ushort(__float2bfloat16_rn(__uint_as_float(__ldg(tab + (byte & 15)))));
 			lut[i] = hi << 16 | lo;
 		}
 	}
 	if (DQ)
 		for (int i = tid; i < 256; i += GEMV_THREADS)
-			dmap[i] = __uint_as_float(g_dyn[i]);
+			dmap[i] = __uint_as_float(__ldg(g_dyn + i));
 	__syncthreads();
 	const uint32_t *lut_lane = lut + lane;
 	/* programmatic dependent launch: everything above overlaps the previous
@@ -648,16 +652,20 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	TC_TR(1);
 	{
 		/* four codes per warp and step, each lane storing four lanes' copies
-		 * (one 16-byte store where there were four 4-byte ones) */
+		 * (one 16-byte store where there were four 4-byte ones); the steps
+		 * unrolled, so that their table reads share one round trip */
 		const uint32_t *tab = QT == LQ_QTYPE_NF4 ? g_nf4 : g_fp4;
-		for (int e0 = warp * 4; e0 < 256; e0 += TC_WARPS * 4) {
-			const int e = e0 + (lane >> 3);
-			const uint32_t v = lq_pack16<F16>(__uint_as_float(tab[e >> 4]), __uint_as_float(tab[e & 15]));
+		static_assert(256 % (TC_WARPS * 4) == 0, "the table build's steps");
+#pragma unroll
+		for (int it = 0; it < 256 / (TC_WARPS * 4); it++) {
+			const int e = it * TC_WARPS * 4 + warp * 4 + (lane >> 3);
+			const float hi = __uint_as_float(__ldg(tab + (e >> 4))), lo = __uint_as_float(__ldg(tab + (e & 15)));
+			const uint32_t v = lq_pack16<F16>(hi, lo);
 			*(uint4 *)(lut + e * 256 + (lane & 7) * 16) = make_uint4(v, v, v, v);
 		}
 		if (DQ)
 			for (int i = tid; i < 256; i += TC_THREADS)
-				dmap[i] = __uint_as_float(g_dyn[i]);
+				dmap[i] = __uint_as_float(__ldg(g_dyn + i));
 	}
 	issue(TC_DEPTH, 2 * TC_DEPTH);
 	TC_TR(2);
