@@ -433,6 +433,32 @@ static void kt_dump(void)
 #define KT_END(kind, key) do { } while (0)
 #endif
 
+/* One rotated element of the pair (x1, x2) (first: x1 * cs - x2 * sn,
+ * second: x2 * cs + x1 * sn), rounded to the compute dtype: the CPU's
+ * arithmetic (no FMA contraction), in every kernel that rotates. */
+__device__ __forceinline__ float rope_rot(float x1, float x2, float cs, float sn, bool second, int cd)
+{
+	return rnd(second ? __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn)) : __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn)),
+		   cd);
+}
+
+/* Element d (< hd) of one head after its bias and RoPE, rounded to the
+ * compute dtype: vec is the head's raw values, bias its bias (or NULL),
+ * rtab the cos [half] and sin [half] of the position (dims past rot pass
+ * through).  The arithmetic of k_rope; the loads are unconditional (the
+ * indices selected), so that they issue together. */
+__device__ __forceinline__ float rope_at(const float *vec, const float *bias, int64_t d, int64_t half, int64_t rot,
+					 const float *rtab, int cd)
+{
+	const int64_t i = d < half ? d : d < rot ? d - half : 0;
+	const int64_t o = d >= rot ? d : d < half ? d + half : d - half; /* the other of the pair */
+	const float a = vec[d], b = vec[o];
+	const float ba = bias ? bias[d] : 0.0f, bb = bias ? bias[o] : 0.0f;
+	const float cs = half ? rtab[i] : 1.0f, sn = half ? rtab[half + i] : 0.0f;
+	const float x = bias ? a + ba : a, y = bias ? b + bb : b;
+	return d >= rot ? rnd(x, cd) : d < half ? rope_rot(x, y, cs, sn, false, cd) : rope_rot(y, x, cs, sn, true, cd);
+}
+
 /*
  * The q / k / v biases (qb, kb, vb: NULL when the model has none), RoPE on
  * q and k (block = one head of one token; heads 0..H-1 are query heads,
@@ -493,8 +519,8 @@ __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *
 			x1 += bias[i];
 			x2 += bias[i + half];
 		}
-		put(i, rnd(x1 * cs - x2 * sn, cd));
-		put(i + half, rnd(x2 * cs + x1 * sn, cd));
+		put(i, rope_rot(x1, x2, cs, sn, false, cd));
+		put(i + half, rope_rot(x1, x2, cs, sn, true, cd));
 	}
 	for (int64_t i = rot + threadIdx.x; i < hd; i += blockDim.x) /* past the rotary dims */
 		put(i, rnd(bias ? vec[i] + bias[i] : vec[i], cd));
@@ -622,6 +648,23 @@ __device__ void attn_merge_cluster(const float *gather, float *out, int64_t H, i
 }
 
 /*
+ * RoPE folded into decode attention (one token; no k_rope launch): the raw
+ * k and v rows of the step (after the q / k / v GEMV), their biases, the
+ * rotary dims and k_embed's cos / sin of the position.  Every block rotates
+ * its query head itself; the blocks whose split holds the new position
+ * make its key and value (rounded to the cache's type, as k_rope stores
+ * them) in shared memory and use them from there, and of those the block
+ * of the first query head of each KV group also stores them into the
+ * cache, where later steps read them.
+ */
+struct att_rope {
+	const float *k, *v;          /* raw rows of this token (NULL: q and the cache are ready) */
+	const float *qb, *kb, *vb;   /* biases or NULL */
+	const float *rtab;           /* cos [rot / 2], then sin [rot / 2] */
+	int64_t rot;
+};
+
+/*
  * Attention of query token t (blockIdx.y), head h (blockIdx.x) over the keys
  * of its split (blockIdx.z of gridDim.z) of the visible range, online
  * softmax per warp, then the warps merged.  One split: the normalized output
@@ -629,15 +672,18 @@ __device__ void attn_merge_cluster(const float *gather, float *out, int64_t H, i
  * distributed shared memory (attn_merge_cluster).  Several otherwise: (max,
  * sum, unnormalized vector) go to part, and the last block of the splits to
  * finish (counted in cnt[t * H + h], which it resets) merges them into out.
+ * With rp.k set (one token), q is raw and RoPE is done here (att_rope).
  */
 template <typename CT>
-__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t qs, const CT *kc, const CT *vc,
+__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t qs, CT *kc, CT *vc,
 						      float *out, float *part, int *cnt, int64_t H, int64_t grp,
 						      int64_t hd, int64_t kvdim, int64_t window, float scale,
-						      float cap, const int64_t *d_pos, int64_t pos, int cd, int cl)
+						      float cap, const int64_t *d_pos, int64_t pos, int cd, int cl,
+						      const __grid_constant__ att_rope rp)
 {
 	KT_DECL;
 	__shared__ float sm[ATT_WARPS][32 * ATT_MAXE + 2];
+	__shared__ float qsh[32 * ATT_MAXE], kcur[32 * ATT_MAXE], vcur[32 * ATT_MAXE]; /* rp.k: q, the new key, value */
 	extern __shared__ float gather[]; /* cl: [S][hd + 2] (used in rank 0) */
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	const int64_t t = blockIdx.y, h = blockIdx.x, kvh = h / grp;
@@ -648,30 +694,55 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 	const int64_t len = p - lo + 1, S = gridDim.z;
 	const int64_t per = (len + S - 1) / S;
 	const int64_t j0 = lo + per * blockIdx.z, j1 = min(p + 1, j0 + per);
+	/* rp.k: the block whose split holds the new position makes its key and
+	 * value; the warp that takes it (its split's last key) reads them */
+	const bool fr = rp.k != nullptr, cur = fr && j0 <= p && p < j1;
+	const bool mine = cur && (p - j0) % ATT_WARPS == warp;
 	if (cl)
 		cl_arrive(); /* the first phase: this block has started */
 	pdl_wait();
 	KT(1);
 	const float *qv = q + t * qs + h * hd;
 	float qr[ATT_MAXE], acc[ATT_MAXE];
+	if (fr) {
+		/* one element of q (and of the new key and value) per thread, from
+		 * the raw rows, through shared memory */
+		const int64_t half = rp.rot / 2;
+		const float *kr = rp.k + t * qs + kvh * hd, *vr = rp.v + t * qs + kvh * hd;
+		const float *qb = rp.qb ? rp.qb + h * hd : nullptr, *kb = rp.kb ? rp.kb + kvh * hd : nullptr;
+		const float *vb = rp.vb ? rp.vb + kvh * hd : nullptr;
+		const bool store = cur && h % grp == 0; /* the first query head of the KV group */
+		CT *kd = kc + p * kvdim + kvh * hd, *vd = vc + p * kvdim + kvh * hd;
+		for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
+			qsh[d] = rope_at(qv, qb, d, half, rp.rot, rp.rtab, cd);
+			if (cur) {
+				const CT kx = from_f<CT>(rope_at(kr, kb, d, half, rp.rot, rp.rtab, cd));
+				const CT vx = from_f<CT>(rnd(vb ? vr[d] + vb[d] : vr[d], cd));
+				kcur[d] = kv_ld(&kx);
+				vcur[d] = kv_ld(&vx);
+				if (store) {
+					kd[d] = kx;
+					vd[d] = vx;
+				}
+			}
+		}
+		__syncthreads();
+	}
 #pragma unroll
 	for (int e = 0; e < ATT_MAXE; e++) {
 		int64_t d = lane + 32 * e;
-		qr[e] = d < hd ? qv[d] : 0.0f;
+		qr[e] = d >= hd ? 0.0f : fr ? qsh[d] : qv[d];
 		acc[e] = 0.0f;
 	}
 	float m = -INFINITY, l = 0.0f;
-	for (int64_t j = j0 + warp; j < j1; j += ATT_WARPS) {
-		const CT *kv = kc + j * kvdim + kvh * hd;
-		const CT *vv = vc + j * kvdim + kvh * hd;
-		float s = 0.0f, vr[ATT_MAXE];
+	/* one key (this lane's elements of it): its scaled score into the
+	 * warp's online softmax */
+	auto key = [&](const float *kf, const float *vf) {
+		float s = 0.0f;
 #pragma unroll
-		for (int e = 0; e < ATT_MAXE; e++) {
-			int64_t d = lane + 32 * e;
-			vr[e] = d < hd ? kv_ld(vv + d) : 0.0f;
-			if (d < hd)
-				s = fmaf(qr[e], kv_ld(kv + d), s);
-		}
+		for (int e = 0; e < ATT_MAXE; e++)
+			if (lane + 32 * e < hd)
+				s = fmaf(qr[e], kf[e], s);
 		for (int o = 16; o; o >>= 1)
 			s += __shfl_xor_sync(0xffffffffu, s, o);
 		s *= scale;
@@ -682,8 +753,31 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 		l = l * corr + pw;
 #pragma unroll
 		for (int e = 0; e < ATT_MAXE; e++)
-			acc[e] = acc[e] * corr + pw * vr[e];
+			acc[e] = acc[e] * corr + pw * vf[e];
 		m = mn;
+	};
+	const int64_t jend = cur ? p : j1; /* the cache holds the keys before p */
+	for (int64_t j = j0 + warp; j < jend; j += ATT_WARPS) {
+		const CT *kv = kc + j * kvdim + kvh * hd;
+		const CT *vv = vc + j * kvdim + kvh * hd;
+		float kf[ATT_MAXE], vf[ATT_MAXE];
+#pragma unroll
+		for (int e = 0; e < ATT_MAXE; e++) {
+			int64_t d = lane + 32 * e;
+			vf[e] = d < hd ? kv_ld(vv + d) : 0.0f;
+			kf[e] = d < hd ? kv_ld(kv + d) : 0.0f;
+		}
+		key(kf, vf);
+	}
+	if (mine) {
+		float kf[ATT_MAXE], vf[ATT_MAXE];
+#pragma unroll
+		for (int e = 0; e < ATT_MAXE; e++) {
+			int64_t d = lane + 32 * e;
+			kf[e] = d < hd ? kcur[d] : 0.0f;
+			vf[e] = d < hd ? vcur[d] : 0.0f;
+		}
+		key(kf, vf);
 	}
 	KT(2);
 #pragma unroll
@@ -2288,8 +2382,9 @@ static int attn_splits(gstate *g, size_t n)
 	return (int)(s < 1 ? 1 : s > ATT_MAXSPLIT ? ATT_MAXSPLIT : s);
 }
 
-/* Layer li's RoPE (q rotated in place, k and v into the KV cache) and
- * attention into g->att; CT: the cache's element type (kv_es(g) bytes). */
+/* Layer li's RoPE (q rotated in place, k and v into the KV cache; for one
+ * token inside k_attn instead) and attention into g->att; CT: the cache's
+ * element type (kv_es(g) bytes). */
 template <typename CT>
 static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, float *k, float *v, int64_t ld,
 		  int64_t pos, const int64_t *d_pos, const float *rtab, struct lq_error *err)
@@ -2297,11 +2392,20 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 	const struct lq_model_config *c = g->c;
 	const int cd = g->cd;
 	CT *kc = (CT *)layer_kc(g, li), *vc = (CT *)layer_vc(g, li);
-	dim3 rg((unsigned)(g->H + g->KV), (unsigned)n);
-	launch_k(g, k_rope<CT>, dim3(rg), dim3(ROPE_THREADS), q, ld, k, ld, v, ld, g->H, g->KV, g->hd, g->rot, g->inv_freq,
-		 g->ascale, d_pos, pos, kc, vc, g->kvdim, cd, (const float *)l->q_bias, (const float *)l->k_bias,
-		 (const float *)l->v_bias, rtab);
-	CK(cudaGetLastError(), "RoPE");
+	att_rope rp = {};
+#ifdef ATT_NO_ROPE_FUSE /* diagnostic: k_rope for one token too */
+	if (false) {
+#else
+	if (n == 1 && rtab) { /* one token: RoPE inside the attention kernel */
+#endif
+		rp = { k, v, (const float *)l->q_bias, (const float *)l->k_bias, (const float *)l->v_bias, rtab, g->rot };
+	} else {
+		dim3 rg((unsigned)(g->H + g->KV), (unsigned)n);
+		launch_k(g, k_rope<CT>, dim3(rg), dim3(ROPE_THREADS), q, ld, k, ld, v, ld, g->H, g->KV, g->hd, g->rot,
+			 g->inv_freq, g->ascale, d_pos, pos, kc, vc, g->kvdim, cd, (const float *)l->q_bias,
+			 (const float *)l->k_bias, (const float *)l->v_bias, rtab);
+		CK(cudaGetLastError(), "RoPE");
+	}
 	g->xconv = NULL;
 	if (n > 1 && cd != LQ_COMPUTE_F32 && ta_ok(g->hd)) {
 		if constexpr (sizeof(CT) == 2) { /* the tensor-core kernel reads 16-bit caches */
@@ -2320,9 +2424,8 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 		int S = attn_splits(g, n), cl = S > 1 && S <= g->att_cl;
 		dim3 ag((unsigned)g->H, (unsigned)n, (unsigned)S);
 		launch_cl(g, k_attn<CT>, dim3(ag), dim3(ATT_WARPS * 32), cl ? (size_t)S * (g->hd + 2) * sizeof(float) : 0,
-			  cl ? (unsigned)S : 0u, q, ld, (const CT *)kc,
-			  (const CT *)vc, g->att, g->part, g->acnt, g->H, g->H / g->KV, g->hd, g->kvdim, l->window,
-			  (float)c->attn_scale, (float)c->attn_logit_softcap, d_pos, pos, cd, cl);
+			  cl ? (unsigned)S : 0u, q, ld, kc, vc, g->att, g->part, g->acnt, g->H, g->H / g->KV, g->hd,
+			  g->kvdim, l->window, (float)c->attn_scale, (float)c->attn_logit_softcap, d_pos, pos, cd, cl, rp);
 	}
 	CK(cudaGetLastError(), "attention");
 	return LQ_OK;
