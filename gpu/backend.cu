@@ -2393,10 +2393,14 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 	const int cd = g->cd;
 	CT *kc = (CT *)layer_kc(g, li), *vc = (CT *)layer_vc(g, li);
 	att_rope rp = {};
+	/* One token: RoPE inside the attention kernel, for head sizes up to
+	 * 128.  At 256 (Gemma 2) k_rope's launch measured faster (H200, the
+	 * Gemma-2-2B shape: 1.42 against 1.46 ms/token; Llama 3.1 8B, Phi-3,
+	 * Qwen2 shapes gained 1-2%; BENCHMARKS.md). */
 #ifdef ATT_NO_ROPE_FUSE /* diagnostic: k_rope for one token too */
 	if (false) {
 #else
-	if (n == 1 && rtab) { /* one token: RoPE inside the attention kernel */
+	if (n == 1 && rtab && g->hd <= 128) {
 #endif
 		rp = { k, v, (const float *)l->q_bias, (const float *)l->k_bias, (const float *)l->v_bias, rtab, g->rot };
 	} else {
