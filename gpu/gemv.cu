@@ -55,7 +55,7 @@
 /* The code tables in global memory, read through L1 (__ldg) when a block
  * builds its shared-memory tables: each warp reads them at several indices
  * at once, which the constant cache would serve one address at a time
- * (ncu: a tenth of the tensor-core GEMV's stall samples were those reads). */
+ * (ncu, 4096 x 14336: 12% of the tensor-core GEMV's stall samples were those reads). */
 static __device__ const uint32_t g_nf4[16] = LQ_NF4_BITS_INIT;
 static __device__ const uint32_t g_fp4[16] = LQ_FP4_BITS_INIT;
 static __device__ const uint32_t g_dyn[256] = LQ_DYNMAP_BITS_INIT;
