@@ -2398,10 +2398,11 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 	 * Gemma-2-2B shape: 1.42 against 1.46 ms/token; Llama 3.1 8B, Phi-3,
 	 * Qwen2 shapes gained 1-2%; BENCHMARKS.md). */
 #ifdef ATT_NO_ROPE_FUSE /* diagnostic: k_rope for one token too */
-	if (false) {
+	const bool fuse = false;
 #else
-	if (n == 1 && rtab && g->hd <= 128) {
+	const bool fuse = n == 1 && rtab && g->hd <= 128;
 #endif
+	if (fuse) {
 		rp = { k, v, (const float *)l->q_bias, (const float *)l->k_bias, (const float *)l->v_bias, rtab, g->rot };
 	} else {
 		dim3 rg((unsigned)(g->H + g->KV), (unsigned)n);

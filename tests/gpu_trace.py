@@ -105,9 +105,10 @@ def main():
         at = e[(e[:, 0] == key) & (e[:, 7] == 2)]
         if not len(at):
             continue
-        if not len(r):  # one token: RoPE inside the attention kernel
+        # the first release after the q/k/v GEMV: RoPE's, or attention's where it does RoPE itself
+        first = r[:, 3].min() if len(r) else at[:, 3].min()
+        if not len(r):
             r = np.full((1, 8), np.nan)
-        first = r[:, 3].min() if not np.isnan(r[:, 3].min()) else at[:, 3].min()
         qkv_end = max((b[:, 5].max() for b in run if b[:, 5].max() <= first + 1), default=np.nan)
         later = [b for b in run if b[:, 3].min() > at[:, 2].min()]
         ob = min(later, key=lambda b: b[:, 3].min()) if later else None
