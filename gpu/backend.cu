@@ -662,6 +662,69 @@ __device__ void attn_merge_cluster(const float *gather, float *out, int64_t H, i
 }
 
 /*
+ * The gather without a second barrier phase (sm_90, cl set): rank 0's
+ * thread 0 initializes an mbarrier before the first phase, expecting the
+ * bytes of the S - 1 peer slots; a peer writes its slot with st.async,
+ * which counts the bytes on that mbarrier, and leaves, with no release
+ * fence (the second phase's release arrive was a GPU-scope MEMBAR that
+ * waited for the peer's own global stores); rank 0 waits for the bytes.
+ */
+__device__ __forceinline__ void cl_bar_init(uint64_t *bar, uint32_t bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	if (threadIdx.x == 0 && cooperative_groups::this_cluster().block_rank() == 0) {
+		const uint32_t b = (uint32_t)__cvta_generic_to_shared(bar);
+		asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(b) : "memory");
+		asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(bytes) : "memory");
+		asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+	}
+#endif
+}
+
+__device__ __forceinline__ unsigned cl_rank(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	return cooperative_groups::this_cluster().block_rank();
+#else
+	return 0; /* launched as a cluster only on sm_90 */
+#endif
+}
+
+/* The shared::cluster address of p's counterpart in rank 0. */
+__device__ __forceinline__ uint32_t cl_map0(const void *p)
+{
+	uint32_t r = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("mapa.shared::cluster.u32 %0, %1, 0;" : "=r"(r) : "r"((uint32_t)__cvta_generic_to_shared(p)));
+#endif
+	return r;
+}
+
+__device__ __forceinline__ void cl_put(uint32_t addr, float v, uint32_t bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(addr),
+		     "r"(__float_as_uint(v)), "r"(bar)
+		     : "memory");
+#endif
+}
+
+/* Rank 0: until every peer's slot has landed (phase 0 of the mbarrier). */
+__device__ __forceinline__ void cl_bar_wait(uint64_t *bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	const uint32_t b = (uint32_t)__cvta_generic_to_shared(bar);
+	uint32_t done = 0;
+	while (!done)
+		asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n\t"
+			     "selp.u32 %0, 1, 0, p;\n\t}"
+			     : "=r"(done)
+			     : "r"(b)
+			     : "memory");
+#endif
+}
+
+/*
  * RoPE folded into decode attention (one token; no k_rope launch): the raw
  * k and v rows of the step (after the q / k / v GEMV), their biases, the
  * rotary dims and k_embed's cos / sin of the position.  Every block rotates
@@ -712,8 +775,15 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 	 * value; the warp that takes it (its split's last key) reads them */
 	const bool fr = rp.k != nullptr, cur = fr && j0 <= p && p < j1;
 	const bool mine = cur && (p - j0) % ATT_WARPS == warp;
-	if (cl)
+#ifndef ATT_CL_BARRIER
+	__shared__ __align__(8) uint64_t clbar; /* cl: rank 0's mbarrier for the peers' slots */
+#endif
+	if (cl) {
+#ifndef ATT_CL_BARRIER
+		cl_bar_init(&clbar, (uint32_t)((S - 1) * (hd + 2) * sizeof(float)));
+#endif
 		cl_arrive_start(); /* the first phase: this block has started */
+	}
 	pdl_wait();
 	KT(1);
 	const float *qv = q + t * qs + h * hd;
@@ -811,13 +881,33 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 		f[w] = mw == -INFINITY ? 0.0f : expf(mw - M);
 		L += sm[w][32 * ATT_MAXE + 1] * f[w];
 	}
+#ifdef ATT_CL_BARRIER /* diagnostic: the gather through a second barrier phase */
 	float *slot = cl ? cl_slot(gather, hd) : nullptr;
+	const bool peer = false;
+	const uint32_t sa = 0, rb = 0;
+#else
+	/* cl: rank 0 writes its slot in place, the peers with st.async */
+	float *slot = gather;
+	bool peer = false;
+	uint32_t sa = 0, rb = 0;
+	if (cl) {
+		cl_wait(); /* the first phase: rank 0's mbarrier is ready */
+		const unsigned rk = cl_rank();
+		if (rk != 0) {
+			peer = true;
+			sa = cl_map0(gather + rk * (hd + 2));
+			rb = cl_map0(&clbar);
+		}
+	}
+#endif
 	for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
 		float a = 0.0f;
 		for (int w = 0; w < ATT_WARPS; w++)
 			a += sm[w][d] * f[w];
 		if (S == 1)
 			out[t * (H * hd) + h * hd + d] = rnd(a / L, cd);
+		else if (peer)
+			cl_put(sa + (uint32_t)d * 4u, a, rb);
 		else if (cl)
 			slot[d] = a;
 		else
@@ -825,11 +915,25 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 	}
 	if (cl) {
 		if (threadIdx.x == 0) {
-			slot[hd] = M;
-			slot[hd + 1] = L;
+			if (peer) {
+				cl_put(sa + (uint32_t)hd * 4u, M, rb);
+				cl_put(sa + (uint32_t)(hd + 1) * 4u, L, rb);
+			} else {
+				slot[hd] = M;
+				slot[hd + 1] = L;
+			}
 		}
 		KT(3);
+#ifdef ATT_CL_BARRIER
 		attn_merge_cluster(gather, out, H, hd, (int)S, cd, t, h);
+#else
+		if (!peer) {
+			__syncthreads(); /* this block's own slot */
+			cl_bar_wait(&clbar);
+			merge_splits([=](int s, int64_t i) { return gather[s * (hd + 2) + i]; }, out, H, hd, (int)S, cd, t,
+				     h);
+		}
+#endif
 		KT(4);
 		KT_END(2, kc);
 		return;
