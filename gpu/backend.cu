@@ -599,12 +599,16 @@ __device__ void attn_merge(const float *part, float *out, int64_t H, int64_t hd,
 /*
  * The S splits of (token t, head h) as one thread-block cluster (sm_90,
  * cl set).  Every block arrives on the cluster barrier as it starts
- * (cl_arrive); once its keys are done it waits for that phase (every peer
- * is running), stores its (unnormalized vector, max, sum) into split slot r
- * of rank 0's shared gather[S][hd + 2], arrives again (release) and
- * exits, so that its SM is free for the next kernel.  Rank 0 waits
- * (acquire) and merges the slots as attn_merge does (merge_splits).  No
- * partials in global memory, no fence, counter or last-block wait.
+ * (cl_arrive_start; rank 0 first sets up its mbarrier, cl_bar_init); once
+ * its keys are done it waits for that phase (every peer is running), sends
+ * its (unnormalized vector, max, sum) into split slot r of rank 0's shared
+ * gather[S][hd + 2] (cl_put) and exits, so that its SM is free for the next
+ * kernel.  Rank 0 waits for the slots' bytes on its mbarrier (cl_bar_wait)
+ * and merges them as attn_merge does (merge_splits).  No partials in global
+ * memory, no fence, counter or last-block wait.  Diagnostic builds with
+ * -DATT_CL_BARRIER gather through a second barrier phase instead (cl_slot,
+ * attn_merge_cluster: each peer's release arrive, a GPU-scope fence, cost
+ * about 1% of the 8B decode step; BENCHMARKS.md).
  */
 __device__ __forceinline__ void cl_arrive(void)
 {
@@ -746,7 +750,7 @@ struct att_rope {
  * of its split (blockIdx.z of gridDim.z) of the visible range, online
  * softmax per warp, then the warps merged.  One split: the normalized output
  * goes to out.  Several, launched as one cluster (cl): merged through
- * distributed shared memory (attn_merge_cluster).  Several otherwise: (max,
+ * distributed shared memory (cl_put, cl_bar_wait).  Several otherwise: (max,
  * sum, unnormalized vector) go to part, and the last block of the splits to
  * finish (counted in cnt[t * H + h], which it resets) merges them into out.
  * With rp.k set (one token), q is raw and RoPE is done here (att_rope).
