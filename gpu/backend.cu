@@ -690,7 +690,8 @@ __device__ __forceinline__ unsigned cl_rank(void)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 	return cooperative_groups::this_cluster().block_rank();
 #else
-	return 0; /* launched as a cluster only on sm_90 */
+	__trap(); /* launched as a cluster only from sm_90 code (att_cluster_max) */
+	return 0;
 #endif
 }
 
@@ -2477,6 +2478,14 @@ static int att_cluster_max(void)
 	int want = ATT_CLUSTER;
 	if (want < 2)
 		return 0;
+	/* the image the device runs must have been compiled for sm_90 or later:
+	 * from the portable compute_80 PTX (a newer GPU), the cluster code is
+	 * compiled out, and the global merge works there */
+	cudaFuncAttributes fa;
+	if (cudaFuncGetAttributes(&fa, k_attn<CT>) != cudaSuccess || fa.ptxVersion < 90) {
+		cudaGetLastError();
+		return 0;
+	}
 	if (want > 8 && cudaFuncSetAttribute(k_attn<CT>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
 		want = 8;
 	for (; want >= 2; want = want > 8 ? 8 : 0) {
