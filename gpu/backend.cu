@@ -2995,7 +2995,14 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		}
 	}
 	snprintf(g->desc, sizeof g->desc, "cuda:%d %s, %s", g->dev, prop.name, lq_compute_name(g->cd));
-	g->pdl = prop.major >= 9;
+	g->pdl = 0;
+	if (prop.major >= 9) {
+		/* only from sm_90 code: built from the portable compute_80 PTX (a
+		 * newer GPU) the kernels have no wait for the previous one */
+		cudaFuncAttributes fa;
+		g->pdl = cudaFuncGetAttributes(&fa, k_softcap) == cudaSuccess && fa.ptxVersion >= 90;
+		cudaGetLastError();
+	}
 	g->att_cl = 0;
 	if (prop.major >= 9)
 		g->att_cl = by_cache_type(g->cd, [](auto c) { return att_cluster_max<typename decltype(c)::type>(); });

@@ -46,6 +46,23 @@
 #include <cuda_runtime.h>
 #include <string.h>
 
+/* Programmatic dependent launch only where the kernel runs from sm_90
+ * code: built from the portable compute_80 PTX (a newer GPU) it has no
+ * wait for the previous kernel (griddepcontrol is sm_90 PTX), so it must
+ * not be launched early.  The answer of the first call is kept (one device
+ * per process image: every GPU of a process runs the same build). */
+static bool pdl_ok(const void *kern, int major, int *cache)
+{
+	if (major < 9)
+		return false;
+	if (*cache < 0) {
+		cudaFuncAttributes a;
+		*cache = cudaFuncGetAttributes(&a, kern) == cudaSuccess && a.ptxVersion >= 90;
+		cudaGetLastError();
+	}
+	return *cache == 1;
+}
+
 #define GEMV_THREADS 128
 #define GEMV_LOADS 8 /* 16-byte weight loads in flight per thread */
 #ifndef GEMV_MINBLOCKS
@@ -356,7 +373,8 @@ static int launch_t(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 	cudaLaunchAttribute attr[1];
 	attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
 	attr[0].val.programmaticStreamSerializationAllowed = 1;
-	if (major >= 9 && ks == 1) {
+	static int code90 = -1;
+	if (ks == 1 && pdl_ok((const void *)kern, major, &code90)) {
 		cfg.attrs = attr;
 		cfg.numAttrs = 1;
 	}
@@ -971,7 +989,8 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 	cudaLaunchAttribute attr[1];
 	attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
 	attr[0].val.programmaticStreamSerializationAllowed = 1;
-	if (major >= 9) {
+	static int code90 = -1;
+	if (pdl_ok((const void *)kern, major, &code90)) {
 		cfg.attrs = attr;
 		cfg.numAttrs = 1;
 	}
