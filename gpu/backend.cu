@@ -2482,7 +2482,7 @@ static int att_cluster_max(void)
 	 * from the portable compute_80 PTX (a newer GPU), the cluster code is
 	 * compiled out, and the global merge works there */
 	cudaFuncAttributes fa;
-	if (cudaFuncGetAttributes(&fa, k_attn<CT>) != cudaSuccess || fa.ptxVersion < 90) {
+	if (cudaFuncGetAttributes(&fa, k_attn<CT>) != cudaSuccess || (fa.ptxVersion < 90 && fa.binaryVersion != 90)) {
 		cudaGetLastError();
 		return 0;
 	}
@@ -3000,7 +3000,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		/* only from sm_90 code: built from the portable compute_80 PTX (a
 		 * newer GPU) the kernels have no wait for the previous one */
 		cudaFuncAttributes fa;
-		g->pdl = cudaFuncGetAttributes(&fa, k_softcap) == cudaSuccess && fa.ptxVersion >= 90;
+		g->pdl = cudaFuncGetAttributes(&fa, k_softcap) == cudaSuccess && (fa.ptxVersion >= 90 || fa.binaryVersion == 90);
 		cudaGetLastError();
 	}
 	g->att_cl = 0;
