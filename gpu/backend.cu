@@ -49,9 +49,6 @@
 #endif
 #define ATT_MAXE 8       /* head_dim <= 32 * ATT_MAXE */
 #define ATT_MAXSPLIT 64  /* key-range splits of decode attention */
-#ifndef ATT_CLUSTER
-#define ATT_CLUSTER 16   /* sm_90: up to this many splits are one thread-block cluster (0: never) */
-#endif
 #ifndef ATT_CLCAP
 #define ATT_CLCAP 2048   /* caches up to this size: at most ATT_CLUSTER splits */
 #endif
@@ -2469,6 +2466,20 @@ static int add_bias(gstate *g, float *y, int64_t ld, const float *b, size_t n, i
 	return LQ_OK;
 }
 
+/* Programmatic dependent launch (device of compute capability `major`):
+ * only from sm_90 code.  Built from the portable compute_80 PTX (a newer
+ * GPU) the kernels have no wait for the previous one.  An sm_90 device
+ * runs the sm_90a image (binary version 90). */
+static int pdl_image(int major)
+{
+	if (major < 9)
+		return 0;
+	cudaFuncAttributes fa;
+	int ok = cudaFuncGetAttributes(&fa, k_softcap) == cudaSuccess && (fa.ptxVersion >= 90 || fa.binaryVersion == 90);
+	cudaGetLastError();
+	return ok;
+}
+
 /* The most decode-attention splits that can run as one cluster: ATT_CLUSTER
  * when the device can place such a cluster (above 8 is non-portable), else
  * 8, else none (also when anything fails: the global merge works anywhere). */
@@ -2995,14 +3006,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		}
 	}
 	snprintf(g->desc, sizeof g->desc, "cuda:%d %s, %s", g->dev, prop.name, lq_compute_name(g->cd));
-	g->pdl = 0;
-	if (prop.major >= 9) {
-		/* only from sm_90 code: built from the portable compute_80 PTX (a
-		 * newer GPU) the kernels have no wait for the previous one */
-		cudaFuncAttributes fa;
-		g->pdl = cudaFuncGetAttributes(&fa, k_softcap) == cudaSuccess && (fa.ptxVersion >= 90 || fa.binaryVersion == 90);
-		cudaGetLastError();
-	}
+	g->pdl = pdl_image(prop.major);
 	g->att_cl = 0;
 	if (prop.major >= 9)
 		g->att_cl = by_cache_type(g->cd, [](auto c) { return att_cluster_max<typename decltype(c)::type>(); });
@@ -3140,6 +3144,30 @@ static const char *g_describe(void *state)
 }
 
 static const struct lq_backend cuda_backend = { "cuda", g_prepare, g_forward, g_free, g_describe, g_argmax, g_sample };
+
+extern "C" int lq_cuda_attn_cluster(int compute)
+{
+	cudaDeviceProp prop;
+	int dev = 0;
+	if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+		cudaGetLastError();
+		return 0;
+	}
+	if (prop.major < 9)
+		return 0;
+	return by_cache_type(compute, [](auto c) { return att_cluster_max<typename decltype(c)::type>(); });
+}
+
+extern "C" int lq_cuda_pdl(void)
+{
+	int dev = 0, major = 0;
+	if (cudaGetDevice(&dev) != cudaSuccess ||
+	    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+		cudaGetLastError();
+		return 0;
+	}
+	return pdl_image(major);
+}
 
 extern "C" const struct lq_backend *lq_backend_cuda(void)
 {

@@ -170,6 +170,20 @@ struct lq_cuda_topk_out {
 	float vals[LQ_CUDA_TOPK_MAX];
 	int32_t ids[LQ_CUDA_TOPK_MAX];
 };
+/*
+ * What the decode runtime (gpu/backend.cu) uses on the current device, for
+ * the GPU tests: lq_cuda_attn_cluster, the most splits of decode attention
+ * that merge as one thread-block cluster at compute dtype `compute`
+ * (LQ_COMPUTE_*; 0: none, the global merge); lq_cuda_pdl, 1 when kernels
+ * are launched with programmatic dependent launch.  Both need a device that
+ * runs the build's sm_90 code.
+ */
+int lq_cuda_attn_cluster(int compute);
+#ifndef ATT_CLUSTER
+#define ATT_CLUSTER 16 /* sm_90: up to this many splits are one thread-block cluster (0: never) */
+#endif
+int lq_cuda_pdl(void);
+
 size_t lq_cuda_topk_scratch_size(int64_t n);
 int lq_cuda_topk(const float *d_logits, int64_t n, float temperature, int k, void *d_scratch,
 		 struct lq_cuda_topk_out *d_out, void *stream);

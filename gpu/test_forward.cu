@@ -24,9 +24,12 @@
  * architectures at that size, then all five at the real models' head sizes
  * (96, 128, 256; tests/gen_arch_checkpoint.py, skipped with a message
  * without python3, numpy and safetensors), and the errors a user can
- * provoke (token out of range, context exceeded, no such device).
+ * provoke (token out of range, context exceeded, no such device).  On
+ * sm_90 it first checks that the decode step's fast paths are on:
+ * programmatic dependent launch and the attention's split clusters.
  */
 #include "libquant.h"
+#include "lq_cuda.h"
 #include "../tests/sample_cases.h"
 
 #include <cuda_runtime.h>
@@ -332,6 +335,21 @@ int main(void)
 	if (access("tests/fixtures/run/ckpt-llama", R_OK)) {
 		printf("test_forward: run from the repository root\n");
 		return 1;
+	}
+	{
+		/* on sm_90 the decode step uses its fast paths: programmatic
+		 * dependent launch and the decode attention's clusters of 16
+		 * splits (a silent fallback would only show as speed) */
+		int dev = 0, major = 0;
+		if (cudaGetDevice(&dev) == cudaSuccess &&
+		    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major == 9) {
+			CHECK(lq_cuda_pdl() == 1, "programmatic dependent launch off on sm_90");
+			const int cds[] = { LQ_COMPUTE_BF16, LQ_COMPUTE_F16, LQ_COMPUTE_F32 };
+			for (int i = 0; i < 3; i++)
+				CHECK(lq_cuda_attn_cluster(cds[i]) == ATT_CLUSTER,
+				      "compute %s: decode attention clusters of %d splits, not %d", lq_compute_name(cds[i]),
+				      lq_cuda_attn_cluster(cds[i]), ATT_CLUSTER);
+		}
 	}
 	const char *archs[] = { "llama", "llama-bias", "mistral", "qwen2", "phi3", "gemma2" };
 	struct {
