@@ -2467,17 +2467,11 @@ static int add_bias(gstate *g, float *y, int64_t ld, const float *b, size_t n, i
 }
 
 /* Programmatic dependent launch (device of compute capability `major`):
- * only from sm_90 code.  Built from the portable compute_80 PTX (a newer
- * GPU) the kernels have no wait for the previous one.  An sm_90 device
- * runs the sm_90a image (binary version 90). */
+ * only from sm_90 code (lq_cuda_sm90_code; every kernel of the build is
+ * compiled for the same targets). */
 static int pdl_image(int major)
 {
-	if (major < 9)
-		return 0;
-	cudaFuncAttributes fa;
-	int ok = cudaFuncGetAttributes(&fa, k_softcap) == cudaSuccess && (fa.ptxVersion >= 90 || fa.binaryVersion == 90);
-	cudaGetLastError();
-	return ok;
+	return major >= 9 && lq_cuda_sm90_code((const void *)k_softcap);
 }
 
 /* The most decode-attention splits that can run as one cluster: ATT_CLUSTER
@@ -2489,14 +2483,10 @@ static int att_cluster_max(void)
 	int want = ATT_CLUSTER;
 	if (want < 2)
 		return 0;
-	/* the image the device runs must have been compiled for sm_90 or later:
-	 * from the portable compute_80 PTX (a newer GPU), the cluster code is
-	 * compiled out, and the global merge works there */
-	cudaFuncAttributes fa;
-	if (cudaFuncGetAttributes(&fa, k_attn<CT>) != cudaSuccess || (fa.ptxVersion < 90 && fa.binaryVersion != 90)) {
-		cudaGetLastError();
+	/* without sm_90 code the cluster code is compiled out, and the global
+	 * merge works there */
+	if (!lq_cuda_sm90_code((const void *)k_attn<CT>))
 		return 0;
-	}
 	if (want > 8 && cudaFuncSetAttribute(k_attn<CT>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
 		want = 8;
 	for (; want >= 2; want = want > 8 ? 8 : 0) {
@@ -2512,6 +2502,14 @@ static int att_cluster_max(void)
 	}
 	cudaGetLastError();
 	return 0;
+}
+
+/* What g_prepare sets att_cl to on a device of compute capability major. */
+static int att_cluster(int major, int cd)
+{
+	if (major < 9)
+		return 0;
+	return by_cache_type(cd, [](auto c) { return att_cluster_max<typename decltype(c)::type>(); });
 }
 
 static int attn_splits(gstate *g, size_t n)
@@ -3007,9 +3005,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 	}
 	snprintf(g->desc, sizeof g->desc, "cuda:%d %s, %s", g->dev, prop.name, lq_compute_name(g->cd));
 	g->pdl = pdl_image(prop.major);
-	g->att_cl = 0;
-	if (prop.major >= 9)
-		g->att_cl = by_cache_type(g->cd, [](auto c) { return att_cluster_max<typename decltype(c)::type>(); });
+	g->att_cl = att_cluster(prop.major, g->cd);
 	g->L = (glayer *)calloc((size_t)g->nl, sizeof *g->L);
 	g->h_inv = (float *)calloc((size_t)(g->rot + 2), sizeof(float));
 	if (!g->L || !g->h_inv) {
@@ -3145,20 +3141,8 @@ static const char *g_describe(void *state)
 
 static const struct lq_backend cuda_backend = { "cuda", g_prepare, g_forward, g_free, g_describe, g_argmax, g_sample };
 
-extern "C" int lq_cuda_attn_cluster(int compute)
-{
-	cudaDeviceProp prop;
-	int dev = 0;
-	if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
-		cudaGetLastError();
-		return 0;
-	}
-	if (prop.major < 9)
-		return 0;
-	return by_cache_type(compute, [](auto c) { return att_cluster_max<typename decltype(c)::type>(); });
-}
-
-extern "C" int lq_cuda_pdl(void)
+/* The current device's compute capability major (0 on failure). */
+static int cur_major(void)
 {
 	int dev = 0, major = 0;
 	if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -3166,8 +3150,12 @@ extern "C" int lq_cuda_pdl(void)
 		cudaGetLastError();
 		return 0;
 	}
-	return pdl_image(major);
+	return major;
 }
+
+extern "C" int lq_cuda_attn_cluster(int compute) { return att_cluster(cur_major(), compute); }
+
+extern "C" int lq_cuda_pdl(void) { return pdl_image(cur_major()); }
 
 extern "C" const struct lq_backend *lq_backend_cuda(void)
 {

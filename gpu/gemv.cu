@@ -47,20 +47,15 @@
 #include <string.h>
 
 /* Programmatic dependent launch only where the kernel runs from sm_90
- * code: built from the portable compute_80 PTX (a newer GPU) it has no
- * wait for the previous kernel (griddepcontrol is sm_90 PTX), so it must
- * not be launched early.  An sm_90 device always runs the sm_90a image
- * (binary version 90); a newer one runs sm_90 code only if the build has
- * such PTX.  The answer of the first call is kept. */
+ * code (lq_cuda_sm90_code): otherwise it has no wait for the previous
+ * kernel, so it must not be launched early.  The answer of the first call
+ * is kept in *cache. */
 static bool pdl_ok(const void *kern, int major, int *cache)
 {
 	if (major < 9)
 		return false;
-	if (*cache < 0) {
-		cudaFuncAttributes a;
-		*cache = cudaFuncGetAttributes(&a, kern) == cudaSuccess && (a.ptxVersion >= 90 || a.binaryVersion == 90);
-		cudaGetLastError();
-	}
+	if (*cache < 0)
+		*cache = lq_cuda_sm90_code(kern);
 	return *cache == 1;
 }
 

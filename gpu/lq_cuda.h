@@ -179,10 +179,10 @@ struct lq_cuda_topk_out {
  * runs the build's sm_90 code.
  */
 int lq_cuda_attn_cluster(int compute);
+int lq_cuda_pdl(void);
 #ifndef ATT_CLUSTER
 #define ATT_CLUSTER 16 /* sm_90: up to this many splits are one thread-block cluster (0: never) */
 #endif
-int lq_cuda_pdl(void);
 
 size_t lq_cuda_topk_scratch_size(int64_t n);
 int lq_cuda_topk(const float *d_logits, int64_t n, float temperature, int k, void *d_scratch,
@@ -204,6 +204,18 @@ static inline int lq_cuda_bshift(int bs)
 	while ((1 << s) < bs)
 		s++;
 	return s;
+}
+
+/* 1 when the device runs kernel `kern` from sm_90 code, the only code that
+ * has the clusters' and programmatic dependent launch's instructions: an
+ * sm_90 device runs the sm_90a image (binary version 90); a newer GPU
+ * JIT-compiles the portable compute_80 PTX, which has neither. */
+static inline int lq_cuda_sm90_code(const void *kern)
+{
+	cudaFuncAttributes a;
+	int ok = cudaFuncGetAttributes(&a, kern) == cudaSuccess && (a.ptxVersion >= 90 || a.binaryVersion == 90);
+	cudaGetLastError();
+	return ok;
 }
 
 /* Blocks of 256 threads for a grid-stride loop over n items: one item per
