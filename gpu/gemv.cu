@@ -498,7 +498,6 @@ struct tc_slot {
 	uint32_t s;   /* this lane's scale: u8 code (double quant) or float bits */
 	float n;      /* its nested scale */
 	float off;    /* the part's double-quant offset */
-	uint32_t xsp; /* its span index in the row (activations) */
 };
 
 /* The parts of a launch, in tiles of 16 rows (32-bit: checked at launch). */
@@ -595,9 +594,8 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	const uint8_t *scl;     /* scale entry of this lane's row, block 0 (tile layout) */
 	const float *nst;
 	float l_off;
-	uint64_t rowblk;        /* row * nbr: the row-major block number of block 0 */
+	uint32_t rowblk;        /* row * nbr: the row-major block number of block 0 (32-bit: checked at launch) */
 	uint32_t l_e = 0;       /* column of this lane's scale block */
-	uint32_t l_sp = 0;
 	/* act_y: gate (part 0) and up (part 1) in pairs of tiles, tile wt / 2 of
 	 * the item's pairs from part wt % 2 */
 	const uint32_t T0 = P.p[1].t0;
@@ -611,11 +609,10 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		const uint32_t lt = tile - pp.t0;
 		pa = pp.data + ((uint64_t)lt * spr + s_lo) * 1024 + (uint32_t)lane * 16;
 		scl = (const uint8_t *)pp.scales + ((uint64_t)lt * nbr * 16 + lrow) * (DQ ? 1 : 4);
-		rowblk = (uint64_t)min(lt * 16 + lrow, pp.N - 1) * nbr; /* padding rows: any valid index */
+		rowblk = min(lt * 16 + lrow, pp.N - 1) * nbr; /* padding rows: any valid index */
 		l_e = s_lo * TC_SPAN + (c & 1) * 64;
 		nst = pp.nested;
 		l_off = pp.offset;
-		l_sp = s_lo;
 	};
 	auto load = [&](tc_slot &s) {
 		s.a = ld_stream_tc(pa);
@@ -628,11 +625,9 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			s.s = __float_as_uint(__ldg((const float *)scl + kb * 16));
 		}
 		s.off = l_off;
-		s.xsp = l_sp;
 		if (--l_left) {
 			pa += 1024;
 			l_e += TC_SPAN;
-			l_sp++;
 		} else {
 			l_left = m;
 			if (++l_item < ni)
@@ -651,7 +646,6 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 				continue;
 			buf[d].s = 0;
 			buf[d].n = 0.0f;
-			buf[d].xsp = 0;
 			if (lq < Q) {
 				load(buf[d]);
 				lq++;
@@ -762,8 +756,16 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	/* math side: two spans at a time, in straight-line code */
 	uint32_t c_item = 0, c_left = m;
 	float acc_g = 0.0f, acc_g8 = 0.0f;
+	/* B fragments: lanes g != c hold zeros (B's off-diagonal) for the whole
+	 * loop, lanes g == c load chunk c's activations into them; zeroing them
+	 * per mma instead cost 8 CS2R per span and 3-4% of the copy bandwidth
+	 * (bench_gemv, BENCHMARKS.md) */
+	uint4 xz[4];
+#pragma unroll
+	for (int j = 0; j < 4; j++)
+		xz[j] = make_uint4(0u, 0u, 0u, 0u);
 	/* the scaled partial sums of one span for rows g and g + 8 (lanes c < 2) */
-	auto span = [&](const tc_slot &s, float &pg, float &pg8) {
+	auto span = [&](const tc_slot &s, uint32_t xsp, float &pg, float &pg8) {
 		float sc = DQ ? lq_dq_scale(dmap[s.s], s.n, s.off) : __uint_as_float(s.s);
 		float so = __shfl_down_sync(0xffffffffu, sc, 2);
 #ifdef TC_NOMATH /* diagnostic: the loads and the bookkeeping without the decode and the mma */
@@ -773,11 +775,11 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 #endif
 		const uint32_t wa[4] = {s.a.x, s.a.y, s.a.z, s.a.w}, wb[4] = {s.b.x, s.b.y, s.b.z, s.b.w};
 		/* lane (c, c) holds B column c: chunk c's 32 activations, 4 x 16 bytes */
-		const uint4 *xp = (const uint4 *)(xs + s.xsp * (TC_SPAN / 2) + c * 16);
+		const uint4 *xp = (const uint4 *)(xs + xsp * (TC_SPAN / 2) + c * 16);
 		float d0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
 		for (int j2 = 0; j2 < 4; j2++) {
-			uint4 xv = make_uint4(0u, 0u, 0u, 0u);
+			uint4 &xv = xz[j2];
 			if (g == c)
 				xv = xp[j2];
 			lq_mma16816<F16>(d0, tc_lut(wa[j2], lut4, 0), tc_lut(wb[j2], lut4, 0), tc_lut(wa[j2], lut4, 1),
@@ -854,8 +856,11 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 				break;
 			tc_slot &A = buf[2 * d], &B = buf[2 * d + 1];
 			float ag, ag8, bg, bg8;
-			span(A, ag, ag8);
-			span(B, bg, bg8); /* past the end when q + 1 == Q: computed, not used */
+			/* the spans' indices in the row: A is the item's (m - c_left)-th,
+			 * B the next one, or the next item's first */
+			const uint32_t xa = s_lo + m - c_left, xb = c_left == 1 ? s_lo : xa + 1;
+			span(A, xa, ag, ag8);
+			span(B, xb, bg, bg8); /* past the end when q + 1 == Q: computed, not used */
 			if (lq < Q) {
 				load(A);
 				lq++;
@@ -952,8 +957,8 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 			continue;
 		const struct lq_cuda_qweight *w = ws[i];
 		uint64_t N = w->n / K;
-		if (N > UINT32_MAX / 2 || tiles > UINT32_MAX / 4)
-			return (int)cudaErrorNotSupported;
+		if (N > UINT32_MAX / 2 || tiles > UINT32_MAX / 4 || (N + 15) * (K / 64) > UINT32_MAX)
+			return (int)cudaErrorNotSupported; /* 32-bit tile and block numbers in the kernel */
 		P.p[i].data = w->d_data;
 		P.p[i].scales = w->d_scales;
 		P.p[i].nested = w->d_nested;
