@@ -758,7 +758,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	float acc_g = 0.0f, acc_g8 = 0.0f;
 	/* B fragments: lanes g != c hold zeros (B's off-diagonal) for the whole
 	 * loop, lanes g == c load chunk c's activations into them; zeroing them
-	 * per mma instead cost 8 CS2R per span and 3-4% of the copy bandwidth
+	 * per mma instead cost 8 CS2R per span and 2-3% of the GEMV's throughput
 	 * (bench_gemv, BENCHMARKS.md) */
 	uint4 xz[4];
 #pragma unroll
