@@ -64,6 +64,16 @@ static bool pdl_ok(const void *kern, int major, int *cache)
 #ifndef GEMV_MINBLOCKS
 #define GEMV_MINBLOCKS 6 /* blocks per SM: the 33 KB of shared memory allow 6 */
 #endif
+/* k_gemv_fast with two batches of loads (DB): the registers of the second
+ * allow 4 blocks per SM (at 5 or 6 the buffers spill) */
+#define GEMV_MINBLOCKS_DB 4
+/* DB for row groups of at least this many batches of loads per block (long
+ * rows): on the H200 INT8 + DQ 4096 x 14336 (7 batches) went from 65 to 80%
+ * of copy, while 14336 x 4096 and 128256 x 4096 (2 batches) went from 78 / 92
+ * to 67 / 84% (bench_gemv, BENCHMARKS.md) */
+#ifndef GEMV_DB_MIN
+#define GEMV_DB_MIN 4
+#endif
 
 /* The code tables in global memory, read through L1 (__ldg) when a block
  * builds its shared-memory tables: each warp reads them at several indices
@@ -194,8 +204,8 @@ struct gemv_parts {
 	int n;
 };
 
-template <int QT, bool DQ, typename XT, int R, bool EX>
-__global__ void __launch_bounds__(GEMV_THREADS, GEMV_MINBLOCKS) k_gemv_fast(const __grid_constant__ gemv_parts P,
+template <int QT, bool DQ, typename XT, int R, bool EX, bool DB>
+__global__ void __launch_bounds__(GEMV_THREADS, DB ? GEMV_MINBLOCKS_DB : GEMV_MINBLOCKS) k_gemv_fast(const __grid_constant__ gemv_parts P,
 							   int bshift, uint64_t K, const XT *__restrict__ x,
 							   uint64_t ngroups)
 {
@@ -263,20 +273,24 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MINBLOCKS) k_gemv_fast(cons
 		for (int r = 0; r < R; r++)
 			acc[r] = 0.0f;
 
-		for (uint64_t c0 = c_begin + tid; c0 < c_end; c0 += (uint64_t)GEMV_THREADS * U) {
-			uint4 q[U][R];
+		/* GEMV_LOADS chunks per batch; with DB the next batch's loads are
+		 * issued before this one's math (two buffers, ping-pong) */
+		const uint64_t step = (uint64_t)GEMV_THREADS * U;
+		auto issue = [&](uint64_t c0, uint4 (&q)[U][R]) {
 #pragma unroll
 			for (int u = 0; u < U; u++) {
 				uint64_t c = c0 + (uint64_t)u * GEMV_THREADS;
 #pragma unroll
 				for (int r = 0; r < R; r++)
-					if (u == 0 || c < c_end)
+					if (c < c_end)
 						q[u][r] = ld_stream(rp[r] + c * 16);
 			}
+		};
+		auto math = [&](uint64_t c0, const uint4 (&q)[U][R]) {
 #pragma unroll
 			for (int u = 0; u < U; u++) {
 				uint64_t c = c0 + (uint64_t)u * GEMV_THREADS;
-				if (u > 0 && c >= c_end)
+				if (c >= c_end)
 					break;
 				float xf[EPC];
 				load_x<EPC>(x, c, xf);
@@ -287,6 +301,25 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MINBLOCKS) k_gemv_fast(cons
 						s = __fmul_rn(s, iscale);
 					acc[r] = fmaf(s, chunk_dot<QT, EX>(q[u][r], xf, lut_lane), acc[r]);
 				}
+			}
+		};
+		if constexpr (DB) {
+			uint4 qa[U][R], qb[U][R];
+			uint64_t c0 = c_begin + tid;
+			issue(c0, qa);
+			for (; c0 < c_end; c0 += 2 * step) {
+				issue(c0 + step, qb);
+				math(c0, qa);
+				if (c0 + step >= c_end)
+					break;
+				issue(c0 + 2 * step, qa);
+				math(c0 + step, qb);
+			}
+		} else {
+			for (uint64_t c0 = c_begin + tid; c0 < c_end; c0 += step) {
+				uint4 q[U][R];
+				issue(c0, q);
+				math(c0, q);
 			}
 		}
 #pragma unroll
@@ -317,7 +350,7 @@ template <int QT, bool DQ, typename XT, int R, bool EX = false>
 static int launch_t(const struct lq_cuda_qweight *const *ws, float *const *ys, int nw, uint64_t K, const XT *x,
 		    cudaStream_t st, int grid_max, int ksplit_max)
 {
-	auto kern = k_gemv_fast<QT, DQ, XT, R, EX>;
+	const void *kern = (const void *)k_gemv_fast<QT, DQ, XT, R, EX, false>;
 	int dev = 0, sms = 0, per_sm = 0, major = 0;
 	cudaError_t e;
 	if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
@@ -343,7 +376,6 @@ static int launch_t(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 		P.p[i].g0 = groups;
 		groups += (P.p[i].N + R - 1) / R;
 	}
-	uint64_t gx = groups < resident ? groups : resident;
 	/* split K over blocks when the row groups leave most of the GPU idle */
 	const uint64_t epc = QT == LQ_QTYPE_INT8 ? 16 : 32, cpr = K / epc;
 	uint64_t ks = 1;
@@ -359,6 +391,20 @@ static int launch_t(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 		if (ks < 1)
 			ks = 1;
 	}
+	/* long rows, one block each: the double-buffered kernel (GEMV_DB_MIN) */
+	if constexpr (R == 8 && !EX) {
+		const uint64_t batches = cpr / ((uint64_t)GEMV_THREADS * (GEMV_LOADS / R));
+		if (ks == 1 && batches >= GEMV_DB_MIN) {
+			kern = (const void *)k_gemv_fast<QT, DQ, XT, R, EX, true>;
+			if ((e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, GEMV_THREADS, 0)) !=
+			    cudaSuccess)
+				return (int)e;
+			resident = (uint64_t)sms * (per_sm > 0 ? per_sm : 1);
+			if (grid_max > 0 && (uint64_t)grid_max < resident)
+				resident = (uint64_t)grid_max;
+		}
+	}
+	uint64_t gx = groups < resident ? groups : resident;
 	for (int i = 0; ks > 1 && i < nw; i++)
 		if ((e = cudaMemsetAsync(P.p[i].y, 0, P.p[i].N * sizeof(float), st)) != cudaSuccess)
 			return (int)e;
@@ -369,13 +415,14 @@ static int launch_t(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 	cudaLaunchAttribute attr[1];
 	attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
 	attr[0].val.programmaticStreamSerializationAllowed = 1;
-	static int code90 = -1;
-	if (ks == 1 && pdl_ok((const void *)kern, major, &code90)) {
+	static int code90 = -1, code90db = -1;
+	if (ks == 1 && pdl_ok(kern, major, kern == (const void *)k_gemv_fast<QT, DQ, XT, R, EX, false> ? &code90 : &code90db)) {
 		cfg.attrs = attr;
 		cfg.numAttrs = 1;
 	}
 	int bshift = lq_cuda_bshift(ws[0]->p.block_size);
-	e = cudaLaunchKernelEx(&cfg, kern, P, bshift, K, x, groups);
+	void *args[] = {(void *)&P, (void *)&bshift, (void *)&K, (void *)&x, (void *)&groups};
+	e = cudaLaunchKernelExC(&cfg, kern, args);
 	return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
 }
 

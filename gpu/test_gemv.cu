@@ -12,6 +12,8 @@
  * relative error <= 2^-9 = 1.95e-3 per weight, plus fp32 rounding);
  * INT8 |y - ref| <= 1e-5 a (exact codes, fp32 rounding only).  The old naive
  * kernel (lq_cuda_gemv_f32) is checked on the same data at 1e-5 a.
+ * Rows of 8 with K not split and a grid of 2 take the double-buffered
+ * CUDA-core kernel where the rows are long (3 x 14336 INT8, 19 x 16384).
  * The tensor-core path (weights re-laid out by lq_cuda_tile, whose bytes
  * are checked against the layout of formats/LQ-FORMAT.md built here on the
  * host; bf16 activations, or lq_cuda_gemv_multi with LQ_GEMV_BF16 /
@@ -367,7 +369,7 @@ int main(void)
 		return 0;
 	}
 	const uint64_t shapes[][2] = {{1, 256}, {7, 768}, {33, 4096}, {1000, 512}, {4099, 256}, {3, 14336},
-				      {50, 128}, {5, 192}, {300, 2304}};
+				      {50, 128}, {5, 192}, {300, 2304}, {19, 16384}};
 	const int rows_opts[] = {0, 1, 2, 4, 8};
 	for (int q = LQ_QTYPE_NF4; q <= LQ_QTYPE_INT8; q++)
 		for (int dq = 0; dq <= 1; dq++)
@@ -439,6 +441,19 @@ int main(void)
 					double e2 = worst(y, rb, ab, N);
 					CHECK(e2 <= tol, "gemv grid_max=2 q=%d dq=%d bs=%d %llux%llu: err %g", q, dq, bs,
 					      (unsigned long long)N, (unsigned long long)K, e2);
+					/* rows of 8, K not split, a grid of 2 looping over the row
+					 * groups: on long rows (INT8 K >= 8192, 4-bit K >= 16384)
+					 * the double-buffered kernel (GEMV_DB_MIN) */
+					for (int xt = 0; xt < 2; xt++) {
+						CU(cudaMemset(d_y, 0xff, N * 4));
+						int rc = lq_cuda_gemv_ex(&qw, N, K, xt ? d_xh : d_xf, xt ? LQ_DTYPE_BF16 : LQ_DTYPE_F32, d_y, 0,
+									 8, 2, 1);
+						CU(cudaDeviceSynchronize());
+						CU(cudaMemcpy(y, d_y, N * 4, cudaMemcpyDeviceToHost));
+						double e = xt ? worst(y, rb, ab, N) : worst(y, rf, af, N);
+						CHECK(rc == 0 && e <= tol, "gemv rows=8 grid_max=2 unsplit q=%d dq=%d bs=%d %llux%llu x=%s: rc %d err %g",
+						      q, dq, bs, (unsigned long long)N, (unsigned long long)K, xt ? "bf16" : "f32", rc, e);
+					}
 					/* float32 arrays of bf16 / fp16 values, grid of 2: the tensor-core
 					 * path on the tiled weight, the CUDA-core one on the row-major one */
 					for (int lay = 0; lay <= t.tiled; lay++)
