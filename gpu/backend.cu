@@ -714,16 +714,7 @@ __device__ __forceinline__ void cl_put(uint32_t addr, float v, uint32_t bar)
 /* Rank 0: until every peer's slot has landed (phase 0 of the mbarrier). */
 __device__ __forceinline__ void cl_bar_wait(uint64_t *bar)
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-	const uint32_t b = (uint32_t)__cvta_generic_to_shared(bar);
-	uint32_t done = 0;
-	while (!done)
-		asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n\t"
-			     "selp.u32 %0, 1, 0, p;\n\t}"
-			     : "=r"(done)
-			     : "r"(b)
-			     : "memory");
-#endif
+	lq_mbar_wait0(bar);
 }
 
 /*

@@ -575,19 +575,6 @@ __device__ __forceinline__ void tc_bar_expect(uint64_t *bar, uint32_t bytes, boo
 		asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;" ::"r"(b), "r"(bytes) : "memory");
 #endif
 }
-__device__ __forceinline__ void tc_bar_wait(uint64_t *bar)
-{
-#if __CUDA_ARCH__ >= 900
-	const uint32_t b = (uint32_t)__cvta_generic_to_shared(bar);
-	uint32_t done = 0;
-	while (!done)
-		asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n\t"
-			     "selp.u32 %0, 1, 0, p;\n\t}"
-			     : "=r"(done)
-			     : "r"(b)
-			     : "memory");
-#endif
-}
 
 /* The pair for byte k of word w from this lane's copy of the table: lut4 is
  * the table's shared-window address (a multiple of 64 KiB) plus lane * 4,
@@ -804,7 +791,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			tc_bar_expect(xbar, K * 4, true);
 			tc_bulk(xf, x, K * 4, xbar);
 		}
-		tc_bar_wait(xbar);
+		lq_mbar_wait0(xbar);
 	}
 	/* x and the norm weights: from shared memory (xt) or global */
 	auto ldx = [&](const float4 *p) { return xt ? *p : __ldg(p); };

@@ -265,6 +265,22 @@ static __device__ __forceinline__ float lq_dq_scale(float mapped, float nested, 
 	return __fadd_rn(__fmul_rn(mapped, nested), offset);
 }
 
+/* Until phase 0 of the shared-memory mbarrier at bar has completed (sm_90;
+ * nothing before): k_attn's cluster gather, the GEMV's bulk copy of x. */
+static __device__ __forceinline__ void lq_mbar_wait0(uint64_t *bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	const uint32_t b = (uint32_t)__cvta_generic_to_shared(bar);
+	uint32_t done = 0;
+	while (!done)
+		asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n\t"
+			     "selp.u32 %0, 1, 0, p;\n\t}"
+			     : "=r"(done)
+			     : "r"(b)
+			     : "memory");
+#endif
+}
+
 #ifdef TC_TRACE
 /* Diagnostic builds only (make GPU_TRACE=1): the %globaltimer and %smid the
  * decode kernels record, and the writer of a recorded table (gemv.cu): at exit,
