@@ -600,7 +600,7 @@ __device__ void attn_merge(const float *part, float *out, int64_t H, int64_t hd,
  * its keys are done it waits for that phase (every peer is running), sends
  * its (unnormalized vector, max, sum) into split slot r of rank 0's shared
  * gather[S][hd + 2] (cl_put) and exits, so that its SM is free for the next
- * kernel.  Rank 0 waits for the slots' bytes on its mbarrier (cl_bar_wait)
+ * kernel.  Rank 0 waits for the slots' bytes on its mbarrier (lq_mbar_wait0)
  * and merges them as attn_merge does (merge_splits).  No partials in global
  * memory, no fence, counter or last-block wait.  Diagnostic builds with
  * -DATT_CL_BARRIER gather through a second barrier phase instead (cl_slot,
@@ -711,12 +711,6 @@ __device__ __forceinline__ void cl_put(uint32_t addr, float v, uint32_t bar)
 #endif
 }
 
-/* Rank 0: until every peer's slot has landed (phase 0 of the mbarrier). */
-__device__ __forceinline__ void cl_bar_wait(uint64_t *bar)
-{
-	lq_mbar_wait0(bar);
-}
-
 /*
  * RoPE folded into decode attention (one token; no k_rope launch): the raw
  * k and v rows of the step (after the q / k / v GEMV), their biases, the
@@ -739,7 +733,7 @@ struct att_rope {
  * of its split (blockIdx.z of gridDim.z) of the visible range, online
  * softmax per warp, then the warps merged.  One split: the normalized output
  * goes to out.  Several, launched as one cluster (cl): merged through
- * distributed shared memory (cl_put, cl_bar_wait).  Several otherwise: (max,
+ * distributed shared memory (cl_put, lq_mbar_wait0).  Several otherwise: (max,
  * sum, unnormalized vector) go to part, and the last block of the splits to
  * finish (counted in cnt[t * H + h], which it resets) merges them into out.
  * With rp.k set (one token), q is raw and RoPE is done here (att_rope).
@@ -922,7 +916,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 #else
 		if (!peer) {
 			__syncthreads(); /* this block's own slot */
-			cl_bar_wait(&clbar);
+			lq_mbar_wait0(&clbar); /* every peer's slot has landed */
 			merge_splits([=](int s, int64_t i) { return gather[s * (hd + 2) + i]; }, out, H, hd, (int)S, cd, t,
 				     h);
 		}

@@ -351,16 +351,24 @@ static int launch_t(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 		    cudaStream_t st, int grid_max, int ksplit_max)
 {
 	const void *kern = (const void *)k_gemv_fast<QT, DQ, XT, R, EX, false>;
-	int dev = 0, sms = 0, per_sm = 0, major = 0;
+	bool db = false; /* the double-buffered kernel */
+	int dev = 0, sms = 0, major = 0;
+	uint64_t resident = 0;
+	/* the blocks of kern resident at once, at most grid_max */
+	auto set_resident = [&]() {
+		int per_sm = 0;
+		cudaError_t r = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, GEMV_THREADS, 0);
+		resident = (uint64_t)sms * (per_sm > 0 ? per_sm : 1);
+		if (grid_max > 0 && (uint64_t)grid_max < resident)
+			resident = (uint64_t)grid_max;
+		return r;
+	};
 	cudaError_t e;
 	if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
 	    (e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess ||
 	    (e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess ||
-	    (e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, GEMV_THREADS, 0)) != cudaSuccess)
+	    (e = set_resident()) != cudaSuccess)
 		return (int)e;
-	uint64_t resident = (uint64_t)sms * (per_sm > 0 ? per_sm : 1);
-	if (grid_max > 0 && (uint64_t)grid_max < resident)
-		resident = (uint64_t)grid_max;
 	gemv_parts P;
 	memset(&P, 0, sizeof P);
 	P.n = nw;
@@ -396,12 +404,9 @@ static int launch_t(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 		const uint64_t batches = cpr / ((uint64_t)GEMV_THREADS * (GEMV_LOADS / R));
 		if (ks == 1 && batches >= GEMV_DB_MIN) {
 			kern = (const void *)k_gemv_fast<QT, DQ, XT, R, EX, true>;
-			if ((e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, GEMV_THREADS, 0)) !=
-			    cudaSuccess)
+			db = true;
+			if ((e = set_resident()) != cudaSuccess)
 				return (int)e;
-			resident = (uint64_t)sms * (per_sm > 0 ? per_sm : 1);
-			if (grid_max > 0 && (uint64_t)grid_max < resident)
-				resident = (uint64_t)grid_max;
 		}
 	}
 	uint64_t gx = groups < resident ? groups : resident;
@@ -415,8 +420,8 @@ static int launch_t(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 	cudaLaunchAttribute attr[1];
 	attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
 	attr[0].val.programmaticStreamSerializationAllowed = 1;
-	static int code90 = -1, code90db = -1;
-	if (ks == 1 && pdl_ok(kern, major, kern == (const void *)k_gemv_fast<QT, DQ, XT, R, EX, false> ? &code90 : &code90db)) {
+	static int code90[2] = {-1, -1}; /* per kernel: single, double buffer */
+	if (ks == 1 && pdl_ok(kern, major, &code90[db])) {
 		cfg.attrs = attr;
 		cfg.numAttrs = 1;
 	}
