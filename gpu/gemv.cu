@@ -516,11 +516,19 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
 #define TC_NORM_REG 4 /* float4s of x per thread held across the fused norm's barrier */
 #endif
 
+#ifndef TC_XREG
+/* float4s of plain (not normalized) float32 x per thread read in one round
+ * trip before any is stored (0: a loop, which the compiler unrolled into
+ * several round trips for the down GEMV's K of 14336; 8: 0.01 ms per 8B
+ * decode step faster, BENCHMARKS.md) */
+#define TC_XREG 8
+#endif
+
 /* xt (sm_90): float32 x (1), and the norm weights (2), staged in shared
  * memory by the bulk-copy engine (tc_bulk) after x's 16-bit copy */
 #define TC_XT_SHIFT 8 /* xt in bits 8-9 of the kernel's fl */
 #ifndef TC_XTMA
-#define TC_XTMA 0 /* 1: the bulk-copy staging below (not yet measured on a GPU: off) */
+#define TC_XTMA 0 /* 1: the bulk-copy staging below (correct, but slower on the H200: off) */
 #endif
 
 /*
@@ -547,8 +555,9 @@ static size_t tc_smem(uint64_t K, int reserved, uint32_t xt)
  * x's requests reach L2 without waiting behind the SM's weight loads in
  * flight, which the prologue issued just before (through ordinary loads x
  * is staged 2-3 us after the release, against 0.7 us for the o GEMV, whose
- * weights have landed by then: BENCHMARKS.md).  Not yet run on a GPU, so
- * off by default; with TC_XTMA 0 the kernels compile to the same code as
+ * weights have landed by then: BENCHMARKS.md).  It passes the GPU tests
+ * but made the 8B NF4 decode step slower on the H200 (2.10 against 1.98
+ * ms/token, BENCHMARKS.md), so it is off by default; with TC_XTMA 0 the kernels compile to the same code as
  * without it.  One mbarrier, phase 0: the norm weights' bytes (expected
  * before the wait for the previous kernel), then x's with thread 0's one
  * arrival.
@@ -865,9 +874,24 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		}
 	} else {
 		const float4 *xv = (const float4 *)(xt ? (const void *)xf : (const void *)x);
-		for (uint32_t i = tid; i < K / 4; i += TC_THREADS) {
-			float4 v = ldx(xv + i);
+		const uint32_t n4 = K / 4;
+		auto put = [&](uint32_t i, float4 v) {
 			((uint2 *)xs)[i] = make_uint2(lq_pack16<F16>(v.x, v.y), lq_pack16<F16>(v.z, v.w));
+		};
+		if (TC_XREG > 0 && n4 <= (uint32_t)TC_XREG * TC_THREADS) {
+			/* all of this thread's x in one round trip, then the stores */
+			float4 hv[TC_XREG > 0 ? TC_XREG : 1];
+#pragma unroll
+			for (int j = 0; j < TC_XREG; j++)
+				if (tid + j * TC_THREADS < n4)
+					hv[j] = ldx(xv + tid + j * TC_THREADS);
+#pragma unroll
+			for (int j = 0; j < TC_XREG; j++)
+				if (tid + j * TC_THREADS < n4)
+					put(tid + j * TC_THREADS, hv[j]);
+		} else {
+			for (uint32_t i = tid; i < n4; i += TC_THREADS)
+				put(i, ldx(xv + i));
 		}
 	}
 	__syncthreads();

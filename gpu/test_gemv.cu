@@ -510,6 +510,7 @@ int main(void)
 		for (int mode = LQ_GEMV_BF16; mode <= LQ_GEMV_F16; mode++) {
 			test_fused(q, mode, 512);
 			test_fused(q, mode, 4096);
+			test_fused(q, mode, 12288); /* x too long to hold across the norm's barrier */
 			test_fused_act(q, mode, 4096, 300, LQ_ACT_SILU);
 			test_fused_act(q, mode, 256, 1000, LQ_ACT_GELU_TANH);
 			test_fused_act(q, mode, 512, 20001, LQ_ACT_SILU); /* several pairs of tiles per block */
