@@ -557,8 +557,8 @@ static size_t tc_smem(uint64_t K, int reserved, uint32_t xt)
  * is staged 2-3 us after the release, against 0.7 us for the o GEMV, whose
  * weights have landed by then: BENCHMARKS.md).  It passes the GPU tests
  * but made the 8B NF4 decode step slower on the H200 (2.10 against 1.98
- * ms/token, BENCHMARKS.md), so it is off by default; with TC_XTMA 0 the kernels compile to the same code as
- * without it.  One mbarrier, phase 0: the norm weights' bytes (expected
+ * ms/token, BENCHMARKS.md), so it is off by default; with TC_XTMA 0 the
+ * kernels compile to the same code as without it.  One mbarrier, phase 0: the norm weights' bytes (expected
  * before the wait for the previous kernel), then x's with thread 0's one
  * arrival.
  */
