@@ -1827,36 +1827,13 @@ static int reserve(struct upload *u, uint64_t size, void **dev, struct lq_error 
 }
 
 /*
- * The staging buffers are filled on several threads (u->pool): the source
- * is mostly the mapped model file, whose pages fault in on first touch, and
- * one thread filled them at about 4 GB/s on the H200 machine, so that copy
- * and not the bus bounded the upload (BENCHMARKS.md).
+ * The staging buffers are filled on up to UPLOAD_THREADS threads (u->pool,
+ * lq_pool_memcpy): the source is mostly the mapped model file, whose pages
+ * fault in on first touch, and one thread filled them at about 4 GB/s on
+ * the H200 machine, so that copy and not the bus bounded the upload
+ * (BENCHMARKS.md).
  */
-#define UPLOAD_THREADS 8                /* at most: 8 measured on a 16-core host */
-#define UPLOAD_SPLIT ((size_t)4 << 20) /* smaller pieces: one memcpy */
-struct pcopy {
-	uint8_t *d;
-	const uint8_t *s;
-	size_t n, per; /* per: bytes of each task, whole pages */
-};
-static void pcopy_task(void *ctx, int i, int ntasks)
-{
-	(void)ntasks;
-	const pcopy *p = (const pcopy *)ctx;
-	const size_t a = (size_t)i * p->per;
-	if (a < p->n)
-		memcpy(p->d + a, p->s + a, p->n - a < p->per ? p->n - a : p->per);
-}
-static void copy_in(struct upload *u, uint8_t *d, const uint8_t *s, size_t n)
-{
-	const int nt = lq_pool_size(u->pool);
-	if (nt <= 1 || n < UPLOAD_SPLIT) {
-		memcpy(d, s, n);
-		return;
-	}
-	pcopy p = {d, s, n, (n / (size_t)nt + 4095) & ~(size_t)4095};
-	lq_pool_run(u->pool, pcopy_task, &p, nt);
-}
+#define UPLOAD_THREADS 8 /* at most: 8 measured on a 16-core host */
 
 /* Copy size bytes from src to the device address dst (asynchronously,
  * through the pinned staging buffers). */
@@ -1874,7 +1851,7 @@ static int stage_to(struct upload *u, const void *src, uint64_t size, uint8_t *d
 		size_t take = STAGE_BYTES - u->fill;
 		if (take > size)
 			take = (size_t)size;
-		copy_in(u, u->stage[u->cur] + u->fill, s, take);
+		lq_pool_memcpy(u->pool, u->stage[u->cur] + u->fill, s, take);
 		u->fill += take;
 		s += take;
 		dst += take;

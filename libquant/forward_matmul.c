@@ -139,6 +139,38 @@ int lq_pool_size(const struct lq_pool *p)
 	return p ? p->n : 1;
 }
 
+/* lq_pool_memcpy: one task per thread, whole pages of at least POOL_COPY_MIN
+ * bytes each */
+#define POOL_COPY_MIN ((size_t)64 << 10)
+struct pool_copy {
+	unsigned char *d;
+	const unsigned char *s;
+	size_t n, per;
+};
+
+static void pool_copy_task(void *ctx, int i, int ntasks)
+{
+	(void)ntasks;
+	const struct pool_copy *c = ctx;
+	const size_t a = (size_t)i * c->per;
+	if (a < c->n)
+		memcpy(c->d + a, c->s + a, c->n - a < c->per ? c->n - a : c->per);
+}
+
+void lq_pool_memcpy(struct lq_pool *p, void *dst, const void *src, size_t n)
+{
+	size_t nt = (size_t)lq_pool_size(p);
+	if (nt > n / POOL_COPY_MIN)
+		nt = n / POOL_COPY_MIN;
+	if (nt <= 1) {
+		if (n)
+			memcpy(dst, src, n);
+		return;
+	}
+	struct pool_copy c = {dst, src, n, ((n + nt - 1) / nt + 4095) & ~(size_t)4095}; /* nt * per >= n */
+	lq_pool_run(p, pool_copy_task, &c, (int)nt);
+}
+
 void lq_pool_run(struct lq_pool *p, void (*fn)(void *ctx, int i, int ntasks), void *ctx,
 		 int ntasks)
 {

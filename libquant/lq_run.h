@@ -48,6 +48,10 @@ int lq_pool_size(const struct lq_pool *p);
  * wait for all of them.  A NULL pool runs them in the caller. */
 void lq_pool_run(struct lq_pool *p, void (*fn)(void *ctx, int i, int ntasks), void *ctx,
 		 int ntasks);
+/* memcpy(dst, src, n) split over the pool's threads (pieces of whole pages,
+ * at least 64 KiB each; smaller copies and a NULL pool: the caller's).  For
+ * sources whose pages fault in as they are read, such as a mapped file. */
+void lq_pool_memcpy(struct lq_pool *p, void *dst, const void *src, size_t n);
 
 /* ---------------------------------------------------------------- weights */
 

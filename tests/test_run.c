@@ -459,8 +459,44 @@ static void check_forward_sample(struct lq_run *r, const char *arch)
 	free(lg);
 }
 
+/* lq_pool_memcpy against memcpy: sizes around the 64 KiB pieces and the
+ * page rounding, odd alignments, the bytes around the destination untouched. */
+static void test_pool_memcpy(void)
+{
+	static const int threads[] = {1, 2, 3, 8};
+	static const size_t sizes[] = {0, 1, 4095, 65536, 131071, 131072, 131073, 200003, (1u << 20) + 17,
+				       (5u << 20) + 3};
+	const size_t max = (5u << 20) + 3, pad = 64;
+	unsigned char *src = malloc(max + pad), *dst = malloc(max + 2 * pad);
+	for (size_t i = 0; i < max + pad; i++)
+		src[i] = (unsigned char)(i * 2654435761u >> 13);
+	struct lq_error e;
+	for (size_t t = 0; t < sizeof threads / sizeof threads[0]; t++) {
+		struct lq_pool *pool = NULL;
+		CHECK_OK(lq_pool_create(&pool, threads[t], &e), &e);
+		for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
+			for (size_t off = 0; off < 2; off++) {
+				const size_t n = sizes[k];
+				memset(dst, 0xa5, max + 2 * pad);
+				lq_pool_memcpy(pool, dst + pad + off, src + 3 * off, n);
+				int ok = memcmp(dst + pad + off, src + 3 * off, n) == 0;
+				for (size_t i = 0; i < pad + off; i++)
+					ok &= dst[i] == 0xa5;
+				for (size_t i = pad + off + n; i < max + 2 * pad; i++)
+					ok &= dst[i] == 0xa5;
+				CHECK(ok, "lq_pool_memcpy: %d threads, %zu bytes, offset %zu", threads[t], n, off);
+			}
+		lq_pool_free(pool);
+	}
+	lq_pool_memcpy(NULL, dst, src, 1000); /* no pool: the caller's memcpy */
+	CHECK(memcmp(dst, src, 1000) == 0, "lq_pool_memcpy without a pool");
+	free(src);
+	free(dst);
+}
+
 int main(void)
 {
+	test_pool_memcpy();
 	test_matmul();
 	static const char *const archs[] = { "llama", "llama-bias", "mistral", "qwen2", "phi3", "gemma2" };
 	for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++) {
