@@ -99,7 +99,7 @@ enum lq_backend_kind {
 
 /* Options of lq_run_create (lq_run_opts_init, or zero-initialize, then set). */
 struct lq_run_opts {
-	int nthreads;     /* CPU threads; <= 0: 1 */
+	int nthreads;     /* CPU threads; <= 0: 1 (CUDA: up to 8 copy the weights at start-up) */
 	int64_t max_ctx;  /* context limit in tokens; <= 0: max_position_embeddings */
 	int backend;      /* enum lq_backend_kind */
 	int device;       /* CUDA device index (backend CUDA or AUTO) */
