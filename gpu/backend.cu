@@ -3036,8 +3036,12 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 			goto fail;
 	}
 	u.counting = 0;
-	if ((rc = lq_pool_create(&u.pool, o->nthreads < UPLOAD_THREADS ? o->nthreads : UPLOAD_THREADS, err)))
-		goto fail;
+	{
+		/* without helper threads (none could start) the copy is the caller's */
+		struct lq_error perr;
+		if (lq_pool_create(&u.pool, o->nthreads < UPLOAD_THREADS ? o->nthreads : UPLOAD_THREADS, &perr))
+			u.pool = NULL;
+	}
 	for (int i = 0; i < 2; i++) {
 		cudaError_t e = cudaHostAlloc((void **)&u.stage[i], STAGE_BYTES, cudaHostAllocDefault);
 		if (e == cudaSuccess)
