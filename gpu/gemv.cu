@@ -524,13 +524,6 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
 #define TC_XREG 8
 #endif
 
-/* xt (sm_90): float32 x (1), and the norm weights (2), staged in shared
- * memory by the bulk-copy engine (tc_bulk) after x's 16-bit copy */
-#define TC_XT_SHIFT 8 /* xt in bits 8-9 of the kernel's fl */
-#ifndef TC_XTMA
-#define TC_XTMA 0 /* 1: the bulk-copy staging below (correct, but slower on the H200: off) */
-#endif
-
 /*
  * Shared memory: the table must start at a multiple of 64 KiB of the shared
  * window.  The rest (dynamic map, partial sums, x: tc_rest bytes) goes below
@@ -539,55 +532,15 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
  * the window's start (1 KB on sm_90), so the request is what that layout
  * needs and no more: a smaller request measured faster (BENCHMARKS.md).
  */
-__host__ __device__ static inline uint32_t tc_rest(uint64_t K, uint32_t xt)
+__host__ __device__ static inline uint32_t tc_rest(uint64_t K)
 {
-	return 256 * 4 + TC_CH * TC_WARPS * 16 * 4 + (uint32_t)K * 2 + xt * (uint32_t)K * 4 + (xt ? 16u : 0u);
+	return 256 * 4 + TC_CH * TC_WARPS * 16 * 4 + (uint32_t)K * 2;
 }
 
-static size_t tc_smem(uint64_t K, int reserved, uint32_t xt)
+static size_t tc_smem(uint64_t K, int reserved)
 {
-	const size_t front = (TC_LUT_BYTES - (size_t)reserved % TC_LUT_BYTES) % TC_LUT_BYTES, rest = tc_rest(K, xt);
+	const size_t front = (TC_LUT_BYTES - (size_t)reserved % TC_LUT_BYTES) % TC_LUT_BYTES, rest = tc_rest(K);
 	return front >= rest ? front + TC_LUT_BYTES : front + TC_LUT_BYTES + rest;
-}
-
-/*
- * The bulk-copy engine (TMA, sm_90) for x, with -DTC_XTMA=1: meant to let
- * x's requests reach L2 without waiting behind the SM's weight loads in
- * flight, which the prologue issued just before (through ordinary loads x
- * is staged 2-3 us after the release, against 0.7 us for the o GEMV, whose
- * weights have landed by then: BENCHMARKS.md).  It passes the GPU tests
- * but made the 8B NF4 decode step slower on the H200 (2.10 against 1.98
- * ms/token, BENCHMARKS.md), so it is off by default; with TC_XTMA 0 the
- * kernels compile to the same code as without it.  One mbarrier, phase 0: the norm weights' bytes (expected
- * before the wait for the previous kernel), then x's with thread 0's one
- * arrival.
- */
-__device__ __forceinline__ void tc_bulk(void *dst, const void *src, uint32_t bytes, uint64_t *bar)
-{
-#if __CUDA_ARCH__ >= 900
-	const uint32_t b = (uint32_t)__cvta_generic_to_shared(bar), d = (uint32_t)__cvta_generic_to_shared(dst);
-	for (uint32_t o = 0; o < bytes; o += 16384u)
-		asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(d + o),
-			     "l"((const uint8_t *)src + o), "r"(min(16384u, bytes - o)), "r"(b)
-			     : "memory");
-#endif
-}
-__device__ __forceinline__ void tc_bar_init(uint64_t *bar)
-{
-#if __CUDA_ARCH__ >= 900
-	asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"((uint32_t)__cvta_generic_to_shared(bar)) : "memory");
-	asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void tc_bar_expect(uint64_t *bar, uint32_t bytes, bool arrive)
-{
-#if __CUDA_ARCH__ >= 900
-	const uint32_t b = (uint32_t)__cvta_generic_to_shared(bar);
-	if (arrive)
-		asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(bytes) : "memory");
-	else
-		asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;" ::"r"(b), "r"(bytes) : "memory");
-#endif
 }
 
 /* The pair for byte k of word w from this lane's copy of the table: lut4 is
@@ -667,7 +620,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(tc_sm);
 	const uint32_t lut_s = (sbase + TC_LUT_BYTES - 1) & ~(uint32_t)(TC_LUT_BYTES - 1);
 	uint8_t *lut = tc_sm + (lut_s - sbase);
-	const uint32_t xt = TC_XTMA ? (uint32_t)(fl >> TC_XT_SHIFT) & 3u : 0u, rest = tc_rest(K, xt);
+	const uint32_t rest = tc_rest(K);
 	float *dmap = (float *)(lut_s - sbase >= rest ? tc_sm : lut + TC_LUT_BYTES); /* tc_smem's layout */
 	{
 		uint32_t dsz;
@@ -677,16 +630,6 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	}
 	float *red = dmap + 256; /* [TC_CH][TC_WARPS][16] */
 	uint32_t *xs = (uint32_t *)(red + TC_CH * TC_WARPS * 16);
-	/* xt >= 1: x (float32), xt == 2: the norm weights, then the mbarrier */
-	float *xf = (float *)(xs + K / 2), *wf = xf + K;
-	uint64_t *xbar = (uint64_t *)(xf + xt * K);
-	if (xt && threadIdx.x == 0) {
-		tc_bar_init(xbar);
-		if (xt == 2) {
-			tc_bar_expect(xbar, K * 4, false);
-			tc_bulk(wf, nw, K * 4, xbar);
-		}
-	}
 
 	TC_TR(0);
 	TC_TR_SM();
@@ -793,22 +736,11 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 				dmap[i] = __uint_as_float(__ldg(g_dyn + i));
 	}
 	issue(TC_DEPTH, 2 * TC_DEPTH);
-	if (xt)
-		__syncthreads(); /* xbar initialized */
 	TC_TR(2);
 #if __CUDA_ARCH__ >= 900
 	cudaGridDependencySynchronize();
 	cudaTriggerProgrammaticLaunchCompletion();
 #endif
-	if (xt) {
-		if (tid == 0) {
-			tc_bar_expect(xbar, K * 4, true);
-			tc_bulk(xf, x, K * 4, xbar);
-		}
-		lq_mbar_wait0(xbar);
-	}
-	/* x and the norm weights: from shared memory (xt) or global */
-	auto ldx = [&](const float4 *p) { return xt ? *p : __ldg(p); };
 	TC_TR(3);
 	if (sizeof(XT) == 2) {
 		const uint4 *xv = (const uint4 *)x;
@@ -820,8 +752,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		 * 4 * TC_NORM_REG * TC_THREADS elements, x and the norm weights
 		 * are read in one round trip and held in registers across the
 		 * barrier, longer rows are read twice */
-		const float4 *xv = (const float4 *)(xt ? (const void *)xf : (const void *)x),
-			     *wv4 = (const float4 *)(xt == 2 ? wf : nw);
+		const float4 *xv = (const float4 *)x, *wv4 = (const float4 *)nw;
 		const uint32_t n4 = K / 4;
 		const bool held = n4 <= TC_NORM_REG * TC_THREADS;
 		float4 hv[TC_NORM_REG], hw[TC_NORM_REG];
@@ -836,8 +767,8 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 #pragma unroll
 			for (int j = 0; j < TC_NORM_REG; j++)
 				if (tid + j * TC_THREADS < n4) {
-					hv[j] = ldx(xv + tid + j * TC_THREADS);
-					hw[j] = ldx(wv4 + tid + j * TC_THREADS);
+					hv[j] = __ldg(xv + tid + j * TC_THREADS);
+					hw[j] = __ldg(wv4 + tid + j * TC_THREADS);
 				}
 #pragma unroll
 			for (int j = 0; j < TC_NORM_REG; j++)
@@ -845,7 +776,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 					sq(hv[j]);
 		} else {
 			for (uint32_t i = tid; i < n4; i += TC_THREADS)
-				sq(ldx(xv + i));
+				sq(__ldg(xv + i));
 		}
 		for (int o = 16; o; o >>= 1)
 			ss += __shfl_xor_sync(0xffffffffu, ss, o);
@@ -870,10 +801,10 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 					put(tid + j * TC_THREADS, hv[j], hw[j]);
 		} else {
 			for (uint32_t i = tid; i < n4; i += TC_THREADS)
-				put(i, ldx(xv + i), ldx(wv4 + i));
+				put(i, __ldg(xv + i), __ldg(wv4 + i));
 		}
 	} else {
-		const float4 *xv = (const float4 *)(xt ? (const void *)xf : (const void *)x);
+		const float4 *xv = (const float4 *)x;
 		const uint32_t n4 = K / 4;
 		auto put = [&](uint32_t i, float4 v) {
 			((uint2 *)xs)[i] = make_uint2(lq_pack16<F16>(v.x, v.y), lq_pack16<F16>(v.z, v.w));
@@ -884,14 +815,14 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 #pragma unroll
 			for (int j = 0; j < TC_XREG; j++)
 				if (tid + j * TC_THREADS < n4)
-					hv[j] = ldx(xv + tid + j * TC_THREADS);
+					hv[j] = __ldg(xv + tid + j * TC_THREADS);
 #pragma unroll
 			for (int j = 0; j < TC_XREG; j++)
 				if (tid + j * TC_THREADS < n4)
 					put(tid + j * TC_THREADS, hv[j]);
 		} else {
 			for (uint32_t i = tid; i < n4; i += TC_THREADS)
-				put(i, ldx(xv + i));
+				put(i, __ldg(xv + i));
 		}
 	}
 	__syncthreads();
@@ -1079,17 +1010,7 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 	cudaError_t e;
 	if ((e = tc_device(&sms, &major, &optin, &reserved)) != cudaSuccess)
 		return (int)e;
-	static int code90 = -1;
-	const bool sm90 = pdl_ok((const void *)kern, major, &code90);
-	const float *nrm = fu ? fu->norm_w : nullptr;
-	/* float32 x (and the norm weights) through the bulk-copy engine on
-	 * sm_90 where the shared memory holds them */
-	uint32_t xt = TC_XTMA && sm90 && sizeof(XT) == 4 ? (nrm ? 2u : 1u) : 0u;
-	size_t smem = tc_smem(K, reserved, xt);
-	if (xt && smem > (size_t)optin) {
-		xt = 0;
-		smem = tc_smem(K, reserved, 0);
-	}
+	const size_t smem = tc_smem(K, reserved);
 	if (major < 8 || smem > (size_t)optin)
 		return (int)cudaErrorNotSupported;
 	if ((e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)) != cudaSuccess ||
@@ -1144,13 +1065,14 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 	cudaLaunchAttribute attr[1];
 	attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
 	attr[0].val.programmaticStreamSerializationAllowed = 1;
-	if (sm90) {
+	static int code90 = -1;
+	if (pdl_ok((const void *)kern, major, &code90)) {
 		cfg.attrs = attr;
 		cfg.numAttrs = 1;
 	}
 	int bshift = lq_cuda_bshift(ws[0]->p.block_size);
-	int fl = (fu ? (fu->plus_one ? LQ_GEMV_NORM_PLUS_ONE : 0) | (fu->add_out ? LQ_GEMV_ADD_OUT : 0) : 0) |
-		 (int)(xt << TC_XT_SHIFT);
+	const float *nrm = fu ? fu->norm_w : nullptr;
+	int fl = fu ? (fu->plus_one ? LQ_GEMV_NORM_PLUS_ONE : 0) | (fu->add_out ? LQ_GEMV_ADD_OUT : 0) : 0;
 	e = cudaLaunchKernelEx(&cfg, kern, P, bshift, (uint32_t)K, x, (uint32_t)tiles, wkl, nrm, fu ? fu->eps : 0.0f, fl,
 			       fu ? fu->act_out : nullptr, fu ? fu->act : 0);
 	return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
@@ -1270,7 +1192,7 @@ extern "C" int lq_cuda_tiles_ok(const struct lq_qparams *p, uint64_t N, uint64_t
 		return 0;
 	if (tc_device(&sms, &major, &optin, &reserved) != cudaSuccess)
 		return 0;
-	return major >= 8 && tc_smem(K, reserved, 0) <= (size_t)optin;
+	return major >= 8 && tc_smem(K, reserved) <= (size_t)optin;
 }
 
 extern "C" void lq_cuda_tiles_size(const struct lq_qparams *p, uint64_t N, uint64_t K, uint64_t *data_bytes,

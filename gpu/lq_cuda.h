@@ -266,7 +266,7 @@ static __device__ __forceinline__ float lq_dq_scale(float mapped, float nested, 
 }
 
 /* Until phase 0 of the shared-memory mbarrier at bar has completed (sm_90;
- * nothing before): k_attn's cluster gather, the GEMV's bulk copy of x. */
+ * nothing before): k_attn's cluster gather. */
 static __device__ __forceinline__ void lq_mbar_wait0(uint64_t *bar)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
