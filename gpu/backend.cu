@@ -956,6 +956,149 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 }
 
 /*
+ * Decode attention for long caches (one token; a 16-bit cache; see
+ * att_long_epl): as k_attn, a block per query head and split with an online
+ * softmax and the splits merged through part by the last block to finish,
+ * but a warp takes ATT_LU consecutive keys per round trip instead of one.
+ * Lane i holds dims [i * EPL, i * EPL + EPL) of q, of each key and value
+ * (one 4-, 8- or 16-byte load per row) and of the output; all the loads of
+ * a batch are issued before any is used, and the batch updates the softmax
+ * once.  q is rotated and this step's key and value are in the cache
+ * (k_rope ran before).
+ */
+#ifndef ATT_LU
+#define ATT_LU 8 /* keys per warp and round trip */
+#endif
+template <int EPL> struct att_vec;
+template <> struct att_vec<2> { typedef uint32_t t; };
+template <> struct att_vec<4> { typedef uint2 t; };
+template <> struct att_vec<8> { typedef uint4 t; };
+
+template <typename CT, int EPL>
+__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn_long(const float *q, const CT *kc, const CT *vc,
+							   float *out, float *part, int *cnt, int64_t H, int64_t grp,
+							   int64_t hd, int64_t kvdim, int64_t window, float scale,
+							   float cap, const int64_t *d_pos, int64_t pos, int cd)
+{
+	typedef typename att_vec<EPL>::t VT;
+	static_assert(sizeof(VT) == EPL * sizeof(CT), "one load per row and lane");
+	__shared__ float sm[ATT_WARPS][32 * EPL + 2];
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	const int64_t h = blockIdx.x, kvh = h / grp, S = gridDim.z;
+	pdl_wait();
+	const int64_t p = cur_pos(d_pos, pos);
+	int64_t lo = 0;
+	if (window > 0 && p - window + 1 > 0)
+		lo = p - window + 1;
+	const int64_t len = p - lo + 1, per = (len + S - 1) / S;
+	const int64_t j0 = lo + per * blockIdx.z, j1 = min(p + 1, j0 + per);
+	const int64_t d0 = (int64_t)lane * EPL;
+	const bool act = d0 < hd; /* lanes past the head's dims read dim 0 and hold zeros in q */
+	float qr[EPL], acc[EPL];
+#pragma unroll
+	for (int e = 0; e < EPL; e++) {
+		qr[e] = act ? q[h * hd + d0 + e] : 0.0f;
+		acc[e] = 0.0f;
+	}
+	const CT *kb = kc + kvh * hd + (act ? d0 : 0), *vb = vc + kvh * hd + (act ? d0 : 0);
+	float m = -INFINITY, l = 0.0f;
+	for (int64_t jb = j0 + (int64_t)warp * ATT_LU; jb < j1; jb += (int64_t)ATT_WARPS * ATT_LU) {
+		VT kr[ATT_LU], vr[ATT_LU];
+#pragma unroll
+		for (int u = 0; u < ATT_LU; u++) {
+			const int64_t j = min(jb + u, j1 - 1); /* past the split: its last key again, masked below */
+			kr[u] = __ldg((const VT *)(kb + j * kvdim));
+			vr[u] = __ldg((const VT *)(vb + j * kvdim));
+		}
+		float sc[ATT_LU];
+#pragma unroll
+		for (int u = 0; u < ATT_LU; u++) {
+			const CT *kx = (const CT *)&kr[u];
+			float s = 0.0f;
+#pragma unroll
+			for (int e = 0; e < EPL; e++)
+				s = fmaf(qr[e], kv_ld(kx + e), s);
+			sc[u] = s;
+		}
+#pragma unroll
+		for (int o = 16; o; o >>= 1)
+#pragma unroll
+			for (int u = 0; u < ATT_LU; u++)
+				sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
+		float mb = m;
+#pragma unroll
+		for (int u = 0; u < ATT_LU; u++) {
+			float s = sc[u] * scale;
+			if (cap > 0.0f)
+				s = tanhf(s / cap) * cap;
+			sc[u] = jb + u < j1 ? s : -INFINITY;
+			mb = fmaxf(mb, sc[u]);
+		}
+		const float corr = expf(m - mb); /* mb is finite: key jb is in the split */
+		l *= corr;
+#pragma unroll
+		for (int e = 0; e < EPL; e++)
+			acc[e] *= corr;
+#pragma unroll
+		for (int u = 0; u < ATT_LU; u++) {
+			const float pw = expf(sc[u] - mb);
+			const CT *vx = (const CT *)&vr[u];
+			l += pw;
+#pragma unroll
+			for (int e = 0; e < EPL; e++)
+				acc[e] = fmaf(pw, kv_ld(vx + e), acc[e]);
+		}
+		m = mb;
+	}
+#pragma unroll
+	for (int e = 0; e < EPL; e++)
+		sm[warp][lane * EPL + e] = acc[e];
+	if (lane == 0) {
+		sm[warp][32 * EPL] = m;
+		sm[warp][32 * EPL + 1] = l;
+	}
+	__syncthreads();
+	float M = -INFINITY, L = 0.0f, f[ATT_WARPS];
+	for (int w = 0; w < ATT_WARPS; w++)
+		M = fmaxf(M, sm[w][32 * EPL]);
+	for (int w = 0; w < ATT_WARPS; w++) {
+		const float mw = sm[w][32 * EPL];
+		f[w] = mw == -INFINITY ? 0.0f : expf(mw - M);
+		L += sm[w][32 * EPL + 1] * f[w];
+	}
+	float *pp = part + (h * S + blockIdx.z) * (hd + 2);
+	for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
+		float a = 0.0f;
+		for (int w = 0; w < ATT_WARPS; w++)
+			a += sm[w][d] * f[w];
+		if (S == 1)
+			out[h * hd + d] = rnd(a / L, cd);
+		else
+			pp[d] = a;
+	}
+	if (S == 1)
+		return;
+	if (threadIdx.x == 0) {
+		pp[hd] = M;
+		pp[hd + 1] = L;
+	}
+	/* the last split of head h to finish merges them all */
+	__shared__ int last;
+	__threadfence();
+	__syncthreads();
+	if (threadIdx.x == 0) {
+		last = atomicAdd(cnt + h, 1) == S - 1;
+		if (last)
+			cnt[h] = 0; /* ready for the next step */
+	}
+	__syncthreads();
+	if (!last)
+		return;
+	__threadfence();
+	attn_merge(part, out, H, hd, (int)S, cd, 0, h);
+}
+
+/*
  * Attention for a chunk of n > 1 query tokens, tiled: a block of FA_THREADS
  * takes FA_Q queries of one head and walks the visible keys of the cache in
  * tiles of FA_K (K and V staged in shared memory, rows padded so that the
@@ -2507,10 +2650,31 @@ static int att_cluster(int major, int cd)
 	return by_cache_type(cd, [](auto c) { return att_cluster_max<typename decltype(c)::type>(); });
 }
 
+/* The dims per lane of k_attn_long for this cache (one token), or 0 where
+ * k_attn runs: float caches, caches under ATT_LONG_MIN, head sizes over 256
+ * or not a multiple of the dims per lane. */
+#ifndef ATT_LONG_MAXSPLIT
+/* at most this many splits for k_attn_long: 32 was as fast as 64 or faster
+ * at 1000-8000 positions (H200, 8B NF4; BENCHMARKS.md) */
+#define ATT_LONG_MAXSPLIT 32
+#endif
+static int att_long_epl_of(int cd, int64_t cap, int64_t hd)
+{
+	if (cd == LQ_COMPUTE_F32 || cap < ATT_LONG_MIN)
+		return 0;
+	const int e = hd <= 64 ? 2 : hd <= 128 ? 4 : hd <= 256 ? 8 : 0;
+	return e && hd % e == 0 ? e : 0;
+}
+static int att_long_epl(const gstate *g) { return att_long_epl_of(g->cd, g->cap, g->hd); }
+
 static int attn_splits(gstate *g, size_t n)
 {
 	if (n > 1)
 		return 1;
+	if (att_long_epl(g)) {
+		const int64_t s = (g->cap + ATT_LONG_KEYS - 1) / ATT_LONG_KEYS;
+		return (int)(s > ATT_LONG_MAXSPLIT ? ATT_LONG_MAXSPLIT : s);
+	}
 	int64_t s = g->cap / 16;
 	if (g->att_cl > 1 && g->cap <= ATT_CLCAP && s > g->att_cl)
 		s = g->att_cl; /* one cluster: fewer, longer splits without the global merge */
@@ -2535,7 +2699,7 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 #ifdef ATT_NO_ROPE_FUSE /* diagnostic: k_rope for one token too */
 	const bool fuse = false;
 #else
-	const bool fuse = n == 1 && rtab && g->hd <= 128;
+	const bool fuse = n == 1 && rtab && g->hd <= 128 && !att_long_epl(g);
 #endif
 	if (fuse) {
 		rp = { k, v, (const float *)l->q_bias, (const float *)l->k_bias, (const float *)l->v_bias, rtab, g->rot };
@@ -2560,6 +2724,14 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 		launch_ks(g, fa_kernel<CT>(g->hd), fg, dim3(FA_THREADS), fa_smem(g->hd), q, ld, (const CT *)kc, (const CT *)vc,
 			  g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
 			  (float)c->attn_logit_softcap, pos, (int64_t)n, cd);
+	} else if (const int epl = att_long_epl(g)) {
+		if constexpr (sizeof(CT) == 2) {
+			dim3 ag((unsigned)g->H, 1u, (unsigned)attn_splits(g, n));
+			auto kern = epl == 2 ? k_attn_long<CT, 2> : epl == 4 ? k_attn_long<CT, 4> : k_attn_long<CT, 8>;
+			launch_k(g, kern, ag, dim3(ATT_WARPS * 32), (const float *)q, (const CT *)kc, (const CT *)vc, g->att,
+				 g->part, g->acnt, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
+				 (float)c->attn_logit_softcap, d_pos, pos, cd);
+		}
 	} else {
 		int S = attn_splits(g, n), cl = S > 1 && S <= g->att_cl;
 		dim3 ag((unsigned)g->H, (unsigned)n, (unsigned)S);
@@ -3157,6 +3329,10 @@ static int cur_major(void)
 }
 
 extern "C" int lq_cuda_attn_cluster(int compute) { return att_cluster(cur_major(), compute); }
+extern "C" int lq_cuda_attn_long(int compute, int64_t head_dim, int64_t cap)
+{
+	return att_long_epl_of(compute, cap, head_dim);
+}
 
 extern "C" int lq_cuda_pdl(void) { return pdl_image(cur_major()); }
 

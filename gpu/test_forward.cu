@@ -457,8 +457,11 @@ int main(void)
 			int hd; /* 0: the script's default, 64 */
 		} archs[] = {{"phi3", 0},     {"gemma2", 0},  {"qwen2", 0},   {"mistral", 0}, {"llama", 128},
 			     {"mistral", 128}, {"qwen2", 128}, {"phi3", 96}, {"gemma2", 256}};
-		int32_t ids[130];
-		for (int i = 0; i < 130; i++)
+		/* long: a prompt and 20 decode steps in a cache of ATT_LONG_MIN
+		 * positions (k_attn_long at bf16 / fp16) */
+		enum { LONG_NP = ATT_LONG_MIN / 2 + 88, LONG_N = LONG_NP + 20 };
+		static int32_t ids[LONG_N];
+		for (int i = 0; i < LONG_N; i++)
 			ids[i] = (int32_t)((i * 7919u + 13) % 1000);
 		for (size_t a = 0; a < sizeof archs / sizeof archs[0]; a++) {
 			char dir[128], hd[16] = "";
@@ -476,6 +479,24 @@ int main(void)
 				char what[64];
 				snprintf(what, sizeof what, "synthetic %s%s nf4", archs[a].arch, archs[a].hd ? hd : "");
 				compare(what, &md, ids, 130, 100, NULL, 1024);
+				const int64_t hdim = archs[a].hd ? archs[a].hd : 64;
+				CHECK(lq_cuda_attn_long(LQ_COMPUTE_BF16, hdim, ATT_LONG_MIN) != 0 &&
+				      lq_cuda_attn_long(LQ_COMPUTE_F16, hdim, ATT_LONG_MIN) != 0,
+				      "%s: head size %d does not take the long-cache decode attention", what, (int)hdim);
+				struct lq_run *cpu = make_run(&md, LQ_BACKEND_CPU, -1, ATT_LONG_MIN);
+				for (int cdt = LQ_COMPUTE_BF16; cpu && cdt <= LQ_COMPUTE_F16; cdt++) {
+					struct lq_run *gh = make_run(&md, LQ_BACKEND_CUDA, cdt, ATT_LONG_MIN);
+					if (!gh)
+						continue;
+					double w = 0;
+					decode_worst(cpu, &gh, 1, ids, LONG_NP, LONG_N, &w);
+					CHECK(w < 3e-2, "%s %s: %d-token prefill + %d decode steps: %g", what,
+					      lq_compute_name(cdt), (int)LONG_NP, (int)(LONG_N - LONG_NP), w);
+					printf("  %-22s %s: %d+%d tokens: %.2e\n", what, lq_compute_name(cdt), (int)LONG_NP,
+					       (int)(LONG_N - LONG_NP), w);
+					lq_run_free(gh);
+				}
+				lq_run_free(cpu);
 			} else {
 				CHECK(0, "cannot pack %s", dir);
 			}
