@@ -22,7 +22,8 @@
  * weight into a scratch matrix of the compute dtype and run a tensor-core
  * GEMM through cuBLAS, which is opened at run time (dlopen), so binaries do
  * not depend on it.  Attention is one kernel with an online softmax, split
- * over the key range for decode.  The decode step (one token, logits of the
+ * over the key range for decode (k_attn; k_attn_long for 16-bit caches of
+ * ATT_LONG_MIN positions and more, several keys per round trip).  The decode step (one token, logits of the
  * last position) is captured in a CUDA graph and replayed; positions and the
  * token id are read from device memory so that the graph stays valid until
  * the KV cache is reallocated.
@@ -2682,8 +2683,9 @@ static int attn_splits(gstate *g, size_t n)
 }
 
 /* Layer li's RoPE (q rotated in place, k and v into the KV cache; for one
- * token inside k_attn instead) and attention into g->att; CT: the cache's
- * element type (kv_es(g) bytes). */
+ * token inside k_attn instead, up to head size 128 and where k_attn_long
+ * does not run) and attention into g->att; CT: the cache's element type
+ * (kv_es(g) bytes). */
 template <typename CT>
 static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, float *k, float *v, int64_t ld,
 		  int64_t pos, const int64_t *d_pos, const float *rtab, struct lq_error *err)
