@@ -23,10 +23,10 @@
  * GEMM through cuBLAS, which is opened at run time (dlopen), so binaries do
  * not depend on it.  Attention is one kernel with an online softmax, split
  * over the key range for decode (k_attn; k_attn_long for 16-bit caches of
- * ATT_LONG_MIN positions and more, several keys per round trip).  The decode step (one token, logits of the
- * last position) is captured in a CUDA graph and replayed; positions and the
- * token id are read from device memory so that the graph stays valid until
- * the KV cache is reallocated.
+ * ATT_LONG_MIN positions and more, several keys per round trip).  The
+ * decode step (one token, logits of the last position) is captured in a
+ * CUDA graph and replayed; positions and the token id are read from device
+ * memory so that the graph stays valid until the KV cache is reallocated.
  */
 #include "lq_cuda.h"
 #include "lq_blocks.h"
@@ -2651,14 +2651,15 @@ static int att_cluster(int major, int cd)
 	return by_cache_type(cd, [](auto c) { return att_cluster_max<typename decltype(c)::type>(); });
 }
 
-/* The dims per lane of k_attn_long for this cache (one token), or 0 where
- * k_attn runs: float caches, caches under ATT_LONG_MIN, head sizes over 256
- * or not a multiple of the dims per lane. */
 #ifndef ATT_LONG_MAXSPLIT
 /* at most this many splits for k_attn_long: 32 was as fast as 64 or faster
  * at 1000-8000 positions (H200, 8B NF4; BENCHMARKS.md) */
 #define ATT_LONG_MAXSPLIT 32
 #endif
+
+/* The dims per lane of k_attn_long for this cache (one token), or 0 where
+ * k_attn runs: float caches, caches under ATT_LONG_MIN, head sizes over 256
+ * or not a multiple of the dims per lane. */
 static int att_long_epl_of(int cd, int64_t cap, int64_t hd)
 {
 	if (cd == LQ_COMPUTE_F32 || cap < ATT_LONG_MIN)
