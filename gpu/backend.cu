@@ -22,7 +22,7 @@
  * weight into a scratch matrix of the compute dtype and run a tensor-core
  * GEMM through cuBLAS, which is opened at run time (dlopen), so binaries do
  * not depend on it.  Attention is one kernel with an online softmax, split
- * over the key range for decode (k_attn; k_attn_long for 16-bit caches of
+ * over the key range for decode (k_attn; k_attn_long for caches of
  * ATT_LONG_MIN positions and more, several keys per round trip).  The
  * decode step (one token, logits of the last position) is captured in a
  * CUDA graph and replayed; positions and the token id are read from device
@@ -594,6 +594,25 @@ __device__ void attn_merge(const float *part, float *out, int64_t H, int64_t hd,
 	merge_splits([=](int s, int64_t i) { return __ldcg(pp + s * (hd + 2) + i); }, out, H, hd, S, cd, t, h);
 }
 
+/* After every thread's stores of this block's split to part: true in the
+ * last of the S splits counted in *c to get here, which resets the counter
+ * for the next step and may then read the others' splits (attn_merge). */
+__device__ bool attn_split_last(int *c, int S)
+{
+	__shared__ int last;
+	__threadfence();
+	__syncthreads();
+	if (threadIdx.x == 0) {
+		last = atomicAdd(c, 1) == S - 1;
+		if (last)
+			*c = 0;
+	}
+	__syncthreads();
+	if (last)
+		__threadfence();
+	return last;
+}
+
 /*
  * The S splits of (token t, head h) as one thread-block cluster (sm_90,
  * cl set).  Every block arrives on the cluster barrier as it starts
@@ -935,56 +954,44 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 		KT_END(2, kc);
 		return;
 	}
-	/* the last split of (t, h) to finish merges them all */
-	__shared__ int last;
-	__threadfence();
-	__syncthreads();
-	if (threadIdx.x == 0) {
-		last = atomicAdd(cnt + t * H + h, 1) == S - 1;
-		if (last)
-			cnt[t * H + h] = 0; /* ready for the next step */
-	}
-	__syncthreads();
+	const bool last = attn_split_last(cnt + t * H + h, (int)S);
 	KT(3);
 	if (!last) {
 		KT_END(2, kc);
 		return;
 	}
-	__threadfence();
 	attn_merge(part, out, H, hd, (int)S, cd, t, h);
 	KT(4);
 	KT_END(2, kc);
 }
 
 /*
- * Decode attention for long caches (one token; a 16-bit cache; see
- * att_long_epl): as k_attn, a block per query head and split with an online
- * softmax and the splits merged through part by the last block to finish,
- * but a warp takes ATT_LU consecutive keys per round trip instead of one.
- * Lane i holds dims [i * EPL, i * EPL + EPL) of q, of each key and value
- * (one 4-, 8- or 16-byte load per row) and of the output; all the loads of
- * a batch are issued before any is used, and the batch updates the softmax
- * once.  q is rotated and this step's key and value are in the cache
- * (k_rope ran before).
+ * Decode attention for long caches (one token; see att_long_of): as
+ * k_attn, a block per query head and split, the splits merged through part
+ * by the last block to finish, but a key is shared by G lanes (G = 4, 8,
+ * 16 or 32), so that a warp takes 32 / G keys per round trip and each lane group
+ * keeps its own online softmax: a score costs log2(G) shuffles and no
+ * broadcast, and a value row is accumulated without waiting for the other
+ * keys.  Lane c of a group holds DPL dims of q, of each key and value row
+ * and of the output: dims j * G * VEC + c * VEC + [0, VEC) for j <
+ * DPL / VEC, VEC elements being one 16-byte load, so that each load
+ * instruction reads G * 16 contiguous bytes of every row in flight.  The
+ * softmax rescales only when a group's maximum grows (a warp vote).  q is
+ * rotated and this step's key and value are in the cache (k_rope ran
+ * before).  The block's ATT_WARPS * 32 / G states meet in shared memory
+ * (dynamic: att_long_smem).
  */
-#ifndef ATT_LU
-#define ATT_LU 8 /* keys per warp and round trip */
-#endif
-template <int EPL> struct att_vec;
-template <> struct att_vec<2> { typedef uint32_t t; };
-template <> struct att_vec<4> { typedef uint2 t; };
-template <> struct att_vec<8> { typedef uint4 t; };
-
-template <typename CT, int EPL>
+template <typename CT, int DPL>
 __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn_long(const float *q, const CT *kc, const CT *vc,
 							   float *out, float *part, int *cnt, int64_t H, int64_t grp,
 							   int64_t hd, int64_t kvdim, int64_t window, float scale,
-							   float cap, const int64_t *d_pos, int64_t pos, int cd)
+							   float cap, const int64_t *d_pos, int64_t pos, int cd, int gsh)
 {
-	typedef typename att_vec<EPL>::t VT;
-	static_assert(sizeof(VT) == EPL * sizeof(CT), "one load per row and lane");
-	__shared__ float sm[ATT_WARPS][32 * EPL + 2];
-	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	constexpr int VEC = 16 / (int)sizeof(CT), NJ = DPL / VEC;
+	static_assert(DPL % VEC == 0, "whole 16-byte loads");
+	extern __shared__ __align__(16) float lsm[]; /* [ns][hd + 4]: the vector, max, sum; then [ns] weights */
+	const int G = 1 << gsh, KB = 32 >> gsh, ns = ATT_WARPS * KB, sst = (int)hd + 4;
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, u = lane >> gsh, c = lane & (G - 1);
 	const int64_t h = blockIdx.x, kvh = h / grp, S = gridDim.z;
 	pdl_wait();
 	const int64_t p = cur_pos(d_pos, pos);
@@ -993,85 +1000,95 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn_long(const float *q, co
 		lo = p - window + 1;
 	const int64_t len = p - lo + 1, per = (len + S - 1) / S;
 	const int64_t j0 = lo + per * blockIdx.z, j1 = min(p + 1, j0 + per);
-	const int64_t d0 = (int64_t)lane * EPL;
-	const bool act = d0 < hd; /* lanes past the head's dims read dim 0 and hold zeros in q */
-	float qr[EPL], acc[EPL];
+	const int js = G * VEC; /* elements between a lane's loads in a row */
+	float qr[DPL], acc[DPL];
 #pragma unroll
-	for (int e = 0; e < EPL; e++) {
-		qr[e] = act ? q[h * hd + d0 + e] : 0.0f;
-		acc[e] = 0.0f;
-	}
-	const CT *kb = kc + kvh * hd + (act ? d0 : 0), *vb = vc + kvh * hd + (act ? d0 : 0);
+	for (int j = 0; j < NJ; j++)
+#pragma unroll
+		for (int e = 0; e < VEC; e++) {
+			qr[j * VEC + e] = q[h * hd + j * js + c * VEC + e];
+			acc[j * VEC + e] = 0.0f;
+		}
+	const CT *kb = kc + kvh * hd + c * VEC, *vb = vc + kvh * hd + c * VEC;
 	float m = -INFINITY, l = 0.0f;
-	for (int64_t jb = j0 + (int64_t)warp * ATT_LU; jb < j1; jb += (int64_t)ATT_WARPS * ATT_LU) {
-		VT kr[ATT_LU], vr[ATT_LU];
+	for (int64_t jb = j0 + (int64_t)warp * KB; jb < j1; jb += (int64_t)ATT_WARPS * KB) {
+		const int64_t jk = jb + u;
+		const bool ok = jk < j1;
+		const int64_t jr = ok ? jk : j1 - 1; /* past the split: its last key again, masked */
+		uint4 kr[NJ], vr[NJ];
 #pragma unroll
-		for (int u = 0; u < ATT_LU; u++) {
-			const int64_t j = min(jb + u, j1 - 1); /* past the split: its last key again, masked below */
-			kr[u] = __ldg((const VT *)(kb + j * kvdim));
-			vr[u] = __ldg((const VT *)(vb + j * kvdim));
+		for (int j = 0; j < NJ; j++) {
+			kr[j] = __ldg((const uint4 *)(kb + jr * kvdim + j * js));
+			vr[j] = __ldg((const uint4 *)(vb + jr * kvdim + j * js));
 		}
-		float sc[ATT_LU];
+		float s = 0.0f;
 #pragma unroll
-		for (int u = 0; u < ATT_LU; u++) {
-			const CT *kx = (const CT *)&kr[u];
-			float s = 0.0f;
+		for (int j = 0; j < NJ; j++) {
+			const CT *kx = (const CT *)&kr[j];
 #pragma unroll
-			for (int e = 0; e < EPL; e++)
-				s = fmaf(qr[e], kv_ld(kx + e), s);
-			sc[u] = s;
+			for (int e = 0; e < VEC; e++)
+				s = fmaf(qr[j * VEC + e], kv_ld(kx + e), s);
 		}
+		for (int o = 1; o < G; o <<= 1)
+			s += __shfl_xor_sync(0xffffffffu, s, o);
+		s *= scale;
+		if (cap > 0.0f)
+			s = tanhf(s / cap) * cap;
+		s = ok ? s : -INFINITY;
+		if (__any_sync(0xffffffffu, s > m)) {
+			const float mn = fmaxf(m, s), corr = m == mn ? 1.0f : expf(m - mn);
+			l *= corr;
 #pragma unroll
-		for (int o = 16; o; o >>= 1)
-#pragma unroll
-			for (int u = 0; u < ATT_LU; u++)
-				sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
-		float mb = m;
-#pragma unroll
-		for (int u = 0; u < ATT_LU; u++) {
-			float s = sc[u] * scale;
-			if (cap > 0.0f)
-				s = tanhf(s / cap) * cap;
-			sc[u] = jb + u < j1 ? s : -INFINITY;
-			mb = fmaxf(mb, sc[u]);
+			for (int e = 0; e < DPL; e++)
+				acc[e] *= corr;
+			m = mn;
 		}
-		const float corr = expf(m - mb); /* mb is finite: key jb is in the split */
-		l *= corr;
+		const float pw = ok ? expf(s - m) : 0.0f;
+		l += pw;
 #pragma unroll
-		for (int e = 0; e < EPL; e++)
-			acc[e] *= corr;
+		for (int j = 0; j < NJ; j++) {
+			const CT *vx = (const CT *)&vr[j];
 #pragma unroll
-		for (int u = 0; u < ATT_LU; u++) {
-			const float pw = expf(sc[u] - mb);
-			const CT *vx = (const CT *)&vr[u];
-			l += pw;
-#pragma unroll
-			for (int e = 0; e < EPL; e++)
-				acc[e] = fmaf(pw, kv_ld(vx + e), acc[e]);
+			for (int e = 0; e < VEC; e++)
+				acc[j * VEC + e] = fmaf(pw, kv_ld(vx + e), acc[j * VEC + e]);
 		}
-		m = mb;
 	}
+	float *st = lsm + (warp * KB + u) * sst, *fw = lsm + ns * sst;
 #pragma unroll
-	for (int e = 0; e < EPL; e++)
-		sm[warp][lane * EPL + e] = acc[e];
-	if (lane == 0) {
-		sm[warp][32 * EPL] = m;
-		sm[warp][32 * EPL + 1] = l;
+	for (int j = 0; j < NJ; j++)
+#pragma unroll
+		for (int e = 0; e < VEC; e += 4)
+			*(float4 *)(st + j * js + c * VEC + e) =
+				make_float4(acc[j * VEC + e], acc[j * VEC + e + 1], acc[j * VEC + e + 2], acc[j * VEC + e + 3]);
+	if (c == 0) {
+		st[hd] = m;
+		st[hd + 1] = l;
 	}
 	__syncthreads();
-	float M = -INFINITY, L = 0.0f, f[ATT_WARPS];
-	for (int w = 0; w < ATT_WARPS; w++)
-		M = fmaxf(M, sm[w][32 * EPL]);
-	for (int w = 0; w < ATT_WARPS; w++) {
-		const float mw = sm[w][32 * EPL];
-		f[w] = mw == -INFINITY ? 0.0f : expf(mw - M);
-		L += sm[w][32 * EPL + 1] * f[w];
+	/* warp 0: the states' weights (ns <= 32), the block's max and sum */
+	if (warp == 0) {
+		const float mi = lane < ns ? lsm[lane * sst + hd] : -INFINITY;
+		float M = mi;
+		for (int o = 16; o; o >>= 1)
+			M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+		const float f = mi == -INFINITY ? 0.0f : expf(mi - M);
+		float L = lane < ns ? lsm[lane * sst + hd + 1] * f : 0.0f;
+		for (int o = 16; o; o >>= 1)
+			L += __shfl_xor_sync(0xffffffffu, L, o);
+		if (lane < ns)
+			fw[lane] = f;
+		if (lane == 0) {
+			fw[32] = M;
+			fw[33] = L;
+		}
 	}
+	__syncthreads();
+	const float M = fw[32], L = fw[33];
 	float *pp = part + (h * S + blockIdx.z) * (hd + 2);
 	for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
 		float a = 0.0f;
-		for (int w = 0; w < ATT_WARPS; w++)
-			a += sm[w][d] * f[w];
+		for (int i = 0; i < ns; i++)
+			a += lsm[i * sst + d] * fw[i];
 		if (S == 1)
 			out[h * hd + d] = rnd(a / L, cd);
 		else
@@ -1083,20 +1100,16 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn_long(const float *q, co
 		pp[hd] = M;
 		pp[hd + 1] = L;
 	}
-	/* the last split of head h to finish merges them all */
-	__shared__ int last;
-	__threadfence();
-	__syncthreads();
-	if (threadIdx.x == 0) {
-		last = atomicAdd(cnt + h, 1) == S - 1;
-		if (last)
-			cnt[h] = 0; /* ready for the next step */
-	}
-	__syncthreads();
-	if (!last)
-		return;
-	__threadfence();
-	attn_merge(part, out, H, hd, (int)S, cd, 0, h);
+	if (attn_split_last(cnt + h, (int)S))
+		attn_merge(part, out, H, hd, (int)S, cd, 0, h);
+}
+
+/* k_attn_long's dynamic shared memory for head size hd and 2^gsh lanes per
+ * key (under 17 KB: G = 4 only up to head size 128). */
+static size_t att_long_smem(int64_t hd, int gsh)
+{
+	const int64_t ns = ATT_WARPS * (32 >> gsh);
+	return (size_t)(ns * (hd + 4) + 34) * sizeof(float);
 }
 
 /*
@@ -1816,6 +1829,7 @@ struct gstate {
 	int cbh_ok;
 	int pdl; /* launch with programmatic dependent launch (sm_90) */
 	int att_cl; /* decode attention: at most this many splits merge as one cluster (0: none) */
+	int att_long_slots; /* k_attn_long's blocks that the device runs at once (att_long_prepare) */
 	int fuse; /* decode: RMSNorm and residual adds inside the GEMVs (see fusable) */
 	const float *xconv;    /* the activations xbuf holds converted (NULL: none) */
 	size_t xconv_n;
@@ -2657,25 +2671,72 @@ static int att_cluster(int major, int cd)
 #define ATT_LONG_MAXSPLIT 32
 #endif
 
-/* The dims per lane of k_attn_long for this cache (one token), or 0 where
- * k_attn runs: float caches, caches under ATT_LONG_MIN, head sizes over 256
- * or not a multiple of the dims per lane. */
-static int att_long_epl_of(int cd, int64_t cap, int64_t hd)
+/* log2 of k_attn_long's lanes per key (2 to 5) for this cache (one token),
+ * its dims per lane in *dpl; 0 where k_attn runs: caches under
+ * ATT_LONG_MIN positions, head sizes that 16, 24 or 32 dims per lane (at
+ * most 24 at fp32: registers) do not divide into 4, 8, 16 or 32 lanes. */
+static int att_long_of(int cd, int64_t cap, int64_t hd, int *dpl)
 {
-	if (cd == LQ_COMPUTE_F32 || cap < ATT_LONG_MIN)
+	if (cap < ATT_LONG_MIN)
 		return 0;
-	const int e = hd <= 64 ? 2 : hd <= 128 ? 4 : hd <= 256 ? 8 : 0;
-	return e && hd % e == 0 ? e : 0;
+	for (int d = cd == LQ_COMPUTE_F32 ? 24 : 32; d >= 16; d -= 8) {
+		const int64_t gl = hd % d ? 0 : hd / d;
+		if (gl == 4 || gl == 8 || gl == 16 || gl == 32) {
+			if (dpl)
+				*dpl = d;
+			return gl == 4 ? 2 : gl == 8 ? 3 : gl == 16 ? 4 : 5;
+		}
+	}
+	return 0;
 }
-static int att_long_epl(const gstate *g) { return att_long_epl_of(g->cd, g->cap, g->hd); }
+static int att_long(const gstate *g, int *dpl) { return att_long_of(g->cd, g->cap, g->hd, dpl); }
+
+/* The k_attn_long instance for dpl dims per lane. */
+template <typename CT>
+static decltype(&k_attn_long<CT, 16>) att_long_kern(int dpl)
+{
+	if (dpl == 16)
+		return k_attn_long<CT, 16>;
+	if constexpr (sizeof(CT) == 2) /* float caches take at most 24 dims per lane */
+		if (dpl == 32)
+			return k_attn_long<CT, 32>;
+	return k_attn_long<CT, 24>;
+}
+
+/* In g->att_long_slots: the k_attn_long blocks of this model that the
+ * device runs at once (0 where its head size does not take the kernel). */
+static cudaError_t att_long_prepare(gstate *g, int nsm)
+{
+	int dpl = 0;
+	const int gsh = att_long_of(g->cd, ATT_LONG_MIN, g->hd, &dpl);
+	g->att_long_slots = 0;
+	if (!gsh)
+		return cudaSuccess;
+	return by_cache_type(g->cd, [&](auto c) {
+		using CT = typename decltype(c)::type;
+		int nb = 0;
+		const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+			&nb, att_long_kern<CT>(dpl), ATT_WARPS * 32, att_long_smem(g->hd, gsh));
+		g->att_long_slots = nb * nsm;
+		return e;
+	});
+}
 
 static int attn_splits(gstate *g, size_t n)
 {
 	if (n > 1)
 		return 1;
-	if (att_long_epl(g)) {
-		const int64_t s = (g->cap + ATT_LONG_KEYS - 1) / ATT_LONG_KEYS;
-		return (int)(s > ATT_LONG_MAXSPLIT ? ATT_LONG_MAXSPLIT : s);
+	if (att_long(g, NULL)) {
+		int64_t s = (g->cap + ATT_LONG_KEYS - 1) / ATT_LONG_KEYS;
+		s = s > ATT_LONG_MAXSPLIT ? ATT_LONG_MAXSPLIT : s;
+#ifndef ATT_LONG_NOWAVE
+		/* whole waves: a few blocks past the device's slots would run as
+		 * a second wave of their own (1000 positions, 8B: 0.08 ms a step) */
+		const int64_t w = g->att_long_slots / g->H;
+		if (w > 0 && s > w)
+			s = s / w * w;
+#endif
+		return (int)s;
 	}
 	int64_t s = g->cap / 16;
 	if (g->att_cl > 1 && g->cap <= ATT_CLCAP && s > g->att_cl)
@@ -2702,7 +2763,7 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 #ifdef ATT_NO_ROPE_FUSE /* diagnostic: k_rope for one token too */
 	const bool fuse = false;
 #else
-	const bool fuse = n == 1 && rtab && g->hd <= 128 && !att_long_epl(g);
+	const bool fuse = n == 1 && rtab && g->hd <= 128 && !att_long(g, NULL);
 #endif
 	if (fuse) {
 		rp = { k, v, (const float *)l->q_bias, (const float *)l->k_bias, (const float *)l->v_bias, rtab, g->rot };
@@ -2727,14 +2788,12 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 		launch_ks(g, fa_kernel<CT>(g->hd), fg, dim3(FA_THREADS), fa_smem(g->hd), q, ld, (const CT *)kc, (const CT *)vc,
 			  g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
 			  (float)c->attn_logit_softcap, pos, (int64_t)n, cd);
-	} else if (const int epl = att_long_epl(g)) {
-		if constexpr (sizeof(CT) == 2) {
-			dim3 ag((unsigned)g->H, 1u, (unsigned)attn_splits(g, n));
-			auto kern = epl == 2 ? k_attn_long<CT, 2> : epl == 4 ? k_attn_long<CT, 4> : k_attn_long<CT, 8>;
-			launch_k(g, kern, ag, dim3(ATT_WARPS * 32), (const float *)q, (const CT *)kc, (const CT *)vc, g->att,
-				 g->part, g->acnt, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
-				 (float)c->attn_logit_softcap, d_pos, pos, cd);
-		}
+	} else if (int dpl = 0, gsh = att_long(g, &dpl); gsh) {
+		dim3 ag((unsigned)g->H, 1u, (unsigned)attn_splits(g, n));
+		launch_ks(g, att_long_kern<CT>(dpl), ag, dim3(ATT_WARPS * 32), att_long_smem(g->hd, gsh),
+			  (const float *)q, (const CT *)kc, (const CT *)vc, g->att, g->part, g->acnt, g->H, g->H / g->KV,
+			  g->hd, g->kvdim, l->window, (float)c->attn_scale, (float)c->attn_logit_softcap, d_pos, pos, cd,
+			  gsh);
 	} else {
 		int S = attn_splits(g, n), cl = S > 1 && S <= g->att_cl;
 		dim3 ag((unsigned)g->H, (unsigned)n, (unsigned)S);
@@ -3176,6 +3235,10 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 	snprintf(g->desc, sizeof g->desc, "cuda:%d %s, %s", g->dev, prop.name, lq_compute_name(g->cd));
 	g->pdl = pdl_image(prop.major);
 	g->att_cl = att_cluster(prop.major, g->cd);
+	if (cudaError_t e = att_long_prepare(g, prop.multiProcessorCount); e != cudaSuccess) {
+		rc = cuda_fail(err, e, "opening the GPU");
+		goto fail;
+	}
 	g->L = (glayer *)calloc((size_t)g->nl, sizeof *g->L);
 	g->h_inv = (float *)calloc((size_t)(g->rot + 2), sizeof(float));
 	if (!g->L || !g->h_inv) {
@@ -3334,7 +3397,7 @@ static int cur_major(void)
 extern "C" int lq_cuda_attn_cluster(int compute) { return att_cluster(cur_major(), compute); }
 extern "C" int lq_cuda_attn_long(int compute, int64_t head_dim, int64_t cap)
 {
-	return att_long_epl_of(compute, cap, head_dim);
+	return att_long_of(compute, cap, head_dim, NULL);
 }
 
 extern "C" int lq_cuda_pdl(void) { return pdl_image(cur_major()); }

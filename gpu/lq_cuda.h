@@ -179,15 +179,15 @@ struct lq_cuda_topk_out {
  * runs the build's sm_90 code.
  */
 int lq_cuda_attn_cluster(int compute);
-/* the dims per lane of k_attn_long for a cache of cap positions, 0 where
- * decode attention runs k_attn */
+/* log2 of k_attn_long's lanes per key for a cache of cap positions, 0
+ * where decode attention runs k_attn */
 int lq_cuda_attn_long(int compute, int64_t head_dim, int64_t cap);
 int lq_cuda_pdl(void);
 #ifndef ATT_CLUSTER
 #define ATT_CLUSTER 16 /* sm_90: up to this many splits are one thread-block cluster (0: never) */
 #endif
-/* Decode attention over a 16-bit cache of at least ATT_LONG_MIN positions
- * runs k_attn_long (several keys per warp and round trip), with
+/* Decode attention over a cache of at least ATT_LONG_MIN positions runs
+ * k_attn_long (several keys per warp and round trip), with
  * ATT_LONG_KEYS positions per split; the GPU tests decode in such a cache. */
 #ifndef ATT_LONG_MIN
 #define ATT_LONG_MIN 1024

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""gen_arch_checkpoint.py ARCH OUTDIR [HEAD_DIM] - a synthetic float32
+"""gen_arch_checkpoint.py ARCH OUTDIR [HEAD_DIM [HEADS/KV_HEADS]] - a synthetic float32
 checkpoint of one of the fixture architectures (tests/fixtures/run/ckpt-ARCH),
 scaled up so that the GPU runtime's tensor-core paths apply (hidden 512,
 intermediate 1408, 8 heads of 64, 2 KV heads, 2 layers, vocabulary 1000): the
@@ -7,7 +7,8 @@ fixture's config.json with those sizes, its tensor names, N(0, 0.02) weights
 and biases, norms near their identity.  With HEAD_DIM (a multiple of 32: the
 real models' 96, 128 or 256), 4 heads of that size and 2 KV heads; the hidden
 size stays 512 where the config has a head_dim of its own, else it is 4 x
-HEAD_DIM.  gpu/test_forward compares the GPU runtime with the CPU one on these
+HEAD_DIM; HEADS/KV_HEADS (say 6/2) sets the two head counts instead of 4 and
+2.  gpu/test_forward compares the GPU runtime with the CPU one on these
 (the fixtures themselves are too small for the tile layout).
 
 Needs numpy and safetensors (pip install numpy safetensors).
@@ -78,18 +79,25 @@ def shape(name):
 
 
 def main():
-    global D, H, HD
-    if len(sys.argv) not in (3, 4):
-        raise SystemExit("usage: gen_arch_checkpoint.py ARCH OUTDIR [HEAD_DIM]")
+    global D, H, KV, HD
+    if len(sys.argv) not in (3, 4, 5):
+        raise SystemExit("usage: gen_arch_checkpoint.py ARCH OUTDIR [HEAD_DIM [HEADS/KV_HEADS]]")
     arch, out = sys.argv[1], sys.argv[2]
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "run", "ckpt-" + arch)
     with open(os.path.join(src, "config.json")) as f:
         fix = json.load(f)
-    if len(sys.argv) == 4:
+    if len(sys.argv) >= 4:
         if not sys.argv[3].isdigit() or int(sys.argv[3]) % 32 or not 32 <= int(sys.argv[3]) <= 256:
             raise SystemExit("gen_arch_checkpoint: HEAD_DIM must be a multiple of 32 from 32 to 256, not %s"
                              % sys.argv[3])
         H, HD = 4, int(sys.argv[3])
+    if len(sys.argv) == 5:
+        m = re.fullmatch(r"([1-9][0-9]?)/([1-9][0-9]?)", sys.argv[4])
+        if not m or int(m.group(1)) % int(m.group(2)):
+            raise SystemExit("gen_arch_checkpoint: HEADS/KV_HEADS must be two counts, the first a multiple of "
+                             "the second, not %s" % sys.argv[4])
+        H, KV = int(m.group(1)), int(m.group(2))
+    if len(sys.argv) >= 4:
         if "head_dim" not in fix:
             D = H * HD  # the head size is hidden / heads
     c = config(arch, fix)
