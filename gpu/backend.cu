@@ -49,6 +49,9 @@
 #define ATT_WARPS 4      /* warps per attention block */
 #endif
 #define ATT_MAXE 8       /* head_dim <= 32 * ATT_MAXE */
+#ifndef ATT_KB
+#define ATT_KB 2         /* k_attn: keys per warp and round trip (4: slower, 114 registers) */
+#endif
 #define ATT_MAXSPLIT 64  /* key-range splits of decode attention */
 #ifndef ATT_CLCAP
 #define ATT_CLCAP 2048   /* caches up to this size: at most ATT_CLUSTER splits */
@@ -848,17 +851,26 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 		m = mn;
 	};
 	const int64_t jend = cur ? p : j1; /* the cache holds the keys before p */
-	for (int64_t j = j0 + warp; j < jend; j += ATT_WARPS) {
-		const CT *kv = kc + j * kvdim + kvh * hd;
-		const CT *vv = vc + j * kvdim + kvh * hd;
-		float kf[ATT_MAXE], vf[ATT_MAXE];
+	/* the warp's keys j0 + warp, + ATT_WARPS, ... in that order, ATT_KB of
+	 * them loaded per round trip */
+	for (int64_t jb = j0 + warp; jb < jend; jb += ATT_WARPS * ATT_KB) {
+		float kf[ATT_KB][ATT_MAXE], vf[ATT_KB][ATT_MAXE];
 #pragma unroll
-		for (int e = 0; e < ATT_MAXE; e++) {
-			int64_t d = lane + 32 * e;
-			vf[e] = d < hd ? kv_ld(vv + d) : 0.0f;
-			kf[e] = d < hd ? kv_ld(kv + d) : 0.0f;
+		for (int b = 0; b < ATT_KB; b++) {
+			const int64_t j = min(jb + b * ATT_WARPS, jend - 1); /* past the end: a valid row, unused */
+			const CT *kv = kc + j * kvdim + kvh * hd;
+			const CT *vv = vc + j * kvdim + kvh * hd;
+#pragma unroll
+			for (int e = 0; e < ATT_MAXE; e++) {
+				int64_t d = lane + 32 * e;
+				vf[b][e] = d < hd ? kv_ld(vv + d) : 0.0f;
+				kf[b][e] = d < hd ? kv_ld(kv + d) : 0.0f;
+			}
 		}
-		key(kf, vf);
+#pragma unroll
+		for (int b = 0; b < ATT_KB; b++)
+			if (jb + b * ATT_WARPS < jend)
+				key(kf[b], vf[b]);
 	}
 	if (mine) {
 		float kf[ATT_MAXE], vf[ATT_MAXE];
