@@ -22,8 +22,9 @@
  * 130 prompt tokens, so that the fast GEMV, split-K, split attention, the
  * chunked prefill and the KV-cache growth run) the same way, the other four
  * architectures at that size, then all five at the real models' head sizes
- * (96, 128, 256; and 160, 192: tests/gen_arch_checkpoint.py, skipped with a message
- * without python3, numpy and safetensors), and the errors a user can
+ * (96, 128, 256; 160 and 192 and other group sizes for decode attention;
+ * tests/gen_arch_checkpoint.py, skipped with a message without python3,
+ * numpy and safetensors), decoding in long caches too, and the errors a user can
  * provoke (token out of range, context exceeded, no such device).  On
  * sm_90 it first checks that the decode step's fast paths are on:
  * programmatic dependent launch and the attention's split clusters.
@@ -462,8 +463,9 @@ int main(void)
 			     {"gemma2", 256, 0, 0}, {"qwen2", 192, 0, 0}, {"llama", 128, 8, 2}, {"llama", 128, 6, 2},
 			     {"llama", 160, 0, 0}};
 		/* long: a prompt and 20 decode steps in a cache of ATT_LONG_MIN
-		 * positions (k_attn_long at every compute dtype, 4 to 16 lanes per
-		 * key and 16 to 32 dims per lane, groups of 2 to 4 query heads);
+		 * positions (k_attn_long at every compute dtype: 4, 8 and 16 lanes
+		 * per key, 16, 24 and 32 dims per lane, groups of 2, 3 and 4 query
+		 * heads per KV head);
 		 * at head size 160, which it does not take, k_attn in a cache of
 		 * 2080 (64 splits merged through global memory, past the
 		 * cluster's 16) */
