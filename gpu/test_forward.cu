@@ -509,6 +509,11 @@ int main(void)
 					      what, lq_compute_name(cdt), (int)LONG_NP, (int)(LONG_N - LONG_NP), w);
 					printf("  %-22s %s: %d+%d tokens, cache %d: %.2e\n", what, lq_compute_name(cdt), (int)LONG_NP,
 					       (int)(LONG_N - LONG_NP), (int)cap, w);
+					/* a new conversation in the same (still large) cache: most
+					 * splits have no keys */
+					decode_worst(cpu, &gh, 1, ids, 5, 15, &w);
+					CHECK(w < (cdt == LQ_COMPUTE_F32 ? 1e-4 : 3e-2), "%s %s: again from position 0, 5+10 tokens: %g",
+					      what, lq_compute_name(cdt), w);
 					lq_run_free(gh);
 				}
 				lq_run_free(cpu);
