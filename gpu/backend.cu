@@ -981,10 +981,10 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
  * Decode attention for long caches (one token; see att_long_of): as
  * k_attn, a block per query head and split, the splits merged through part
  * by the last block to finish, but a key is shared by G lanes (G = 4, 8,
- * 16 or 32), so that a warp takes 32 / G keys per round trip and each lane group
- * keeps its own online softmax: a score costs log2(G) shuffles and no
- * broadcast, and a value row is accumulated without waiting for the other
- * keys.  Lane c of a group holds DPL dims of q, of each key and value row
+ * 16 or 32), so that a warp takes 32 / G keys per round trip and each
+ * lane group keeps its own online softmax: a score costs log2(G) shuffles
+ * and no broadcast, and a value row is accumulated without waiting for the
+ * other keys.  Lane c of a group holds DPL dims of q, of each key and value row
  * and of the output: dims j * G * VEC + c * VEC + [0, VEC) for j <
  * DPL / VEC, VEC elements being one 16-byte load, so that each load
  * instruction reads G * 16 contiguous bytes of every row in flight.  The
@@ -1001,7 +1001,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn_long(const float *q, co
 {
 	constexpr int VEC = 16 / (int)sizeof(CT), NJ = DPL / VEC;
 	static_assert(DPL % VEC == 0, "whole 16-byte loads");
-	extern __shared__ __align__(16) float lsm[]; /* [ns][hd + 4]: the vector, max, sum; then [ns] weights */
+	extern __shared__ __align__(16) float lsm[]; /* [ns][hd + 4]: vector, max, sum; then 32 weights, max, sum */
 	const int G = 1 << gsh, KB = 32 >> gsh, ns = ATT_WARPS * KB, sst = (int)hd + 4;
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, u = lane >> gsh, c = lane & (G - 1);
 	const int64_t h = blockIdx.x, kvh = h / grp, S = gridDim.z;
