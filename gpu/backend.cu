@@ -538,55 +538,70 @@ __global__ void k_rope(float *q, int64_t qs, float *k, int64_t ks, const float *
 	KT_END(1, kc);
 }
 
-/* Merge the S splits of k_attn for (token t, head h) into out: the first
- * warp computes the weight of each split, then every thread sums its dims.
- * ld(s, i): entry i of split s's (unnormalized vector, max, sum). */
-template <typename LD>
-__device__ void merge_splits(LD ld, float *out, int64_t H, int64_t hd, int S, int cd, int64_t t, int64_t h)
+/* Merge S softmax states of each of nh heads (S <= ATT_MAXSPLIT, nh <= NH):
+ * ld(r, s, i) is entry i of head r's state s (unnormalized vector of hd,
+ * max, sum).  One warp per head weighs the states by their maxima, then
+ * every thread sums dims (in state order) and hands st(r, d, a, M, L) the
+ * weighted sum a of dim d with the heads' common max M and total sum L.
+ * Each of the block's threads must call it (two barriers). */
+template <int NH, typename LD, typename ST>
+__device__ void merge_states(LD ld, ST st, int nh, int hd, int S)
 {
-	__shared__ float wsh[ATT_MAXSPLIT];
-	__shared__ float Lsh;
-	static_assert(ATT_MAXSPLIT <= 64, "two splits per lane");
-	if (threadIdx.x < 32) {
-		/* the (max, sum) pairs of splits lane and lane + 32, read once */
-		const int lane = threadIdx.x;
+	__shared__ float wsh[NH][ATT_MAXSPLIT], msh[NH], lsh[NH];
+	static_assert(ATT_MAXSPLIT <= 64, "two states per lane");
+	const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+	for (int r = threadIdx.x >> 5; r < nh; r += nw) {
+		/* the (max, sum) pairs of states lane and lane + 32, read once */
 		float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 		if (lane < S) {
-			m0 = ld(lane, hd);
-			l0 = ld(lane, hd + 1);
+			m0 = ld(r, lane, hd);
+			l0 = ld(r, lane, hd + 1);
 		}
 		if (lane + 32 < S) {
-			m1 = ld(lane + 32, hd);
-			l1 = ld(lane + 32, hd + 1);
+			m1 = ld(r, lane + 32, hd);
+			l1 = ld(r, lane + 32, hd + 1);
 		}
 		float M = fmaxf(m0, m1);
 		for (int o = 16; o; o >>= 1)
 			M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
 		float L = 0.0f;
 		if (lane < S) {
-			float w = m0 == -INFINITY ? 0.0f : expf(m0 - M);
-			wsh[lane] = w;
+			const float w = m0 == -INFINITY ? 0.0f : expf(m0 - M);
+			wsh[r][lane] = w;
 			L += l0 * w;
 		}
 		if (lane + 32 < S) {
-			float w = m1 == -INFINITY ? 0.0f : expf(m1 - M);
-			wsh[lane + 32] = w;
+			const float w = m1 == -INFINITY ? 0.0f : expf(m1 - M);
+			wsh[r][lane + 32] = w;
 			L += l1 * w;
 		}
 		for (int o = 16; o; o >>= 1)
 			L += __shfl_xor_sync(0xffffffffu, L, o);
-		if (lane == 0)
-			Lsh = L;
+		if (lane == 0) {
+			msh[r] = M;
+			lsh[r] = L;
+		}
 	}
 	__syncthreads();
-	const float inv = 1.0f / Lsh;
-	for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
+	for (int i = threadIdx.x; i < nh * hd; i += blockDim.x) {
+		const int r = NH == 1 ? 0 : i / hd, d = i - r * hd;
 		float a = 0.0f;
 #pragma unroll 16
-		for (int s = 0; s < S; s++) /* 16 loads in flight, the sum in split order */
-			a += ld(s, d) * wsh[s];
-		out[t * (H * hd) + h * hd + d] = rnd(a * inv, cd);
+		for (int s = 0; s < S; s++) /* 16 loads in flight, the sum in state order */
+			a += ld(r, s, d) * wsh[r][s];
+		st(r, d, a, msh[r], lsh[r]);
 	}
+	__syncthreads(); /* wsh, msh, lsh free for the next call */
+}
+
+/* Merge the S splits of k_attn for (token t, head h) into out.
+ * ld(s, i): entry i of split s's (unnormalized vector, max, sum). */
+template <typename LD>
+__device__ void merge_splits(LD ld, float *out, int64_t H, int64_t hd, int S, int cd, int64_t t, int64_t h)
+{
+	float *o = out + t * (H * hd) + h * hd;
+	merge_states<1>([=](int, int s, int i) { return ld(s, i); },
+			[=](int, int d, float a, float, float L) { o[d] = rnd(a * (1.0f / L), cd); }, 1, (int)hd, S);
 }
 
 /* The splits in part (written by other blocks of the same grid: read
@@ -1001,7 +1016,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn_long(const float *q, co
 {
 	constexpr int VEC = 16 / (int)sizeof(CT), NJ = DPL / VEC;
 	static_assert(DPL % VEC == 0, "whole 16-byte loads");
-	extern __shared__ __align__(16) float lsm[]; /* [ns][hd + 4]: vector, max, sum; then 32 weights, max, sum */
+	extern __shared__ __align__(16) float lsm[]; /* [ns][hd + 4]: vector, max, sum */
 	const int G = 1 << gsh, KB = 32 >> gsh, ns = ATT_WARPS * KB, sst = (int)hd + 4;
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, u = lane >> gsh, c = lane & (G - 1);
 	const int64_t h = blockIdx.x, kvh = h / grp, S = gridDim.z;
@@ -1065,7 +1080,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn_long(const float *q, co
 				acc[j * VEC + e] = fmaf(pw, kv_ld(vx + e), acc[j * VEC + e]);
 		}
 	}
-	float *st = lsm + (warp * KB + u) * sst, *fw = lsm + ns * sst;
+	float *st = lsm + (warp * KB + u) * sst;
 #pragma unroll
 	for (int j = 0; j < NJ; j++)
 #pragma unroll
@@ -1077,41 +1092,22 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn_long(const float *q, co
 		st[hd + 1] = l;
 	}
 	__syncthreads();
-	/* warp 0: the states' weights (ns <= 32), the block's max and sum */
-	if (warp == 0) {
-		const float mi = lane < ns ? lsm[lane * sst + hd] : -INFINITY;
-		float M = mi;
-		for (int o = 16; o; o >>= 1)
-			M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-		const float f = mi == -INFINITY ? 0.0f : expf(mi - M);
-		float L = lane < ns ? lsm[lane * sst + hd + 1] * f : 0.0f;
-		for (int o = 16; o; o >>= 1)
-			L += __shfl_xor_sync(0xffffffffu, L, o);
-		if (lane < ns)
-			fw[lane] = f;
-		if (lane == 0) {
-			fw[32] = M;
-			fw[33] = L;
-		}
-	}
-	__syncthreads();
-	const float M = fw[32], L = fw[33];
 	float *pp = part + (h * S + blockIdx.z) * (hd + 2);
-	for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
-		float a = 0.0f;
-		for (int i = 0; i < ns; i++)
-			a += lsm[i * sst + d] * fw[i];
-		if (S == 1)
-			out[h * hd + d] = rnd(a / L, cd);
-		else
-			pp[d] = a;
-	}
+	merge_states<1>([=](int, int s, int i) { return lsm[s * sst + i]; },
+			[=](int, int d, float a, float M, float L) {
+				if (S == 1) {
+					out[h * hd + d] = rnd(a / L, cd);
+				} else {
+					pp[d] = a;
+					if (d == 0) {
+						pp[hd] = M;
+						pp[hd + 1] = L;
+					}
+				}
+			},
+			1, (int)hd, ns);
 	if (S == 1)
 		return;
-	if (threadIdx.x == 0) {
-		pp[hd] = M;
-		pp[hd + 1] = L;
-	}
 	if (attn_split_last(cnt + h, (int)S))
 		attn_merge(part, out, H, hd, (int)S, cd, 0, h);
 }
@@ -1121,7 +1117,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn_long(const float *q, co
 static size_t att_long_smem(int64_t hd, int gsh)
 {
 	const int64_t ns = ATT_WARPS * (32 >> gsh);
-	return (size_t)(ns * (hd + 4) + 34) * sizeof(float);
+	return (size_t)(ns * (hd + 4)) * sizeof(float);
 }
 
 /*
