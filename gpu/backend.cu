@@ -1119,6 +1119,225 @@ static size_t att_long_smem(int64_t hd, int gsh)
 	const int64_t ns = ATT_WARPS * (32 >> gsh);
 	return (size_t)(ns * (hd + 4)) * sizeof(float);
 }
+/*
+ * Decode attention for long caches on the tensor cores, a block per KV head
+ * and split (one token; bf16 / fp16 caches; head size 64 or 128; 2 to 8
+ * query heads per KV head; see att_gqa_of).  Each key and value row is read
+ * once for the whole group, where k_attn_long reads it once per query head.
+ * A warp takes 16 keys per step:
+ *  - S^T = Q K^T, two mma.m16n8k16 n-tiles of 8 keys: A = the group's q
+ *    (rows: query heads, rows past the group zero), B = the key rows as they
+ *    are in the cache.  The sum over dims is order-free, so lane (g, c)
+ *    takes 16 contiguous bytes (8 dims) of key g per load, pieces 4t + c of
+ *    the row; for k-step 2t + s its k slots 2c, 2c + 1 (2c + 8, 2c + 9) are
+ *    dims 8 (4t + c) + 4s + {0, 1} ({2, 3}), and q is packed to match.
+ *  - The online softmax per head (row g of the C fragment) in fp32, the
+ *    probabilities rounded to the compute dtype for P V (as k_attn_tc).
+ *  - O = P V: the C fragments of the two S tiles are the A fragment as they
+ *    are (the k slots are keys 2c, 2c + 1, 2c + 8, 2c + 9); B needs those
+ *    four keys at one dim, so lane (g, c) loads dims 8g + 64u + [0, 8) of
+ *    the four rows and n-tile 8u + e's column n is dim 64u + 8n + e: one PRMT
+ *    per B register.
+ * The warps' states meet in shared memory, and the last split's block
+ * merges the splits of all the group's heads at once (merge_states).
+ */
+#define AG_WARPS 4
+/* d[0..1] += rows 0..7 of A B (m16n8k16; A's rows 8..15 are zero here): the
+ * C fragment's other half is a dead temporary, not 32 registers of zeros. */
+template <bool F16>
+static __device__ __forceinline__ void ag_mma(float *d, uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1)
+{
+	float x, y;
+	if (F16)
+		asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+		    "{%0,%1,%10,%10};"
+		    : "+f"(d[0]), "+f"(d[1]), "=f"(x), "=f"(y)
+		    : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.0f));
+	else
+		asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+		    "{%0,%1,%10,%10};"
+		    : "+f"(d[0]), "+f"(d[1]), "=f"(x), "=f"(y)
+		    : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.0f));
+	(void)x;
+	(void)y;
+}
+template <bool F16, int HD>
+__global__ void __launch_bounds__(AG_WARPS * 32, 2) k_attn_gqa(const float *q, const uint16_t *kc, const uint16_t *vc,
+							 float *out, float *part, int *cnt, int64_t H, int grp,
+							 int64_t kvdim, int64_t window, float scale, float cap,
+							 const int64_t *d_pos, int64_t pos, int cd)
+{
+	constexpr int KS = HD / 16, KC = HD / 32, VC = HD / 64, NT = HD / 8;
+	static_assert(HD % 64 == 0 && NT == 8 * VC, "k_attn_gqa's head sizes");
+	__shared__ __align__(16) float so[AG_WARPS][8][HD + 4]; /* each warp's O per head, then max, sum */
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+	const int64_t kvh = blockIdx.x, S = gridDim.z, h0 = kvh * grp;
+	pdl_wait();
+	const int64_t p = cur_pos(d_pos, pos);
+	int64_t lo = 0;
+	if (window > 0 && p - window + 1 > 0)
+		lo = p - window + 1;
+	const int64_t len = p - lo + 1, per = (len + S - 1) / S;
+	const int64_t j0 = lo + per * blockIdx.z, j1 = min(p + 1, j0 + per);
+	/* A = Q: head g, k-steps 2t and 2t + 1 from dims 8 (4t + c) + [0, 8) */
+	uint32_t qa[KS][2];
+#pragma unroll
+	for (int t = 0; t < KC; t++) {
+		float4 v0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v1 = v0;
+		if (g < grp) {
+			const float *qp = q + (h0 + g) * HD + 8 * (4 * t + c);
+			v0 = *(const float4 *)qp;
+			v1 = *(const float4 *)(qp + 4);
+		}
+		qa[2 * t][0] = lq_pack16<F16>(v0.x, v0.y);
+		qa[2 * t][1] = lq_pack16<F16>(v0.z, v0.w);
+		qa[2 * t + 1][0] = lq_pack16<F16>(v1.x, v1.y);
+		qa[2 * t + 1][1] = lq_pack16<F16>(v1.z, v1.w);
+	}
+	float o[NT][2]; /* head g, columns 2c and 2c + 1 of each n-tile */
+#pragma unroll
+	for (int n = 0; n < NT; n++)
+		o[n][0] = o[n][1] = 0.0f;
+	float m = -INFINITY, l = 0.0f; /* head g's running max; this lane's part of its sum */
+	const uint16_t *kb = kc + kvh * HD, *vb = vc + kvh * HD;
+	const int kvd = (int)kvdim; /* kvdim < 2^27 (att_gqa_of): 16 rows' offsets fit in an int */
+	/* keys jb + g, jb + 8 + g; values jb + 2c + {0, 1, 8, 9}; rows past the
+	 * split: its last row again, masked; offsets from row jb in 32 bits */
+	auto load = [&](int64_t jb, uint4(*kr)[KC], uint4(*vr)[VC]) {
+		const int last = (int)min((int64_t)15, j1 - 1 - jb);
+		const uint16_t *kj = kb + jb * kvdim, *vj = vb + jb * kvdim;
+#pragma unroll
+		for (int hh = 0; hh < 2; hh++) {
+			const int o = min(8 * hh + g, last) * kvd + 8 * c;
+#pragma unroll
+			for (int t = 0; t < KC; t++)
+				kr[hh][t] = __ldg((const uint4 *)(kj + o + 32 * t));
+		}
+#pragma unroll
+		for (int rr = 0; rr < 4; rr++) {
+			const int o = min(2 * c + (rr & 1) + 8 * (rr >> 1), last) * kvd + 8 * g;
+#pragma unroll
+			for (int u = 0; u < VC; u++)
+				vr[rr][u] = __ldg((const uint4 *)(vj + o + 64 * u));
+		}
+	};
+	/* software pipelined: the next step's rows are in flight while this
+	 * step's are used (255 registers, 2 blocks per SM; without, 168 and 3:
+	 * 2.47 against 2.56 ms/token after 8000 tokens) */
+	uint4 kr[2][KC], vr[4][VC];
+	if (j0 + warp * 16 < j1)
+		load(j0 + warp * 16, kr, vr);
+	for (int64_t jb = j0 + warp * 16; jb < j1; jb += AG_WARPS * 16) {
+		uint4 kn[2][KC], vn[4][VC];
+		if (jb + AG_WARPS * 16 < j1)
+			load(jb + AG_WARPS * 16, kn, vn);
+		float s[2][2];
+#pragma unroll
+		for (int hh = 0; hh < 2; hh++) {
+			s[hh][0] = s[hh][1] = 0.0f;
+#pragma unroll
+			for (int t = 0; t < KC; t++) {
+				ag_mma<F16>(s[hh], qa[2 * t][0], qa[2 * t][1], kr[hh][t].x, kr[hh][t].y);
+				ag_mma<F16>(s[hh], qa[2 * t + 1][0], qa[2 * t + 1][1], kr[hh][t].z, kr[hh][t].w);
+			}
+		}
+		/* s[hh][e]: head g, key jb + 8 hh + 2c + e */
+		float mx = -INFINITY;
+#pragma unroll
+		for (int hh = 0; hh < 2; hh++)
+#pragma unroll
+			for (int e = 0; e < 2; e++) {
+				float v = s[hh][e] * scale;
+				if (cap > 0.0f)
+					v = tanhf(v / cap) * cap;
+				v = jb + 8 * hh + 2 * c + e < j1 ? v : -INFINITY;
+				s[hh][e] = v;
+				mx = fmaxf(mx, v);
+			}
+		mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+		mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2)); /* finite: key jb is in the split */
+		if (__any_sync(0xffffffffu, mx > m)) {
+			const float mn = fmaxf(m, mx), corr = m == mn ? 1.0f : expf(m - mn);
+			l *= corr;
+#pragma unroll
+			for (int n = 0; n < NT; n++) {
+				o[n][0] *= corr;
+				o[n][1] *= corr;
+			}
+			m = mn;
+		}
+		float pw[2][2];
+#pragma unroll
+		for (int hh = 0; hh < 2; hh++)
+#pragma unroll
+			for (int e = 0; e < 2; e++) {
+				pw[hh][e] = s[hh][e] == -INFINITY ? 0.0f : expf(s[hh][e] - m);
+				l += pw[hh][e];
+			}
+		const uint32_t pa0 = lq_pack16<F16>(pw[0][0], pw[0][1]), pa2 = lq_pack16<F16>(pw[1][0], pw[1][1]);
+#pragma unroll
+		for (int u = 0; u < VC; u++)
+#pragma unroll
+			for (int e = 0; e < 8; e++) {
+				const uint32_t sel = e & 1 ? 0x7632u : 0x5410u;
+				const uint32_t *w0 = (const uint32_t *)&vr[0][u], *w1 = (const uint32_t *)&vr[1][u];
+				const uint32_t *w2 = (const uint32_t *)&vr[2][u], *w3 = (const uint32_t *)&vr[3][u];
+				const uint32_t b0 = __byte_perm(w0[e >> 1], w1[e >> 1], sel);
+				const uint32_t b1 = __byte_perm(w2[e >> 1], w3[e >> 1], sel);
+				ag_mma<F16>(o[8 * u + e], pa0, pa2, b0, b1);
+			}
+#pragma unroll
+		for (int hh = 0; hh < 2; hh++)
+#pragma unroll
+			for (int t = 0; t < KC; t++)
+				kr[hh][t] = kn[hh][t];
+#pragma unroll
+		for (int rr = 0; rr < 4; rr++)
+#pragma unroll
+			for (int u = 0; u < VC; u++)
+				vr[rr][u] = vn[rr][u];
+	}
+	l += __shfl_xor_sync(0xffffffffu, l, 1);
+	l += __shfl_xor_sync(0xffffffffu, l, 2);
+	if (g < grp) {
+		float *sw = so[warp][g];
+		/* o[8u + e][0 / 1]: columns 2c and 2c + 1, dims 64u + 16c + e and + 8 */
+#pragma unroll
+		for (int u = 0; u < VC; u++)
+#pragma unroll
+			for (int e = 0; e < 8; e++) {
+				sw[64 * u + 16 * c + e] = o[8 * u + e][0];
+				sw[64 * u + 16 * c + 8 + e] = o[8 * u + e][1];
+			}
+		if (c == 0) {
+			sw[HD] = m;
+			sw[HD + 1] = l;
+		}
+	}
+	__syncthreads();
+	/* the warps' states, then (the last split) the splits', all heads at once */
+	float *pp = part + h0 * S * (HD + 2);
+	merge_states<8>([&](int r, int w, int i) { return so[w][r][i]; },
+			[=](int r, int d, float a, float M, float L) {
+				if (S == 1) {
+					out[(h0 + r) * HD + d] = rnd(a / L, cd);
+				} else {
+					float *ps = pp + (r * S + blockIdx.z) * (HD + 2);
+					ps[d] = a;
+					if (d == 0) {
+						ps[HD] = M;
+						ps[HD + 1] = L;
+					}
+				}
+			},
+			grp, HD, AG_WARPS);
+	if (S == 1 || !attn_split_last(cnt + kvh, (int)S))
+		return;
+	merge_states<8>([=](int r, int s, int i) { return __ldcg(pp + (r * S + s) * (HD + 2) + i); },
+			[=](int r, int d, float a, float, float L) { out[(h0 + r) * HD + d] = rnd(a * (1.0f / L), cd); },
+			grp, HD, (int)S);
+}
+
 
 /*
  * Attention for a chunk of n > 1 query tokens, tiled: a block of FA_THREADS
@@ -1838,6 +2057,7 @@ struct gstate {
 	int pdl; /* launch with programmatic dependent launch (sm_90) */
 	int att_cl; /* decode attention: at most this many splits merge as one cluster (0: none) */
 	int att_long_slots; /* k_attn_long's blocks that the device runs at once (att_long_prepare) */
+	int att_gqa_slots;  /* k_attn_gqa's */
 	int fuse; /* decode: RMSNorm and residual adds inside the GEMVs (see fusable) */
 	const float *xconv;    /* the activations xbuf holds converted (NULL: none) */
 	size_t xconv_n;
@@ -2673,6 +2893,12 @@ static int att_cluster(int major, int cd)
 	return by_cache_type(cd, [](auto c) { return att_cluster_max<typename decltype(c)::type>(); });
 }
 
+#ifndef ATT_GQA_KEYS
+/* k_attn_gqa: cache positions per split (at most ATT_MAXSPLIT splits); 32
+ * was as fast from 4000 tokens on and slower after 1000 (2.27 against 2.19
+ * ms/token, 8B NF4) */
+#define ATT_GQA_KEYS 64
+#endif
 #ifndef ATT_LONG_MAXSPLIT
 /* at most this many splits for k_attn_long: 32 was as fast as 64 or faster
  * at 1000-8000 positions (H200, 8B NF4; BENCHMARKS.md) */
@@ -2711,18 +2937,48 @@ static decltype(&k_attn_long<CT, 16>) att_long_kern(int dpl)
 	return k_attn_long<CT, 24>;
 }
 
-/* In g->att_long_slots: the k_attn_long blocks of this model that the
- * device runs at once (0 where its head size does not take the kernel). */
+/* k_attn_gqa runs for this cache (one token) instead of k_attn_long: a
+ * 16-bit cache of at least ATT_GQA_MIN positions, head size 64 or 128, 2 to
+ * 8 query heads per KV head. */
+static bool att_gqa_of(int cd, int64_t cap, int64_t hd, int64_t grp)
+{
+#ifdef ATT_NO_GQA /* A/B: k_attn_long for these too */
+	return false;
+#endif
+	return cd != LQ_COMPUTE_F32 && cap >= ATT_GQA_MIN && (hd == 64 || hd == 128) && grp >= 2 && grp <= 8;
+}
+static bool att_gqa(const gstate *g)
+{
+	return att_gqa_of(g->cd, g->cap, g->hd, g->H / g->KV) && g->kvdim < ((int64_t)1 << 27);
+}
+
+/* The k_attn_gqa instance for head size hd and compute dtype cd. */
+static decltype(&k_attn_gqa<false, 64>) att_gqa_kern(int64_t hd, int cd)
+{
+	if (cd == LQ_COMPUTE_F16)
+		return hd == 64 ? k_attn_gqa<true, 64> : k_attn_gqa<true, 128>;
+	return hd == 64 ? k_attn_gqa<false, 64> : k_attn_gqa<false, 128>;
+}
+
+/* In g->att_long_slots (g->att_gqa_slots): the k_attn_long (k_attn_gqa)
+ * blocks of this model that the device runs at once (0 where it does not
+ * take the kernel). */
 static cudaError_t att_long_prepare(gstate *g, int nsm)
 {
-	int dpl = 0;
+	int dpl = 0, nb = 0;
 	const int gsh = att_long_of(g->cd, ATT_LONG_MIN, g->hd, &dpl);
-	g->att_long_slots = 0;
+	g->att_long_slots = g->att_gqa_slots = 0;
+	if (att_gqa_of(g->cd, ATT_GQA_MIN, g->hd, g->H / g->KV)) {
+		const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, att_gqa_kern(g->hd, g->cd),
+										   AG_WARPS * 32, 0);
+		if (e != cudaSuccess)
+			return e;
+		g->att_gqa_slots = nb * nsm;
+	}
 	if (!gsh)
 		return cudaSuccess;
 	return by_cache_type(g->cd, [&](auto c) {
 		using CT = typename decltype(c)::type;
-		int nb = 0;
 		const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
 			&nb, att_long_kern<CT>(dpl), ATT_WARPS * 32, att_long_smem(g->hd, gsh));
 		g->att_long_slots = nb * nsm;
@@ -2735,12 +2991,15 @@ static int attn_splits(gstate *g, size_t n)
 	if (n > 1)
 		return 1;
 	if (att_long(g, NULL)) {
-		int64_t s = (g->cap + ATT_LONG_KEYS - 1) / ATT_LONG_KEYS;
-		s = s > ATT_LONG_MAXSPLIT ? ATT_LONG_MAXSPLIT : s;
+		/* k_attn_gqa: a block per KV head, so more and shorter splits */
+		const bool gq = att_gqa(g);
+		const int64_t keys = gq ? ATT_GQA_KEYS : ATT_LONG_KEYS, mx = gq ? ATT_MAXSPLIT : ATT_LONG_MAXSPLIT;
+		int64_t s = (g->cap + keys - 1) / keys;
+		s = s > mx ? mx : s;
 #ifndef ATT_LONG_NOWAVE
 		/* whole waves: a few blocks past the device's slots would run as
 		 * a second wave of their own (1000 positions, 8B: 0.08 ms a step) */
-		const int64_t w = g->att_long_slots / g->H;
+		const int64_t w = gq ? g->att_gqa_slots / g->KV : g->att_long_slots / g->H;
 		if (w > 0 && s > w)
 			s = s / w * w;
 #endif
@@ -2796,6 +3055,13 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 		launch_ks(g, fa_kernel<CT>(g->hd), fg, dim3(FA_THREADS), fa_smem(g->hd), q, ld, (const CT *)kc, (const CT *)vc,
 			  g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
 			  (float)c->attn_logit_softcap, pos, (int64_t)n, cd);
+	} else if (att_long(g, NULL) && att_gqa(g)) {
+		if constexpr (sizeof(CT) == 2) {
+			dim3 ag((unsigned)g->KV, 1u, (unsigned)attn_splits(g, n));
+			launch_k(g, att_gqa_kern(g->hd, cd), ag, dim3(AG_WARPS * 32), (const float *)q, (const uint16_t *)kc,
+				 (const uint16_t *)vc, g->att, g->part, g->acnt, g->H, (int)(g->H / g->KV), g->kvdim, l->window,
+				 (float)c->attn_scale, (float)c->attn_logit_softcap, d_pos, pos, cd);
+		}
 	} else if (int dpl = 0, gsh = att_long(g, &dpl); gsh) {
 		dim3 ag((unsigned)g->H, 1u, (unsigned)attn_splits(g, n));
 		launch_ks(g, att_long_kern<CT>(dpl), ag, dim3(ATT_WARPS * 32), att_long_smem(g->hd, gsh),
@@ -3406,6 +3672,11 @@ extern "C" int lq_cuda_attn_cluster(int compute) { return att_cluster(cur_major(
 extern "C" int lq_cuda_attn_long(int compute, int64_t head_dim, int64_t cap)
 {
 	return att_long_of(compute, cap, head_dim, NULL);
+}
+
+extern "C" int lq_cuda_attn_gqa(int compute, int64_t head_dim, int64_t group, int64_t cap)
+{
+	return att_gqa_of(compute, cap, head_dim, group);
 }
 
 extern "C" int lq_cuda_pdl(void) { return pdl_image(cur_major()); }

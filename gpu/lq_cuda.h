@@ -182,6 +182,9 @@ int lq_cuda_attn_cluster(int compute);
 /* log2 of k_attn_long's lanes per key for a cache of cap positions, 0
  * where decode attention runs k_attn */
 int lq_cuda_attn_long(int compute, int64_t head_dim, int64_t cap);
+/* 1 where that decode attention is k_attn_gqa (a block per KV head on the
+ * tensor cores) for this many query heads per KV head */
+int lq_cuda_attn_gqa(int compute, int64_t head_dim, int64_t group, int64_t cap);
 int lq_cuda_pdl(void);
 #ifndef ATT_CLUSTER
 #define ATT_CLUSTER 16 /* sm_90: up to this many splits are one thread-block cluster (0: never) */
@@ -194,6 +197,17 @@ int lq_cuda_pdl(void);
 #endif
 #ifndef ATT_LONG_KEYS
 #define ATT_LONG_KEYS 64
+#endif
+/* From a cache of ATT_GQA_MIN positions, decode attention of 16-bit caches
+ * with 2 to 8 query heads per KV head (head size 64 or 128) runs k_attn_gqa
+ * instead: each row is read once per KV head, but the splits are fewer and
+ * each block's chain is longer.  H200, 8B NF4, ms/token (BENCHMARKS.md):
+ * behind k_attn_long after 1500 tokens (2.41 against 2.13), even at 2000
+ * and 3000, ahead after 4000 (2.34 against 2.38) and 16000 (2.71 against
+ * 3.14).  The cache grows in powers of two, so run takes it past 2048
+ * positions; the GPU tests decode in a cache of this size. */
+#ifndef ATT_GQA_MIN
+#define ATT_GQA_MIN 3072
 #endif
 
 size_t lq_cuda_topk_scratch_size(int64_t n);

@@ -462,16 +462,18 @@ int main(void)
 			     {"llama", 128, 0, 0},  {"mistral", 128, 0, 0}, {"qwen2", 128, 0, 0}, {"phi3", 96, 0, 0},
 			     {"gemma2", 256, 0, 0}, {"qwen2", 192, 0, 0}, {"llama", 128, 8, 2}, {"llama", 128, 6, 2},
 			     {"llama", 160, 0, 0}};
-		/* long: a prompt and 20 decode steps in a cache of ATT_LONG_MIN
-		 * positions (k_attn_long at every compute dtype: 4, 8 and 16 lanes
-		 * per key, 16, 24 and 32 dims per lane, groups of 2, 3 and 4 query
-		 * heads per KV head);
+		/* long: a prompt of the cache's size less 25 and 20 decode steps
+		 * (the prompt grows the cache to that size), then a restart from
+		 * position 0, at every compute dtype in a cache of ATT_LONG_MIN
+		 * positions (k_attn_long: 4, 8 and 16 lanes per key, 16, 24 and 32
+		 * dims per lane, groups of 2, 3 and 4 query heads per KV head);
 		 * at head size 160, which it does not take, k_attn in a cache of
 		 * 2080 (64 splits merged through global memory, past the
-		 * cluster's 16) */
-		enum { LONG_NP = ATT_LONG_MIN / 2 + 88, LONG_N = LONG_NP + 20 };
-		static int32_t ids[LONG_N];
-		for (int i = 0; i < LONG_N; i++)
+		 * cluster's 16); and at bf16 / fp16 in a cache of ATT_GQA_MIN
+		 * where k_attn_gqa takes the shape */
+		enum { LONG_CTX = ATT_GQA_MIN > 2080 ? ATT_GQA_MIN : 2080 };
+		static int32_t ids[LONG_CTX];
+		for (int i = 0; i < LONG_CTX; i++)
 			ids[i] = (int32_t)((i * 7919u + 13) % 1000);
 		for (size_t a = 0; a < sizeof archs / sizeof archs[0]; a++) {
 			char dir[128], hd[32] = "";
@@ -494,27 +496,51 @@ int main(void)
 				const int64_t hdim = archs[a].hd ? archs[a].hd : 64;
 				const bool lng = hdim != 160;
 				const int64_t cap = lng ? ATT_LONG_MIN : 2080;
-				for (int cdt = LQ_COMPUTE_BF16; cdt <= LQ_COMPUTE_F32; cdt++)
+				const int64_t grp = archs[a].heads ? archs[a].heads / archs[a].kv : archs[a].hd ? 2 : 4;
+				/* the tensor-core kernel: 16-bit caches of ATT_GQA_MIN positions,
+				 * head size 64 or 128, groups of 2 to 8 */
+				const bool gqs = lng && (hdim == 64 || hdim == 128) && grp >= 2 && grp <= 8;
+				for (int cdt = LQ_COMPUTE_BF16; cdt <= LQ_COMPUTE_F32; cdt++) {
 					CHECK((lq_cuda_attn_long(cdt, hdim, cap) != 0) == lng,
 					      "%s %s: head size %d %s the long-cache decode attention", what,
 					      lq_compute_name(cdt), (int)hdim, lng ? "does not take" : "takes");
-				struct lq_run *cpu = make_run(&md, LQ_BACKEND_CPU, -1, cap);
-				for (int cdt = LQ_COMPUTE_BF16; cpu && cdt <= LQ_COMPUTE_F32; cdt++) {
-					struct lq_run *gh = make_run(&md, LQ_BACKEND_CUDA, cdt, cap);
-					if (!gh)
-						continue;
-					double w = 0;
-					decode_worst(cpu, &gh, 1, ids, LONG_NP, LONG_N, &w);
-					CHECK(w < (cdt == LQ_COMPUTE_F32 ? 1e-4 : 3e-2), "%s %s: %d-token prefill + %d decode steps: %g",
-					      what, lq_compute_name(cdt), (int)LONG_NP, (int)(LONG_N - LONG_NP), w);
-					printf("  %-22s %s: %d+%d tokens, cache %d: %.2e\n", what, lq_compute_name(cdt), (int)LONG_NP,
-					       (int)(LONG_N - LONG_NP), (int)cap, w);
-					/* a new conversation in the same (still large) cache: most
-					 * splits have no keys */
-					decode_worst(cpu, &gh, 1, ids, 5, 15, &w);
-					CHECK(w < (cdt == LQ_COMPUTE_F32 ? 1e-4 : 3e-2), "%s %s: again from position 0, 5+10 tokens: %g",
-					      what, lq_compute_name(cdt), w);
-					lq_run_free(gh);
+					const int gq = gqs && cdt != LQ_COMPUTE_F32;
+					CHECK(lq_cuda_attn_gqa(cdt, hdim, grp, ATT_GQA_MIN) == gq,
+					      "%s %s: the grouped decode attention %s", what, lq_compute_name(cdt),
+					      gq ? "not taken" : "taken");
+					CHECK(ATT_GQA_MIN == ATT_LONG_MIN || !lq_cuda_attn_gqa(cdt, hdim, grp, cap),
+					      "%s %s: the grouped decode attention taken below ATT_GQA_MIN", what,
+					      lq_compute_name(cdt));
+				}
+				/* each shape in k_attn_long's (k_attn's) cache, then the grouped
+				 * ones in k_attn_gqa's; the prompt takes the cache to that size */
+				struct lq_run *cpu = make_run(&md, LQ_BACKEND_CPU, -1, LONG_CTX);
+				for (int ph = 0; cpu && ph < (gqs ? 2 : 1); ph++) {
+					const int64_t pc = ph ? ATT_GQA_MIN : cap;
+					const int np = (int)pc - 25, n = (int)pc - 5, ng = ph ? 2 : 3;
+					struct lq_run *gh[3] = { NULL, NULL, NULL };
+					int ok = 1;
+					for (int i = 0; i < ng; i++)
+						ok &= (gh[i] = make_run(&md, LQ_BACKEND_CUDA, LQ_COMPUTE_BF16 + i, pc)) != NULL;
+					double w[3] = { 0, 0, 0 }, w2[3] = { 0, 0, 0 };
+					if (ok) {
+						decode_worst(cpu, gh, ng, ids, np, n, w);
+						/* a new conversation in the same (still large) cache: most
+						 * splits have no keys */
+						decode_worst(cpu, gh, ng, ids, 5, 15, w2);
+					}
+					for (int i = 0; ok && i < ng; i++) {
+						const int cdt = LQ_COMPUTE_BF16 + i;
+						const double tol = cdt == LQ_COMPUTE_F32 ? 1e-4 : 3e-2;
+						CHECK(w[i] < tol, "%s %s: %d-token prefill + %d decode steps, cache %d: %g", what,
+						      lq_compute_name(cdt), np, n - np, (int)pc, w[i]);
+						CHECK(w2[i] < tol, "%s %s: again from position 0, 5+10 tokens, cache %d: %g", what,
+						      lq_compute_name(cdt), (int)pc, w2[i]);
+						printf("  %-22s %s: %d+%d tokens, cache %d: %.2e (again from 0: %.2e)\n", what,
+						       lq_compute_name(cdt), np, n - np, (int)pc, w[i], w2[i]);
+					}
+					for (int i = 0; i < ng; i++)
+						lq_run_free(gh[i]);
 				}
 				lq_run_free(cpu);
 			} else {
