@@ -208,6 +208,16 @@ __device__ __forceinline__ void pdl_wait()
 
 __device__ __forceinline__ int64_t cur_pos(const int64_t *d_pos, int64_t pos) { return d_pos ? *d_pos : pos; }
 
+/* Decode attention's split blockIdx.z of gridDim.z over the keys that the
+ * query at position p sees (its window, or all): [*j0, *j1), maybe empty. */
+__device__ __forceinline__ void split_keys(int64_t p, int64_t window, int64_t *j0, int64_t *j1)
+{
+	const int64_t lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0, S = gridDim.z;
+	const int64_t per = (p - lo + S) / S; /* ceil(keys / S) */
+	*j0 = lo + per * blockIdx.z;
+	*j1 = min(p + 1, *j0 + per);
+}
+
 /* A float rounded to T (float, bf16, fp16), and such a value as a float:
  * the KV cache's entries (float at fp32 compute, else the compute dtype;
  * k_rope stores values rounded to it already, so nothing is lost) and the
@@ -789,13 +799,9 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 	extern __shared__ float gather[]; /* cl: [S][hd + 2] (used in rank 0) */
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	const int64_t t = blockIdx.y, h = blockIdx.x, kvh = h / grp;
-	const int64_t p = cur_pos(d_pos, pos) + t;
-	int64_t lo = 0;
-	if (window > 0 && p - window + 1 > 0)
-		lo = p - window + 1;
-	const int64_t len = p - lo + 1, S = gridDim.z;
-	const int64_t per = (len + S - 1) / S;
-	const int64_t j0 = lo + per * blockIdx.z, j1 = min(p + 1, j0 + per);
+	const int64_t p = cur_pos(d_pos, pos) + t, S = gridDim.z;
+	int64_t j0, j1;
+	split_keys(p, window, &j0, &j1);
 	/* rp.k: the block whose split holds the new position makes its key and
 	 * value; the warp that takes it (its split's last key) reads them */
 	const bool fr = rp.k != nullptr, cur = fr && j0 <= p && p < j1;
@@ -1021,12 +1027,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn_long(const float *q, co
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, u = lane >> gsh, c = lane & (G - 1);
 	const int64_t h = blockIdx.x, kvh = h / grp, S = gridDim.z;
 	pdl_wait();
-	const int64_t p = cur_pos(d_pos, pos);
-	int64_t lo = 0;
-	if (window > 0 && p - window + 1 > 0)
-		lo = p - window + 1;
-	const int64_t len = p - lo + 1, per = (len + S - 1) / S;
-	const int64_t j0 = lo + per * blockIdx.z, j1 = min(p + 1, j0 + per);
+	int64_t j0, j1;
+	split_keys(cur_pos(d_pos, pos), window, &j0, &j1);
 	const int js = G * VEC; /* elements between a lane's loads in a row */
 	float qr[DPL], acc[DPL];
 #pragma unroll
@@ -1173,12 +1175,8 @@ __global__ void __launch_bounds__(AG_WARPS * 32, 2) k_attn_gqa(const float *q, c
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
 	const int64_t kvh = blockIdx.x, S = gridDim.z, h0 = kvh * grp;
 	pdl_wait();
-	const int64_t p = cur_pos(d_pos, pos);
-	int64_t lo = 0;
-	if (window > 0 && p - window + 1 > 0)
-		lo = p - window + 1;
-	const int64_t len = p - lo + 1, per = (len + S - 1) / S;
-	const int64_t j0 = lo + per * blockIdx.z, j1 = min(p + 1, j0 + per);
+	int64_t j0, j1;
+	split_keys(cur_pos(d_pos, pos), window, &j0, &j1);
 	/* A = Q: head g, k-steps 2t and 2t + 1 from dims 8 (4t + c) + [0, 8) */
 	uint32_t qa[KS][2];
 #pragma unroll
