@@ -524,6 +524,22 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
 #define TC_XREG 8
 #endif
 
+/* Thread tid's float4s i = tid + j * TC_THREADS < n4 (j < R) in one round
+ * trip: ld(j, i) issues each load into the caller's registers, then use(j,
+ * i) consumes them, so that no use waits before every load is in flight. */
+template <int R, typename LD, typename USE>
+static __device__ __forceinline__ void tc_held(uint32_t tid, uint32_t n4, LD ld, USE use)
+{
+#pragma unroll
+	for (int j = 0; j < R; j++)
+		if (tid + j * TC_THREADS < n4)
+			ld(j, tid + j * TC_THREADS);
+#pragma unroll
+	for (int j = 0; j < R; j++)
+		if (tid + j * TC_THREADS < n4)
+			use(j, tid + j * TC_THREADS);
+}
+
 /*
  * Shared memory: the table must start at a multiple of 64 KiB of the shared
  * window.  The rest (dynamic map, partial sums, x: tc_rest bytes) goes below
@@ -764,16 +780,13 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			ss = fmaf(v.w, v.w, ss);
 		};
 		if (held) {
-#pragma unroll
-			for (int j = 0; j < TC_NORM_REG; j++)
-				if (tid + j * TC_THREADS < n4) {
-					hv[j] = __ldg(xv + tid + j * TC_THREADS);
-					hw[j] = __ldg(wv4 + tid + j * TC_THREADS);
-				}
-#pragma unroll
-			for (int j = 0; j < TC_NORM_REG; j++)
-				if (tid + j * TC_THREADS < n4)
-					sq(hv[j]);
+			tc_held<TC_NORM_REG>(
+				tid, n4,
+				[&](int j, uint32_t i) {
+					hv[j] = __ldg(xv + i);
+					hw[j] = __ldg(wv4 + i);
+				},
+				[&](int j, uint32_t) { sq(hv[j]); });
 		} else {
 			for (uint32_t i = tid; i < n4; i += TC_THREADS)
 				sq(__ldg(xv + i));
@@ -812,14 +825,9 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		if (TC_XREG > 0 && n4 <= (uint32_t)TC_XREG * TC_THREADS) {
 			/* all of this thread's x in one round trip, then the stores */
 			float4 hv[TC_XREG > 0 ? TC_XREG : 1];
-#pragma unroll
-			for (int j = 0; j < TC_XREG; j++)
-				if (tid + j * TC_THREADS < n4)
-					hv[j] = __ldg(xv + tid + j * TC_THREADS);
-#pragma unroll
-			for (int j = 0; j < TC_XREG; j++)
-				if (tid + j * TC_THREADS < n4)
-					put(tid + j * TC_THREADS, hv[j]);
+			tc_held<TC_XREG>(
+				tid, n4, [&](int j, uint32_t i) { hv[j] = __ldg(xv + i); },
+				[&](int j, uint32_t i) { put(i, hv[j]); });
 		} else {
 			for (uint32_t i = tid; i < n4; i += TC_THREADS)
 				put(i, __ldg(xv + i));
