@@ -461,12 +461,15 @@ int main(void)
 		} archs[] = {{"phi3", 0, 0, 0},     {"gemma2", 0, 0, 0},  {"qwen2", 0, 0, 0},   {"mistral", 0, 0, 0},
 			     {"llama", 128, 0, 0},  {"mistral", 128, 0, 0}, {"qwen2", 128, 0, 0}, {"phi3", 96, 0, 0},
 			     {"gemma2", 256, 0, 0}, {"qwen2", 192, 0, 0}, {"llama", 128, 8, 2}, {"llama", 128, 6, 2},
-			     {"llama", 160, 0, 0}};
+			     {"llama", 160, 0, 0},  {"mistral", 64, 10, 2}, {"qwen2", 128, 12, 2}, {"qwen2", 64, 14, 2},
+			     {"llama", 128, 16, 2}};
 		/* long: a prompt of the cache's size less 25 and 20 decode steps
 		 * (the prompt grows the cache to that size), then a restart from
 		 * position 0, at every compute dtype in a cache of ATT_LONG_MIN
 		 * positions (k_attn_long: 4, 8 and 16 lanes per key, 16, 24 and 32
-		 * dims per lane, groups of 2, 3 and 4 query heads per KV head);
+		 * dims per lane, groups of 2 to 8 query heads per KV head: 12/2 at
+		 * head size 128 and 14/2 at 64 are Qwen2-1.5B's and -0.5B's
+		 * attention, 16/2 a group of 8 as Llama-3.1-70B's);
 		 * at head size 160, which it does not take, k_attn in a cache of
 		 * 2080 (64 splits merged through global memory, past the
 		 * cluster's 16); and at bf16 / fp16 in a cache of ATT_GQA_MIN
