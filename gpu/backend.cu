@@ -622,6 +622,24 @@ __device__ void attn_merge(const float *part, float *out, int64_t H, int64_t hd,
 	merge_splits([=](int s, int64_t i) { return __ldcg(pp + s * (hd + 2) + i); }, out, H, hd, S, cd, t, h);
 }
 
+/* Dim d of a decode-attention block's merged state (weighted sum a, max M,
+ * sum L): normalized into o[d] where the block is its head's only split,
+ * else unnormalized into its split's row part + row (then max, sum). */
+__device__ __forceinline__ void split_put(float *o, float *part, int64_t row, bool only, int64_t hd, int cd, int d,
+					  float a, float M, float L)
+{
+	if (only) {
+		o[d] = rnd(a / L, cd);
+	} else {
+		float *ps = part + row;
+		ps[d] = a;
+		if (d == 0) {
+			ps[hd] = M;
+			ps[hd + 1] = L;
+		}
+	}
+}
+
 /* After every thread's stores of this block's split to part: true in the
  * last of the S splits counted in *c to get here, which resets the counter
  * for the next step and may then read the others' splits (attn_merge). */
@@ -1096,17 +1114,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn_long(const float *q, co
 	__syncthreads();
 	float *pp = part + (h * S + blockIdx.z) * (hd + 2);
 	merge_states<1>([=](int, int s, int i) { return lsm[s * sst + i]; },
-			[=](int, int d, float a, float M, float L) {
-				if (S == 1) {
-					out[h * hd + d] = rnd(a / L, cd);
-				} else {
-					pp[d] = a;
-					if (d == 0) {
-						pp[hd] = M;
-						pp[hd + 1] = L;
-					}
-				}
-			},
+			[=](int, int d, float a, float M, float L) { split_put(out + h * hd, pp, 0, S == 1, hd, cd, d, a, M, L); },
 			1, (int)hd, ns);
 	if (S == 1)
 		return;
@@ -1198,7 +1206,7 @@ __global__ void __launch_bounds__(AG_WARPS * 32, 2) k_attn_gqa(const float *q, c
 		o[n][0] = o[n][1] = 0.0f;
 	float m = -INFINITY, l = 0.0f; /* head g's running max; this lane's part of its sum */
 	const uint16_t *kb = kc + kvh * HD, *vb = vc + kvh * HD;
-	const int kvd = (int)kvdim; /* kvdim < 2^27 (att_gqa_of): 16 rows' offsets fit in an int */
+	const int kvd = (int)kvdim; /* kvdim < 2^27 (att_gqa): 16 rows' offsets fit in an int */
 	/* keys jb + g, jb + 8 + g; values jb + 2c + {0, 1, 8, 9}; rows past the
 	 * split: its last row again, masked; offsets from row jb in 32 bits */
 	auto load = [&](int64_t jb, uint4(*kr)[KC], uint4(*vr)[VC]) {
@@ -1317,16 +1325,7 @@ __global__ void __launch_bounds__(AG_WARPS * 32, 2) k_attn_gqa(const float *q, c
 	float *pp = part + h0 * S * (HD + 2);
 	merge_states<8>([&](int r, int w, int i) { return so[w][r][i]; },
 			[=](int r, int d, float a, float M, float L) {
-				if (S == 1) {
-					out[(h0 + r) * HD + d] = rnd(a / L, cd);
-				} else {
-					float *ps = pp + (r * S + blockIdx.z) * (HD + 2);
-					ps[d] = a;
-					if (d == 0) {
-						ps[HD] = M;
-						ps[HD + 1] = L;
-					}
-				}
+				split_put(out + (h0 + r) * HD, pp, (r * S + blockIdx.z) * (HD + 2), S == 1, HD, cd, d, a, M, L);
 			},
 			grp, HD, AG_WARPS);
 	if (S == 1 || !attn_split_last(cnt + kvh, (int)S))
