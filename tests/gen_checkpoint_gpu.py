@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""gen_checkpoint_gpu.py DIR [--layers N] [--phi3 | --gemma2 | --qwen2] - a
+"""gen_checkpoint_gpu.py DIR [--layers N] [--phi3 | --gemma2 | --qwen2 | --qwen2-7b] - a
 Llama-3.1-8B-shaped checkpoint (with --phi3: Phi-3-mini-4k-shaped, fused
 qkv_proj and gate_up_proj; with --gemma2: Gemma-2-2B-shaped, sandwich norms,
 soft-caps, tied embeddings; with --qwen2: Qwen2-1.5B-shaped, q/k/v biases,
-tied embeddings) with random bf16 weights (normal, std 0.02; norms 1), made on
+tied embeddings; with --qwen2-7b: Qwen2-7B-shaped, 4 KV heads, untied) with random bf16 weights (normal, std 0.02; norms 1), made on
 the GPU with torch for `make bench-gpu` (tests/gen_checkpoint makes the
 Llama shapes on the CPU, but takes minutes for 16 GB).  Writes
 DIR/config.json and DIR/model.safetensors (one file; safetensors' own
@@ -18,11 +18,13 @@ from safetensors.torch import save_file
 
 def main():
     out = sys.argv[1]
-    phi3, gemma2, qwen2 = "--phi3" in sys.argv, "--gemma2" in sys.argv, "--qwen2" in sys.argv
+    phi3, gemma2, q7 = "--phi3" in sys.argv, "--gemma2" in sys.argv, "--qwen2-7b" in sys.argv
+    qwen2 = q7 or "--qwen2" in sys.argv
     # vocabulary, hidden, intermediate, heads, KV heads, head size, layers
     V, D, I, H, KV, hd, layers = (
         (32064, 3072, 8192, 32, 32, 96, 32) if phi3 else
         (256000, 2304, 9216, 8, 4, 256, 26) if gemma2 else
+        (152064, 3584, 18944, 28, 4, 128, 28) if q7 else
         (151936, 1536, 8960, 12, 2, 128, 28) if qwen2 else
         (128256, 4096, 14336, 32, 8, 128, 32))
     if "--layers" in sys.argv:
@@ -67,7 +69,7 @@ def main():
             "hidden_size": D, "intermediate_size": I, "num_hidden_layers": layers,
             "num_attention_heads": H, "num_key_value_heads": KV, "max_position_embeddings": 32768,
             "rms_norm_eps": 1e-6, "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151643,
-            "tie_word_embeddings": True, "torch_dtype": "bfloat16", "rope_theta": 1000000.0,
+            "tie_word_embeddings": not q7, "torch_dtype": "bfloat16", "rope_theta": 1000000.0,
             "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 28,
         }
     with open(os.path.join(out, "config.json"), "w") as f:
@@ -78,7 +80,7 @@ def main():
         return (torch.randn(*shape, generator=g, device="cuda", dtype=torch.float32) * 0.02).to(torch.bfloat16).cpu()
 
     t = {"model.embed_tokens.weight": w(V, D), "model.norm.weight": torch.ones(D, dtype=torch.bfloat16)}
-    if not (gemma2 or qwen2):
+    if q7 or not (gemma2 or qwen2):
         t["lm_head.weight"] = w(V, D)
     for i in range(layers):
         p = f"model.layers.{i}."
