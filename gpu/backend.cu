@@ -2944,9 +2944,22 @@ static bool att_gqa_of(int cd, int64_t cap, int64_t hd, int64_t grp)
 #endif
 	return cd != LQ_COMPUTE_F32 && cap >= ATT_GQA_MIN && (hd == 64 || hd == 128) && grp >= 2 && grp <= 8;
 }
+/* k_attn_gqa's grid of kv KV heads x up to ATT_MAXSPLIT splits fills the
+ * device's slots (the blocks it runs at once).  With fewer KV heads SMs sit
+ * idle and the last block's merge of a group's splits is the longer, while
+ * k_attn_long has a block per query head: H200 (264 slots at head size
+ * 128), NF4, ms/token against k_attn_long (BENCHMARKS.md): Qwen2-1.5B (2 KV
+ * heads) 1.37 / 1.10 after 4000 tokens and 1.48 / 1.40 after 16000;
+ * Qwen2-7B (4) 2.47 / 2.21 and 2.64 / 2.75; Llama 3.1 8B (8) 2.33 / 2.39
+ * and 2.72 / 3.15. */
+static bool att_gqa_fills(int64_t kv, int slots)
+{
+	return kv * ATT_MAXSPLIT >= slots;
+}
 static bool att_gqa(const gstate *g)
 {
-	return att_gqa_of(g->cd, g->cap, g->hd, g->H / g->KV) && g->kvdim < ((int64_t)1 << 27);
+	return att_gqa_of(g->cd, g->cap, g->hd, g->H / g->KV) && g->kvdim < ((int64_t)1 << 27) &&
+	       att_gqa_fills(g->KV, g->att_gqa_slots);
 }
 
 /* The k_attn_gqa instance for head size hd and compute dtype cd. */
@@ -2957,6 +2970,16 @@ static decltype(&k_attn_gqa<false, 64>) att_gqa_kern(int64_t hd, int cd)
 	return hd == 64 ? k_attn_gqa<false, 64> : k_attn_gqa<false, 128>;
 }
 
+/* In *slots: the k_attn_gqa blocks (head size hd, compute dtype cd) that
+ * the device's nsm SMs run at once. */
+static cudaError_t att_gqa_slots_of(int64_t hd, int cd, int nsm, int *slots)
+{
+	int nb = 0;
+	const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, att_gqa_kern(hd, cd), AG_WARPS * 32, 0);
+	*slots = nb * nsm;
+	return e;
+}
+
 /* In g->att_long_slots (g->att_gqa_slots): the k_attn_long (k_attn_gqa)
  * blocks of this model that the device runs at once (0 where it does not
  * take the kernel). */
@@ -2965,13 +2988,9 @@ static cudaError_t att_long_prepare(gstate *g, int nsm)
 	int dpl = 0, nb = 0;
 	const int gsh = att_long_of(g->cd, ATT_LONG_MIN, g->hd, &dpl);
 	g->att_long_slots = g->att_gqa_slots = 0;
-	if (att_gqa_of(g->cd, ATT_GQA_MIN, g->hd, g->H / g->KV)) {
-		const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, att_gqa_kern(g->hd, g->cd),
-										   AG_WARPS * 32, 0);
-		if (e != cudaSuccess)
+	if (att_gqa_of(g->cd, ATT_GQA_MIN, g->hd, g->H / g->KV))
+		if (const cudaError_t e = att_gqa_slots_of(g->hd, g->cd, nsm, &g->att_gqa_slots); e != cudaSuccess)
 			return e;
-		g->att_gqa_slots = nb * nsm;
-	}
 	if (!gsh)
 		return cudaSuccess;
 	return by_cache_type(g->cd, [&](auto c) {
@@ -3671,9 +3690,18 @@ extern "C" int lq_cuda_attn_long(int compute, int64_t head_dim, int64_t cap)
 	return att_long_of(compute, cap, head_dim, NULL);
 }
 
-extern "C" int lq_cuda_attn_gqa(int compute, int64_t head_dim, int64_t group, int64_t cap)
+extern "C" int lq_cuda_attn_gqa(int compute, int64_t head_dim, int64_t group, int64_t kv, int64_t cap)
 {
-	return att_gqa_of(compute, cap, head_dim, group);
+	int dev = 0, nsm = 0, slots = 0;
+	if (!att_gqa_of(compute, cap, head_dim, group))
+		return 0;
+	if (cudaGetDevice(&dev) != cudaSuccess ||
+	    cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+	    att_gqa_slots_of(head_dim, compute, nsm, &slots) != cudaSuccess) {
+		cudaGetLastError();
+		return 0;
+	}
+	return att_gqa_fills(kv, slots);
 }
 
 extern "C" int lq_cuda_pdl(void) { return pdl_image(cur_major()); }

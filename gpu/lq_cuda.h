@@ -183,8 +183,9 @@ int lq_cuda_attn_cluster(int compute);
  * where decode attention runs k_attn */
 int lq_cuda_attn_long(int compute, int64_t head_dim, int64_t cap);
 /* 1 where that decode attention is k_attn_gqa (a block per KV head on the
- * tensor cores) for this many query heads per KV head */
-int lq_cuda_attn_gqa(int compute, int64_t head_dim, int64_t group, int64_t cap);
+ * tensor cores) on the current device, for kv KV heads of group query heads
+ * each */
+int lq_cuda_attn_gqa(int compute, int64_t head_dim, int64_t group, int64_t kv, int64_t cap);
 int lq_cuda_pdl(void);
 #ifndef ATT_CLUSTER
 #define ATT_CLUSTER 16 /* sm_90: up to this many splits are one thread-block cluster (0: never) */
@@ -205,7 +206,9 @@ int lq_cuda_pdl(void);
  * behind k_attn_long after 1500 tokens (2.41 against 2.13), even at 2000
  * and 3000, ahead after 4000 (2.34 against 2.38) and 16000 (2.71 against
  * 3.14).  The cache grows in powers of two, so run takes it past 2048
- * positions; the GPU tests decode in a cache of this size. */
+ * positions; the GPU tests decode in a cache of this size.  Only where its
+ * grid fills the device (enough KV heads: the H200 needs 5 at head size
+ * 128, 7 at 64; att_gqa_fills). */
 #ifndef ATT_GQA_MIN
 #define ATT_GQA_MIN 3072
 #endif

@@ -462,7 +462,8 @@ int main(void)
 			     {"llama", 128, 0, 0},  {"mistral", 128, 0, 0}, {"qwen2", 128, 0, 0}, {"phi3", 96, 0, 0},
 			     {"gemma2", 256, 0, 0}, {"qwen2", 192, 0, 0}, {"llama", 128, 8, 2}, {"llama", 128, 6, 2},
 			     {"llama", 160, 0, 0},  {"mistral", 64, 10, 2}, {"qwen2", 128, 12, 2}, {"qwen2", 64, 14, 2},
-			     {"llama", 128, 16, 2}};
+			     {"llama", 128, 16, 2}, {"llama", 128, 32, 8}, {"mistral", 128, 30, 5}, {"mistral", 64, 16, 8},
+			     {"llama", 64, 64, 8}};
 		/* long: a prompt of the cache's size less 25 and 20 decode steps
 		 * (the prompt grows the cache to that size), then a restart from
 		 * position 0, at every compute dtype in a cache of ATT_LONG_MIN
@@ -473,7 +474,9 @@ int main(void)
 		 * at head size 160, which it does not take, k_attn in a cache of
 		 * 2080 (64 splits merged through global memory, past the
 		 * cluster's 16); and at bf16 / fp16 in a cache of ATT_GQA_MIN
-		 * where k_attn_gqa takes the shape */
+		 * where k_attn_gqa takes the shape, which needs enough KV heads
+		 * to fill the device: 32/8 (Llama 3.1 8B's attention, a group of
+		 * 4), 30/5 (6) at head size 128, 16/8 (2) and 64/8 (8) at 64 */
 		enum { LONG_CTX = ATT_GQA_MIN > 2080 ? ATT_GQA_MIN : 2080 };
 		static int32_t ids[LONG_CTX];
 		for (int i = 0; i < LONG_CTX; i++)
@@ -499,19 +502,24 @@ int main(void)
 				const int64_t hdim = archs[a].hd ? archs[a].hd : 64;
 				const bool lng = hdim != 160;
 				const int64_t cap = lng ? ATT_LONG_MIN : 2080;
-				const int64_t grp = archs[a].heads ? archs[a].heads / archs[a].kv : archs[a].hd ? 2 : 4;
+				const int64_t kv = archs[a].heads ? archs[a].kv : 2;
+				const int64_t grp = archs[a].heads ? archs[a].heads / kv : archs[a].hd ? 2 : 4;
 				/* the tensor-core kernel: 16-bit caches of ATT_GQA_MIN positions,
-				 * head size 64 or 128, groups of 2 to 8 */
-				const bool gqs = lng && (hdim == 64 || hdim == 128) && grp >= 2 && grp <= 8;
+				 * head size 64 or 128, groups of 2 to 8, where the KV heads fill
+				 * the device (always at 8 of them: 512 blocks) */
+				const bool gshape = lng && (hdim == 64 || hdim == 128) && grp >= 2 && grp <= 8;
+				const bool gqs = gshape && lq_cuda_attn_gqa(LQ_COMPUTE_BF16, hdim, grp, kv, ATT_GQA_MIN);
+				CHECK(!gshape || kv < 8 || gqs, "%s: the grouped decode attention not taken with 8 KV heads",
+				      what);
 				for (int cdt = LQ_COMPUTE_BF16; cdt <= LQ_COMPUTE_F32; cdt++) {
 					CHECK((lq_cuda_attn_long(cdt, hdim, cap) != 0) == lng,
 					      "%s %s: head size %d %s the long-cache decode attention", what,
 					      lq_compute_name(cdt), (int)hdim, lng ? "does not take" : "takes");
 					const int gq = gqs && cdt != LQ_COMPUTE_F32;
-					CHECK(lq_cuda_attn_gqa(cdt, hdim, grp, ATT_GQA_MIN) == gq,
+					CHECK(lq_cuda_attn_gqa(cdt, hdim, grp, kv, ATT_GQA_MIN) == gq,
 					      "%s %s: the grouped decode attention %s", what, lq_compute_name(cdt),
 					      gq ? "not taken" : "taken");
-					CHECK(ATT_GQA_MIN == ATT_LONG_MIN || !lq_cuda_attn_gqa(cdt, hdim, grp, cap),
+					CHECK(ATT_GQA_MIN == ATT_LONG_MIN || !lq_cuda_attn_gqa(cdt, hdim, grp, kv, cap),
 					      "%s %s: the grouped decode attention taken below ATT_GQA_MIN", what,
 					      lq_compute_name(cdt));
 				}
