@@ -2970,6 +2970,18 @@ static decltype(&k_attn_gqa<false, 64>) att_gqa_kern(int64_t hd, int cd)
 	return hd == 64 ? k_attn_gqa<false, 64> : k_attn_gqa<false, 128>;
 }
 
+/* The decode-attention kernel for one token in g's cache: k_attn (short
+ * caches and the head sizes k_attn_long does not take), k_attn_long, or
+ * k_attn_gqa where it takes the shape and fills the device.  attend() and
+ * attn_splits() ask this one function. */
+enum dec_kern { DEC_ATTN, DEC_LONG, DEC_GQA };
+static dec_kern dec_attn(const gstate *g)
+{
+	if (!att_long(g, NULL))
+		return DEC_ATTN;
+	return att_gqa(g) ? DEC_GQA : DEC_LONG;
+}
+
 /* In *slots: the k_attn_gqa blocks (head size hd, compute dtype cd) that
  * the device's nsm SMs run at once. */
 static cudaError_t att_gqa_slots_of(int64_t hd, int cd, int nsm, int *slots)
@@ -3006,9 +3018,9 @@ static int attn_splits(gstate *g, size_t n)
 {
 	if (n > 1)
 		return 1;
-	if (att_long(g, NULL)) {
+	if (const dec_kern k = dec_attn(g); k != DEC_ATTN) {
 		/* k_attn_gqa: a block per KV head, so more and shorter splits */
-		const bool gq = att_gqa(g);
+		const bool gq = k == DEC_GQA;
 		const int64_t keys = gq ? ATT_GQA_KEYS : ATT_LONG_KEYS, mx = gq ? ATT_MAXSPLIT : ATT_LONG_MAXSPLIT;
 		int64_t s = (g->cap + keys - 1) / keys;
 		s = s > mx ? mx : s;
@@ -3039,6 +3051,7 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 	const int cd = g->cd;
 	CT *kc = (CT *)layer_kc(g, li), *vc = (CT *)layer_vc(g, li);
 	att_rope rp = {};
+	const dec_kern dk = dec_attn(g); /* for n == 1 */
 	/* One token: RoPE inside the attention kernel, for head sizes up to
 	 * 128.  At 256 (Gemma 2) k_rope's launch measured faster (H200, the
 	 * Gemma-2-2B shape: 1.42 against 1.46 ms/token; Llama 3.1 8B, Phi-3,
@@ -3046,7 +3059,7 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 #ifdef ATT_NO_ROPE_FUSE /* diagnostic: k_rope for one token too */
 	const bool fuse = false;
 #else
-	const bool fuse = n == 1 && rtab && g->hd <= 128 && !att_long(g, NULL);
+	const bool fuse = n == 1 && rtab && g->hd <= 128 && dk == DEC_ATTN;
 #endif
 	if (fuse) {
 		rp = { k, v, (const float *)l->q_bias, (const float *)l->k_bias, (const float *)l->v_bias, rtab, g->rot };
@@ -3071,14 +3084,16 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 		launch_ks(g, fa_kernel<CT>(g->hd), fg, dim3(FA_THREADS), fa_smem(g->hd), q, ld, (const CT *)kc, (const CT *)vc,
 			  g->att, g->H, g->H / g->KV, g->hd, g->kvdim, l->window, (float)c->attn_scale,
 			  (float)c->attn_logit_softcap, pos, (int64_t)n, cd);
-	} else if (att_long(g, NULL) && att_gqa(g)) {
+	} else if (dk == DEC_GQA) {
 		if constexpr (sizeof(CT) == 2) {
 			dim3 ag((unsigned)g->KV, 1u, (unsigned)attn_splits(g, n));
 			launch_k(g, att_gqa_kern(g->hd, cd), ag, dim3(AG_WARPS * 32), (const float *)q, (const uint16_t *)kc,
 				 (const uint16_t *)vc, g->att, g->part, g->acnt, g->H, (int)(g->H / g->KV), g->kvdim, l->window,
 				 (float)c->attn_scale, (float)c->attn_logit_softcap, d_pos, pos, cd);
 		}
-	} else if (int dpl = 0, gsh = att_long(g, &dpl); gsh) {
+	} else if (dk == DEC_LONG) {
+		int dpl = 0;
+		const int gsh = att_long(g, &dpl);
 		dim3 ag((unsigned)g->H, 1u, (unsigned)attn_splits(g, n));
 		launch_ks(g, att_long_kern<CT>(dpl), ag, dim3(ATT_WARPS * 32), att_long_smem(g->hd, gsh),
 			  (const float *)q, (const CT *)kc, (const CT *)vc, g->att, g->part, g->acnt, g->H, g->H / g->KV,
