@@ -2954,6 +2954,9 @@ static bool att_gqa_of(int cd, int64_t cap, int64_t hd, int64_t grp)
  * and 2.72 / 3.15. */
 static bool att_gqa_fills(int64_t kv, int slots)
 {
+#ifdef ATT_GQA_ANY_KV /* A/B: k_attn_gqa with any number of KV heads */
+	return true;
+#endif
 	return kv * ATT_MAXSPLIT >= slots;
 }
 static bool att_gqa(const gstate *g)
