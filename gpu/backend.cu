@@ -2949,9 +2949,9 @@ static bool att_gqa_of(int cd, int64_t cap, int64_t hd, int64_t grp)
  * idle and the last block's merge of a group's splits is the longer, while
  * k_attn_long has a block per query head: H200 (264 slots at head size
  * 128), NF4, ms/token against k_attn_long (BENCHMARKS.md): Qwen2-1.5B (2 KV
- * heads) 1.37 / 1.10 after 4000 tokens and 1.48 / 1.40 after 16000;
- * Qwen2-7B (4) 2.47 / 2.21 and 2.64 / 2.75; Llama 3.1 8B (8) 2.33 / 2.39
- * and 2.72 / 3.15. */
+ * heads) 1.38 / 1.10 after 4000 tokens and 1.47 / 1.40 after 16000;
+ * Qwen2-7B (4) 2.48 / 2.23 and 2.65 / 2.77; Llama 3.1 8B (8) 2.34 / 2.38
+ * and 2.70 / 3.15. */
 static bool att_gqa_fills(int64_t kv, int slots)
 {
 #ifdef ATT_GQA_ANY_KV /* A/B: k_attn_gqa with any number of KV heads */

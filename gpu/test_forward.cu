@@ -506,7 +506,9 @@ int main(void)
 				const int64_t grp = archs[a].heads ? archs[a].heads / kv : archs[a].hd ? 2 : 4;
 				/* the tensor-core kernel: 16-bit caches of ATT_GQA_MIN positions,
 				 * head size 64 or 128, groups of 2 to 8, where the KV heads fill
-				 * the device (always at 8 of them: 512 blocks) */
+				 * the device (8 of them: 512 blocks, past the H200's 264 or 396
+				 * slots; the check keeps this test from losing k_attn_gqa
+				 * silently) */
 				const bool gshape = lng && (hdim == 64 || hdim == 128) && grp >= 2 && grp <= 8;
 				const bool gqs = gshape && lq_cuda_attn_gqa(LQ_COMPUTE_BF16, hdim, grp, kv, ATT_GQA_MIN);
 				CHECK(!gshape || kv < 8 || gqs, "%s: the grouped decode attention not taken with 8 KV heads",

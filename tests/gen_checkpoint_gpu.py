@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""gen_checkpoint_gpu.py DIR [--layers N] [--phi3 | --gemma2 | --qwen2 | --qwen2-7b] - a
-Llama-3.1-8B-shaped checkpoint (with --phi3: Phi-3-mini-4k-shaped, fused
+"""gen_checkpoint_gpu.py DIR [--layers N] [--phi3 | --gemma2 | --qwen2 | --qwen2-7b]
+- a Llama-3.1-8B-shaped checkpoint (with --phi3: Phi-3-mini-4k-shaped, fused
 qkv_proj and gate_up_proj; with --gemma2: Gemma-2-2B-shaped, sandwich norms,
 soft-caps, tied embeddings; with --qwen2: Qwen2-1.5B-shaped, q/k/v biases,
-tied embeddings; with --qwen2-7b: Qwen2-7B-shaped, 4 KV heads, untied) with random bf16 weights (normal, std 0.02; norms 1), made on
-the GPU with torch for `make bench-gpu` (tests/gen_checkpoint makes the
-Llama shapes on the CPU, but takes minutes for 16 GB).  Writes
-DIR/config.json and DIR/model.safetensors (one file; safetensors' own
-writer)."""
+tied embeddings; with --qwen2-7b: Qwen2-7B-shaped, 4 KV heads, an untied
+lm_head) with random bf16 weights (normal, std 0.02; norms 1), made on the GPU
+with torch for `make bench-gpu` (tests/gen_checkpoint makes the Llama shapes
+on the CPU, but takes minutes for 16 GB).  Writes DIR/config.json and
+DIR/model.safetensors (one file; safetensors' own writer)."""
 import json
 import os
 import sys
