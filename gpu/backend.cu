@@ -1335,7 +1335,6 @@ __global__ void __launch_bounds__(AG_WARPS * 32, 2) k_attn_gqa(const float *q, c
 			grp, HD, (int)S);
 }
 
-
 /*
  * Attention for a chunk of n > 1 query tokens, tiled: a block of FA_THREADS
  * takes FA_Q queries of one head and walks the visible keys of the cache in
