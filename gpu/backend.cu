@@ -1148,8 +1148,11 @@ static size_t att_long_smem(int64_t hd, int gsh)
  *    four keys at one dim, so lane (g, c) loads dims 8g + 64u + [0, 8) of
  *    the four rows and n-tile 8u + e's column n is dim 64u + 8n + e: one PRMT
  *    per B register.
- * The warps' states meet in shared memory, and the last split's block
- * merges the splits of all the group's heads at once (merge_states).
+ * The warps' states meet in shared memory (merge_states).  With S > 1
+ * splits k_attn_merge then merges them, a block per query head: the last
+ * split's block merging the group's splits alone measured slower (H200,
+ * NF4, ms/token: Llama 3.1 8B 2.34 / 2.30 after 4000 tokens, 2.70 / 2.67
+ * after 16000; Qwen2-7B 2.64 / 2.45 after 16000; BENCHMARKS.md).
  */
 #define AG_WARPS 4
 /* d[0..1] += rows 0..7 of A B (m16n8k16; A's rows 8..15 are zero here): the
@@ -1173,7 +1176,7 @@ static __device__ __forceinline__ void ag_mma(float *d, uint32_t a0, uint32_t a2
 }
 template <bool F16, int HD>
 __global__ void __launch_bounds__(AG_WARPS * 32, 2) k_attn_gqa(const float *q, const uint16_t *kc, const uint16_t *vc,
-							 float *out, float *part, int *cnt, int64_t H, int grp,
+							 float *out, float *part, int64_t H, int grp,
 							 int64_t kvdim, int64_t window, float scale, float cap,
 							 const int64_t *d_pos, int64_t pos, int cd)
 {
@@ -1321,18 +1324,22 @@ __global__ void __launch_bounds__(AG_WARPS * 32, 2) k_attn_gqa(const float *q, c
 		}
 	}
 	__syncthreads();
-	/* the warps' states, then (the last split) the splits', all heads at once */
+	/* the warps' states, all heads at once */
 	float *pp = part + h0 * S * (HD + 2);
 	merge_states<8>([&](int r, int w, int i) { return so[w][r][i]; },
 			[=](int r, int d, float a, float M, float L) {
 				split_put(out + (h0 + r) * HD, pp, (r * S + blockIdx.z) * (HD + 2), S == 1, HD, cd, d, a, M, L);
 			},
 			grp, HD, AG_WARPS);
-	if (S == 1 || !attn_split_last(cnt + kvh, (int)S))
-		return;
-	merge_states<8>([=](int r, int s, int i) { return __ldcg(pp + (r * S + s) * (HD + 2) + i); },
-			[=](int r, int d, float a, float, float L) { out[(h0 + r) * HD + d] = rnd(a * (1.0f / L), cd); },
-			grp, HD, (int)S);
+}
+
+/* The S splits of each of the H heads in part merged into out, a block per
+ * head (after k_attn_gqa with S > 1). */
+__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn_merge(const float *part, float *out, int64_t H, int64_t hd,
+							      int S, int cd)
+{
+	pdl_wait();
+	attn_merge(part, out, H, hd, S, cd, 0, blockIdx.x);
 }
 
 /*
@@ -2943,25 +2950,33 @@ static bool att_gqa_of(int cd, int64_t cap, int64_t hd, int64_t grp)
 #endif
 	return cd != LQ_COMPUTE_F32 && cap >= ATT_GQA_MIN && (hd == 64 || hd == 128) && grp >= 2 && grp <= 8;
 }
-/* k_attn_gqa's grid of kv KV heads x up to ATT_MAXSPLIT splits fills the
- * device's slots (the blocks it runs at once).  With fewer KV heads SMs sit
- * idle and the last block's merge of a group's splits is the longer, while
- * k_attn_long has a block per query head: H200 (264 slots at head size
- * 128), NF4, ms/token against k_attn_long (BENCHMARKS.md): Qwen2-1.5B (2 KV
- * heads) 1.38 / 1.10 after 4000 tokens and 1.47 / 1.40 after 16000;
- * Qwen2-7B (4) 2.48 / 2.23 and 2.65 / 2.77; Llama 3.1 8B (8) 2.34 / 2.38
- * and 2.70 / 3.15. */
-static bool att_gqa_fills(int64_t kv, int slots)
+/* k_attn_gqa runs for kv KV heads of a layer's kvbytes of K and V where its
+ * grid of kv x up to ATT_MAXSPLIT splits fills the device's slots (the
+ * blocks it runs at once), or from ATT_GQA_BYTES (lq_cuda.h) on.  With few
+ * KV heads SMs sit idle, while k_attn_long has a block per query head but
+ * reads a KV head's keys once per query head of its group.  H200, NF4,
+ * ms/token, k_attn_long against k_attn_gqa (BENCHMARKS.md; bench_gpu_run's
+ * cache is the prompt + 64 positions):
+ *  - Qwen2-7B (4 KV heads of 128): 2.22 / 2.26 at 4064 positions (7.9 MiB),
+ *    2.41 / 2.33 at 8064 (15.8 MiB), 2.76 / 2.45 at 16064;
+ *  - Qwen2-1.5B (2): 1.10 / 1.20 at 4064 (4 MiB), 1.21 / 1.24 at 8064
+ *    (7.9 MiB), 1.42 / 1.32 at 16064 (15.7 MiB);
+ *  - Llama 3.1 8B (8, past the 264 slots at head size 128), k_attn_gqa
+ *    before k_attn_merge: 2.38 / 2.34 at 4064 (7.9 MiB), 3.15 / 2.70 at
+ *    16064. */
+static bool att_gqa_pays(int64_t kv, int slots, int64_t kvbytes)
 {
 #ifdef ATT_GQA_ANY_KV /* A/B: k_attn_gqa with any number of KV heads */
 	return true;
 #endif
-	return kv * ATT_MAXSPLIT >= slots;
+	return kv * ATT_MAXSPLIT >= slots || kvbytes >= ATT_GQA_BYTES;
 }
+/* A layer's K and V in a 16-bit cache of cap positions of kvdim. */
+static int64_t att_kv_bytes(int64_t cap, int64_t kvdim) { return cap * kvdim * 2 * 2; }
 static bool att_gqa(const gstate *g)
 {
 	return att_gqa_of(g->cd, g->cap, g->hd, g->H / g->KV) && g->kvdim < ((int64_t)1 << 27) &&
-	       att_gqa_fills(g->KV, g->att_gqa_slots);
+	       att_gqa_pays(g->KV, g->att_gqa_slots, att_kv_bytes(g->cap, g->kvdim));
 }
 
 /* The k_attn_gqa instance for head size hd and compute dtype cd. */
@@ -3088,10 +3103,14 @@ static int attend(gstate *g, const glayer *l, int64_t li, size_t n, float *q, fl
 			  (float)c->attn_logit_softcap, pos, (int64_t)n, cd);
 	} else if (dk == DEC_GQA) {
 		if constexpr (sizeof(CT) == 2) {
-			dim3 ag((unsigned)g->KV, 1u, (unsigned)attn_splits(g, n));
-			launch_k(g, att_gqa_kern(g->hd, cd), ag, dim3(AG_WARPS * 32), (const float *)q, (const uint16_t *)kc,
-				 (const uint16_t *)vc, g->att, g->part, g->acnt, g->H, (int)(g->H / g->KV), g->kvdim, l->window,
-				 (float)c->attn_scale, (float)c->attn_logit_softcap, d_pos, pos, cd);
+			const int S = attn_splits(g, n);
+			launch_k(g, att_gqa_kern(g->hd, cd), dim3((unsigned)g->KV, 1u, (unsigned)S), dim3(AG_WARPS * 32),
+				 (const float *)q, (const uint16_t *)kc, (const uint16_t *)vc, g->att, g->part, g->H,
+				 (int)(g->H / g->KV), g->kvdim, l->window, (float)c->attn_scale,
+				 (float)c->attn_logit_softcap, d_pos, pos, cd);
+			if (S > 1)
+				launch_k(g, k_attn_merge, dim3((unsigned)g->H), dim3(ATT_WARPS * 32), (const float *)g->part,
+					 g->att, g->H, g->hd, S, cd);
 		}
 	} else if (dk == DEC_LONG) {
 		int dpl = 0;
@@ -3718,7 +3737,7 @@ extern "C" int lq_cuda_attn_gqa(int compute, int64_t head_dim, int64_t group, in
 		cudaGetLastError();
 		return 0;
 	}
-	return att_gqa_fills(kv, slots);
+	return att_gqa_pays(kv, slots, att_kv_bytes(cap, kv * head_dim));
 }
 
 extern "C" int lq_cuda_pdl(void) { return pdl_image(cur_major()); }

@@ -183,8 +183,8 @@ int lq_cuda_attn_cluster(int compute);
  * where decode attention runs k_attn */
 int lq_cuda_attn_long(int compute, int64_t head_dim, int64_t cap);
 /* 1 where that decode attention is k_attn_gqa (a block per KV head on the
- * tensor cores) on the current device, for kv KV heads of group query heads
- * each */
+ * tensor cores, then k_attn_merge) on the current device, for kv KV heads
+ * of group query heads each */
 int lq_cuda_attn_gqa(int compute, int64_t head_dim, int64_t group, int64_t kv, int64_t cap);
 int lq_cuda_pdl(void);
 #ifndef ATT_CLUSTER
@@ -208,9 +208,12 @@ int lq_cuda_pdl(void);
  * 3.14).  The cache grows in powers of two, so run takes it past 2048
  * positions; the GPU tests decode in a cache of this size.  Only where its
  * grid fills the device (enough KV heads: the H200 needs 5 at head size
- * 128, 7 at 64; att_gqa_fills). */
+ * 128, 7 at 64) or a layer's K and V reach ATT_GQA_BYTES (att_gqa_pays). */
 #ifndef ATT_GQA_MIN
 #define ATT_GQA_MIN 3072
+#endif
+#ifndef ATT_GQA_BYTES
+#define ATT_GQA_BYTES ((int64_t)12 << 20) /* between the H200's 7.9 and 15.7 MiB (att_gqa_pays) */
 #endif
 
 size_t lq_cuda_topk_scratch_size(int64_t n);

@@ -521,6 +521,13 @@ int main(void)
 					CHECK(lq_cuda_attn_gqa(cdt, hdim, grp, kv, ATT_GQA_MIN) == gq,
 					      "%s %s: the grouped decode attention %s", what, lq_compute_name(cdt),
 					      gq ? "not taken" : "taken");
+					/* with any number of KV heads once a layer's K and V
+					 * reach ATT_GQA_BYTES */
+					const int64_t big = ATT_GQA_BYTES / (kv * hdim * 4) + ATT_GQA_MIN;
+					CHECK(lq_cuda_attn_gqa(cdt, hdim, grp, kv, big) == (gshape && cdt != LQ_COMPUTE_F32),
+					      "%s %s: the grouped decode attention %s at a cache of %lld", what,
+					      lq_compute_name(cdt), gshape && cdt != LQ_COMPUTE_F32 ? "not taken" : "taken",
+					      (long long)big);
 					CHECK(ATT_GQA_MIN == ATT_LONG_MIN || !lq_cuda_attn_gqa(cdt, hdim, grp, kv, cap),
 					      "%s %s: the grouped decode attention taken below ATT_GQA_MIN", what,
 					      lq_compute_name(cdt));
