@@ -2956,14 +2956,13 @@ static bool att_gqa_of(int cd, int64_t cap, int64_t hd, int64_t grp)
  * KV heads SMs sit idle, while k_attn_long has a block per query head but
  * reads a KV head's keys once per query head of its group.  H200, NF4,
  * ms/token, k_attn_long against k_attn_gqa (BENCHMARKS.md; bench_gpu_run's
- * cache is the prompt + 64 positions):
- *  - Qwen2-7B (4 KV heads of 128): 2.22 / 2.26 at 4064 positions (7.9 MiB),
- *    2.41 / 2.33 at 8064 (15.8 MiB), 2.76 / 2.45 at 16064;
- *  - Qwen2-1.5B (2): 1.10 / 1.20 at 4064 (4 MiB), 1.21 / 1.24 at 8064
- *    (7.9 MiB), 1.42 / 1.32 at 16064 (15.7 MiB);
+ * cache is the prompt + 80 positions):
+ *  - Qwen2-7B (4 KV heads of 128): 2.22 / 2.26 at 4080 positions (7.97 MiB),
+ *    2.41 / 2.33 at 8080 (15.8 MiB), 2.76 / 2.45 at 16080;
+ *  - Qwen2-1.5B (2): 1.10 / 1.20 at 4080 (3.98 MiB), 1.21 / 1.24 at 8080
+ *    (7.89 MiB), 1.42 / 1.32 at 16080 (15.7 MiB);
  *  - Llama 3.1 8B (8, past the 264 slots at head size 128), k_attn_gqa
- *    before k_attn_merge: 2.38 / 2.34 at 4064 (7.9 MiB), 3.15 / 2.70 at
- *    16064. */
+ *    before k_attn_merge: 2.38 / 2.34 at 4080, 3.15 / 2.70 at 16080. */
 static bool att_gqa_pays(int64_t kv, int slots, int64_t kvbytes)
 {
 #ifdef ATT_GQA_ANY_KV /* A/B: k_attn_gqa with any number of KV heads */
