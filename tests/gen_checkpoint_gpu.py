@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""gen_checkpoint_gpu.py DIR [--layers N] [--phi3 | --gemma2 | --qwen2 | --qwen2-7b]
+"""gen_checkpoint_gpu.py DIR [--layers N] [--phi3 | --gemma2 | --qwen2 | --qwen2-7b |
+--qwen2-0.5b]
 - a Llama-3.1-8B-shaped checkpoint (with --phi3: Phi-3-mini-4k-shaped, fused
 qkv_proj and gate_up_proj; with --gemma2: Gemma-2-2B-shaped, sandwich norms,
 soft-caps, tied embeddings; with --qwen2: Qwen2-1.5B-shaped, q/k/v biases,
 tied embeddings; with --qwen2-7b: Qwen2-7B-shaped, 4 KV heads, an untied
-lm_head) with random bf16 weights (normal, std 0.02; norms 1), made on the GPU
-with torch for `make bench-gpu` (tests/gen_checkpoint makes the Llama shapes
-on the CPU, but takes minutes for 16 GB).  Writes DIR/config.json and
+lm_head; with --qwen2-0.5b: Qwen2-0.5B-shaped, 2 KV heads of 64) with random
+bf16 weights (normal, std 0.02; norms 1), made on the GPU with torch for `make
+bench-gpu` (tests/gen_checkpoint makes the Llama shapes on the CPU, but takes
+minutes for 16 GB).  Writes DIR/config.json and
 DIR/model.safetensors (one file; safetensors' own writer)."""
 import json
 import os
@@ -19,12 +21,14 @@ from safetensors.torch import save_file
 def main():
     out = sys.argv[1]
     phi3, gemma2, q7 = "--phi3" in sys.argv, "--gemma2" in sys.argv, "--qwen2-7b" in sys.argv
-    qwen2 = q7 or "--qwen2" in sys.argv
+    q05 = "--qwen2-0.5b" in sys.argv
+    qwen2 = q7 or q05 or "--qwen2" in sys.argv
     # vocabulary, hidden, intermediate, heads, KV heads, head size, layers
     V, D, I, H, KV, hd, layers = (
         (32064, 3072, 8192, 32, 32, 96, 32) if phi3 else
         (256000, 2304, 9216, 8, 4, 256, 26) if gemma2 else
         (152064, 3584, 18944, 28, 4, 128, 28) if q7 else
+        (151936, 896, 4864, 14, 2, 64, 24) if q05 else
         (151936, 1536, 8960, 12, 2, 128, 28) if qwen2 else
         (128256, 4096, 14336, 32, 8, 128, 32))
     if "--layers" in sys.argv:
@@ -70,7 +74,7 @@ def main():
             "num_attention_heads": H, "num_key_value_heads": KV, "max_position_embeddings": 32768,
             "rms_norm_eps": 1e-6, "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151643,
             "tie_word_embeddings": not q7, "torch_dtype": "bfloat16", "rope_theta": 1000000.0,
-            "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 28,
+            "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": layers,
         }
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
