@@ -2961,6 +2961,7 @@ static bool att_gqa_of(int cd, int64_t cap, int64_t hd, int64_t grp)
  *    2.41 / 2.33 at 8080 (15.8 MiB), 2.76 / 2.45 at 16080;
  *  - Qwen2-1.5B (2): 1.10 / 1.20 at 4080 (3.98 MiB), 1.21 / 1.24 at 8080
  *    (7.89 MiB), 1.42 / 1.32 at 16080 (15.7 MiB);
+ *  - Qwen2-0.5B (2 of 64): 1.28 / 0.99 at 32080 (15.7 MiB);
  *  - Llama 3.1 8B (8, past the 264 slots at head size 128), k_attn_gqa
  *    before k_attn_merge: 2.38 / 2.34 at 4080, 3.15 / 2.70 at 16080. */
 static bool att_gqa_pays(int64_t kv, int slots, int64_t kvbytes)
