@@ -5,8 +5,9 @@
 #
 #   run_reference.py make ARCH OUTDIR [--dtype bf16|fp32]
 #       build a small random model of ARCH (llama, llama-bias, mistral, qwen2,
-#       phi3, gemma2; configs in tests/fixtures/run/ARCH.config.json, weights
-#       from a fixed seed) and save_pretrained it into OUTDIR
+#       phi3, gemma2 and the VARIANTS below; configs in
+#       tests/fixtures/run/ARCH.config.json, weights from a fixed seed) and
+#       save_pretrained it into OUTDIR
 #   run_reference.py logits CKPT IDS OUT.npy [--dequant DIR]
 #       float32 logits [n, vocab] of transformers for the comma-separated ids,
 #       the checkpoint loaded with dtype=float32; with --dequant, every
@@ -22,7 +23,8 @@
 #       lm_head quantized, fp4 with double quant), run our logits
 #       and greedy ids, compare with transformers (unquantized: the
 #       checkpoint; quantized: the checkpoint with our dequantized weights
-#       from inspect --dequant).  Prints "ok ..." / "FAIL ..." lines.
+#       from inspect --dequant; the VARIANTS none and nf4 only), with ARCH
+#       left out all of them.  Prints "ok ..." / "FAIL ..." lines.
 #   run_reference.py compare A.npy B.npy TOL
 #       relative L2 error |a-b|/|b| (whole array and worst row); exit 1 above TOL
 import json
@@ -83,6 +85,14 @@ def load(ckpt, dequant):
 
 IDS = [1, 5, 17, 33, 40, 2, 9, 60, 71, 3, 88, 12, 45, 6, 19, 27, 50, 8, 91, 30, 14, 66, 23, 4]
 ARCHS = ["llama", "llama-bias", "mistral", "qwen2", "phi3", "gemma2"]
+# variants of the same families, unquantized and NF4 only: the config.json of
+# the published models (rope_scaling and rope_theta at the top, as Llama 3.1
+# writes them), tied embeddings with an explicit head_dim and one KV head
+# (Llama 3.2-like), Phi-3's sliding window, Mistral v0.3 and Qwen2 without
+# one (Qwen2 untied, as the 7B), Qwen2 without grouping, Gemma 2 without
+# soft-caps and query_pre_attn_scalar = head_dim
+VARIANTS = ["llama-oldrope", "llama-tied-mqa", "phi3-window", "mistral-nowindow", "qwen2-nowindow",
+            "qwen2-mha", "gemma2-nocap"]
 QUANTS = [("none", ["-t", "none"]), ("nf4", ["-t", "nf4"]), ("int8", ["-t", "int8"]),
           ("fp4", ["-t", "fp4", "-b", "32", "--no-double-quant"])]
 # more storage variants, on the Llama model only
@@ -124,7 +134,8 @@ def check(bindir, work, archs, tol=1e-4, ngen=8):
             make(arch, ck, dtype)
             with safe_open(os.path.join(ck, "model.safetensors"), "np") as f:
                 names = [k for k in f.keys() if len(f.get_slice(k).get_shape()) == 2]
-            quants = QUANTS + (QUANTS_LLAMA if arch == "llama" and dtype == "bf16" else [])
+            quants = (QUANTS if arch in ARCHS else QUANTS[:2]) + (
+                QUANTS_LLAMA if arch == "llama" and dtype == "bf16" else [])
             for q, qargs in quants:
                 if dtype != "bf16" and q not in ("none", "nf4"):
                     continue
@@ -151,8 +162,9 @@ def check(bindir, work, archs, tol=1e-4, ngen=8):
                     ours = np.load(out)
                     err = rel_rows(ours, ref) if ours.shape == ref.shape else float("inf")
                     report(err <= tol, "%s logits: worst row rel L2 %.2e (tol %g)" % (tag, err, tol))
+                    # transformers generates past EOS here (eos_token_id=None), so run must too
                     got = sh(os.path.join(bindir, "run"), "-j", "2", "--ids", ids_s, "--output-ids",
-                             "--temp", "0", "-n", str(ngen), lq).split()
+                             "--temp", "0", "--ignore-eos", "-n", str(ngen), lq).split()
                     got = [int(x) for x in got]
                     report(got == ref_gen, "%s greedy %d tokens: %s%s" % (
                         tag, ngen, got, "" if got == ref_gen else " != transformers %s" % ref_gen))
@@ -197,7 +209,7 @@ def main():
                                  pad_token_id=0)
         print(",".join(str(int(x)) for x in out[0, ids.shape[1]:]))
     elif cmd == "check":
-        sys.exit(1 if check(a[1], a[2], a[3:] or ARCHS) else 0)
+        sys.exit(1 if check(a[1], a[2], a[3:] or ARCHS + VARIANTS) else 0)
     elif cmd == "compare":
         import numpy as np
         x = np.load(a[1]).astype(np.float64)
