@@ -4,8 +4,9 @@
 # tests/model_reference.py with transformers 5.x): print(model) byte for byte
 # for bf16, NF4 (Linear4bit) and INT8 (Linear8bitLt), get_memory_footprint()
 # and num_parameters(), for small configs of all five architectures and for
-# the published configs of Llama-3.1-8B, Mistral-7B, Qwen2-7B, Phi-3-mini and
-# Gemma-2-9b.
+# the published configs (tests/fixtures/configs) of Llama-3.1-8B and 3.2-1B,
+# Mistral-7B v0.1 and v0.3, Qwen2-7B and 0.5B, Phi-3-mini (4k, 128k) and
+# Phi-3-medium, Gemma-2-2b, 9b and 27b.
 #
 # SPDX-License-Identifier: MIT
 # Copyright (c) the libquant authors
