@@ -463,7 +463,7 @@ int main(void)
 			     {"gemma2", 256, 0, 0}, {"qwen2", 192, 0, 0}, {"llama", 128, 8, 2}, {"llama", 128, 6, 2},
 			     {"llama", 160, 0, 0},  {"mistral", 64, 10, 2}, {"qwen2", 128, 12, 2}, {"qwen2", 64, 14, 2},
 			     {"llama", 128, 16, 2}, {"llama", 128, 32, 8}, {"mistral", 128, 30, 5}, {"mistral", 64, 16, 8},
-			     {"llama", 64, 64, 8}};
+			     {"llama", 64, 32, 8}, {"llama", 64, 64, 8}};
 		/* long: a prompt of the cache's size less 25 and 20 decode steps
 		 * (the prompt grows the cache to that size), then a restart from
 		 * position 0, at every compute dtype in a cache of ATT_LONG_MIN
@@ -476,7 +476,8 @@ int main(void)
 		 * cluster's 16); and at bf16 / fp16 in a cache of ATT_GQA_MIN
 		 * where k_attn_gqa takes the shape, which needs enough KV heads
 		 * to fill the device: 32/8 (Llama 3.1 8B's attention, a group of
-		 * 4), 30/5 (6) at head size 128, 16/8 (2) and 64/8 (8) at 64 */
+		 * 4), 30/5 (6) at head size 128, 16/8 (2), 32/8 (4, Llama 3.2
+		 * 1B's) and 64/8 (8) at 64 */
 		enum { LONG_CTX = ATT_GQA_MIN > 2080 ? ATT_GQA_MIN : 2080 };
 		static int32_t ids[LONG_CTX];
 		for (int i = 0; i < LONG_CTX; i++)
