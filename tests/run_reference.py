@@ -23,8 +23,8 @@
 #       lm_head quantized, fp4 with double quant), run our logits
 #       and greedy ids, compare with transformers (unquantized: the
 #       checkpoint; quantized: the checkpoint with our dequantized weights
-#       from inspect --dequant; the VARIANTS none and nf4 only), with ARCH
-#       left out all of them.  Prints "ok ..." / "FAIL ..." lines.
+#       from inspect --dequant; the VARIANTS and MEDIUM none and nf4 only),
+#       with ARCH left out all of them.  Prints "ok ..." / "FAIL ..." lines.
 #   run_reference.py compare A.npy B.npy TOL
 #       relative L2 error |a-b|/|b| (whole array and worst row); exit 1 above TOL
 import json
@@ -93,6 +93,12 @@ ARCHS = ["llama", "llama-bias", "mistral", "qwen2", "phi3", "gemma2"]
 # soft-caps and query_pre_attn_scalar = head_dim
 VARIANTS = ["llama-oldrope", "llama-tied-mqa", "phi3-window", "mistral-nowindow", "qwen2-nowindow",
             "qwen2-mha", "gemma2-nocap"]
+# hidden size 1280 (rows past the CPU matmul's stack buffer; head
+# sizes 96 and 128; 10 heads of 2 KV heads) with a prompt of LONG_IDS: past
+# the windows of 40, across the prefill's chunks, past Phi-3's original 64
+# positions (longrope's long factors)
+MEDIUM = ["llama-1280", "mistral-1280", "qwen2-1280", "phi3-1280", "gemma2-1280"]
+LONG_IDS = [(i * 7919 + 13) % 509 + 3 for i in range(150)]
 QUANTS = [("none", ["-t", "none"]), ("nf4", ["-t", "nf4"]), ("int8", ["-t", "int8"]),
           ("fp4", ["-t", "fp4", "-b", "32", "--no-double-quant"])]
 # more storage variants, on the Llama model only
@@ -114,8 +120,6 @@ def check(bindir, work, archs, tol=1e-4, ngen=8):
     import torch
     from safetensors import safe_open
     fails = 0
-    ids_s = ",".join(str(i) for i in IDS)
-    ids_t = torch.tensor([IDS])
 
     def sh(*cmd):
         r = subprocess.run(list(cmd), capture_output=True, text=True)
@@ -129,6 +133,9 @@ def check(bindir, work, archs, tol=1e-4, ngen=8):
         fails += 0 if ok else 1
 
     for arch in archs:
+        ids = LONG_IDS if arch in MEDIUM else IDS
+        ids_s = ",".join(str(i) for i in ids)
+        ids_t = torch.tensor([ids])
         for dtype in (["bf16", "fp32", "fp16"] if arch == "llama" else ["bf16"]):
             ck = os.path.join(work, "%s-%s" % (arch, dtype))
             make(arch, ck, dtype)
@@ -156,7 +163,7 @@ def check(bindir, work, archs, tol=1e-4, ngen=8):
                         gen = model.generate(ids_t, attention_mask=torch.ones_like(ids_t),
                                              max_new_tokens=ngen, min_new_tokens=ngen,
                                              do_sample=False, eos_token_id=None, pad_token_id=0)
-                    ref_gen = [int(x) for x in gen[0, len(IDS):]]
+                    ref_gen = [int(x) for x in gen[0, len(ids):]]
                     out = lq + ".logits.npy"
                     sh(os.path.join(bindir, "run"), "-j", "2", "--ids", ids_s, "--logits", out, "-f", lq)
                     ours = np.load(out)
@@ -209,7 +216,7 @@ def main():
                                  pad_token_id=0)
         print(",".join(str(int(x)) for x in out[0, ids.shape[1]:]))
     elif cmd == "check":
-        sys.exit(1 if check(a[1], a[2], a[3:] or ARCHS + VARIANTS) else 0)
+        sys.exit(1 if check(a[1], a[2], a[3:] or ARCHS + VARIANTS + MEDIUM) else 0)
     elif cmd == "compare":
         import numpy as np
         x = np.load(a[1]).astype(np.float64)
