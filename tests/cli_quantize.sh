@@ -191,4 +191,19 @@ else
 	echo "skipping numpy checks: python package numpy missing"
 fi
 fails "dequant unknown tensor" 1 "no tensor 'nope'" inspect --dequant nope -o n.npy ck.lq
+
+# --- NF4 on sizes the block does not divide, against bitsandbytes (a peer, when installed)
+if have_py bitsandbytes && have_py transformers && have_py safetensors; then
+	mkdir -p bnb
+	python3 "$LQ_ROOT/tests/bnb_reference.py" check "$LQ_BIN" "$TMP/bnb" >bnb.out 2>bnb.err
+	p=$(grep -c '^ok ' bnb.out) f=$(grep -c '^FAIL ' bnb.out)
+	T_PASS=$((T_PASS + p))
+	if [ "$f" -gt 0 ] || [ "$p" -eq 0 ]; then
+		T_FAIL=$((T_FAIL + f + (p == 0)))
+		grep '^FAIL' bnb.out >&2
+		tail -3 bnb.err >&2
+	fi
+else
+	echo "skipping the bitsandbytes comparison: python package bitsandbytes, transformers or safetensors missing"
+fi
 finish
