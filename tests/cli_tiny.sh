@@ -5,7 +5,8 @@
 # (tests/fixtures/tiny.*.txt from examples/tiny/tree_reference.py) and its
 # footprints transformers' get_memory_footprint(); with python's
 # transformers and torch installed, transformers loads it, its tokenizer and
-# chat template work and it predicts the held-out text far better than chance.
+# chat template work, it predicts the held-out text far better than chance,
+# and run --ppl gives transformers' perplexity of it.
 . "${LQ_ROOT:-.}/tests/lib.sh"
 M="$LQ_ROOT/examples/tiny/model"
 FX="$LQ_ROOT/tests/fixtures"
@@ -86,6 +87,35 @@ PY
 		ok; sed 's/^/  /' "$TMP/out"
 	else
 		bad "transformers loads and runs the tiny model"; grep -v -i warn "$TMP/err" | tail -5 >&2
+	fi
+	# run --ppl on the held-out text's first 512 tokens (one window) is
+	# exp(transformers' loss) on them, the bf16 weights kept (-t none)
+	cat >"$TMP/ppl.py" <<'PY'
+import math, sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+d, held, out = sys.argv[1], sys.argv[2], sys.argv[3]
+tok = AutoTokenizer.from_pretrained(d)
+ids = tok(open(held).read()).input_ids[:512]
+text = tok.decode(ids[1:])
+assert tok(text).input_ids == ids, "the text does not tokenize back to its ids"
+open(out, "w").write(text)
+model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+with torch.no_grad():
+    x = torch.tensor([ids])
+    print("%.6f" % math.exp(model(input_ids=x, labels=x).loss.item()))
+PY
+	if python3 "$TMP/ppl.py" "$M" "$LQ_ROOT/examples/tiny/heldout.txt" "$TMP/held512.txt" >"$TMP/ppl.ref" 2>"$TMP/err" &&
+	   quantize -q -t none -o "$TMP/tiny.none.lq" "$M" &&
+	   run --ppl "$TMP/held512.txt" --ctx 512 "$TMP/tiny.none.lq" >"$TMP/ppl.ours" 2>>"$TMP/err"; then
+		if awk -v a="$(cat "$TMP/ppl.ours")" -v b="$(cat "$TMP/ppl.ref")" \
+			'BEGIN { d = a - b; if (d < 0) d = -d; exit !(b > 1 && d <= 1e-4 * b) }'; then
+			ok
+		else
+			bad "run --ppl $(cat "$TMP/ppl.ours"), transformers $(cat "$TMP/ppl.ref")"
+		fi
+	else
+		bad "perplexity against transformers"; grep -v -i warn "$TMP/err" | tail -5 >&2
 	fi
 fi
 finish
