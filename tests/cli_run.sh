@@ -231,14 +231,7 @@ fi
 if have_py torch && have_py transformers && have_py safetensors; then
 	mkdir -p "$TMP/ref"
 	python3 "$LQ_ROOT/tests/run_reference.py" check "$LQ_BIN" "$TMP/ref" >"$TMP/ref.out" 2>"$TMP/ref.err"
-	p=$(grep -c '^ok ' "$TMP/ref.out") f=$(grep -c '^FAIL ' "$TMP/ref.out")
-	T_PASS=$((T_PASS + p))
-	if [ "$f" -gt 0 ] || [ "$p" -eq 0 ]; then
-		T_FAIL=$((T_FAIL + f + (p == 0)))
-		grep '^FAIL' "$TMP/ref.out" >&2
-		tail -3 "$TMP/ref.err" >&2
-	fi
-	echo "transformers comparison: $p ok, $f failed"
+	tally "transformers comparison" "$TMP/ref.out" "$TMP/ref.err"
 else
 	echo "skipping the transformers comparison: python package torch, transformers or safetensors missing"
 fi

@@ -28,4 +28,16 @@ has() { if grep -Eq -- "$2" "$3"; then ok; else bad "$1: '$2' not in $3"; head -
 # no_file DESC PATH...
 absent() { _d=$1; shift; for _f in "$@"; do if [ -e "$_f" ]; then bad "$_d: $_f exists"; return; fi; done; ok; }
 have_py() { python3 -c "import $1" 2>/dev/null; }
+# tally DESC OUT ERR : count a checker's "ok ..." / "FAIL ..." lines in OUT
+# (none at all fails); on failure show them and ERR's tail
+tally() {
+	_p=$(grep -c '^ok ' "$2") _f=$(grep -c '^FAIL ' "$2")
+	T_PASS=$((T_PASS + _p))
+	if [ "$_f" -gt 0 ] || [ "$_p" -eq 0 ]; then
+		T_FAIL=$((T_FAIL + _f + (_p == 0)))
+		grep '^FAIL' "$2" >&2
+		tail -3 "$3" >&2
+	fi
+	echo "$1: $_p ok, $_f failed"
+}
 finish() { echo "$T_PASS passed, $T_FAIL failed"; [ "$T_FAIL" -eq 0 ]; }
