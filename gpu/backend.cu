@@ -1209,7 +1209,7 @@ __global__ void __launch_bounds__(AG_WARPS * 32, 2) k_attn_gqa(const float *q, c
 		o[n][0] = o[n][1] = 0.0f;
 	float m = -INFINITY, l = 0.0f; /* head g's running max; this lane's part of its sum */
 	const uint16_t *kb = kc + kvh * HD, *vb = vc + kvh * HD;
-	const int kvd = (int)kvdim; /* kvdim < 2^27 (att_gqa): 16 rows' offsets fit in an int */
+	const int kvd = (int)kvdim; /* kvdim < 2^27 (att_gqa_takes): 16 rows' offsets fit in an int */
 	/* keys jb + g, jb + 8 + g; values jb + 2c + {0, 1, 8, 9}; rows past the
 	 * split: its last row again, masked; offsets from row jb in 32 bits */
 	auto load = [&](int64_t jb, uint4(*kr)[KC], uint4(*vr)[VC]) {
@@ -2971,12 +2971,18 @@ static bool att_gqa_pays(int64_t kv, int slots, int64_t kvbytes)
 #endif
 	return kv * ATT_MAXSPLIT >= slots || kvbytes >= ATT_GQA_BYTES;
 }
-/* A layer's K and V in a 16-bit cache of cap positions of kvdim. */
-static int64_t att_kv_bytes(int64_t cap, int64_t kvdim) { return cap * kvdim * 2 * 2; }
+/* k_attn_gqa runs for kv KV heads of hd with groups of grp in a cache of cap
+ * positions, on a device with slots of it (the runtime and the test hook
+ * decide here): the shape, 16 rows' offsets in an int, and it pays. */
+static bool att_gqa_takes(int cd, int64_t cap, int64_t hd, int64_t grp, int64_t kv, int slots)
+{
+	const int64_t kvdim = kv * hd;
+	return att_gqa_of(cd, cap, hd, grp) && kvdim < ((int64_t)1 << 27) &&
+	       att_gqa_pays(kv, slots, cap * kvdim * 2 * 2 /* K and V, 16-bit */);
+}
 static bool att_gqa(const gstate *g)
 {
-	return att_gqa_of(g->cd, g->cap, g->hd, g->H / g->KV) && g->kvdim < ((int64_t)1 << 27) &&
-	       att_gqa_pays(g->KV, g->att_gqa_slots, att_kv_bytes(g->cap, g->kvdim));
+	return att_gqa_takes(g->cd, g->cap, g->hd, g->H / g->KV, g->KV, g->att_gqa_slots);
 }
 
 /* The k_attn_gqa instance for head size hd and compute dtype cd. */
@@ -3737,7 +3743,7 @@ extern "C" int lq_cuda_attn_gqa(int compute, int64_t head_dim, int64_t group, in
 		cudaGetLastError();
 		return 0;
 	}
-	return att_gqa_pays(kv, slots, att_kv_bytes(cap, kv * head_dim));
+	return att_gqa_takes(compute, cap, head_dim, group, kv, slots);
 }
 
 extern "C" int lq_cuda_pdl(void) { return pdl_image(cur_major()); }
