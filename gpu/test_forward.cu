@@ -337,6 +337,14 @@ int main(void)
 		printf("test_forward: run from the repository root\n");
 		return 1;
 	}
+	/* the generated models go under a directory of this run's own: two
+	 * test_forward runs at once (two builds on one machine) once shared
+	 * fixed names under /tmp and read each other's half-written files */
+	static char work[] = "/tmp/test_forward.XXXXXX";
+	if (!mkdtemp(work)) {
+		printf("test_forward: cannot create a directory under /tmp\n");
+		return 1;
+	}
 	{
 		/* on sm_90 the decode step uses its fast paths: programmatic
 		 * dependent launch and the decode attention's clusters of 16
@@ -385,8 +393,10 @@ int main(void)
 	char cmd[1024];
 	snprintf(cmd, sizeof cmd,
 		 "%s/tests/gen_checkpoint --layers 2 --hidden 512 --intermediate 1408 --heads 8 --kv-heads 2 "
-		 "--vocab 1000 /tmp/test_forward.big >/dev/null",
-		 b && *b ? b : "build");
+		 "--vocab 1000 %s/big >/dev/null",
+		 b && *b ? b : "build", work);
+	char bigdir[64];
+	snprintf(bigdir, sizeof bigdir, "%s/big", work);
 	if (system(cmd) != 0) {
 		CHECK(0, "cannot run %s", cmd);
 	} else {
@@ -398,7 +408,7 @@ int main(void)
 			int qt = q == 0 ? LQ_QTYPE_NF4 : q == 1 ? LQ_QTYPE_INT8 : LQ_QTYPE_NONE;
 			char what[64];
 			snprintf(what, sizeof what, "synthetic %s", lq_qtype_name(qt));
-			if (!open_packed("/tmp/test_forward.big", qt, 1, &md)) {
+			if (!open_packed(bigdir, qt, 1, &md)) {
 				compare(what, &md, ids, 130, 100, NULL, 1024);
 				/* a prompt over the 512-token chunk, then decode past the first cache size */
 				struct lq_error e = {0};
@@ -444,7 +454,8 @@ int main(void)
 			}
 			close_model(&md);
 		}
-		system("rm -rf /tmp/test_forward.big");
+		snprintf(cmd, sizeof cmd, "rm -rf %s", bigdir);
+		system(cmd);
 	}
 	/* the other four architectures at the same size (tests/gen_arch_checkpoint.py):
 	 * fused q/k/v and gate/up (Phi-3, longrope), sandwich norms and soft-caps
@@ -488,7 +499,7 @@ int main(void)
 				snprintf(hd, sizeof hd, " %d %d/%d", archs[a].hd, archs[a].heads, archs[a].kv);
 			else if (archs[a].hd)
 				snprintf(hd, sizeof hd, " %d", archs[a].hd);
-			snprintf(dir, sizeof dir, "/tmp/test_forward.%s%d.%d", archs[a].arch, archs[a].hd, archs[a].heads);
+			snprintf(dir, sizeof dir, "%s/%s%d.%d", work, archs[a].arch, archs[a].hd, archs[a].heads);
 			snprintf(cmd, sizeof cmd, "python3 tests/gen_arch_checkpoint.py %s %s%s", archs[a].arch, dir, hd);
 			if (system(cmd) != 0) {
 				printf("  skipping the synthetic %s model: tests/gen_arch_checkpoint.py needs python3 with numpy "
@@ -587,6 +598,11 @@ int main(void)
 			lq_run_free(r);
 		}
 		close_model(&md);
+	}
+	{
+		char rm[64];
+		snprintf(rm, sizeof rm, "rm -rf %s", work);
+		system(rm);
 	}
 	printf("%d passed, %d failed\n", pass, fail);
 	return fail ? 1 : 0;
