@@ -2082,6 +2082,7 @@ struct gstate {
 	void *kv;              /* [nl][2][cap][kvdim] of kv_es(g) bytes: the compute dtype (float at fp32) */
 	int64_t cap;
 	float *x, *h, *o, *qkv, *att, *gu, *g, *part, *logits;
+	float *x2;             /* [hidden]: decode with sandwich norms fused, the residual stream's other buffer */
 	int *acnt;             /* [H] split counters of decode attention, then k_argmax's */
 	float *am_v;           /* [ARGMAX_BLOCKS] k_argmax's per-block results */
 	int64_t *am_i;
@@ -2461,7 +2462,7 @@ static void g_free(void *state)
 			cudaGraphExecDestroy(g->graph[i]);
 	if (g->cbh_ok)
 		g->cb.destroy(g->cbh);
-	void *d[] = { g->arena, g->tscratch, g->inv_freq, g->rtab, g->kv, g->x, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part, g->acnt, g->am_v, g->am_i,
+	void *d[] = { g->arena, g->tscratch, g->inv_freq, g->rtab, g->kv, g->x, g->x2, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part, g->acnt, g->am_v, g->am_i,
 		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos, g->d_id, g->tk_scr, g->d_tk, g->d_pen };
 	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
 		gfree(d[i]);
@@ -2810,18 +2811,46 @@ static int fusable(gstate *g)
 	return 1;
 }
 
-/* Decode with g->fuse: ys_i = W_i RMSNorm(x) (norm_w) or ys_i += W_i x (add);
- * with act_out (gate and up): act_out = act(gate) * up instead of ys. */
+/*
+ * Decode with g->fuse, where the residual stream is: x, and with sandwich
+ * norms (Gemma 2) the output of the last sublayer (in g->o) that is still
+ * to be added to it through the norm wait (NULL: none).  A GEMV that
+ * normalizes its input adds it first (lq_gemv_fuse's pre_add), storing the
+ * sum to the other buffer (g->x / g->x2), which x then becomes.
+ */
+struct resid {
+	float *x;
+	const float *wait;
+};
+
+/* Decode with g->fuse: ys_i = W_i RMSNorm(x) (norm_w; r->x, after r->wait's
+ * add) or ys_i += W_i x (add); with act_out (gate and up): act_out =
+ * act(gate) * up instead of ys. */
 static int gemv_fuse(gstate *g, const dweight *const *ws, int nw, const float *x, float *const *ys, const float *norm_w,
-		     int add, float *act_out, struct lq_error *err)
+		     int add, float *act_out, struct lq_error *err, struct resid *r = nullptr)
 {
 	const struct lq_cuda_qweight *qs[LQ_GEMV_PARTS];
 	for (int i = 0; i < nw; i++)
 		qs[i] = &ws[i]->q;
-	struct lq_gemv_fuse f = {norm_w, (float)g->c->rms_norm_eps, g->c->norm_plus_one, add, act_out, g->c->act};
+	struct lq_gemv_fuse f = {norm_w, (float)g->c->rms_norm_eps, g->c->norm_plus_one, add, act_out, g->c->act,
+				 nullptr, nullptr, nullptr};
+	float *other = nullptr;
+	if (r) {
+		x = r->x;
+		if (r->wait) {
+			other = r->x == g->x ? g->x2 : g->x;
+			f.pre_add = g->o;
+			f.pre_w = r->wait;
+			f.x_out = other;
+		}
+	}
 	int e = lq_cuda_gemv_fused(qs, ys, nw, ws[0]->cols, x, gemv_mode(g->cd), &f, g->st);
 	if (e)
 		return cuda_fail(err, (cudaError_t)e, "the dequant-GEMV");
+	if (other) {
+		r->x = other;
+		r->wait = nullptr;
+	}
 	return LQ_OK;
 }
 
@@ -2829,15 +2858,25 @@ static int gemv_fuse(gstate *g, const dweight *const *ws, int nw, const float *x
 
 /* Decode with g->fuse, a sublayer's output into the residual: x += W in,
  * the add inside the GEMV; with sandwich norms (Gemma 2) x += norm(W in)
- * (out_norm), the norm and the add in k_rmsnorm. */
-static int fused_residual(gstate *g, const dweight *w, const float *in, const float *out_norm, struct lq_error *err)
+ * (out_norm): W in goes to g->o, and the next GEMV's prologue adds it
+ * (r->wait), or the final norm's k_rmsnorm (resid_settle). */
+static int fused_residual(gstate *g, const dweight *w, const float *in, const float *out_norm, struct resid *r,
+			  struct lq_error *err)
 {
 	const int sw = g->c->sandwich_norms;
-	float *y = sw ? g->o : g->x;
+	float *y = sw ? g->o : r->x;
 	int rc = gemv_fuse(g, &w, 1, in, &y, nullptr, !sw, nullptr, err);
 	if (!rc && sw)
-		rmsnorm(g, 1, g->o, nullptr, out_norm, nullptr, g->x);
+		r->wait = out_norm;
 	return rc;
+}
+
+/* The residual stream complete in r->x: a waiting sublayer output added. */
+static void resid_settle(gstate *g, struct resid *r)
+{
+	if (r->wait)
+		rmsnorm(g, 1, g->o, nullptr, r->wait, nullptr, r->x);
+	r->wait = nullptr;
 }
 
 /* y[t][i] += b[i] for n rows of d (row stride ld); nothing without a bias. */
@@ -3158,6 +3197,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 	CK(cudaGetLastError(), "the embedding");
 	const float *pend = NULL; /* MLP output not yet added to x (fused into the next norm) */
 	const int fz = n == 1 && g->fuse; /* norms and residual adds inside the GEMVs */
+	struct resid rs = {g->x, nullptr}; /* fz: the residual stream */
 	for (int64_t li = 0; li < g->nl; li++) {
 		glayer *l = &g->L[li];
 		if (!fz)
@@ -3166,7 +3206,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		int64_t ld;
 		if (c->fused_qkv) {
 			const dweight *wq = &l->qkv;
-			if ((rc = fz ? gemv_fuse(g, &wq, 1, g->x, &g->qkv, l->attn_norm, 0, nullptr, err)
+			if ((rc = fz ? gemv_fuse(g, &wq, 1, rs.x, &g->qkv, l->attn_norm, 0, nullptr, err, &rs)
 				     : matmul(g, &l->qkv, g->h, n, g->qkv, err)))
 				return rc;
 			ld = F;
@@ -3182,7 +3222,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			if (n == 1) {
 				const dweight *ws[3] = { &l->q, &l->k, &l->v };
 				float *ys[3] = { q, k, v };
-				if ((rc = fz ? gemv_fuse(g, ws, 3, g->x, ys, l->attn_norm, 0, nullptr, err)
+				if ((rc = fz ? gemv_fuse(g, ws, 3, rs.x, ys, l->attn_norm, 0, nullptr, err, &rs)
 					     : matvec_multi(g, ws, 3, g->h, ys, err)))
 					return rc;
 			} else {
@@ -3202,7 +3242,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		     })))
 			return rc;
 		if (fz) {
-			if ((rc = fused_residual(g, &l->o, g->att, l->post_attn_norm, err)))
+			if ((rc = fused_residual(g, &l->o, g->att, l->post_attn_norm, &rs, err)))
 				return rc;
 		} else if ((rc = matmul(g, &l->o, g->att, n, g->o, err)) || (rc = add_bias(g, g->o, D, l->o_bias, n, D, err)))
 			return rc;
@@ -3220,7 +3260,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 		int act_done = 0;
 		if (c->fused_gate_up && !(fz && l->gu_views)) {
 			const dweight *wgu = &l->gate_up;
-			if ((rc = fz ? gemv_fuse(g, &wgu, 1, g->x, &g->gu, mlp_norm, 0, nullptr, err)
+			if ((rc = fz ? gemv_fuse(g, &wgu, 1, rs.x, &g->gu, mlp_norm, 0, nullptr, err, &rs)
 				     : matmul(g, &l->gate_up, g->h, n, g->gu, err)))
 				return rc;
 			gt = g->gu;
@@ -3235,7 +3275,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			/* the activation inside the GEMV too, without gate / up biases */
 			act_done = fz && !l->gate_bias && !l->up_bias;
 			if (fz)
-				rc = gemv_fuse(g, ws, 2, g->x, ys, mlp_norm, 0, act_done ? g->g : nullptr, err);
+				rc = gemv_fuse(g, ws, 2, rs.x, ys, mlp_norm, 0, act_done ? g->g : nullptr, err, &rs);
 			else if (n == 1)
 				rc = matvec_multi(g, ws, 2, g->h, ys, err);
 			else if (!(rc = matmul(g, &l->gate, g->h, n, gt, err)))
@@ -3252,7 +3292,7 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			CK(cudaGetLastError(), "the MLP activation");
 		}
 		if (fz) {
-			if ((rc = fused_residual(g, &l->down, g->g, l->post_ffn_norm, err)))
+			if ((rc = fused_residual(g, &l->down, g->g, l->post_ffn_norm, &rs, err)))
 				return rc;
 			continue; /* the residual is in x */
 		}
@@ -3264,10 +3304,12 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			pend = g->o;
 		CK(cudaGetLastError(), "a residual add");
 	}
+	if (fz)
+		resid_settle(g, &rs);
 	if (!want_logits)
 		return LQ_OK;
 	size_t first = all_logits ? 0 : n - 1, nl = n - first;
-	rmsnorm(g, nl, g->x + first * D, pend ? pend + first * D : nullptr, g->final_norm, g->h, nullptr);
+	rmsnorm(g, nl, rs.x + first * D, pend ? pend + first * D : nullptr, g->final_norm, g->h, nullptr);
 	CK(cudaGetLastError(), "the final norm");
 	if ((rc = matmul(g, &g->lm_head, g->h, nl, g->logits, err)))
 		return rc;
@@ -3646,6 +3688,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		if (xb < (uint64_t)g->qdim)
 			xb = (uint64_t)g->qdim;
 		if ((rc = dmalloc((void **)&g->x, N * D * 4, "activations", err)) ||
+		    (rc = dmalloc((void **)&g->x2, D * 4, "activations", err)) ||
 		    (rc = dmalloc((void **)&g->h, N * D * 4, "activations", err)) ||
 		    (rc = dmalloc((void **)&g->o, N * (D > (uint64_t)g->kvdim ? D : (uint64_t)g->kvdim) * 4, "activations", err)) ||
 		    (rc = dmalloc((void **)&g->qkv, N * F * 4, "activations", err)) ||

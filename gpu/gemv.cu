@@ -45,6 +45,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <string.h>
+#include <type_traits>
 
 /* Programmatic dependent launch only where the kernel runs from sm_90
  * code (lq_cuda_sm90_code): otherwise it has no wait for the previous
@@ -589,6 +590,8 @@ struct tc_part {
 struct tc_parts {
 	tc_part p[LQ_GEMV_PARTS];
 	uint32_t seq; /* launch number (TC_TRACE builds only) */
+	const float *pre_add, *pre_w; /* PRE: lq_gemv_fuse's */
+	float *x_out;
 };
 
 #ifdef TC_TRACE
@@ -626,7 +629,11 @@ __device__ __forceinline__ int tc_part_of(const tc_parts &P, uint32_t tile)
 	return pi;
 }
 
-template <int QT, bool DQ, bool F16, typename XT>
+#ifndef TC_PRE_REG
+#define TC_PRE_REG 2 /* PRE: float4s per thread of each of x, pre_add and the two norms' weights held (K <= 4096; 3 spills) */
+#endif
+
+template <int QT, bool DQ, bool F16, typename XT, bool PRE = false>
 __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant__ tc_parts P, int bshift,
 							   uint32_t K, const XT *__restrict__ x, uint32_t ntiles,
 							   int wkl, const float *__restrict__ nw, float eps, int fl,
@@ -762,6 +769,87 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		const uint4 *xv = (const uint4 *)x;
 		for (uint32_t i = tid; i < K / 8; i += TC_THREADS)
 			((uint4 *)xs)[i] = __ldg(xv + i);
+	} else if (PRE) {
+		/* Gemma 2's sandwich norm of the previous sublayer first: x' = x +
+		 * RMSNorm(pre_add) * pre_w, as k_rmsnorm4 adds it to the residual
+		 * stream (block 0 stores x' to x_out), then the input RMSNorm(x')
+		 * * nw; up to 4 * TC_PRE_REG * TC_THREADS elements the four
+		 * vectors are read in one round trip and held, longer rows are
+		 * read again for each pass */
+		const float4 *xv = (const float4 *)x, *ov = (const float4 *)P.pre_add, *pv = (const float4 *)P.pre_w;
+		const float4 *wv4 = (const float4 *)nw;
+		float4 *xo = (float4 *)P.x_out;
+		const uint32_t n4 = K / 4;
+		const bool plus1 = fl & LQ_GEMV_NORM_PLUS_ONE, st = blockIdx.x == 0;
+		auto nmul = [&](float h, float w) { return plus1 ? h * (1.0f + w) : w * h; };
+		/* the block's sum of ss, through red[slot * TC_WARPS ..] (red is
+		 * free until the first flush, after the barrier below) */
+		auto bsum = [&](float ss, int slot) {
+			for (int o = 16; o; o >>= 1)
+				ss += __shfl_xor_sync(0xffffffffu, ss, o);
+			if (lane == 0)
+				red[slot * TC_WARPS + warp] = ss;
+			__syncthreads();
+			float tot = 0.0f;
+			for (int w = 0; w < TC_WARPS; w++)
+				tot += red[slot * TC_WARPS + w];
+			return (float)(1.0 / sqrt((double)(tot / (float)K + eps)));
+		};
+		auto sq = [&](float4 v, float &ss) {
+			ss = fmaf(v.x, v.x, ss);
+			ss = fmaf(v.y, v.y, ss);
+			ss = fmaf(v.z, v.z, ss);
+			ss = fmaf(v.w, v.w, ss);
+		};
+		auto resid = [&](float4 xr, float4 o, float4 p, float inv) {
+			return make_float4(xr.x + nmul(o.x * inv, p.x), xr.y + nmul(o.y * inv, p.y), xr.z + nmul(o.z * inv, p.z),
+					   xr.w + nmul(o.w * inv, p.w));
+		};
+		auto put = [&](uint32_t i, float4 v, float4 wv, float inv) {
+			const float a = nmul(v.x * inv, wv.x), b = nmul(v.y * inv, wv.y), c2 = nmul(v.z * inv, wv.z),
+				    d = nmul(v.w * inv, wv.w);
+			((uint2 *)xs)[i] = make_uint2(lq_pack16<F16>(a, b), lq_pack16<F16>(c2, d));
+		};
+		float ss = 0.0f, ss2 = 0.0f;
+		if (n4 <= TC_PRE_REG * TC_THREADS) {
+			float4 ho[TC_PRE_REG], hx[TC_PRE_REG], hp[TC_PRE_REG], hw[TC_PRE_REG];
+			tc_held<TC_PRE_REG>(
+				tid, n4,
+				[&](int j, uint32_t i) {
+					ho[j] = __ldg(ov + i);
+					hx[j] = __ldg(xv + i);
+					hp[j] = __ldg(pv + i);
+					hw[j] = __ldg(wv4 + i);
+				},
+				[&](int j, uint32_t) { sq(ho[j], ss); });
+			const float inv_o = bsum(ss, 0);
+#pragma unroll
+			for (int j = 0; j < TC_PRE_REG; j++)
+				if (tid + j * TC_THREADS < n4) {
+					hx[j] = resid(hx[j], ho[j], hp[j], inv_o);
+					sq(hx[j], ss2);
+					if (st)
+						xo[tid + j * TC_THREADS] = hx[j];
+				}
+			const float inv = bsum(ss2, 1);
+#pragma unroll
+			for (int j = 0; j < TC_PRE_REG; j++)
+				if (tid + j * TC_THREADS < n4)
+					put(tid + j * TC_THREADS, hx[j], hw[j], inv);
+		} else {
+			for (uint32_t i = tid; i < n4; i += TC_THREADS)
+				sq(__ldg(ov + i), ss);
+			const float inv_o = bsum(ss, 0);
+			for (uint32_t i = tid; i < n4; i += TC_THREADS) {
+				const float4 v = resid(__ldg(xv + i), __ldg(ov + i), __ldg(pv + i), inv_o);
+				sq(v, ss2);
+				if (st)
+					xo[i] = v;
+			}
+			const float inv = bsum(ss2, 1);
+			for (uint32_t i = tid; i < n4; i += TC_THREADS)
+				put(i, resid(__ldg(xv + i), __ldg(ov + i), __ldg(pv + i), inv_o), __ldg(wv4 + i), inv);
+		}
 	} else if (nw) {
 		/* the input is RMSNorm(x), as k_rmsnorm4 computes it (the sum of
 		 * squares in another order), rounded to the compute dtype; up to
@@ -1009,11 +1097,11 @@ static cudaError_t tc_device(int *sms, int *major, int *optin, int *reserved)
 
 /* Launch the tensor-core kernel; cudaErrorNotSupported when the shape or
  * the device does not suit it. */
-template <int QT, bool DQ, bool F16, typename XT>
+template <int QT, bool DQ, bool F16, typename XT, bool PRE>
 static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, int nw, uint64_t K, const XT *x,
 		     cudaStream_t st, int grid_max, const struct lq_gemv_fuse *fu)
 {
-	auto kern = k_gemv_tc<QT, DQ, F16, XT>;
+	auto kern = k_gemv_tc<QT, DQ, F16, XT, PRE>;
 	int sms = 0, major = 0, optin = 0, reserved = 0, per_sm = 0;
 	cudaError_t e;
 	if ((e = tc_device(&sms, &major, &optin, &reserved)) != cudaSuccess)
@@ -1033,6 +1121,11 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 		atexit(tc_trace_dump);
 	P.seq = g_tc_seq++;
 #endif
+	if (PRE) {
+		P.pre_add = fu->pre_add;
+		P.pre_w = fu->pre_w;
+		P.x_out = fu->x_out;
+	}
 	uint64_t tiles = 0;
 	for (int i = 0; i < LQ_GEMV_PARTS; i++) {
 		P.p[i].t0 = UINT32_MAX;
@@ -1095,12 +1188,20 @@ static int try_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, int
 	const struct lq_qparams *p = &ws[0]->p;
 	if (p->qtype == LQ_QTYPE_INT8 || p->block_size < 64 || K % TC_SPAN)
 		return (int)cudaErrorNotSupported;
-	int dq = p->double_quant != 0;
-	if (p->qtype == LQ_QTYPE_NF4)
-		return dq ? launch_tc<LQ_QTYPE_NF4, true, F16, XT>(ws, ys, nw, K, x, st, grid_max, fu)
-			  : launch_tc<LQ_QTYPE_NF4, false, F16, XT>(ws, ys, nw, K, x, st, grid_max, fu);
-	return dq ? launch_tc<LQ_QTYPE_FP4, true, F16, XT>(ws, ys, nw, K, x, st, grid_max, fu)
-		  : launch_tc<LQ_QTYPE_FP4, false, F16, XT>(ws, ys, nw, K, x, st, grid_max, fu);
+	const int dq = p->double_quant != 0, nf4 = p->qtype == LQ_QTYPE_NF4;
+	auto pick = [&](auto pre) {
+		constexpr bool PRE = decltype(pre)::value;
+		if (nf4)
+			return dq ? launch_tc<LQ_QTYPE_NF4, true, F16, XT, PRE>(ws, ys, nw, K, x, st, grid_max, fu)
+				  : launch_tc<LQ_QTYPE_NF4, false, F16, XT, PRE>(ws, ys, nw, K, x, st, grid_max, fu);
+		return dq ? launch_tc<LQ_QTYPE_FP4, true, F16, XT, PRE>(ws, ys, nw, K, x, st, grid_max, fu)
+			  : launch_tc<LQ_QTYPE_FP4, false, F16, XT, PRE>(ws, ys, nw, K, x, st, grid_max, fu);
+	};
+	if (!(fu && fu->pre_add))
+		return pick(std::false_type());
+	if constexpr (sizeof(XT) == 4)
+		return pick(std::true_type()); /* the sandwich norm only on a float32 x */
+	return (int)cudaErrorNotSupported;
 }
 
 static int gemv_check(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x)
@@ -1140,7 +1241,10 @@ static int gemv_run(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 		mode = LQ_GEMV_BF16;
 	if (fu && (ws[0]->layout != LQ_CUDA_TILES || x_dtype != LQ_DTYPE_F32 ||
 		   (fu->norm_w && ((uintptr_t)fu->norm_w & 15)) ||
-		   (fu->act_out && (n != 2 || ws[0]->n != ws[1]->n || fu->add_out))))
+		   (fu->act_out && (n != 2 || ws[0]->n != ws[1]->n || fu->add_out)) ||
+		   (fu->pre_add && (!fu->norm_w || !fu->pre_w || !fu->x_out || (((uintptr_t)fu->pre_add | (uintptr_t)fu->pre_w |
+										(uintptr_t)fu->x_out) & 15) ||
+				    fu->x_out == d_x || fu->x_out == fu->pre_add))))
 		return (int)cudaErrorInvalidValue;
 	if (ws[0]->layout == LQ_CUDA_TILES) {
 		if (rows != 0 || ksplit_max != 0 || (mode != LQ_GEMV_BF16 && mode != LQ_GEMV_F16))

@@ -126,6 +126,13 @@ int lq_cuda_gemv_multi(const struct lq_cuda_qweight *const *ws, float *const *ys
  *                   dtype (the gated MLP activation, LQ_ACT_* act); a block
  *                   takes tile t of both, so the pair meets in its shared
  *                   memory (not with add_out)
+ *   pre_add != NULL with norm_w: Gemma 2's sandwich norm of the previous
+ *                   sublayer folded in.  x is first replaced by
+ *                   x' = x + RMSNorm(pre_add) times pre_w (the same eps and
+ *                   plus_one; float32, not rounded, as k_rmsnorm adds it to
+ *                   the residual stream), and the input is RMSNorm(x') with
+ *                   norm_w; one block stores x' to x_out (K floats, not x
+ *                   or pre_add), the new residual stream
  * cudaErrorInvalidValue for row-major weights or a NULL f.
  */
 struct lq_gemv_fuse {
@@ -135,6 +142,8 @@ struct lq_gemv_fuse {
 	int add_out;
 	float *act_out; /* see below */
 	int act;        /* LQ_ACT_* */
+	const float *pre_add, *pre_w; /* see above; these two and x_out 16-byte aligned */
+	float *x_out;
 };
 #define LQ_GEMV_NORM_PLUS_ONE 1
 #define LQ_GEMV_ADD_OUT 2

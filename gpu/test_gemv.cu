@@ -362,6 +362,138 @@ static void test_fused_act(int qtype, int mode, uint64_t K, uint64_t N, int act)
 	free(x); free(nw); free(yg); free(yu); free(ya); free(h);
 }
 
+/*
+ * lq_cuda_gemv_fused with pre_add (Gemma 2's sandwich norm folded in): x' =
+ * x + RMSNorm(o) * pre_w (plus_one or not) stored to x_out, the input
+ * RMSNorm(x') * norm_w, on two tiled parts, against the host; then the same
+ * launch with the gated activation (act_out) against act(gate) * up from
+ * the first launch's outputs.
+ */
+static void test_fused_pre(int qtype, int mode, uint64_t K)
+{
+	const uint64_t N = 300;
+	struct tw t[2];
+	const struct lq_cuda_qweight *ws[2];
+	float *x = (float *)malloc(K * 4), *o = (float *)malloc(K * 4), *pw = (float *)malloc(K * 4);
+	float *nw = (float *)malloc(K * 4), *xp = (float *)malloc(K * 4), *xn = (float *)malloc(K * 4);
+	float *got = (float *)malloc(K * 4);
+	unsigned seed = 9191u + (unsigned)K;
+	for (uint64_t k = 0; k < K; k++) {
+		x[k] = frand(&seed) * 40;
+		o[k] = frand(&seed) * 300;
+		pw[k] = frand(&seed) * 6;
+		nw[k] = frand(&seed) * 6;
+	}
+	float *d_x, *d_o, *d_pw, *d_nw, *d_xo, *d_y[2], *d_a;
+	CU(cudaMalloc(&d_x, K * 4));
+	CU(cudaMalloc(&d_o, K * 4));
+	CU(cudaMalloc(&d_pw, K * 4));
+	CU(cudaMalloc(&d_nw, K * 4));
+	CU(cudaMalloc(&d_xo, K * 4));
+	CU(cudaMalloc(&d_a, N * 4));
+	CU(cudaMemcpy(d_x, x, K * 4, cudaMemcpyHostToDevice));
+	CU(cudaMemcpy(d_o, o, K * 4, cudaMemcpyHostToDevice));
+	CU(cudaMemcpy(d_pw, pw, K * 4, cudaMemcpyHostToDevice));
+	CU(cudaMemcpy(d_nw, nw, K * 4, cudaMemcpyHostToDevice));
+	for (int i = 0; i < 2; i++) {
+		tw_make(&t[i], qtype, 64, 1, N, K, 17u * (unsigned)i + 11);
+		ws[i] = &t[i].tq;
+		CU(cudaMalloc(&d_y[i], N * 4));
+	}
+	const float eps = 1e-6f;
+	/* the host's RMSNorm scale of v (the sum in double, as test_fused) */
+	auto inv_of = [&](const float *v) {
+		double ss = 0;
+		for (uint64_t k = 0; k < K; k++)
+			ss += (double)v[k] * v[k];
+		return (float)(1.0 / sqrt((double)((float)ss / (float)K + eps)));
+	};
+	for (int plus1 = 0; plus1 <= 1; plus1++) {
+		auto nm = [&](float h, float w) { return plus1 ? h * (1.0f + w) : w * h; };
+		const float io = inv_of(o);
+		double xmax = 0;
+		for (uint64_t k = 0; k < K; k++) {
+			xp[k] = x[k] + nm(o[k] * io, pw[k]);
+			xmax = fmax(xmax, fabs(xp[k]));
+		}
+		const float ix = inv_of(xp);
+		for (uint64_t k = 0; k < K; k++) {
+			float v = nm(xp[k] * ix, nw[k]);
+			xn[k] = mode == LQ_GEMV_F16 ? __half2float(__float2half(v)) : bf2f(f2bf(v));
+		}
+		CU(cudaMemset(d_xo, 0xff, K * 4));
+		struct lq_gemv_fuse f = {d_nw, eps, plus1, 0, NULL, LQ_ACT_SILU, d_o, d_pw, d_xo};
+		int rc = lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, &f, 0);
+		CU(cudaDeviceSynchronize());
+		CU(cudaMemcpy(got, d_xo, K * 4, cudaMemcpyDeviceToHost));
+		double ex = 0;
+		for (uint64_t k = 0; k < K; k++) {
+			double e = fabs((double)got[k] - xp[k]) / xmax;
+			if (!(e <= ex))
+				ex = e; /* NaN sticks */
+		}
+		CHECK(rc == 0 && ex <= 1e-6, "fused pre q=%d mode=%d K=%llu plus1=%d: rc %d, x_out err %g", qtype, mode,
+		      (unsigned long long)K, plus1, rc, ex);
+		float *yv[2];
+		for (int i = 0; i < 2; i++) {
+			yv[i] = (float *)malloc(N * 4);
+			double *ref = (double *)malloc(N * 8), *a = (double *)malloc(N * 8);
+			CU(cudaMemcpy(yv[i], d_y[i], N * 4, cudaMemcpyDeviceToHost));
+			host_gemv(t[i].wd, xn, N, K, ref, a);
+			double e = worst(yv[i], ref, a, N), tol = mode == LQ_GEMV_F16 ? 1e-3 : 3e-3;
+			CHECK(rc == 0 && e <= tol, "fused pre part %d q=%d mode=%d K=%llu plus1=%d: err %g", i, qtype, mode,
+			      (unsigned long long)K, plus1, e);
+			free(ref); free(a);
+		}
+		/* with the gated activation: x_out again, act(gate) * up */
+		CU(cudaMemset(d_xo, 0xff, K * 4));
+		CU(cudaMemset(d_a, 0xff, N * 4));
+		f.act_out = d_a;
+		rc = lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, &f, 0);
+		CU(cudaDeviceSynchronize());
+		CU(cudaMemcpy(got, d_xo, K * 4, cudaMemcpyDeviceToHost));
+		int same = 1;
+		for (uint64_t k = 0; k < K; k++)
+			same &= fabs((double)got[k] - xp[k]) <= 1e-6 * xmax;
+		float *ya = (float *)malloc(N * 4);
+		CU(cudaMemcpy(ya, d_a, N * 4, cudaMemcpyDeviceToHost));
+		double mean = 0, we = 0;
+		for (uint64_t r = 0; r < N; r++)
+			mean += fabs(host_act(LQ_ACT_SILU, yv[0][r]) * yv[1][r]) / (double)N;
+		for (uint64_t r = 0; r < N; r++) {
+			float v = host_act(LQ_ACT_SILU, yv[0][r]) * yv[1][r];
+			v = mode == LQ_GEMV_F16 ? __half2float(__float2half(v)) : bf2f(f2bf(v));
+			double e = fabs((double)ya[r] - v) / (fabs(v) / 128.0 + 1e-3 * mean);
+			if (!(e <= we))
+				we = e;
+		}
+		CHECK(rc == 0 && same && we <= 1.0, "fused pre + act q=%d mode=%d K=%llu plus1=%d: rc %d, x_out %s, err %g",
+		      qtype, mode, (unsigned long long)K, plus1, rc, same ? "equal" : "differs", we);
+		free(ya); free(yv[0]); free(yv[1]);
+	}
+	/* refused: no norm, x_out on x or on pre_add, misaligned pre_w, no x_out */
+	struct lq_gemv_fuse f = {NULL, eps, 1, 0, NULL, 0, d_o, d_pw, d_xo};
+	int bad = lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, &f, 0) == (int)cudaErrorInvalidValue;
+	f.norm_w = d_nw;
+	f.x_out = d_x;
+	bad &= lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, &f, 0) == (int)cudaErrorInvalidValue;
+	f.x_out = d_o;
+	bad &= lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, &f, 0) == (int)cudaErrorInvalidValue;
+	f.x_out = d_xo;
+	f.pre_w = d_pw + 1;
+	bad &= lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, &f, 0) == (int)cudaErrorInvalidValue;
+	f.pre_w = d_pw;
+	f.x_out = NULL;
+	bad &= lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, &f, 0) == (int)cudaErrorInvalidValue;
+	CHECK(bad, "fused pre refuses a missing norm, x_out on an input, misaligned pre_w, no x_out");
+	for (int i = 0; i < 2; i++) {
+		cudaFree(d_y[i]);
+		tw_free(&t[i]);
+	}
+	cudaFree(d_x); cudaFree(d_o); cudaFree(d_pw); cudaFree(d_nw); cudaFree(d_xo); cudaFree(d_a);
+	free(x); free(o); free(pw); free(nw); free(xp); free(xn); free(got);
+}
+
 int main(void)
 {
 	if (lq_cuda_device_count() == 0) {
@@ -514,6 +646,9 @@ int main(void)
 			test_fused_act(q, mode, 4096, 300, LQ_ACT_SILU);
 			test_fused_act(q, mode, 256, 1000, LQ_ACT_GELU_TANH);
 			test_fused_act(q, mode, 512, 20001, LQ_ACT_SILU); /* several pairs of tiles per block */
+			test_fused_pre(q, mode, 2304); /* Gemma-2-2B's hidden size, held in registers */
+			test_fused_pre(q, mode, 4096); /* the most held */
+			test_fused_pre(q, mode, 4608); /* Gemma-2-27B's: read again for each pass */
 		}
 	/* errors: K not a multiple of the block size, bad dtype, misaligned x */
 	{

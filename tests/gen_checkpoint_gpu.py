@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""gen_checkpoint_gpu.py DIR [--layers N] [--phi3 | --gemma2 | --qwen2 | --qwen2-7b |
---qwen2-0.5b]
+"""gen_checkpoint_gpu.py DIR [--layers N] [--phi3 | --gemma2 | --gemma2-9b | --qwen2 |
+--qwen2-7b | --qwen2-0.5b]
 - a Llama-3.1-8B-shaped checkpoint (with --phi3: Phi-3-mini-4k-shaped, fused
 qkv_proj and gate_up_proj; with --gemma2: Gemma-2-2B-shaped, sandwich norms,
-soft-caps, tied embeddings; with --qwen2: Qwen2-1.5B-shaped, q/k/v biases,
+soft-caps, tied embeddings; with --gemma2-9b: the same, Gemma-2-9B-shaped; with --qwen2: Qwen2-1.5B-shaped, q/k/v biases,
 tied embeddings; with --qwen2-7b: Qwen2-7B-shaped, 4 KV heads, an untied
 lm_head; with --qwen2-0.5b: Qwen2-0.5B-shaped, 2 KV heads of 64) with random
 bf16 weights (normal, std 0.02; norms 1), made on the GPU with torch for `make
@@ -20,12 +20,15 @@ from safetensors.torch import save_file
 
 def main():
     out = sys.argv[1]
-    phi3, gemma2, q7 = "--phi3" in sys.argv, "--gemma2" in sys.argv, "--qwen2-7b" in sys.argv
+    phi3, q7 = "--phi3" in sys.argv, "--qwen2-7b" in sys.argv
+    g9 = "--gemma2-9b" in sys.argv
+    gemma2 = g9 or "--gemma2" in sys.argv
     q05 = "--qwen2-0.5b" in sys.argv
     qwen2 = q7 or q05 or "--qwen2" in sys.argv
     # vocabulary, hidden, intermediate, heads, KV heads, head size, layers
     V, D, I, H, KV, hd, layers = (
         (32064, 3072, 8192, 32, 32, 96, 32) if phi3 else
+        (256000, 3584, 14336, 16, 8, 256, 42) if g9 else
         (256000, 2304, 9216, 8, 4, 256, 26) if gemma2 else
         (152064, 3584, 18944, 28, 4, 128, 28) if q7 else
         (151936, 896, 4864, 14, 2, 64, 24) if q05 else
