@@ -629,7 +629,7 @@ __device__ __forceinline__ void split_put(float *o, float *part, int64_t row, bo
 					  float a, float M, float L)
 {
 	if (only) {
-		o[d] = rnd(a / L, cd);
+		o[d] = rnd(a * (1.0f / L), cd); /* as merge_splits */
 	} else {
 		float *ps = part + row;
 		ps[d] = a;
@@ -963,7 +963,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(const float *q, int64_t
 		for (int w = 0; w < ATT_WARPS; w++)
 			a += sm[w][d] * f[w];
 		if (S == 1)
-			out[t * (H * hd) + h * hd + d] = rnd(a / L, cd);
+			out[t * (H * hd) + h * hd + d] = rnd(a * (1.0f / L), cd); /* as merge_splits */
 		else if (peer)
 			cl_put(sa + (uint32_t)d * 4u, a, rb);
 		else if (cl)
