@@ -2812,11 +2812,12 @@ static int fusable(gstate *g)
 }
 
 /*
- * Decode with g->fuse, where the residual stream is: x, and with sandwich
- * norms (Gemma 2) the output of the last sublayer (in g->o) that is still
- * to be added to it through the norm wait (NULL: none).  A GEMV that
- * normalizes its input adds it first (lq_gemv_fuse's pre_add), storing the
- * sum to the other buffer (g->x / g->x2), which x then becomes.
+ * Decode with g->fuse: where the residual stream is.  x holds it, except,
+ * with sandwich norms (Gemma 2), the last sublayer's output (in g->o) when
+ * wait is set: that output is still to be added through the norm of
+ * weights wait.  The next GEMV that normalizes its input adds it first
+ * (lq_gemv_fuse's pre_add) and stores the sum to the other buffer (g->x or
+ * g->x2), which x then becomes.
  */
 struct resid {
 	float *x;
