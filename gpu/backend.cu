@@ -2744,16 +2744,17 @@ static int matvec_multi(gstate *g, const dweight *const *ws, int nw, const float
 }
 
 /*
- * A fused gate_up weight [2I, K] in the tile layout as two weights (views of
- * its halves, nothing copied), so that the decode GEMV can pair their tiles
- * and apply the activation (Phi-3): the up half must start on a tile
- * (I % 16 == 0) and, with double quant, on a nested-scale group
- * (I * K / block_size % 256 == 0).
+ * A fused gate_up weight [2I, K] in the tile layout, or INT8 as stored, as
+ * two weights (views of its halves, nothing copied), so that the decode GEMV
+ * can pair their tiles and apply the activation (Phi-3): the up half must
+ * start on a tile (I % 16 == 0) and, with double quant, on a nested-scale
+ * group (I * K / block_size % 256 == 0).
  */
 static int split_gate_up(const dweight *gu, uint64_t I, dweight *gate, dweight *up)
 {
 	const struct lq_cuda_qweight *q = &gu->q;
-	if (gu->k.qtype == LQ_QTYPE_NONE || q->layout != LQ_CUDA_TILES || I % 16 || gu->rows != 2 * I)
+	const bool rows = q->layout == LQ_CUDA_ROWS && q->p.qtype == LQ_QTYPE_INT8;
+	if (gu->k.qtype == LQ_QTYPE_NONE || (q->layout != LQ_CUDA_TILES && !rows) || I % 16 || gu->rows != 2 * I)
 		return 0;
 	const uint64_t K = gu->cols, nbr = K / (uint64_t)q->p.block_size;
 	if (q->p.double_quant && (I * nbr) % LQ_QNESTED_BLOCK)
@@ -2762,8 +2763,8 @@ static int split_gate_up(const dweight *gu, uint64_t I, dweight *gate, dweight *
 	*gate = *up = *gu;
 	gate->rows = up->rows = I;
 	gate->q.n = up->q.n = I * K;
-	up->q.d_data = q->d_data + tiles * (K / 128) * 1024;
-	up->q.d_scales = (const uint8_t *)q->d_scales + tiles * nbr * 16 * esz;
+	up->q.d_data = q->d_data + (rows ? I * K : tiles * (K / 128) * 1024);
+	up->q.d_scales = (const uint8_t *)q->d_scales + tiles * nbr * 16 * esz; /* the same offset as stored */
 	if (q->p.double_quant)
 		up->q.d_nested = q->d_nested + I * nbr / LQ_QNESTED_BLOCK;
 	gate->k.rows = up->k.rows = I;
@@ -2776,9 +2777,10 @@ static int split_gate_up(const dweight *gu, uint64_t I, dweight *gate, dweight *
 /*
  * Whether the decode step can fuse each RMSNorm into the GEMVs that read it
  * and each residual add into the GEMV that produces it (lq_cuda_gemv_fused):
- * bf16/fp16 compute, every linear weight of every layer tiled, no o / down
- * bias.  With sandwich norms (Gemma 2) the norms of the o and down outputs
- * and their residual adds stay in k_rmsnorm.
+ * bf16/fp16 compute, every linear weight of every layer taken by the
+ * tensor-core GEMV (4-bit tiled, or INT8), no o / down bias.  With sandwich
+ * norms (Gemma 2) the o and down outputs go to g->o, and the next GEMV that
+ * normalizes its input adds them (struct resid).
  */
 static int fusable(gstate *g)
 {
@@ -2803,7 +2805,7 @@ static int fusable(gstate *g)
 			ws[n++] = &l->up;
 		}
 		for (int j = 0; j < n; j++)
-			if (ws[j]->k.qtype == LQ_QTYPE_NONE || ws[j]->q.layout != LQ_CUDA_TILES)
+			if (ws[j]->k.qtype == LQ_QTYPE_NONE || !lq_cuda_gemv_tc(&ws[j]->q, ws[j]->cols))
 				return 0;
 		if (l->o_bias || l->down_bias)
 			return 0;

@@ -468,7 +468,7 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
 }
 
 /* ------------------------------------------------------------------------
- * Tensor-core 4-bit GEMV (activations holding bf16 or fp16 values).
+ * Tensor-core 4-bit and INT8 GEMV (activations holding bf16 or fp16 values).
  *
  * Weights are in the GPU tile layout (formats/LQ-FORMAT.md, made by
  * lq_cuda_tile at load time): a warp owns a tile of 16 rows and walks K in
@@ -488,6 +488,14 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
  * quantization blocks (block size >= 64), so after the span each lane
  * applies one fp32 block scale per row and accumulates in fp32.  The
  * products are exact in fp32 and the tensor core accumulates in fp32.
+ *
+ * INT8 weights stay as stored (row-major): spans of 64 elements, lane (g, c)
+ * loads 16 bytes of rows g and g + 8 (a row's four lanes read its 64
+ * contiguous bytes), and its scales from the row-major scale part.  A
+ * weight v becomes an exact fp16 integer without a table -- v xor 0x80 into
+ * the low byte of 0x64uu (1024 + uu) by one PRMT per pair, minus 1152 by
+ * one HSUB2 -- so the mma is fp16 and x is staged as fp16: as is at fp16
+ * compute, and at bf16 scaled by a power of two (see xmul below).
  *
  * One block of 16 warps per SM (persistent); a work item is 16 / WK tiles,
  * each split over WK warps along K; the warps' partial sums meet in shared
@@ -568,6 +576,16 @@ __device__ __forceinline__ uint32_t tc_lut(uint32_t w, uint32_t lut4, int k)
 	uint32_t v, a = __byte_perm(w, lut4, 0x7604u | (uint32_t)k << 4);
 	asm("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(a));
 	return v;
+}
+
+/* Bytes 2h, 2h + 1 of u (int8 weights xor 0x80: v + 128) as the fp16 pair
+ * (v0, v1): 0x64uu is 1024 + uu, exact, and 1152 = 1024 + 128 comes off. */
+__device__ __forceinline__ uint32_t tc_i8_pair(uint32_t u, int h)
+{
+	const uint32_t v = __byte_perm(u, 0x64646464u, h ? 0x4342u : 0x4140u);
+	__half2 x = *(const __half2 *)&v;
+	x = __hsub2(x, __half2(__float2half_rn(1152.0f), __float2half_rn(1152.0f)));
+	return *(const uint32_t *)&x;
 }
 
 struct tc_slot {
@@ -661,7 +679,11 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	const uint32_t lut4 = lut_s | (uint32_t)lane << 2;
 	const int WK = 1 << wkl, WT = TC_WARPS >> wkl;
 	const int wt = warp >> wkl, wk = warp & (WK - 1);
-	const uint32_t spr = K / TC_SPAN;
+	/* INT8 (I8): weights row-major as stored, spans of 64 (1 KB per tile);
+	 * 4-bit: the tile layout, spans of 128 */
+	constexpr bool I8 = QT == LQ_QTYPE_INT8;
+	constexpr uint32_t SPAN = I8 ? 64 : TC_SPAN;
+	const uint32_t spr = K / SPAN;
 	/* warp wk owns spans [s_lo, s_lo + m) of each row of its tile (m >= 1: WK <= spr) */
 	const uint32_t s_lo = (spr * (uint32_t)wk) >> wkl;
 	const uint32_t m = ((spr * (uint32_t)(wk + 1)) >> wkl) - s_lo;
@@ -673,7 +695,8 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 
 	/* load side: pointers of the next span to fetch */
 	uint32_t l_item = 0, l_left = m;
-	const uint8_t *pa;      /* this lane's chunk of row g; row g + 8 is 512 bytes on */
+	const uint8_t *pa;      /* this lane's chunk of row g; row g + 8 is boff bytes on */
+	uint64_t boff = 512;
 	const uint8_t *scl;     /* scale entry of this lane's row, block 0 (tile layout) */
 	const float *nst;
 	float l_off;
@@ -690,27 +713,39 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			       min((blockIdx.x + item * gridDim.x) * (uint32_t)(WT / 2) + ((uint32_t)wt >> 1), T0 - 1);
 		const tc_part &pp = P.p[tc_part_of(P, tile)];
 		const uint32_t lt = tile - pp.t0;
-		pa = pp.data + ((uint64_t)lt * spr + s_lo) * 1024 + (uint32_t)lane * 16;
-		scl = (const uint8_t *)pp.scales + ((uint64_t)lt * nbr * 16 + lrow) * (DQ ? 1 : 4);
-		rowblk = min(lt * 16 + lrow, pp.N - 1) * nbr; /* padding rows: any valid index */
-		l_e = s_lo * TC_SPAN + (c & 1) * 64;
+		if (I8) {
+			rowblk = min(lt * 16 + lrow, pp.N - 1) * nbr; /* padding rows: any valid index */
+			/* rows g and g + 8 of the tile (padding rows: the last row), the
+			 * scale of row lrow, as stored */
+			const uint32_t rg = min(lt * 16 + (uint32_t)g, pp.N - 1), rb = min(lt * 16 + 8 + (uint32_t)g, pp.N - 1);
+			pa = pp.data + (uint64_t)rg * K + s_lo * SPAN + (uint32_t)c * 16;
+			boff = (uint64_t)(rb - rg) * K;
+			scl = (const uint8_t *)pp.scales + (uint64_t)rowblk * (DQ ? 1 : 4);
+			l_e = s_lo * SPAN;
+		} else {
+			pa = pp.data + ((uint64_t)lt * spr + s_lo) * 1024 + (uint32_t)lane * 16;
+			scl = (const uint8_t *)pp.scales + ((uint64_t)lt * nbr * 16 + lrow) * (DQ ? 1 : 4);
+			rowblk = min(lt * 16 + lrow, pp.N - 1) * nbr; /* padding rows: any valid index */
+			l_e = s_lo * TC_SPAN + (c & 1) * 64;
+		}
 		nst = pp.nested;
 		l_off = pp.offset;
 	};
 	auto load = [&](tc_slot &s) {
 		s.a = ld_stream_tc(pa);
-		s.b = ld_stream_tc(pa + 512);
+		s.b = ld_stream_tc(pa + boff);
 		uint32_t kb = l_e >> bshift;
+		constexpr uint32_t sst = I8 ? 1 : 16; /* scale entries between blocks */
 		if (DQ) {
-			s.s = __ldg(scl + kb * 16);
+			s.s = __ldg(scl + kb * sst);
 			s.n = __ldg(nst + ((rowblk + kb) >> LQ_QNESTED_SHIFT));
 		} else {
-			s.s = __float_as_uint(__ldg((const float *)scl + kb * 16));
+			s.s = __float_as_uint(__ldg((const float *)scl + kb * sst));
 		}
 		s.off = l_off;
 		if (--l_left) {
-			pa += 1024;
-			l_e += TC_SPAN;
+			pa += I8 ? SPAN : 1024;
+			l_e += SPAN;
 		} else {
 			l_left = m;
 			if (++l_item < ni)
@@ -748,7 +783,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		const uint32_t *tab = QT == LQ_QTYPE_NF4 ? g_nf4 : g_fp4;
 		static_assert(256 % (TC_WARPS * 4) == 0, "the table build's steps");
 #pragma unroll
-		for (int it = 0; it < 256 / (TC_WARPS * 4); it++) {
+		for (int it = 0; it < (I8 ? 0 : 256 / (TC_WARPS * 4)); it++) { /* INT8: no table */
 			const int e = it * TC_WARPS * 4 + warp * 4 + (lane >> 3);
 			const float hi = __uint_as_float(__ldg(tab + (e >> 4))), lo = __uint_as_float(__ldg(tab + (e & 15)));
 			const uint32_t v = lq_pack16<F16>(hi, lo);
@@ -922,6 +957,39 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		}
 	}
 	__syncthreads();
+	/* INT8: the weights are exact fp16 integers, so the mma takes fp16 x.
+	 * At bf16 compute x (bf16 values in xs) is rescaled by a power of two
+	 * 2^-xs so that its largest magnitude lies in [2^14, 2^15): exact in
+	 * fp16 but for magnitudes under 2^-38 of the largest (fp16
+	 * subnormals), which the product then misses by less than 2^-24 of
+	 * the largest term.  xmul undoes the scale and applies INT8's 1 / 127
+	 * at the store. */
+	float xmul = 1.0f;
+	if (I8) {
+		xmul = 1.0f / 127.0f;
+		if (!F16) {
+			float mx = 0.0f;
+			for (uint32_t i = tid; i < K / 2; i += TC_THREADS) {
+				const uint32_t v = xs[i];
+				mx = fmaxf(mx, fmaxf(fabsf(__uint_as_float(v << 16)), fabsf(__uint_as_float(v & 0xffff0000u))));
+			}
+			for (int o = 16; o; o >>= 1)
+				mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+			if (lane == 0)
+				red[2 * TC_WARPS + warp] = mx; /* past the fused norms' two slots */
+			__syncthreads();
+			for (int w = 0; w < TC_WARPS; w++)
+				mx = fmaxf(mx, red[2 * TC_WARPS + w]);
+			const int e = mx > 0.0f && mx <= 3.0e38f ? ilogbf(mx) - 14 : 0; /* 2^e <= mx / 2^14 */
+			const float down = ldexpf(1.0f, -e);
+			xmul = ldexpf(1.0f / 127.0f, e);
+			for (uint32_t i = tid; i < K / 2; i += TC_THREADS) {
+				const uint32_t v = xs[i];
+				xs[i] = lq_pack16<true>(__uint_as_float(v << 16) * down, __uint_as_float(v & 0xffff0000u) * down);
+			}
+			__syncthreads();
+		}
+	}
 
 	TC_TR(4);
 	/* math side: two spans at a time, in straight-line code */
@@ -945,6 +1013,28 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		return;
 #endif
 		const uint32_t wa[4] = {s.a.x, s.a.y, s.a.z, s.a.w}, wb[4] = {s.b.x, s.b.y, s.b.z, s.b.w};
+		if (I8) {
+			/* 16 weights of rows g and g + 8 per lane; lane (c, c) holds B
+			 * column c: chunk c's 16 activations (fp16), 2 x 16 bytes; an
+			 * mma takes 4 weights of each row, one word */
+			const uint4 *xp = (const uint4 *)(xs + xsp * (SPAN / 2) + c * 8);
+			float d0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+			for (int j2 = 0; j2 < 2; j2++) {
+				uint4 &xv = xz[j2];
+				if (g == c)
+					xv = xp[j2];
+				const uint32_t a0 = wa[2 * j2] ^ 0x80808080u, b0 = wb[2 * j2] ^ 0x80808080u;
+				const uint32_t a1 = wa[2 * j2 + 1] ^ 0x80808080u, b1 = wb[2 * j2 + 1] ^ 0x80808080u;
+				lq_mma16816<true>(d0, tc_i8_pair(a0, 0), tc_i8_pair(b0, 0), tc_i8_pair(a0, 1), tc_i8_pair(b0, 1),
+						  xv.x, xv.y);
+				lq_mma16816<true>(d1, tc_i8_pair(a1, 0), tc_i8_pair(b1, 0), tc_i8_pair(a1, 1), tc_i8_pair(b1, 1),
+						  xv.z, xv.w);
+			}
+			pg = sc * ((d0[0] + d0[1]) + (d1[0] + d1[1]));
+			pg8 = so * ((d0[2] + d0[3]) + (d1[2] + d1[3]));
+			return;
+		}
 		/* lane (c, c) holds B column c: chunk c's 32 activations, 4 x 16 bytes */
 		const uint4 *xp = (const uint4 *)(xs + xsp * (TC_SPAN / 2) + c * 16);
 		float d0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -990,6 +1080,10 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 					vg += rg[w * 16];
 					vu += ru[w * 16];
 				}
+				if (I8) {
+					vg *= xmul;
+					vu *= xmul;
+				}
 				float v = lq_act(act, vg) * vu;
 				act_y[row] = F16 ? __half2float(__float2half_rn(v)) : __bfloat162float(__float2bfloat16_rn(v));
 			}
@@ -1011,6 +1105,8 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 				float v = 0.0f;
 				for (int w = 0; w < WK; w++)
 					v += rr[w * 16];
+				if (I8)
+					v *= xmul;
 				pp.y[row] = fl & LQ_GEMV_ADD_OUT ? pp.y[row] + v : v; /* one writer per row */
 			}
 			__syncthreads();
@@ -1146,7 +1242,7 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 	}
 	if (tiles > UINT32_MAX / 4 || K > UINT32_MAX / 2)
 		return (int)cudaErrorNotSupported;
-	uint64_t spr = K / TC_SPAN;
+	uint64_t spr = K / (QT == LQ_QTYPE_INT8 ? 64 : TC_SPAN);
 	int wkl = 0;
 	while (wkl < 4 && (2ull << wkl) <= spr)
 		wkl++;
@@ -1179,21 +1275,43 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 	return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
 }
 
-/* The tensor-core path for tiled 4-bit weights (block size >= 64, K a
- * multiple of 128); cudaErrorNotSupported otherwise. */
+/* Whether the tensor-core path takes weights of these parameters, N x K,
+ * in this layout: 4-bit in the tile layout (block size >= 64, K a multiple
+ * of 128), INT8 as stored (block size >= 64, K a multiple of 64), and K
+ * small enough for the shared-memory copy of x. */
+static bool tc_takes(const struct lq_qparams *p, int layout, uint64_t N, uint64_t K)
+{
+	const bool i8 = p->qtype == LQ_QTYPE_INT8;
+	if ((i8 ? layout != LQ_CUDA_ROWS : layout != LQ_CUDA_TILES) || p->block_size < 64 ||
+	    K % (i8 ? 64 : TC_SPAN) || N == 0 || N > UINT32_MAX / 2 || K > UINT32_MAX / 2 ||
+	    (N + 15) / 16 > UINT32_MAX / 4)
+		return false;
+	int sms = 0, major = 0, optin = 0, reserved = 0;
+	if (tc_device(&sms, &major, &optin, &reserved) != cudaSuccess) {
+		cudaGetLastError();
+		return false;
+	}
+	return major >= 8 && tc_smem(K, reserved) <= (size_t)optin;
+}
+
+/* The tensor-core path (tc_takes); cudaErrorNotSupported where it does not
+ * take the weights. */
 template <bool F16, typename XT>
 static int try_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, int nw, uint64_t K, const XT *x,
 		  cudaStream_t st, int grid_max, const struct lq_gemv_fuse *fu)
 {
 	const struct lq_qparams *p = &ws[0]->p;
-	if (p->qtype == LQ_QTYPE_INT8 || p->block_size < 64 || K % TC_SPAN)
+	if (!tc_takes(p, ws[0]->layout, ws[0]->n / K, K))
 		return (int)cudaErrorNotSupported;
-	const int dq = p->double_quant != 0, nf4 = p->qtype == LQ_QTYPE_NF4;
+	const int dq = p->double_quant != 0, qt = p->qtype;
 	auto pick = [&](auto pre) {
 		constexpr bool PRE = decltype(pre)::value;
-		if (nf4)
+		if (qt == LQ_QTYPE_NF4)
 			return dq ? launch_tc<LQ_QTYPE_NF4, true, F16, XT, PRE>(ws, ys, nw, K, x, st, grid_max, fu)
 				  : launch_tc<LQ_QTYPE_NF4, false, F16, XT, PRE>(ws, ys, nw, K, x, st, grid_max, fu);
+		if (qt == LQ_QTYPE_INT8)
+			return dq ? launch_tc<LQ_QTYPE_INT8, true, F16, XT, PRE>(ws, ys, nw, K, x, st, grid_max, fu)
+				  : launch_tc<LQ_QTYPE_INT8, false, F16, XT, PRE>(ws, ys, nw, K, x, st, grid_max, fu);
 		return dq ? launch_tc<LQ_QTYPE_FP4, true, F16, XT, PRE>(ws, ys, nw, K, x, st, grid_max, fu)
 			  : launch_tc<LQ_QTYPE_FP4, false, F16, XT, PRE>(ws, ys, nw, K, x, st, grid_max, fu);
 	};
@@ -1239,14 +1357,18 @@ static int gemv_run(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 	/* bf16 activations in memory hold bf16 values by definition */
 	if (x_dtype == LQ_DTYPE_BF16)
 		mode = LQ_GEMV_BF16;
-	if (fu && (ws[0]->layout != LQ_CUDA_TILES || x_dtype != LQ_DTYPE_F32 ||
+	/* INT8 as stored: the tensor-core kernel in the 16-bit modes, with the
+	 * default launch (no knobs) */
+	const bool i8tc = ws[0]->p.qtype == LQ_QTYPE_INT8 && ws[0]->layout == LQ_CUDA_ROWS && rows == 0 &&
+			  ksplit_max == 0 && (mode == LQ_GEMV_BF16 || mode == LQ_GEMV_F16);
+	if (fu && ((ws[0]->layout != LQ_CUDA_TILES && !i8tc) || x_dtype != LQ_DTYPE_F32 ||
 		   (fu->norm_w && ((uintptr_t)fu->norm_w & 15)) ||
 		   (fu->act_out && (n != 2 || ws[0]->n != ws[1]->n || fu->add_out)) ||
 		   (fu->pre_add && (!fu->norm_w || !fu->pre_w || !fu->x_out || (((uintptr_t)fu->pre_add | (uintptr_t)fu->pre_w |
 										(uintptr_t)fu->x_out) & 15) ||
 				    fu->x_out == d_x || fu->x_out == fu->pre_add))))
 		return (int)cudaErrorInvalidValue;
-	if (ws[0]->layout == LQ_CUDA_TILES) {
+	if (ws[0]->layout == LQ_CUDA_TILES || i8tc) {
 		if (rows != 0 || ksplit_max != 0 || (mode != LQ_GEMV_BF16 && mode != LQ_GEMV_F16))
 			return (int)cudaErrorInvalidValue;
 		int e;
@@ -1256,7 +1378,11 @@ static int gemv_run(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 			e = try_tc<true, float>(ws, ys, n, K, (const float *)d_x, st, grid_max, fu);
 		else
 			e = try_tc<false, float>(ws, ys, n, K, (const float *)d_x, st, grid_max, fu);
-		return e == (int)cudaErrorNotSupported ? (int)cudaErrorInvalidValue : e;
+		if (e != (int)cudaErrorNotSupported)
+			return e;
+		if (!i8tc || fu)
+			return (int)cudaErrorInvalidValue;
+		/* INT8 the tensor-core kernel does not take: the CUDA-core one */
 	}
 	if (x_dtype == LQ_DTYPE_BF16)
 		return launch_q<__nv_bfloat16>(ws, ys, n, K, (const __nv_bfloat16 *)d_x, st, rows, grid_max, ksplit_max);
@@ -1294,6 +1420,11 @@ extern "C" int lq_cuda_gemv_fused(const struct lq_cuda_qweight *const *ws, float
 /* ------------------------------------------------------------------------
  * The GPU tile layout (formats/LQ-FORMAT.md): made once at load time.
  * ---------------------------------------------------------------------- */
+
+extern "C" int lq_cuda_gemv_tc(const struct lq_cuda_qweight *w, uint64_t K)
+{
+	return w && K && w->n % K == 0 && tc_takes(&w->p, w->layout, w->n / K, K);
+}
 
 extern "C" int lq_cuda_tiles_ok(const struct lq_qparams *p, uint64_t N, uint64_t K)
 {

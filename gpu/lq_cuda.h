@@ -46,6 +46,11 @@ struct lq_cuda_qweight {
  * offset are w's).  cudaErrorInvalidValue when the weight does not qualify.
  */
 int lq_cuda_tiles_ok(const struct lq_qparams *p, uint64_t N, uint64_t K);
+/* 1 when the tensor-core GEMV (and so lq_cuda_gemv_fused) takes the weight w
+ * of K columns as it is laid out on the current device: 4-bit weights in
+ * the tile layout, INT8 weights as stored (block size >= 64, K % 64 == 0,
+ * K within its shared memory); else 0. */
+int lq_cuda_gemv_tc(const struct lq_cuda_qweight *w, uint64_t K);
 void lq_cuda_tiles_size(const struct lq_qparams *p, uint64_t N, uint64_t K, uint64_t *data_bytes,
 			uint64_t *scale_bytes);
 int lq_cuda_tile(const struct lq_cuda_qweight *w, uint64_t K, void *d_data, void *d_scales,
@@ -79,8 +84,9 @@ int lq_cuda_gemv_f32(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K,
  * fp32 block scale); INT8 codes are exact.  May clear d_y with
  * cudaMemsetAsync on `stream` (split-K); safe under CUDA graph capture.
  * Weights in the tile layout go through the tensor-core kernel (bf16
- * activations, or LQ_GEMV_BF16 / LQ_GEMV_F16 below); row-major weights
- * through the CUDA-core kernel.
+ * activations, or LQ_GEMV_BF16 / LQ_GEMV_F16 below), and so do INT8 weights
+ * as stored (lq_cuda_gemv_tc); other row-major weights through the
+ * CUDA-core kernel.
  */
 int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x,
 		 int x_dtype, float *d_y, void *stream);
@@ -95,7 +101,10 @@ int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const 
  *                  --compute-dtype fp32
  *   LQ_GEMV_BF16   values representable in bf16 (--compute-dtype bf16):
  *                  4-bit weights in the tile layout go through the tensor
- *                  cores as bf16 (row-major ones as LQ_GEMV_F32)
+ *                  cores as bf16 (row-major ones as LQ_GEMV_F32); INT8
+ *                  weights (exact fp16 integers) with x as fp16 scaled by
+ *                  a power of two (exact for bf16 values but those under
+ *                  2^-38 of the largest)
  *   LQ_GEMV_F16    values representable in fp16: the same with fp16 codes
  *                  (relative error <= 2^-11 per weight)
  * Tiled weights take only LQ_GEMV_BF16 / LQ_GEMV_F16 (or bf16 x), all
@@ -133,7 +142,8 @@ int lq_cuda_gemv_multi(const struct lq_cuda_qweight *const *ws, float *const *ys
  *                   the residual stream), and the input is RMSNorm(x') with
  *                   norm_w; one block stores x' to x_out (K floats, not x
  *                   or pre_add), the new residual stream
- * cudaErrorInvalidValue for row-major weights or a NULL f.
+ * cudaErrorInvalidValue for weights lq_cuda_gemv_tc does not take, or a
+ * NULL f.
  */
 struct lq_gemv_fuse {
 	const float *norm_w;

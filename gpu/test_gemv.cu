@@ -236,7 +236,7 @@ static void test_fused(int qtype, int mode, uint64_t K)
 	CU(cudaMemcpy(d_nw, nw, K * 4, cudaMemcpyHostToDevice));
 	for (int i = 0; i < 2; i++) {
 		tw_make(&t[i], qtype, 64, 1, Ns[i], K, 31u * (unsigned)i + 5);
-		ws[i] = &t[i].tq;
+		ws[i] = t[i].tiled ? &t[i].tq : &t[i].q; /* INT8: as stored */
 		rows_w[i] = &t[i].q;
 		CU(cudaMalloc(&d_y[i], Ns[i] * 4));
 	}
@@ -282,7 +282,7 @@ static void test_fused(int qtype, int mode, uint64_t K)
 			}
 		}
 	struct lq_gemv_fuse f = {d_nw, eps, 0, 0, NULL, 0};
-	CHECK(lq_cuda_gemv_fused(rows_w, d_y, 2, K, d_x, mode, &f, 0) == (int)cudaErrorInvalidValue &&
+	CHECK((qtype == LQ_QTYPE_INT8 || lq_cuda_gemv_fused(rows_w, d_y, 2, K, d_x, mode, &f, 0) == (int)cudaErrorInvalidValue) &&
 		      lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, NULL, 0) == (int)cudaErrorInvalidValue &&
 		      lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, LQ_GEMV_EXACT, &f, 0) == (int)cudaErrorInvalidValue,
 	      "fused refuses row-major weights, no fusion, fp32 modes");
@@ -322,7 +322,7 @@ static void test_fused_act(int qtype, int mode, uint64_t K, uint64_t N, int act)
 	CU(cudaMemcpy(d_nw, nw, K * 4, cudaMemcpyHostToDevice));
 	for (int i = 0; i < 2; i++) {
 		tw_make(&t[i], qtype, 64, 1, N, K, 91u * (unsigned)i + 3);
-		ws[i] = &t[i].tq;
+		ws[i] = t[i].tiled ? &t[i].tq : &t[i].q;
 		CU(cudaMalloc(&d_y[i], N * 4));
 	}
 	struct lq_gemv_fuse f = {d_nw, 1e-5f, 0, 0, NULL, act};
@@ -397,7 +397,7 @@ static void test_fused_pre(int qtype, int mode, uint64_t K)
 	CU(cudaMemcpy(d_nw, nw, K * 4, cudaMemcpyHostToDevice));
 	for (int i = 0; i < 2; i++) {
 		tw_make(&t[i], qtype, 64, 1, N, K, 17u * (unsigned)i + 11);
-		ws[i] = &t[i].tq;
+		ws[i] = t[i].tiled ? &t[i].tq : &t[i].q;
 		CU(cudaMalloc(&d_y[i], N * 4));
 	}
 	const float eps = 1e-6f;
@@ -638,7 +638,8 @@ int main(void)
 			if (q == LQ_QTYPE_NF4 && mode == LQ_GEMV_BF16)
 				test_multi(q, 1, mode, 32768, 100);
 		}
-	for (int q = LQ_QTYPE_NF4; q <= LQ_QTYPE_FP4; q++)
+	/* the fused launches: 4-bit in the tile layout, INT8 as stored */
+	for (int q = LQ_QTYPE_NF4; q <= LQ_QTYPE_INT8; q++)
 		for (int mode = LQ_GEMV_BF16; mode <= LQ_GEMV_F16; mode++) {
 			test_fused(q, mode, 512);
 			test_fused(q, mode, 4096);
