@@ -2291,6 +2291,14 @@ static int load_weight(struct upload *u, int role, int layer, uint64_t rows, uin
 		void *d;
 		int rc = put(u, t->data, t->data_size, &d, err);
 		w->k.data = (const uint8_t *)d;
+		/* bf16 / fp16 values: also for the tensor-core GEMV (in the mode
+		 * of their type; fusable) */
+		if (t->src_dtype != LQ_DTYPE_F32) {
+			w->q.p.qtype = LQ_QTYPE_NONE;
+			w->q.d_data = (const uint8_t *)d;
+			w->q.n = t->nelem;
+			w->q.layout = t->src_dtype == LQ_DTYPE_BF16 ? LQ_CUDA_DENSE_BF16 : LQ_CUDA_DENSE_F16;
+		}
 		return rc;
 	}
 	if (t->block_size <= 0)
@@ -2753,9 +2761,19 @@ static int matvec_multi(gstate *g, const dweight *const *ws, int nw, const float
 static int split_gate_up(const dweight *gu, uint64_t I, dweight *gate, dweight *up)
 {
 	const struct lq_cuda_qweight *q = &gu->q;
-	const bool rows = q->layout == LQ_CUDA_ROWS && q->p.qtype == LQ_QTYPE_INT8;
-	if (gu->k.qtype == LQ_QTYPE_NONE || (q->layout != LQ_CUDA_TILES && !rows) || I % 16 || gu->rows != 2 * I)
+	const bool d16 = q->layout == LQ_CUDA_DENSE_BF16 || q->layout == LQ_CUDA_DENSE_F16;
+	const bool rows = (q->layout == LQ_CUDA_ROWS && q->p.qtype == LQ_QTYPE_INT8) || d16;
+	if ((q->layout != LQ_CUDA_TILES && !rows) || I % 16 || gu->rows != 2 * I)
 		return 0;
+	if (d16) { /* no scales */
+		*gate = *up = *gu;
+		gate->rows = up->rows = I;
+		gate->q.n = up->q.n = I * gu->cols;
+		up->q.d_data = q->d_data + I * gu->cols * 2;
+		gate->k.rows = up->k.rows = I;
+		up->k.data = up->q.d_data;
+		return 1;
+	}
 	const uint64_t K = gu->cols, nbr = K / (uint64_t)q->p.block_size;
 	if (q->p.double_quant && (I * nbr) % LQ_QNESTED_BLOCK)
 		return 0;
@@ -2778,7 +2796,8 @@ static int split_gate_up(const dweight *gu, uint64_t I, dweight *gate, dweight *
  * Whether the decode step can fuse each RMSNorm into the GEMVs that read it
  * and each residual add into the GEMV that produces it (lq_cuda_gemv_fused):
  * bf16/fp16 compute, every linear weight of every layer taken by the
- * tensor-core GEMV (4-bit tiled, or INT8), no o / down bias.  With sandwich
+ * tensor-core GEMV (4-bit tiled, INT8, or unquantized in the compute
+ * dtype), no o / down bias.  With sandwich
  * norms (Gemma 2) the o and down outputs go to g->o, and the next GEMV that
  * normalizes its input adds them (struct resid).
  */
@@ -2804,9 +2823,14 @@ static int fusable(gstate *g)
 			ws[n++] = &l->gate;
 			ws[n++] = &l->up;
 		}
-		for (int j = 0; j < n; j++)
-			if (ws[j]->k.qtype == LQ_QTYPE_NONE || !lq_cuda_gemv_tc(&ws[j]->q, ws[j]->cols))
+		for (int j = 0; j < n; j++) {
+			if (!lq_cuda_gemv_tc(&ws[j]->q, ws[j]->cols))
 				return 0;
+			/* 16-bit weights in the compute dtype's type */
+			if (ws[j]->k.qtype == LQ_QTYPE_NONE &&
+			    ws[j]->q.layout != (g->cd == LQ_COMPUTE_F16 ? LQ_CUDA_DENSE_F16 : LQ_CUDA_DENSE_BF16))
+				return 0;
+		}
 		if (l->o_bias || l->down_bias)
 			return 0;
 	}

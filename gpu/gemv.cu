@@ -680,9 +680,10 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	const int WK = 1 << wkl, WT = TC_WARPS >> wkl;
 	const int wt = warp >> wkl, wk = warp & (WK - 1);
 	/* INT8 (I8): weights row-major as stored, spans of 64 (1 KB per tile);
-	 * 4-bit: the tile layout, spans of 128 */
-	constexpr bool I8 = QT == LQ_QTYPE_INT8;
-	constexpr uint32_t SPAN = I8 ? 64 : TC_SPAN;
+	 * unquantized 16-bit values (D16: bf16, fp16 at F16) row-major, spans of
+	 * 32; 4-bit: the tile layout, spans of 128 */
+	constexpr bool I8 = QT == LQ_QTYPE_INT8, D16 = QT == LQ_QTYPE_NONE, RM = I8 || D16;
+	constexpr uint32_t SPAN = D16 ? 32 : I8 ? 64 : TC_SPAN, ES = D16 ? 2 : 1; /* ES: bytes per element (RM) */
 	const uint32_t spr = K / SPAN;
 	/* warp wk owns spans [s_lo, s_lo + m) of each row of its tile (m >= 1: WK <= spr) */
 	const uint32_t s_lo = (spr * (uint32_t)wk) >> wkl;
@@ -713,13 +714,13 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			       min((blockIdx.x + item * gridDim.x) * (uint32_t)(WT / 2) + ((uint32_t)wt >> 1), T0 - 1);
 		const tc_part &pp = P.p[tc_part_of(P, tile)];
 		const uint32_t lt = tile - pp.t0;
-		if (I8) {
+		if (RM) {
 			rowblk = min(lt * 16 + lrow, pp.N - 1) * nbr; /* padding rows: any valid index */
 			/* rows g and g + 8 of the tile (padding rows: the last row), the
 			 * scale of row lrow, as stored */
 			const uint32_t rg = min(lt * 16 + (uint32_t)g, pp.N - 1), rb = min(lt * 16 + 8 + (uint32_t)g, pp.N - 1);
-			pa = pp.data + (uint64_t)rg * K + s_lo * SPAN + (uint32_t)c * 16;
-			boff = (uint64_t)(rb - rg) * K;
+			pa = pp.data + ((uint64_t)rg * K + s_lo * SPAN) * ES + (uint32_t)c * 16;
+			boff = (uint64_t)(rb - rg) * K * ES;
 			scl = (const uint8_t *)pp.scales + (uint64_t)rowblk * (DQ ? 1 : 4);
 			l_e = s_lo * SPAN;
 		} else {
@@ -736,7 +737,10 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		s.b = ld_stream_tc(pa + boff);
 		uint32_t kb = l_e >> bshift;
 		constexpr uint32_t sst = I8 ? 1 : 16; /* scale entries between blocks */
-		if (DQ) {
+		if (D16) {
+			s.s = 0; /* no scales */
+			s.n = 0.0f;
+		} else if (DQ) {
 			s.s = __ldg(scl + kb * sst);
 			s.n = __ldg(nst + ((rowblk + kb) >> LQ_QNESTED_SHIFT));
 		} else {
@@ -744,7 +748,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		}
 		s.off = l_off;
 		if (--l_left) {
-			pa += I8 ? SPAN : 1024;
+			pa += RM ? SPAN * ES : 1024;
 			l_e += SPAN;
 		} else {
 			l_left = m;
@@ -783,7 +787,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		const uint32_t *tab = QT == LQ_QTYPE_NF4 ? g_nf4 : g_fp4;
 		static_assert(256 % (TC_WARPS * 4) == 0, "the table build's steps");
 #pragma unroll
-		for (int it = 0; it < (I8 ? 0 : 256 / (TC_WARPS * 4)); it++) { /* INT8: no table */
+		for (int it = 0; it < (RM ? 0 : 256 / (TC_WARPS * 4)); it++) { /* INT8, 16-bit: no table */
 			const int e = it * TC_WARPS * 4 + warp * 4 + (lane >> 3);
 			const float hi = __uint_as_float(__ldg(tab + (e >> 4))), lo = __uint_as_float(__ldg(tab + (e & 15)));
 			const uint32_t v = lq_pack16<F16>(hi, lo);
@@ -1005,7 +1009,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		xz[j] = make_uint4(0u, 0u, 0u, 0u);
 	/* the scaled partial sums of one span for rows g and g + 8 (lanes c < 2) */
 	auto span = [&](const tc_slot &s, uint32_t xsp, float &pg, float &pg8) {
-		float sc = DQ ? lq_dq_scale(dmap[s.s], s.n, s.off) : __uint_as_float(s.s);
+		float sc = D16 ? 1.0f : DQ ? lq_dq_scale(dmap[s.s], s.n, s.off) : __uint_as_float(s.s);
 		float so = __shfl_down_sync(0xffffffffu, sc, 2);
 #ifdef TC_NOMATH /* diagnostic: the loads and the bookkeeping without the decode and the mma */
 		pg = sc * __uint_as_float((s.a.x ^ s.a.y ^ s.a.z ^ s.a.w) & 0x007fffffu);
@@ -1013,6 +1017,20 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		return;
 #endif
 		const uint32_t wa[4] = {s.a.x, s.a.y, s.a.z, s.a.w}, wb[4] = {s.b.x, s.b.y, s.b.z, s.b.w};
+		if (D16) {
+			/* 8 values of rows g and g + 8 per lane, already mma operands
+			 * (pairs, the lower element in the low half); lane (c, c) holds
+			 * B column c: chunk c's 8 activations, 16 bytes */
+			uint4 &xv = xz[0];
+			if (g == c)
+				xv = *(const uint4 *)(xs + xsp * (SPAN / 2) + c * 4);
+			float d0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+			lq_mma16816<F16>(d0, wa[0], wb[0], wa[1], wb[1], xv.x, xv.y);
+			lq_mma16816<F16>(d1, wa[2], wb[2], wa[3], wb[3], xv.z, xv.w);
+			pg = (d0[0] + d0[1]) + (d1[0] + d1[1]);
+			pg8 = (d0[2] + d0[3]) + (d1[2] + d1[3]);
+			return;
+		}
 		if (I8) {
 			/* 16 weights of rows g and g + 8 per lane; lane (c, c) holds B
 			 * column c: chunk c's 16 activations (fp16), 2 x 16 bytes; an
@@ -1242,7 +1260,7 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 	}
 	if (tiles > UINT32_MAX / 4 || K > UINT32_MAX / 2)
 		return (int)cudaErrorNotSupported;
-	uint64_t spr = K / (QT == LQ_QTYPE_INT8 ? 64 : TC_SPAN);
+	uint64_t spr = K / (QT == LQ_QTYPE_INT8 ? 64 : QT == LQ_QTYPE_NONE ? 32 : TC_SPAN);
 	int wkl = 0;
 	while (wkl < 4 && (2ull << wkl) <= spr)
 		wkl++;
@@ -1267,7 +1285,7 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 		cfg.attrs = attr;
 		cfg.numAttrs = 1;
 	}
-	int bshift = lq_cuda_bshift(ws[0]->p.block_size);
+	int bshift = QT == LQ_QTYPE_NONE ? 31 : lq_cuda_bshift(ws[0]->p.block_size); /* 16-bit: no blocks */
 	const float *nrm = fu ? fu->norm_w : nullptr;
 	int fl = fu ? (fu->plus_one ? LQ_GEMV_NORM_PLUS_ONE : 0) | (fu->add_out ? LQ_GEMV_ADD_OUT : 0) : 0;
 	e = cudaLaunchKernelEx(&cfg, kern, P, bshift, (uint32_t)K, x, (uint32_t)tiles, wkl, nrm, fu ? fu->eps : 0.0f, fl,
@@ -1281,10 +1299,11 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
  * small enough for the shared-memory copy of x. */
 static bool tc_takes(const struct lq_qparams *p, int layout, uint64_t N, uint64_t K)
 {
-	const bool i8 = p->qtype == LQ_QTYPE_INT8;
-	if ((i8 ? layout != LQ_CUDA_ROWS : layout != LQ_CUDA_TILES) || p->block_size < 64 ||
-	    K % (i8 ? 64 : TC_SPAN) || N == 0 || N > UINT32_MAX / 2 || K > UINT32_MAX / 2 ||
-	    (N + 15) / 16 > UINT32_MAX / 4)
+	const bool i8 = p->qtype == LQ_QTYPE_INT8, d16 = layout == LQ_CUDA_DENSE_BF16 || layout == LQ_CUDA_DENSE_F16;
+	if (d16 ? p->qtype != LQ_QTYPE_NONE || K % 32
+		: (i8 ? layout != LQ_CUDA_ROWS : layout != LQ_CUDA_TILES) || p->block_size < 64 || K % (i8 ? 64 : TC_SPAN))
+		return false;
+	if (N == 0 || N > UINT32_MAX / 2 || K > UINT32_MAX / 2 || (N + 15) / 16 > UINT32_MAX / 4)
 		return false;
 	int sms = 0, major = 0, optin = 0, reserved = 0;
 	if (tc_device(&sms, &major, &optin, &reserved) != cudaSuccess) {
@@ -1304,8 +1323,12 @@ static int try_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, int
 	if (!tc_takes(p, ws[0]->layout, ws[0]->n / K, K))
 		return (int)cudaErrorNotSupported;
 	const int dq = p->double_quant != 0, qt = p->qtype;
+	if (qt == LQ_QTYPE_NONE && (ws[0]->layout == LQ_CUDA_DENSE_F16) != F16)
+		return (int)cudaErrorNotSupported; /* 16-bit values in the other type than the mma's */
 	auto pick = [&](auto pre) {
 		constexpr bool PRE = decltype(pre)::value;
+		if (qt == LQ_QTYPE_NONE)
+			return launch_tc<LQ_QTYPE_NONE, false, F16, XT, PRE>(ws, ys, nw, K, x, st, grid_max, fu);
 		if (qt == LQ_QTYPE_NF4)
 			return dq ? launch_tc<LQ_QTYPE_NF4, true, F16, XT, PRE>(ws, ys, nw, K, x, st, grid_max, fu)
 				  : launch_tc<LQ_QTYPE_NF4, false, F16, XT, PRE>(ws, ys, nw, K, x, st, grid_max, fu);
@@ -1325,6 +1348,9 @@ static int try_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, int
 static int gemv_check(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x)
 {
 	int bs = w->p.block_size;
+	if (w->layout == LQ_CUDA_DENSE_BF16 || w->layout == LQ_CUDA_DENSE_F16)
+		return w->p.qtype == LQ_QTYPE_NONE && N && K && N <= UINT64_MAX / K && N * K == w->n && w->d_data &&
+		       !((uintptr_t)w->d_data & 15) && !((uintptr_t)d_x & 15);
 	return !(N == 0 || (w->layout != LQ_CUDA_ROWS && w->layout != LQ_CUDA_TILES) || K == 0 || bs < LQ_QBLOCK_MIN || bs > LQ_QBLOCK_MAX || (bs & (bs - 1)) ||
 		 K % (uint64_t)bs || N > UINT64_MAX / K || N * K != w->n || !w->d_data || !w->d_scales ||
 		 (w->p.double_quant && !w->d_nested) || ((uintptr_t)w->d_data & 15) || ((uintptr_t)d_x & 15));
@@ -1361,14 +1387,16 @@ static int gemv_run(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 	 * default launch (no knobs) */
 	const bool i8tc = ws[0]->p.qtype == LQ_QTYPE_INT8 && ws[0]->layout == LQ_CUDA_ROWS && rows == 0 &&
 			  ksplit_max == 0 && (mode == LQ_GEMV_BF16 || mode == LQ_GEMV_F16);
-	if (fu && ((ws[0]->layout != LQ_CUDA_TILES && !i8tc) || x_dtype != LQ_DTYPE_F32 ||
+	/* unquantized 16-bit weights: the tensor-core kernel only */
+	const bool d16 = ws[0]->layout == LQ_CUDA_DENSE_BF16 || ws[0]->layout == LQ_CUDA_DENSE_F16;
+	if (fu && ((ws[0]->layout != LQ_CUDA_TILES && !i8tc && !d16) || x_dtype != LQ_DTYPE_F32 ||
 		   (fu->norm_w && ((uintptr_t)fu->norm_w & 15)) ||
 		   (fu->act_out && (n != 2 || ws[0]->n != ws[1]->n || fu->add_out)) ||
 		   (fu->pre_add && (!fu->norm_w || !fu->pre_w || !fu->x_out || (((uintptr_t)fu->pre_add | (uintptr_t)fu->pre_w |
 										(uintptr_t)fu->x_out) & 15) ||
 				    fu->x_out == d_x || fu->x_out == fu->pre_add))))
 		return (int)cudaErrorInvalidValue;
-	if (ws[0]->layout == LQ_CUDA_TILES || i8tc) {
+	if (ws[0]->layout == LQ_CUDA_TILES || i8tc || d16) {
 		if (rows != 0 || ksplit_max != 0 || (mode != LQ_GEMV_BF16 && mode != LQ_GEMV_F16))
 			return (int)cudaErrorInvalidValue;
 		int e;

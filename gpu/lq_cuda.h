@@ -29,10 +29,15 @@ struct lq_cuda_qweight {
 	const float *d_nested;  /* float[ceil(nb/256)] with double quant */
 	float offset;           /* double-quant offset */
 	uint64_t n;             /* elements */
-	int layout;             /* LQ_CUDA_ROWS (as stored) or LQ_CUDA_TILES */
+	int layout;             /* LQ_CUDA_ROWS (as stored) or LQ_CUDA_TILES; see below */
 };
 #define LQ_CUDA_ROWS 0
 #define LQ_CUDA_TILES 1
+/* Unquantized weights (p.qtype LQ_QTYPE_NONE, no scales): row-major bf16 or
+ * fp16 values in d_data, taken only by the tensor-core GEMV in the 16-bit
+ * mode of their type (LQ_GEMV_BF16 / LQ_GEMV_F16, lq_cuda_gemv_tc). */
+#define LQ_CUDA_DENSE_BF16 2
+#define LQ_CUDA_DENSE_F16 3
 
 /*
  * The GPU tile layout (formats/LQ-FORMAT.md) of a 4-bit [N, K] weight.
@@ -48,8 +53,9 @@ struct lq_cuda_qweight {
 int lq_cuda_tiles_ok(const struct lq_qparams *p, uint64_t N, uint64_t K);
 /* 1 when the tensor-core GEMV (and so lq_cuda_gemv_fused) takes the weight w
  * of K columns as it is laid out on the current device: 4-bit weights in
- * the tile layout, INT8 weights as stored (block size >= 64, K % 64 == 0,
- * K within its shared memory); else 0. */
+ * the tile layout, INT8 weights as stored (block size >= 64, K % 64 == 0),
+ * 16-bit ones (LQ_CUDA_DENSE_*, K % 32 == 0; in their own mode only), K
+ * within its shared memory; else 0. */
 int lq_cuda_gemv_tc(const struct lq_cuda_qweight *w, uint64_t K);
 void lq_cuda_tiles_size(const struct lq_qparams *p, uint64_t N, uint64_t K, uint64_t *data_bytes,
 			uint64_t *scale_bytes);

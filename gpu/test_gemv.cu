@@ -88,8 +88,8 @@ static double worst(const float *y, const double *ref, const double *a, uint64_t
  * (q as stored; tq in the tile layout when tiled is set). */
 struct tw {
 	struct lq_cuda_qweight q, tq;
-	int tiled;
-	float *wd;
+	int tiled, dense; /* dense: q holds bf16 values (LQ_CUDA_DENSE_BF16), tq fp16 ones */
+	float *wd, *wd16; /* the values of q (and of tq when dense) */
 	void *dbuf[5];
 };
 
@@ -123,6 +123,35 @@ static int tiles_match(const struct lq_qparams *p, uint64_t N, uint64_t K, const
 static void tw_make(struct tw *t, int qtype, int bs, int dq, uint64_t N, uint64_t K, unsigned seed)
 {
 	uint64_t n = N * K;
+	memset(t, 0, sizeof *t);
+	if (qtype == LQ_QTYPE_NONE) {
+		/* unquantized: the same values rounded to bf16 (q) and to fp16 (tq) */
+		uint16_t *hb = (uint16_t *)malloc(n * 2), *hh = (uint16_t *)malloc(n * 2);
+		t->wd = (float *)malloc(n * 4);
+		t->wd16 = (float *)malloc(n * 4);
+		for (uint64_t i = 0; i < n; i++) {
+			const float v = frand(&seed) * (1.0f + (float)(i % 89) * 0.1f);
+			hb[i] = f2bf(v);
+			t->wd[i] = bf2f(hb[i]);
+			const __half h = __float2half(v);
+			memcpy(&hh[i], &h, 2);
+			t->wd16[i] = __half2float(h);
+		}
+		CU(cudaMalloc(&t->dbuf[0], n * 2));
+		CU(cudaMalloc(&t->dbuf[1], n * 2));
+		CU(cudaMemcpy(t->dbuf[0], hb, n * 2, cudaMemcpyHostToDevice));
+		CU(cudaMemcpy(t->dbuf[1], hh, n * 2, cudaMemcpyHostToDevice));
+		struct lq_cuda_qweight q = {{LQ_QTYPE_NONE, 0, 0}, (const uint8_t *)t->dbuf[0], NULL, NULL, 0, n,
+					    LQ_CUDA_DENSE_BF16};
+		t->q = q;
+		t->tq = q;
+		t->tq.d_data = (const uint8_t *)t->dbuf[1];
+		t->tq.layout = LQ_CUDA_DENSE_F16;
+		t->dense = 1;
+		free(hb);
+		free(hh);
+		return;
+	}
 	struct lq_qparams p = {qtype, bs, dq};
 	float *w = (float *)malloc(n * 4);
 	t->wd = (float *)malloc(n * 4);
@@ -174,6 +203,18 @@ static void tw_free(struct tw *t)
 	for (int i = 0; i < 5; i++)
 		cudaFree(t->dbuf[i]);
 	free(t->wd);
+	free(t->wd16);
+}
+
+/* The weight a 16-bit mode runs (tiled 4-bit, INT8 as stored, unquantized
+ * in the mode's type), and its values. */
+static const struct lq_cuda_qweight *tw_w(const struct tw *t, int mode)
+{
+	return t->dense ? (mode == LQ_GEMV_F16 ? &t->tq : &t->q) : t->tiled ? &t->tq : &t->q;
+}
+static const float *tw_ref(const struct tw *t, int mode)
+{
+	return t->dense && mode == LQ_GEMV_F16 ? t->wd16 : t->wd;
 }
 
 /* q, k and v style: three weights of different row counts in one launch. */
@@ -192,19 +233,19 @@ static void test_multi(int qtype, int dq, int mode, uint64_t K, uint64_t N1)
 	CU(cudaMemcpy(d_x, x, K * 4, cudaMemcpyHostToDevice));
 	for (int i = 0; i < 3; i++) {
 		tw_make(&t[i], qtype, 64, dq, Ns[i], K, 7u * (unsigned)i + 1);
-		ws[i] = t[i].tiled && mode >= LQ_GEMV_BF16 ? &t[i].tq : &t[i].q;
+		ws[i] = mode >= LQ_GEMV_BF16 ? tw_w(&t[i], mode) : &t[i].q;
 		CU(cudaMalloc(&d_y[i], Ns[i] * 4));
 		CU(cudaMemset(d_y[i], 0xff, Ns[i] * 4));
 	}
 	int rc = lq_cuda_gemv_multi(ws, d_y, 3, K, d_x, LQ_DTYPE_F32, mode, 0);
 	CU(cudaDeviceSynchronize());
-	double tol = qtype == LQ_QTYPE_INT8 ? 1e-5 : mode == LQ_GEMV_F16 && t[0].tiled ? 1e-3 : 3e-3;
+	double tol = qtype == LQ_QTYPE_INT8 || qtype == LQ_QTYPE_NONE ? 1e-5 : mode == LQ_GEMV_F16 && t[0].tiled ? 1e-3 : 3e-3;
 	for (int i = 0; i < 3; i++) {
 		uint64_t N = Ns[i];
 		float *y = (float *)malloc(N * 4);
 		double *ref = (double *)malloc(N * 8), *a = (double *)malloc(N * 8);
 		CU(cudaMemcpy(y, d_y[i], N * 4, cudaMemcpyDeviceToHost));
-		host_gemv(t[i].wd, x, N, K, ref, a);
+		host_gemv(tw_ref(&t[i], mode), x, N, K, ref, a);
 		double e = worst(y, ref, a, N);
 		CHECK(rc == 0 && e <= tol, "multi part %d q=%d dq=%d mode=%d K=%llu: rc %d err %g (tol %g)", i, qtype, dq,
 		      mode, (unsigned long long)K, rc, e, tol);
@@ -236,7 +277,7 @@ static void test_fused(int qtype, int mode, uint64_t K)
 	CU(cudaMemcpy(d_nw, nw, K * 4, cudaMemcpyHostToDevice));
 	for (int i = 0; i < 2; i++) {
 		tw_make(&t[i], qtype, 64, 1, Ns[i], K, 31u * (unsigned)i + 5);
-		ws[i] = t[i].tiled ? &t[i].tq : &t[i].q; /* INT8: as stored */
+		ws[i] = tw_w(&t[i], mode); /* INT8, 16-bit: as stored */
 		rows_w[i] = &t[i].q;
 		CU(cudaMalloc(&d_y[i], Ns[i] * 4));
 	}
@@ -269,7 +310,7 @@ static void test_fused(int qtype, int mode, uint64_t K)
 				float *y = (float *)malloc(N * 4);
 				double *ref = (double *)malloc(N * 8), *a = (double *)malloc(N * 8);
 				CU(cudaMemcpy(y, d_y[i], N * 4, cudaMemcpyDeviceToHost));
-				host_gemv(t[i].wd, xn, N, K, ref, a);
+				host_gemv(tw_ref(&t[i], mode), xn, N, K, ref, a);
 				for (uint64_t r = 0; r < N; r++) {
 					ref[r] += y0[i][r];
 					a[r] += fabs(y0[i][r]);
@@ -282,7 +323,7 @@ static void test_fused(int qtype, int mode, uint64_t K)
 			}
 		}
 	struct lq_gemv_fuse f = {d_nw, eps, 0, 0, NULL, 0};
-	CHECK((qtype == LQ_QTYPE_INT8 || lq_cuda_gemv_fused(rows_w, d_y, 2, K, d_x, mode, &f, 0) == (int)cudaErrorInvalidValue) &&
+	CHECK((qtype == LQ_QTYPE_INT8 || qtype == LQ_QTYPE_NONE || lq_cuda_gemv_fused(rows_w, d_y, 2, K, d_x, mode, &f, 0) == (int)cudaErrorInvalidValue) &&
 		      lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, mode, NULL, 0) == (int)cudaErrorInvalidValue &&
 		      lq_cuda_gemv_fused(ws, d_y, 2, K, d_x, LQ_GEMV_EXACT, &f, 0) == (int)cudaErrorInvalidValue,
 	      "fused refuses row-major weights, no fusion, fp32 modes");
@@ -322,7 +363,7 @@ static void test_fused_act(int qtype, int mode, uint64_t K, uint64_t N, int act)
 	CU(cudaMemcpy(d_nw, nw, K * 4, cudaMemcpyHostToDevice));
 	for (int i = 0; i < 2; i++) {
 		tw_make(&t[i], qtype, 64, 1, N, K, 91u * (unsigned)i + 3);
-		ws[i] = t[i].tiled ? &t[i].tq : &t[i].q;
+		ws[i] = tw_w(&t[i], mode);
 		CU(cudaMalloc(&d_y[i], N * 4));
 	}
 	struct lq_gemv_fuse f = {d_nw, 1e-5f, 0, 0, NULL, act};
@@ -397,7 +438,7 @@ static void test_fused_pre(int qtype, int mode, uint64_t K)
 	CU(cudaMemcpy(d_nw, nw, K * 4, cudaMemcpyHostToDevice));
 	for (int i = 0; i < 2; i++) {
 		tw_make(&t[i], qtype, 64, 1, N, K, 17u * (unsigned)i + 11);
-		ws[i] = t[i].tiled ? &t[i].tq : &t[i].q;
+		ws[i] = tw_w(&t[i], mode);
 		CU(cudaMalloc(&d_y[i], N * 4));
 	}
 	const float eps = 1e-6f;
@@ -439,7 +480,7 @@ static void test_fused_pre(int qtype, int mode, uint64_t K)
 			yv[i] = (float *)malloc(N * 4);
 			double *ref = (double *)malloc(N * 8), *a = (double *)malloc(N * 8);
 			CU(cudaMemcpy(yv[i], d_y[i], N * 4, cudaMemcpyDeviceToHost));
-			host_gemv(t[i].wd, xn, N, K, ref, a);
+			host_gemv(tw_ref(&t[i], mode), xn, N, K, ref, a);
 			double e = worst(yv[i], ref, a, N), tol = mode == LQ_GEMV_F16 ? 1e-3 : 3e-3;
 			CHECK(rc == 0 && e <= tol, "fused pre part %d q=%d mode=%d K=%llu plus1=%d: err %g", i, qtype, mode,
 			      (unsigned long long)K, plus1, e);
@@ -638,8 +679,57 @@ int main(void)
 			if (q == LQ_QTYPE_NF4 && mode == LQ_GEMV_BF16)
 				test_multi(q, 1, mode, 32768, 100);
 		}
-	/* the fused launches: 4-bit in the tile layout, INT8 as stored */
-	for (int q = LQ_QTYPE_NF4; q <= LQ_QTYPE_INT8; q++)
+	/* unquantized bf16 / fp16 weights (LQ_CUDA_DENSE_*): the tensor-core
+	 * kernel in their own mode; one part of several work items per block */
+	for (int mode = LQ_GEMV_BF16; mode <= LQ_GEMV_F16; mode++) {
+		test_multi(LQ_QTYPE_NONE, 0, mode, 512, 1000);
+		test_multi(LQ_QTYPE_NONE, 0, mode, 4096, 40001);
+		test_multi(LQ_QTYPE_NONE, 0, mode, 14336, 300);
+	}
+	{
+		/* bf16 x; what 16-bit weights refuse: the other mode, the fp32
+		 * modes, the CUDA-core knobs, a K not a multiple of 32 */
+		const uint64_t N = 77, K = 2304;
+		struct tw t;
+		tw_make(&t, LQ_QTYPE_NONE, 0, 0, N, K, 4711u);
+		unsigned seed = 5u;
+		uint16_t *xh = (uint16_t *)malloc(K * 2);
+		float *xb = (float *)malloc(K * 4), *y = (float *)malloc(N * 4);
+		double *ref = (double *)malloc(N * 8), *a = (double *)malloc(N * 8);
+		for (uint64_t k = 0; k < K; k++) {
+			xh[k] = f2bf(frand(&seed) * 10);
+			xb[k] = bf2f(xh[k]);
+		}
+		void *d_xh, *d_xb;
+		float *d_y;
+		CU(cudaMalloc(&d_xh, K * 2)); CU(cudaMalloc(&d_xb, K * 4)); CU(cudaMalloc(&d_y, N * 4));
+		CU(cudaMemcpy(d_xh, xh, K * 2, cudaMemcpyHostToDevice));
+		CU(cudaMemcpy(d_xb, xb, K * 4, cudaMemcpyHostToDevice));
+		CU(cudaMemset(d_y, 0xff, N * 4));
+		int rc = lq_cuda_gemv(&t.q, N, K, d_xh, LQ_DTYPE_BF16, d_y, 0);
+		CU(cudaDeviceSynchronize());
+		CU(cudaMemcpy(y, d_y, N * 4, cudaMemcpyDeviceToHost));
+		host_gemv(t.wd, xb, N, K, ref, a);
+		double e = worst(y, ref, a, N);
+		CHECK(rc == 0 && e <= 1e-5, "16-bit weights, bf16 x: rc %d err %g", rc, e);
+		const struct lq_cuda_qweight *wb[1] = {&t.q}, *wh[1] = {&t.tq};
+		struct lq_cuda_qweight odd = t.q;
+		odd.n = N * (K - 16);
+		CHECK(lq_cuda_gemv_multi(wb, &d_y, 1, K, d_xb, LQ_DTYPE_F32, LQ_GEMV_F16, 0) == (int)cudaErrorInvalidValue &&
+			      lq_cuda_gemv_multi(wh, &d_y, 1, K, d_xb, LQ_DTYPE_F32, LQ_GEMV_BF16, 0) == (int)cudaErrorInvalidValue &&
+			      lq_cuda_gemv_multi(wb, &d_y, 1, K, d_xb, LQ_DTYPE_F32, LQ_GEMV_F32, 0) == (int)cudaErrorInvalidValue &&
+			      lq_cuda_gemv_multi(wb, &d_y, 1, K, d_xb, LQ_DTYPE_F32, LQ_GEMV_EXACT, 0) == (int)cudaErrorInvalidValue &&
+			      lq_cuda_gemv_ex(&t.q, N, K, d_xh, LQ_DTYPE_BF16, d_y, 0, 2, 0, 0) == (int)cudaErrorInvalidValue &&
+			      lq_cuda_gemv(&odd, N, K - 16, d_xh, LQ_DTYPE_BF16, d_y, 0) == (int)cudaErrorInvalidValue &&
+			      lq_cuda_gemv_tc(&t.q, K) && !lq_cuda_gemv_tc(&odd, K - 16),
+		      "16-bit weights refuse the other mode, fp32 modes, knobs, K %% 32");
+		cudaFree(d_xh); cudaFree(d_xb); cudaFree(d_y);
+		free(xh); free(xb); free(y); free(ref); free(a);
+		tw_free(&t);
+	}
+	/* the fused launches: 4-bit in the tile layout, INT8 as stored, and
+	 * unquantized 16-bit weights (LQ_QTYPE_NONE, before NF4) */
+	for (int q = LQ_QTYPE_NONE; q <= LQ_QTYPE_INT8; q++)
 		for (int mode = LQ_GEMV_BF16; mode <= LQ_GEMV_F16; mode++) {
 			test_fused(q, mode, 512);
 			test_fused(q, mode, 4096);
