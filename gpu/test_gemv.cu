@@ -206,6 +206,15 @@ static void tw_free(struct tw *t)
 	free(t->wd16);
 }
 
+/* A device copy of n floats. */
+static float *to_dev(const float *h, uint64_t n)
+{
+	float *d;
+	CU(cudaMalloc(&d, n * 4));
+	CU(cudaMemcpy(d, h, n * 4, cudaMemcpyHostToDevice));
+	return d;
+}
+
 /* The weight a 16-bit mode runs (tiled 4-bit, INT8 as stored, unquantized
  * in the mode's type), and its values. */
 static const struct lq_cuda_qweight *tw_w(const struct tw *t, int mode)
@@ -425,17 +434,9 @@ static void test_fused_pre(int qtype, int mode, uint64_t K)
 		pw[k] = frand(&seed) * 6;
 		nw[k] = frand(&seed) * 6;
 	}
-	float *d_x, *d_o, *d_pw, *d_nw, *d_xo, *d_y[2], *d_a;
-	CU(cudaMalloc(&d_x, K * 4));
-	CU(cudaMalloc(&d_o, K * 4));
-	CU(cudaMalloc(&d_pw, K * 4));
-	CU(cudaMalloc(&d_nw, K * 4));
+	float *d_x = to_dev(x, K), *d_o = to_dev(o, K), *d_pw = to_dev(pw, K), *d_nw = to_dev(nw, K), *d_xo, *d_y[2], *d_a;
 	CU(cudaMalloc(&d_xo, K * 4));
 	CU(cudaMalloc(&d_a, N * 4));
-	CU(cudaMemcpy(d_x, x, K * 4, cudaMemcpyHostToDevice));
-	CU(cudaMemcpy(d_o, o, K * 4, cudaMemcpyHostToDevice));
-	CU(cudaMemcpy(d_pw, pw, K * 4, cudaMemcpyHostToDevice));
-	CU(cudaMemcpy(d_nw, nw, K * 4, cudaMemcpyHostToDevice));
 	for (int i = 0; i < 2; i++) {
 		tw_make(&t[i], qtype, 64, 1, N, K, 17u * (unsigned)i + 11);
 		ws[i] = tw_w(&t[i], mode);
