@@ -963,11 +963,11 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	__syncthreads();
 	/* INT8: the weights are exact fp16 integers, so the mma takes fp16 x.
 	 * At bf16 compute x (bf16 values in xs) is rescaled by a power of two
-	 * 2^-xs so that its largest magnitude lies in [2^14, 2^15): exact in
-	 * fp16 but for magnitudes under 2^-38 of the largest (fp16
-	 * subnormals), which the product then misses by less than 2^-24 of
-	 * the largest term.  xmul undoes the scale and applies INT8's 1 / 127
-	 * at the store. */
+	 * 2^-e so that its largest magnitude lies in [2^14, 2^15): exact in
+	 * fp16 down to 2^-32 of the largest (bf16's 8 bits above fp16's
+	 * subnormal step, 2^-24); smaller ones are rounded to that step, an
+	 * error under 2^-39 of the largest per element.  xmul undoes the
+	 * scale and applies INT8's 1 / 127 at the store. */
 	float xmul = 1.0f;
 	if (I8) {
 		xmul = 1.0f / 127.0f;

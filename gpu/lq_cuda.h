@@ -109,8 +109,8 @@ int lq_cuda_gemv(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const 
  *                  4-bit weights in the tile layout go through the tensor
  *                  cores as bf16 (row-major ones as LQ_GEMV_F32); INT8
  *                  weights (exact fp16 integers) with x as fp16 scaled by
- *                  a power of two (exact for bf16 values but those under
- *                  2^-38 of the largest)
+ *                  a power of two (exact for bf16 values down to 2^-32 of
+ *                  the largest; under 2^-39 of it off for smaller ones)
  *   LQ_GEMV_F16    values representable in fp16: the same with fp16 codes
  *                  (relative error <= 2^-11 per weight)
  * Tiled weights take only LQ_GEMV_BF16 / LQ_GEMV_F16 (or bf16 x), all
