@@ -2752,8 +2752,8 @@ static int matvec_multi(gstate *g, const dweight *const *ws, int nw, const float
 }
 
 /*
- * A fused gate_up weight [2I, K] in the tile layout, or INT8 as stored, as
- * two weights (views of its halves, nothing copied), so that the decode GEMV
+ * A fused gate_up weight [2I, K] in the tile layout, or INT8 or 16-bit as
+ * stored, as two weights (views of its halves, nothing copied), so that the decode GEMV
  * can pair their tiles and apply the activation (Phi-3): the up half must
  * start on a tile (I % 16 == 0) and, with double quant, on a nested-scale
  * group (I * K / block_size % 256 == 0).
@@ -2761,28 +2761,20 @@ static int matvec_multi(gstate *g, const dweight *const *ws, int nw, const float
 static int split_gate_up(const dweight *gu, uint64_t I, dweight *gate, dweight *up)
 {
 	const struct lq_cuda_qweight *q = &gu->q;
-	const bool d16 = q->layout == LQ_CUDA_DENSE_BF16 || q->layout == LQ_CUDA_DENSE_F16;
-	const bool rows = (q->layout == LQ_CUDA_ROWS && q->p.qtype == LQ_QTYPE_INT8) || d16;
-	if ((q->layout != LQ_CUDA_TILES && !rows) || I % 16 || gu->rows != 2 * I)
+	const bool d16 = lq_cuda_dense(q->layout), i8 = q->layout == LQ_CUDA_ROWS && q->p.qtype == LQ_QTYPE_INT8;
+	if ((q->layout != LQ_CUDA_TILES && !i8 && !d16) || I % 16 || gu->rows != 2 * I)
 		return 0;
-	if (d16) { /* no scales */
-		*gate = *up = *gu;
-		gate->rows = up->rows = I;
-		gate->q.n = up->q.n = I * gu->cols;
-		up->q.d_data = q->d_data + I * gu->cols * 2;
-		gate->k.rows = up->k.rows = I;
-		up->k.data = up->q.d_data;
-		return 1;
-	}
-	const uint64_t K = gu->cols, nbr = K / (uint64_t)q->p.block_size;
+	const uint64_t K = gu->cols, nbr = d16 ? 0 : K / (uint64_t)q->p.block_size;
 	if (q->p.double_quant && (I * nbr) % LQ_QNESTED_BLOCK)
 		return 0;
-	const uint64_t tiles = I / 16, esz = q->p.double_quant ? 1 : 4;
 	*gate = *up = *gu;
 	gate->rows = up->rows = I;
 	gate->q.n = up->q.n = I * K;
-	up->q.d_data = q->d_data + (rows ? I * K : tiles * (K / 128) * 1024);
-	up->q.d_scales = (const uint8_t *)q->d_scales + tiles * nbr * 16 * esz; /* the same offset as stored */
+	/* the up half: I rows on as stored, I / 16 tiles on in the tile layout,
+	 * whose scales start at the same entry as stored (16-bit: none) */
+	up->q.d_data = q->d_data + (d16 ? I * K * 2 : i8 ? I * K : I / 16 * (K / 128) * 1024);
+	if (!d16)
+		up->q.d_scales = (const uint8_t *)q->d_scales + I * nbr * (q->p.double_quant ? 1 : 4);
 	if (q->p.double_quant)
 		up->q.d_nested = q->d_nested + I * nbr / LQ_QNESTED_BLOCK;
 	gate->k.rows = up->k.rows = I;
@@ -2796,10 +2788,10 @@ static int split_gate_up(const dweight *gu, uint64_t I, dweight *gate, dweight *
  * Whether the decode step can fuse each RMSNorm into the GEMVs that read it
  * and each residual add into the GEMV that produces it (lq_cuda_gemv_fused):
  * bf16/fp16 compute, every linear weight of every layer taken by the
- * tensor-core GEMV (4-bit tiled, INT8, or unquantized in the compute
- * dtype), no o / down bias.  With sandwich
- * norms (Gemma 2) the o and down outputs go to g->o, and the next GEMV that
- * normalizes its input adds them (struct resid).
+ * tensor-core GEMV in the compute dtype's mode (4-bit tiled, INT8, or
+ * unquantized in that dtype; lq_cuda_gemv_tc), no o / down bias.  With
+ * sandwich norms (Gemma 2) the o and down outputs go to g->o, and the next
+ * GEMV that normalizes its input adds them (struct resid).
  */
 static int fusable(gstate *g)
 {
@@ -2823,14 +2815,9 @@ static int fusable(gstate *g)
 			ws[n++] = &l->gate;
 			ws[n++] = &l->up;
 		}
-		for (int j = 0; j < n; j++) {
-			if (!lq_cuda_gemv_tc(&ws[j]->q, ws[j]->cols))
+		for (int j = 0; j < n; j++)
+			if (!lq_cuda_gemv_tc(&ws[j]->q, ws[j]->cols, gemv_mode(g->cd)))
 				return 0;
-			/* 16-bit weights in the compute dtype's type */
-			if (ws[j]->k.qtype == LQ_QTYPE_NONE &&
-			    ws[j]->q.layout != (g->cd == LQ_COMPUTE_F16 ? LQ_CUDA_DENSE_F16 : LQ_CUDA_DENSE_BF16))
-				return 0;
-		}
 		if (l->o_bias || l->down_bias)
 			return 0;
 	}
@@ -2850,9 +2837,9 @@ struct resid {
 	const float *wait;
 };
 
-/* Decode with g->fuse: ys_i = W_i RMSNorm(x) (norm_w; r->x, after r->wait's
- * add) or ys_i += W_i x (add); with act_out (gate and up): act_out =
- * act(gate) * up instead of ys. */
+/* Decode with g->fuse: ys_i = W_i RMSNorm(x) (norm_w; with r, x is r->x and
+ * r->wait's add comes first) or ys_i += W_i x (add); with act_out (gate and
+ * up): act_out = act(gate) * up instead of ys. */
 static int gemv_fuse(gstate *g, const dweight *const *ws, int nw, const float *x, float *const *ys, const float *norm_w,
 		     int add, float *act_out, struct lq_error *err, struct resid *r = nullptr)
 {
@@ -2862,14 +2849,11 @@ static int gemv_fuse(gstate *g, const dweight *const *ws, int nw, const float *x
 	struct lq_gemv_fuse f = {norm_w, (float)g->c->rms_norm_eps, g->c->norm_plus_one, add, act_out, g->c->act,
 				 nullptr, nullptr, nullptr};
 	float *other = nullptr;
-	if (r) {
-		x = r->x;
-		if (r->wait) {
-			other = r->x == g->x ? g->x2 : g->x;
-			f.pre_add = g->o;
-			f.pre_w = r->wait;
-			f.x_out = other;
-		}
+	if (r && r->wait) {
+		other = r->x == g->x ? g->x2 : g->x;
+		f.pre_add = g->o;
+		f.pre_w = r->wait;
+		f.x_out = other;
 	}
 	int e = lq_cuda_gemv_fused(qs, ys, nw, ws[0]->cols, x, gemv_mode(g->cd), &f, g->st);
 	if (e)

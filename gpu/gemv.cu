@@ -1294,16 +1294,17 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 }
 
 /* Whether the tensor-core path takes weights of these parameters, N x K,
- * in this layout: 4-bit in the tile layout (block size >= 64, K a multiple
- * of 128), INT8 as stored (block size >= 64, K a multiple of 64), and K
- * small enough for the shared-memory copy of x. */
-static bool tc_takes(const struct lq_qparams *p, int layout, uint64_t N, uint64_t K)
+ * in this layout, with fp16 (f16) or bf16 mma operands: 4-bit in the tile
+ * layout (block size >= 64, K a multiple of 128), INT8 as stored (block
+ * size >= 64, K a multiple of 64), 16-bit values of the operands' type (K a
+ * multiple of 32), and K small enough for the shared-memory copy of x. */
+static bool tc_takes(const struct lq_qparams *p, int layout, uint64_t N, uint64_t K, bool f16)
 {
-	const bool i8 = p->qtype == LQ_QTYPE_INT8, d16 = layout == LQ_CUDA_DENSE_BF16 || layout == LQ_CUDA_DENSE_F16;
-	if (d16 ? p->qtype != LQ_QTYPE_NONE || K % 32
+	const bool i8 = p->qtype == LQ_QTYPE_INT8, d16 = lq_cuda_dense(layout);
+	if (d16 ? p->qtype != LQ_QTYPE_NONE || K % 32 || (layout == LQ_CUDA_DENSE_F16) != f16
 		: (i8 ? layout != LQ_CUDA_ROWS : layout != LQ_CUDA_TILES) || p->block_size < 64 || K % (i8 ? 64 : TC_SPAN))
 		return false;
-	if (N == 0 || N > UINT32_MAX / 2 || K > UINT32_MAX / 2 || (N + 15) / 16 > UINT32_MAX / 4)
+	if (N == 0 || K == 0 || N > UINT32_MAX / 2 || K > UINT32_MAX / 2 || (N + 15) / 16 > UINT32_MAX / 4)
 		return false;
 	int sms = 0, major = 0, optin = 0, reserved = 0;
 	if (tc_device(&sms, &major, &optin, &reserved) != cudaSuccess) {
@@ -1320,11 +1321,9 @@ static int try_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, int
 		  cudaStream_t st, int grid_max, const struct lq_gemv_fuse *fu)
 {
 	const struct lq_qparams *p = &ws[0]->p;
-	if (!tc_takes(p, ws[0]->layout, ws[0]->n / K, K))
+	if (!tc_takes(p, ws[0]->layout, ws[0]->n / K, K, F16))
 		return (int)cudaErrorNotSupported;
 	const int dq = p->double_quant != 0, qt = p->qtype;
-	if (qt == LQ_QTYPE_NONE && (ws[0]->layout == LQ_CUDA_DENSE_F16) != F16)
-		return (int)cudaErrorNotSupported; /* 16-bit values in the other type than the mma's */
 	auto pick = [&](auto pre) {
 		constexpr bool PRE = decltype(pre)::value;
 		if (qt == LQ_QTYPE_NONE)
@@ -1348,7 +1347,7 @@ static int try_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, int
 static int gemv_check(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, const void *d_x)
 {
 	int bs = w->p.block_size;
-	if (w->layout == LQ_CUDA_DENSE_BF16 || w->layout == LQ_CUDA_DENSE_F16)
+	if (lq_cuda_dense(w->layout))
 		return w->p.qtype == LQ_QTYPE_NONE && N && K && N <= UINT64_MAX / K && N * K == w->n && w->d_data &&
 		       !((uintptr_t)w->d_data & 15) && !((uintptr_t)d_x & 15);
 	return !(N == 0 || (w->layout != LQ_CUDA_ROWS && w->layout != LQ_CUDA_TILES) || K == 0 || bs < LQ_QBLOCK_MIN || bs > LQ_QBLOCK_MAX || (bs & (bs - 1)) ||
@@ -1388,7 +1387,7 @@ static int gemv_run(const struct lq_cuda_qweight *const *ws, float *const *ys, i
 	const bool i8tc = ws[0]->p.qtype == LQ_QTYPE_INT8 && ws[0]->layout == LQ_CUDA_ROWS && rows == 0 &&
 			  ksplit_max == 0 && (mode == LQ_GEMV_BF16 || mode == LQ_GEMV_F16);
 	/* unquantized 16-bit weights: the tensor-core kernel only */
-	const bool d16 = ws[0]->layout == LQ_CUDA_DENSE_BF16 || ws[0]->layout == LQ_CUDA_DENSE_F16;
+	const bool d16 = lq_cuda_dense(ws[0]->layout);
 	if (fu && ((ws[0]->layout != LQ_CUDA_TILES && !i8tc && !d16) || x_dtype != LQ_DTYPE_F32 ||
 		   (fu->norm_w && ((uintptr_t)fu->norm_w & 15)) ||
 		   (fu->act_out && (n != 2 || ws[0]->n != ws[1]->n || fu->add_out)) ||
@@ -1449,21 +1448,16 @@ extern "C" int lq_cuda_gemv_fused(const struct lq_cuda_qweight *const *ws, float
  * The GPU tile layout (formats/LQ-FORMAT.md): made once at load time.
  * ---------------------------------------------------------------------- */
 
-extern "C" int lq_cuda_gemv_tc(const struct lq_cuda_qweight *w, uint64_t K)
+extern "C" int lq_cuda_gemv_tc(const struct lq_cuda_qweight *w, uint64_t K, int mode)
 {
-	return w && K && w->n % K == 0 && tc_takes(&w->p, w->layout, w->n / K, K);
+	return w && K && w->n % K == 0 && (mode == LQ_GEMV_BF16 || mode == LQ_GEMV_F16) &&
+	       tc_takes(&w->p, w->layout, w->n / K, K, mode == LQ_GEMV_F16);
 }
 
 extern "C" int lq_cuda_tiles_ok(const struct lq_qparams *p, uint64_t N, uint64_t K)
 {
-	int sms = 0, major = 0, optin = 0, reserved = 0;
-	if (!p || (p->qtype != LQ_QTYPE_NF4 && p->qtype != LQ_QTYPE_FP4) || p->block_size < 64 ||
-	    p->block_size > LQ_QBLOCK_MAX || (p->block_size & (p->block_size - 1)) || N == 0 || K == 0 ||
-	    K % TC_SPAN || N > UINT32_MAX / 2 || K > UINT32_MAX / 2 || (N + 15) / 16 > UINT32_MAX / 4)
-		return 0;
-	if (tc_device(&sms, &major, &optin, &reserved) != cudaSuccess)
-		return 0;
-	return major >= 8 && tc_smem(K, reserved) <= (size_t)optin;
+	return p && (p->qtype == LQ_QTYPE_NF4 || p->qtype == LQ_QTYPE_FP4) && p->block_size <= LQ_QBLOCK_MAX &&
+	       !(p->block_size & (p->block_size - 1)) && tc_takes(p, LQ_CUDA_TILES, N, K, false);
 }
 
 extern "C" void lq_cuda_tiles_size(const struct lq_qparams *p, uint64_t N, uint64_t K, uint64_t *data_bytes,

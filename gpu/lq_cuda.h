@@ -38,6 +38,10 @@ struct lq_cuda_qweight {
  * mode of their type (LQ_GEMV_BF16 / LQ_GEMV_F16, lq_cuda_gemv_tc). */
 #define LQ_CUDA_DENSE_BF16 2
 #define LQ_CUDA_DENSE_F16 3
+static inline int lq_cuda_dense(int layout)
+{
+	return layout == LQ_CUDA_DENSE_BF16 || layout == LQ_CUDA_DENSE_F16;
+}
 
 /*
  * The GPU tile layout (formats/LQ-FORMAT.md) of a 4-bit [N, K] weight.
@@ -52,11 +56,12 @@ struct lq_cuda_qweight {
  */
 int lq_cuda_tiles_ok(const struct lq_qparams *p, uint64_t N, uint64_t K);
 /* 1 when the tensor-core GEMV (and so lq_cuda_gemv_fused) takes the weight w
- * of K columns as it is laid out on the current device: 4-bit weights in
- * the tile layout, INT8 weights as stored (block size >= 64, K % 64 == 0),
- * 16-bit ones (LQ_CUDA_DENSE_*, K % 32 == 0; in their own mode only), K
- * within its shared memory; else 0. */
-int lq_cuda_gemv_tc(const struct lq_cuda_qweight *w, uint64_t K);
+ * of K columns as it is laid out, on the current device, in mode
+ * (LQ_GEMV_BF16 or LQ_GEMV_F16): 4-bit weights in the tile layout, INT8
+ * weights as stored (block size >= 64, K % 64 == 0), 16-bit ones
+ * (LQ_CUDA_DENSE_*, K % 32 == 0) in the mode of their type, K within its
+ * shared memory; else 0. */
+int lq_cuda_gemv_tc(const struct lq_cuda_qweight *w, uint64_t K, int mode);
 void lq_cuda_tiles_size(const struct lq_qparams *p, uint64_t N, uint64_t K, uint64_t *data_bytes,
 			uint64_t *scale_bytes);
 int lq_cuda_tile(const struct lq_cuda_qweight *w, uint64_t K, void *d_data, void *d_scales,

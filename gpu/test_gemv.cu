@@ -722,7 +722,9 @@ int main(void)
 			      lq_cuda_gemv_multi(wb, &d_y, 1, K, d_xb, LQ_DTYPE_F32, LQ_GEMV_EXACT, 0) == (int)cudaErrorInvalidValue &&
 			      lq_cuda_gemv_ex(&t.q, N, K, d_xh, LQ_DTYPE_BF16, d_y, 0, 2, 0, 0) == (int)cudaErrorInvalidValue &&
 			      lq_cuda_gemv(&odd, N, K - 16, d_xh, LQ_DTYPE_BF16, d_y, 0) == (int)cudaErrorInvalidValue &&
-			      lq_cuda_gemv_tc(&t.q, K) && !lq_cuda_gemv_tc(&odd, K - 16),
+			      lq_cuda_gemv_tc(&t.q, K, LQ_GEMV_BF16) && !lq_cuda_gemv_tc(&t.q, K, LQ_GEMV_F16) &&
+			      lq_cuda_gemv_tc(&t.tq, K, LQ_GEMV_F16) && !lq_cuda_gemv_tc(&t.q, K, LQ_GEMV_F32) &&
+			      !lq_cuda_gemv_tc(&odd, K - 16, LQ_GEMV_BF16),
 		      "16-bit weights refuse the other mode, fp32 modes, knobs, K %% 32");
 		cudaFree(d_xh); cudaFree(d_xb); cudaFree(d_y);
 		free(xh); free(xb); free(y); free(ref); free(a);
