@@ -193,11 +193,5 @@ fi
 fails "dequant unknown tensor" 1 "no tensor 'nope'" inspect --dequant nope -o n.npy ck.lq
 
 # --- NF4 on sizes the block does not divide, against bitsandbytes (a peer, when installed)
-if have_py bitsandbytes && have_py transformers && have_py safetensors; then
-	mkdir -p "$TMP/bnb"
-	python3 "$LQ_ROOT/tests/bnb_reference.py" check "$LQ_BIN" "$TMP/bnb" >"$TMP/bnb.out" 2>"$TMP/bnb.err"
-	tally "bitsandbytes comparison" "$TMP/bnb.out" "$TMP/bnb.err"
-else
-	echo "skipping the bitsandbytes comparison: python package bitsandbytes, transformers or safetensors missing"
-fi
+peer_check "bitsandbytes comparison" bnb_reference.py bnb bitsandbytes transformers safetensors
 finish

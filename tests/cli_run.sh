@@ -228,11 +228,5 @@ else
 fi
 
 # exactness against transformers
-if have_py torch && have_py transformers && have_py safetensors; then
-	mkdir -p "$TMP/ref"
-	python3 "$LQ_ROOT/tests/run_reference.py" check "$LQ_BIN" "$TMP/ref" >"$TMP/ref.out" 2>"$TMP/ref.err"
-	tally "transformers comparison" "$TMP/ref.out" "$TMP/ref.err"
-else
-	echo "skipping the transformers comparison: python package torch, transformers or safetensors missing"
-fi
+peer_check "transformers comparison" run_reference.py ref torch transformers safetensors
 finish

@@ -40,4 +40,20 @@ tally() {
 	fi
 	echo "$1: $_p ok, $_f failed"
 }
+# peer_check DESC SCRIPT NAME PKG... : run tests/SCRIPT check against the
+# built tools in $TMP/NAME and tally it, when python has every PKG (a live
+# comparison with a real peer); else say which package is missing
+peer_check() {
+	_d=$1 _s=$2 _n=$3
+	shift 3
+	for _m in "$@"; do
+		if ! have_py "$_m"; then
+			echo "skipping the $_d: python package $_m missing (needs $*)"
+			return
+		fi
+	done
+	mkdir -p "$TMP/$_n"
+	python3 "$LQ_ROOT/tests/$_s" check "$LQ_BIN" "$TMP/$_n" >"$TMP/$_n.out" 2>"$TMP/$_n.err"
+	tally "$_d" "$TMP/$_n.out" "$TMP/$_n.err"
+}
 finish() { echo "$T_PASS passed, $T_FAIL failed"; [ "$T_FAIL" -eq 0 ]; }
