@@ -804,6 +804,34 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	cudaTriggerProgrammaticLaunchCompletion();
 #endif
 	TC_TR(3);
+	/* the fused norms' pieces: h * w, or h * (1 + w) (Gemma); a float4's
+	 * sum of squares; the block's sum of ss as 1 / rms, through red[slot *
+	 * TC_WARPS ..] (red is free until the first flush, after the barrier
+	 * below); the normalized float4 i, rounded to the compute dtype, into xs */
+	const bool plus1 = fl & LQ_GEMV_NORM_PLUS_ONE;
+	auto nmul = [&](float h, float w) { return plus1 ? h * (1.0f + w) : w * h; };
+	auto sq = [](float4 v, float &ss) {
+		ss = fmaf(v.x, v.x, ss);
+		ss = fmaf(v.y, v.y, ss);
+		ss = fmaf(v.z, v.z, ss);
+		ss = fmaf(v.w, v.w, ss);
+	};
+	auto bsum = [&](float ss, int slot) {
+		for (int o = 16; o; o >>= 1)
+			ss += __shfl_xor_sync(0xffffffffu, ss, o);
+		if (lane == 0)
+			red[slot * TC_WARPS + warp] = ss;
+		__syncthreads();
+		float tot = 0.0f;
+		for (int w = 0; w < TC_WARPS; w++)
+			tot += red[slot * TC_WARPS + w];
+		return (float)(1.0 / sqrt((double)(tot / (float)K + eps)));
+	};
+	auto put = [&](uint32_t i, float4 v, float4 wv, float inv) {
+		const float a = nmul(v.x * inv, wv.x), b = nmul(v.y * inv, wv.y), c2 = nmul(v.z * inv, wv.z),
+			    d = nmul(v.w * inv, wv.w);
+		((uint2 *)xs)[i] = make_uint2(lq_pack16<F16>(a, b), lq_pack16<F16>(c2, d));
+	};
 	if (sizeof(XT) == 2) {
 		const uint4 *xv = (const uint4 *)x;
 		for (uint32_t i = tid; i < K / 8; i += TC_THREADS)
@@ -819,35 +847,10 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		const float4 *wv4 = (const float4 *)nw;
 		float4 *xo = (float4 *)P.x_out;
 		const uint32_t n4 = K / 4;
-		const bool plus1 = fl & LQ_GEMV_NORM_PLUS_ONE, st = blockIdx.x == 0;
-		auto nmul = [&](float h, float w) { return plus1 ? h * (1.0f + w) : w * h; };
-		/* the block's sum of ss, through red[slot * TC_WARPS ..] (red is
-		 * free until the first flush, after the barrier below) */
-		auto bsum = [&](float ss, int slot) {
-			for (int o = 16; o; o >>= 1)
-				ss += __shfl_xor_sync(0xffffffffu, ss, o);
-			if (lane == 0)
-				red[slot * TC_WARPS + warp] = ss;
-			__syncthreads();
-			float tot = 0.0f;
-			for (int w = 0; w < TC_WARPS; w++)
-				tot += red[slot * TC_WARPS + w];
-			return (float)(1.0 / sqrt((double)(tot / (float)K + eps)));
-		};
-		auto sq = [&](float4 v, float &ss) {
-			ss = fmaf(v.x, v.x, ss);
-			ss = fmaf(v.y, v.y, ss);
-			ss = fmaf(v.z, v.z, ss);
-			ss = fmaf(v.w, v.w, ss);
-		};
+		const bool st = blockIdx.x == 0;
 		auto resid = [&](float4 xr, float4 o, float4 p, float inv) {
 			return make_float4(xr.x + nmul(o.x * inv, p.x), xr.y + nmul(o.y * inv, p.y), xr.z + nmul(o.z * inv, p.z),
 					   xr.w + nmul(o.w * inv, p.w));
-		};
-		auto put = [&](uint32_t i, float4 v, float4 wv, float inv) {
-			const float a = nmul(v.x * inv, wv.x), b = nmul(v.y * inv, wv.y), c2 = nmul(v.z * inv, wv.z),
-				    d = nmul(v.w * inv, wv.w);
-			((uint2 *)xs)[i] = make_uint2(lq_pack16<F16>(a, b), lq_pack16<F16>(c2, d));
 		};
 		float ss = 0.0f, ss2 = 0.0f;
 		if (n4 <= TC_PRE_REG * TC_THREADS) {
@@ -900,12 +903,6 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		const bool held = n4 <= TC_NORM_REG * TC_THREADS;
 		float4 hv[TC_NORM_REG], hw[TC_NORM_REG];
 		float ss = 0.0f;
-		auto sq = [&](float4 v) {
-			ss = fmaf(v.x, v.x, ss);
-			ss = fmaf(v.y, v.y, ss);
-			ss = fmaf(v.z, v.z, ss);
-			ss = fmaf(v.w, v.w, ss);
-		};
 		if (held) {
 			tc_held<TC_NORM_REG>(
 				tid, n4,
@@ -913,40 +910,25 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 					hv[j] = __ldg(xv + i);
 					hw[j] = __ldg(wv4 + i);
 				},
-				[&](int j, uint32_t) { sq(hv[j]); });
+				[&](int j, uint32_t) { sq(hv[j], ss); });
 		} else {
 			for (uint32_t i = tid; i < n4; i += TC_THREADS)
-				sq(__ldg(xv + i));
+				sq(__ldg(xv + i), ss);
 		}
-		for (int o = 16; o; o >>= 1)
-			ss += __shfl_xor_sync(0xffffffffu, ss, o);
-		if (lane == 0)
-			red[warp] = ss; /* red is free until the first flush, after the barrier below */
-		__syncthreads();
-		float tot = 0.0f;
-		for (int w = 0; w < TC_WARPS; w++)
-			tot += red[w];
-		const float inv = (float)(1.0 / sqrt((double)(tot / (float)K + eps)));
-		auto put = [&](uint32_t i, float4 v, float4 wv) {
-			float h[4] = {v.x * inv, v.y * inv, v.z * inv, v.w * inv}, wk[4] = {wv.x, wv.y, wv.z, wv.w}, o[4];
-#pragma unroll
-			for (int e = 0; e < 4; e++)
-				o[e] = fl & LQ_GEMV_NORM_PLUS_ONE ? h[e] * (1.0f + wk[e]) : wk[e] * h[e];
-			((uint2 *)xs)[i] = make_uint2(lq_pack16<F16>(o[0], o[1]), lq_pack16<F16>(o[2], o[3]));
-		};
+		const float inv = bsum(ss, 0);
 		if (held) {
 #pragma unroll
 			for (int j = 0; j < TC_NORM_REG; j++)
 				if (tid + j * TC_THREADS < n4)
-					put(tid + j * TC_THREADS, hv[j], hw[j]);
+					put(tid + j * TC_THREADS, hv[j], hw[j], inv);
 		} else {
 			for (uint32_t i = tid; i < n4; i += TC_THREADS)
-				put(i, __ldg(xv + i), __ldg(wv4 + i));
+				put(i, __ldg(xv + i), __ldg(wv4 + i), inv);
 		}
 	} else {
 		const float4 *xv = (const float4 *)x;
 		const uint32_t n4 = K / 4;
-		auto put = [&](uint32_t i, float4 v) {
+		auto put_x = [&](uint32_t i, float4 v) {
 			((uint2 *)xs)[i] = make_uint2(lq_pack16<F16>(v.x, v.y), lq_pack16<F16>(v.z, v.w));
 		};
 		if (TC_XREG > 0 && n4 <= (uint32_t)TC_XREG * TC_THREADS) {
@@ -954,10 +936,10 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			float4 hv[TC_XREG > 0 ? TC_XREG : 1];
 			tc_held<TC_XREG>(
 				tid, n4, [&](int j, uint32_t i) { hv[j] = __ldg(xv + i); },
-				[&](int j, uint32_t i) { put(i, hv[j]); });
+				[&](int j, uint32_t i) { put_x(i, hv[j]); });
 		} else {
 			for (uint32_t i = tid; i < n4; i += TC_THREADS)
-				put(i, __ldg(xv + i));
+				put_x(i, __ldg(xv + i));
 		}
 	}
 	__syncthreads();
