@@ -511,7 +511,13 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
  * prefetch sizes (BENCHMARKS.md).  -DTC_NOMATH (diagnostic only, wrong
  * results) leaves out the decode and the mma: the loads and bookkeeping
  * alone reach 94-104% of the copy bandwidth on the large shapes, so the
- * math, not the memory access pattern, is what bounds the kernel.
+ * math, not the memory access pattern, is what bounds the kernel.  Measured
+ * and not kept (BENCHMARKS.md, twenty-fourth session): the 4-bit codes
+ * decoded from registers (PRMT lookups of the codebook's bytes, 21 ALU
+ * instructions per 8 codes) for any share of a span's words -- the ALU
+ * binds the loop as much as the table does -- and the GEMVs of a layer
+ * chained in one launch with grid barriers, which cost more per boundary
+ * than programmatic dependent launch.
  * ---------------------------------------------------------------------- */
 #define TC_THREADS 512
 #define TC_WARPS (TC_THREADS / 32)
