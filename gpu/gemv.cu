@@ -482,11 +482,14 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
  * one PRMT builds the shared-memory address (code in byte 1, lane in byte
  * 0: a 256-entry table with one copy per bank), one LDS fetches the pair.
  * The dot product is permutation-invariant in k, so each lane feeds its own
- * chunk's bytes into its own k slots; B column n carries the activations of
- * chunk n (lane (n, n) supplies them, every other B entry is zero), so D's
- * columns 0..3 are the four chunks' partial sums.  A chunk never spans two
- * quantization blocks (block size >= 64), so after the span each lane
- * applies one fp32 block scale per row and accumulates in fp32.  The
+ * chunk's bytes into its own k slots; B column 0 carries the activations of
+ * chunks 0 and 1, column 1 those of chunks 2 and 3 (lanes (0, 0), (0, 1),
+ * (1, 2), (1, 3) supply them, every other B entry is zero), so D's columns 0
+ * and 1 are the partial sums of the span's two 64-element halves.  A half
+ * never spans two quantization blocks (block size >= 64), so after the span
+ * lane (g, 0) applies one fp32 block scale per row and half (the four scale
+ * codes are loaded by lanes (g, 0..3); the double-quant map has one copy per
+ * lane in the code table's unused half) and accumulates in fp32.  The
  * products are exact in fp32 and the tensor core accumulates in fp32.
  *
  * INT8 weights stay as stored (row-major): spans of 64 elements, lane (g, c)
@@ -690,6 +693,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	 * 32; 4-bit: the tile layout, spans of 128 */
 	constexpr bool I8 = QT == LQ_QTYPE_INT8, D16 = QT == LQ_QTYPE_NONE, RM = I8 || D16;
 	constexpr uint32_t SPAN = D16 ? 32 : I8 ? 64 : TC_SPAN, ES = D16 ? 2 : 1; /* ES: bytes per element (RM) */
+	constexpr bool DML = DQ && !RM; /* the double-quant map in the code table's gaps */
 	const uint32_t spr = K / SPAN;
 	/* warp wk owns spans [s_lo, s_lo + m) of each row of its tile (m >= 1: WK <= spr) */
 	const uint32_t s_lo = (spr * (uint32_t)wk) >> wkl;
@@ -799,7 +803,17 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			const uint32_t v = lq_pack16<F16>(hi, lo);
 			*(uint4 *)(lut + e * 256 + (lane & 7) * 16) = make_uint4(v, v, v, v);
 		}
-		if (DQ)
+		/* DML: the double-quant map, one copy per lane in the code table's
+		 * unused upper 128 bytes of each 256-byte row: lane l reads entry e
+		 * at e * 256 + 128 + 4 * l, so a warp's 32 lookups take one
+		 * wavefront (a single 256-entry map took several: bank conflicts) */
+#pragma unroll
+		for (int it = 0; it < (DML ? 256 / (TC_WARPS * 4) : 0); it++) {
+			const int e = it * TC_WARPS * 4 + warp * 4 + (lane >> 3);
+			const uint32_t v = __ldg(g_dyn + e);
+			*(uint4 *)(lut + e * 256 + 128 + (lane & 7) * 16) = make_uint4(v, v, v, v);
+		}
+		if (DQ && !DML)
 			for (int i = tid; i < 256; i += TC_THREADS)
 				dmap[i] = __uint_as_float(__ldg(g_dyn + i));
 	}
@@ -995,10 +1009,29 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 #pragma unroll
 	for (int j = 0; j < 4; j++)
 		xz[j] = make_uint4(0u, 0u, 0u, 0u);
-	/* the scaled partial sums of one span for rows g and g + 8 (lanes c < 2) */
+	/*
+	 * Which lanes load x (xl), and who gets the sums.  INT8 and 16-bit: lane
+	 * (c, c) puts chunk c in B column c, and lane (g, c < 2) gets rows g and
+	 * g + 8 of columns 2c, 2c + 1 (one block); its row g + 8 scale comes from
+	 * lane c + 2.  4-bit: B's columns 0 and 1 only -- lanes (0, 0), (0, 1) put
+	 * chunks 0 and 1 in column 0, lanes (1, 2), (1, 3) chunks 2 and 3 in
+	 * column 1 -- so that the four loading lanes lie in one 8-lane phase of a
+	 * 16-byte shared load, and lane (g, 0) gets the sums of both blocks
+	 * (chunks 0-1, 2-3) of rows g and g + 8, whose scales lanes (g, 1..3)
+	 * hold.  With the per-lane double-quant map (DML), 1.0-1.3% faster 8B
+	 * decode than the diagonal form (BENCHMARKS.md, twenty-fifth session).
+	 */
+	const bool xl = RM ? g == c : g == (c >> 1);
 	auto span = [&](const tc_slot &s, uint32_t xsp, float &pg, float &pg8) {
-		float sc = D16 ? 1.0f : DQ ? lq_dq_scale(dmap[s.s], s.n, s.off) : __uint_as_float(s.s);
-		float so = __shfl_down_sync(0xffffffffu, sc, 2);
+		float mapped = 0.0f;
+		if (DML)
+			asm("ld.shared.f32 %0, [%1 + 128];" : "=f"(mapped) : "r"(lut4 | s.s << 8));
+		else if (DQ)
+			mapped = dmap[s.s];
+		float sc = D16 ? 1.0f : DQ ? lq_dq_scale(mapped, s.n, s.off) : __uint_as_float(s.s);
+		float so = sc;
+		if constexpr (RM)
+			so = __shfl_down_sync(0xffffffffu, sc, 2);
 #ifdef TC_NOMATH /* diagnostic: the loads and the bookkeeping without the decode and the mma */
 		pg = sc * __uint_as_float((s.a.x ^ s.a.y ^ s.a.z ^ s.a.w) & 0x007fffffu);
 		pg8 = so * __uint_as_float((s.b.x ^ s.b.y ^ s.b.z ^ s.b.w) & 0x007fffffu);
@@ -1010,7 +1043,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			 * (pairs, the lower element in the low half); lane (c, c) holds
 			 * B column c: chunk c's 8 activations, 16 bytes */
 			uint4 &xv = xz[0];
-			if (g == c)
+			if (xl)
 				xv = *(const uint4 *)(xs + xsp * (SPAN / 2) + c * 4);
 			float d0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 			lq_mma16816<F16>(d0, wa[0], wb[0], wa[1], wb[1], xv.x, xv.y);
@@ -1028,7 +1061,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 #pragma unroll
 			for (int j2 = 0; j2 < 2; j2++) {
 				uint4 &xv = xz[j2];
-				if (g == c)
+				if (xl)
 					xv = xp[j2];
 				const uint32_t a0 = wa[2 * j2] ^ 0x80808080u, b0 = wb[2 * j2] ^ 0x80808080u;
 				const uint32_t a1 = wa[2 * j2 + 1] ^ 0x80808080u, b1 = wb[2 * j2 + 1] ^ 0x80808080u;
@@ -1041,21 +1074,25 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			pg8 = so * ((d0[2] + d0[3]) + (d1[2] + d1[3]));
 			return;
 		}
-		/* lane (c, c) holds B column c: chunk c's 32 activations, 4 x 16 bytes */
+		/* lanes (c / 2, c) hold chunk c's 32 activations, 4 x 16 bytes, in B
+		 * column c / 2 */
 		const uint4 *xp = (const uint4 *)(xs + xsp * (TC_SPAN / 2) + c * 16);
 		float d0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
 		for (int j2 = 0; j2 < 4; j2++) {
 			uint4 &xv = xz[j2];
-			if (g == c)
+			if (xl)
 				xv = xp[j2];
 			lq_mma16816<F16>(d0, tc_lut(wa[j2], lut4, 0), tc_lut(wb[j2], lut4, 0), tc_lut(wa[j2], lut4, 1),
 				    tc_lut(wb[j2], lut4, 1), xv.x, xv.y);
 			lq_mma16816<F16>(d1, tc_lut(wa[j2], lut4, 2), tc_lut(wb[j2], lut4, 2), tc_lut(wa[j2], lut4, 3),
 				    tc_lut(wb[j2], lut4, 3), xv.z, xv.w);
 		}
-		pg = sc * ((d0[0] + d0[1]) + (d1[0] + d1[1]));
-		pg8 = so * ((d0[2] + d0[3]) + (d1[2] + d1[3]));
+		/* lane (g, 0): block 0 in column 0, block 1 in column 1 */
+		const float s1 = __shfl_down_sync(0xffffffffu, sc, 1), s2 = __shfl_down_sync(0xffffffffu, sc, 2);
+		const float s3 = __shfl_down_sync(0xffffffffu, sc, 3);
+		pg = fmaf(s1, d0[1] + d1[1], sc * (d0[0] + d1[0]));
+		pg8 = fmaf(s3, d0[3] + d1[3], s2 * (d0[2] + d1[2]));
 	};
 	/*
 	 * End of this warp's share of an item: its 16 row sums go to shared
@@ -1063,8 +1100,11 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	 * in a fixed order and stores y.
 	 */
 	auto flush = [&]() {
-		float vg = acc_g + __shfl_xor_sync(0xffffffffu, acc_g, 1);
-		float vg8 = acc_g8 + __shfl_xor_sync(0xffffffffu, acc_g8, 1);
+		float vg = acc_g, vg8 = acc_g8; /* 4-bit: lane (g, 0) holds both blocks' sums */
+		if constexpr (RM) {
+			vg += __shfl_xor_sync(0xffffffffu, acc_g, 1);
+			vg8 += __shfl_xor_sync(0xffffffffu, acc_g8, 1);
+		}
 		float *rw = red + ((c_item % TC_CH) * TC_WARPS + warp) * 16;
 		if (c == 0) {
 			rw[g] = vg;
