@@ -1020,6 +1020,9 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	 * (chunks 0-1, 2-3) of rows g and g + 8, whose scales lanes (g, 1..3)
 	 * hold.  With the per-lane double-quant map (DML), 1.0-1.3% faster 8B
 	 * decode than the diagonal form (BENCHMARKS.md, twenty-fifth session).
+	 * The four pieces (chunk-major, 64 bytes apart) still meet in pairs on
+	 * the same banks (ncu: ~4 conflicts per KiB); x staged interleaved to
+	 * remove that measured 3-5 points slower (branch wip-xperm).
 	 */
 	const bool xl = RM ? g == c : g == (c >> 1);
 	auto span = [&](const tc_slot &s, uint32_t xsp, float &pg, float &pg8) {
