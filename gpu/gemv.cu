@@ -802,16 +802,14 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			const float hi = __uint_as_float(__ldg(tab + (e >> 4))), lo = __uint_as_float(__ldg(tab + (e & 15)));
 			const uint32_t v = lq_pack16<F16>(hi, lo);
 			*(uint4 *)(lut + e * 256 + (lane & 7) * 16) = make_uint4(v, v, v, v);
-		}
-		/* DML: the double-quant map, one copy per lane in the code table's
-		 * unused upper 128 bytes of each 256-byte row: lane l reads entry e
-		 * at e * 256 + 128 + 4 * l, so a warp's 32 lookups take one
-		 * wavefront (a single 256-entry map took several: bank conflicts) */
-#pragma unroll
-		for (int it = 0; it < (DML ? 256 / (TC_WARPS * 4) : 0); it++) {
-			const int e = it * TC_WARPS * 4 + warp * 4 + (lane >> 3);
-			const uint32_t v = __ldg(g_dyn + e);
-			*(uint4 *)(lut + e * 256 + 128 + (lane & 7) * 16) = make_uint4(v, v, v, v);
+			/* DML: the double-quant map, one copy per lane in the row's
+			 * unused upper 128 bytes: lane l reads entry e at e * 256 +
+			 * 128 + 4 * l, so a warp's 32 lookups take one wavefront (a
+			 * single 256-entry map took several: bank conflicts) */
+			if (DML) {
+				const uint32_t m = __ldg(g_dyn + e);
+				*(uint4 *)(lut + e * 256 + 128 + (lane & 7) * 16) = make_uint4(m, m, m, m);
+			}
 		}
 		if (DQ && !DML)
 			for (int i = tid; i < 256; i += TC_THREADS)
