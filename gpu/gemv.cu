@@ -560,20 +560,28 @@ static __device__ __forceinline__ void tc_held(uint32_t tid, uint32_t n4, LD ld,
 
 /*
  * Shared memory: the table must start at a multiple of 64 KiB of the shared
- * window.  The rest (dynamic map, partial sums, x: tc_rest bytes) goes below
+ * window.  The rest (the double-quant map of INT8 weights, partial sums, x:
+ * tc_rest bytes; 4-bit weights keep their map in the table) goes below
  * it when the room that the alignment leaves there holds it, else above it.
  * Dynamic shared memory starts after the `reserved` bytes the system keeps at
  * the window's start (1 KB on sm_90), so the request is what that layout
  * needs and no more: a smaller request measured faster (BENCHMARKS.md).
  */
-__host__ __device__ static inline uint32_t tc_rest(uint64_t K)
+/* Whether the rest holds the 1 KB double-quant map: 4-bit weights keep a copy
+ * per lane in the code table's unused half instead (k_gemv_tc's DML). */
+__host__ __device__ constexpr bool tc_map(int qt, bool dq)
 {
-	return 256 * 4 + TC_CH * TC_WARPS * 16 * 4 + (uint32_t)K * 2;
+	return dq && qt != LQ_QTYPE_NF4 && qt != LQ_QTYPE_FP4;
 }
 
-static size_t tc_smem(uint64_t K, int reserved)
+__host__ __device__ static inline uint32_t tc_rest(uint64_t K, bool map)
 {
-	const size_t front = (TC_LUT_BYTES - (size_t)reserved % TC_LUT_BYTES) % TC_LUT_BYTES, rest = tc_rest(K);
+	return (map ? 256 * 4 : 0) + TC_CH * TC_WARPS * 16 * 4 + (uint32_t)K * 2;
+}
+
+static size_t tc_smem(uint64_t K, bool map, int reserved)
+{
+	const size_t front = (TC_LUT_BYTES - (size_t)reserved % TC_LUT_BYTES) % TC_LUT_BYTES, rest = tc_rest(K, map);
 	return front >= rest ? front + TC_LUT_BYTES : front + TC_LUT_BYTES + rest;
 }
 
@@ -670,7 +678,8 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(tc_sm);
 	const uint32_t lut_s = (sbase + TC_LUT_BYTES - 1) & ~(uint32_t)(TC_LUT_BYTES - 1);
 	uint8_t *lut = tc_sm + (lut_s - sbase);
-	const uint32_t rest = tc_rest(K);
+	constexpr bool MAP = tc_map(QT, DQ);
+	const uint32_t rest = tc_rest(K, MAP);
 	float *dmap = (float *)(lut_s - sbase >= rest ? tc_sm : lut + TC_LUT_BYTES); /* tc_smem's layout */
 	{
 		uint32_t dsz;
@@ -678,7 +687,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		if ((uint32_t)((uint8_t *)dmap - tc_sm) + rest > dsz || lut_s + TC_LUT_BYTES > sbase + dsz)
 			__trap(); /* the window does not start where launch_tc assumed */
 	}
-	float *red = dmap + 256; /* [TC_CH][TC_WARPS][16] */
+	float *red = dmap + (MAP ? 256 : 0); /* [TC_CH][TC_WARPS][16] */
 	uint32_t *xs = (uint32_t *)(red + TC_CH * TC_WARPS * 16);
 
 	TC_TR(0);
@@ -1249,7 +1258,7 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 	cudaError_t e;
 	if ((e = tc_device(&sms, &major, &optin, &reserved)) != cudaSuccess)
 		return (int)e;
-	const size_t smem = tc_smem(K, reserved);
+	const size_t smem = tc_smem(K, tc_map(QT, DQ), reserved);
 	if (major < 8 || smem > (size_t)optin)
 		return (int)cudaErrorNotSupported;
 	if ((e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)) != cudaSuccess ||
@@ -1340,7 +1349,7 @@ static bool tc_takes(const struct lq_qparams *p, int layout, uint64_t N, uint64_
 		cudaGetLastError();
 		return false;
 	}
-	return major >= 8 && tc_smem(K, reserved) <= (size_t)optin;
+	return major >= 8 && tc_smem(K, tc_map(p->qtype, p->double_quant), reserved) <= (size_t)optin;
 }
 
 /* The tensor-core path (tc_takes); cudaErrorNotSupported where it does not
