@@ -501,7 +501,9 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
  * compute, and at bf16 scaled by a power of two (see xmul below).
  *
  * One block of 16 warps per SM (persistent); a work item is 16 / WK tiles,
- * each split over WK warps along K; the warps' partial sums meet in shared
+ * each split over WK warps along K (WK: 16 where a row has the spans, but 8
+ * where that still gives every block TC_FILL items, so large matrices pay
+ * half the per-item setup and flush); the warps' partial sums meet in shared
  * memory, and every TC_CH items the block adds them up in a fixed order and
  * stores y: two barriers per TC_CH items, no atomics, deterministic.
  * The math takes two spans at a time in straight-line code (independent
@@ -530,6 +532,12 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
 #define TC_LUT_BYTES 65536 /* 256 codes x 256 bytes (32 lanes x 4 bytes used) */
 #define TC_SPAN 128        /* elements of K per warp step */
 #define TC_CH 8            /* work items between two reductions of their partial sums */
+#ifndef TC_WKL_MIN
+#define TC_WKL_MIN 3 /* launch_tc: the fewest warps along K, as a log2 */
+#endif
+#ifndef TC_FILL
+#define TC_FILL 2 /* launch_tc: items per block below which K is split over more warps */
+#endif
 #ifndef TC_NORM_REG
 #define TC_NORM_REG 4 /* float4s of x per thread held across the fused norm's barrier */
 #endif
@@ -1304,10 +1312,19 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 		wkl++;
 	if (fu && fu->act_out && wkl > 3)
 		wkl = 3; /* at least two tiles (a gate / up pair) per item */
-	uint64_t wt = TC_WARPS >> wkl, items = (tiles + wt - 1) / wt;
 	uint64_t grid = (uint64_t)sms * (uint64_t)per_sm;
 	if (grid_max > 0 && (uint64_t)grid_max < grid)
 		grid = (uint64_t)grid_max;
+	/* Fewer warps along K (longer items: less setup and flush per weight
+	 * byte) down to TC_WKL_MIN, while every block still gets TC_FILL items
+	 * (BENCHMARKS.md, twenty-sixth session) */
+	while (wkl > TC_WKL_MIN) {
+		const uint64_t wt1 = TC_WARPS >> (wkl - 1); /* tiles per item with one step fewer */
+		if ((tiles + wt1 - 1) / wt1 < (uint64_t)TC_FILL * grid)
+			break;
+		wkl--;
+	}
+	uint64_t wt = TC_WARPS >> wkl, items = (tiles + wt - 1) / wt;
 	if (items < grid)
 		grid = items;
 	cudaLaunchConfig_t cfg = {};
