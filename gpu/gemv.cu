@@ -710,7 +710,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 	 * 32; 4-bit: the tile layout, spans of 128 */
 	constexpr bool I8 = QT == LQ_QTYPE_INT8, D16 = QT == LQ_QTYPE_NONE, RM = I8 || D16;
 	constexpr uint32_t SPAN = D16 ? 32 : I8 ? 64 : TC_SPAN, ES = D16 ? 2 : 1; /* ES: bytes per element (RM) */
-	constexpr bool DML = DQ && !RM; /* the double-quant map in the code table's gaps */
+	constexpr bool DML = DQ && !MAP; /* the double-quant map in the code table's gaps */
 	const uint32_t spr = K / SPAN;
 	/* warp wk owns spans [s_lo, s_lo + m) of each row of its tile (m >= 1: WK <= spr) */
 	const uint32_t s_lo = (spr * (uint32_t)wk) >> wkl;
@@ -828,7 +828,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 				*(uint4 *)(lut + e * 256 + 128 + (lane & 7) * 16) = make_uint4(m, m, m, m);
 			}
 		}
-		if (DQ && !DML)
+		if (MAP)
 			for (int i = tid; i < 256; i += TC_THREADS)
 				dmap[i] = __uint_as_float(__ldg(g_dyn + i));
 	}
