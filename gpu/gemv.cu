@@ -501,9 +501,9 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
  * compute, and at bf16 scaled by a power of two (see xmul below).
  *
  * One block of 16 warps per SM (persistent); a work item is 16 / WK tiles,
- * each split over WK warps along K (WK: 16 where a row has the spans, but 8
- * where that still gives every block TC_FILL items, so large matrices pay
- * half the per-item setup and flush); the warps' partial sums meet in shared
+ * each split over WK warps along K (WK: 4, 8 or 16, whichever launch_tc's
+ * model of the items' rounds and their setup and flush says is fastest);
+ * the warps' partial sums meet in shared
  * memory, and every TC_CH items the block adds them up in a fixed order and
  * stores y: two barriers per TC_CH items, no atomics, deterministic.
  * The math takes two spans at a time in straight-line code (independent
@@ -533,10 +533,16 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
 #define TC_SPAN 128        /* elements of K per warp step */
 #define TC_CH 8            /* work items between two reductions of their partial sums */
 #ifndef TC_WKL_MIN
-#define TC_WKL_MIN 3 /* launch_tc: the fewest warps along K, as a log2 */
+#define TC_WKL_MIN 2 /* launch_tc: the fewest warps along K, as a log2 (4-bit, 16-bit) */
 #endif
-#ifndef TC_FILL
-#define TC_FILL 2 /* launch_tc: items per block below which K is split over more warps */
+#ifndef TC_WKL_MIN8
+#define TC_WKL_MIN8 3 /* the same for INT8 */
+#endif
+#ifndef TC_ROUNDS_MIN
+#define TC_ROUNDS_MIN 3 /* launch_tc: the fewest rounds of items for fewer warps along K than a row allows */
+#endif
+#ifndef TC_ITEM_COST2
+#define TC_ITEM_COST2 2 /* launch_tc: an item's setup and flush, in half spans per warp */
 #endif
 #ifndef TC_NORM_REG
 #define TC_NORM_REG 4 /* float4s of x per thread held across the fused norm's barrier */
@@ -1315,14 +1321,32 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 	uint64_t grid = (uint64_t)sms * (uint64_t)per_sm;
 	if (grid_max > 0 && (uint64_t)grid_max < grid)
 		grid = (uint64_t)grid_max;
-	/* Fewer warps along K (longer items: less setup and flush per weight
-	 * byte) down to TC_WKL_MIN, while every block still gets TC_FILL items
-	 * (BENCHMARKS.md, twenty-sixth session) */
-	while (wkl > TC_WKL_MIN) {
-		const uint64_t wt1 = TC_WARPS >> (wkl - 1); /* tiles per item with one step fewer */
-		if ((tiles + wt1 - 1) / wt1 < (uint64_t)TC_FILL * grid)
-			break;
-		wkl--;
+	/* The split with the shortest modelled time: a block takes ceil(items /
+	 * grid) rounds of items, and a warp's share of an item is its spans (the
+	 * most any warp along K gets) plus the item's setup and flush, about
+	 * TC_ITEM_COST2 / 2 span.  Fewer warps along K than a row allows (longer
+	 * items, less setup and flush per byte) only down to TC_WKL_MIN and where
+	 * blocks still get TC_ROUNDS_MIN rounds; ties keep more warps along K.
+	 * Fitted on the H200 (BENCHMARKS.md, twenty-seventh session): 4 warps
+	 * gain where items are short (Qwen2 and Gemma 2 shapes' gate / up, the
+	 * lm_head) but lost on 14336 x 4096 alone at 2 rounds, and on INT8's
+	 * 128256 x 4096. */
+	{
+		constexpr int wmin = QT == LQ_QTYPE_INT8 ? TC_WKL_MIN8 : TC_WKL_MIN;
+		uint64_t best = UINT64_MAX;
+		int bw = wkl;
+		for (int w = wkl; w >= 0 && (w >= wmin || w == wkl); w--) {
+			const uint64_t wt1 = TC_WARPS >> w, it = (tiles + wt1 - 1) / wt1;
+			const uint64_t rounds = (it + grid - 1) / grid, share = (spr + (1ull << w) - 1) >> w;
+			const uint64_t cost = rounds * (2 * share + TC_ITEM_COST2);
+			if (w < wkl && rounds < TC_ROUNDS_MIN)
+				continue;
+			if (cost < best) {
+				best = cost;
+				bw = w;
+			}
+		}
+		wkl = bw;
 	}
 	uint64_t wt = TC_WARPS >> wkl, items = (tiles + wt - 1) / wt;
 	if (items < grid)

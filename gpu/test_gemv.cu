@@ -19,8 +19,8 @@
  * host; bf16 activations, or lq_cuda_gemv_multi with LQ_GEMV_BF16 /
  * LQ_GEMV_F16 on float32 arrays holding such values) runs on the cases the
  * tile layout takes (4-bit, block size >= 64, K % 128 == 0), alone, with a
- * grid of 2 blocks (several work items per block; on 200 x 4096 the
- * launch's fewer warps along K) and as a multi-part launch; fp16 codes are
+ * grid of 2 blocks (several work items per block; 4, 8 and 16 warps along
+ * K) and as a multi-part launch; fp16 codes are
  * held to 1e-3 a (2^-11 per weight).  Row-major weights in those modes take
  * the CUDA-core kernel (3e-3 a).
  */
@@ -545,7 +545,7 @@ int main(void)
 	}
 	const uint64_t shapes[][2] = {{1, 256}, {7, 768}, {33, 4096}, {1000, 512}, {4099, 256}, {3, 14336},
 				      {50, 128}, {5, 192}, {300, 2304}, {19, 16384},
-				      {200, 4096}}; /* 13 tiles: a grid of 2 takes 8 warps along K, not 16 (TC_FILL) */
+				      {200, 4096}}; /* a grid of 2: 8 warps along K here, 4 on 300 x 2304 (launch_tc) */
 	const int rows_opts[] = {0, 1, 2, 4, 8};
 	for (int q = LQ_QTYPE_NF4; q <= LQ_QTYPE_INT8; q++)
 		for (int dq = 0; dq <= 1; dq++)
