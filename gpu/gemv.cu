@@ -503,9 +503,9 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
  * One block of 16 warps per SM (persistent); a work item is 16 / WK tiles,
  * each split over WK warps along K (WK: 4, 8 or 16, whichever launch_tc's
  * model of the items' rounds and their setup and flush says is fastest);
- * the warps' partial sums meet in shared
- * memory, and every TC_CH items the block adds them up in a fixed order and
- * stores y: two barriers per TC_CH items, no atomics, deterministic.
+ * the warps' partial sums meet in shared memory, and every TC_CH items the
+ * block adds them up in a fixed order and stores y: two barriers per TC_CH
+ * items, no atomics, deterministic.
  * The math takes two spans at a time in straight-line code (independent
  * mma chains); weight loads run 2 * TC_DEPTH spans ahead of it, across item
  * boundaries; the first ones are issued around the table build (half
@@ -1338,9 +1338,9 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 		for (int w = wkl; w >= 0 && (w >= wmin || w == wkl); w--) {
 			const uint64_t wt1 = TC_WARPS >> w, it = (tiles + wt1 - 1) / wt1;
 			const uint64_t rounds = (it + grid - 1) / grid, share = (spr + (1ull << w) - 1) >> w;
-			const uint64_t cost = rounds * (2 * share + TC_ITEM_COST2);
 			if (w < wkl && rounds < TC_ROUNDS_MIN)
 				continue;
+			const uint64_t cost = rounds * (2 * share + TC_ITEM_COST2);
 			if (cost < best) {
 				best = cost;
 				bw = w;

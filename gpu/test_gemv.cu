@@ -545,7 +545,7 @@ int main(void)
 	}
 	const uint64_t shapes[][2] = {{1, 256}, {7, 768}, {33, 4096}, {1000, 512}, {4099, 256}, {3, 14336},
 				      {50, 128}, {5, 192}, {300, 2304}, {19, 16384},
-				      {200, 4096}}; /* a grid of 2: 8 warps along K here, 4 on 300 x 2304 (launch_tc) */
+				      {200, 4096}}; /* 4-bit at a grid of 2: 8 warps along K here, 4 on 300 x 2304, 16 on 33 x 4096 */
 	const int rows_opts[] = {0, 1, 2, 4, 8};
 	for (int q = LQ_QTYPE_NF4; q <= LQ_QTYPE_INT8; q++)
 		for (int dq = 0; dq <= 1; dq++)
