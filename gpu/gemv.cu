@@ -24,19 +24,22 @@
  * <= 2^-9 per weight before the fp32 scale; bitsandbytes' bf16 GEMV does the
  * same); INT8 codes are exact.  Products and sums are fp32.
  *
- * Which kernel runs: 4-bit weights in the GPU tile layout (lq_cuda_tile;
- * the runtime makes it at --compute-dtype bf16/fp16 for block sizes >= 64
- * and K % 128 == 0) go through the tensor-core kernel further down
- * (k_gemv_tc), with activations holding bf16 or fp16 values; everything
- * else (INT8, row-major weights, float32 activations of any value, the
- * exact fp32 path) through k_gemv_fast here.
+ * Which kernel runs: with activations holding bf16 or fp16 values the
+ * tensor-core kernel further down (k_gemv_tc; tc_takes) takes 4-bit weights
+ * in the GPU tile layout (lq_cuda_tile; the runtime makes it at
+ * --compute-dtype bf16/fp16 for block sizes >= 64 and K % 128 == 0), INT8
+ * as stored (block sizes >= 64, K % 64 == 0) and unquantized 16-bit
+ * weights; everything else (row-major 4-bit weights, float32 activations of
+ * any value, the exact fp32 path, INT8 with lq_cuda_gemv_ex's rows or
+ * ksplit_max set) goes through k_gemv_fast here.
  *
- * Speed (H200, bench_gemv, BENCHMARKS.md): INT8 reaches 76-91% of the copy
- * bandwidth on the large shapes; NF4 in this kernel stays near 35-41%
- * because its 4-bit path is bound by instruction issue (about nine
+ * Speed (H200, bench_gemv, BENCHMARKS.md): in k_gemv_fast INT8 reaches
+ * 76-91% of the copy bandwidth on the large shapes, and NF4 stays near
+ * 35-41% because its 4-bit path is bound by instruction issue (about nine
  * instructions per packed byte: byte extract, LUT address, LDS, two bf16
  * unpacks, two FFMA, plus amortized x/scale work); the tensor-core kernel
- * reaches 65-79% on the same shapes (weights in the GPU tile layout).
+ * reaches 72-93% for NF4 + DQ and 87-108% for INT8 + DQ on the same shapes
+ * (twenty-seventh session).
  */
 #include "lq_cuda.h"
 #include "lq_blocks.h"
@@ -1335,7 +1338,7 @@ static int launch_tc(const struct lq_cuda_qweight *const *ws, float *const *ys, 
 		constexpr int wmin = QT == LQ_QTYPE_INT8 ? TC_WKL_MIN8 : TC_WKL_MIN;
 		uint64_t best = UINT64_MAX;
 		int bw = wkl;
-		for (int w = wkl; w >= 0 && (w >= wmin || w == wkl); w--) {
+		for (int w = wkl; w == wkl || w >= wmin; w--) {
 			const uint64_t wt1 = TC_WARPS >> w, it = (tiles + wt1 - 1) / wt1;
 			const uint64_t rounds = (it + grid - 1) / grid, share = (spr + (1ull << w) - 1) >> w;
 			if (w < wkl && rounds < TC_ROUNDS_MIN)

@@ -20,9 +20,9 @@
  * LQ_GEMV_F16 on float32 arrays holding such values) runs on the cases the
  * tile layout takes (4-bit, block size >= 64, K % 128 == 0), alone, with a
  * grid of 2 blocks (several work items per block; 4, 8 and 16 warps along
- * K) and as a multi-part launch; fp16 codes are
- * held to 1e-3 a (2^-11 per weight).  Row-major weights in those modes take
- * the CUDA-core kernel (3e-3 a).
+ * K) and as a multi-part launch; fp16 codes are held to 1e-3 a (2^-11 per
+ * weight).  Row-major weights in those modes take the CUDA-core kernel (3e-3
+ * a).
  */
 #include "lq_cuda.h"
 
