@@ -2265,6 +2265,37 @@ static int put(struct upload *u, const void *src, uint64_t size, void **dev, str
 	return stage_to(u, src, size, (uint8_t *)*dev, err);
 }
 
+/* Float32 values uploaded as 16-bit values of the compute dtype (bf16 or
+ * fp16), converted on the device: a piece at a time (F32_PIECE floats)
+ * through the upload scratch (tscratch), so that the scratch stays small;
+ * *dev receives the address (NULL while counting). */
+#define F32_PIECE ((uint64_t)STAGE_BYTES / 4)
+static unsigned grid_for(uint64_t n, unsigned threads);
+static int put_f32_as16(struct upload *u, const float *src, uint64_t n, void **dev, struct lq_error *err)
+{
+	gstate *g = u->g;
+	int rc = reserve(u, n * 2, dev, err);
+	const uint64_t piece = n < F32_PIECE ? n : F32_PIECE;
+	if (piece * 4 > g->tscratch_need)
+		g->tscratch_need = piece * 4;
+	if (rc || u->counting)
+		return rc;
+	for (uint64_t i = 0; i < n; i += piece) {
+		const uint64_t k = n - i < piece ? n - i : piece;
+		/* the scratch's last conversion precedes this copy on g->st */
+		if ((rc = stage_to(u, src + i, k * 4, g->tscratch, err)) || (rc = flush_stage(u, err)))
+			return rc;
+		if (g->cd == LQ_COMPUTE_F16)
+			launch_k(g, k_f32_to<__half>, dim3(grid_for(k, 256)), dim3(256), (const float *)g->tscratch, k,
+				 (__half *)*dev + i);
+		else
+			launch_k(g, k_f32_to<__nv_bfloat16>, dim3(grid_for(k, 256)), dim3(256), (const float *)g->tscratch, k,
+				 (__nv_bfloat16 *)*dev + i);
+		CK(cudaGetLastError(), "converting a float32 weight");
+	}
+	return LQ_OK;
+}
+
 static int load_weight(struct upload *u, int role, int layer, uint64_t rows, uint64_t cols, dweight *w,
 		       struct lq_error *err)
 {
@@ -2289,15 +2320,26 @@ static int load_weight(struct upload *u, int role, int layer, uint64_t rows, uin
 			return gfail(err, LQ_ERR_UNSUPPORTED, "tensor '%s': dtype %s is not supported by the GPU runtime",
 				     t->name, lq_dtype_name(t->src_dtype));
 		void *d;
-		int rc = put(u, t->data, t->data_size, &d, err);
+		int rc;
+		if (t->src_dtype == LQ_DTYPE_F32 && g->cd != LQ_COMPUTE_F32) {
+			/* float32 values (Gemma 2's checkpoints, --keep on a float32
+			 * source) in the compute dtype, rounded to nearest as the
+			 * activations are: half the bytes per decode step, and the
+			 * tensor-core GEMV and fused decode take them */
+			if ((rc = put_f32_as16(u, (const float *)t->data, t->nelem, &d, err)))
+				return rc;
+			w->k.dtype = g->cd == LQ_COMPUTE_F16 ? LQ_DTYPE_F16 : LQ_DTYPE_BF16;
+		} else if ((rc = put(u, t->data, t->data_size, &d, err))) {
+			return rc;
+		}
 		w->k.data = (const uint8_t *)d;
 		/* bf16 / fp16 values: also for the tensor-core GEMV (in the mode
 		 * of their type; fusable) */
-		if (t->src_dtype != LQ_DTYPE_F32) {
+		if (w->k.dtype != LQ_DTYPE_F32) {
 			w->q.p.qtype = LQ_QTYPE_NONE;
 			w->q.d_data = (const uint8_t *)d;
 			w->q.n = t->nelem;
-			w->q.layout = t->src_dtype == LQ_DTYPE_BF16 ? LQ_CUDA_DENSE_BF16 : LQ_CUDA_DENSE_F16;
+			w->q.layout = w->k.dtype == LQ_DTYPE_BF16 ? LQ_CUDA_DENSE_BF16 : LQ_CUDA_DENSE_F16;
 		}
 		return rc;
 	}

@@ -20,7 +20,8 @@
  *    CPU's fp32 logits (all rows together; every row within 3e-2).
  * Then a larger synthetic Llama (tests/gen_checkpoint: hidden 512, GQA,
  * 130 prompt tokens, so that the fast GEMV, split-K, split attention, the
- * chunked prefill and the KV-cache growth run) the same way, the other four
+ * chunked prefill and the KV-cache growth run) the same way, a float32
+ * checkpoint (its weights uploaded in the compute dtype), the other four
  * architectures at that size, then all five at the real models' head sizes
  * (96, 128, 256; 160 and 192 and other group sizes for decode attention;
  * tests/gen_arch_checkpoint.py, skipped with a message without python3,
@@ -452,6 +453,33 @@ int main(void)
 					lq_run_free(gpu);
 				}
 			}
+			close_model(&md);
+		}
+		snprintf(cmd, sizeof cmd, "rm -rf %s", bigdir);
+		system(cmd);
+	}
+	/* a float32 checkpoint (as Gemma 2's are published): its unquantized
+	 * weights go to the device in the compute dtype at bf16 / fp16, in
+	 * pieces of 16M floats (the tied 40000 x 512 embedding takes two),
+	 * and stay float32 at fp32 compute; stored as is and in NF4 */
+	snprintf(cmd, sizeof cmd,
+		 "%s/tests/gen_checkpoint --dtype f32 --tied --layers 2 --hidden 512 --intermediate 1408 --heads 8 "
+		 "--kv-heads 2 --vocab 40000 %s/f32 >/dev/null",
+		 b && *b ? b : "build", work);
+	snprintf(bigdir, sizeof bigdir, "%s/f32", work);
+	if (system(cmd) != 0) {
+		CHECK(0, "cannot run %s", cmd);
+	} else {
+		static int32_t ids[48];
+		for (int i = 0; i < 48; i++)
+			ids[i] = (int32_t)((i * 7919u + 13) % 40000);
+		for (int q = 0; q < 2; q++) {
+			struct model md = { NULL, NULL };
+			int qt = q == 0 ? LQ_QTYPE_NONE : LQ_QTYPE_NF4;
+			char what[64];
+			snprintf(what, sizeof what, "float32 source, %s", lq_qtype_name(qt));
+			if (!open_packed(bigdir, qt, 1, &md))
+				compare(what, &md, ids, 48, 40, NULL, 64);
 			close_model(&md);
 		}
 		snprintf(cmd, sizeof cmd, "rm -rf %s", bigdir);
