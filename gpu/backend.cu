@@ -39,6 +39,7 @@
 #include <dlfcn.h>
 #include <math.h>
 #include <stdarg.h>
+#include <type_traits>
 #include <stdio.h>
 #include <utility>
 #include <stdlib.h>
@@ -1927,6 +1928,27 @@ __global__ void k_f32_to(const float *x, uint64_t n, T *out)
 		out[j] = from_f<T>(x[j]);
 }
 
+/* Weights into the compute dtype at upload (put_as16): rounded to nearest;
+ * into fp16, magnitudes past its largest finite value (65504) saturate to
+ * it instead of becoming infinite (NaN stays NaN). */
+template <typename TI> __device__ __forceinline__ float to_f(TI v);
+template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+
+template <typename TI, typename TO>
+__global__ void k_to16(const TI *x, uint64_t n, TO *out)
+{
+	pdl_wait();
+	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (uint64_t)gridDim.x * blockDim.x) {
+		float v = to_f<TI>(x[j]);
+		if constexpr (std::is_same_v<TO, __half>)
+			if (!isnan(v))
+				v = fminf(fmaxf(v, -65504.0f), 65504.0f);
+		out[j] = from_f<TO>(v);
+	}
+}
+
 /*
  * Dense GEMV y[N] = W[N,K] x[K], one warp per row, 16-byte weight loads
  * when K and the row starts allow (vec), fp32 accumulation.
@@ -2265,33 +2287,44 @@ static int put(struct upload *u, const void *src, uint64_t size, void **dev, str
 	return stage_to(u, src, size, (uint8_t *)*dev, err);
 }
 
-/* Float32 values uploaded as 16-bit values of the compute dtype (bf16 or
- * fp16), converted on the device: a piece at a time (F32_PIECE floats)
- * through the upload scratch (tscratch), so that the scratch stays small;
- * *dev receives the address (NULL while counting). */
-#define F32_PIECE ((uint64_t)STAGE_BYTES / 4)
+/* Unquantized values of dtype dt uploaded as 16-bit values of the compute
+ * dtype (bf16 or fp16; see load_weight), converted on the device a piece
+ * at a time (CONV_PIECE bytes of the source) through the upload scratch
+ * (tscratch), so that the scratch stays small; *dev receives the address
+ * (NULL while counting). */
+#define CONV_PIECE ((uint64_t)STAGE_BYTES)
 static unsigned grid_for(uint64_t n, unsigned threads);
-static int put_f32_as16(struct upload *u, const float *src, uint64_t n, void **dev, struct lq_error *err)
+static int put_as16(struct upload *u, const void *src, int dt, uint64_t n, void **dev, struct lq_error *err)
 {
 	gstate *g = u->g;
+	const uint64_t es = lq_dtype_size(dt), per = CONV_PIECE / es, piece = n < per ? n : per;
 	int rc = reserve(u, n * 2, dev, err);
-	const uint64_t piece = n < F32_PIECE ? n : F32_PIECE;
-	if (piece * 4 > g->tscratch_need)
-		g->tscratch_need = piece * 4;
+	if (piece * es > g->tscratch_need)
+		g->tscratch_need = piece * es;
 	if (rc || u->counting)
 		return rc;
 	for (uint64_t i = 0; i < n; i += piece) {
 		const uint64_t k = n - i < piece ? n - i : piece;
 		/* the scratch's last conversion precedes this copy on g->st */
-		if ((rc = stage_to(u, src + i, k * 4, g->tscratch, err)) || (rc = flush_stage(u, err)))
+		if ((rc = stage_to(u, (const uint8_t *)src + i * es, k * es, g->tscratch, err)) ||
+		    (rc = flush_stage(u, err)))
 			return rc;
-		if (g->cd == LQ_COMPUTE_F16)
-			launch_k(g, k_f32_to<__half>, dim3(grid_for(k, 256)), dim3(256), (const float *)g->tscratch, k,
-				 (__half *)*dev + i);
-		else
-			launch_k(g, k_f32_to<__nv_bfloat16>, dim3(grid_for(k, 256)), dim3(256), (const float *)g->tscratch, k,
-				 (__nv_bfloat16 *)*dev + i);
-		CK(cudaGetLastError(), "converting a float32 weight");
+		const dim3 gr(grid_for(k, 256)), bl(256);
+		const void *in = g->tscratch;
+		if (g->cd == LQ_COMPUTE_F16) {
+			__half *o = (__half *)*dev + i;
+			if (dt == LQ_DTYPE_F32)
+				launch_k(g, k_to16<float, __half>, gr, bl, (const float *)in, k, o);
+			else
+				launch_k(g, k_to16<__nv_bfloat16, __half>, gr, bl, (const __nv_bfloat16 *)in, k, o);
+		} else {
+			__nv_bfloat16 *o = (__nv_bfloat16 *)*dev + i;
+			if (dt == LQ_DTYPE_F32)
+				launch_k(g, k_to16<float, __nv_bfloat16>, gr, bl, (const float *)in, k, o);
+			else
+				launch_k(g, k_to16<__half, __nv_bfloat16>, gr, bl, (const __half *)in, k, o);
+		}
+		CK(cudaGetLastError(), "converting a weight to the compute dtype");
 	}
 	return LQ_OK;
 }
@@ -2321,14 +2354,17 @@ static int load_weight(struct upload *u, int role, int layer, uint64_t rows, uin
 				     t->name, lq_dtype_name(t->src_dtype));
 		void *d;
 		int rc;
-		if (t->src_dtype == LQ_DTYPE_F32 && g->cd != LQ_COMPUTE_F32) {
-			/* float32 values (Gemma 2's checkpoints, --keep on a float32
-			 * source) in the compute dtype, rounded to nearest as the
-			 * activations are: half the bytes per decode step, and the
-			 * tensor-core GEMV and fused decode take them */
-			if ((rc = put_f32_as16(u, (const float *)t->data, t->nelem, &d, err)))
+		const int cdt = g->cd == LQ_COMPUTE_F16 ? LQ_DTYPE_F16 : LQ_DTYPE_BF16;
+		if (g->cd != LQ_COMPUTE_F32 && t->src_dtype != cdt) {
+			/* at bf16 / fp16 compute, values of another dtype in the
+			 * compute dtype, as transformers' torch_dtype converts them
+			 * (float32: Gemma 2's checkpoints, --keep on a float32
+			 * source; bf16 at fp16 compute, fp16 at bf16): float32 ones
+			 * take half the bytes per decode step, and the tensor-core
+			 * GEMV and the fused decode step take them all (k_to16) */
+			if ((rc = put_as16(u, t->data, t->src_dtype, t->nelem, &d, err)))
 				return rc;
-			w->k.dtype = g->cd == LQ_COMPUTE_F16 ? LQ_DTYPE_F16 : LQ_DTYPE_BF16;
+			w->k.dtype = cdt;
 		} else if ((rc = put(u, t->data, t->data_size, &d, err))) {
 			return rc;
 		}
@@ -2643,8 +2679,18 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 			return cuda_fail(err, (cudaError_t)e, "the dequant-GEMV");
 		return LQ_OK;
 	}
-	if (n == 1 && w->k.qtype == LQ_QTYPE_NONE)
+	if (n == 1 && w->k.qtype == LQ_QTYPE_NONE) {
+		/* 16-bit values in the compute dtype (the lm_head, layers when
+		 * not fused): the tensor-core GEMV where it takes them */
+		if (w->k.dtype != LQ_DTYPE_F32 && lq_cuda_gemv_tc(&w->q, K, gemv_mode(g->cd))) {
+			const struct lq_cuda_qweight *qw = &w->q;
+			int e = lq_cuda_gemv_multi(&qw, &y, 1, K, x, LQ_DTYPE_F32, gemv_mode(g->cd), g->st);
+			if (e)
+				return cuda_fail(err, (cudaError_t)e, "the GEMV");
+			return LQ_OK;
+		}
 		return dense_gemv(g, w->k.dtype, w->k.data, N, K, x, y, err);
+	}
 	if (n == 1) {
 		launch_k(g, k_gemv_any, dim3((unsigned)((N + 7) / 8)), dim3(256), w->k, N, K, x, y);
 		CK(cudaGetLastError(), "a GEMV");

@@ -20,8 +20,8 @@
  *    CPU's fp32 logits (all rows together; every row within 3e-2).
  * Then a larger synthetic Llama (tests/gen_checkpoint: hidden 512, GQA,
  * 130 prompt tokens, so that the fast GEMV, split-K, split attention, the
- * chunked prefill and the KV-cache growth run) the same way, a float32
- * checkpoint (its weights uploaded in the compute dtype), the other four
+ * chunked prefill and the KV-cache growth run) the same way, float32 and
+ * fp16 checkpoints (their weights uploaded in the compute dtype), the other four
  * architectures at that size, then all five at the real models' head sizes
  * (96, 128, 256; 160 and 192 and other group sizes for decode attention;
  * tests/gen_arch_checkpoint.py, skipped with a message without python3,
@@ -458,18 +458,23 @@ int main(void)
 		snprintf(cmd, sizeof cmd, "rm -rf %s", bigdir);
 		system(cmd);
 	}
-	/* a float32 checkpoint (as Gemma 2's are published): its unquantized
-	 * weights go to the device in the compute dtype at bf16 / fp16, in
-	 * pieces of 16M floats (the tied 40000 x 512 embedding takes two),
-	 * and stay float32 at fp32 compute; stored as is and in NF4 */
-	snprintf(cmd, sizeof cmd,
-		 "%s/tests/gen_checkpoint --dtype f32 --tied --layers 2 --hidden 512 --intermediate 1408 --heads 8 "
-		 "--kv-heads 2 --vocab 40000 %s/f32 >/dev/null",
-		 b && *b ? b : "build", work);
-	snprintf(bigdir, sizeof bigdir, "%s/f32", work);
-	if (system(cmd) != 0) {
-		CHECK(0, "cannot run %s", cmd);
-	} else {
+	/* float32 and fp16 checkpoints (Gemma 2's are published in float32):
+	 * at bf16 / fp16 compute their unquantized weights go to the device in
+	 * the compute dtype, in pieces of 64 MiB of the source (the tied
+	 * 40000 x 512 float32 embedding takes two), and stay as stored at fp32
+	 * compute; stored as is and in NF4.  The bf16 checkpoints above take
+	 * the same conversion at fp16 compute. */
+	for (int src = 0; src < 2; src++) {
+		const char *dt = src == 0 ? "f32" : "f16";
+		snprintf(cmd, sizeof cmd,
+			 "%s/tests/gen_checkpoint --dtype %s --tied --layers 2 --hidden 512 --intermediate 1408 "
+			 "--heads 8 --kv-heads 2 --vocab 40000 %s/%s >/dev/null",
+			 b && *b ? b : "build", dt, work, dt);
+		snprintf(bigdir, sizeof bigdir, "%s/%s", work, dt);
+		if (system(cmd) != 0) {
+			CHECK(0, "cannot run %s", cmd);
+			continue;
+		}
 		static int32_t ids[48];
 		for (int i = 0; i < 48; i++)
 			ids[i] = (int32_t)((i * 7919u + 13) % 40000);
@@ -477,7 +482,7 @@ int main(void)
 			struct model md = { NULL, NULL };
 			int qt = q == 0 ? LQ_QTYPE_NONE : LQ_QTYPE_NF4;
 			char what[64];
-			snprintf(what, sizeof what, "float32 source, %s", lq_qtype_name(qt));
+			snprintf(what, sizeof what, "%s source, %s", src == 0 ? "float32" : "fp16", lq_qtype_name(qt));
 			if (!open_packed(bigdir, qt, 1, &md))
 				compare(what, &md, ids, 48, 40, NULL, 64);
 			close_model(&md);

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """gen_checkpoint_gpu.py DIR [--layers N] [--phi3 | --gemma2 | --gemma2-9b | --qwen2 |
---qwen2-7b | --qwen2-0.5b] [--fp32]
+--qwen2-7b | --qwen2-0.5b] [--fp32 | --fp16]
 - a Llama-3.1-8B-shaped checkpoint (with --phi3: Phi-3-mini-4k-shaped, fused
 qkv_proj and gate_up_proj; with --gemma2: Gemma-2-2B-shaped, sandwich norms,
 soft-caps, tied embeddings; with --gemma2-9b: the same, Gemma-2-9B-shaped; with --qwen2: Qwen2-1.5B-shaped, q/k/v biases,
 tied embeddings; with --qwen2-7b: Qwen2-7B-shaped, 4 KV heads, an untied
 lm_head; with --qwen2-0.5b: Qwen2-0.5B-shaped, 2 KV heads of 64) with random
 bf16 weights (normal, std 0.02; norms 1; --fp32: float32, as the Gemma 2
-checkpoints are published), made on the GPU with torch for `make
+checkpoints are published; --fp16: float16), made on the GPU with torch for `make
 bench-gpu` (tests/gen_checkpoint makes the Llama shapes on the CPU, but takes
 minutes for 16 GB).  Writes DIR/config.json and
 DIR/model.safetensors (one file; safetensors' own writer)."""
@@ -80,9 +80,8 @@ def main():
             "tie_word_embeddings": not q7, "torch_dtype": "bfloat16", "rope_theta": 1000000.0,
             "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": layers,
         }
-    dt = torch.float32 if "--fp32" in sys.argv else torch.bfloat16
-    if dt == torch.float32:
-        cfg["torch_dtype"] = "float32"
+    dt = torch.float32 if "--fp32" in sys.argv else torch.float16 if "--fp16" in sys.argv else torch.bfloat16
+    cfg["torch_dtype"] = str(dt).split(".")[1]
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     g = torch.Generator(device="cuda").manual_seed(1)
