@@ -3403,15 +3403,23 @@ static int run_tokens(gstate *g, size_t n, int64_t pos, const int64_t *d_pos, in
 			pend = g->o;
 		CK(cudaGetLastError(), "a residual add");
 	}
-	if (fz)
-		resid_settle(g, &rs);
-	if (!want_logits)
-		return LQ_OK;
 	size_t first = all_logits ? 0 : n - 1, nl = n - first;
-	rmsnorm(g, nl, rs.x + first * D, pend ? pend + first * D : nullptr, g->final_norm, g->h, nullptr);
-	CK(cudaGetLastError(), "the final norm");
-	if ((rc = matmul(g, &g->lm_head, g->h, nl, g->logits, err)))
-		return rc;
+	if (fz && want_logits && lq_cuda_gemv_tc(&g->lm_head.q, (uint64_t)D, gemv_mode(cd))) {
+		/* one token: the final norm (after a waiting sandwich-norm
+		 * output, resid_settle's add) inside the lm_head's GEMV */
+		const dweight *lm = &g->lm_head;
+		if ((rc = gemv_fuse(g, &lm, 1, rs.x, &g->logits, g->final_norm, 0, nullptr, err, &rs)))
+			return rc;
+	} else {
+		if (fz)
+			resid_settle(g, &rs);
+		if (!want_logits)
+			return LQ_OK;
+		rmsnorm(g, nl, rs.x + first * D, pend ? pend + first * D : nullptr, g->final_norm, g->h, nullptr);
+		CK(cudaGetLastError(), "the final norm");
+		if ((rc = matmul(g, &g->lm_head, g->h, nl, g->logits, err)))
+			return rc;
+	}
 	if (c->final_logit_softcap > 0) {
 		uint64_t tot = (uint64_t)nl * g->vocab;
 		launch_k(g, k_softcap, dim3(grid_for(tot, 256)), dim3(256), g->logits, tot, (float)c->final_logit_softcap);
