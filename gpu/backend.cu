@@ -1931,17 +1931,12 @@ __global__ void k_f32_to(const float *x, uint64_t n, T *out)
 /* Weights into the compute dtype at upload (put_as16): rounded to nearest;
  * into fp16, magnitudes past its largest finite value (65504) saturate to
  * it instead of becoming infinite (NaN stays NaN). */
-template <typename TI> __device__ __forceinline__ float to_f(TI v);
-template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
-
 template <typename TI, typename TO>
 __global__ void k_to16(const TI *x, uint64_t n, TO *out)
 {
 	pdl_wait();
 	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (uint64_t)gridDim.x * blockDim.x) {
-		float v = to_f<TI>(x[j]);
+		float v = kv_ld(x + j);
 		if constexpr (std::is_same_v<TO, __half>)
 			if (!isnan(v))
 				v = fminf(fmaxf(v, -65504.0f), 65504.0f);
@@ -2672,25 +2667,20 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 {
 	uint64_t N = w->rows, K = w->cols;
 	int rc;
-	if (n == 1 && w->k.qtype != LQ_QTYPE_NONE && w->fast) {
+	/* one token: the fast GEMV for quantized weights it takes, and for
+	 * 16-bit values in the compute dtype where the tensor-core kernel takes
+	 * them (the lm_head, layers when not fused); other unquantized weights
+	 * through the dense GEMV */
+	const int q = w->k.qtype != LQ_QTYPE_NONE;
+	if (n == 1 && (q ? w->fast : w->k.dtype != LQ_DTYPE_F32 && lq_cuda_gemv_tc(&w->q, K, gemv_mode(g->cd)))) {
 		const struct lq_cuda_qweight *qw = &w->q;
 		int e = lq_cuda_gemv_multi(&qw, &y, 1, K, x, LQ_DTYPE_F32, gemv_mode(g->cd), g->st);
 		if (e)
 			return cuda_fail(err, (cudaError_t)e, "the dequant-GEMV");
 		return LQ_OK;
 	}
-	if (n == 1 && w->k.qtype == LQ_QTYPE_NONE) {
-		/* 16-bit values in the compute dtype (the lm_head, layers when
-		 * not fused): the tensor-core GEMV where it takes them */
-		if (w->k.dtype != LQ_DTYPE_F32 && lq_cuda_gemv_tc(&w->q, K, gemv_mode(g->cd))) {
-			const struct lq_cuda_qweight *qw = &w->q;
-			int e = lq_cuda_gemv_multi(&qw, &y, 1, K, x, LQ_DTYPE_F32, gemv_mode(g->cd), g->st);
-			if (e)
-				return cuda_fail(err, (cudaError_t)e, "the GEMV");
-			return LQ_OK;
-		}
+	if (n == 1 && !q)
 		return dense_gemv(g, w->k.dtype, w->k.data, N, K, x, y, err);
-	}
 	if (n == 1) {
 		launch_k(g, k_gemv_any, dim3((unsigned)((N + 7) / 8)), dim3(256), w->k, N, K, x, y);
 		CK(cudaGetLastError(), "a GEMV");
