@@ -108,18 +108,30 @@ int main(int argc, char **argv)
 		printf("bench_gemv: no CUDA device, nothing measured\n");
 		return 0;
 	}
-	int sweep = argc > 1 && strcmp(argv[1], "--sweep") == 0;
-	/* --once: one plain launch per shape and qtype, nothing timed (for a profiler) */
-	int once = argc > 1 && strcmp(argv[1], "--once") == 0;
-	/* --l2: one copy of each weight, so L2 holds the shapes that fit in it */
-	int l2 = argc > 1 && strcmp(argv[1], "--l2") == 0;
+	int sweep = 0, once = 0, l2 = 0, x32 = 0;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--sweep"))
+			sweep = 1;
+		else if (!strcmp(argv[i], "--once")) /* one plain launch per shape and qtype, nothing timed (for a profiler) */
+			once = 1;
+		else if (!strcmp(argv[i], "--l2")) /* one copy of each weight, so L2 holds the shapes that fit in it */
+			l2 = 1;
+		else if (!strcmp(argv[i], "--x32")) /* float activations, as the decode step's GEMVs take them */
+			x32 = 1;
+		else {
+			fprintf(stderr, "usage: bench_gemv [--sweep | --once | --l2] [--x32]\n");
+			return 2;
+		}
+	}
+	const int xdt = x32 ? LQ_DTYPE_F32 : LQ_DTYPE_BF16;
+	const size_t xes = x32 ? 4 : 2;
 	cudaDeviceProp prop;
 	CU(cudaGetDeviceProperties(&prop, 0));
 	time_t now = time(NULL);
 	char date[64];
 	strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
-	printf("GEMV batch 1, bf16 activations, fp32 accumulation, block size 64, double quant; %s, %s\n\n",
-	       prop.name, date);
+	printf("GEMV batch 1, %s activations, fp32 accumulation, block size 64, double quant; %s, %s\n\n",
+	       x32 ? "float" : "bf16", prop.name, date);
 	printf("| shape N x K | qtype | weight MB | copies | GEMV us | GEMV TB/s | copy TB/s read | copy TB/s read+written | %% of copy |\n");
 	printf("|---|---|---|---|---|---|---|---|---|\n");
 	const uint64_t shapes[][2] = {{4096, 4096}, {4096, 14336}, {14336, 4096}, {128256, 4096}};
@@ -170,22 +182,28 @@ int main(int argc, char **argv)
 				cw[c].data = (uint8_t *)td;
 				cw[c].scales = ts;
 			}
-			__nv_bfloat16 *d_x;
+			void *d_x;
 			float *d_y;
-			CU(cudaMalloc(&d_x, K * 2));
+			CU(cudaMalloc(&d_x, K * xes));
 			CU(cudaMalloc(&d_y, N * 4));
-			k_fill<<<64, 256, 0, st>>>((uint8_t *)d_x, K * 2, 7u);
-			/* keep activations finite: bf16 with exponent bits cleared a bit */
-			CU(cudaStreamSynchronize(st));
 			{
+				/* finite activations of magnitude 1 to 4 (as bf16 values; the
+				 * same values as floats at --x32), alternating signs */
 				uint16_t *hx = (uint16_t *)malloc(K * 2);
-				for (uint64_t k = 0; k < K; k++)
+				float *fx = (float *)malloc(K * 4);
+				for (uint64_t k = 0; k < K; k++) {
 					hx[k] = (uint16_t)(0x3c00u + (k * 37u) % 0x300u) ^ (k & 1 ? 0x8000u : 0);
-				CU(cudaMemcpy(d_x, hx, K * 2, cudaMemcpyHostToDevice));
+					uint32_t b = (uint32_t)hx[k] << 16;
+					memcpy(&fx[k], &b, 4);
+				}
+				CU(cudaMemcpy(d_x, x32 ? (void *)fx : (void *)hx, K * xes, cudaMemcpyHostToDevice));
 				free(hx);
+				free(fx);
 			}
 			if (once) {
-				int rc = lq_cuda_gemv_ex(&wq[0], N, K, d_x, LQ_DTYPE_BF16, d_y, st, 0, 0, 0);
+				const struct lq_cuda_qweight *wp = &wq[0];
+				int rc = x32 ? lq_cuda_gemv_multi(&wp, &d_y, 1, K, d_x, xdt, LQ_GEMV_BF16, st)
+					     : lq_cuda_gemv_ex(wp, N, K, d_x, xdt, d_y, st, 0, 0, 0);
 				CU(cudaStreamSynchronize(st));
 				printf("once %llu x %llu qtype %d: rc %d\n", (unsigned long long)N, (unsigned long long)K, p.qtype, rc);
 				free_copies(cw, copies);
@@ -195,14 +213,17 @@ int main(int argc, char **argv)
 				continue;
 			}
 			int rows_list[] = {0, 2, 4, 8};
-			int nvar = sweep && !tiled ? 4 : 1; /* rows apply to the CUDA-core kernel */
+			int nvar = sweep && !tiled && !x32 ? 4 : 1; /* rows apply to the CUDA-core kernel */
 			double t_gemv[4];
 			for (int v = 0; v < nvar; v++) {
 				cudaGraph_t g;
 				cudaGraphExec_t ge;
 				CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
 				for (int i = 0; i < ITERS; i++) {
-					int rc = lq_cuda_gemv_ex(&wq[i % copies], N, K, d_x, LQ_DTYPE_BF16, d_y, st, rows_list[v], 0, 0);
+					/* float x: the decode step's entry (bf16 mode: x rounded to bf16 where staged) */
+					const struct lq_cuda_qweight *wp = &wq[i % copies];
+					int rc = x32 ? lq_cuda_gemv_multi(&wp, &d_y, 1, K, d_x, xdt, LQ_GEMV_BF16, st)
+						     : lq_cuda_gemv_ex(wp, N, K, d_x, xdt, d_y, st, rows_list[v], 0, 0);
 					if (rc) {
 						fprintf(stderr, "bench_gemv: gemv: %s\n", lq_cuda_strerror(rc));
 						return 1;
