@@ -649,7 +649,7 @@ struct tc_parts {
 #ifdef TC_TRACE
 /* Diagnostic builds only (-DTC_TRACE): thread 0 of every block records
  * %globaltimer at entry, after issuing the first half of the first weight
- * loads, after the table build and the other half (before the wait for the
+ * loads (and the table's reads), after the table build and the other half (before the wait for the
  * previous kernel), after the wait,
  * after staging x and at exit, and then the block's multiprocessor (%smid),
  * per launch (the seq-th launch_tc
@@ -680,6 +680,15 @@ __device__ __forceinline__ int tc_part_of(const tc_parts &P, uint32_t tile)
 		pi += tile >= P.p[i].t0;
 	return pi;
 }
+
+/* The code table's reads before the block's first weight loads: 0 never,
+ * 1 for float x (the decode step's launches), 2 always.  Float x: the 8B
+ * decode step 1% faster, the loop as fast (bench_gemv --x32).  bf16 x: the
+ * loop as ptxas then schedules it lost 11 points of the copy figure on
+ * 128256 x 4096 (BENCHMARKS.md, twenty-ninth session). */
+#ifndef TC_TABFIRST
+#define TC_TABFIRST 1
+#endif
 
 #ifndef TC_PRE_REG
 #define TC_PRE_REG 2 /* PRE: float4s per thread of each of x, pre_add and the two norms' weights held (K <= 4096; 3 spills) */
@@ -810,36 +819,60 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			}
 		}
 	};
-	/* The prologue: half the first loads, the table, the other half.  The
-	 * table build is on the critical path of every launch; issuing all the
-	 * loads first (2.14 ms per 8B decode step) or the table first (2.13)
-	 * was slower than splitting them (2.10). */
-	issue(0, TC_DEPTH);
-	TC_TR(1);
+	/* The prologue: half the first weight loads, the table, the other
+	 * half.  The table build is on the critical path of every launch;
+	 * issuing all the loads first (2.14 ms per 8B decode step) or the
+	 * whole table first (2.13) was slower than splitting them (2.10).
+	 * TC_TABFIRST: the table's reads go out before the weight loads, so
+	 * that they do not queue behind them, and the stores follow them. */
 	{
 		/* four codes per warp and step, each lane storing four lanes' copies
 		 * (one 16-byte store where there were four 4-byte ones); the steps
 		 * unrolled, so that their table reads share one round trip */
 		const uint32_t *tab = QT == LQ_QTYPE_NF4 ? g_nf4 : g_fp4;
 		static_assert(256 % (TC_WARPS * 4) == 0, "the table build's steps");
+		constexpr int NIT = RM ? 0 : 256 / (TC_WARPS * 4); /* INT8, 16-bit: no table */
+		uint32_t thi[NIT > 0 ? NIT : 1], tlo[NIT > 0 ? NIT : 1], tm[NIT > 0 ? NIT : 1];
+		auto tab_ld = [&]() {
 #pragma unroll
-		for (int it = 0; it < (RM ? 0 : 256 / (TC_WARPS * 4)); it++) { /* INT8, 16-bit: no table */
+			for (int it = 0; it < NIT; it++) {
+				const int e = it * TC_WARPS * 4 + warp * 4 + (lane >> 3);
+				thi[it] = __ldg(tab + (e >> 4));
+				tlo[it] = __ldg(tab + (e & 15));
+				if (DML)
+					tm[it] = __ldg(g_dyn + e);
+			}
+			if (MAP && TC_THREADS >= 256 && tid < 256)
+				tm[0] = __ldg(g_dyn + tid);
+		};
+		constexpr bool TF = TC_TABFIRST == 2 || (TC_TABFIRST == 1 && sizeof(XT) == 4);
+		if (TF) {
+			tab_ld();
+			issue(0, TC_DEPTH);
+		} else {
+			issue(0, TC_DEPTH);
+			tab_ld();
+		}
+		TC_TR(1);
+#pragma unroll
+		for (int it = 0; it < NIT; it++) {
 			const int e = it * TC_WARPS * 4 + warp * 4 + (lane >> 3);
-			const float hi = __uint_as_float(__ldg(tab + (e >> 4))), lo = __uint_as_float(__ldg(tab + (e & 15)));
-			const uint32_t v = lq_pack16<F16>(hi, lo);
+			const uint32_t v = lq_pack16<F16>(__uint_as_float(thi[it]), __uint_as_float(tlo[it]));
 			*(uint4 *)(lut + e * 256 + (lane & 7) * 16) = make_uint4(v, v, v, v);
 			/* DML: the double-quant map, one copy per lane in the row's
 			 * unused upper 128 bytes: lane l reads entry e at e * 256 +
 			 * 128 + 4 * l, so a warp's 32 lookups take one wavefront (a
 			 * single 256-entry map took several: bank conflicts) */
-			if (DML) {
-				const uint32_t m = __ldg(g_dyn + e);
-				*(uint4 *)(lut + e * 256 + 128 + (lane & 7) * 16) = make_uint4(m, m, m, m);
-			}
+			if (DML)
+				*(uint4 *)(lut + e * 256 + 128 + (lane & 7) * 16) = make_uint4(tm[it], tm[it], tm[it], tm[it]);
 		}
-		if (MAP)
+		if (MAP && TC_THREADS >= 256) {
+			if (tid < 256)
+				dmap[tid] = __uint_as_float(tm[0]);
+		} else if (MAP) {
 			for (int i = tid; i < 256; i += TC_THREADS)
 				dmap[i] = __uint_as_float(__ldg(g_dyn + i));
+		}
 	}
 	issue(TC_DEPTH, 2 * TC_DEPTH);
 	TC_TR(2);
