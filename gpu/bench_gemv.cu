@@ -187,8 +187,8 @@ int main(int argc, char **argv)
 			CU(cudaMalloc(&d_x, K * xes));
 			CU(cudaMalloc(&d_y, N * 4));
 			{
-				/* finite activations of magnitude 1 to 4 (as bf16 values; the
-				 * same values as floats at --x32), alternating signs */
+				/* finite activations of magnitude 2^-7 to 2^-1, alternating
+				 * signs: bf16 values (the same values as floats at --x32) */
 				uint16_t *hx = (uint16_t *)malloc(K * 2);
 				float *fx = (float *)malloc(K * 4);
 				for (uint64_t k = 0; k < K; k++) {

@@ -649,8 +649,8 @@ struct tc_parts {
 #ifdef TC_TRACE
 /* Diagnostic builds only (-DTC_TRACE): thread 0 of every block records
  * %globaltimer at entry, after issuing the first half of the first weight
- * loads (and the table's reads), after the table build and the other half (before the wait for the
- * previous kernel), after the wait,
+ * loads (and the table's reads), after the table build and the other half
+ * (before the wait for the previous kernel), after the wait,
  * after staging x and at exit, and then the block's multiprocessor (%smid),
  * per launch (the seq-th launch_tc
  * call, modulo TC_TR_SEQ; graph replays overwrite their slots); the table
