@@ -150,6 +150,7 @@ check-gpu: all
 bench-gpu: all
 	$(NVCC) $(NVCCFLAGS) -DLQ_BENCH_MAIN -Xlinker --as-needed -o $(BUILD)/gpu/bench_gemv gpu/bench_gemv.cu $(BUILD)/libquant.a $(PKG_LIBS) -lm
 	$(BUILD)/gpu/bench_gemv
+	$(BUILD)/gpu/bench_gemv --x32
 	tests/run-bench-gpu $(BUILD)
 
 bench: all tests

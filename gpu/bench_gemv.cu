@@ -104,10 +104,6 @@ static void free_copies(struct copyw *cw, int copies)
 
 int main(int argc, char **argv)
 {
-	if (lq_cuda_device_count() == 0) {
-		printf("bench_gemv: no CUDA device, nothing measured\n");
-		return 0;
-	}
 	int sweep = 0, once = 0, l2 = 0, x32 = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--sweep"))
@@ -125,6 +121,10 @@ int main(int argc, char **argv)
 	}
 	const int xdt = x32 ? LQ_DTYPE_F32 : LQ_DTYPE_BF16;
 	const size_t xes = x32 ? 4 : 2;
+	if (lq_cuda_device_count() == 0) {
+		printf("bench_gemv: no CUDA device, nothing measured\n");
+		return 0;
+	}
 	cudaDeviceProp prop;
 	CU(cudaGetDeviceProperties(&prop, 0));
 	time_t now = time(NULL);
