@@ -831,6 +831,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		 * unrolled, so that their table reads share one round trip */
 		const uint32_t *tab = QT == LQ_QTYPE_NF4 ? g_nf4 : g_fp4;
 		static_assert(256 % (TC_WARPS * 4) == 0, "the table build's steps");
+		static_assert(TC_THREADS >= 256, "INT8's double-quant map: one entry per thread");
 		constexpr int NIT = RM ? 0 : 256 / (TC_WARPS * 4); /* INT8, 16-bit: no table */
 		uint32_t thi[NIT > 0 ? NIT : 1], tlo[NIT > 0 ? NIT : 1], tm[NIT > 0 ? NIT : 1];
 		auto tab_ld = [&]() {
@@ -842,7 +843,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 				if (DML)
 					tm[it] = __ldg(g_dyn + e);
 			}
-			if (MAP && TC_THREADS >= 256 && tid < 256)
+			if (MAP && tid < 256)
 				tm[0] = __ldg(g_dyn + tid);
 		};
 		constexpr bool TF = TC_TABFIRST == 2 || (TC_TABFIRST == 1 && sizeof(XT) == 4);
@@ -866,13 +867,8 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			if (DML)
 				*(uint4 *)(lut + e * 256 + 128 + (lane & 7) * 16) = make_uint4(tm[it], tm[it], tm[it], tm[it]);
 		}
-		if (MAP && TC_THREADS >= 256) {
-			if (tid < 256)
-				dmap[tid] = __uint_as_float(tm[0]);
-		} else if (MAP) {
-			for (int i = tid; i < 256; i += TC_THREADS)
-				dmap[i] = __uint_as_float(__ldg(g_dyn + i));
-		}
+		if (MAP && tid < 256)
+			dmap[tid] = __uint_as_float(tm[0]);
 	}
 	issue(TC_DEPTH, 2 * TC_DEPTH);
 	TC_TR(2);
