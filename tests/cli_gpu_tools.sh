@@ -1,6 +1,7 @@
 #!/bin/sh
 # cli_gpu_tools.sh - the GPU diagnostics scripts without a GPU:
-# tests/ab-gpu's argument checks, and tests/gpu_trace.py on synthetic trace
+# tests/ab-gpu's argument checks, tests/ncu_stalls.py on a synthetic ncu
+# source table, and tests/gpu_trace.py on synthetic trace
 # files of the layout the GPU_TRACE=1 build writes (the header, then per
 # launch, block and stamp a u64 %globaltimer): the timeline columns, older
 # five-stamp files, and a clear error for a file with nothing recorded (those
@@ -29,6 +30,36 @@ check "ab-gpu: arguments without a round count" tests/ab-gpu "$TMP/f.lq" "$TMP/b
 has "ab-gpu: three rounds by default" "^round 3 $TMP/bb: decode 2\.10 ms/token; args --new 8$" "$TMP/out"
 printf '#!/bin/sh\necho "no GPU" >&2\nexit 1\n' >"$TMP/bb/tests/bench_gpu_run"
 fails "ab-gpu: a failing run" 1 "ab-gpu: $TMP/bb: bench_gpu_run failed" tests/ab-gpu "$TMP/f.lq" "$TMP/ba" "$TMP/bb"
+# tests/ncu_stalls.py on a synthetic source table in ncu's CSV layout (two
+# kernels; the second without stall samples)
+H='"Address","Source","Warp Stall Sampling (All Samples)","Warp Stall Sampling (Not-issued Samples)","Instructions Executed","stall_long_sb","stall_wait","stall_mio","stall_long_sb (Not Issued)"'
+{
+	echo '"Kernel Name","void k_a(int)",'
+	echo "$H"
+	echo '"0x7f0000001000","      LDS R4, [R4]","30","20","1,000","5","15","10","5"'
+	echo '"0x7f0000001010","      @!P0  LDG.E.128 R8, desc[UR4][R2.64]","60","60","200","60","0","0","60"'
+	echo '"0x7f0000001020","      LDS R5, [R5]","10","5","1,000","0","10","0","0"'
+	echo '"0x7f0000001030","      EXIT","0","0","32","0","0","0","0"'
+	echo '"Kernel Name","void k_b(int)",'
+	echo "$H"
+	echo '"0x7f0000002000","      EXIT","0","0","32","0","0","0","0"'
+} >"$TMP/src.csv"
+check "ncu_stalls: two kernels" python3 tests/ncu_stalls.py "$TMP/src.csv" --top 2
+has "ncu_stalls: totals" '^stall samples 100, instructions executed 2232$' "$TMP/out"
+has "ncu_stalls: reasons summed" '^  long_sb +65 +65\.0%$' "$TMP/out"
+has "ncu_stalls: wait" '^  wait +25 +25\.0%$' "$TMP/out"
+has "ncu_stalls: opcode without its predicate" '^  LDG\.E\.128 +60 +60\.0% +200$' "$TMP/out"
+has "ncu_stalls: opcodes summed" '^  LDS +40 +40\.0% +2000$' "$TMP/out"
+has "ncu_stalls: top instruction" '^ +60 001010  @!P0  LDG\.E\.128 R8, desc\[UR4\]\[R2\.64\]  \[long_sb 60\]$' "$TMP/out"
+has "ncu_stalls: its reasons, largest first" '^ +30 001000  LDS R4, \[R4\]  \[wait 15, mio 10, long_sb 5\]$' "$TMP/out"
+if grep -q "LDS R5" "$TMP/out"; then bad "ncu_stalls: --top 2 printed a third instruction"; else ok; fi
+has "ncu_stalls: the second kernel" '^kernel: void k_b\(int\)$' "$TMP/out"
+has "ncu_stalls: no samples said" '^no stall samples' "$TMP/out"
+printf 'a,b\n1,2\n' >"$TMP/notsrc.csv"
+fails "ncu_stalls: not a source table" 1 'notsrc\.csv: no source table' python3 tests/ncu_stalls.py "$TMP/notsrc.csv"
+fails "ncu_stalls: missing file" 1 'none\.csv: cannot read' python3 tests/ncu_stalls.py "$TMP/none.csv"
+fails "ncu_stalls: bad --top" 1 '^usage: ncu_stalls\.py' python3 tests/ncu_stalls.py "$TMP/src.csv" --top 0
+fails "ncu_stalls: no arguments" 1 '^usage: ncu_stalls\.py' python3 tests/ncu_stalls.py
 if ! have_py numpy; then
 	echo "cli_gpu_tools.sh: gpu_trace.py checks skipped (needs python3 with numpy)"
 	finish
