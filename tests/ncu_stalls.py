@@ -11,7 +11,8 @@ launch of bench_gemv (NF4, 4096 x 14336, float activations):
   ncu -i prof.ncu-rep --page source --csv --print-source sass > src.csv
 
 Prints, for each kernel in the file: its stall samples by reason (the
-stall_* columns, issued and not issued together), by opcode (with the
+stall_* columns of all samples; their "(Not Issued)" subsets are not added
+again), by opcode (with the
 instructions executed, so that a costly rare instruction stands out), and
 the N instructions (default 20) with the most samples and their three
 largest reasons.  Reads the CSV with the standard library only.
@@ -79,7 +80,7 @@ def report(name, hdr, data, top):
         executed += e
         by_op[op] += s
         ex_op[op] += e
-        rs = {h[6:]: num(r[ix[h]]) for h in reasons if num(r[ix[h]])}
+        rs = {h[6:]: v for h in reasons if (v := num(r[ix[h]]))}
         for k, v in rs.items():
             by_reason[k] += v
         addr = r[ix["Address"]] if "Address" in ix else ""
