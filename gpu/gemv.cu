@@ -38,7 +38,7 @@
  * 35-41% because its 4-bit path is bound by instruction issue (about nine
  * instructions per packed byte: byte extract, LUT address, LDS, two bf16
  * unpacks, two FFMA, plus amortized x/scale work); the tensor-core kernel
- * reaches 71-94% for NF4 + DQ and 87-108% for INT8 + DQ on the same shapes
+ * reaches 71-94% for NF4 + DQ and 86-108% for INT8 + DQ on the same shapes
  * (float activations, bench_gemv --x32, thirty-first session).
  */
 #include "lq_cuda.h"
@@ -525,8 +525,8 @@ static int launch_q(const struct lq_cuda_qweight *const *w, float *const *y, int
  * instructions per 8 codes) for any share of a span's words -- the ALU
  * binds the loop as much as the table does -- and the GEMVs of a layer
  * chained in one launch with grid barriers, which cost more per boundary
- * than programmatic dependent launch; (thirty-first session, branch
- * exp-tma-ring) the weights staged by the bulk-copy engine in a shared-
+ * than programmatic dependent launch; (BENCHMARKS.md, thirty-first
+ * session) the weights staged by the bulk-copy engine in a shared-
  * memory ring on mbarriers: 20-25% slower, since lane 0's refills cost
  * instructions and instruction fetch, and 1-2 KB copies feed the loop
  * more slowly than the register loads even without the math.
