@@ -781,10 +781,12 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		nst = pp.nested;
 		l_off = pp.offset;
 	};
-	auto load = [&](tc_slot &s) {
-		s.a = ld_stream_tc(pa);
-		s.b = ld_stream_tc(pa + boff);
-		uint32_t kb = l_e >> bshift;
+	constexpr uint32_t LSTEP = RM ? SPAN * ES : 1024; /* bytes between a lane's chunks of consecutive spans */
+	/* span j (0 or 1) past the load side's position, without advancing it */
+	auto load_at = [&](tc_slot &s, int j) {
+		s.a = ld_stream_tc(pa + j * LSTEP);
+		s.b = ld_stream_tc(pa + boff + j * LSTEP);
+		uint32_t kb = (l_e + j * SPAN) >> bshift;
 		constexpr uint32_t sst = I8 ? 1 : 16; /* scale entries between blocks */
 		if (D16) {
 			s.s = 0; /* no scales */
@@ -796,8 +798,11 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			s.s = __float_as_uint(__ldg((const float *)scl + kb * sst));
 		}
 		s.off = l_off;
+	};
+	auto load = [&](tc_slot &s) {
+		load_at(s, 0);
 		if (--l_left) {
-			pa += RM ? SPAN * ES : 1024;
+			pa += LSTEP;
 			l_e += SPAN;
 		} else {
 			l_left = m;
@@ -1234,13 +1239,32 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			const uint32_t xa = s_lo + m - c_left, xb = c_left == 1 ? s_lo : xa + 1;
 			span(A, xa, ag, ag8);
 			span(B, xb, bg, bg8); /* past the end when q + 1 == Q: computed, not used */
-			if (lq < Q) {
-				load(A);
-				lq++;
-			}
-			if (lq < Q) {
-				load(B);
-				lq++;
+			/* The refills: when both spans lie in the load side's item, one
+			 * step of bookkeeping for the two (6-9% fewer instructions, NF4
+			 * bench_gemv +0-2.5 points, BENCHMARKS.md, thirty-second
+			 * session); else one span at a time, across the item boundary */
+			if (lq + 1 < Q && l_left >= 2) {
+				load_at(A, 0);
+				load_at(B, 1);
+				lq += 2;
+				l_left -= 2;
+				if (l_left) {
+					pa += 2 * LSTEP;
+					l_e += 2 * SPAN;
+				} else {
+					l_left = m;
+					if (++l_item < ni)
+						setup(l_item);
+				}
+			} else {
+				if (lq < Q) {
+					load(A);
+					lq++;
+				}
+				if (lq < Q) {
+					load(B);
+					lq++;
+				}
 			}
 			acc_g += ag;
 			acc_g8 += ag8;
