@@ -38,8 +38,8 @@
  * 35-41% because its 4-bit path is bound by instruction issue (about nine
  * instructions per packed byte: byte extract, LUT address, LDS, two bf16
  * unpacks, two FFMA, plus amortized x/scale work); the tensor-core kernel
- * reaches 71-94% for NF4 + DQ and 86-108% for INT8 + DQ on the same shapes
- * (float activations, bench_gemv --x32, thirty-first session).
+ * reaches 71-95% for NF4 + DQ and 89-109% for INT8 + DQ on the same shapes
+ * (float activations, bench_gemv --x32, thirty-second session).
  */
 #include "lq_cuda.h"
 #include "lq_blocks.h"
@@ -1237,14 +1237,23 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			/* the spans' indices in the row: A is the item's (m - c_left)-th,
 			 * B the next one, or the next item's first */
 			const uint32_t xa = s_lo + m - c_left, xb = c_left == 1 ? s_lo : xa + 1;
-			span(A, xa, ag, ag8);
-			span(B, xb, bg, bg8); /* past the end when q + 1 == Q: computed, not used */
 			/* The refills: when both spans lie in the load side's item, one
 			 * step of bookkeeping for the two (6-9% fewer instructions, NF4
 			 * bench_gemv +0-2.5 points, BENCHMARKS.md, thirty-second
-			 * session); else one span at a time, across the item boundary */
-			if (lq + 1 < Q && l_left >= 2) {
-				load_at(A, 0);
+			 * session); else one span at a time, across the item boundary.
+			 * INT8 issues A's refill before B's math (4096 x 14336 +2
+			 * points there; 4-bit weights gained nothing from it) */
+			span(A, xa, ag, ag8);
+			bool pair = false;
+			if constexpr (I8) {
+				pair = lq + 1 < Q && l_left >= 2;
+				if (pair)
+					load_at(A, 0);
+			}
+			span(B, xb, bg, bg8); /* past the end when q + 1 == Q: computed, not used */
+			if (I8 ? pair : lq + 1 < Q && l_left >= 2) {
+				if (!I8)
+					load_at(A, 0);
 				load_at(B, 1);
 				lq += 2;
 				l_left -= 2;
