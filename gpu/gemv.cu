@@ -799,16 +799,21 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 		}
 		s.off = l_off;
 	};
-	auto load = [&](tc_slot &s) {
-		load_at(s, 0);
-		if (--l_left) {
-			pa += LSTEP;
-			l_e += SPAN;
+	/* the load side's position n (1 or 2, within the item) spans on */
+	auto advance = [&](uint32_t n) {
+		l_left -= n;
+		if (l_left) {
+			pa += n * LSTEP;
+			l_e += n * SPAN;
 		} else {
 			l_left = m;
 			if (++l_item < ni)
 				setup(l_item);
 		}
+	};
+	auto load = [&](tc_slot &s) {
+		load_at(s, 0);
+		advance(1);
 	};
 
 	tc_slot buf[2 * TC_DEPTH];
@@ -1244,6 +1249,8 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 			 * INT8 issues A's refill before B's math (4096 x 14336 +2
 			 * points there; 4-bit weights gained nothing from it) */
 			span(A, xa, ag, ag8);
+			/* the other types test for a pair after B's math, where the
+			 * code as measured tests it */
 			bool pair = false;
 			if constexpr (I8) {
 				pair = lq + 1 < Q && l_left >= 2;
@@ -1256,15 +1263,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_gemv_tc(const __grid_constant
 					load_at(A, 0);
 				load_at(B, 1);
 				lq += 2;
-				l_left -= 2;
-				if (l_left) {
-					pa += 2 * LSTEP;
-					l_e += 2 * SPAN;
-				} else {
-					l_left = m;
-					if (++l_item < ni)
-						setup(l_item);
-				}
+				advance(2);
 			} else {
 				if (lq < Q) {
 					load(A);
