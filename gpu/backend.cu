@@ -1780,6 +1780,16 @@ __global__ void __launch_bounds__(1024) k_argmax(const float *l, int64_t n, int3
 	*out = (bi < 0 || isnan(l[0])) ? 0 : (int32_t)bi;
 }
 
+/* g_argmax_n's step end: the argmax into ids[*k], the next step's position. */
+#define CHAIN_MAX 256 /* steps per wait of g_argmax_n */
+__global__ void k_chain_next(const int32_t *id, int32_t *ids, int *k, int64_t *pos)
+{
+	pdl_wait();
+	ids[*k] = *id;
+	*k += 1;
+	*pos += 1;
+}
+
 __global__ void k_softcap(float *y, uint64_t n, float cap)
 {
 	pdl_wait();
@@ -2112,13 +2122,17 @@ struct gstate {
 	int64_t *h_pos;
 	float *h_logits;
 	/* the decode graphs: [0] copies the logits back, [1] only their argmax,
-	 * [2] leaves the logits on the device (sampling) */
-#define NGRAPH 3
+	 * [2] leaves the logits on the device (sampling), [3] a step of
+	 * g_argmax_n (its token from d_id, its argmax into d_ids, the
+	 * position advanced on the device) */
+#define NGRAPH 4
 	cudaGraphExec_t graph[NGRAPH];
 	int64_t graph_cap[NGRAPH];
 	float graph_ascale[NGRAPH];
 	int graph_split[NGRAPH];
 	int32_t *d_id, *h_id;  /* the argmax, on the device and pinned on the host */
+	int32_t *d_ids, *h_ids; /* [CHAIN_MAX] g_argmax_n's ids (device, pinned host) */
+	int *d_chain;          /* g_argmax_n: the steps done */
 	/* sampling: lq_cuda_topk's scratch and result (device, pinned host), the
 	 * penalized ids (device, pinned host, pen_cap of each) */
 	uint8_t *tk_scr;
@@ -2544,7 +2558,7 @@ static void g_free(void *state)
 	if (g->cbh_ok)
 		g->cb.destroy(g->cbh);
 	void *d[] = { g->arena, g->tscratch, g->inv_freq, g->rtab, g->kv, g->x, g->x2, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part, g->acnt, g->am_v, g->am_i,
-		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos, g->d_id, g->tk_scr, g->d_tk, g->d_pen };
+		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos, g->d_id, g->tk_scr, g->d_tk, g->d_pen, g->d_ids, g->d_chain };
 	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
 		gfree(d[i]);
 	if (g->h_tok)
@@ -2553,7 +2567,7 @@ static void g_free(void *state)
 		cudaFreeHost(g->h_pos);
 	if (g->h_logits)
 		cudaFreeHost(g->h_logits);
-	void *h[] = { g->h_id, g->h_tk, g->h_pen };
+	void *h[] = { g->h_id, g->h_tk, g->h_pen, g->h_ids };
 	for (size_t i = 0; i < sizeof h / sizeof h[0]; i++)
 		if (h[i])
 			cudaFreeHost(h[i]);
@@ -3471,12 +3485,22 @@ static int decode_graph(gstate *g, int am, struct lq_error *err)
 	}
 	cudaGraph_t gr;
 	CK(cudaStreamBeginCapture(g->st, cudaStreamCaptureModeThreadLocal), "capturing the decode graph");
-	cudaError_t e = cudaMemcpyAsync(g->tok, g->h_tok, sizeof(int32_t), cudaMemcpyHostToDevice, g->st);
-	if (e == cudaSuccess)
-		e = cudaMemcpyAsync(g->pos, g->h_pos, sizeof(int64_t), cudaMemcpyHostToDevice, g->st);
+	cudaError_t e;
+	if (am == 3) {
+		e = cudaMemcpyAsync(g->tok, g->d_id, sizeof(int32_t), cudaMemcpyDeviceToDevice, g->st);
+	} else {
+		e = cudaMemcpyAsync(g->tok, g->h_tok, sizeof(int32_t), cudaMemcpyHostToDevice, g->st);
+		if (e == cudaSuccess)
+			e = cudaMemcpyAsync(g->pos, g->h_pos, sizeof(int64_t), cudaMemcpyHostToDevice, g->st);
+	}
 	int rc = e == cudaSuccess ? run_tokens(g, 1, 0, g->pos, 1, 0, err) : cuda_fail(err, e, "the decode graph");
-	if (!rc && am == 1)
+	if (!rc && (am == 1 || am == 3))
 		rc = launch_argmax(g, err);
+	if (!rc && am == 3) {
+		launch_k(g, k_chain_next, dim3(1), dim3(1), (const int32_t *)g->d_id, g->d_ids, g->d_chain, g->pos);
+		if ((e = cudaGetLastError()) != cudaSuccess)
+			rc = cuda_fail(err, e, "the decode graph");
+	}
 	if (!rc && am < 2) {
 		e = am ? cudaMemcpyAsync(g->h_id, g->d_id, sizeof(int32_t), cudaMemcpyDeviceToHost, g->st)
 		       : cudaMemcpyAsync(g->h_logits, g->logits, (size_t)g->vocab * sizeof(float), cudaMemcpyDeviceToHost,
@@ -3580,6 +3604,63 @@ static int g_argmax(void *state, const int32_t *tokens, size_t n, int64_t pos, i
 		return rc;
 	CK(cudaStreamSynchronize(g->st), "the decode step");
 	*id = *g->h_id;
+	return LQ_OK;
+}
+
+/* Whether RoPE is the same (inverse frequencies and attention scale, which
+ * long-context scalings switch) for sequence lengths a and b. */
+static int rope_same(gstate *g, int64_t a, int64_t b, struct lq_error *err)
+{
+	const int64_t half = g->rot / 2;
+	if (!half)
+		return 1;
+	float *fa = (float *)malloc((size_t)half * 2 * sizeof(float));
+	if (!fa)
+		return gfail(err, LQ_ERR_NOMEM, "out of memory"), -1;
+	double sa = 1.0, sb = 1.0;
+	lq_rope_inv_freq(g->c, a, fa, &sa);
+	lq_rope_inv_freq(g->c, b, fa + half, &sb);
+	const int same = sa == sb && !memcmp(fa, fa + half, (size_t)half * sizeof(float));
+	free(fa);
+	return same;
+}
+
+/* Greedy steps chained on the device (lq_backend's argmax_n): up to
+ * CHAIN_MAX replays of graph [3] per wait, each taking the previous step's
+ * argmax as its token; one step at a time where RoPE changes between the
+ * first and the last position of a run (each step must see the RoPE of its
+ * own sequence length, as g_argmax's steps do). */
+static int g_argmax_n(void *state, int32_t token, int64_t pos, size_t n, int32_t *ids, struct lq_error *err)
+{
+	gstate *g = (gstate *)state;
+	int rc;
+	while (n > 0) {
+		size_t m = n < CHAIN_MAX ? n : CHAIN_MAX;
+		if (m > 1) {
+			const int same = rope_same(g, pos + 1, pos + (int64_t)m, err);
+			if (same < 0)
+				return LQ_ERR_NOMEM;
+			if (!same)
+				m = 1;
+		}
+		if ((rc = ensure_cache(g, pos + (int64_t)m, err)) || (rc = update_rope(g, pos + (int64_t)m, err)) ||
+		    (rc = decode_graph(g, 3, err)))
+			return rc;
+		*g->h_tok = token;
+		*g->h_pos = pos;
+		CK(cudaMemcpyAsync(g->d_id, g->h_tok, sizeof(int32_t), cudaMemcpyHostToDevice, g->st), "the decode steps");
+		CK(cudaMemcpyAsync(g->pos, g->h_pos, sizeof(int64_t), cudaMemcpyHostToDevice, g->st), "the decode steps");
+		CK(cudaMemsetAsync(g->d_chain, 0, sizeof(int), g->st), "the decode steps");
+		for (size_t i = 0; i < m; i++)
+			CK(cudaGraphLaunch(g->graph[3], g->st), "the decode steps");
+		CK(cudaMemcpyAsync(g->h_ids, g->d_ids, m * sizeof(int32_t), cudaMemcpyDeviceToHost, g->st), "the decode steps");
+		CK(cudaStreamSynchronize(g->st), "the decode steps");
+		memcpy(ids, g->h_ids, m * sizeof(int32_t));
+		token = ids[m - 1];
+		pos += (int64_t)m;
+		ids += m;
+		n -= m;
+	}
 	return LQ_OK;
 }
 
@@ -3803,6 +3884,8 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		    (rc = dmalloc((void **)&g->tok, N * 4, "the tokens", err)) ||
 		    (rc = dmalloc((void **)&g->pos, 8, "the position", err)) ||
 		    (rc = dmalloc((void **)&g->d_id, 4, "the argmax", err)) ||
+		    (rc = dmalloc((void **)&g->d_ids, CHAIN_MAX * 4, "the argmax", err)) ||
+		    (rc = dmalloc((void **)&g->d_chain, 4, "the argmax", err)) ||
 		    (rc = dmalloc((void **)&g->tk_scr, lq_cuda_topk_scratch_size(g->vocab), "sampling", err)) ||
 		    (rc = dmalloc((void **)&g->d_tk, sizeof *g->d_tk, "sampling", err)))
 			goto fail;
@@ -3820,6 +3903,8 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 			e = cudaHostAlloc((void **)&g->h_logits, (size_t)g->vocab * 4, cudaHostAllocDefault);
 		if (e == cudaSuccess)
 			e = cudaHostAlloc((void **)&g->h_id, 4, cudaHostAllocDefault);
+		if (e == cudaSuccess)
+			e = cudaHostAlloc((void **)&g->h_ids, CHAIN_MAX * 4, cudaHostAllocDefault);
 		if (e == cudaSuccess)
 			e = cudaHostAlloc((void **)&g->h_tk, sizeof *g->h_tk, cudaHostAllocDefault);
 		if (e != cudaSuccess) {
@@ -3852,7 +3937,8 @@ static const char *g_describe(void *state)
 	return ((gstate *)state)->desc;
 }
 
-static const struct lq_backend cuda_backend = { "cuda", g_prepare, g_forward, g_free, g_describe, g_argmax, g_sample };
+static const struct lq_backend cuda_backend = { "cuda",   g_prepare, g_forward, g_free,
+						 g_describe, g_argmax,  g_sample,  g_argmax_n };
 
 /* The current device's compute capability major (0 on failure). */
 static int cur_major(void)

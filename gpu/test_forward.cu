@@ -286,6 +286,13 @@ static void compare(const char *what, struct model *md, const int32_t *ids, size
 			CHECK_OK(lq_run_forward_argmax(gpu, &ga[i], 1, pos++, &id, &e), &e);
 		}
 		CHECK(!memcmp(gc, ga, sizeof gc), "%s fp32: greedy continuation with the device argmax differs", what);
+		/* the same steps chained on the device (lq_run_forward_argmax_n) */
+		int32_t gn[24];
+		CHECK_OK(lq_run_forward_argmax(gpu, ids, np, 0, &id, &e), &e);
+		gn[0] = id;
+		CHECK_OK(lq_run_forward_argmax_n(gpu, id, (int64_t)np, 23, gn + 1, &e), &e);
+		CHECK(!memcmp(gc, gn, sizeof gc), "%s fp32: greedy continuation chained on the device differs", what);
+		CHECK(lq_run_pos(gpu) == (int64_t)np + 23, "pos %lld", (long long)lq_run_pos(gpu));
 	}
 	check_sampling(what, gpu, ids, np);
 	/* bf16 / fp16 */
@@ -310,6 +317,18 @@ static void compare(const char *what, struct model *md, const int32_t *ids, size
 		}
 		CHECK(wd < 3e-2, "%s %s: GPU decode vs CPU fp32 worst row rel L2 %g", what, lq_compute_name(cdt), wd);
 		check_sampling(what, gh, ids, np);
+		{
+			/* chained greedy steps: the ids of single steps on this runtime */
+			int32_t a[24], c2[24], id = -1;
+			CHECK_OK(lq_run_forward_argmax(gh, ids, np, 0, &id, &e), &e);
+			a[0] = c2[0] = id;
+			for (int i = 1; i < 24; i++)
+				CHECK_OK(lq_run_forward_argmax(gh, &a[i - 1], 1, (int64_t)np + i - 1, &a[i], &e), &e);
+			CHECK_OK(lq_run_forward_argmax(gh, ids, np, 0, &id, &e), &e);
+			CHECK_OK(lq_run_forward_argmax_n(gh, id, (int64_t)np, 23, c2 + 1, &e), &e);
+			CHECK(!memcmp(a, c2, sizeof a), "%s %s: chained greedy steps differ from single steps", what,
+			      lq_compute_name(cdt));
+		}
 		printf("  %-22s %s: all %.2e, worst row: prefill %.2e decode %.2e\n", what, lq_compute_name(cdt), all, w, wd);
 		lq_run_free(gh);
 	}
@@ -426,6 +445,32 @@ int main(void)
 					CHECK(w[0] < 1e-4, "%s: 600-token prefill + 100 decode steps: %g", what, w[0]);
 					CHECK(w[1] < 1e-4, "%s: the same in a 720-token context: %g", what, w[1]);
 					printf("  %-22s 600+100 tokens: %.2e (context 720: %.2e)\n", what, w[0], w[1]);
+					/* 300 greedy steps chained on the device (two waits,
+					 * the cache growing from 256 to 512 positions) against
+					 * single steps on the GPU, at fp32 */
+					{
+						static int32_t want[300], got[300];
+						int32_t t = ids[129];
+						struct lq_run *gs3 = make_run(&md, LQ_BACKEND_CUDA, LQ_COMPUTE_F32, 1024);
+						struct lq_run *gc3 = make_run(&md, LQ_BACKEND_CUDA, LQ_COMPUTE_F32, 1024);
+						if (gs3) {
+							CHECK_OK(lq_run_forward(gs3, ids, 129, 0, NULL, 0, &e), &e);
+							for (int i = 0; i < 300; i++) {
+								CHECK_OK(lq_run_forward_argmax(gs3, &t, 1, 129 + i, &want[i], &e), &e);
+								t = want[i];
+							}
+							lq_run_free(gs3);
+						}
+						if (gc3) {
+							CHECK_OK(lq_run_forward(gc3, ids, 129, 0, NULL, 0, &e), &e);
+							CHECK_OK(lq_run_forward_argmax_n(gc3, ids[129], 129, 300, got, &e), &e);
+							CHECK(!memcmp(want, got, sizeof want), "%s: 300 chained greedy steps differ from single steps",
+							      what);
+							CHECK(lq_run_forward_argmax_n(gc3, 0, 429, 1024 - 429 + 1, got, &e) == LQ_ERR_INVALID,
+							      "past the context");
+							lq_run_free(gc3);
+						}
+					}
 					int32_t many[1025] = { 0 };
 					float *a2 = (float *)malloc((size_t)lq_run_vocab(gpu) * 4);
 					CHECK(lq_run_forward(gpu, many, 1025, 0, a2, 0, &e) == LQ_ERR_INVALID, "context");

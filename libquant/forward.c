@@ -615,6 +615,28 @@ int lq_run_forward_argmax(struct lq_run *r, const int32_t *tokens, size_t n, int
 	return rc;
 }
 
+int lq_run_forward_argmax_n(struct lq_run *r, int32_t token, int64_t pos, size_t n, int32_t *ids,
+			    struct lq_error *err)
+{
+	int rc = check_step(r, &token, n ? 1 : 0, pos, err);
+	if (rc)
+		return rc;
+	if ((uint64_t)n > (uint64_t)(r->max_ctx - pos))
+		return lq_fail(err, LQ_ERR_INVALID, "%lld tokens exceed the context length of %lld tokens",
+			       (long long)pos + (long long)n, (long long)r->max_ctx);
+	if (r->be && r->be->argmax_n) {
+		rc = r->be->argmax_n(r->be_state, token, pos, n, ids, err);
+		r->pos = rc ? (pos < r->pos ? pos : r->pos) : pos + (int64_t)n;
+		return rc;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if ((rc = lq_run_forward_argmax(r, &token, 1, pos + (int64_t)i, &ids[i], err)))
+			return rc;
+		token = ids[i];
+	}
+	return LQ_OK;
+}
+
 /* Candidates a backend may return from one sampling step. */
 #define SAMPLE_CAP 1024
 
@@ -767,7 +789,7 @@ static const char *cpu_describe(void *state)
 }
 
 static const struct lq_backend cpu_backend = { "cpu", cpu_prepare, cpu_forward, cpu_free,
-					       cpu_describe, NULL, NULL };
+					       cpu_describe, NULL, NULL, NULL };
 
 const struct lq_backend *lq_backend_cpu(void)
 {

@@ -153,6 +153,12 @@ struct lq_backend {
 	int (*sample)(void *state, const int32_t *tokens, size_t n, int64_t pos, const struct lq_sample_opts *o,
 		      const int32_t *pen, size_t npen, float *vals, int32_t *ids, size_t cap, size_t *count,
 		      float *logits, struct lq_error *err);
+	/* optional (NULL: argmax step by step): greedy decoding's n >= 1
+	 * steps at once, token at pos, then each step's argmax as the next
+	 * step's token at the next position, ids[i] the argmax of step i,
+	 * without the host waiting between the steps (token in range, pos +
+	 * n within the context: validated) */
+	int (*argmax_n)(void *state, int32_t token, int64_t pos, size_t n, int32_t *ids, struct lq_error *err);
 };
 /* The CPU backend (static, never freed). */
 const struct lq_backend *lq_backend_cpu(void);
@@ -192,6 +198,20 @@ int lq_run_forward(struct lq_run *r, const int32_t *tokens, size_t n, int64_t po
  */
 int lq_run_forward_argmax(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos, int32_t *id,
 			  struct lq_error *err);
+/*
+ * n steps of greedy decoding in one call: token at pos, then each step's
+ * argmax run at the next position; ids[i] receives step i's argmax, the
+ * ids that n calls of lq_run_forward_argmax(r, &t, 1, pos + i, &ids[i]),
+ * t the previous id, would give.  On the GPU the steps are queued back to
+ * back, each taking its token from the previous one's argmax on the device,
+ * and the host waits once.  The cache then holds positions 0..pos+n-1; a
+ * caller that stops early (an end-of-sequence id) runs its next tokens from
+ * where it stopped, over the entries past it.  LQ_ERR_INVALID for n == 0, a
+ * token outside the vocabulary, pos past the cache or pos + n past the
+ * context.
+ */
+int lq_run_forward_argmax_n(struct lq_run *r, int32_t token, int64_t pos, size_t n, int32_t *ids,
+			    struct lq_error *err);
 /*
  * A sampling step: run the tokens as lq_run_forward does, then pick the next
  * token from the last token's logits as lq_sample(logits, vocab, o, seen,

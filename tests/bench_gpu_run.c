@@ -6,13 +6,15 @@
  *   bench_gpu_run FILE.lq [--compute bf16|fp16|fp32] [--prompt N] [--new N] [--prefill N]
  *
  * Prints: load time (weights uploaded, kernels ready); decode: N new tokens
- * after an N-token prompt, greedy, best of 3, two ways: each step = forward
- * of one token + copy of the logits + argmax on the CPU (what `run` does
- * when it samples), and lq_run_forward_argmax (the argmax on the device,
- * what `run` does for greedy decoding), and lq_run_forward_sample with
+ * after an N-token prompt, greedy, best of 3, four ways: each step = forward
+ * of one token + copy of the logits + argmax on the CPU, and
+ * lq_run_forward_argmax (the argmax on the device, the host waiting for
+ * each step), and lq_run_forward_sample with
  * transformers' default sampling (temperature 1, top-k 50: the top-k on the
- * device, what `run` does when it samples); prefill: N tokens with the logits
- * of the last, best of 3 after a warm-up.
+ * device, what `run` does when it samples), and lq_run_forward_argmax_n
+ * with BENCH_CHAIN steps per call (the steps chained on the device, what
+ * `run` does for greedy decoding); prefill: N tokens with the logits of the
+ * last, best of 3 after a warm-up.
  *
  * Copyright (c) the libquant authors.  MIT license.
  */
@@ -22,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#define BENCH_CHAIN 16 /* greedy steps per lq_run_forward_argmax_n call, as run takes them */
 
 static double now(void)
 {
@@ -100,7 +104,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	double load = now() - t0;
-	double best_dec = 1e30, best_pre = 1e30, best_am = 1e30, best_s = 1e30;
+	double best_dec = 1e30, best_pre = 1e30, best_am = 1e30, best_s = 1e30, best_ch = 1e30;
+	int32_t chain[BENCH_CHAIN];
 	struct lq_sample_opts so;
 	lq_sample_opts_init(&so);
 	struct lq_rng rng;
@@ -126,6 +131,18 @@ int main(int argc, char **argv)
 				break;
 		d = now() - t1;
 		best_am = d < best_am ? d : best_am;
+		/* the same steps BENCH_CHAIN at a time, chained on the device (run's greedy decoding) */
+		if (lq_run_forward_argmax(r, ids, (size_t)np, 0, &tok, &e))
+			break;
+		t1 = now();
+		for (int k = 0; k < nnew; k += BENCH_CHAIN) {
+			const int c = nnew - k < BENCH_CHAIN ? nnew - k : BENCH_CHAIN;
+			if (lq_run_forward_argmax_n(r, tok, np + k, (size_t)c, chain, &e))
+				break;
+			tok = chain[c - 1];
+		}
+		d = now() - t1;
+		best_ch = d < best_ch ? d : best_ch;
 		/* sampling, the top-k on the device */
 		if (lq_run_forward_sample(r, ids, (size_t)np, 0, &so, ids, (size_t)np, &rng, &tok, &e))
 			break;
@@ -147,10 +164,11 @@ int main(int argc, char **argv)
 	}
 	printf("%s on %s: load + warm-up %.2f s; decode %d new tokens after %d: %.2f ms/token, %.1f tok/s "
 	       "(logits to the host), %.2f ms/token, %.1f tok/s (argmax on the device), %.2f ms/token, %.1f tok/s "
-	       "(sampling, top-k 50 on the device); prefill %d tokens: %.1f ms, %.0f tok/s\n",
+	       "(sampling, top-k 50 on the device); prefill %d tokens: %.1f ms, %.0f tok/s; "
+	       "%.2f ms/token, %.1f tok/s (argmax on the device, %d steps per wait)\n",
 	       argv[1], lq_run_device(r), load, nnew, np, best_dec * 1e3 / nnew, nnew / best_dec,
 	       best_am * 1e3 / nnew, nnew / best_am, best_s * 1e3 / nnew, nnew / best_s, npre, best_pre * 1e3,
-	       npre / best_pre);
+	       npre / best_pre, best_ch * 1e3 / nnew, nnew / best_ch, BENCH_CHAIN);
 	free(lg);
 	free(ids);
 	lq_run_free(r);

@@ -264,6 +264,24 @@ static void test_fixture(const char *arch, int qtype)
 		CHECK(lq_run_forward_argmax(r, fix_ids, 0, 0, &id, &e) == LQ_ERR_INVALID);
 		CHECK(lq_run_forward_argmax(r, fix_ids, 1, 14, &id, &e) == LQ_ERR_INVALID);
 		CHECK(strstr(e.msg, "position") != NULL, "%s", e.msg);
+		{
+			/* several greedy steps in one call: the ids of step-by-step calls */
+			int32_t step[6], chain[6], t = id;
+			for (int i = 0; i < 6; i++) {
+				CHECK_OK(lq_run_forward_argmax(r, &t, 1, 13 + i, &step[i], &e), &e);
+				t = step[i];
+			}
+			CHECK_OK(lq_run_forward_argmax_n(r, id, 13, 6, chain, &e), &e);
+			CHECK(!memcmp(step, chain, sizeof step), "%s: lq_run_forward_argmax_n differs from single steps", arch);
+			CHECK(lq_run_pos(r) == 19, "pos %lld", (long long)lq_run_pos(r));
+			CHECK(lq_run_forward_argmax_n(r, id, 13, 0, chain, &e) == LQ_ERR_INVALID);
+			CHECK(lq_run_forward_argmax_n(r, (int32_t)V, 13, 2, chain, &e) == LQ_ERR_INVALID);
+			CHECK(strstr(e.msg, "vocabulary") != NULL, "%s", e.msg);
+			CHECK(lq_run_forward_argmax_n(r, id, 20, 2, chain, &e) == LQ_ERR_INVALID);
+			CHECK(strstr(e.msg, "position") != NULL, "%s", e.msg);
+			CHECK(lq_run_forward_argmax_n(r, id, 13, (size_t)lq_run_max_ctx(r), chain, &e) == LQ_ERR_INVALID);
+			CHECK(strstr(e.msg, "context length") != NULL, "%s", e.msg);
+		}
 		check_forward_sample(r, arch);
 		CHECK_OK(lq_run_forward(r, fix_ids, NIDS, 0, NULL, 0, &e), &e);
 		/* errors */

@@ -11,6 +11,10 @@
 #include <jansson.h>
 #include <math.h>
 
+/* greedy decoding: steps per lq_run_forward_argmax_n call (on the GPU the
+ * host waits once per RUN_CHAIN tokens; 30 ms of text at 500 tok/s) */
+#define RUN_CHAIN 16
+
 static const char usage_text[] =
 	"usage: run [options] MODEL.lq                 generate (stdin is the user message)\n"
 	"       run --ids 1,2,3 --logits OUT.npy MODEL.lq\n"
@@ -436,6 +440,15 @@ static void generate_from(struct model *md, struct opts *o, const int32_t *promp
 		die_lq(rc, &e);
 	res->prefill_s = now_s() - t0;
 	t0 = now_s();
+	/* greedy decoding without a penalty: on the GPU the next RUN_CHAIN ids
+	 * at a time, the steps chained on the device (lq_run_forward_argmax_n;
+	 * the ids past a stop are dropped), on the CPU one at a time (there
+	 * the steps past a stop would only cost time) */
+	const double pen = o->s.repetition_penalty;
+	const int chained = o->s.temperature <= 0 && !(pen > 0 && pen != 1.0);
+	const size_t chain = strcmp(lq_run_backend(md->run), "cpu") ? RUN_CHAIN : 1;
+	int32_t ahead[RUN_CHAIN];
+	size_t nahead = 0, iahead = 0;
 	size_t printed = 0; /* bytes of text already written to out */
 	for (long k = 0; k < o->max_new; k++) {
 		int32_t id = next;
@@ -505,7 +518,21 @@ static void generate_from(struct model *md, struct opts *o, const int32_t *promp
 			warnx_("stopped at the context length of %lld tokens", (long long)maxctx);
 			break;
 		}
-		rc = lq_run_forward_sample(md->run, &id, 1, (int64_t)nseen - 1, &o->s, seen, nseen, &rng, &next, &e);
+		if (chained && iahead < nahead) {
+			next = ahead[iahead++];
+			continue;
+		}
+		if (chained) {
+			size_t c = chain, left = (size_t)(o->max_new - k - 1), room = (size_t)maxctx - (nseen - 1);
+			c = c < left ? c : left;
+			c = c < room ? c : room;
+			rc = lq_run_forward_argmax_n(md->run, id, (int64_t)nseen - 1, c, ahead, &e);
+			nahead = c;
+			iahead = 1;
+			next = ahead[0];
+		} else {
+			rc = lq_run_forward_sample(md->run, &id, 1, (int64_t)nseen - 1, &o->s, seen, nseen, &rng, &next, &e);
+		}
 		if (rc)
 			die_lq(rc, &e);
 	}
@@ -830,6 +857,8 @@ static int do_chat(struct model *md, struct opts *o)
 		if (o->verbose)
 			print_stats(&r);
 		size_t pos = (size_t)lq_run_pos(md->run);
+		if (pos > np + r.nids)
+			pos = np + r.nids; /* greedy steps run ahead of a stop */
 		free(cached);
 		cached = malloc((pos + 1) * sizeof *cached);
 		if (!cached)
