@@ -644,9 +644,8 @@ int lq_run_forward_sample(struct lq_run *r, const int32_t *tokens, size_t n, int
 			  const struct lq_sample_opts *o, const int32_t *seen, size_t nseen, struct lq_rng *rng,
 			  int32_t *id, struct lq_error *err)
 {
-	double pen = o->repetition_penalty;
-	int penal = pen > 0 && pen != 1.0;
-	if (o->temperature <= 0 && !penal)
+	const int penal = lq_sample_penalized(o);
+	if (lq_sample_is_argmax(o))
 		return lq_run_forward_argmax(r, tokens, n, pos, id, err);
 	if (o->temperature > 0 && !rng)
 		return lq_fail(err, LQ_ERR_INVALID, "sampling needs a random generator");

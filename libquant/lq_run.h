@@ -248,6 +248,11 @@ struct lq_sample_opts {
 /* Defaults of transformers' GenerationConfig: temperature 1, top_k 50,
  * top_p 1, repetition_penalty 1 (do_sample as the caller decides). */
 void lq_sample_opts_init(struct lq_sample_opts *o);
+/* 1 when o's repetition penalty is on (> 0 and not 1). */
+int lq_sample_penalized(const struct lq_sample_opts *o);
+/* 1 when lq_sample with o picks the argmax (the lowest id of the maximum)
+ * of the logits as given: temperature <= 0 and no penalty. */
+int lq_sample_is_argmax(const struct lq_sample_opts *o);
 
 /* A random generator (xoshiro256**), seeded; plain value, no allocation. */
 struct lq_rng {

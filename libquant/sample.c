@@ -149,11 +149,22 @@ int64_t lq_distinct_ids(const int32_t *seen, size_t nseen, int64_t vocab, int32_
 	return n;
 }
 
-/* The repetition penalty, each distinct id of seen once (torch gathers then
- * scatters); out of memory: each occurrence. */
-static void penalize(float *logits, int64_t vocab, double pen, const int32_t *seen, size_t nseen)
+int lq_sample_penalized(const struct lq_sample_opts *o)
 {
-	if (!(pen > 0 && pen != 1.0) || !nseen)
+	return o->repetition_penalty > 0 && o->repetition_penalty != 1.0;
+}
+
+int lq_sample_is_argmax(const struct lq_sample_opts *o)
+{
+	return o->temperature <= 0 && !lq_sample_penalized(o);
+}
+
+/* o's repetition penalty, each distinct id of seen once (torch gathers then
+ * scatters); out of memory: each occurrence. */
+static void penalize(float *logits, int64_t vocab, const struct lq_sample_opts *o, const int32_t *seen, size_t nseen)
+{
+	const double pen = o->repetition_penalty;
+	if (!lq_sample_penalized(o) || !nseen)
 		return;
 	int32_t *ids = malloc(nseen * sizeof *ids);
 	int64_t n = ids ? lq_distinct_ids(seen, nseen, vocab, ids) : -1;
@@ -173,7 +184,7 @@ int32_t lq_sample(float *logits, int64_t vocab, const struct lq_sample_opts *o,
 {
 	if (vocab <= 0)
 		return -1;
-	penalize(logits, vocab, o->repetition_penalty, seen, nseen);
+	penalize(logits, vocab, o, seen, nseen);
 	if (o->temperature <= 0)
 		return lq_argmax_f32(logits, vocab);
 	float invt = (float)o->temperature;

@@ -444,8 +444,7 @@ static void generate_from(struct model *md, struct opts *o, const int32_t *promp
 	 * at a time, the steps chained on the device (lq_run_forward_argmax_n;
 	 * the ids past a stop are dropped), on the CPU one at a time (there
 	 * the steps past a stop would only cost time) */
-	const double pen = o->s.repetition_penalty;
-	const int chained = o->s.temperature <= 0 && !(pen > 0 && pen != 1.0);
+	const int chained = lq_sample_is_argmax(&o->s);
 	const size_t chain = strcmp(lq_run_backend(md->run), "cpu") ? RUN_CHAIN : 1;
 	int32_t ahead[RUN_CHAIN];
 	size_t nahead = 0, iahead = 0;
