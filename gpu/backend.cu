@@ -1780,13 +1780,24 @@ __global__ void __launch_bounds__(1024) k_argmax(const float *l, int64_t n, int3
 	*out = (bi < 0 || isnan(l[0])) ? 0 : (int32_t)bi;
 }
 
-/* g_argmax_n's step end: the argmax into ids[*k], the next step's position. */
-#define CHAIN_MAX 256 /* steps per wait of g_argmax_n */
-__global__ void k_chain_next(const int32_t *id, int32_t *ids, int *k, int64_t *pos)
+/* A chain of decode steps on the device (g_argmax_n, g_sample_n): the
+ * steps done, sampling's generator state, and its stop flag (a step whose
+ * kept set the device could not make; the steps after it change nothing). */
+#define CHAIN_MAX 256 /* steps per wait */
+struct chain_st {
+	uint64_t rng[4];
+	int done, stop, pad[2];
+};
+
+/* A chained step's end: its pick (the argmax, or sampling's draw) into
+ * ids[done], the next step's position. */
+__global__ void k_chain_next(const int32_t *id, int32_t *ids, struct chain_st *cs, int64_t *pos)
 {
 	pdl_wait();
-	ids[*k] = *id;
-	*k += 1;
+	if (cs->stop)
+		return;
+	ids[cs->done] = *id;
+	cs->done += 1;
 	*pos += 1;
 }
 
@@ -2124,15 +2135,17 @@ struct gstate {
 	/* the decode graphs: [0] copies the logits back, [1] only their argmax,
 	 * [2] leaves the logits on the device (sampling), [3] a step of
 	 * g_argmax_n (its token from d_id, its argmax into d_ids, the
-	 * position advanced on the device) */
-#define NGRAPH 4
+	 * position advanced on the device), [4] a step of g_sample_n (the
+	 * same with top-k and the draw, for graph_so's options) */
+#define NGRAPH 5
 	cudaGraphExec_t graph[NGRAPH];
 	int64_t graph_cap[NGRAPH];
 	float graph_ascale[NGRAPH];
 	int graph_split[NGRAPH];
+	struct lq_sample_opts so, graph_so; /* g_sample_n's options; graph [4]'s */
 	int32_t *d_id, *h_id;  /* the argmax, on the device and pinned on the host */
-	int32_t *d_ids, *h_ids; /* [CHAIN_MAX] g_argmax_n's ids (device, pinned host) */
-	int *d_chain;          /* g_argmax_n: the steps done */
+	int32_t *d_ids, *h_ids; /* [CHAIN_MAX] a chain's picks (device, pinned host) */
+	struct chain_st *d_cs, *h_cs; /* a chain's state (device, pinned host) */
 	/* sampling: lq_cuda_topk's scratch and result (device, pinned host), the
 	 * penalized ids (device, pinned host, pen_cap of each) */
 	uint8_t *tk_scr;
@@ -2558,7 +2571,7 @@ static void g_free(void *state)
 	if (g->cbh_ok)
 		g->cb.destroy(g->cbh);
 	void *d[] = { g->arena, g->tscratch, g->inv_freq, g->rtab, g->kv, g->x, g->x2, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part, g->acnt, g->am_v, g->am_i,
-		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos, g->d_id, g->tk_scr, g->d_tk, g->d_pen, g->d_ids, g->d_chain };
+		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos, g->d_id, g->tk_scr, g->d_tk, g->d_pen, g->d_ids, g->d_cs };
 	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
 		gfree(d[i]);
 	if (g->h_tok)
@@ -2567,7 +2580,7 @@ static void g_free(void *state)
 		cudaFreeHost(g->h_pos);
 	if (g->h_logits)
 		cudaFreeHost(g->h_logits);
-	void *h[] = { g->h_id, g->h_tk, g->h_pen, g->h_ids };
+	void *h[] = { g->h_id, g->h_tk, g->h_pen, g->h_ids, g->h_cs };
 	for (size_t i = 0; i < sizeof h / sizeof h[0]; i++)
 		if (h[i])
 			cudaFreeHost(h[i]);
@@ -3477,7 +3490,9 @@ static int argmax_to_host(gstate *g, struct lq_error *err)
 static int decode_graph(gstate *g, int am, struct lq_error *err)
 {
 	int S = attn_splits(g, 1);
-	if (g->graph[am] && g->graph_cap[am] == g->cap && g->graph_ascale[am] == g->ascale && g->graph_split[am] == S)
+	if (g->graph[am] && g->graph_cap[am] == g->cap && g->graph_ascale[am] == g->ascale && g->graph_split[am] == S &&
+	    (am != 4 || (g->graph_so.temperature == g->so.temperature && g->graph_so.top_k == g->so.top_k &&
+			 g->graph_so.top_p == g->so.top_p && g->graph_so.min_p == g->so.min_p)))
 		return LQ_OK;
 	if (g->graph[am]) {
 		cudaGraphExecDestroy(g->graph[am]);
@@ -3486,7 +3501,7 @@ static int decode_graph(gstate *g, int am, struct lq_error *err)
 	cudaGraph_t gr;
 	CK(cudaStreamBeginCapture(g->st, cudaStreamCaptureModeThreadLocal), "capturing the decode graph");
 	cudaError_t e;
-	if (am == 3) {
+	if (am >= 3) {
 		e = cudaMemcpyAsync(g->tok, g->d_id, sizeof(int32_t), cudaMemcpyDeviceToDevice, g->st);
 	} else {
 		e = cudaMemcpyAsync(g->tok, g->h_tok, sizeof(int32_t), cudaMemcpyHostToDevice, g->st);
@@ -3496,8 +3511,17 @@ static int decode_graph(gstate *g, int am, struct lq_error *err)
 	int rc = e == cudaSuccess ? run_tokens(g, 1, 0, g->pos, 1, 0, err) : cuda_fail(err, e, "the decode graph");
 	if (!rc && (am == 1 || am == 3))
 		rc = launch_argmax(g, err);
-	if (!rc && am == 3) {
-		launch_k(g, k_chain_next, dim3(1), dim3(1), (const int32_t *)g->d_id, g->d_ids, g->d_chain, g->pos);
+	if (!rc && am == 4) {
+		e = (cudaError_t)lq_cuda_topk(g->logits, g->vocab, (float)g->so.temperature, g->so.top_k, g->tk_scr, g->d_tk,
+					      g->st);
+		if (e == cudaSuccess)
+			e = (cudaError_t)lq_cuda_pick(g->d_tk, g->so.top_p, g->so.min_p, g->d_cs->rng, &g->d_cs->stop, g->d_id,
+						      g->st);
+		if (e != cudaSuccess)
+			rc = cuda_fail(err, e, "the decode graph");
+	}
+	if (!rc && am >= 3) {
+		launch_k(g, k_chain_next, dim3(1), dim3(1), (const int32_t *)g->d_id, g->d_ids, g->d_cs, g->pos);
 		if ((e = cudaGetLastError()) != cudaSuccess)
 			rc = cuda_fail(err, e, "the decode graph");
 	}
@@ -3522,6 +3546,8 @@ static int decode_graph(gstate *g, int am, struct lq_error *err)
 	g->graph_cap[am] = g->cap;
 	g->graph_ascale[am] = g->ascale;
 	g->graph_split[am] = S;
+	if (am == 4)
+		g->graph_so = g->so;
 	return LQ_OK;
 }
 
@@ -3625,15 +3651,19 @@ static int rope_same(gstate *g, int64_t a, int64_t b, struct lq_error *err)
 	return same;
 }
 
-/* Greedy steps chained on the device (lq_backend's argmax_n): up to
- * CHAIN_MAX replays of graph [3] per wait, each taking the previous step's
- * argmax as its token; one step at a time where RoPE changes between the
- * first and the last position of a run (each step must see the RoPE of its
- * own sequence length, as g_argmax's steps do). */
-static int g_argmax_n(void *state, int32_t token, int64_t pos, size_t n, int32_t *ids, struct lq_error *err)
+/* Decode steps chained on the device with graph [am] (3: greedy, 4:
+ * sampling with g->so): up to CHAIN_MAX replays per wait, each taking the
+ * previous step's pick as its token; one step at a time where RoPE changes
+ * between the first and the last position of a run (each step must see the
+ * RoPE of its own sequence length, as single steps do).  rng (sampling):
+ * the generator state, sent with each run of steps and brought back.
+ * *done: the steps made (fewer than n where a step's kept set could not be
+ * made on the device). */
+static int chain_steps(gstate *g, int am, int32_t token, int64_t pos, size_t n, uint64_t *rng, int32_t *ids,
+		       size_t *done, struct lq_error *err)
 {
-	gstate *g = (gstate *)state;
 	int rc;
+	*done = 0;
 	while (n > 0) {
 		size_t m = n < CHAIN_MAX ? n : CHAIN_MAX;
 		if (m > 1) {
@@ -3644,24 +3674,60 @@ static int g_argmax_n(void *state, int32_t token, int64_t pos, size_t n, int32_t
 				m = 1;
 		}
 		if ((rc = ensure_cache(g, pos + (int64_t)m, err)) || (rc = update_rope(g, pos + (int64_t)m, err)) ||
-		    (rc = decode_graph(g, 3, err)))
+		    (rc = decode_graph(g, am, err)))
 			return rc;
 		*g->h_tok = token;
 		*g->h_pos = pos;
+		memset(g->h_cs, 0, sizeof *g->h_cs);
+		if (rng)
+			memcpy(g->h_cs->rng, rng, sizeof g->h_cs->rng);
 		CK(cudaMemcpyAsync(g->d_id, g->h_tok, sizeof(int32_t), cudaMemcpyHostToDevice, g->st), "the decode steps");
 		CK(cudaMemcpyAsync(g->pos, g->h_pos, sizeof(int64_t), cudaMemcpyHostToDevice, g->st), "the decode steps");
-		CK(cudaMemsetAsync(g->d_chain, 0, sizeof(int), g->st), "the decode steps");
+		CK(cudaMemcpyAsync(g->d_cs, g->h_cs, sizeof *g->h_cs, cudaMemcpyHostToDevice, g->st), "the decode steps");
 		for (size_t i = 0; i < m; i++)
-			CK(cudaGraphLaunch(g->graph[3], g->st), "the decode steps");
+			CK(cudaGraphLaunch(g->graph[am], g->st), "the decode steps");
 		CK(cudaMemcpyAsync(g->h_ids, g->d_ids, m * sizeof(int32_t), cudaMemcpyDeviceToHost, g->st), "the decode steps");
+		CK(cudaMemcpyAsync(g->h_cs, g->d_cs, sizeof *g->h_cs, cudaMemcpyDeviceToHost, g->st), "the decode steps");
 		CK(cudaStreamSynchronize(g->st), "the decode steps");
-		memcpy(ids, g->h_ids, m * sizeof(int32_t));
+		const size_t k = (size_t)g->h_cs->done;
+		if (k > m)
+			return gfail(err, LQ_ERR_IO, "the decode steps: %zu steps done of %zu", k, m);
+		memcpy(ids, g->h_ids, k * sizeof(int32_t));
+		if (rng)
+			memcpy(rng, g->h_cs->rng, sizeof g->h_cs->rng);
+		*done += k;
+		if (k < m)
+			return LQ_OK;
 		token = ids[m - 1];
 		pos += (int64_t)m;
 		ids += m;
 		n -= m;
 	}
 	return LQ_OK;
+}
+
+/* Greedy steps chained on the device (lq_backend's argmax_n). */
+static int g_argmax_n(void *state, int32_t token, int64_t pos, size_t n, int32_t *ids, struct lq_error *err)
+{
+	size_t done = 0;
+	int rc = chain_steps((gstate *)state, 3, token, pos, n, NULL, ids, &done, err);
+	if (!rc && done != n)
+		rc = gfail(err, LQ_ERR_IO, "the decode steps: %zu steps done of %zu", done, n);
+	return rc;
+}
+
+/* Sampling steps chained on the device (lq_backend's sample_n): graph [4]
+ * takes the top-k and the draw (lq_cuda_pick) in place of the argmax. */
+static int g_sample_n(void *state, int32_t token, int64_t pos, size_t n, const struct lq_sample_opts *o,
+		      uint64_t rng[4], int32_t *ids, size_t *done, struct lq_error *err)
+{
+	gstate *g = (gstate *)state;
+	*done = 0;
+	if (!(o->temperature > 0) || lq_sample_penalized(o) || o->top_k < 1 || o->top_k > LQ_CUDA_TOPK_MAX ||
+	    g->vocab > LQ_CUDA_TOPK_NMAX)
+		return gfail(err, LQ_ERR_INVALID, "these sampling options cannot be chained on the device");
+	g->so = *o;
+	return chain_steps(g, 4, token, pos, n, rng, ids, done, err);
 }
 
 /* Room for npen penalized ids (device and pinned host). */
@@ -3885,7 +3951,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		    (rc = dmalloc((void **)&g->pos, 8, "the position", err)) ||
 		    (rc = dmalloc((void **)&g->d_id, 4, "the argmax", err)) ||
 		    (rc = dmalloc((void **)&g->d_ids, CHAIN_MAX * 4, "the argmax", err)) ||
-		    (rc = dmalloc((void **)&g->d_chain, 4, "the argmax", err)) ||
+		    (rc = dmalloc((void **)&g->d_cs, sizeof *g->d_cs, "the argmax", err)) ||
 		    (rc = dmalloc((void **)&g->tk_scr, lq_cuda_topk_scratch_size(g->vocab), "sampling", err)) ||
 		    (rc = dmalloc((void **)&g->d_tk, sizeof *g->d_tk, "sampling", err)))
 			goto fail;
@@ -3905,6 +3971,8 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 			e = cudaHostAlloc((void **)&g->h_id, 4, cudaHostAllocDefault);
 		if (e == cudaSuccess)
 			e = cudaHostAlloc((void **)&g->h_ids, CHAIN_MAX * 4, cudaHostAllocDefault);
+		if (e == cudaSuccess)
+			e = cudaHostAlloc((void **)&g->h_cs, sizeof *g->h_cs, cudaHostAllocDefault);
 		if (e == cudaSuccess)
 			e = cudaHostAlloc((void **)&g->h_tk, sizeof *g->h_tk, cudaHostAllocDefault);
 		if (e != cudaSuccess) {
@@ -3938,7 +4006,7 @@ static const char *g_describe(void *state)
 }
 
 static const struct lq_backend cuda_backend = { "cuda",   g_prepare, g_forward, g_free,
-						 g_describe, g_argmax,  g_sample,  g_argmax_n };
+						 g_describe, g_argmax,  g_sample,  g_argmax_n, g_sample_n };
 
 /* The current device's compute capability major (0 on failure). */
 static int cur_major(void)

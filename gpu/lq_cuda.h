@@ -201,6 +201,17 @@ struct lq_cuda_topk_out {
 	int32_t ids[LQ_CUDA_TOPK_MAX];
 };
 /*
+ * lq_cuda_pick: lq_sample_kept's draw from d_tk's set, on the device (one
+ * block): the kept tokens sorted as the host sorts them, their
+ * probabilities, top_p and min_p as lq_sample's, one draw from the
+ * xoshiro256** state d_rng[4] (advanced as lq_rng_uniform advances struct
+ * lq_rng's), the id into *d_id.  Nothing happens when *d_stop is set; a set
+ * the top-k filter could not make (count -1) sets *d_stop and leaves d_rng
+ * and *d_id as they were.
+ */
+int lq_cuda_pick(const struct lq_cuda_topk_out *d_tk, double top_p, double min_p, uint64_t *d_rng, int *d_stop,
+		 int32_t *d_id, void *stream);
+/*
  * What the decode runtime (gpu/backend.cu) uses on the current device, for
  * the GPU tests: lq_cuda_attn_cluster, the most splits of decode attention
  * that merge as one thread-block cluster at compute dtype `compute`

@@ -20,6 +20,7 @@
  * Copyright (c) the libquant authors.  MIT license.
  */
 #include "lq_cuda.h"
+#include "lq_blocks.h"
 
 #include <cuda_runtime.h>
 #include <math.h>
@@ -282,5 +283,64 @@ int lq_cuda_penalty(float *d_logits, const int32_t *d_ids, int64_t nids, float p
 	if (nids <= 0)
 		return 0;
 	k_penalty<<<lq_cuda_grid256((uint64_t)nids), 256, 0, (cudaStream_t)stream>>>(d_logits, d_ids, nids, penalty);
+	return (int)cudaGetLastError();
+}
+
+/*
+ * lq_sample_kept's draw on the device (the end of a sampling step chained
+ * on the device, lq_backend's sample_n): the kept tokens sorted as the host
+ * sorts them (scaled logit descending, then id ascending; a rank per token),
+ * their exp() in parallel, then (one thread) the host's own code for the
+ * rest (lq_blocks.h: the sums in index order) and one draw from the
+ * xoshiro256** state in rng, advanced as lq_rng_uniform advances the host's.
+ */
+#define PK_THREADS 256
+
+__global__ void __launch_bounds__(PK_THREADS) k_pick(const struct lq_cuda_topk_out *tk, double top_p, double min_p,
+						     uint64_t *rng, int *stop, int32_t *out)
+{
+	__shared__ float v0[TK_CAP], sv[TK_CAP];
+	__shared__ int32_t i0[TK_CAP], si[TK_CAP];
+	__shared__ double p[TK_CAP];
+	if (*(volatile int *)stop)
+		return;
+	const int c = tk->count;
+	if (c <= 0 || c > TK_CAP) {
+		if (threadIdx.x == 0)
+			*stop = 1; /* no set: the host takes this step */
+		return;
+	}
+	for (int i = threadIdx.x; i < c; i += blockDim.x) {
+		v0[i] = tk->vals[i];
+		i0[i] = tk->ids[i];
+	}
+	__syncthreads();
+	for (int i = threadIdx.x; i < c; i += blockDim.x) {
+		const float v = v0[i];
+		const int32_t d = i0[i];
+		int r = 0;
+		for (int j = 0; j < c; j++)
+			r += v0[j] > v || (v0[j] == v && i0[j] < d);
+		sv[r] = v;
+		si[r] = d;
+	}
+	__syncthreads();
+	const double mx = sv[0];
+	for (int i = threadIdx.x; i < c; i += blockDim.x)
+		p[i] = exp((double)sv[i] - mx);
+	__syncthreads();
+	if (threadIdx.x == 0) {
+		uint64_t s[4] = { rng[0], rng[1], rng[2], rng[3] };
+		const double u = lq_uniform53(lq_xoshiro_next(s));
+		*out = si[lq_pick_index(p, c, top_p, min_p, u)];
+		for (int i = 0; i < 4; i++)
+			rng[i] = s[i];
+	}
+}
+
+int lq_cuda_pick(const struct lq_cuda_topk_out *d_tk, double top_p, double min_p, uint64_t *d_rng, int *d_stop,
+		 int32_t *d_id, void *stream)
+{
+	k_pick<<<1, PK_THREADS, 0, (cudaStream_t)stream>>>(d_tk, top_p, min_p, d_rng, d_stop, d_id);
 	return (int)cudaGetLastError();
 }

@@ -192,8 +192,26 @@ static void sampled(struct lq_run *r, const int32_t *ids, size_t np, int ngen, c
 	free(seen);
 }
 
+/* sampled()'s device continuation with the steps after the prompt's in one
+ * lq_run_forward_sample_n call (chained on the device where it can be). */
+static void sampled_n(struct lq_run *r, const int32_t *ids, size_t np, int ngen, const struct lq_sample_opts *o,
+		      uint64_t seed, int32_t *out)
+{
+	struct lq_error e = {0};
+	int32_t *seen = (int32_t *)malloc((np + 1) * sizeof(int32_t));
+	struct lq_rng g;
+	lq_rng_seed(&g, seed);
+	memcpy(seen, ids, np * sizeof *seen);
+	CHECK_OK(lq_run_forward_sample(r, seen, np, 0, o, seen, np, &g, &out[0], &e), &e);
+	seen[np] = out[0];
+	CHECK_OK(lq_run_forward_sample_n(r, out[0], (int64_t)np, (size_t)ngen - 1, o, seen, np + 1, &g, out + 1, &e), &e);
+	CHECK(lq_run_pos(r) == (int64_t)np + ngen - 1, "pos %lld", (long long)lq_run_pos(r));
+	free(seen);
+}
+
 /* Sampled continuations picked on the device equal lq_sample's on the same
- * runtime's logits, for the sampling options run offers. */
+ * runtime's logits, for the sampling options run offers, step by step and
+ * chained. */
 static void check_sampling(const char *what, struct lq_run *r, const int32_t *ids, size_t np)
 {
 	struct lq_sample_opts os[LQ_SAMPLE_CASES];
@@ -203,6 +221,8 @@ static void check_sampling(const char *what, struct lq_run *r, const int32_t *id
 		sampled(r, ids, np, 24, &os[i], 1000 + (uint64_t)i, 1, a);
 		sampled(r, ids, np, 24, &os[i], 1000 + (uint64_t)i, 0, b);
 		CHECK(!memcmp(a, b, sizeof a), "%s: sampled continuation %d differs from lq_sample's", what, i);
+		sampled_n(r, ids, np, 24, &os[i], 1000 + (uint64_t)i, b);
+		CHECK(!memcmp(a, b, sizeof a), "%s: sampled continuation %d in one call differs from single steps", what, i);
 	}
 }
 
@@ -468,8 +488,33 @@ int main(void)
 							      what);
 							CHECK(lq_run_forward_argmax_n(gc3, 0, 429, 1024 - 429 + 1, got, &e) == LQ_ERR_INVALID,
 							      "past the context");
-							lq_run_free(gc3);
 						}
+						/* the same with sampling (top-k 40, top-p 0.95) */
+						struct lq_sample_opts so;
+						lq_sample_opts_init(&so);
+						so.temperature = 0.9;
+						so.top_k = 40;
+						so.top_p = 0.95;
+						struct lq_rng ra, rb;
+						lq_rng_seed(&ra, 5);
+						lq_rng_seed(&rb, 5);
+						struct lq_run *gs4 = make_run(&md, LQ_BACKEND_CUDA, LQ_COMPUTE_F32, 1024);
+						if (gs4 && gc3) {
+							t = ids[129];
+							CHECK_OK(lq_run_forward(gs4, ids, 129, 0, NULL, 0, &e), &e);
+							for (int i = 0; i < 300; i++) {
+								CHECK_OK(lq_run_forward_sample(gs4, &t, 1, 129 + i, &so, NULL, 0, &ra, &want[i], &e),
+									 &e);
+								t = want[i];
+							}
+							CHECK_OK(lq_run_forward(gc3, ids, 129, 0, NULL, 0, &e), &e);
+							CHECK_OK(lq_run_forward_sample_n(gc3, ids[129], 129, 300, &so, NULL, 0, &rb, got, &e), &e);
+							CHECK(!memcmp(want, got, sizeof want), "%s: 300 chained sampled steps differ from single steps",
+							      what);
+							CHECK(!memcmp(&ra, &rb, sizeof ra), "%s: the generators drifted apart", what);
+						}
+						lq_run_free(gs4);
+						lq_run_free(gc3);
 					}
 					int32_t many[1025] = { 0 };
 					float *a2 = (float *)malloc((size_t)lq_run_vocab(gpu) * 4);

@@ -131,6 +131,70 @@ int main(void)
 					same &= got[i].id == want[i].id && !memcmp(&got[i].v, &want[i].v, 4);
 				CHECK(same, "n %lld %s k %d T %g: the kept set differs", (long long)n, kind_name[kind], k, t);
 			}
+	/* lq_cuda_pick after lq_cuda_topk (a chained sampling step's end)
+	 * against lq_sample on the host: the same id and the same generator
+	 * state after, for rows with ties, top-p and min-p on and off; a row
+	 * with a NaN sets the stop flag and changes nothing else; a set stop
+	 * flag makes the pick do nothing */
+	{
+		static const int64_t pn[] = { 1, 7, 1000, 32000, 128256 };
+		static const int pk[] = { 1, 5, 40, 50, 1024 };
+		static const double pp[] = { 1.0, 0.9, 0.5, 1.0, 0.95 }, pm[] = { 0.0, 0.0, 0.05, 0.2, 0.0 };
+		struct pick_dev {
+			uint64_t rng[4];
+			int stop;
+			int32_t id;
+		} hd, *d_pk;
+		CU(cudaMalloc(&d_pk, sizeof *d_pk));
+		int pc = 0;
+		for (size_t si = 0; si < sizeof pn / sizeof pn[0]; si++)
+			for (int kind = RANDOM; kind <= NAN1; kind++)
+				for (size_t ki = 0; ki < sizeof pk / sizeof pk[0]; ki++, pc++) {
+					const int64_t n = pn[si];
+					struct lq_sample_opts o;
+					lq_sample_opts_init(&o);
+					o.temperature = temps[pc % 3];
+					o.top_k = pk[ki];
+					o.top_p = pp[pc % 5];
+					o.min_p = pm[(pc / 5) % 5];
+					fill(l, n, kind);
+					if (kind == GRID)
+						for (int64_t i = 0; i < n; i++)
+							l[i] *= 0.25f; /* close values: every pick likely */
+					struct lq_rng hr;
+					lq_rng_seed(&hr, 77 + (uint64_t)pc);
+					memcpy(hd.rng, hr.s, sizeof hd.rng);
+					hd.stop = 0;
+					hd.id = -7;
+					CU(cudaMemcpy(d_pk, &hd, sizeof hd, cudaMemcpyHostToDevice));
+					CU(cudaMemcpy(d_l, l, n * 4, cudaMemcpyHostToDevice));
+					CHECK(lq_cuda_topk(d_l, n, (float)o.temperature, o.top_k, d_scr, d_out, 0) == 0, "launch");
+					CHECK(lq_cuda_pick(d_out, o.top_p, o.min_p, d_pk->rng, &d_pk->stop, &d_pk->id, 0) == 0,
+					      "pick launch");
+					CU(cudaMemcpy(&hd, d_pk, sizeof hd, cudaMemcpyDeviceToHost));
+					CU(cudaMemcpy(&h->count, &d_out->count, 4, cudaMemcpyDeviceToHost));
+					if (h->count < 0) {
+						CHECK(hd.stop == 1 && hd.id == -7 && !memcmp(hd.rng, hr.s, sizeof hd.rng),
+						      "n %lld %s k %d: no set: stop %d id %d", (long long)n, kind_name[kind], o.top_k,
+						      hd.stop, hd.id);
+						continue;
+					}
+					int32_t want_id = lq_sample(l, n, &o, NULL, 0, &hr);
+					CHECK(hd.stop == 0 && hd.id == want_id, "n %lld %s k %d T %g top-p %g min-p %g: picked %d, lq_sample %d",
+					      (long long)n, kind_name[kind], o.top_k, o.temperature, o.top_p, o.min_p, hd.id, want_id);
+					CHECK(!memcmp(hd.rng, hr.s, sizeof hd.rng), "n %lld %s k %d: generator state differs",
+					      (long long)n, kind_name[kind], o.top_k);
+					/* stopped: nothing changes */
+					struct pick_dev before = hd;
+					hd.stop = 1;
+					CU(cudaMemcpy(d_pk, &hd, sizeof hd, cudaMemcpyHostToDevice));
+					CHECK(lq_cuda_pick(d_out, o.top_p, o.min_p, d_pk->rng, &d_pk->stop, &d_pk->id, 0) == 0,
+					      "pick launch");
+					CU(cudaMemcpy(&hd, d_pk, sizeof hd, cudaMemcpyDeviceToHost));
+					CHECK(hd.id == before.id && !memcmp(hd.rng, before.rng, sizeof hd.rng), "a stopped pick drew");
+				}
+		cudaFree(d_pk);
+	}
 	/* bad arguments */
 	CHECK(lq_cuda_topk(d_l, 100, 1.0f, 0, d_scr, d_out, 0) != 0, "k 0 accepted");
 	CHECK(lq_cuda_topk(d_l, 100, 1.0f, LQ_CUDA_TOPK_MAX + 1, d_scr, d_out, 0) != 0, "k over the limit accepted");

@@ -615,15 +615,22 @@ int lq_run_forward_argmax(struct lq_run *r, const int32_t *tokens, size_t n, int
 	return rc;
 }
 
+/* The checks of n steps from token at pos (lq_run_forward_*_n). */
+static int check_steps(struct lq_run *r, int32_t token, int64_t pos, size_t n, struct lq_error *err)
+{
+	int rc = check_step(r, &token, n ? 1 : 0, pos, err);
+	if (!rc && (uint64_t)n > (uint64_t)(r->max_ctx - pos))
+		rc = lq_fail(err, LQ_ERR_INVALID, "%lld tokens exceed the context length of %lld tokens",
+			     (long long)pos + (long long)n, (long long)r->max_ctx);
+	return rc;
+}
+
 int lq_run_forward_argmax_n(struct lq_run *r, int32_t token, int64_t pos, size_t n, int32_t *ids,
 			    struct lq_error *err)
 {
-	int rc = check_step(r, &token, n ? 1 : 0, pos, err);
+	int rc = check_steps(r, token, pos, n, err);
 	if (rc)
 		return rc;
-	if ((uint64_t)n > (uint64_t)(r->max_ctx - pos))
-		return lq_fail(err, LQ_ERR_INVALID, "%lld tokens exceed the context length of %lld tokens",
-			       (long long)pos + (long long)n, (long long)r->max_ctx);
 	if (r->be && r->be->argmax_n) {
 		rc = r->be->argmax_n(r->be_state, token, pos, n, ids, err);
 		r->pos = rc ? (pos < r->pos ? pos : r->pos) : pos + (int64_t)n;
@@ -690,6 +697,53 @@ int lq_run_forward_sample(struct lq_run *r, const int32_t *tokens, size_t n, int
 		}
 	}
 	free(pl);
+	return rc;
+}
+
+int lq_run_forward_sample_n(struct lq_run *r, int32_t token, int64_t pos, size_t n,
+			    const struct lq_sample_opts *o, const int32_t *seen, size_t nseen, struct lq_rng *rng,
+			    int32_t *ids, struct lq_error *err)
+{
+	if (lq_sample_is_argmax(o))
+		return lq_run_forward_argmax_n(r, token, pos, n, ids, err);
+	if (o->temperature > 0 && !rng)
+		return lq_fail(err, LQ_ERR_INVALID, "sampling needs a random generator");
+	int rc = check_steps(r, token, pos, n, err);
+	if (rc)
+		return rc;
+	const int penal = lq_sample_penalized(o);
+	const int dev = r->be && r->be->sample_n && o->temperature > 0 && !penal && o->top_k > 0 &&
+			o->top_k <= SAMPLE_CAP;
+	/* the penalty's ids: seen, then each pick */
+	int32_t *sn = NULL;
+	if (penal) {
+		if (!(sn = malloc((nseen + n) * sizeof *sn)))
+			return lq_fail(err, LQ_ERR_NOMEM, "out of memory");
+		if (nseen)
+			memcpy(sn, seen, nseen * sizeof *sn);
+	}
+	for (size_t i = 0; i < n && !rc;) {
+		int32_t t = i ? ids[i - 1] : token;
+		if (dev) {
+			size_t done = 0;
+			rc = r->be->sample_n(r->be_state, t, pos + (int64_t)i, n - i, o, rng->s, ids + i, &done, err);
+			if (rc) {
+				r->pos = pos < r->pos ? pos : r->pos;
+				break;
+			}
+			r->pos = pos + (int64_t)(i + done);
+			if ((i += done) == n)
+				break;
+			t = i ? ids[i - 1] : token;
+			/* the device could not make this step's set: the host does */
+		}
+		rc = lq_run_forward_sample(r, &t, 1, pos + (int64_t)i, o, penal ? sn : seen, penal ? nseen + i : nseen,
+					   rng, &ids[i], err);
+		if (!rc && penal)
+			sn[nseen + i] = ids[i];
+		i++;
+	}
+	free(sn);
 	return rc;
 }
 
@@ -788,7 +842,7 @@ static const char *cpu_describe(void *state)
 }
 
 static const struct lq_backend cpu_backend = { "cpu", cpu_prepare, cpu_forward, cpu_free,
-					       cpu_describe, NULL, NULL, NULL };
+					       cpu_describe, NULL, NULL, NULL, NULL };
 
 const struct lq_backend *lq_backend_cpu(void)
 {

@@ -1,7 +1,8 @@
 /*
  * lq_blocks.h - block layout constants and code tables of libquant's
  * blockwise quantization, and the arithmetic the CPU and GPU runtimes must
- * share (the MLP activation), defined once for C and CUDA.
+ * share (the MLP activation, the sampler's draw), defined once for C and
+ * CUDA.
  *
  * Copyright (c) the libquant authors.  MIT license.
  *
@@ -331,6 +332,84 @@ LQ_HD static inline float lq_act(int a, float x)
 	default:
 		return x / (1.0f + expf(-x));
 	}
+}
+
+
+/* ---------------------------------------------------------------- sampler
+ * The end of lq_sample's pick, shared by the host (sample.c) and the device
+ * (gpu/sample.cu's lq_cuda_pick), so that both draw the same token from the
+ * same kept set and generator state. */
+
+LQ_HD static inline uint64_t lq_rotl64(uint64_t x, int k)
+{
+	return (x << k) | (x >> (64 - k));
+}
+
+/* xoshiro256**: the next output, s advanced. */
+LQ_HD static inline uint64_t lq_xoshiro_next(uint64_t s[4])
+{
+	const uint64_t res = lq_rotl64(s[1] * 5, 7) * 9, t = s[1] << 17;
+	s[2] ^= s[0];
+	s[3] ^= s[1];
+	s[1] ^= s[2];
+	s[0] ^= s[3];
+	s[2] ^= t;
+	s[3] = lq_rotl64(s[3], 45);
+	return res;
+}
+
+/* A uniform double in [0, 1) from an output: its top 53 bits. */
+LQ_HD static inline double lq_uniform53(uint64_t x)
+{
+	return (double)(x >> 11) * 0x1.0p-53;
+}
+
+/*
+ * p[0..keep) (keep >= 1): exp(l_i - l_0) of the kept tokens' scaled logits,
+ * sorted descending.  Normalizes p in place, applies top-p (transformers':
+ * drop, from the least likely, the tokens whose cumulative probability is
+ * <= 1 - top_p; the most likely always stays) and min-p, then draws with u
+ * (uniform in [0, 1)) over what is left.  Returns the index drawn.  Each
+ * sum runs in index order, one operation at a time (no contraction is
+ * possible: no product is added), so the host and the device agree.
+ */
+LQ_HD static inline int64_t lq_pick_index(double *p, int64_t keep, double top_p, double min_p, double u)
+{
+	double sum = 0;
+	for (int64_t i = 0; i < keep; i++)
+		sum += p[i];
+	for (int64_t i = 0; i < keep; i++)
+		p[i] /= sum;
+	if (top_p > 0 && top_p < 1.0) {
+		double cum = 0, lim = 1.0 - top_p;
+		int64_t drop = 0;
+		for (int64_t i = keep - 1; i >= 1; i--) {
+			cum += p[i];
+			if (cum <= lim)
+				drop++;
+			else
+				break;
+		}
+		keep -= drop;
+	}
+	if (min_p > 0) {
+		const double thr = min_p * p[0];
+		int64_t k = 1;
+		while (k < keep && p[k] >= thr)
+			k++;
+		keep = k;
+	}
+	sum = 0;
+	for (int64_t i = 0; i < keep; i++)
+		sum += p[i];
+	const double v = u * sum;
+	double acc = 0;
+	for (int64_t i = 0; i < keep; i++) {
+		acc += p[i];
+		if (v < acc)
+			return i;
+	}
+	return keep - 1;
 }
 
 #endif /* LQ_BLOCKS_H */

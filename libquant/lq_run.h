@@ -159,6 +159,17 @@ struct lq_backend {
 	 * without the host waiting between the steps (token in range, pos +
 	 * n within the context: validated) */
 	int (*argmax_n)(void *state, int32_t token, int64_t pos, size_t n, int32_t *ids, struct lq_error *err);
+	/* optional (NULL: sampling step by step): sampling's n >= 1 steps at
+	 * once, as argmax_n's, for o with temperature > 0, no repetition
+	 * penalty and 0 < top_k <= 1024 (else LQ_ERR_INVALID): each step's
+	 * pick is lq_sample's, drawn from the xoshiro256** state rng[4] (struct
+	 * lq_rng's, advanced once per step).  *done receives the steps made:
+	 * fewer than n when the device could not make a step's kept set (a NaN
+	 * logit, more ties than the cap); then ids[0..*done) are valid, rng is
+	 * advanced *done times, the cache holds positions up to pos + *done - 1
+	 * and step *done is the caller's to run. */
+	int (*sample_n)(void *state, int32_t token, int64_t pos, size_t n, const struct lq_sample_opts *o,
+			uint64_t rng[4], int32_t *ids, size_t *done, struct lq_error *err);
 };
 /* The CPU backend (static, never freed). */
 const struct lq_backend *lq_backend_cpu(void);
@@ -224,6 +235,20 @@ int lq_run_forward_argmax_n(struct lq_run *r, int32_t token, int64_t pos, size_t
 int lq_run_forward_sample(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos,
 			  const struct lq_sample_opts *o, const int32_t *seen, size_t nseen, struct lq_rng *rng,
 			  int32_t *id, struct lq_error *err);
+/*
+ * n steps of sampling in one call: token at pos (the last of seen[0..nseen),
+ * the ids so far), then each step's pick run at the next position; ids[i]
+ * receives step i's pick: the ids, and the draws from rng, that n calls of
+ * lq_run_forward_sample would give, each step's pick appended to seen.
+ * Greedy without a penalty: lq_run_forward_argmax_n.  On the GPU, without a
+ * repetition penalty and with 0 < top_k <= 1024, the steps are chained on
+ * the device (the draw too, from a copy of rng that comes back), and the
+ * host waits once per 256 steps; otherwise step by step.  Errors as
+ * lq_run_forward_argmax_n's; LQ_ERR_INVALID also when sampling without rng.
+ */
+int lq_run_forward_sample_n(struct lq_run *r, int32_t token, int64_t pos, size_t n,
+			    const struct lq_sample_opts *o, const int32_t *seen, size_t nseen, struct lq_rng *rng,
+			    int32_t *ids, struct lq_error *err);
 /* The backend in use ("cpu" or "cuda") and a one-line description of the
  * device (owned by r). */
 const char *lq_run_backend(const struct lq_run *r);

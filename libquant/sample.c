@@ -6,6 +6,7 @@
  * Copyright (c) the libquant authors.  MIT license.
  */
 #include "internal.h"
+#include "lq_blocks.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -19,11 +20,6 @@ void lq_sample_opts_init(struct lq_sample_opts *o)
 	o->top_p = 1.0;
 	o->min_p = 0.0;
 	o->repetition_penalty = 1.0;
-}
-
-static uint64_t rotl(uint64_t x, int k)
-{
-	return (x << k) | (x >> (64 - k));
 }
 
 static uint64_t splitmix(uint64_t *s)
@@ -40,22 +36,9 @@ void lq_rng_seed(struct lq_rng *r, uint64_t seed)
 		r->s[i] = splitmix(&seed);
 }
 
-static uint64_t rng_next(struct lq_rng *r)
-{
-	uint64_t *s = r->s;
-	uint64_t res = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-	s[2] ^= s[0];
-	s[3] ^= s[1];
-	s[1] ^= s[2];
-	s[0] ^= s[3];
-	s[2] ^= t;
-	s[3] = rotl(s[3], 45);
-	return res;
-}
-
 double lq_rng_uniform(struct lq_rng *r)
 {
-	return (double)(rng_next(r) >> 11) * 0x1.0p-53;
+	return lq_uniform53(lq_xoshiro_next(r->s));
 }
 
 struct idx_val {
@@ -81,55 +64,19 @@ int32_t lq_argmax_f32(const float *l, int64_t n)
 }
 
 /* From iv[0..keep) (sorted by cmp_desc, keep >= 1: the tokens top-k kept),
- * the rest of lq_sample: probabilities, top-p, min-p, the draw. */
+ * the rest of lq_sample: probabilities, top-p, min-p, the draw
+ * (lq_pick_index, which the device's pick shares). */
 static int32_t pick(const struct idx_val *iv, int64_t keep, const struct lq_sample_opts *o, struct lq_rng *rng)
 {
-	/* probabilities of the kept tokens */
-	double mx = iv[0].v, sum = 0;
+	double mx = iv[0].v;
 	double *p = malloc((size_t)keep * sizeof *p);
 	if (!p)
 		return iv[0].i;
-	for (int64_t i = 0; i < keep; i++) {
+	for (int64_t i = 0; i < keep; i++)
 		p[i] = exp((double)iv[i].v - mx);
-		sum += p[i];
-	}
-	for (int64_t i = 0; i < keep; i++)
-		p[i] /= sum;
-	if (o->top_p > 0 && o->top_p < 1.0) {
-		/* transformers: sort ascending, drop tokens whose cumulative
-		 * probability is <= 1 - top_p; the most likely one always stays */
-		double cum = 0, lim = 1.0 - o->top_p;
-		int64_t drop = 0;
-		for (int64_t i = keep - 1; i >= 1; i--) {
-			cum += p[i];
-			if (cum <= lim)
-				drop++;
-			else
-				break;
-		}
-		keep -= drop;
-	}
-	if (o->min_p > 0) {
-		double thr = o->min_p * p[0];
-		int64_t k = 1;
-		while (k < keep && p[k] >= thr)
-			k++;
-		keep = k;
-	}
-	sum = 0;
-	for (int64_t i = 0; i < keep; i++)
-		sum += p[i];
-	double u = lq_rng_uniform(rng) * sum, acc = 0;
-	int32_t id = iv[keep - 1].i;
-	for (int64_t i = 0; i < keep; i++) {
-		acc += p[i];
-		if (u < acc) {
-			id = iv[i].i;
-			break;
-		}
-	}
+	int64_t at = lq_pick_index(p, keep, o->top_p, o->min_p, lq_rng_uniform(rng));
 	free(p);
-	return id;
+	return iv[at].i;
 }
 
 int64_t lq_distinct_ids(const int32_t *seen, size_t nseen, int64_t vocab, int32_t *out)

@@ -467,6 +467,39 @@ static void check_forward_sample(struct lq_run *r, const char *arch)
 		}
 		CHECK(!memcmp(&a, &b, sizeof a), "%s options %d: the generators drifted apart", arch, oi);
 	}
+	/* several steps in one call: the ids and draws of single steps (each
+	 * pick appended to seen for the penalty) */
+	for (int oi = 0; oi < LQ_SAMPLE_CASES; oi++) {
+		struct lq_rng a, b;
+		lq_rng_seed(&a, 7 + (uint64_t)oi);
+		lq_rng_seed(&b, 7 + (uint64_t)oi);
+		int32_t seen[NIDS + 8], want[6], got[6], first = -1;
+		struct lq_error e = {0};
+		memcpy(seen, fix_ids, 10 * sizeof *seen);
+		CHECK_OK(lq_run_forward_sample(r, seen, 10, 0, &os[oi], seen, 10, &a, &first, &e), &e);
+		seen[10] = first;
+		for (int i = 0; i < 6; i++) {
+			CHECK_OK(lq_run_forward_sample(r, &seen[10 + i], 1, 10 + i, &os[oi], seen, 11 + (size_t)i, &a, &want[i], &e),
+				 &e);
+			seen[11 + i] = want[i];
+		}
+		CHECK_OK(lq_run_forward_sample(r, fix_ids, 10, 0, &os[oi], fix_ids, 10, &b, &first, &e), &e);
+		memcpy(seen, fix_ids, 10 * sizeof *seen);
+		seen[10] = first;
+		CHECK_OK(lq_run_forward_sample_n(r, first, 10, 6, &os[oi], seen, 11, &b, got, &e), &e);
+		CHECK(!memcmp(want, got, sizeof want), "%s options %d: lq_run_forward_sample_n differs from single steps", arch,
+		      oi);
+		CHECK(!memcmp(&a, &b, sizeof a), "%s options %d: lq_run_forward_sample_n drew differently", arch, oi);
+		CHECK(lq_run_pos(r) == 16, "pos %lld", (long long)lq_run_pos(r));
+		CHECK(lq_run_forward_sample_n(r, first, 10, 0, &os[oi], seen, 11, &b, got, &e) == LQ_ERR_INVALID);
+		CHECK(lq_run_forward_sample_n(r, first, 17, 1, &os[oi], seen, 11, &b, got, &e) == LQ_ERR_INVALID);
+		CHECK(strstr(e.msg, "position") != NULL, "%s", e.msg);
+		CHECK(lq_run_forward_sample_n(r, first, 10, (size_t)lq_run_max_ctx(r), &os[oi], seen, 11, &b, got, &e) ==
+		      LQ_ERR_INVALID);
+		CHECK(strstr(e.msg, "context length") != NULL, "%s", e.msg);
+		if (os[oi].temperature > 0)
+			CHECK(lq_run_forward_sample_n(r, first, 10, 2, &os[oi], seen, 11, NULL, got, &e) == LQ_ERR_INVALID);
+	}
 	struct lq_error e = {0};
 	int32_t id;
 	CHECK(lq_run_forward_sample(r, fix_ids, 1, 0, &os[0], NULL, 0, NULL, &id, &e) == LQ_ERR_INVALID);
