@@ -10,12 +10,14 @@
  * comparisons against the k-th value as lq_sample's is, so the set and the
  * values are those of the host.
  *
- * The top-k filter is a radix select (four 8-bit passes over an orderable
- * key of each float): each block selects the tokens of its chunk that are
- * not below its chunk's k-th value (a superset of its share of the global
- * set: a token at or above the global k-th value has fewer than k tokens
- * above it in its chunk too), the last block to finish selects again over
- * the union.
+ * The top-k filter takes two passes over the scaled logits, each over the
+ * whole grid: the first counts them in 4096 bins of the top 12 bits of an
+ * orderable key of each float (-0 counted as +0, which it equals), and its
+ * last block finds the bin B holding the k-th largest; the second keeps
+ * every token of a bin above B and collects those of bin B, among which its
+ * last block finds the k-th value by a radix select (four 8-bit passes over
+ * the whole key) and keeps those not below it.  Ties with the k-th value are
+ * kept by float comparison, as lq_sample keeps them.
  *
  * Copyright (c) the libquant authors.  MIT license.
  */
@@ -27,25 +29,22 @@
 
 #define TK_THREADS 512
 #define TK_WARPS (TK_THREADS / 32)
-#define TK_CHUNK 4096 /* logits per block, at most (in shared memory) */
-#define TK_MAXB 256   /* blocks: n <= LQ_CUDA_TOPK_NMAX */
+#define TK_CHUNK 4096 /* logits per block, at most */
 #define TK_CAP LQ_CUDA_TOPK_MAX
+#define TK_BINS 4096  /* the first pass's bins: the key's top 12 bits */
+#define TK_SHIFT 20
 
-/* scratch: counter (16 bytes), per-block counts, then four arrays of
- * n + TK_MAXB entries: the blocks' candidates (values, ids; block b's at
- * b * chunk, room for its whole chunk: a chunk's ties never overflow) and
- * their union (values, ids) */
-#define TK_OFF_CNT 16
-#define TK_OFF_PART (TK_OFF_CNT + 4 * TK_MAXB)
-
-__host__ __device__ static inline size_t tk_array(int64_t n)
-{
-	return ((size_t)n + TK_MAXB) * 4;
-}
+/* scratch: this header, then the candidates of bin B (values, ids; n each) */
+struct tk_hdr {
+	unsigned ctr1, ctr2, nan, all; /* the passes' last-block counters; a NaN seen; all tokens kept */
+	unsigned B;                    /* the bin of the k-th largest */
+	int need, nout, ncand;         /* k - tokens above bin B; tokens kept; candidates in bin B */
+	unsigned hist[TK_BINS];
+};
 
 size_t lq_cuda_topk_scratch_size(int64_t n)
 {
-	return TK_OFF_PART + 4 * tk_array(n < 1 ? 1 : n);
+	return sizeof(struct tk_hdr) + 8 * (size_t)(n < 1 ? 1 : n);
 }
 
 /* A key whose unsigned order is the float order (-0 just below +0). */
@@ -61,11 +60,9 @@ __device__ __forceinline__ float kfloat(uint32_t k)
 }
 
 struct tk_smem {
-	float v[TK_CHUNK];     /* this block's scaled logits */
 	unsigned hist[256];
-	int off[TK_MAXB + 1];  /* the last block: where each block's candidates go */
 	unsigned digit, rest;
-	int cnt, flag, last;
+	int cnt, last;
 };
 
 /* The key of the k-th largest of get(0..m) (1 <= k <= m), in every thread of
@@ -151,109 +148,163 @@ __device__ void keep_from(G get, I id, int m, float kth, float *vals, int32_t *i
 	}
 }
 
-__global__ void __launch_bounds__(TK_THREADS) k_topk(const float *l, int n, float t, int k, int chunk,
-						     uint8_t *scr, struct lq_cuda_topk_out *out)
+/* The first pass's bin of a scaled logit (-0 in +0's). */
+__device__ __forceinline__ unsigned tk_bin(float v)
 {
-	__shared__ tk_smem s;
-	unsigned *ctr = (unsigned *)scr;
-	int *cnt = (int *)(scr + TK_OFF_CNT);
-	const size_t ab = tk_array(n);
-	float *pv = (float *)(scr + TK_OFF_PART);
-	int32_t *pi = (int32_t *)(scr + TK_OFF_PART + ab);
-	float *uv = (float *)(scr + TK_OFF_PART + 2 * ab);
-	int32_t *ui = (int32_t *)(scr + TK_OFF_PART + 3 * ab);
-	const int b = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	const int base = b * chunk;
-	const int m = n - base < chunk ? n - base : chunk;
-	if (threadIdx.x == 0) {
-		s.cnt = 0;
-		s.flag = 0;
-	}
+	return fkey(v == 0.0f ? 0.0f : v) >> TK_SHIFT;
+}
+
+/* The first pass: the bins' counts; its last block finds bin B. */
+__global__ void __launch_bounds__(TK_THREADS) k_topk_hist(const float *l, int n, float t, int k, int chunk,
+							  struct tk_hdr *h)
+{
+	__shared__ unsigned hs[TK_BINS];
+	__shared__ unsigned wsum[TK_WARPS];
+	__shared__ unsigned sB;
+	__shared__ int sneed, last;
+	const int base = blockIdx.x * chunk, m = n - base < chunk ? n - base : chunk;
+	for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x)
+		hs[i] = 0;
+	__syncthreads();
 	int nan = 0;
 	for (int j = threadIdx.x; j < m; j += blockDim.x) {
-		float v = __fdiv_rn(l[base + j], t); /* lq_sample: logits[i] /= (float)T */
-		nan |= v != v;
-		s.v[j] = v;
+		const float v = __fdiv_rn(l[base + j], t); /* lq_sample: logits[i] /= (float)T */
+		if (v != v)
+			nan = 1;
+		else
+			atomicAdd(&hs[tk_bin(v)], 1u);
 	}
-	if (__syncthreads_or(nan)) {
-		if (threadIdx.x == 0)
-			s.flag = 1;
-	} else {
-		float kth = -INFINITY; /* a chunk of at most k keeps all */
-		if (m > k)
-			kth = kfloat(kth_key([&](int j) { return s.v[j]; }, m, k, &s));
-		keep_from([&](int j) { return s.v[j]; }, [base](int j) { return base + j; }, m, kth, pv + base, pi + base,
-			  chunk, &s);
+	nan = __syncthreads_or(nan);
+	for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x)
+		if (hs[i])
+			atomicAdd(&h->hist[i], hs[i]);
+	if (threadIdx.x == 0 && nan)
+		atomicOr(&h->nan, 1u);
+	__threadfence();
+	__syncthreads();
+	if (threadIdx.x == 0)
+		last = atomicAdd(&h->ctr1, 1u) == gridDim.x - 1;
+	__syncthreads();
+	if (!last)
+		return;
+	__threadfence();
+	/* thread i holds bins 4095 - 8i down to 4088 - 8i (counts from the
+	 * top), and clears them for the next call */
+	unsigned c[8], sum = 0;
+	for (int b = 0; b < 8; b++) {
+		const int bin = TK_BINS - 1 - 8 * (int)threadIdx.x - b;
+		c[b] = __ldcg(&h->hist[bin]);
+		h->hist[bin] = 0;
+		sum += c[b];
+	}
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	unsigned incl = sum;
+	for (int o = 1; o < 32; o <<= 1) {
+		const unsigned x = __shfl_up_sync(0xffffffffu, incl, o);
+		if (lane >= o)
+			incl += x;
+	}
+	if (lane == 31)
+		wsum[warp] = incl;
+	if (threadIdx.x == 0) {
+		sB = 0;
+		sneed = -1;
 	}
 	__syncthreads();
+	unsigned acc = incl - sum;
+	for (int w = 0; w < warp; w++)
+		acc += wsum[w];
+	if (acc < (unsigned)k && (unsigned)k <= acc + sum)
+		for (int b = 0; b < 8; b++) {
+			if (acc + c[b] >= (unsigned)k) {
+				sB = (unsigned)(TK_BINS - 1 - 8 * (int)threadIdx.x - b);
+				sneed = k - (int)acc;
+				break;
+			}
+			acc += c[b];
+		}
+	__syncthreads();
 	if (threadIdx.x == 0) {
-		cnt[b] = s.flag ? -1 : s.cnt;
-		__threadfence();
-		s.last = atomicAdd(ctr, 1u) == gridDim.x - 1;
+		h->all = sneed < 0; /* k or fewer tokens: all kept */
+		h->B = sB;
+		h->need = sneed;
+		h->nout = 0;
+		h->ncand = 0;
+		h->ctr1 = 0;
 	}
+}
+
+/* The second pass: the tokens of the bins above B kept, bin B's collected;
+ * its last block keeps those of bin B not below the k-th value. */
+__global__ void __launch_bounds__(TK_THREADS) k_topk_keep(const float *l, int n, float t, int chunk, struct tk_hdr *h,
+							  struct lq_cuda_topk_out *out)
+{
+	__shared__ tk_smem s;
+	float *cv = (float *)(h + 1);
+	int32_t *ci = (int32_t *)(cv + n);
+	const unsigned B = h->B, all = h->all, nan = h->nan;
+	const int base = blockIdx.x * chunk, m = n - base < chunk ? n - base : chunk;
+	const int lane = threadIdx.x & 31;
+	if (!nan)
+		for (int j0 = 0; j0 < m; j0 += blockDim.x) {
+			const int j = j0 + threadIdx.x;
+			float v = 0;
+			unsigned bin = 0;
+			if (j < m) {
+				v = __fdiv_rn(l[base + j], t);
+				bin = tk_bin(v);
+			}
+			const bool keep = j < m && (all || bin > B), cand = j < m && !all && bin == B;
+			const unsigned bk = __ballot_sync(0xffffffffu, keep), bc = __ballot_sync(0xffffffffu, cand);
+			int pk = 0, pc = 0;
+			if (lane == 0) {
+				if (bk)
+					pk = atomicAdd(&h->nout, __popc(bk));
+				if (bc)
+					pc = atomicAdd(&h->ncand, __popc(bc));
+			}
+			pk = __shfl_sync(0xffffffffu, pk, 0) + __popc(bk & ((1u << lane) - 1u));
+			pc = __shfl_sync(0xffffffffu, pc, 0) + __popc(bc & ((1u << lane) - 1u));
+			if (keep && pk < TK_CAP) {
+				out->vals[pk] = v;
+				out->ids[pk] = base + j;
+			}
+			if (cand) {
+				cv[pc] = v;
+				ci[pc] = base + j;
+			}
+		}
+	__threadfence();
+	__syncthreads();
+	if (threadIdx.x == 0)
+		s.last = atomicAdd(&h->ctr2, 1u) == gridDim.x - 1;
 	__syncthreads();
 	if (!s.last)
 		return;
-	/* the last block: the union of the blocks' candidates */
 	__threadfence();
-	const int nb = gridDim.x;
-	for (int i = threadIdx.x; i < nb; i += blockDim.x)
-		s.off[i + 1] = __ldcg(cnt + i);
-	__syncthreads();
-	if (threadIdx.x < 32) {
-		/* prefix sums, 8 blocks a lane (nb <= 256); -1 anywhere: no set */
-		int c[8], sum = 0, bad = 0;
-		for (int e = 0; e < 8; e++) {
-			int i = lane * 8 + e;
-			c[e] = i < nb ? s.off[i + 1] : 0;
-			bad |= c[e] < 0;
-			sum += c[e];
-		}
-		int incl = sum;
-		for (int o = 1; o < 32; o <<= 1) {
-			int v = __shfl_up_sync(0xffffffffu, incl, o);
-			if (lane >= o)
-				incl += v;
-		}
-		bad = __any_sync(0xffffffffu, bad);
-		int acc = incl - sum;
-		for (int e = 0; e < 8; e++) {
-			int i = lane * 8 + e;
-			if (i < nb)
-				s.off[i] = acc;
-			acc += c[e];
-		}
-		if (lane == 31) {
-			s.off[nb] = bad ? -1 : incl;
-			s.cnt = 0;
-		}
-	}
-	__syncthreads();
-	const int tot = s.off[nb];
-	if (tot < 0) {
+	const int nout = __ldcg(&h->nout), mc = __ldcg(&h->ncand);
+	if (nan || nout > TK_CAP) {
 		if (threadIdx.x == 0) {
 			out->count = -1;
-			*ctr = 0;
+			h->ctr2 = 0;
+			h->nan = 0;
 		}
 		return;
 	}
-	for (int i = warp; i < nb; i += TK_WARPS) {
-		const int o = s.off[i], c = (i + 1 < nb ? s.off[i + 1] : tot) - o, ib = i * chunk;
-		for (int j = lane; j < c; j += 32) {
-			uv[o + j] = __ldcg(pv + ib + j);
-			ui[o + j] = __ldcg(pi + ib + j);
-		}
+	if (threadIdx.x == 0)
+		s.cnt = nout;
+	__syncthreads();
+	if (!all) {
+		/* 1 <= need <= mc: bin B holds the k-th largest */
+		const float kth = kfloat(kth_key([cv](int j) { return __ldcg(cv + j); }, mc, h->need, &s));
+		keep_from([cv](int j) { return __ldcg(cv + j); }, [ci](int j) { return __ldcg(ci + j); }, mc, kth, out->vals,
+			  out->ids, TK_CAP, &s);
+		__syncthreads();
 	}
-	__syncthreads();
-	float kth = -INFINITY;
-	if (tot > k)
-		kth = kfloat(kth_key([uv](int j) { return uv[j]; }, tot, k, &s));
-	keep_from([uv](int j) { return uv[j]; }, [ui](int j) { return ui[j]; }, tot, kth, out->vals, out->ids, TK_CAP,
-		  &s);
-	__syncthreads();
 	if (threadIdx.x == 0) {
 		out->count = s.cnt > TK_CAP ? -1 : s.cnt;
-		*ctr = 0;
+		h->ctr2 = 0;
+		h->nan = 0;
 	}
 }
 
@@ -265,8 +316,10 @@ int lq_cuda_topk(const float *d_logits, int64_t n, float temperature, int k, voi
 	int64_t nb = (n + TK_CHUNK - 1) / TK_CHUNK;
 	int64_t chunk = (n + nb - 1) / nb;
 	nb = (n + chunk - 1) / chunk;
-	k_topk<<<(unsigned)nb, TK_THREADS, 0, (cudaStream_t)stream>>>(d_logits, (int)n, temperature, k, (int)chunk,
-								       (uint8_t *)d_scratch, d_out);
+	struct tk_hdr *h = (struct tk_hdr *)d_scratch;
+	k_topk_hist<<<(unsigned)nb, TK_THREADS, 0, (cudaStream_t)stream>>>(d_logits, (int)n, temperature, k, (int)chunk, h);
+	k_topk_keep<<<(unsigned)nb, TK_THREADS, 0, (cudaStream_t)stream>>>(d_logits, (int)n, temperature, (int)chunk, h,
+									    d_out);
 	return (int)cudaGetLastError();
 }
 
@@ -290,18 +343,21 @@ int lq_cuda_penalty(float *d_logits, const int32_t *d_ids, int64_t nids, float p
  * lq_sample_kept's draw on the device (the end of a sampling step chained
  * on the device, lq_backend's sample_n): the kept tokens sorted as the host
  * sorts them (scaled logit descending, then id ascending; a rank per token),
- * their exp() in parallel, then (one thread) the host's own code for the
- * rest (lq_blocks.h: the sums in index order) and one draw from the
- * xoshiro256** state in rng, advanced as lq_rng_uniform advances the host's.
+ * their exp() and the normalization in parallel, the host's own code for
+ * the sums, top-p, min-p and the draw (lq_blocks.h: sums in index order, in
+ * one thread), one draw from the xoshiro256** state in rng, advanced as
+ * lq_rng_uniform advances the host's.
  */
-#define PK_THREADS 256
+#define PK_THREADS 1024
 
 __global__ void __launch_bounds__(PK_THREADS) k_pick(const struct lq_cuda_topk_out *tk, double top_p, double min_p,
 						     uint64_t *rng, int *stop, int32_t *out)
 {
-	__shared__ float v0[TK_CAP], sv[TK_CAP];
-	__shared__ int32_t i0[TK_CAP], si[TK_CAP];
+	__shared__ float2 in[TK_CAP]; /* (value, id bits) */
+	__shared__ float sv[TK_CAP];
+	__shared__ int32_t si[TK_CAP];
 	__shared__ double p[TK_CAP];
+	__shared__ double sum;
 	if (*(volatile int *)stop)
 		return;
 	const int c = tk->count;
@@ -310,17 +366,17 @@ __global__ void __launch_bounds__(PK_THREADS) k_pick(const struct lq_cuda_topk_o
 			*stop = 1; /* no set: the host takes this step */
 		return;
 	}
-	for (int i = threadIdx.x; i < c; i += blockDim.x) {
-		v0[i] = tk->vals[i];
-		i0[i] = tk->ids[i];
-	}
+	for (int i = threadIdx.x; i < c; i += blockDim.x)
+		in[i] = make_float2(tk->vals[i], __int_as_float(tk->ids[i]));
 	__syncthreads();
 	for (int i = threadIdx.x; i < c; i += blockDim.x) {
-		const float v = v0[i];
-		const int32_t d = i0[i];
+		const float v = in[i].x;
+		const int32_t d = __float_as_int(in[i].y);
 		int r = 0;
-		for (int j = 0; j < c; j++)
-			r += v0[j] > v || (v0[j] == v && i0[j] < d);
+		for (int j = 0; j < c; j++) {
+			const float2 o = in[j];
+			r += o.x > v || (o.x == v && __float_as_int(o.y) < d);
+		}
 		sv[r] = v;
 		si[r] = d;
 	}
@@ -329,10 +385,16 @@ __global__ void __launch_bounds__(PK_THREADS) k_pick(const struct lq_cuda_topk_o
 	for (int i = threadIdx.x; i < c; i += blockDim.x)
 		p[i] = exp((double)sv[i] - mx);
 	__syncthreads();
+	if (threadIdx.x == 0)
+		sum = lq_pick_sum(p, c);
+	__syncthreads();
+	for (int i = threadIdx.x; i < c; i += blockDim.x)
+		p[i] /= sum;
+	__syncthreads();
 	if (threadIdx.x == 0) {
 		uint64_t s[4] = { rng[0], rng[1], rng[2], rng[3] };
 		const double u = lq_uniform53(lq_xoshiro_next(s));
-		*out = si[lq_pick_index(p, c, top_p, min_p, u)];
+		*out = si[lq_pick_normed(p, c, top_p, min_p, u)];
 		for (int i = 0; i < 4; i++)
 			rng[i] = s[i];
 	}

@@ -65,7 +65,7 @@ int32_t lq_argmax_f32(const float *l, int64_t n)
 
 /* From iv[0..keep) (sorted by cmp_desc, keep >= 1: the tokens top-k kept),
  * the rest of lq_sample: probabilities, top-p, min-p, the draw
- * (lq_pick_index, which the device's pick shares). */
+ * (lq_pick_sum, lq_pick_normed: the device's pick shares them). */
 static int32_t pick(const struct idx_val *iv, int64_t keep, const struct lq_sample_opts *o, struct lq_rng *rng)
 {
 	double mx = iv[0].v;
@@ -74,7 +74,10 @@ static int32_t pick(const struct idx_val *iv, int64_t keep, const struct lq_samp
 		return iv[0].i;
 	for (int64_t i = 0; i < keep; i++)
 		p[i] = exp((double)iv[i].v - mx);
-	int64_t at = lq_pick_index(p, keep, o->top_p, o->min_p, lq_rng_uniform(rng));
+	const double sum = lq_pick_sum(p, keep);
+	for (int64_t i = 0; i < keep; i++)
+		p[i] /= sum;
+	int64_t at = lq_pick_normed(p, keep, o->top_p, o->min_p, lq_rng_uniform(rng));
 	free(p);
 	return iv[at].i;
 }
