@@ -151,6 +151,8 @@ bench-gpu: all
 	$(NVCC) $(NVCCFLAGS) -DLQ_BENCH_MAIN -Xlinker --as-needed -o $(BUILD)/gpu/bench_gemv gpu/bench_gemv.cu $(BUILD)/libquant.a $(PKG_LIBS) -lm
 	$(BUILD)/gpu/bench_gemv
 	$(BUILD)/gpu/bench_gemv --x32
+	$(NVCC) $(NVCCFLAGS) -DLQ_BENCH_MAIN -Xlinker --as-needed -o $(BUILD)/gpu/bench_sample gpu/bench_sample.cu $(BUILD)/libquant.a $(PKG_LIBS) -lm
+	$(BUILD)/gpu/bench_sample
 	tests/run-bench-gpu $(BUILD)
 
 bench: all tests

@@ -192,7 +192,7 @@ int lq_cuda_gemv_ex(const struct lq_cuda_qweight *w, uint64_t N, uint64_t K, con
  * NaN.  d_scratch: lq_cuda_topk_scratch_size(n) bytes (or more), zeroed before
  * the first call (calls leave it so); one call at a time per scratch.
  */
-#define LQ_CUDA_TOPK_MAX 1024
+#define LQ_CUDA_TOPK_MAX LQ_RUN_TOPK_MAX /* lq_run.h */
 #define LQ_CUDA_TOPK_NMAX (1 << 20)
 struct lq_cuda_topk_out {
 	int32_t count;

@@ -645,7 +645,7 @@ int lq_run_forward_argmax_n(struct lq_run *r, int32_t token, int64_t pos, size_t
 }
 
 /* Candidates a backend may return from one sampling step. */
-#define SAMPLE_CAP 1024
+#define SAMPLE_CAP LQ_RUN_TOPK_MAX
 
 int lq_run_forward_sample(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos,
 			  const struct lq_sample_opts *o, const int32_t *seen, size_t nseen, struct lq_rng *rng,

@@ -364,20 +364,11 @@ LQ_HD static inline double lq_uniform53(uint64_t x)
 	return (double)(x >> 11) * 0x1.0p-53;
 }
 
-/* The pick's loops, unrolled by 4 on the device (one thread runs them
- * there): their loads issue ahead of the adds, which stay in index order. */
-#ifdef __CUDA_ARCH__
-#define LQ_PICK_UNROLL _Pragma("unroll 4")
-#else
-#define LQ_PICK_UNROLL
-#endif
-
 /* The sum of p[0..n) in index order (the pick's sums; the host and the
  * device add in this order so that they agree to the bit). */
 LQ_HD static inline double lq_pick_sum(const double *p, int64_t n)
 {
 	double sum = 0;
-	LQ_PICK_UNROLL
 	for (int64_t i = 0; i < n; i++)
 		sum += p[i];
 	return sum;
@@ -389,10 +380,10 @@ LQ_HD static inline double lq_pick_sum(const double *p, int64_t n)
  * (transformers': drop, from the least likely, the tokens whose cumulative
  * probability is <= 1 - top_p; the most likely always stays) and min-p,
  * then draws with u (uniform in [0, 1)) over what is left.  Returns the
- * index drawn.  The loops do not stop early (p >= 0, so the cumulative
- * tests are monotonic and the counts equal those of loops that stop), so
- * their loads can run ahead of the adds on the device; no product is added
- * (no contraction), so the host and the device agree.
+ * index drawn.  The loops run to the end without a branch out (each count
+ * stops growing at the first failed test, as a loop that stops there
+ * would); no product is added (no contraction), so the host and the device
+ * agree.
  */
 LQ_HD static inline int64_t lq_pick_normed(const double *p, int64_t keep, double top_p, double min_p, double u)
 {
@@ -400,7 +391,6 @@ LQ_HD static inline int64_t lq_pick_normed(const double *p, int64_t keep, double
 		double cum = 0;
 		const double lim = 1.0 - top_p;
 		int64_t drop = 0;
-		LQ_PICK_UNROLL
 		for (int64_t i = keep - 1; i >= 1; i--) {
 			cum += p[i];
 			drop += cum <= lim && drop == keep - 1 - i;
@@ -410,7 +400,6 @@ LQ_HD static inline int64_t lq_pick_normed(const double *p, int64_t keep, double
 	if (min_p > 0) {
 		const double thr = min_p * p[0];
 		int64_t k = 1;
-		LQ_PICK_UNROLL
 		for (int64_t i = 1; i < keep; i++)
 			k += k == i && p[i] >= thr;
 		keep = k;
@@ -418,7 +407,6 @@ LQ_HD static inline int64_t lq_pick_normed(const double *p, int64_t keep, double
 	const double v = u * lq_pick_sum(p, keep);
 	double acc = 0;
 	int64_t at = keep - 1;
-	LQ_PICK_UNROLL
 	for (int64_t i = 0; i < keep; i++) {
 		acc += p[i];
 		if (v < acc && at == keep - 1)

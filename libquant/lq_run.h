@@ -249,6 +249,10 @@ int lq_run_forward_sample(struct lq_run *r, const int32_t *tokens, size_t n, int
 int lq_run_forward_sample_n(struct lq_run *r, int32_t token, int64_t pos, size_t n,
 			    const struct lq_sample_opts *o, const int32_t *seen, size_t nseen, struct lq_rng *rng,
 			    int32_t *ids, struct lq_error *err);
+/* The largest top-k the GPU's sampler keeps on the device (and so chains:
+ * lq_run_forward_sample_n); larger ones, or top-k off, send the logits to
+ * the host. */
+#define LQ_RUN_TOPK_MAX 1024
 /* The backend in use ("cpu" or "cuda") and a one-line description of the
  * device (owned by r). */
 const char *lq_run_backend(const struct lq_run *r);

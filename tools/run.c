@@ -441,13 +441,14 @@ static void generate_from(struct model *md, struct opts *o, const int32_t *promp
 		die_lq(rc, &e);
 	res->prefill_s = now_s() - t0;
 	t0 = now_s();
-	/* decoding without a penalty: on the GPU the next RUN_CHAIN ids at a
-	 * time, the steps (greedy, or sampling with top-k) chained on the
+	/* decoding without a penalty, greedy or with top-k on the device: on
+	 * the GPU the next RUN_CHAIN ids at a time, the steps chained on the
 	 * device (lq_run_forward_sample_n; the ids past a stop are dropped, and
 	 * the generator's draws for them do not matter: it is this call's), on
-	 * the CPU one at a time (there the steps past a stop would only cost
-	 * time) */
-	const int chained = !lq_sample_penalized(&o->s);
+	 * the CPU one at a time (there, as for the options that are not
+	 * chained, the steps past a stop would only cost time) */
+	const int chained = !lq_sample_penalized(&o->s) &&
+			    (o->s.temperature <= 0 || (o->s.top_k > 0 && o->s.top_k <= LQ_RUN_TOPK_MAX));
 	const size_t chain = strcmp(lq_run_backend(md->run), "cpu") ? RUN_CHAIN : 1;
 	int32_t ahead[RUN_CHAIN];
 	size_t nahead = 0, iahead = 0;

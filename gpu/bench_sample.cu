@@ -1,0 +1,121 @@
+/*
+ * bench_sample.cu - time per call of the device sampler's steps
+ * (gpu/sample.cu): lq_cuda_topk (temperature and the top-k filter),
+ * lq_cuda_pick (the draw from the kept set) and both, on one row of logits
+ * the size of Llama 3's vocabulary, for top-k 1, 50 and 1024 (make
+ * bench-gpu; issue 7).
+ *
+ * Copyright (c) the libquant authors.  MIT license.
+ *
+ * The Makefile's wildcard also compiles this file into libquant_cuda.a, so
+ * everything is under LQ_BENCH_MAIN, which only the bench-gpu rule defines.
+ *
+ * The logits are a fixed pseudo-random sum of four uniforms (bell-shaped,
+ * spread like a model's: standard deviation about 2.5); temperature 0.8,
+ * top-p 0.9.  Each timing is a CUDA graph of ITERS calls (what a chained
+ * decode step launches), replayed REPS times after one warm-up replay,
+ * timed with CUDA events; the best replay counts.
+ */
+#ifdef LQ_BENCH_MAIN
+#include "lq_cuda.h"
+
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define CU(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { fprintf(stderr, "bench_sample: %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); exit(1); } } while (0)
+#define ITERS 200
+#define REPS 5
+#define VOCAB 128256
+
+struct pick_state {
+	uint64_t rng[4];
+	int stop;
+	int32_t id;
+};
+
+int main(void)
+{
+	if (lq_cuda_device_count() == 0) {
+		printf("bench_sample: no CUDA device, skipped\n");
+		return 0;
+	}
+	float *l = (float *)malloc(VOCAB * sizeof(float));
+	if (!l)
+		return 1;
+	uint64_t s = 88172645463325252ull;
+	for (int i = 0; i < VOCAB; i++) {
+		double a = 0;
+		for (int j = 0; j < 4; j++) {
+			s ^= s << 13;
+			s ^= s >> 7;
+			s ^= s << 17;
+			a += (double)(s >> 11) * 0x1.0p-53;
+		}
+		l[i] = (float)((a - 2.0) * 4.3);
+	}
+	float *d_l;
+	void *scr;
+	struct lq_cuda_topk_out *d_out;
+	struct pick_state *d_pk;
+	CU(cudaMalloc(&d_l, VOCAB * sizeof(float)));
+	CU(cudaMalloc(&scr, lq_cuda_topk_scratch_size(VOCAB)));
+	CU(cudaMemset(scr, 0, lq_cuda_topk_scratch_size(VOCAB)));
+	CU(cudaMalloc(&d_out, sizeof *d_out));
+	CU(cudaMalloc(&d_pk, sizeof *d_pk));
+	CU(cudaMemset(d_pk, 0, sizeof *d_pk));
+	CU(cudaMemcpy(d_l, l, VOCAB * sizeof(float), cudaMemcpyHostToDevice));
+	cudaStream_t st;
+	CU(cudaStreamCreate(&st));
+	cudaEvent_t e0, e1;
+	CU(cudaEventCreate(&e0));
+	CU(cudaEventCreate(&e1));
+	static const int ks[] = { 1, 50, 1024 };
+	static const char *what[] = { "top-k", "pick", "top-k + pick" };
+	printf("bench_sample: %d logits, temperature 0.8, top-p 0.9, us per call (graph of %d calls, best of %d)\n", VOCAB,
+	       ITERS, REPS);
+	for (int ki = 0; ki < 3; ki++) {
+		printf("  top-k %4d:", ks[ki]);
+		for (int mode = 0; mode < 3; mode++) {
+			/* the set the pick draws from */
+			CU((cudaError_t)lq_cuda_topk(d_l, VOCAB, 0.8f, ks[ki], scr, d_out, st));
+			CU(cudaStreamSynchronize(st));
+			cudaGraph_t g;
+			cudaGraphExec_t ge;
+			CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+			for (int r = 0; r < ITERS; r++) {
+				if (mode != 1)
+					CU((cudaError_t)lq_cuda_topk(d_l, VOCAB, 0.8f, ks[ki], scr, d_out, st));
+				if (mode != 0)
+					CU((cudaError_t)lq_cuda_pick(d_out, 0.9, 0.0, d_pk->rng, &d_pk->stop, &d_pk->id, st));
+			}
+			CU(cudaStreamEndCapture(st, &g));
+			CU(cudaGraphInstantiate(&ge, g, 0));
+			CU(cudaGraphLaunch(ge, st));
+			CU(cudaStreamSynchronize(st));
+			float best = 1e30f;
+			for (int rep = 0; rep < REPS; rep++) {
+				CU(cudaEventRecord(e0, st));
+				CU(cudaGraphLaunch(ge, st));
+				CU(cudaEventRecord(e1, st));
+				CU(cudaEventSynchronize(e1));
+				float ms;
+				CU(cudaEventElapsedTime(&ms, e0, e1));
+				best = ms < best ? ms : best;
+			}
+			printf("%s %s %.2f", mode ? "," : "", what[mode], best * 1e3f / ITERS);
+			CU(cudaGraphExecDestroy(ge));
+			CU(cudaGraphDestroy(g));
+		}
+		int32_t count = 0;
+		CU(cudaMemcpy(&count, &d_out->count, sizeof count, cudaMemcpyDeviceToHost));
+		printf(" (%d kept)\n", count);
+	}
+	cudaFree(d_l);
+	cudaFree(scr);
+	cudaFree(d_out);
+	cudaFree(d_pk);
+	free(l);
+	return 0;
+}
+#endif
