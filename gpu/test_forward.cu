@@ -92,6 +92,8 @@ struct model {
 	struct lq_model *m;
 };
 
+static int allow_nonfinite; /* open_packed's: NaN / Inf weights accepted */
+
 static int open_packed(const char *dir, int qtype, int dq, struct model *md)
 {
 	struct lq_error e = {0};
@@ -100,6 +102,7 @@ static int open_packed(const char *dir, int qtype, int dq, struct model *md)
 	po.qtype = qtype;
 	po.double_quant = dq;
 	po.nthreads = 4;
+	po.allow_nonfinite = allow_nonfinite;
 	char tmp[] = "/tmp/test_forward.XXXXXX";
 	int fd = mkstemp(tmp);
 	if (fd < 0)
@@ -705,6 +708,49 @@ int main(void)
 			snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
 			system(cmd);
 		}
+	}
+	/* a NaN in the lm_head (token 0's logit NaN at every step): the device
+	 * cannot make a top-k set, so every step of a chained sampling call
+	 * stops on the device and is redone on the host, and the ids and draws
+	 * must still be those of single steps (and of the CPU at fp32) */
+	{
+		char dir[128];
+		snprintf(dir, sizeof dir, "%s/nan", work);
+		snprintf(cmd, sizeof cmd,
+			 "%s/tests/gen_checkpoint --layers 2 --hidden 256 --intermediate 688 --heads 4 --kv-heads 2 "
+			 "--vocab 2000 --poison lm_head.weight %s >/dev/null",
+			 b && *b ? b : "build", dir);
+		struct model md = { NULL, NULL };
+		allow_nonfinite = 1;
+		if (system(cmd) != 0) {
+			CHECK(0, "cannot run %s", cmd);
+		} else if (!open_packed(dir, LQ_QTYPE_NF4, 1, &md)) {
+			struct lq_run *cpu = make_run(&md, LQ_BACKEND_CPU, -1, 64);
+			struct lq_run *gpu = make_run(&md, LQ_BACKEND_CUDA, LQ_COMPUTE_F32, 64);
+			struct lq_sample_opts so;
+			lq_sample_opts_init(&so);
+			so.temperature = 0.9;
+			static const int32_t prompt[6] = { 3, 141, 59, 265, 358, 979 };
+			if (cpu && gpu) {
+				struct lq_error e = {0};
+				float *lg = (float *)malloc((size_t)lq_run_vocab(gpu) * 4);
+				CHECK_OK(lq_run_forward(gpu, prompt, 6, 0, lg, 0, &e), &e);
+				CHECK(isnan(lg[0]), "the poisoned logit is %g, not NaN", lg[0]);
+				free(lg);
+				int32_t one[20], chain[20], ref[20];
+				sampled(gpu, prompt, 6, 20, &so, 9, 1, one);
+				sampled_n(gpu, prompt, 6, 20, &so, 9, chain);
+				sampled(cpu, prompt, 6, 20, &so, 9, 0, ref);
+				CHECK(!memcmp(one, chain, sizeof one), "NaN logits: chained sampling differs from single steps");
+				CHECK(!memcmp(one, ref, sizeof one), "NaN logits: GPU sampling differs from the CPU's");
+			}
+			lq_run_free(cpu);
+			lq_run_free(gpu);
+		}
+		allow_nonfinite = 0;
+		close_model(&md);
+		snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+		system(cmd);
 	}
 	/* no such device */
 	{
