@@ -1,11 +1,12 @@
 /*
- * test_sample.cu - lq_cuda_topk and lq_cuda_penalty against the host's
- * arithmetic (make check-gpu): the kept set (ties with the k-th value, -0
- * and +0, infinities, vocabularies of one to several chunks per block and
- * over the block limit) and its values bit for bit, -1 on NaN and on sets
- * over LQ_CUDA_TOPK_MAX, the penalty bit for bit.  Chunks whose own ties
- * at their k-th value outnumber the final set ("infs" with k 1024) must not
- * lose it.
+ * test_sample.cu - lq_cuda_topk, lq_cuda_pick and lq_cuda_penalty against
+ * the host's arithmetic (make check-gpu): the kept set (ties with the k-th
+ * value, -0 and +0, infinities, vocabularies of one to many blocks) and its
+ * values bit for bit, -1 on NaN and on sets over LQ_CUDA_TOPK_MAX; the pick
+ * after the top-k against lq_sample (the id and the generator state after
+ * it, top-p and min-p on and off, a stop on a row with no set); the penalty
+ * bit for bit.  Rows whose ties at the k-th value fill the first pass's bin
+ * ("infs", "equal" with k 1024) must not lose them.
  *
  * Copyright (c) the libquant authors.  MIT license.
  */
