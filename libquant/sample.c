@@ -129,6 +129,67 @@ static void penalize(float *logits, int64_t vocab, const struct lq_sample_opts *
 	free(ids);
 }
 
+/* A key whose unsigned order is the float order of non-NaN v, -0 taken as
+ * +0 (which it equals), so that equal floats have equal keys. */
+static uint32_t fkey(float v)
+{
+	uint32_t u;
+	if (v == 0.0f)
+		v = 0.0f;
+	memcpy(&u, &v, sizeof u);
+	return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* The k-th largest (1 <= k <= n) of v[0..n) (no NaN): a radix select over
+ * the keys, four 8-bit digits from the top. */
+static float kth_largest(const float *v, int64_t n, int64_t k)
+{
+	uint32_t prefix = 0, mask = 0;
+	for (int shift = 24; shift >= 0; shift -= 8) {
+		int64_t hist[256] = {0};
+		for (int64_t i = 0; i < n; i++) {
+			uint32_t key = fkey(v[i]);
+			if ((key & mask) == prefix)
+				hist[(key >> shift) & 255u]++;
+		}
+		int d = 255;
+		while (hist[d] < k) /* the digits from the top hold k or more */
+			k -= hist[d--];
+		prefix |= (uint32_t)d << shift;
+		mask |= 255u << shift;
+	}
+	for (int64_t i = 0; i < n; i++)
+		if (fkey(v[i]) == prefix)
+			return v[i];
+	return v[0]; /* not reached */
+}
+
+/* iv[0..n) in cmp_desc's order (value descending, then id ascending; no
+ * NaN): a stable radix sort of the keys, 11 bits a pass, from ids in
+ * ascending order; tmp holds n entries. */
+static void sort_desc(struct idx_val *iv, struct idx_val *tmp, int64_t n)
+{
+	for (int shift = 0; shift < 32; shift += 11) {
+		int64_t cnt[2048] = {0};
+		for (int64_t i = 0; i < n; i++)
+			cnt[(~fkey(iv[i].v) >> shift) & 2047u]++;
+		int64_t at = 0;
+		for (int d = 0; d < 2048; d++) {
+			int64_t c = cnt[d];
+			cnt[d] = at;
+			at += c;
+		}
+		for (int64_t i = 0; i < n; i++)
+			tmp[cnt[(~fkey(iv[i].v) >> shift) & 2047u]++] = iv[i];
+		struct idx_val *t = iv;
+		iv = tmp;
+		tmp = t;
+	}
+	/* after three passes the sorted entries are in the caller's tmp: back
+	 * into the caller's iv */
+	memcpy(tmp, iv, (size_t)n * sizeof *iv);
+}
+
 int32_t lq_sample(float *logits, int64_t vocab, const struct lq_sample_opts *o,
 		  const int32_t *seen, size_t nseen, struct lq_rng *rng)
 {
@@ -138,23 +199,44 @@ int32_t lq_sample(float *logits, int64_t vocab, const struct lq_sample_opts *o,
 	if (o->temperature <= 0)
 		return lq_argmax_f32(logits, vocab);
 	float invt = (float)o->temperature;
-	for (int64_t i = 0; i < vocab; i++)
+	int nan = 0;
+	for (int64_t i = 0; i < vocab; i++) {
 		logits[i] /= invt;
-	struct idx_val *iv = malloc((size_t)vocab * sizeof *iv);
+		nan |= logits[i] != logits[i];
+	}
+	struct idx_val *iv = malloc((size_t)vocab * 2 * sizeof *iv);
 	if (!iv)
 		return lq_argmax_f32(logits, vocab);
-	for (int64_t i = 0; i < vocab; i++) {
-		iv[i].v = logits[i];
-		iv[i].i = (int32_t)i;
-	}
-	qsort(iv, (size_t)vocab, sizeof *iv, cmp_desc);
-	int64_t keep = vocab;
-	if (o->top_k > 0 && o->top_k < keep) {
-		/* ties with the k-th value are kept, as torch's "< kth" test does */
-		float kth = iv[o->top_k - 1].v;
-		keep = o->top_k;
-		while (keep < vocab && iv[keep].v >= kth)
-			keep++;
+	int64_t keep = vocab, n = vocab;
+	if (!nan && o->top_k > 0 && o->top_k < vocab) {
+		/* the tokens top-k keeps (ties with the k-th value are kept, as
+		 * torch's "< kth" test does), then only those sorted */
+		const float kth = kth_largest(logits, vocab, o->top_k);
+		n = 0;
+		for (int64_t i = 0; i < vocab; i++)
+			if (logits[i] >= kth) {
+				iv[n].v = logits[i];
+				iv[n++].i = (int32_t)i;
+			}
+		qsort(iv, (size_t)n, sizeof *iv, cmp_desc);
+		keep = n;
+	} else {
+		for (int64_t i = 0; i < vocab; i++) {
+			iv[i].v = logits[i];
+			iv[i].i = (int32_t)i;
+		}
+		if (nan) {
+			/* NaN: the comparison sort, as it always was */
+			qsort(iv, (size_t)vocab, sizeof *iv, cmp_desc);
+			if (o->top_k > 0 && o->top_k < keep) {
+				float kth = iv[o->top_k - 1].v;
+				keep = o->top_k;
+				while (keep < vocab && iv[keep].v >= kth)
+					keep++;
+			}
+		} else {
+			sort_desc(iv, iv + vocab, vocab);
+		}
 	}
 	int32_t id = pick(iv, keep, o, rng);
 	free(iv);

@@ -360,12 +360,14 @@ static int cmp_f_desc(const void *a, const void *b)
 
 /* lq_sample_kept on the set lq_sample's top-k keeps (found here by brute
  * force, shuffled) picks what lq_sample picks, with the same draws: the
- * contract lq_run_forward_sample's device path relies on.  Logits on a
+ * contract lq_run_forward_sample's device path relies on, and a check of
+ * lq_sample's own selection and sorts (radix select and sort) against
+ * lq_sample_kept's comparison sort, top-k off included.  Logits on a
  * coarse grid, so that the k-th value has ties. */
 static void test_sample_kept(void)
 {
 	static const double temps[] = { 0.6, 1.0, 1.7 };
-	static const int ks[] = { 1, 2, 5, 40, 50 };
+	static const int ks[] = { 1, 2, 5, 40, 50, 0 };
 	static const double tps[] = { 1.0, 0.9, 0.5 };
 	static const double mps[] = { 0.0, 0.05 };
 	int fails = 0, trials = 0, tied = 0;
@@ -383,21 +385,21 @@ static void test_sample_kept(void)
 		struct lq_sample_opts o;
 		lq_sample_opts_init(&o);
 		o.temperature = temps[trial % 3];
-		o.top_k = ks[(trial / 3) % 5];
+		o.top_k = ks[(trial / 3) % 6];
 		o.top_p = tps[(trial / 15) % 3];
 		o.min_p = mps[(trial / 45) % 2];
 		float t = (float)o.temperature;
 		for (int64_t i = 0; i < V; i++)
 			sorted[i] = l[i] / t;
 		qsort(sorted, (size_t)V, sizeof *sorted, cmp_f_desc);
-		float kth = sorted[o.top_k - 1];
+		float kth = o.top_k ? sorted[o.top_k - 1] : -INFINITY;
 		size_t n = 0;
 		for (int64_t i = 0; i < V; i++)
 			if (l[i] / t >= kth) {
 				vals[n] = l[i] / t;
 				ids[n++] = (int32_t)i;
 			}
-		tied += n > (size_t)o.top_k;
+		tied += o.top_k && n > (size_t)o.top_k;
 		for (size_t i = n; i > 1; i--) { /* shuffle */
 			size_t j = (size_t)(rs % i);
 			frand();
@@ -424,6 +426,40 @@ static void test_sample_kept(void)
 		free(sorted);
 		free(vals);
 		free(ids);
+	}
+	/* the most likely tokens all zero, +0 and -0 mixed (equal: their order
+	 * is their ids'), top-k on and off */
+	for (int k = 0; k <= 3; k += 3) {
+		float z[64], zs[64], vals[64];
+		int32_t ids[64];
+		for (int i = 0; i < 64; i++) {
+			z[i] = i % 5 == 4 ? -1.0f - (float)i : ((i * 7) % 3 ? -0.0f : 0.0f);
+			vals[i] = z[i];
+			ids[i] = i;
+		}
+		struct lq_sample_opts o;
+		lq_sample_opts_init(&o);
+		o.top_k = k;
+		size_t n = 64;
+		if (k) { /* the kept set: every zero */
+			n = 0;
+			for (int i = 0; i < 64; i++)
+				if (z[i] == 0.0f) {
+					vals[n] = z[i];
+					ids[n++] = i;
+				}
+		}
+		for (uint64_t seed = 1; seed <= 40; seed++) {
+			struct lq_rng a, b;
+			lq_rng_seed(&a, seed);
+			lq_rng_seed(&b, seed);
+			memcpy(zs, z, sizeof zs);
+			int32_t want = lq_sample(zs, 64, &o, NULL, 0, &a);
+			int32_t got = lq_sample_kept(vals, ids, n, &o, &b);
+			trials++;
+			if (want != got)
+				fails++;
+		}
 	}
 	CHECK(fails == 0, "lq_sample_kept differs from lq_sample in %d of %d draws", fails, trials);
 	CHECK(tied > 50, "only %d sets had ties at the k-th value", tied);
