@@ -3723,8 +3723,7 @@ static int g_sample_n(void *state, int32_t token, int64_t pos, size_t n, const s
 {
 	gstate *g = (gstate *)state;
 	*done = 0;
-	if (!(o->temperature > 0) || lq_sample_penalized(o) || o->top_k < 1 || o->top_k > LQ_CUDA_TOPK_MAX ||
-	    g->vocab > LQ_CUDA_TOPK_NMAX)
+	if (!(o->temperature > 0) || !lq_sample_chained(o) || g->vocab > LQ_CUDA_TOPK_NMAX)
 		return gfail(err, LQ_ERR_INVALID, "these sampling options cannot be chained on the device");
 	g->so = *o;
 	return chain_steps(g, 4, token, pos, n, rng, ids, done, err);

@@ -10,14 +10,15 @@
  * The Makefile's wildcard also compiles this file into libquant_cuda.a, so
  * everything is under LQ_BENCH_MAIN, which only the bench-gpu rule defines.
  *
- * The logits are a fixed pseudo-random sum of four uniforms (bell-shaped,
- * spread like a model's: standard deviation about 2.5); temperature 0.8,
+ * The logits are tests/sample_cases.h's lq_bench_logits (bell-shaped, spread
+ * like a model's, those tests/bench_sampler.c times on the host); temperature 0.8,
  * top-p 0.9.  Each timing is a CUDA graph of ITERS calls (what a chained
  * decode step launches), replayed REPS times after one warm-up replay,
  * timed with CUDA events; the best replay counts.
  */
 #ifdef LQ_BENCH_MAIN
 #include "lq_cuda.h"
+#include "../tests/sample_cases.h"
 
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -43,17 +44,7 @@ int main(void)
 	float *l = (float *)malloc(VOCAB * sizeof(float));
 	if (!l)
 		return 1;
-	uint64_t s = 88172645463325252ull;
-	for (int i = 0; i < VOCAB; i++) {
-		double a = 0;
-		for (int j = 0; j < 4; j++) {
-			s ^= s << 13;
-			s ^= s >> 7;
-			s ^= s << 17;
-			a += (double)(s >> 11) * 0x1.0p-53;
-		}
-		l[i] = (float)((a - 2.0) * 4.3);
-	}
+	lq_bench_logits(l, VOCAB);
 	float *d_l;
 	void *scr;
 	struct lq_cuda_topk_out *d_out;

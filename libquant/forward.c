@@ -712,8 +712,7 @@ int lq_run_forward_sample_n(struct lq_run *r, int32_t token, int64_t pos, size_t
 	if (rc)
 		return rc;
 	const int penal = lq_sample_penalized(o);
-	const int dev = r->be && r->be->sample_n && o->temperature > 0 && !penal && o->top_k > 0 &&
-			o->top_k <= SAMPLE_CAP;
+	const int dev = r->be && r->be->sample_n && lq_sample_chained(o); /* temperature > 0: greedy went above */
 	/* the penalty's ids: seen, then each pick */
 	int32_t *sn = NULL;
 	if (penal) {

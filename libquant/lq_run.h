@@ -282,6 +282,9 @@ int lq_sample_penalized(const struct lq_sample_opts *o);
 /* 1 when lq_sample with o picks the argmax (the lowest id of the maximum)
  * of the logits as given: temperature <= 0 and no penalty. */
 int lq_sample_is_argmax(const struct lq_sample_opts *o);
+/* 1 when lq_run_forward_sample_n chains o's steps on the GPU: no penalty,
+ * and greedy or 0 < top_k <= LQ_RUN_TOPK_MAX. */
+int lq_sample_chained(const struct lq_sample_opts *o);
 
 /* A random generator (xoshiro256**), seeded; plain value, no allocation. */
 struct lq_rng {

@@ -109,6 +109,11 @@ int lq_sample_is_argmax(const struct lq_sample_opts *o)
 	return o->temperature <= 0 && !lq_sample_penalized(o);
 }
 
+int lq_sample_chained(const struct lq_sample_opts *o)
+{
+	return !lq_sample_penalized(o) && (o->temperature <= 0 || (o->top_k > 0 && o->top_k <= LQ_RUN_TOPK_MAX));
+}
+
 /* o's repetition penalty, each distinct id of seen once (torch gathers then
  * scatters); out of memory: each occurrence. */
 static void penalize(float *logits, int64_t vocab, const struct lq_sample_opts *o, const int32_t *seen, size_t nseen)
@@ -166,8 +171,9 @@ static float kth_largest(const float *v, int64_t n, int64_t k)
 
 /* iv[0..n) in cmp_desc's order (value descending, then id ascending; no
  * NaN): a stable radix sort of the keys, 11 bits a pass, from ids in
- * ascending order; tmp holds n entries. */
-static void sort_desc(struct idx_val *iv, struct idx_val *tmp, int64_t n)
+ * ascending order; tmp holds n entries.  Returns the buffer that holds the
+ * sorted entries (tmp: three passes). */
+static struct idx_val *sort_desc(struct idx_val *iv, struct idx_val *tmp, int64_t n)
 {
 	for (int shift = 0; shift < 32; shift += 11) {
 		int64_t cnt[2048] = {0};
@@ -185,9 +191,7 @@ static void sort_desc(struct idx_val *iv, struct idx_val *tmp, int64_t n)
 		iv = tmp;
 		tmp = t;
 	}
-	/* after three passes the sorted entries are in the caller's tmp: back
-	 * into the caller's iv */
-	memcpy(tmp, iv, (size_t)n * sizeof *iv);
+	return iv;
 }
 
 int32_t lq_sample(float *logits, int64_t vocab, const struct lq_sample_opts *o,
@@ -208,6 +212,7 @@ int32_t lq_sample(float *logits, int64_t vocab, const struct lq_sample_opts *o,
 	if (!iv)
 		return lq_argmax_f32(logits, vocab);
 	int64_t keep = vocab, n = vocab;
+	const struct idx_val *sorted = iv;
 	if (!nan && o->top_k > 0 && o->top_k < vocab) {
 		/* the tokens top-k keeps (ties with the k-th value are kept, as
 		 * torch's "< kth" test does), then only those sorted */
@@ -235,10 +240,10 @@ int32_t lq_sample(float *logits, int64_t vocab, const struct lq_sample_opts *o,
 					keep++;
 			}
 		} else {
-			sort_desc(iv, iv + vocab, vocab);
+			sorted = sort_desc(iv, iv + vocab, vocab);
 		}
 	}
-	int32_t id = pick(iv, keep, o, rng);
+	int32_t id = pick(sorted, keep, o, rng);
 	free(iv);
 	return id;
 }

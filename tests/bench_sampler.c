@@ -7,6 +7,7 @@
  * Copyright (c) the libquant authors.  MIT license.
  */
 #include "libquant.h"
+#include "sample_cases.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,18 +29,7 @@ int main(void)
 	float *l = malloc(VOCAB * sizeof *l), *w = malloc(VOCAB * sizeof *w);
 	if (!l || !w)
 		return 1;
-	/* bell-shaped logits (a sum of four uniforms, standard deviation about 2.5) */
-	uint64_t s = 88172645463325252ull;
-	for (int i = 0; i < VOCAB; i++) {
-		double a = 0;
-		for (int j = 0; j < 4; j++) {
-			s ^= s << 13;
-			s ^= s >> 7;
-			s ^= s << 17;
-			a += (double)(s >> 11) * 0x1.0p-53;
-		}
-		l[i] = (float)((a - 2.0) * 4.3);
-	}
+	lq_bench_logits(l, VOCAB);
 	static const int ks[] = { 0, 50, 1024 };
 	printf("lq_sample, %d logits, temperature 0.8, top-p 0.9, best of %d calls:", VOCAB, CALLS);
 	for (int ki = 0; ki < 3; ki++) {

@@ -16,9 +16,9 @@ done
 for f in gpu/*.cu gpu/*.h; do
 	[ -f "$f" ] || continue
 	inc=$(grep -E '^#include "' "$f" | grep -vE '"(libquant\.h|lq_blocks\.h|lq_cuda\.h)"')
-	# the GPU tests may share the tests' case lists (sample_cases.h), which
-	# use only the public header (checked below)
-	case $f in gpu/test_*.cu) inc=$(printf '%s\n' "$inc" | grep -vE '"\.\./tests/sample_cases\.h"') ;; esac
+	# the GPU tests and benchmarks may share the tests' case lists and bench
+	# data (sample_cases.h), which use only the public header (checked below)
+	case $f in gpu/test_*.cu | gpu/bench_*.cu) inc=$(printf '%s\n' "$inc" | grep -vE '"\.\./tests/sample_cases\.h"') ;; esac
 	[ -z "$inc" ] && ok || bad "$f includes a private header: $inc"
 done
 inc=$(grep -E '^#include "' tests/sample_cases.h | grep -vE '"libquant\.h"')

@@ -447,8 +447,7 @@ static void generate_from(struct model *md, struct opts *o, const int32_t *promp
 	 * the generator's draws for them do not matter: it is this call's), on
 	 * the CPU one at a time (there, as for the options that are not
 	 * chained, the steps past a stop would only cost time) */
-	const int chained = !lq_sample_penalized(&o->s) &&
-			    (o->s.temperature <= 0 || (o->s.top_k > 0 && o->s.top_k <= LQ_RUN_TOPK_MAX));
+	const int chained = lq_sample_chained(&o->s);
 	const size_t chain = strcmp(lq_run_backend(md->run), "cpu") ? RUN_CHAIN : 1;
 	int32_t ahead[RUN_CHAIN];
 	size_t nahead = 0, iahead = 0;
