@@ -752,6 +752,51 @@ int main(void)
 		snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
 		system(cmd);
 	}
+	/* float32 weights past fp16's range at fp16 compute: the upload's
+	 * conversion (k_to16) saturates them to 65504, so a model with 1e6 in a
+	 * weight gives the logits of the same model with 65504 there (finite),
+	 * where an infinite weight would make them NaN */
+	{
+		float *lg[2] = { NULL, NULL };
+		int64_t nv = 0;
+		static const char *const val[2] = { "1e6", "65504" };
+		for (int i = 0; i < 2; i++) {
+			char dir[128];
+			snprintf(dir, sizeof dir, "%s/sat%d", work, i);
+			snprintf(cmd, sizeof cmd,
+				 "%s/tests/gen_checkpoint --layers 2 --hidden 256 --intermediate 688 --heads 4 --kv-heads 2 "
+				 "--vocab 2000 --dtype f32 --poison model.layers.0.mlp.down_proj.weight:%s %s >/dev/null",
+				 b && *b ? b : "build", val[i], dir);
+			struct model md = { NULL, NULL };
+			if (system(cmd) != 0) {
+				CHECK(0, "cannot run %s", cmd);
+			} else if (!open_packed(dir, LQ_QTYPE_NONE, 0, &md)) {
+				struct lq_run *gpu = make_run(&md, LQ_BACKEND_CUDA, LQ_COMPUTE_F16, 64);
+				if (gpu) {
+					static const int32_t prompt[6] = { 3, 141, 59, 265, 358, 979 };
+					struct lq_error e = {0};
+					nv = lq_run_vocab(gpu);
+					lg[i] = (float *)malloc((size_t)nv * 4);
+					CHECK_OK(lq_run_forward(gpu, prompt, 6, 0, lg[i], 0, &e), &e);
+				}
+				lq_run_free(gpu);
+			}
+			close_model(&md);
+			snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+			system(cmd);
+		}
+		if (lg[0] && lg[1]) {
+			int finite = 1;
+			for (int64_t j = 0; j < nv; j++)
+				finite &= isfinite(lg[0][j]) != 0;
+			CHECK(finite, "fp16 compute, a float32 weight of 1e6: logits not finite");
+			CHECK(!memcmp(lg[0], lg[1], (size_t)nv * 4),
+			      "fp16 compute: a float32 weight of 1e6 does not act as 65504 (rel err %g)",
+			      rel_err(lg[0], lg[1], (size_t)nv));
+		}
+		free(lg[0]);
+		free(lg[1]);
+	}
 	/* no such device */
 	{
 		struct model md = { NULL, NULL };

@@ -11,7 +11,7 @@
  *   --shards N               (default 1: model.safetensors; >1: sharded + index)
  *   --seed N                 (default 1)
  *   --tied                   tie embeddings (no lm_head.weight)
- *   --poison NAME[:VALUE]    write NaN (or inf/-inf) into element 5 of tensor NAME
+ *   --poison NAME[:VALUE]    write NaN (or VALUE: inf, -inf or a number) into element 5 of tensor NAME
  */
 #include "libquant.h"
 
@@ -142,6 +142,10 @@ int main(int argc, char **argv)
 				*colon = 0;
 			c.poison = optarg;
 			c.poison_val = colon ? colon + 1 : "nan";
+			char *end;
+			strtof(c.poison_val, &end);
+			if (end == c.poison_val || *end)
+				die("bad --poison value", c.poison_val);
 			break;
 		}
 		default: die("bad option", NULL);
@@ -244,7 +248,7 @@ int main(int argc, char **argv)
 				for (size_t e = 0; e < m; e++) {
 					float v = t[i].std > 0 ? t[i].std * gauss(&seed) : 1.0f;
 					if (poison && b + e == 5)
-						v = !strcmp(c.poison_val, "inf") ? INFINITY : !strcmp(c.poison_val, "-inf") ? -INFINITY : NAN;
+						v = !strcmp(c.poison_val, "nan") ? NAN : strtof(c.poison_val, NULL);
 					put(buf2, c.dtype, e, v);
 				}
 				if (fwrite(buf2, esz, m, f) != m)
