@@ -1790,8 +1790,9 @@ struct chain_st {
 };
 
 /* A chained step's end: its pick (the argmax, or sampling's draw) into
- * ids[done], the next step's position. */
-__global__ void k_chain_next(const int32_t *id, int32_t *ids, struct chain_st *cs, int64_t *pos)
+ * ids[done], the next step's position; seen (the repetition penalty's map
+ * of the ids seen, or NULL) gains the pick. */
+__global__ void k_chain_next(const int32_t *id, int32_t *ids, struct chain_st *cs, int64_t *pos, uint8_t *seen)
 {
 	pdl_wait();
 	if (cs->stop)
@@ -1799,6 +1800,29 @@ __global__ void k_chain_next(const int32_t *id, int32_t *ids, struct chain_st *c
 	ids[cs->done] = *id;
 	cs->done += 1;
 	*pos += 1;
+	if (seen)
+		seen[*id] = 1;
+}
+
+/* The repetition penalty's map: seen[ids[i]] = 1 (ids out of range left out,
+ * as lq_sample leaves them). */
+__global__ void k_seen_set(uint8_t *seen, const int32_t *ids, uint64_t n, int64_t vocab)
+{
+	for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (uint64_t)gridDim.x * blockDim.x)
+		if (ids[j] >= 0 && ids[j] < vocab)
+			seen[ids[j]] = 1;
+}
+
+/* lq_sample's repetition penalty on every id of the map, each once (as
+ * lq_cuda_penalty on the distinct ids). */
+__global__ void k_penalty_map(float *l, const uint8_t *seen, int64_t vocab, float p)
+{
+	pdl_wait();
+	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < vocab; i += (int64_t)gridDim.x * blockDim.x)
+		if (seen[i]) {
+			const float s = l[i];
+			l[i] = s < 0 ? __fmul_rn(s, p) : __fdiv_rn(s, p);
+		}
 }
 
 __global__ void k_softcap(float *y, uint64_t n, float cap)
@@ -2114,7 +2138,7 @@ struct gstate {
 	uint64_t tscratch_need;
 	float *inv_freq;       /* [rot / 2] */
 	float *rtab;           /* [rot]: cos, sin of the decoded token's position (k_embed -> k_rope) */
-	float *h_inv;          /* host copy of what is on the device */
+	float *h_inv;          /* [0, rot / 2): host copy of what is on the device; then update_rope's and rope_same's scratch */
 	int64_t inv_len;       /* sequence length inv_freq was computed for (-1: none) */
 	float ascale;
 	void *kv;              /* [nl][2][cap][kvdim] of kv_es(g) bytes: the compute dtype (float at fp32) */
@@ -2150,6 +2174,8 @@ struct gstate {
 	 * penalized ids (device, pinned host, pen_cap of each) */
 	uint8_t *tk_scr;
 	struct lq_cuda_topk_out *d_tk, *h_tk;
+	uint8_t *sa_scr; /* lq_cuda_sample_all's scratch, made when first needed */
+	uint8_t *d_seen; /* g_sample_n's repetition penalty: 1 for each id seen (vocab bytes, made when first needed) */
 	int32_t *d_pen, *h_pen;
 	size_t pen_cap;
 };
@@ -2571,7 +2597,7 @@ static void g_free(void *state)
 	if (g->cbh_ok)
 		g->cb.destroy(g->cbh);
 	void *d[] = { g->arena, g->tscratch, g->inv_freq, g->rtab, g->kv, g->x, g->x2, g->h, g->o, g->qkv, g->att, g->gu, g->g, g->part, g->acnt, g->am_v, g->am_i,
-		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos, g->d_id, g->tk_scr, g->d_tk, g->d_pen, g->d_ids, g->d_cs };
+		      g->logits, g->xbuf, g->wbuf, g->tok, g->pos, g->d_id, g->tk_scr, g->d_tk, g->sa_scr, g->d_seen, g->d_pen, g->d_ids, g->d_cs };
 	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
 		gfree(d[i]);
 	if (g->h_tok)
@@ -3487,12 +3513,20 @@ static int argmax_to_host(gstate *g, struct lq_error *err)
 	return LQ_OK;
 }
 
+/* Whether sampling with o takes lq_cuda_topk's set (top-k 1..LQ_CUDA_TOPK_MAX)
+ * rather than lq_cuda_sample_all's sort of the row. */
+static bool topk_set(const struct lq_sample_opts *o)
+{
+	return o->top_k > 0 && o->top_k <= LQ_CUDA_TOPK_MAX;
+}
+
 static int decode_graph(gstate *g, int am, struct lq_error *err)
 {
 	int S = attn_splits(g, 1);
 	if (g->graph[am] && g->graph_cap[am] == g->cap && g->graph_ascale[am] == g->ascale && g->graph_split[am] == S &&
 	    (am != 4 || (g->graph_so.temperature == g->so.temperature && g->graph_so.top_k == g->so.top_k &&
-			 g->graph_so.top_p == g->so.top_p && g->graph_so.min_p == g->so.min_p)))
+			 g->graph_so.top_p == g->so.top_p && g->graph_so.min_p == g->so.min_p &&
+			 g->graph_so.repetition_penalty == g->so.repetition_penalty)))
 		return LQ_OK;
 	if (g->graph[am]) {
 		cudaGraphExecDestroy(g->graph[am]);
@@ -3511,17 +3545,34 @@ static int decode_graph(gstate *g, int am, struct lq_error *err)
 	int rc = e == cudaSuccess ? run_tokens(g, 1, 0, g->pos, 1, 0, err) : cuda_fail(err, e, "the decode graph");
 	if (!rc && (am == 1 || am == 3))
 		rc = launch_argmax(g, err);
-	if (!rc && am == 4) {
-		e = (cudaError_t)lq_cuda_topk(g->logits, g->vocab, (float)g->so.temperature, g->so.top_k, g->tk_scr, g->d_tk,
-					      g->st);
-		if (e == cudaSuccess)
-			e = (cudaError_t)lq_cuda_pick(g->d_tk, g->so.top_p, g->so.min_p, g->d_cs->rng, &g->d_cs->stop, g->d_id,
-						      g->st);
+	const bool pen = am == 4 && lq_sample_penalized(&g->so);
+	if (!rc && pen) {
+		launch_k(g, k_penalty_map, dim3(grid_for((uint64_t)g->vocab, 256)), dim3(256), g->logits, (const uint8_t *)g->d_seen,
+			 (int64_t)g->vocab, (float)g->so.repetition_penalty);
+		if ((e = cudaGetLastError()) != cudaSuccess)
+			rc = cuda_fail(err, e, "the decode graph");
+	}
+	if (!rc && am == 4 && !(g->so.temperature > 0)) {
+		rc = launch_argmax(g, err); /* greedy after the penalty */
+	} else if (!rc && am == 4) {
+		/* the top-k set and its pick where top-k keeps few; else the row */
+		if (topk_set(&g->so)) {
+			e = (cudaError_t)lq_cuda_topk(g->logits, g->vocab, (float)g->so.temperature, g->so.top_k, g->tk_scr,
+						      g->d_tk, g->st);
+			if (e == cudaSuccess)
+				e = (cudaError_t)lq_cuda_pick(g->d_tk, g->so.top_p, g->so.min_p, g->d_cs->rng, &g->d_cs->stop,
+							      g->d_id, g->st);
+		} else {
+			e = (cudaError_t)lq_cuda_sample_all(g->logits, g->vocab, (float)g->so.temperature, g->so.top_k,
+							    g->so.top_p, g->so.min_p, g->d_cs->rng, &g->d_cs->stop, g->d_id,
+							    g->sa_scr, g->st);
+		}
 		if (e != cudaSuccess)
 			rc = cuda_fail(err, e, "the decode graph");
 	}
 	if (!rc && am >= 3) {
-		launch_k(g, k_chain_next, dim3(1), dim3(1), (const int32_t *)g->d_id, g->d_ids, g->d_cs, g->pos);
+		launch_k(g, k_chain_next, dim3(1), dim3(1), (const int32_t *)g->d_id, g->d_ids, g->d_cs, g->pos,
+			 pen ? g->d_seen : (uint8_t *)NULL);
 		if ((e = cudaGetLastError()) != cudaSuccess)
 			rc = cuda_fail(err, e, "the decode graph");
 	}
@@ -3635,20 +3686,16 @@ static int g_argmax(void *state, const int32_t *tokens, size_t n, int64_t pos, i
 
 /* Whether RoPE is the same (inverse frequencies and attention scale, which
  * long-context scalings switch) for sequence lengths a and b. */
-static int rope_same(gstate *g, int64_t a, int64_t b, struct lq_error *err)
+static int rope_same(gstate *g, int64_t a, int64_t b)
 {
 	const int64_t half = g->rot / 2;
 	if (!half)
 		return 1;
-	float *fa = (float *)malloc((size_t)half * 2 * sizeof(float));
-	if (!fa)
-		return gfail(err, LQ_ERR_NOMEM, "out of memory"), -1;
+	float *fa = g->h_inv + 2 * half; /* 2 * half floats of scratch past update_rope's */
 	double sa = 1.0, sb = 1.0;
 	lq_rope_inv_freq(g->c, a, fa, &sa);
 	lq_rope_inv_freq(g->c, b, fa + half, &sb);
-	const int same = sa == sb && !memcmp(fa, fa + half, (size_t)half * sizeof(float));
-	free(fa);
-	return same;
+	return sa == sb && !memcmp(fa, fa + half, (size_t)half * sizeof(float));
 }
 
 /* Decode steps chained on the device with graph [am] (3: greedy, 4:
@@ -3666,13 +3713,8 @@ static int chain_steps(gstate *g, int am, int32_t token, int64_t pos, size_t n, 
 	*done = 0;
 	while (n > 0) {
 		size_t m = n < CHAIN_MAX ? n : CHAIN_MAX;
-		if (m > 1) {
-			const int same = rope_same(g, pos + 1, pos + (int64_t)m, err);
-			if (same < 0)
-				return LQ_ERR_NOMEM;
-			if (!same)
-				m = 1;
-		}
+		if (m > 1 && !rope_same(g, pos + 1, pos + (int64_t)m))
+			m = 1;
 		if ((rc = ensure_cache(g, pos + (int64_t)m, err)) || (rc = update_rope(g, pos + (int64_t)m, err)) ||
 		    (rc = decode_graph(g, am, err)))
 			return rc;
@@ -3717,16 +3759,45 @@ static int g_argmax_n(void *state, int32_t token, int64_t pos, size_t n, int32_t
 }
 
 /* Sampling steps chained on the device (lq_backend's sample_n): graph [4]
- * takes the top-k and the draw (lq_cuda_pick) in place of the argmax. */
+ * takes the repetition penalty (on a map of the ids seen, which each step's
+ * pick joins), then the argmax (temperature <= 0), the top-k and the draw
+ * (lq_cuda_pick), or the sorted row's pick (lq_cuda_sample_all). */
+static int ensure_pen(gstate *g, size_t npen, struct lq_error *err);
 static int g_sample_n(void *state, int32_t token, int64_t pos, size_t n, const struct lq_sample_opts *o,
-		      uint64_t rng[4], int32_t *ids, size_t *done, struct lq_error *err)
+		      const int32_t *seen, size_t nseen, uint64_t rng[4], int32_t *ids, size_t *done,
+		      struct lq_error *err)
 {
 	gstate *g = (gstate *)state;
+	int rc;
 	*done = 0;
-	if (!(o->temperature > 0) || !lq_sample_chained(o) || g->vocab > LQ_CUDA_TOPK_NMAX)
-		return gfail(err, LQ_ERR_INVALID, "these sampling options cannot be chained on the device");
+	if (g->vocab > LQ_CUDA_TOPK_NMAX)
+		return LQ_OK; /* none done: the host takes the steps */
+	if (o->temperature > 0 && !topk_set(o) && !g->sa_scr) {
+		const size_t b = lq_cuda_sample_all_scratch_size(g->vocab);
+		if (!b)
+			return gfail(err, LQ_ERR_IO, "sampling on the device: no scratch size for %lld logits",
+				     (long long)g->vocab);
+		if ((rc = dmalloc((void **)&g->sa_scr, b, "sampling", err)))
+			return rc;
+		CK(cudaMemset(g->sa_scr, 0, b), "clearing the sampler's scratch");
+	}
+	if (lq_sample_penalized(o)) {
+		if (!g->d_seen && (rc = dmalloc((void **)&g->d_seen, (uint64_t)g->vocab, "the repetition penalty", err)))
+			return rc;
+		if ((rc = ensure_pen(g, nseen, err)))
+			return rc;
+		/* the previous call has completed: h_pen is free */
+		CK(cudaMemsetAsync(g->d_seen, 0, (size_t)g->vocab, g->st), "the repetition penalty");
+		if (nseen) {
+			memcpy(g->h_pen, seen, nseen * sizeof(int32_t));
+			CK(cudaMemcpyAsync(g->d_pen, g->h_pen, nseen * sizeof(int32_t), cudaMemcpyHostToDevice, g->st),
+			   "the repetition penalty");
+			k_seen_set<<<grid_for(nseen, 256), 256, 0, g->st>>>(g->d_seen, g->d_pen, nseen, (int64_t)g->vocab);
+			CK(cudaGetLastError(), "the repetition penalty");
+		}
+	}
 	g->so = *o;
-	return chain_steps(g, 4, token, pos, n, rng, ids, done, err);
+	return chain_steps(g, 4, token, pos, n, o->temperature > 0 ? rng : NULL, ids, done, err);
 }
 
 /* Room for npen penalized ids (device and pinned host). */
@@ -3857,7 +3928,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		goto fail;
 	}
 	g->L = (glayer *)calloc((size_t)g->nl, sizeof *g->L);
-	g->h_inv = (float *)calloc((size_t)(g->rot + 2), sizeof(float));
+	g->h_inv = (float *)calloc((size_t)(2 * g->rot + 2), sizeof(float));
 	if (!g->L || !g->h_inv) {
 		rc = gfail(err, LQ_ERR_NOMEM, "out of memory");
 		goto fail;

@@ -2,7 +2,8 @@
  * bench_sample.cu - time per call of the device sampler's steps
  * (gpu/sample.cu): lq_cuda_topk (temperature and the top-k filter),
  * lq_cuda_pick (the draw from the kept set) and both, on one row of logits
- * the size of Llama 3's vocabulary, for top-k 1, 50 and 1024 (make
+ * the size of Llama 3's vocabulary, for top-k 1, 50 and 1024, and
+ * lq_cuda_sample_all (top-k off: the row sorted, then the pick) (make
  * bench-gpu; issue 7).
  *
  * Copyright (c) the libquant authors.  MIT license.
@@ -35,6 +36,35 @@ struct pick_state {
 	int32_t id;
 };
 
+/* us per call of body (one call's launches on st) in a graph of ITERS
+ * calls: the best of REPS replays after a warm-up one */
+template <typename F>
+static float time_graph(cudaStream_t st, cudaEvent_t e0, cudaEvent_t e1, F body)
+{
+	cudaGraph_t g;
+	cudaGraphExec_t ge;
+	CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+	for (int r = 0; r < ITERS; r++)
+		body();
+	CU(cudaStreamEndCapture(st, &g));
+	CU(cudaGraphInstantiate(&ge, g, 0));
+	CU(cudaGraphLaunch(ge, st));
+	CU(cudaStreamSynchronize(st));
+	float best = 1e30f;
+	for (int rep = 0; rep < REPS; rep++) {
+		CU(cudaEventRecord(e0, st));
+		CU(cudaGraphLaunch(ge, st));
+		CU(cudaEventRecord(e1, st));
+		CU(cudaEventSynchronize(e1));
+		float ms;
+		CU(cudaEventElapsedTime(&ms, e0, e1));
+		best = ms < best ? ms : best;
+	}
+	CU(cudaGraphExecDestroy(ge));
+	CU(cudaGraphDestroy(g));
+	return best * 1e3f / ITERS;
+}
+
 int main(void)
 {
 	if (lq_cuda_device_count() == 0) {
@@ -46,12 +76,15 @@ int main(void)
 		return 1;
 	lq_bench_logits(l, VOCAB);
 	float *d_l;
-	void *scr;
+	void *scr, *sa;
 	struct lq_cuda_topk_out *d_out;
 	struct pick_state *d_pk;
+	const size_t sab = lq_cuda_sample_all_scratch_size(VOCAB);
 	CU(cudaMalloc(&d_l, VOCAB * sizeof(float)));
 	CU(cudaMalloc(&scr, lq_cuda_topk_scratch_size(VOCAB)));
 	CU(cudaMemset(scr, 0, lq_cuda_topk_scratch_size(VOCAB)));
+	CU(cudaMalloc(&sa, sab));
+	CU(cudaMemset(sa, 0, sab));
 	CU(cudaMalloc(&d_out, sizeof *d_out));
 	CU(cudaMalloc(&d_pk, sizeof *d_pk));
 	CU(cudaMemset(d_pk, 0, sizeof *d_pk));
@@ -71,39 +104,26 @@ int main(void)
 			/* the set the pick draws from */
 			CU((cudaError_t)lq_cuda_topk(d_l, VOCAB, 0.8f, ks[ki], scr, d_out, st));
 			CU(cudaStreamSynchronize(st));
-			cudaGraph_t g;
-			cudaGraphExec_t ge;
-			CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-			for (int r = 0; r < ITERS; r++) {
+			const float us = time_graph(st, e0, e1, [&]() {
 				if (mode != 1)
 					CU((cudaError_t)lq_cuda_topk(d_l, VOCAB, 0.8f, ks[ki], scr, d_out, st));
 				if (mode != 0)
 					CU((cudaError_t)lq_cuda_pick(d_out, 0.9, 0.0, d_pk->rng, &d_pk->stop, &d_pk->id, st));
-			}
-			CU(cudaStreamEndCapture(st, &g));
-			CU(cudaGraphInstantiate(&ge, g, 0));
-			CU(cudaGraphLaunch(ge, st));
-			CU(cudaStreamSynchronize(st));
-			float best = 1e30f;
-			for (int rep = 0; rep < REPS; rep++) {
-				CU(cudaEventRecord(e0, st));
-				CU(cudaGraphLaunch(ge, st));
-				CU(cudaEventRecord(e1, st));
-				CU(cudaEventSynchronize(e1));
-				float ms;
-				CU(cudaEventElapsedTime(&ms, e0, e1));
-				best = ms < best ? ms : best;
-			}
-			printf("%s %s %.2f", mode ? "," : "", what[mode], best * 1e3f / ITERS);
-			CU(cudaGraphExecDestroy(ge));
-			CU(cudaGraphDestroy(g));
+			});
+			printf("%s %s %.2f", mode ? "," : "", what[mode], us);
 		}
 		int32_t count = 0;
 		CU(cudaMemcpy(&count, &d_out->count, sizeof count, cudaMemcpyDeviceToHost));
 		printf(" (%d kept)\n", count);
 	}
+	/* top-k off: the whole row sorted and picked (lq_cuda_sample_all) */
+	const float us = time_graph(st, e0, e1, [&]() {
+		CU((cudaError_t)lq_cuda_sample_all(d_l, VOCAB, 0.8f, 0, 0.9, 0.0, d_pk->rng, &d_pk->stop, &d_pk->id, sa, st));
+	});
+	printf("  top-k off: sort + pick %.2f\n", us);
 	cudaFree(d_l);
 	cudaFree(scr);
+	cudaFree(sa);
 	cudaFree(d_out);
 	cudaFree(d_pk);
 	free(l);

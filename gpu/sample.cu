@@ -24,6 +24,7 @@
 #include "lq_cuda.h"
 #include "lq_blocks.h"
 
+#include <cub/cub.cuh>
 #include <cuda_runtime.h>
 #include <math.h>
 
@@ -45,13 +46,6 @@ struct tk_hdr {
 size_t lq_cuda_topk_scratch_size(int64_t n)
 {
 	return sizeof(struct tk_hdr) + 8 * (size_t)(n < 1 ? 1 : n);
-}
-
-/* A key whose unsigned order is the float order (-0 just below +0). */
-__device__ __forceinline__ uint32_t fkey(float v)
-{
-	uint32_t u = __float_as_uint(v);
-	return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
 __device__ __forceinline__ float kfloat(uint32_t k)
@@ -81,7 +75,7 @@ __device__ uint32_t kth_key(G get, int m, int k, tk_smem *s)
 			uint32_t bin = 0;
 			bool ok = false;
 			if (j < m) {
-				uint32_t key = fkey(get(j));
+				uint32_t key = lq_fkey(get(j));
 				ok = (key & mask) == prefix;
 				bin = (key >> shift) & 255u;
 			}
@@ -151,7 +145,7 @@ __device__ void keep_from(G get, I id, int m, float kth, float *vals, int32_t *i
 /* The first pass's bin of a scaled logit (-0 in +0's). */
 __device__ __forceinline__ unsigned tk_bin(float v)
 {
-	return fkey(v == 0.0f ? 0.0f : v) >> TK_SHIFT;
+	return lq_fkey(v) >> TK_SHIFT;
 }
 
 /* The first pass: the bins' counts; its last block finds bin B. */
@@ -343,12 +337,14 @@ int lq_cuda_penalty(float *d_logits, const int32_t *d_ids, int64_t nids, float p
  * lq_sample_kept's draw on the device (the end of a sampling step chained
  * on the device, lq_backend's sample_n): the kept tokens sorted as the host
  * sorts them (scaled logit descending, then id ascending; a rank per token),
- * their exp() and the normalization in parallel, the host's own code for
- * the sums, top-p, min-p and the draw (lq_blocks.h: sums in index order, in
- * one thread), one draw from the xoshiro256** state in rng, advanced as
- * lq_rng_uniform advances the host's.
+ * then lq_blocks.h's fixed-point pick with a thread per token -- weights,
+ * their prefix sums by a block scan (exact integers, so they equal the
+ * host's sums in order), top-p's and min-p's first dropped token by atomic
+ * minimum, and the draw -- from one output of the xoshiro256** state in
+ * rng, advanced as lq_rng_uniform advances the host's.
  */
 #define PK_THREADS 1024
+static_assert(PK_THREADS >= TK_CAP, "k_pick: a thread per kept token");
 
 __global__ void __launch_bounds__(PK_THREADS) k_pick(const struct lq_cuda_topk_out *tk, double top_p, double min_p,
 						     uint64_t *rng, int *stop, int32_t *out)
@@ -356,20 +352,26 @@ __global__ void __launch_bounds__(PK_THREADS) k_pick(const struct lq_cuda_topk_o
 	__shared__ float2 in[TK_CAP]; /* (value, id bits) */
 	__shared__ float sv[TK_CAP];
 	__shared__ int32_t si[TK_CAP];
-	__shared__ double p[TK_CAP];
-	__shared__ double sum;
+	__shared__ uint64_t P[TK_CAP]; /* cumulative weights */
+	__shared__ uint64_t wsum[PK_THREADS / 32];
+	__shared__ uint64_t rt;
+	__shared__ int kp, km;
 	if (*(volatile int *)stop)
 		return;
-	const int c = tk->count;
+	const int c = tk->count, i = threadIdx.x, lane = i & 31, warp = i >> 5;
 	if (c <= 0 || c > TK_CAP) {
-		if (threadIdx.x == 0)
+		if (i == 0)
 			*stop = 1; /* no set: the host takes this step */
 		return;
 	}
-	for (int i = threadIdx.x; i < c; i += blockDim.x)
+	if (i < c)
 		in[i] = make_float2(tk->vals[i], __int_as_float(tk->ids[i]));
+	if (i == 0) {
+		kp = c;
+		km = c;
+	}
 	__syncthreads();
-	for (int i = threadIdx.x; i < c; i += blockDim.x) {
+	if (i < c) {
 		const float v = in[i].x;
 		const int32_t d = __float_as_int(in[i].y);
 		int r = 0;
@@ -381,28 +383,257 @@ __global__ void __launch_bounds__(PK_THREADS) k_pick(const struct lq_cuda_topk_o
 		si[r] = d;
 	}
 	__syncthreads();
-	const double mx = sv[0];
-	for (int i = threadIdx.x; i < c; i += blockDim.x)
-		p[i] = exp((double)sv[i] - mx);
-	__syncthreads();
-	if (threadIdx.x == 0)
-		sum = lq_pick_sum(p, c);
-	__syncthreads();
-	for (int i = threadIdx.x; i < c; i += blockDim.x)
-		p[i] /= sum;
-	__syncthreads();
-	if (threadIdx.x == 0) {
-		uint64_t s[4] = { rng[0], rng[1], rng[2], rng[3] };
-		const double u = lq_uniform53(lq_xoshiro_next(s));
-		*out = si[lq_pick_normed(p, c, top_p, min_p, u)];
-		for (int i = 0; i < 4; i++)
-			rng[i] = s[i];
+	/* token i's weight and the inclusive prefix sum cum of weights 0..i */
+	double e = 0;
+	uint64_t w = 0;
+	if (i < c) {
+		e = exp((double)sv[i] - (double)sv[0]);
+		w = lq_pick_weight(e, lq_pick_shift(c));
 	}
+	uint64_t cum = w;
+	for (int o = 1; o < 32; o <<= 1) {
+		const uint64_t t = __shfl_up_sync(0xffffffffu, cum, o);
+		if (lane >= o)
+			cum += t;
+	}
+	if (lane == 31)
+		wsum[warp] = cum;
+	__syncthreads();
+	if (warp == 0) {
+		uint64_t t = lane < PK_THREADS / 32 ? wsum[lane] : 0;
+		for (int o = 1; o < 32; o <<= 1) {
+			const uint64_t u = __shfl_up_sync(0xffffffffu, t, o);
+			if (lane >= o)
+				t += u;
+		}
+		if (lane < PK_THREADS / 32)
+			wsum[lane] = t; /* inclusive over warps */
+	}
+	__syncthreads();
+	if (warp)
+		cum += wsum[warp - 1];
+	if (i < c)
+		P[i] = cum;
+	__syncthreads();
+	const uint64_t total = P[c - 1], before = i ? P[i - 1] : 0;
+	if (i >= 1 && i < c) {
+		if (top_p > 0 && top_p < 1.0 && total - before <= lq_pick_toplim(top_p, total))
+			atomicMin(&kp, i); /* the tail from i is light enough: top-p drops it */
+		if (min_p > 0 && !(e >= min_p))
+			atomicMin(&km, i);
+	}
+	__syncthreads();
+	const int k = min(kp, km);
+	const uint64_t wk = P[k - 1];
+	if (i == 0) {
+		uint64_t st[4] = { rng[0], rng[1], rng[2], rng[3] };
+		const uint64_t x = lq_xoshiro_next(st);
+		for (int j = 0; j < 4; j++)
+			rng[j] = st[j];
+		if (!wk)
+			*out = si[0];
+		else
+			rt = lq_pick_target(x, wk);
+	}
+	__syncthreads();
+	/* the first token whose cumulative weight exceeds rt */
+	if (wk && i < k && before <= rt && rt < cum)
+		*out = si[i];
 }
 
 int lq_cuda_pick(const struct lq_cuda_topk_out *d_tk, double top_p, double min_p, uint64_t *d_rng, int *d_stop,
 		 int32_t *d_id, void *stream)
 {
 	k_pick<<<1, PK_THREADS, 0, (cudaStream_t)stream>>>(d_tk, top_p, min_p, d_rng, d_stop, d_id);
+	return (int)cudaGetLastError();
+}
+
+/*
+ * lq_cuda_sample_all: lq_sample's whole pick on the device for options the
+ * top-k set above cannot serve (top-k off, or over LQ_CUDA_TOPK_MAX): the
+ * scaled logits' keys (lq_fkey, inverted) sorted with their ids by a stable
+ * radix sort (CUB), which is the host's order (value descending, then id
+ * ascending); top-k's count (ties with the k-th value kept) by a binary
+ * search; the weights of lq_blocks.h's fixed point and min-p's first
+ * dropped token (k_all_w); their prefix sums (CUB; exact integers, so the
+ * host's sums in order); then one thread finds top-p's cut and the drawn
+ * token by binary searches of those sums (k_all_draw).
+ */
+struct sa_hdr {
+	int nan, km;
+};
+
+struct sa_layout {
+	size_t keys, keys2, ids, ids2, w, cum, tmp, tmp_bytes, total;
+};
+
+static size_t sa_up(size_t x)
+{
+	return (x + 255) & ~(size_t)255;
+}
+
+static int sa_plan(int64_t n, struct sa_layout *L)
+{
+	size_t sort_b = 0, scan_b = 0;
+	cudaError_t e = cub::DeviceRadixSort::SortPairs(nullptr, sort_b, (const uint32_t *)nullptr, (uint32_t *)nullptr,
+							 (const int32_t *)nullptr, (int32_t *)nullptr, (int)n, 0, 32);
+	if (e == cudaSuccess)
+		e = cub::DeviceScan::InclusiveSum(nullptr, scan_b, (const unsigned long long *)nullptr,
+						  (unsigned long long *)nullptr, (int)n);
+	if (e != cudaSuccess)
+		return (int)e;
+	const size_t u4 = sa_up(4 * (size_t)n), u8 = sa_up(8 * (size_t)n);
+	L->keys = sa_up(sizeof(struct sa_hdr));
+	L->keys2 = L->keys + u4;
+	L->ids = L->keys2 + u4;
+	L->ids2 = L->ids + u4;
+	L->w = L->ids2 + u4;
+	L->cum = L->w + u8;
+	L->tmp = L->cum + u8;
+	L->tmp_bytes = sort_b > scan_b ? sort_b : scan_b;
+	L->total = L->tmp + sa_up(L->tmp_bytes);
+	return 0;
+}
+
+size_t lq_cuda_sample_all_scratch_size(int64_t n)
+{
+	struct sa_layout L;
+	return n >= 1 && n <= LQ_CUDA_TOPK_NMAX && !sa_plan(n, &L) ? L.total : 0;
+}
+
+/* The count top-k keeps from the sorted keys (key order: value descending):
+ * the tokens up to the last one equal to the k-th. */
+__device__ __forceinline__ int sa_keep(const uint32_t *keys, int n, int k)
+{
+	if (k <= 0 || k >= n)
+		return n;
+	const uint32_t kth = keys[k - 1];
+	int lo = k, hi = n; /* the first index past kth's ties */
+	while (lo < hi) {
+		const int mid = (lo + hi) >> 1;
+		if (keys[mid] <= kth)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+__global__ void k_all_keys(const float *l, int n, float t, uint32_t *keys, int32_t *ids, struct sa_hdr *h,
+			   const int *stop)
+{
+	if (*(volatile const int *)stop)
+		return;
+	if (blockIdx.x == 0 && threadIdx.x == 0)
+		h->km = n;
+	for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+		const float v = __fdiv_rn(l[i], t);
+		if (v != v)
+			h->nan = 1;
+		keys[i] = ~lq_fkey(v);
+		ids[i] = i;
+	}
+}
+
+__global__ void k_all_w(const uint32_t *keys, int n, int top_k, double min_p, uint64_t *w, struct sa_hdr *h,
+			const int *stop)
+{
+	__shared__ int keep;
+	if (*(volatile const int *)stop || h->nan)
+		return;
+	if (threadIdx.x == 0)
+		keep = sa_keep(keys, n, top_k);
+	__syncthreads();
+	const int S = lq_pick_shift(keep);
+	const double mx = kfloat(~keys[0]);
+	for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+		uint64_t wi = 0;
+		if (i < keep) {
+			const double e = exp((double)kfloat(~keys[i]) - mx);
+			wi = lq_pick_weight(e, S);
+			if (min_p > 0 && i >= 1 && !(e >= min_p))
+				atomicMin(&h->km, i);
+		}
+		w[i] = wi;
+	}
+}
+
+__global__ void k_all_draw(const uint32_t *keys, const int32_t *ids, const uint64_t *cum, int n, int top_k, double top_p,
+			   uint64_t *rng, int *stop, int32_t *out, struct sa_hdr *h)
+{
+	if (*(volatile int *)stop)
+		return;
+	if (h->nan) {
+		h->nan = 0;
+		*stop = 1; /* a NaN: the host sorts such rows its own way */
+		return;
+	}
+	const int keep = sa_keep(keys, n, top_k);
+	const uint64_t total = cum[keep - 1];
+	int k = keep;
+	if (top_p > 0 && top_p < 1.0) {
+		/* the first i >= 1 whose tail total - cum[i - 1] is within the limit */
+		const uint64_t lim = lq_pick_toplim(top_p, total);
+		int lo = 1, hi = keep;
+		while (lo < hi) {
+			const int mid = (lo + hi) >> 1;
+			if (total - cum[mid - 1] <= lim)
+				hi = mid;
+			else
+				lo = mid + 1;
+		}
+		k = lo;
+	}
+	k = min(k, h->km);
+	const uint64_t wk = cum[k - 1];
+	uint64_t s[4] = { rng[0], rng[1], rng[2], rng[3] };
+	const uint64_t x = lq_xoshiro_next(s);
+	for (int j = 0; j < 4; j++)
+		rng[j] = s[j];
+	int at = 0;
+	if (wk) {
+		/* the first token whose cumulative weight exceeds r */
+		const uint64_t r = lq_pick_target(x, wk);
+		int lo = 0, hi = k - 1;
+		while (lo < hi) {
+			const int mid = (lo + hi) >> 1;
+			if (cum[mid] > r)
+				hi = mid;
+			else
+				lo = mid + 1;
+		}
+		at = lo;
+	}
+	*out = ids[at];
+}
+
+int lq_cuda_sample_all(const float *d_logits, int64_t n, float temperature, int top_k, double top_p, double min_p,
+		       uint64_t *d_rng, int *d_stop, int32_t *d_id, void *d_scratch, void *stream)
+{
+	struct sa_layout L;
+	if (n < 1 || n > LQ_CUDA_TOPK_NMAX || !(temperature > 0))
+		return (int)cudaErrorInvalidValue;
+	int rc = sa_plan(n, &L);
+	if (rc)
+		return rc;
+	cudaStream_t st = (cudaStream_t)stream;
+	uint8_t *b = (uint8_t *)d_scratch;
+	struct sa_hdr *h = (struct sa_hdr *)b;
+	uint32_t *keys = (uint32_t *)(b + L.keys), *keys2 = (uint32_t *)(b + L.keys2);
+	int32_t *ids = (int32_t *)(b + L.ids), *ids2 = (int32_t *)(b + L.ids2);
+	uint64_t *w = (uint64_t *)(b + L.w), *cum = (uint64_t *)(b + L.cum);
+	const unsigned grid = (unsigned)((n + 255) / 256 < 1024 ? (n + 255) / 256 : 1024);
+	k_all_keys<<<grid, 256, 0, st>>>(d_logits, (int)n, temperature, keys, ids, h, d_stop);
+	size_t tb = L.tmp_bytes;
+	cudaError_t e = cub::DeviceRadixSort::SortPairs(b + L.tmp, tb, keys, keys2, ids, ids2, (int)n, 0, 32, st);
+	if (e != cudaSuccess)
+		return (int)e;
+	k_all_w<<<grid, 256, 0, st>>>(keys2, (int)n, top_k, min_p, w, h, d_stop);
+	tb = L.tmp_bytes;
+	e = cub::DeviceScan::InclusiveSum(b + L.tmp, tb, (const unsigned long long *)w, (unsigned long long *)cum, (int)n,
+					  st);
+	if (e != cudaSuccess)
+		return (int)e;
+	k_all_draw<<<1, 1, 0, st>>>(keys2, ids2, cum, (int)n, top_k, top_p, d_rng, d_stop, d_id, h);
 	return (int)cudaGetLastError();
 }

@@ -1,10 +1,11 @@
 /*
- * test_sample.cu - lq_cuda_topk, lq_cuda_pick and lq_cuda_penalty against
+ * test_sample.cu - lq_cuda_topk, lq_cuda_pick, lq_cuda_sample_all and lq_cuda_penalty against
  * the host's arithmetic (make check-gpu): the kept set (ties with the k-th
  * value, -0 and +0, infinities, vocabularies of one to many blocks) and its
  * values bit for bit, -1 on NaN and on sets over LQ_CUDA_TOPK_MAX; the pick
  * after the top-k against lq_sample (the id and the generator state after
- * it, top-p and min-p on and off, a stop on a row with no set); the penalty
+ * it, top-p and min-p on and off, a stop on a row with no set); the whole
+ * row's pick (top-k off or over the set's cap) the same way; the penalty
  * bit for bit.  Rows whose ties at the k-th value fill the first pass's bin
  * ("infs", "equal" with k 1024) must not lose them.
  *
@@ -67,6 +68,52 @@ static void fill(float *l, int64_t n, int kind)
 		l[n / 2] = INFINITY;
 	if (kind == NAN1)
 		l[rnd() % (uint64_t)n] = NAN;
+}
+
+struct pick_dev {
+	uint64_t rng[4];
+	int stop;
+	int32_t id;
+};
+
+/* l[0..n) (kind) on the device, then launch() draws from it into d_pk,
+ * against lq_sample with o on the host from the generator seeded with
+ * seed: the same id and generator state after, unless stopped() (asked
+ * after the launch) says the device could not make the set: then the stop
+ * flag is set and nothing else changed.  Then, with the stop flag set,
+ * launch() must change nothing.  Returns whether it stopped. */
+template <typename L, typename S>
+static int draw_case(const char *what, float *l, float *d_l, int64_t n, int kind, const struct lq_sample_opts *o,
+		     uint64_t seed, struct pick_dev *d_pk, L launch, S stopped)
+{
+	struct pick_dev hd;
+	struct lq_rng hr;
+	lq_rng_seed(&hr, seed);
+	memcpy(hd.rng, hr.s, sizeof hd.rng);
+	hd.stop = 0;
+	hd.id = -7;
+	CU(cudaMemcpy(d_pk, &hd, sizeof hd, cudaMemcpyHostToDevice));
+	CU(cudaMemcpy(d_l, l, n * 4, cudaMemcpyHostToDevice));
+	CHECK(launch() == 0, "%s: launch", what);
+	CU(cudaMemcpy(&hd, d_pk, sizeof hd, cudaMemcpyDeviceToHost));
+	if (stopped()) {
+		CHECK(hd.stop == 1 && hd.id == -7 && !memcmp(hd.rng, hr.s, sizeof hd.rng),
+		      "%s n %lld %s k %d: no set: stop %d id %d", what, (long long)n, kind_name[kind], o->top_k, hd.stop, hd.id);
+		return 1;
+	}
+	int32_t want_id = lq_sample(l, n, o, NULL, 0, &hr);
+	CHECK(hd.stop == 0 && hd.id == want_id, "%s n %lld %s k %d T %g top-p %g min-p %g: picked %d, lq_sample %d", what,
+	      (long long)n, kind_name[kind], o->top_k, o->temperature, o->top_p, o->min_p, hd.id, want_id);
+	CHECK(!memcmp(hd.rng, hr.s, sizeof hd.rng), "%s n %lld %s k %d: generator state differs", what, (long long)n,
+	      kind_name[kind], o->top_k);
+	/* stopped: nothing changes */
+	struct pick_dev before = hd;
+	hd.stop = 1;
+	CU(cudaMemcpy(d_pk, &hd, sizeof hd, cudaMemcpyHostToDevice));
+	CHECK(launch() == 0, "%s: launch", what);
+	CU(cudaMemcpy(&hd, d_pk, sizeof hd, cudaMemcpyDeviceToHost));
+	CHECK(hd.id == before.id && !memcmp(hd.rng, before.rng, sizeof hd.rng), "%s: a stopped draw drew", what);
+	return 0;
 }
 
 int main(void)
@@ -141,11 +188,7 @@ int main(void)
 		static const int64_t pn[] = { 1, 7, 1000, 32000, 128256 };
 		static const int pk[] = { 1, 5, 40, 50, 1024 };
 		static const double pp[] = { 1.0, 0.9, 0.5, 1.0, 0.95 }, pm[] = { 0.0, 0.0, 0.05, 0.2, 0.0 };
-		struct pick_dev {
-			uint64_t rng[4];
-			int stop;
-			int32_t id;
-		} hd, *d_pk;
+		struct pick_dev *d_pk;
 		CU(cudaMalloc(&d_pk, sizeof *d_pk));
 		int pc = 0;
 		for (size_t si = 0; si < sizeof pn / sizeof pn[0]; si++)
@@ -162,38 +205,99 @@ int main(void)
 					if (kind == GRID)
 						for (int64_t i = 0; i < n; i++)
 							l[i] *= 0.25f; /* close values: every pick likely */
-					struct lq_rng hr;
-					lq_rng_seed(&hr, 77 + (uint64_t)pc);
-					memcpy(hd.rng, hr.s, sizeof hd.rng);
-					hd.stop = 0;
-					hd.id = -7;
-					CU(cudaMemcpy(d_pk, &hd, sizeof hd, cudaMemcpyHostToDevice));
-					CU(cudaMemcpy(d_l, l, n * 4, cudaMemcpyHostToDevice));
-					CHECK(lq_cuda_topk(d_l, n, (float)o.temperature, o.top_k, d_scr, d_out, 0) == 0, "launch");
-					CHECK(lq_cuda_pick(d_out, o.top_p, o.min_p, d_pk->rng, &d_pk->stop, &d_pk->id, 0) == 0,
-					      "pick launch");
-					CU(cudaMemcpy(&hd, d_pk, sizeof hd, cudaMemcpyDeviceToHost));
-					CU(cudaMemcpy(&h->count, &d_out->count, 4, cudaMemcpyDeviceToHost));
-					if (h->count < 0) {
-						CHECK(hd.stop == 1 && hd.id == -7 && !memcmp(hd.rng, hr.s, sizeof hd.rng),
-						      "n %lld %s k %d: no set: stop %d id %d", (long long)n, kind_name[kind], o.top_k,
-						      hd.stop, hd.id);
-						continue;
-					}
-					int32_t want_id = lq_sample(l, n, &o, NULL, 0, &hr);
-					CHECK(hd.stop == 0 && hd.id == want_id, "n %lld %s k %d T %g top-p %g min-p %g: picked %d, lq_sample %d",
-					      (long long)n, kind_name[kind], o.top_k, o.temperature, o.top_p, o.min_p, hd.id, want_id);
-					CHECK(!memcmp(hd.rng, hr.s, sizeof hd.rng), "n %lld %s k %d: generator state differs",
-					      (long long)n, kind_name[kind], o.top_k);
-					/* stopped: nothing changes */
-					struct pick_dev before = hd;
-					hd.stop = 1;
-					CU(cudaMemcpy(d_pk, &hd, sizeof hd, cudaMemcpyHostToDevice));
-					CHECK(lq_cuda_pick(d_out, o.top_p, o.min_p, d_pk->rng, &d_pk->stop, &d_pk->id, 0) == 0,
-					      "pick launch");
-					CU(cudaMemcpy(&hd, d_pk, sizeof hd, cudaMemcpyDeviceToHost));
-					CHECK(hd.id == before.id && !memcmp(hd.rng, before.rng, sizeof hd.rng), "a stopped pick drew");
+					bool first = true;
+					draw_case(
+						"pick", l, d_l, n, kind, &o, 77 + (uint64_t)pc, d_pk,
+						[&]() {
+							/* the set once; the second launch (stopped) only picks */
+							if (first && lq_cuda_topk(d_l, n, (float)o.temperature, o.top_k, d_scr, d_out, 0))
+								return 1;
+							first = false;
+							return lq_cuda_pick(d_out, o.top_p, o.min_p, d_pk->rng, &d_pk->stop, &d_pk->id, 0);
+						},
+						[&]() {
+							CU(cudaMemcpy(&h->count, &d_out->count, 4, cudaMemcpyDeviceToHost));
+							return h->count < 0;
+						});
 				}
+		cudaFree(d_pk);
+	}
+	/* lq_cuda_sample_all (top-k off or past LQ_CUDA_TOPK_MAX: the sorted
+	 * row on the device) against lq_sample on the host: the same id and
+	 * generator state; a NaN row sets the stop flag and changes nothing
+	 * else; a set stop flag makes it do nothing; one scratch for every
+	 * size (made for the largest), reused */
+	{
+		static const int64_t an[] = { 1, 2, 7, 1000, 4097, 32000, 128256, 151936 };
+		static const int ak[] = { 0, 0, 1, 3, 1025, 5000 };
+		static const double ap[] = { 1.0, 0.9, 0.5, 1.0, 0.95, 0.999 }, am[] = { 0.0, 0.0, 0.05, 0.2, 0.0 };
+		struct pick_dev hd, *d_pk;
+		CU(cudaMalloc(&d_pk, sizeof *d_pk));
+		const size_t sab = lq_cuda_sample_all_scratch_size(151936);
+		CHECK(sab > 0 && lq_cuda_sample_all_scratch_size(0) == 0 &&
+		      lq_cuda_sample_all_scratch_size(LQ_CUDA_TOPK_NMAX + 1) == 0, "scratch sizes");
+		void *d_sa;
+		CU(cudaMalloc(&d_sa, sab));
+		CU(cudaMemset(d_sa, 0, sab));
+		int ac = 0, nstop = 0;
+		for (size_t si = 0; si < sizeof an / sizeof an[0]; si++)
+			for (int kind = RANDOM; kind <= NAN1; kind++)
+				for (size_t ki = 0; ki < sizeof ak / sizeof ak[0]; ki++, ac++) {
+					const int64_t n = an[si];
+					struct lq_sample_opts o;
+					lq_sample_opts_init(&o);
+					o.temperature = temps[ac % 3];
+					o.top_k = ak[ki] == 5000 ? (int)n : ak[ki]; /* k = n: no top-k */
+					o.top_p = ap[ac % 6];
+					o.min_p = am[(ac / 6) % 5];
+					fill(l, n, kind);
+					if (kind == GRID)
+						for (int64_t i = 0; i < n; i++)
+							l[i] *= 0.25f;
+					nstop += draw_case(
+						"sample_all", l, d_l, n, kind, &o, 300 + (uint64_t)ac, d_pk,
+						[&]() {
+							return lq_cuda_sample_all(d_l, n, (float)o.temperature, o.top_k, o.top_p, o.min_p,
+										  d_pk->rng, &d_pk->stop, &d_pk->id, d_sa, 0);
+						},
+						[&]() { return kind == NAN1; });
+				}
+		CHECK(nstop > 0, "no NaN rows");
+		/* many draws from one row: the same ids as the host's, and more
+		 * than one distinct id (the draw is not stuck) */
+		{
+			const int64_t n = 128256;
+			fill(l, n, RANDOM);
+			for (int64_t i = 0; i < n; i++)
+				l[i] *= 0.05f;
+			struct lq_sample_opts o;
+			lq_sample_opts_init(&o);
+			o.top_k = 0;
+			o.top_p = 0.9;
+			struct lq_rng hr;
+			lq_rng_seed(&hr, 5);
+			memcpy(hd.rng, hr.s, sizeof hd.rng);
+			hd.stop = 0;
+			CU(cudaMemcpy(d_pk, &hd, sizeof hd, cudaMemcpyHostToDevice));
+			CU(cudaMemcpy(d_l, l, n * 4, cudaMemcpyHostToDevice));
+			int same = 1, distinct = 0, prev = -1;
+			for (int r = 0; r < 40; r++) {
+				CHECK(lq_cuda_sample_all(d_l, n, 1.0f, 0, o.top_p, 0.0, d_pk->rng, &d_pk->stop, &d_pk->id, d_sa, 0) == 0,
+				      "sample_all launch");
+				CU(cudaMemcpy(&hd, d_pk, sizeof hd, cudaMemcpyDeviceToHost));
+				memcpy(sc, l, n * 4);
+				const int32_t want_id = lq_sample(sc, n, &o, NULL, 0, &hr);
+				same &= hd.id == want_id;
+				distinct += hd.id != prev;
+				prev = hd.id;
+			}
+			CHECK(same && distinct > 20, "40 draws: same %d, %d changes", same, distinct);
+		}
+		CHECK(lq_cuda_sample_all(d_l, 100, 0.0f, 0, 1.0, 0.0, d_pk->rng, &d_pk->stop, &d_pk->id, d_sa, 0) != 0,
+		      "sample_all: temperature 0 accepted");
+		CHECK(lq_cuda_sample_all(d_l, 0, 1.0f, 0, 1.0, 0.0, d_pk->rng, &d_pk->stop, &d_pk->id, d_sa, 0) != 0,
+		      "sample_all: n 0 accepted");
+		cudaFree(d_sa);
 		cudaFree(d_pk);
 	}
 	/* bad arguments */

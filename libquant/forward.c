@@ -712,7 +712,7 @@ int lq_run_forward_sample_n(struct lq_run *r, int32_t token, int64_t pos, size_t
 	if (rc)
 		return rc;
 	const int penal = lq_sample_penalized(o);
-	const int dev = r->be && r->be->sample_n && lq_sample_chained(o); /* temperature > 0: greedy went above */
+	const int dev = r->be && r->be->sample_n;
 	/* the penalty's ids: seen, then each pick */
 	int32_t *sn = NULL;
 	if (penal) {
@@ -725,12 +725,15 @@ int lq_run_forward_sample_n(struct lq_run *r, int32_t token, int64_t pos, size_t
 		int32_t t = i ? ids[i - 1] : token;
 		if (dev) {
 			size_t done = 0;
-			rc = r->be->sample_n(r->be_state, t, pos + (int64_t)i, n - i, o, rng->s, ids + i, &done, err);
+			rc = r->be->sample_n(r->be_state, t, pos + (int64_t)i, n - i, o, penal ? sn : seen,
+					     penal ? nseen + i : nseen, rng ? rng->s : NULL, ids + i, &done, err);
 			if (rc) {
 				r->pos = pos < r->pos ? pos : r->pos;
 				break;
 			}
 			r->pos = pos + (int64_t)(i + done);
+			if (penal)
+				memcpy(sn + nseen + i, ids + i, done * sizeof *sn);
 			if ((i += done) == n)
 				break;
 			t = i ? ids[i - 1] : token;

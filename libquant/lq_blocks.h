@@ -340,6 +340,18 @@ LQ_HD static inline float lq_act(int a, float x)
  * (gpu/sample.cu's lq_cuda_pick), so that both draw the same token from the
  * same kept set and generator state. */
 
+/* A key whose unsigned order is the float order of non-NaN v, -0 taken as
+ * +0 (which it equals), so that equal floats have equal keys: the top-k's
+ * radix selects and sort, host and device. */
+LQ_HD static inline uint32_t lq_fkey(float v)
+{
+	uint32_t u;
+	if (v == 0.0f)
+		v = 0.0f;
+	memcpy(&u, &v, 4);
+	return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
 LQ_HD static inline uint64_t lq_rotl64(uint64_t x, int k)
 {
 	return (x << k) | (x >> (64 - k));
@@ -364,55 +376,62 @@ LQ_HD static inline double lq_uniform53(uint64_t x)
 	return (double)(x >> 11) * 0x1.0p-53;
 }
 
-/* The sum of p[0..n) in index order (the pick's sums; the host and the
- * device add in this order so that they agree to the bit). */
-LQ_HD static inline double lq_pick_sum(const double *p, int64_t n)
+/*
+ * The pick's arithmetic, in fixed point.  A kept token i (sorted: value
+ * descending, then id ascending; l_0 the largest) weighs
+ * exp(l_i - l_0) * 2^S, truncated to an integer, with S = lq_pick_shift(n)
+ * for n kept tokens, so that every sum of weights is exact and below 2^62:
+ * the host adds them in order, the device in parallel, and both get the
+ * same sums, hence the same filters and the same draw.  A token whose
+ * exp(l_i - l_0) is below 2^-S (2^-45 for 128,256 tokens) weighs 0 and is
+ * never drawn; NaN weighs 0.
+ *
+ * Then, as transformers orders them: top-p keeps the first k_p tokens, k_p
+ * the smallest i >= 1 whose tail weight (tokens i..n-1) is at most
+ * lq_pick_toplim(top_p, total) (none: n); min-p keeps the tokens before
+ * the first i >= 1 with exp(l_i - l_0) < min_p; the kept k = min of the
+ * two.  The draw: r = lq_pick_target(x, W), W the first k tokens' weight
+ * and x one generator output; the token drawn is the first i whose
+ * cumulative weight (tokens 0..i) exceeds r (W = 0: token 0).
+ */
+LQ_HD static inline int lq_pick_shift(int64_t n)
 {
-	double sum = 0;
-	for (int64_t i = 0; i < n; i++)
-		sum += p[i];
-	return sum;
+	int b = 0;
+	while (b < 62 && ((int64_t)1 << b) < n)
+		b++;
+	return 62 - b;
 }
 
-/*
- * p[0..keep) (keep >= 1): the kept tokens' probabilities, sorted
- * descending, each exp(l_i - l_0) / lq_pick_sum of those.  Applies top-p
- * (transformers': drop, from the least likely, the tokens whose cumulative
- * probability is <= 1 - top_p; the most likely always stays) and min-p,
- * then draws with u (uniform in [0, 1)) over what is left.  Returns the
- * index drawn.  The loops run to the end without a branch out (each count
- * stops growing at the first failed test, as a loop that stops there
- * would); no product is added (no contraction), so the host and the device
- * agree.
- */
-LQ_HD static inline int64_t lq_pick_normed(const double *p, int64_t keep, double top_p, double min_p, double u)
+/* e = exp(l_i - l_0) as a weight (0 for NaN and e <= 0, 2^S for e >= 1). */
+LQ_HD static inline uint64_t lq_pick_weight(double e, int S)
 {
-	if (top_p > 0 && top_p < 1.0) {
-		double cum = 0;
-		const double lim = 1.0 - top_p;
-		int64_t drop = 0;
-		for (int64_t i = keep - 1; i >= 1; i--) {
-			cum += p[i];
-			drop += cum <= lim && drop == keep - 1 - i;
-		}
-		keep -= drop;
-	}
-	if (min_p > 0) {
-		const double thr = min_p * p[0];
-		int64_t k = 1;
-		for (int64_t i = 1; i < keep; i++)
-			k += k == i && p[i] >= thr;
-		keep = k;
-	}
-	const double v = u * lq_pick_sum(p, keep);
-	double acc = 0;
-	int64_t at = keep - 1;
-	for (int64_t i = 0; i < keep; i++) {
-		acc += p[i];
-		if (v < acc && at == keep - 1)
-			at = i;
-	}
-	return at;
+	if (!(e > 0))
+		return 0;
+	if (e >= 1)
+		return (uint64_t)1 << S;
+	return (uint64_t)(e * ldexp(1.0, S)); /* exact scaling, truncated */
+}
+
+/* Tails of at most this weight are dropped by top-p (0 < top_p < 1):
+ * transformers drops the tokens whose cumulative probability from the
+ * least likely is <= 1 - top_p. */
+LQ_HD static inline uint64_t lq_pick_toplim(double top_p, uint64_t total)
+{
+	return (uint64_t)((1.0 - top_p) * (double)total);
+}
+
+/* floor(x53 * w / 2^53), x53 the top 53 bits of the output x (w < 2^62):
+ * a weight position uniform in [0, w), by a 128-bit product in 32-bit
+ * pieces (the same on the host and the device). */
+LQ_HD static inline uint64_t lq_pick_target(uint64_t x, uint64_t w)
+{
+	const uint64_t a = x >> 11;
+	const uint64_t al = a & 0xffffffffu, ah = a >> 32, bl = w & 0xffffffffu, bh = w >> 32;
+	const uint64_t ll = al * bl, lh = al * bh, hl = ah * bl, hh = ah * bh;
+	const uint64_t mid = (ll >> 32) + (lh & 0xffffffffu) + (hl & 0xffffffffu);
+	const uint64_t lo = (ll & 0xffffffffu) | (mid << 32);
+	const uint64_t hi = hh + (lh >> 32) + (hl >> 32) + (mid >> 32);
+	return (hi << 11) | (lo >> 53);
 }
 
 #endif /* LQ_BLOCKS_H */

@@ -159,17 +159,20 @@ struct lq_backend {
 	 * without the host waiting between the steps (token in range, pos +
 	 * n within the context: validated) */
 	int (*argmax_n)(void *state, int32_t token, int64_t pos, size_t n, int32_t *ids, struct lq_error *err);
-	/* optional (NULL: sampling step by step): sampling's n >= 1 steps at
-	 * once, as argmax_n's, for o with temperature > 0, no repetition
-	 * penalty and 0 < top_k <= 1024 (else LQ_ERR_INVALID): each step's
-	 * pick is lq_sample's, drawn from the xoshiro256** state rng[4] (struct
-	 * lq_rng's, advanced once per step).  *done receives the steps made:
-	 * fewer than n when the device could not make a step's kept set (a NaN
-	 * logit, more ties than the cap); then ids[0..*done) are valid, rng is
-	 * advanced *done times, the cache holds positions up to pos + *done - 1
-	 * and step *done is the caller's to run. */
+	/* optional (NULL: sampling step by step): lq_sample's n >= 1 steps at
+	 * once, as argmax_n's, for any o: each step's pick is lq_sample's
+	 * (repetition penalty over seen[0..nseen) and the steps' picks so far;
+	 * token is seen's last), drawn from the xoshiro256** state rng[4]
+	 * (struct lq_rng's, advanced once per step; NULL and untouched with
+	 * temperature <= 0).  *done receives the steps made: fewer than n when
+	 * the device could not make a step's kept set (a NaN logit, more ties at
+	 * top-k's k-th value than 1024, a vocabulary over the device sampler's
+	 * limit); then ids[0..*done) are valid, rng is advanced *done times, the
+	 * cache holds positions up to pos + *done - 1 and step *done is the
+	 * caller's to run. */
 	int (*sample_n)(void *state, int32_t token, int64_t pos, size_t n, const struct lq_sample_opts *o,
-			uint64_t rng[4], int32_t *ids, size_t *done, struct lq_error *err);
+			const int32_t *seen, size_t nseen, uint64_t rng[4], int32_t *ids, size_t *done,
+			struct lq_error *err);
 };
 /* The CPU backend (static, never freed). */
 const struct lq_backend *lq_backend_cpu(void);
@@ -240,18 +243,19 @@ int lq_run_forward_sample(struct lq_run *r, const int32_t *tokens, size_t n, int
  * the ids so far), then each step's pick run at the next position; ids[i]
  * receives step i's pick: the ids, and the draws from rng, that n calls of
  * lq_run_forward_sample would give, each step's pick appended to seen.
- * Greedy without a penalty: lq_run_forward_argmax_n.  On the GPU, without a
- * repetition penalty and with 0 < top_k <= 1024, the steps are chained on
- * the device (the draw too, from a copy of rng that comes back), and the
- * host waits once per 256 steps; otherwise step by step.  Errors as
+ * Greedy without a penalty: lq_run_forward_argmax_n.  On the GPU the steps
+ * are chained on the device (the penalty, the filters and the draw too,
+ * from a copy of rng that comes back), and the host waits once per 256
+ * steps; a step the device cannot make (a NaN logit) is the host's.  Errors as
  * lq_run_forward_argmax_n's; LQ_ERR_INVALID also when sampling without rng.
  */
 int lq_run_forward_sample_n(struct lq_run *r, int32_t token, int64_t pos, size_t n,
 			    const struct lq_sample_opts *o, const int32_t *seen, size_t nseen, struct lq_rng *rng,
 			    int32_t *ids, struct lq_error *err);
-/* The largest top-k the GPU's sampler keeps on the device (and so chains:
- * lq_run_forward_sample_n); larger ones, or top-k off, send the logits to
- * the host. */
+/* The largest top-k whose set the GPU's sampler selects on the device
+ * (lq_run_forward_sample sends only that set to the host); larger ones, or
+ * top-k off, send the logits to the host there, and lq_run_forward_sample_n
+ * sorts the whole row on the device instead. */
 #define LQ_RUN_TOPK_MAX 1024
 /* The backend in use ("cpu" or "cuda") and a one-line description of the
  * device (owned by r). */
@@ -282,10 +286,6 @@ int lq_sample_penalized(const struct lq_sample_opts *o);
 /* 1 when lq_sample with o picks the argmax (the lowest id of the maximum)
  * of the logits as given: temperature <= 0 and no penalty. */
 int lq_sample_is_argmax(const struct lq_sample_opts *o);
-/* 1 when lq_run_forward_sample_n chains o's steps on the GPU: no penalty,
- * and greedy or 0 < top_k <= LQ_RUN_TOPK_MAX. */
-int lq_sample_chained(const struct lq_sample_opts *o);
-
 /* A random generator (xoshiro256**), seeded; plain value, no allocation. */
 struct lq_rng {
 	uint64_t s[4];
@@ -299,7 +299,10 @@ double lq_rng_uniform(struct lq_rng *r);
  * temperature, filtering), given the ids seen so far (prompt and generated,
  * for the repetition penalty).  The order of the processors is
  * transformers': repetition penalty, temperature, top-k, top-p, min-p.
- * Greedy with temperature <= 0.  Returns the id, or -1 when vocab is 0.
+ * The probabilities are exp(l_i - l_max) in a fixed point whose sums are
+ * exact (lq_blocks.h), so that the GPU's parallel pick draws the same
+ * token.  Greedy with temperature <= 0.  Returns the id, or -1 when vocab
+ * is 0.
  */
 int32_t lq_sample(float *logits, int64_t vocab, const struct lq_sample_opts *o,
 		  const int32_t *seen, size_t nseen, struct lq_rng *rng);

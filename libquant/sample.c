@@ -64,21 +64,53 @@ int32_t lq_argmax_f32(const float *l, int64_t n)
 }
 
 /* From iv[0..keep) (sorted by cmp_desc, keep >= 1: the tokens top-k kept),
- * the rest of lq_sample: probabilities, top-p, min-p, the draw
- * (lq_pick_sum, lq_pick_normed: the device's pick shares them). */
+ * the rest of lq_sample: weights, top-p, min-p and the draw, in the fixed
+ * point of lq_blocks.h (the device's pick computes the same sums in
+ * parallel). */
 static int32_t pick(const struct idx_val *iv, int64_t keep, const struct lq_sample_opts *o, struct lq_rng *rng)
 {
-	double mx = iv[0].v;
-	double *p = malloc((size_t)keep * sizeof *p);
-	if (!p)
+	const double mx = iv[0].v;
+	uint64_t *w = malloc((size_t)keep * sizeof *w);
+	if (!w)
 		return iv[0].i;
-	for (int64_t i = 0; i < keep; i++)
-		p[i] = exp((double)iv[i].v - mx);
-	const double sum = lq_pick_sum(p, keep);
-	for (int64_t i = 0; i < keep; i++)
-		p[i] /= sum;
-	int64_t at = lq_pick_normed(p, keep, o->top_p, o->min_p, lq_rng_uniform(rng));
-	free(p);
+	const int S = lq_pick_shift(keep);
+	uint64_t total = 0;
+	int64_t km = keep; /* min-p: the first token it drops */
+	for (int64_t i = 0; i < keep; i++) {
+		const double e = exp((double)iv[i].v - mx);
+		w[i] = lq_pick_weight(e, S);
+		total += w[i];
+		if (o->min_p > 0 && i >= 1 && km == keep && !(e >= o->min_p))
+			km = i;
+	}
+	int64_t k = keep;
+	if (o->top_p > 0 && o->top_p < 1.0) {
+		const uint64_t lim = lq_pick_toplim(o->top_p, total);
+		uint64_t tail = 0;
+		for (int64_t i = keep - 1; i >= 1; i--) {
+			tail += w[i];
+			if (tail > lim)
+				break;
+			k = i;
+		}
+	}
+	if (km < k)
+		k = km;
+	uint64_t wk = 0;
+	for (int64_t i = 0; i < k; i++)
+		wk += w[i];
+	const uint64_t x = lq_xoshiro_next(rng->s);
+	int64_t at = 0;
+	if (wk) {
+		const uint64_t r = lq_pick_target(x, wk);
+		uint64_t cum = 0;
+		for (at = 0; at < k - 1; at++) {
+			cum += w[at];
+			if (cum > r)
+				break;
+		}
+	}
+	free(w);
 	return iv[at].i;
 }
 
@@ -109,11 +141,6 @@ int lq_sample_is_argmax(const struct lq_sample_opts *o)
 	return o->temperature <= 0 && !lq_sample_penalized(o);
 }
 
-int lq_sample_chained(const struct lq_sample_opts *o)
-{
-	return !lq_sample_penalized(o) && (o->temperature <= 0 || (o->top_k > 0 && o->top_k <= LQ_RUN_TOPK_MAX));
-}
-
 /* o's repetition penalty, each distinct id of seen once (torch gathers then
  * scatters); out of memory: each occurrence. */
 static void penalize(float *logits, int64_t vocab, const struct lq_sample_opts *o, const int32_t *seen, size_t nseen)
@@ -134,17 +161,6 @@ static void penalize(float *logits, int64_t vocab, const struct lq_sample_opts *
 	free(ids);
 }
 
-/* A key whose unsigned order is the float order of non-NaN v, -0 taken as
- * +0 (which it equals), so that equal floats have equal keys. */
-static uint32_t fkey(float v)
-{
-	uint32_t u;
-	if (v == 0.0f)
-		v = 0.0f;
-	memcpy(&u, &v, sizeof u);
-	return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
 /* The k-th largest (1 <= k <= n) of v[0..n) (no NaN): a radix select over
  * the keys, four 8-bit digits from the top. */
 static float kth_largest(const float *v, int64_t n, int64_t k)
@@ -153,7 +169,7 @@ static float kth_largest(const float *v, int64_t n, int64_t k)
 	for (int shift = 24; shift >= 0; shift -= 8) {
 		int64_t hist[256] = {0};
 		for (int64_t i = 0; i < n; i++) {
-			uint32_t key = fkey(v[i]);
+			uint32_t key = lq_fkey(v[i]);
 			if ((key & mask) == prefix)
 				hist[(key >> shift) & 255u]++;
 		}
@@ -164,7 +180,7 @@ static float kth_largest(const float *v, int64_t n, int64_t k)
 		mask |= 255u << shift;
 	}
 	for (int64_t i = 0; i < n; i++)
-		if (fkey(v[i]) == prefix)
+		if (lq_fkey(v[i]) == prefix)
 			return v[i];
 	return v[0]; /* not reached */
 }
@@ -178,7 +194,7 @@ static struct idx_val *sort_desc(struct idx_val *iv, struct idx_val *tmp, int64_
 	for (int shift = 0; shift < 32; shift += 11) {
 		int64_t cnt[2048] = {0};
 		for (int64_t i = 0; i < n; i++)
-			cnt[(~fkey(iv[i].v) >> shift) & 2047u]++;
+			cnt[(~lq_fkey(iv[i].v) >> shift) & 2047u]++;
 		int64_t at = 0;
 		for (int d = 0; d < 2048; d++) {
 			int64_t c = cnt[d];
@@ -186,7 +202,7 @@ static struct idx_val *sort_desc(struct idx_val *iv, struct idx_val *tmp, int64_
 			at += c;
 		}
 		for (int64_t i = 0; i < n; i++)
-			tmp[cnt[(~fkey(iv[i].v) >> shift) & 2047u]++] = iv[i];
+			tmp[cnt[(~lq_fkey(iv[i].v) >> shift) & 2047u]++] = iv[i];
 		struct idx_val *t = iv;
 		iv = tmp;
 		tmp = t;

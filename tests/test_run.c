@@ -12,6 +12,7 @@
 #include "test.h"
 #include "sample_cases.h"
 #include "internal.h" /* lq_sample_kept */
+#include "lq_blocks.h" /* the pick's fixed point */
 
 #include <math.h>
 #include <stdint.h>
@@ -352,6 +353,91 @@ static void test_sampler(void)
 	CHECK(all && counts[1] > counts[0]);
 }
 
+/* The pick's fixed point (lq_blocks.h): the shift, the 128-bit draw
+ * target against the compiler's 128-bit product, and lq_sample's draws on
+ * a small row against the probabilities and top-p / min-p sets computed
+ * here in double: every drawn token in the set, the frequencies within 5
+ * standard deviations. */
+static void test_pick_fixed(void)
+{
+	CHECK(lq_pick_shift(1) == 62 && lq_pick_shift(2) == 61 && lq_pick_shift(3) == 60 && lq_pick_shift(4) == 60 &&
+	      lq_pick_shift(128256) == 45);
+	CHECK(lq_pick_weight(1.0, 45) == (uint64_t)1 << 45 && lq_pick_weight(0.5, 45) == (uint64_t)1 << 44 &&
+	      lq_pick_weight(NAN, 45) == 0 && lq_pick_weight(0x1.0p-46, 45) == 0 && lq_pick_weight(-0.0, 45) == 0);
+	int bad = 0;
+	uint64_t x = 0x243F6A8885A308D3ull;
+	for (int i = 0; i < 100000; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		uint64_t y = x * 0x9E3779B97F4A7C15ull;
+		uint64_t w = (i % 3 == 0) ? ((uint64_t)1 << 62) - 1 - (y & 0xffff) : (y >> (2 + i % 60)) + 1;
+		uint64_t xx = i % 7 == 0 ? ~(uint64_t)0 : x;
+		uint64_t want = (uint64_t)(((unsigned __int128)(xx >> 11) * w) >> 53);
+		bad += lq_pick_target(xx, w) != want || want >= w;
+	}
+	CHECK(bad == 0, "lq_pick_target: %d of 100000 wrong", bad);
+	static const float l[8] = { 2.0f, 1.5f, 1.4f, 0.3f, -0.2f, -1.0f, -2.5f, 0.9f };
+	static const struct { double tp, mp; } cases[] = { { 1.0, 0.0 }, { 0.8, 0.0 }, { 0.95, 0.0 }, { 1.0, 0.3 }, { 0.9, 0.2 } };
+	for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+		/* the reference, sorted descending (ids sorted by value here) */
+		int ord[8] = { 0, 1, 2, 7, 3, 4, 5, 6 };
+		double p[8], sum = 0;
+		for (int i = 0; i < 8; i++)
+			sum += p[i] = exp((double)l[ord[i]] - 2.0);
+		for (int i = 0; i < 8; i++)
+			p[i] /= sum;
+		int k = 8;
+		if (cases[c].tp < 1) { /* drop tails with cumulative probability <= 1 - top_p */
+			double tail = 0;
+			for (int i = 7; i >= 1; i--) {
+				tail += p[i];
+				if (tail > 1 - cases[c].tp)
+					break;
+				k = i;
+			}
+		}
+		for (int i = 1; i < k; i++)
+			if (p[i] < cases[c].mp * p[0]) {
+				k = i;
+				break;
+			}
+		double ks = 0;
+		for (int i = 0; i < k; i++)
+			ks += p[i];
+		struct lq_sample_opts o;
+		lq_sample_opts_init(&o);
+		o.temperature = 1;
+		o.top_k = 0;
+		o.top_p = cases[c].tp;
+		o.min_p = cases[c].mp;
+		struct lq_rng g;
+		lq_rng_seed(&g, 11 + c);
+		int cnt[8] = {0}, outside = 0;
+		const int N = 40000;
+		for (int d = 0; d < N; d++) {
+			float row[8];
+			memcpy(row, l, sizeof row);
+			int32_t id = lq_sample(row, 8, &o, NULL, 0, &g);
+			int r = -1;
+			for (int i = 0; i < 8; i++)
+				if (ord[i] == id)
+					r = i;
+			if (r < 0 || r >= k)
+				outside++;
+			else
+				cnt[r]++;
+		}
+		int off = 0;
+		for (int i = 0; i < k; i++) {
+			const double q = p[i] / ks, sd = sqrt(N * q * (1 - q));
+			off += fabs(cnt[i] - N * q) > 5 * sd + 1;
+		}
+		CHECK(outside == 0 && off == 0, "top-p %g min-p %g: %d draws outside the %d kept, %d counts off", cases[c].tp,
+		      cases[c].mp, outside, k, off);
+	}
+}
+
 static int cmp_f_desc(const void *a, const void *b)
 {
 	float x = *(const float *)a, y = *(const float *)b;
@@ -591,6 +677,7 @@ int main(void)
 		test_fixture(archs[i], LQ_QTYPE_NF4);
 	}
 	test_sampler();
+	test_pick_fixed();
 	test_sample_kept();
 	return test_summary();
 }

@@ -11,9 +11,8 @@
 #include <jansson.h>
 #include <math.h>
 
-/* decoding without a repetition penalty: steps per lq_run_forward_sample_n
- * call (on the GPU the host waits once per RUN_CHAIN tokens; 30 ms of text
- * at 500 tok/s) */
+/* decoding: steps per lq_run_forward_sample_n call on the GPU (the host
+ * waits once per RUN_CHAIN tokens; 30 ms of text at 500 tok/s) */
 #define RUN_CHAIN 16
 
 static const char usage_text[] =
@@ -441,13 +440,11 @@ static void generate_from(struct model *md, struct opts *o, const int32_t *promp
 		die_lq(rc, &e);
 	res->prefill_s = now_s() - t0;
 	t0 = now_s();
-	/* decoding without a penalty, greedy or with top-k on the device: on
-	 * the GPU the next RUN_CHAIN ids at a time, the steps chained on the
-	 * device (lq_run_forward_sample_n; the ids past a stop are dropped, and
-	 * the generator's draws for them do not matter: it is this call's), on
-	 * the CPU one at a time (there, as for the options that are not
-	 * chained, the steps past a stop would only cost time) */
-	const int chained = lq_sample_chained(&o->s);
+	/* decoding: on the GPU the next RUN_CHAIN ids at a time, the steps
+	 * chained on the device (lq_run_forward_sample_n; the ids past a stop
+	 * are dropped, and the generator's draws for them do not matter: it is
+	 * this call's), on the CPU one at a time (there the steps past a stop
+	 * would only cost time) */
 	const size_t chain = strcmp(lq_run_backend(md->run), "cpu") ? RUN_CHAIN : 1;
 	int32_t ahead[RUN_CHAIN];
 	size_t nahead = 0, iahead = 0;
@@ -520,21 +517,17 @@ static void generate_from(struct model *md, struct opts *o, const int32_t *promp
 			warnx_("stopped at the context length of %lld tokens", (long long)maxctx);
 			break;
 		}
-		if (chained && iahead < nahead) {
+		if (iahead < nahead) {
 			next = ahead[iahead++];
 			continue;
 		}
-		if (chained) {
-			size_t c = chain, left = (size_t)(o->max_new - k - 1), room = (size_t)maxctx - (nseen - 1);
-			c = c < left ? c : left;
-			c = c < room ? c : room;
-			rc = lq_run_forward_sample_n(md->run, id, (int64_t)nseen - 1, c, &o->s, seen, nseen, &rng, ahead, &e);
-			nahead = c;
-			iahead = 1;
-			next = ahead[0];
-		} else {
-			rc = lq_run_forward_sample(md->run, &id, 1, (int64_t)nseen - 1, &o->s, seen, nseen, &rng, &next, &e);
-		}
+		size_t c = chain, left = (size_t)(o->max_new - k - 1), room = (size_t)maxctx - (nseen - 1);
+		c = c < left ? c : left;
+		c = c < room ? c : room;
+		rc = lq_run_forward_sample_n(md->run, id, (int64_t)nseen - 1, c, &o->s, seen, nseen, &rng, ahead, &e);
+		nahead = c;
+		iahead = 1;
+		next = ahead[0];
 		if (rc)
 			die_lq(rc, &e);
 	}
