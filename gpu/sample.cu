@@ -336,7 +336,7 @@ int lq_cuda_penalty(float *d_logits, const int32_t *d_ids, int64_t nids, float p
 /*
  * lq_sample_kept's draw on the device (the end of a sampling step chained
  * on the device, lq_backend's sample_n): the kept tokens sorted as the host
- * sorts them (scaled logit descending, then id ascending; a rank per token),
+ * sorts them (scaled logit descending, then id ascending; a bitonic sort),
  * then lq_blocks.h's fixed-point pick with a thread per token -- weights,
  * their prefix sums by a block scan (exact integers, so they equal the
  * host's sums in order), top-p's and min-p's first dropped token by atomic
@@ -349,7 +349,7 @@ static_assert(PK_THREADS >= TK_CAP, "k_pick: a thread per kept token");
 __global__ void __launch_bounds__(PK_THREADS) k_pick(const struct lq_cuda_topk_out *tk, double top_p, double min_p,
 						     uint64_t *rng, int *stop, int32_t *out)
 {
-	__shared__ float2 in[TK_CAP]; /* (value, id bits) */
+	__shared__ unsigned long long key[TK_CAP]; /* sort keys: value descending, then id ascending */
 	__shared__ float sv[TK_CAP];
 	__shared__ int32_t si[TK_CAP];
 	__shared__ uint64_t P[TK_CAP]; /* cumulative weights */
@@ -364,23 +364,34 @@ __global__ void __launch_bounds__(PK_THREADS) k_pick(const struct lq_cuda_topk_o
 			*stop = 1; /* no set: the host takes this step */
 		return;
 	}
-	if (i < c)
-		in[i] = make_float2(tk->vals[i], __int_as_float(tk->ids[i]));
+	/* a bitonic sort of the keys (the host's order: lq_fkey's, -0 as +0,
+	 * inverted, above the id), padded to a power of two with keys past
+	 * every real one */
+	int np2 = 1;
+	while (np2 < c)
+		np2 <<= 1;
+	if (i < np2)
+		key[i] = i < c ? (unsigned long long)(~lq_fkey(tk->vals[i])) << 32 | (uint32_t)tk->ids[i] : ~0ull;
 	if (i == 0) {
 		kp = c;
 		km = c;
 	}
 	__syncthreads();
-	if (i < c) {
-		const float v = in[i].x;
-		const int32_t d = __float_as_int(in[i].y);
-		int r = 0;
-		for (int j = 0; j < c; j++) {
-			const float2 o = in[j];
-			r += o.x > v || (o.x == v && __float_as_int(o.y) < d);
+	for (int k = 2; k <= np2; k <<= 1)
+		for (int j = k >> 1; j > 0; j >>= 1) {
+			const int o = i ^ j;
+			if (i < np2 && o > i) {
+				const unsigned long long a = key[i], b = key[o];
+				if ((a > b) == ((i & k) == 0)) {
+					key[i] = b;
+					key[o] = a;
+				}
+			}
+			__syncthreads();
 		}
-		sv[r] = v;
-		si[r] = d;
+	if (i < c) {
+		sv[i] = kfloat(~(uint32_t)(key[i] >> 32));
+		si[i] = (int32_t)(uint32_t)key[i];
 	}
 	__syncthreads();
 	/* token i's weight and the inclusive prefix sum cum of weights 0..i */
