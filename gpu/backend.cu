@@ -1820,8 +1820,7 @@ __global__ void k_penalty_map(float *l, const uint8_t *seen, int64_t vocab, floa
 	pdl_wait();
 	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < vocab; i += (int64_t)gridDim.x * blockDim.x)
 		if (seen[i]) {
-			const float s = l[i];
-			l[i] = s < 0 ? __fmul_rn(s, p) : __fdiv_rn(s, p);
+			l[i] = lq_penalize(l[i], p);
 		}
 }
 

@@ -320,10 +320,8 @@ int lq_cuda_topk(const float *d_logits, int64_t n, float temperature, int k, voi
 
 __global__ void k_penalty(float *l, const int32_t *ids, int64_t n, float p)
 {
-	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-		float s = l[ids[i]];
-		l[ids[i]] = s < 0 ? __fmul_rn(s, p) : __fdiv_rn(s, p);
-	}
+	for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+		l[ids[i]] = lq_penalize(l[ids[i]], p);
 }
 
 int lq_cuda_penalty(float *d_logits, const int32_t *d_ids, int64_t nids, float penalty, void *stream)

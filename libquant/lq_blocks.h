@@ -335,6 +335,17 @@ LQ_HD static inline float lq_act(int a, float x)
 }
 
 
+/* The repetition penalty on one logit (transformers': s < 0 ? s * p : s /
+ * p), rounded to nearest in float on the host and the device alike. */
+LQ_HD static inline float lq_penalize(float s, float p)
+{
+#ifdef __CUDA_ARCH__
+	return s < 0 ? __fmul_rn(s, p) : __fdiv_rn(s, p);
+#else
+	return s < 0 ? s * p : s / p;
+#endif
+}
+
 /* ---------------------------------------------------------------- sampler
  * The end of lq_sample's pick, shared by the host (sample.c) and the device
  * (gpu/sample.cu's lq_cuda_pick), so that both draw the same token from the

@@ -155,8 +155,7 @@ static void penalize(float *logits, int64_t vocab, const struct lq_sample_opts *
 		int32_t id = use[i];
 		if (id < 0 || id >= vocab)
 			continue;
-		float s = logits[id];
-		logits[id] = s < 0 ? s * (float)pen : s / (float)pen;
+		logits[id] = lq_penalize(logits[id], (float)pen);
 	}
 	free(ids);
 }
