@@ -54,6 +54,20 @@ __device__ __forceinline__ float kfloat(uint32_t k)
 	return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
+/* The inclusive prefix sum of v over the warp's lanes (all 32 call it):
+ * the top-k's bin counts and the pick's weights. */
+template <typename T>
+__device__ __forceinline__ T warp_incl_sum(T v)
+{
+	const int lane = threadIdx.x & 31;
+	for (int o = 1; o < 32; o <<= 1) {
+		const T t = __shfl_up_sync(0xffffffffu, v, o);
+		if (lane >= o)
+			v += t;
+	}
+	return v;
+}
+
 struct tk_smem {
 	unsigned hist[256];
 	unsigned digit, rest;
@@ -90,12 +104,7 @@ __device__ uint32_t kth_key(G get, int m, int k, tk_smem *s)
 			unsigned c = 0;
 			for (int b = 0; b < 8; b++)
 				c += s->hist[255 - 8 * lane - b];
-			unsigned incl = c;
-			for (int o = 1; o < 32; o <<= 1) {
-				unsigned t = __shfl_up_sync(0xffffffffu, incl, o);
-				if (lane >= o)
-					incl += t;
-			}
+			const unsigned incl = warp_incl_sum(c);
 			unsigned acc = incl - c;
 			if (acc < (unsigned)k && (unsigned)k <= incl)
 				for (int b = 0; b < 8; b++) {
@@ -193,12 +202,7 @@ __global__ void __launch_bounds__(TK_THREADS) k_topk_hist(const float *l, int n,
 		sum += c[b];
 	}
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	unsigned incl = sum;
-	for (int o = 1; o < 32; o <<= 1) {
-		const unsigned x = __shfl_up_sync(0xffffffffu, incl, o);
-		if (lane >= o)
-			incl += x;
-	}
+	const unsigned incl = warp_incl_sum(sum);
 	if (lane == 31)
 		wsum[warp] = incl;
 	if (threadIdx.x == 0) {
@@ -416,22 +420,12 @@ __global__ void __launch_bounds__(PK_THREADS) k_pick(const struct lq_cuda_topk_o
 		e = exp((double)sv[i] - (double)sv[0]);
 		w = lq_pick_weight(e, lq_pick_shift(c));
 	}
-	uint64_t cum = w;
-	for (int o = 1; o < 32; o <<= 1) {
-		const uint64_t t = __shfl_up_sync(0xffffffffu, cum, o);
-		if (lane >= o)
-			cum += t;
-	}
+	uint64_t cum = warp_incl_sum(w);
 	if (lane == 31)
 		wsum[warp] = cum;
 	__syncthreads();
 	if (warp == 0) {
-		uint64_t t = lane < PK_THREADS / 32 ? wsum[lane] : 0;
-		for (int o = 1; o < 32; o <<= 1) {
-			const uint64_t u = __shfl_up_sync(0xffffffffu, t, o);
-			if (lane >= o)
-				t += u;
-		}
+		const uint64_t t = warp_incl_sum(lane < PK_THREADS / 32 ? wsum[lane] : (uint64_t)0);
 		if (lane < PK_THREADS / 32)
 			wsum[lane] = t; /* inclusive over warps */
 	}
