@@ -3513,7 +3513,7 @@ static int argmax_to_host(gstate *g, struct lq_error *err)
 }
 
 /* Whether sampling with o takes lq_cuda_topk's set (top-k 1..LQ_CUDA_TOPK_MAX)
- * rather than lq_cuda_sample_all's sort of the row. */
+ * rather than lq_cuda_sample_all's pick over the whole row. */
 static bool topk_set(const struct lq_sample_opts *o)
 {
 	return o->top_k > 0 && o->top_k <= LQ_CUDA_TOPK_MAX;
@@ -3760,7 +3760,7 @@ static int g_argmax_n(void *state, int32_t token, int64_t pos, size_t n, int32_t
 /* Sampling steps chained on the device (lq_backend's sample_n): graph [4]
  * takes the repetition penalty (on a map of the ids seen, which each step's
  * pick joins), then the argmax (temperature <= 0), the top-k and the draw
- * (lq_cuda_pick), or the sorted row's pick (lq_cuda_sample_all). */
+ * (lq_cuda_pick), or the whole row's pick (lq_cuda_sample_all). */
 static int ensure_pen(gstate *g, size_t npen, struct lq_error *err);
 static int g_sample_n(void *state, int32_t token, int64_t pos, size_t n, const struct lq_sample_opts *o,
 		      const int32_t *seen, size_t nseen, uint64_t rng[4], int32_t *ids, size_t *done,
@@ -3774,8 +3774,7 @@ static int g_sample_n(void *state, int32_t token, int64_t pos, size_t n, const s
 	if (o->temperature > 0 && !topk_set(o) && !g->sa_scr) {
 		const size_t b = lq_cuda_sample_all_scratch_size(g->vocab);
 		if (!b)
-			return gfail(err, LQ_ERR_IO, "sampling on the device: no scratch size for %lld logits",
-				     (long long)g->vocab);
+			return LQ_OK; /* the device cannot hold the whole row's grid at once: the host takes the steps */
 		if ((rc = dmalloc((void **)&g->sa_scr, b, "sampling", err)))
 			return rc;
 		CK(cudaMemset(g->sa_scr, 0, b), "clearing the sampler's scratch");

@@ -3,8 +3,9 @@
  * (gpu/sample.cu): lq_cuda_topk (temperature and the top-k filter),
  * lq_cuda_pick (the draw from the kept set) and both, on one row of logits
  * the size of Llama 3's vocabulary, for top-k 1, 50 and 1024, and
- * lq_cuda_sample_all (top-k off: the row sorted, then the pick) (make
- * bench-gpu; issue 7).
+ * lq_cuda_sample_all (the whole row's pick by a radix descent: top-k off,
+ * with and without top-p, with min-p, and top-k 2000) (make bench-gpu;
+ * issue 7).
  *
  * Copyright (c) the libquant authors.  MIT license.
  *
@@ -116,11 +117,22 @@ int main(void)
 		CU(cudaMemcpy(&count, &d_out->count, sizeof count, cudaMemcpyDeviceToHost));
 		printf(" (%d kept)\n", count);
 	}
-	/* top-k off: the whole row sorted and picked (lq_cuda_sample_all) */
-	const float us = time_graph(st, e0, e1, [&]() {
-		CU((cudaError_t)lq_cuda_sample_all(d_l, VOCAB, 0.8f, 0, 0.9, 0.0, d_pk->rng, &d_pk->stop, &d_pk->id, sa, st));
-	});
-	printf("  top-k off: sort + pick %.2f\n", us);
+	/* the whole row's pick (lq_cuda_sample_all) */
+	static const struct {
+		const char *name;
+		int k;
+		double p, m;
+	} sa_cases[] = { { "top-k off, top-p 0.9", 0, 0.9, 0.0 },
+			 { "top-k off, top-p 1", 0, 1.0, 0.0 },
+			 { "top-k off, min-p 0.05", 0, 1.0, 0.05 },
+			 { "top-k 2000, top-p 0.9", 2000, 0.9, 0.0 } };
+	for (const auto &c : sa_cases) {
+		const float us = time_graph(st, e0, e1, [&]() {
+			CU((cudaError_t)lq_cuda_sample_all(d_l, VOCAB, 0.8f, c.k, c.p, c.m, d_pk->rng, &d_pk->stop, &d_pk->id, sa,
+							   st));
+		});
+		printf("  whole row, %s: %.2f\n", c.name, us);
+	}
 	cudaFree(d_l);
 	cudaFree(scr);
 	cudaFree(sa);

@@ -260,13 +260,16 @@ int lq_cuda_pdl(void);
 /*
  * lq_cuda_sample_all: the whole of lq_sample after the penalty on the device
  * for any top_k (0: off; ties with the k-th value kept), for the options
- * lq_cuda_topk cannot serve: the row d_logits[0..n) / temperature sorted as
- * the host sorts it, lq_blocks.h's fixed-point pick, one draw from d_rng
- * (advanced), the id into *d_id.  Nothing happens when *d_stop is set; a
- * NaN scaled logit sets *d_stop (the host takes the step) and leaves d_rng
- * and *d_id.  d_scratch: lq_cuda_sample_all_scratch_size(n) bytes (0: n
- * out of range or no device), zeroed before the first call; one call at a
- * time per scratch.  n <= LQ_CUDA_TOPK_NMAX, temperature > 0.
+ * lq_cuda_topk cannot serve: the pick of lq_blocks.h's fixed point over the
+ * row d_logits[0..n) / temperature in the host's order, found by radix
+ * descents over the values without sorting the row (one cooperative
+ * launch; gpu/sample.cu), one draw from d_rng (advanced), the id into
+ * *d_id.  Nothing happens when *d_stop is set; a NaN scaled logit sets
+ * *d_stop (the host takes the step) and leaves d_rng and *d_id.
+ * d_scratch: lq_cuda_sample_all_scratch_size(n) bytes (0: n out of range,
+ * no device, or a device that cannot hold the launch's grid at once),
+ * zeroed before the first call; one call at a time per scratch.
+ * n <= LQ_CUDA_TOPK_NMAX, temperature > 0.
  */
 size_t lq_cuda_sample_all_scratch_size(int64_t n);
 int lq_cuda_sample_all(const float *d_logits, int64_t n, float temperature, int top_k, double top_p, double min_p,

@@ -469,208 +469,567 @@ int lq_cuda_pick(const struct lq_cuda_topk_out *d_tk, double top_p, double min_p
 }
 
 /*
- * lq_cuda_sample_all: lq_sample's whole pick on the device for options the
- * top-k set above cannot serve (top-k off, or over LQ_CUDA_TOPK_MAX): the
- * scaled logits' keys (lq_fkey, inverted) sorted with their ids by a stable
- * radix sort (CUB), which is the host's order (value descending, then id
- * ascending); top-k's count (ties with the k-th value kept) by a
- * block-wide search; the weights of lq_blocks.h's fixed point and min-p's first
- * dropped token (k_all_w); their prefix sums (CUB; exact integers, so the
- * host's sums in order); then one block finds top-p's cut and the drawn
- * token by block-wide searches of those sums (k_all_draw).
+ * lq_cuda_sample_all: lq_sample's whole pick on the device for the options
+ * the top-k set above cannot serve (top-k off, or over LQ_CUDA_TOPK_MAX),
+ * without sorting the row.  In the host's order (scaled logit descending,
+ * then id ascending) lq_blocks.h's weights never increase and equal values
+ * weigh the same, so every position the pick needs is found by a radix
+ * descent over the keys (lq_fkey) with the weights' and the counts' sums
+ * per digit: the first token whose cumulative weight passes a threshold
+ * lies in the first bin (from the top) where the bins' running sum passes
+ * it; three digits (11, 11 and 10 bits) give its value, the weight of the
+ * tokens before it and their count, and the ties of that value are ranked
+ * by id.  One cooperative launch does it, its blocks meeting at grid-wide
+ * barriers between the passes:
+ *   1. the scaled logits' keys (held in registers), their largest, a NaN
+ *      flag; with top-k, the keys' counts per top digit;
+ *   2. with 0 < top-k < n, the k-th largest key by a descent over counts
+ *      (two more passes): the tokens below it drop out;
+ *   3. the weights' and counts' sums per top digit, and min-p's kept count
+ *      and weight (its kept tokens are those with exp(l - l_0) >= min-p, a
+ *      prefix of the order);
+ *   4. top-p's cut: the first token whose cumulative weight reaches total -
+ *      lq_pick_toplim (two passes);
+ *   5. the draw: the first token whose cumulative weight exceeds the target
+ *      (two passes; one more when its value has ties).
+ * Every block reads each pass's sums and finds the same bin, so only the
+ * barriers pass results between blocks.  The sums are exact integers, so
+ * the result is the host's pick (sample.c).
  */
-struct sa_hdr {
-	int nan, km;
+#define SA_T 512                /* threads per block */
+#define SA_NB 2048              /* bins of a digit, at most */
+#define SA_GMAX 128             /* blocks, at most */
+#define SA_NH 5                 /* weighted sums: top digit, top-p's two, the draw's two */
+
+struct sa_glob {
+	unsigned bar_count, bar_gen;    /* the grid barrier (count back at 0 after each) */
+	unsigned maxkey, nan;           /* pass 1's; reset after the second barrier */
+	unsigned kc0[SA_NB];            /* pass 1's counts per top digit (top-k); reset then too */
+	/* zeroed by each call before its first barrier: */
+	unsigned long long minw;        /* min-p's kept weight */
+	unsigned mincnt, pad;           /* and count */
+	unsigned kc[2][SA_NB];          /* top-k's descent: the lower digits' counts */
+	unsigned long long hw[SA_NH][SA_NB];
+	unsigned hc[SA_NH][SA_NB];
+	unsigned tie[SA_GMAX];          /* per block: the drawn value's ties */
 };
 
-struct sa_layout {
-	size_t keys, keys2, ids, ids2, w, cum, tmp, tmp_bytes, total;
-};
+#ifndef SA_BAR
+#define SA_BAR 0 /* 1: arrival acq_rel, release and poll by acquire (no fences) */
+#endif
+#ifndef SA_MAXG
+#define SA_MAXG 64 /* the grid sa_config prefers, at most */
+#endif
 
-static size_t sa_up(size_t x)
+/* A barrier of the whole (co-resident) grid; the scratch's writes before it
+ * are visible after it (read them with __ldcg: they are made at L2). */
+__device__ void sa_barrier(sa_glob *g)
 {
-	return (x + 255) & ~(size_t)255;
+	__syncthreads();
+	if (threadIdx.x == 0) {
+#if SA_BAR
+		unsigned g0, old, v;
+		asm volatile("ld.relaxed.gpu.u32 %0, [%1];" : "=r"(g0) : "l"(&g->bar_gen) : "memory");
+		asm volatile("atom.acq_rel.gpu.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(&g->bar_count) : "memory");
+		if (old == gridDim.x - 1) {
+			asm volatile("st.relaxed.gpu.u32 [%0], 0;" ::"l"(&g->bar_count) : "memory");
+			asm volatile("red.release.gpu.add.u32 [%0], 1;" ::"l"(&g->bar_gen) : "memory");
+		} else {
+			do
+				asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(v) : "l"(&g->bar_gen) : "memory");
+			while (v == g0);
+		}
+#else
+		volatile unsigned *gen = &g->bar_gen;
+		const unsigned g0 = *gen;
+		__threadfence();
+		if (atomicAdd(&g->bar_count, 1u) == gridDim.x - 1) {
+			atomicExch(&g->bar_count, 0u);
+			__threadfence();
+			atomicAdd(&g->bar_gen, 1u);
+		} else {
+			while (*gen == g0)
+				__nanosleep(32);
+		}
+		__threadfence();
+#endif
+	}
+	__syncthreads();
 }
 
-static int sa_plan(int64_t n, struct sa_layout *L)
+struct sa_smem {
+	unsigned long long w[SA_NB];
+	unsigned c[SA_NB];
+	union {
+		cub::BlockScan<unsigned long long, SA_T>::TempStorage w;
+		cub::BlockScan<unsigned, SA_T>::TempStorage c;
+	} scan;
+	int bin;
+	unsigned long long wabove;
+	unsigned cabove, ccnt;
+	unsigned long long cw;
+	int pos; /* the tie rank's block */
+};
+
+/* A digit's position in a descent: the value's bits fixed so far (pfx, the
+ * top 32 - sh bits), the weight and the count of the tokens above it. */
+struct sa_pos {
+	uint32_t pfx;
+	int sh;
+	unsigned long long wabove;
+	unsigned cabove;
+	unsigned ccnt;           /* the tokens in the bin found */
+	unsigned long long cw;   /* and their weight */
+};
+
+__device__ __forceinline__ int sa_bits(int sh)
 {
-	size_t sort_b = 0, scan_b = 0;
-	cudaError_t e = cub::DeviceRadixSort::SortPairs(nullptr, sort_b, (const uint32_t *)nullptr, (uint32_t *)nullptr,
-							 (const int32_t *)nullptr, (int32_t *)nullptr, (int)n, 0, 32);
-	if (e == cudaSuccess)
-		e = cub::DeviceScan::InclusiveSum(nullptr, scan_b, (const unsigned long long *)nullptr,
-						  (unsigned long long *)nullptr, (int)n);
-	if (e != cudaSuccess)
-		return (int)e;
-	const size_t u4 = sa_up(4 * (size_t)n), u8 = sa_up(8 * (size_t)n);
-	L->keys = sa_up(sizeof(struct sa_hdr));
-	L->keys2 = L->keys + u4;
-	L->ids = L->keys2 + u4;
-	L->ids2 = L->ids + u4;
-	L->w = L->ids2 + u4;
-	L->cum = L->w + u8;
-	L->tmp = L->cum + u8;
-	L->tmp_bytes = sort_b > scan_b ? sort_b : scan_b;
-	L->total = L->tmp + sa_up(L->tmp_bytes);
+	return sh == 21 ? 11 : sh == 10 ? 11 : 10; /* digits at bits 21.., 10.., 0.. */
+}
+
+/* Zero the block's part of the smem histogram (nb bins). */
+__device__ __forceinline__ void sa_clear(sa_smem *s, int nb)
+{
+	for (int i = threadIdx.x; i < nb; i += SA_T) {
+		s->w[i] = 0;
+		s->c[i] = 0;
+	}
+	__syncthreads();
+}
+
+/* Add a token to the smem histogram: lanes of one bin count once. */
+__device__ __forceinline__ void sa_add(sa_smem *s, bool ok, unsigned bin, unsigned long long w, bool wt)
+{
+	const int lane = threadIdx.x & 31;
+	const unsigned peers = __match_any_sync(0xffffffffu, ok ? bin : 0x80000000u | (unsigned)lane);
+	if (!ok)
+		return;
+	if (__ffs(peers) - 1 == lane)
+		atomicAdd(&s->c[bin], (unsigned)__popc(peers));
+	if (wt && w)
+		atomicAdd(&s->w[bin], w);
+}
+
+/* Add the smem histogram's nonzero bins to the global one (gw: none for
+ * counts only). */
+__device__ __forceinline__ void sa_flush(sa_smem *s, int nb, unsigned *gc, unsigned long long *gw)
+{
+	__syncthreads();
+	for (int i = threadIdx.x; i < nb; i += SA_T)
+		if (s->c[i]) {
+			atomicAdd(gc + i, s->c[i]);
+			if (gw && s->w[i])
+				atomicAdd(gw + i, s->w[i]);
+		}
+}
+
+/* After the barrier: the bin (from the top) of a global histogram of nb bins
+ * where the running weight first exceeds t (wt; t relative to the digit's
+ * start) or the running count first reaches t (counts only).  Every thread
+ * gets the same answer in p: the bin's bits join pfx, the bins above join
+ * wabove / cabove.  The bin exists: the caller's t is below the digit's
+ * total. */
+__device__ void sa_find(sa_smem *s, int nb, const unsigned *gc, const unsigned long long *gw, unsigned long long t,
+			bool wt, sa_pos &p)
+{
+	const int per = nb / SA_T; /* 4 or 2 */
+	unsigned c[4];
+	unsigned long long w[4];
+	unsigned cs = 0;
+	unsigned long long ws = 0;
+	for (int j = 0; j < per; j++) {
+		const int bin = nb - 1 - (threadIdx.x * per + j); /* from the top */
+		c[j] = __ldcg(gc + bin);
+		w[j] = wt ? __ldcg(gw + bin) : 0;
+		cs += c[j];
+		ws += w[j];
+	}
+	unsigned cex;
+	unsigned long long wex;
+	cub::BlockScan<unsigned, SA_T>(s->scan.c).ExclusiveSum(cs, cex);
+	__syncthreads();
+	cub::BlockScan<unsigned long long, SA_T>(s->scan.w).ExclusiveSum(ws, wex);
+	for (int j = 0; j < per; j++) {
+		const bool hit = wt ? (wex <= t && t < wex + w[j]) : (cex < t && t <= cex + c[j]);
+		if (hit) {
+			s->bin = nb - 1 - (threadIdx.x * per + j);
+			s->wabove = wex;
+			s->cabove = cex;
+			s->ccnt = c[j];
+			s->cw = w[j];
+		}
+		cex += c[j];
+		wex += w[j];
+	}
+	__syncthreads();
+	p.pfx = p.pfx << sa_bits(p.sh) | (uint32_t)s->bin;
+	p.wabove += s->wabove;
+	p.cabove += s->cabove;
+	p.ccnt = s->ccnt;
+	p.cw = s->cw;
+	__syncthreads();
+}
+
+__device__ __forceinline__ unsigned long long sa_weight(uint32_t key, double mx, int S)
+{
+	return lq_pick_weight(exp((double)kfloat(key) - mx), S);
+}
+
+/*
+ * The rest of a descent whose top digit was found (p after sa_find over the
+ * top digit's sums): the two lower digits, each a pass over the tokens in
+ * the bin found, a barrier (bar) and a search; p ends with the whole key.
+ * wt: weights (t absolute: the first token whose cumulative weight exceeds
+ * t), else counts (t: the position, from 1).
+ */
+template <int R, typename BAR>
+__device__ void sa_descend(const uint32_t (&key)[R], sa_smem *s, BAR bar, unsigned long long t, bool wt, double mx,
+			   int S, unsigned *gc2, unsigned *gc3, unsigned long long *gw2, unsigned long long *gw3,
+			   sa_pos &p)
+{
+	for (int lev = 0; lev < 2; lev++) {
+		const int sh = lev ? 0 : 10, nb = lev ? 1024 : 2048;
+		unsigned *gc = lev ? gc3 : gc2;
+		unsigned long long *gw = lev ? gw3 : gw2;
+		sa_clear(s, nb);
+#pragma unroll
+		for (int j = 0; j < R; j++) {
+			const bool ok = key[j] && key[j] >> (sh + sa_bits(sh)) == p.pfx;
+			const unsigned long long w = ok && wt ? sa_weight(key[j], mx, S) : 0;
+			sa_add(s, ok, (key[j] >> sh) & (uint32_t)(nb - 1), w, wt);
+		}
+		sa_flush(s, nb, gc, wt ? gw : nullptr);
+		bar();
+		p.sh = sh;
+		sa_find(s, nb, gc, gw, wt ? t - p.wabove : t - p.cabove, wt, p);
+	}
+}
+
+/* A block's sum of v in every thread. */
+template <typename T>
+__device__ __forceinline__ T sa_bsum(T v, T *red)
+{
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	for (int o = 16; o; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	__syncthreads();
+	if (lane == 0)
+		red[warp] = v;
+	__syncthreads();
+	T tot = 0;
+	for (int w = 0; w < SA_T / 32; w++)
+		tot += red[w];
+	return tot;
+}
+
+template <int R>
+__global__ void __launch_bounds__(SA_T) k_sample_all(const float *l, int n, float temp, int top_k, double top_p,
+						      double min_p, uint64_t *rng, int *stop, int32_t *out, sa_glob *g)
+{
+	__shared__ sa_smem s;
+	__shared__ unsigned long long red[SA_T / 32];
+	if (*(volatile const int *)stop)
+		return;
+	const int tid = threadIdx.x;
+	const int base = blockIdx.x * SA_T * R;
+	const bool topk = top_k > 0 && top_k < n;
+	/* 0. zero the accumulators this call adds to after its first barrier */
+	{
+		uint32_t *z = (uint32_t *)&g->minw;
+		const int nz = (int)((uint32_t *)(g + 1) - z);
+		for (int i = blockIdx.x * SA_T + tid; i < nz; i += gridDim.x * SA_T)
+			z[i] = 0;
+	}
+	uint64_t rs[4] = { rng[0], rng[1], rng[2], rng[3] }; /* read by all before the first barrier */
+	/* 1. the keys (0: no token; no float's key is 0), the largest, a NaN;
+	 * with top-k, the counts per top digit */
+	uint32_t key[R];
+	int nan = 0;
+	sa_clear(&s, SA_NB);
+#pragma unroll
+	for (int j = 0; j < R; j++) {
+		const int i = base + j * SA_T + tid;
+		key[j] = 0;
+		if (i < n) {
+			const float v = __fdiv_rn(l[i], temp); /* lq_sample: logits[i] /= (float)T */
+			if (v != v)
+				nan = 1;
+			else
+				key[j] = lq_fkey(v);
+		}
+		if (topk)
+			sa_add(&s, key[j] != 0, key[j] >> 21, 0, false);
+	}
+	nan = __syncthreads_or(nan);
+	{
+		unsigned m = 0;
+#pragma unroll
+		for (int j = 0; j < R; j++)
+			m = max(m, key[j]);
+		for (int o = 16; o; o >>= 1)
+			m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+		if ((tid & 31) == 0 && m)
+			atomicMax(&g->maxkey, m);
+	}
+	if (tid == 0 && nan)
+		atomicOr(&g->nan, 1u);
+	if (topk)
+		sa_flush(&s, SA_NB, g->kc0, nullptr);
+	int nbar = 0;
+	const uint32_t *kc0 = g->kc0;
+	/* pass 1's state is reset after the second barrier, when every block
+	 * has read it; the generator's state is stored advanced then too */
+	bool isnan = false;
+	auto bar = [&]() {
+		sa_barrier(g);
+		if (++nbar == 2) {
+			for (int i = blockIdx.x * SA_T + tid; i < SA_NB; i += gridDim.x * SA_T)
+				g->kc0[i] = 0;
+			if (blockIdx.x == 0 && tid == 0) {
+				g->maxkey = 0;
+				g->nan = 0;
+				if (isnan) {
+					*stop = 1; /* a NaN: the host sorts such rows its own way */
+				} else {
+					uint64_t a[4] = { rs[0], rs[1], rs[2], rs[3] };
+					lq_xoshiro_next(a);
+					for (int j = 0; j < 4; j++)
+						rng[j] = a[j];
+				}
+			}
+		}
+	};
+	bar();
+	const uint32_t maxkey = __ldcg(&g->maxkey);
+	isnan = __ldcg(&g->nan) != 0;
+	if (isnan) {
+		bar();
+		return;
+	}
+	/* 2. top-k: the k-th largest key; the tokens below it drop out */
+	int keep = n;
+	if (topk) {
+		sa_pos p = { 0, 21, 0, 0, 0, 0 };
+		sa_find(&s, SA_NB, kc0, nullptr, (unsigned long long)top_k, false, p);
+		sa_descend<R>(key, &s, bar, (unsigned long long)top_k, false, 0.0, 0, g->kc[0], g->kc[1], nullptr,
+			      nullptr, p);
+		keep = (int)(p.cabove + p.ccnt); /* ties with the k-th value kept */
+#pragma unroll
+		for (int j = 0; j < R; j++)
+			if (key[j] < p.pfx)
+				key[j] = 0;
+	}
+	/* 3. the weights' sums per top digit; min-p's kept count and weight */
+	const int S = lq_pick_shift(keep);
+	const double mx = (double)kfloat(maxkey);
+	const unsigned long long w0 = sa_weight(maxkey, mx, S); /* the first token's: 2^S, or 0 for an infinite l_0 */
+	{
+		unsigned long long mw = 0, mc = 0;
+		sa_clear(&s, SA_NB);
+#pragma unroll
+		for (int j = 0; j < R; j++) {
+			unsigned long long w = 0;
+			if (key[j]) {
+				const double e = exp((double)kfloat(key[j]) - mx);
+				w = lq_pick_weight(e, S);
+				if (min_p > 0 && e >= min_p) {
+					mw += w;
+					mc++;
+				}
+			}
+			sa_add(&s, key[j] != 0, key[j] >> 21, w, true);
+		}
+		sa_flush(&s, SA_NB, g->hc[0], g->hw[0]);
+		if (min_p > 0) {
+			mw = sa_bsum(mw, red);
+			mc = sa_bsum(mc, red);
+			if (tid == 0 && mc) {
+				atomicAdd(&g->minw, mw);
+				atomicAdd(&g->mincnt, (unsigned)mc);
+			}
+		}
+	}
+	bar();
+	/* 4. the cut: k tokens kept, of weight W (the first k's) */
+	unsigned long long total = 0;
+	{
+		unsigned long long tw = 0;
+		for (int i = tid; i < SA_NB; i += SA_T)
+			tw += __ldcg(&g->hw[0][i]);
+		total = sa_bsum(tw, red);
+	}
+	long long k = keep;
+	unsigned long long W = total;
+	if (top_p > 0 && top_p < 1.0) {
+		/* the first i >= 1 with P(i) >= total - lim, P(i) the first i's weight */
+		const unsigned long long need = total - lq_pick_toplim(top_p, total);
+		if (need <= w0) {
+			k = 1;
+			W = w0;
+		} else {
+			/* token j the first whose cumulative weight exceeds need - 1: k = j + 1 */
+			const unsigned long long t = need - 1;
+			sa_pos p = { 0, 21, 0, 0, 0, 0 };
+			sa_find(&s, SA_NB, g->hc[0], g->hw[0], t, true, p);
+			sa_descend<R>(key, &s, bar, t, true, mx, S, g->hc[1], g->hc[2], g->hw[1], g->hw[2], p);
+			const unsigned long long wk = p.cw / p.ccnt, tt = (t - p.wabove) / wk;
+			k = (long long)(p.cabove + tt) + 1;
+			W = p.wabove + (tt + 1) * wk;
+		}
+	}
+	if (min_p > 0) {
+		const unsigned mc = __ldcg(&g->mincnt);
+		const long long km = mc ? (long long)mc : 1;
+		if (km < k) {
+			k = km;
+			W = mc ? __ldcg(&g->minw) : w0;
+		}
+	}
+	/* 5. the draw: the first token whose cumulative weight exceeds r (W 0:
+	 * the first token, the smallest id of the largest value) */
+	uint64_t xs[4] = { rs[0], rs[1], rs[2], rs[3] };
+	const uint64_t x = lq_xoshiro_next(xs);
+	uint32_t kd = maxkey;
+	unsigned long long td = 0, cnt = 0; /* the rank among kd's ties; their count (0: unknown) */
+	if (W) {
+		const unsigned long long r = lq_pick_target(x, W);
+		sa_pos p = { 0, 21, 0, 0, 0, 0 };
+		sa_find(&s, SA_NB, g->hc[0], g->hw[0], r, true, p);
+		sa_descend<R>(key, &s, bar, r, true, mx, S, g->hc[3], g->hc[4], g->hw[3], g->hw[4], p);
+		const unsigned long long wk = p.cw / p.ccnt;
+		kd = p.pfx;
+		td = (r - p.wabove) / wk;
+		cnt = p.ccnt;
+	}
+	if (cnt == 1) {
+#pragma unroll
+		for (int j = 0; j < R; j++)
+			if (key[j] == kd)
+				*out = base + j * SA_T + tid;
+		return;
+	}
+	/* ties: the td-th smallest id of value kd; blocks hold ascending ids */
+	unsigned long long mine = 0;
+#pragma unroll
+	for (int j = 0; j < R; j++)
+		mine += key[j] == kd;
+	mine = sa_bsum(mine, red);
+	if (tid == 0)
+		g->tie[blockIdx.x] = (unsigned)mine;
+	bar();
+	unsigned long long before = 0;
+	for (int b = tid; b < (int)blockIdx.x; b += SA_T)
+		before += __ldcg(&g->tie[b]);
+	before = sa_bsum(before, red);
+	if (td < before || td >= before + mine)
+		return;
+	long long want = (long long)(td - before);
+	const int lane = tid & 31, warp = tid >> 5;
+#pragma unroll
+	for (int j = 0; j < R; j++) {
+		const bool f = key[j] == kd;
+		const unsigned bal = __ballot_sync(0xffffffffu, f);
+		__syncthreads();
+		if (lane == 0)
+			red[warp] = __popc(bal);
+		__syncthreads();
+		unsigned long long pre = 0, tot = 0;
+		for (int w = 0; w < SA_T / 32; w++) {
+			pre += w < warp ? red[w] : 0;
+			tot += red[w];
+		}
+		if (f && (long long)(pre + __popc(bal & ((1u << lane) - 1u))) == want)
+			*out = base + j * SA_T + tid;
+		want -= (long long)tot;
+	}
+}
+
+/* The blocks of k_sample_all<rs[i]> the device holds at once (at most
+ * SA_GMAX; 0: no cooperative launch), per device, asked once (the first
+ * time outside a graph's capture: lq_cuda_sample_all_scratch_size). */
+static const int sa_rs[4] = { 4, 8, 16, 32 };
+static int sa_fit_of(int dev, int i)
+{
+	static int fit[64][4], known[64];
+	if (dev < 0 || dev >= 64)
+		return 0;
+	if (!known[dev]) {
+		int sms = 0, coop = 0;
+		if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+		    cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess)
+			return 0;
+		for (int j = 0; j < 4; j++) {
+			int per = 0;
+			cudaError_t e;
+			switch (sa_rs[j]) {
+			case 4: e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_sample_all<4>, SA_T, 0); break;
+			case 8: e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_sample_all<8>, SA_T, 0); break;
+			case 16: e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_sample_all<16>, SA_T, 0); break;
+			default: e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_sample_all<32>, SA_T, 0); break;
+			}
+			if (e != cudaSuccess)
+				return 0;
+			fit[dev][j] = coop ? (int)min((int64_t)per * sms, (int64_t)SA_GMAX) : 0;
+		}
+		known[dev] = 1;
+	}
+	return fit[dev][i];
+}
+
+/* The cooperative grid for n logits on the current device: R tokens a
+ * thread, the smallest R whose grid is at most 64 blocks (few blocks at
+ * each barrier), else the smallest whose grid the device holds at once;
+ * 0: none. */
+static int sa_config(int64_t n, int *R)
+{
+	int dev;
+	if (cudaGetDevice(&dev) != cudaSuccess)
+		return 0;
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < 4; i++) {
+			const int64_t G = (n + (int64_t)SA_T * sa_rs[i] - 1) / ((int64_t)SA_T * sa_rs[i]);
+			if (G <= sa_fit_of(dev, i) && (pass || G <= SA_MAXG)) {
+				*R = sa_rs[i];
+				return (int)G;
+			}
+		}
 	return 0;
 }
 
 size_t lq_cuda_sample_all_scratch_size(int64_t n)
 {
-	struct sa_layout L;
-	return n >= 1 && n <= LQ_CUDA_TOPK_NMAX && !sa_plan(n, &L) ? L.total : 0;
-}
-
-/* The first i in [lo, hi) where pred(i) holds (hi: none), pred false then
- * true over the range; every thread of the block calls it and gets the
- * answer: each round probes blockDim.x evenly spaced indices at once (two
- * rounds for 128K entries at 1024 threads, where one thread's binary search
- * takes 17 dependent loads). */
-template <typename F>
-__device__ int block_first(F pred, int lo, int hi)
-{
-	__shared__ int first;
-	while (lo < hi) {
-		const int step = (hi - lo + (int)blockDim.x - 1) / (int)blockDim.x;
-		if (threadIdx.x == 0)
-			first = INT_MAX;
-		__syncthreads();
-		const int p = lo + (int)threadIdx.x * step;
-		if (p < hi && pred(p))
-			atomicMin(&first, p);
-		__syncthreads();
-		const int f = first;
-		__syncthreads(); /* all have read it before the next round resets it */
-		if (step == 1)
-			return f == INT_MAX ? hi : f;
-		if (f == INT_MAX) {
-			lo += ((hi - lo - 1) / step) * step + 1; /* past the last probe */
-		} else {
-			lo = max(lo, f - step + 1); /* the probe before f was false */
-			hi = f;                     /* f holds: the answer is f or before */
-			if (lo == hi)
-				return f;
-		}
-	}
-	return hi;
-}
-
-/* The count top-k keeps from the sorted keys (key order: value descending):
- * the tokens up to the last one equal to the k-th (block-wide). */
-__device__ __forceinline__ int sa_keep(const uint32_t *keys, int n, int k)
-{
-	if (k <= 0 || k >= n)
-		return n;
-	const uint32_t kth = keys[k - 1];
-	return block_first([&](int i) { return keys[i] > kth; }, k, n);
-}
-
-__global__ void k_all_keys(const float *l, int n, float t, uint32_t *keys, int32_t *ids, struct sa_hdr *h,
-			   const int *stop)
-{
-	if (*(volatile const int *)stop)
-		return;
-	if (blockIdx.x == 0 && threadIdx.x == 0)
-		h->km = n;
-	for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-		const float v = __fdiv_rn(l[i], t);
-		if (v != v)
-			h->nan = 1;
-		keys[i] = ~lq_fkey(v);
-		ids[i] = i;
-	}
-}
-
-__global__ void k_all_w(const uint32_t *keys, int n, int top_k, double min_p, uint64_t *w, struct sa_hdr *h,
-			const int *stop)
-{
-	if (*(volatile const int *)stop || h->nan)
-		return;
-	const int keep = sa_keep(keys, n, top_k);
-	const int S = lq_pick_shift(keep);
-	const double mx = kfloat(~keys[0]);
-	for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-		uint64_t wi = 0;
-		if (i < keep) {
-			const double e = exp((double)kfloat(~keys[i]) - mx);
-			wi = lq_pick_weight(e, S);
-			if (min_p > 0 && i >= 1 && !(e >= min_p))
-				atomicMin(&h->km, i);
-		}
-		w[i] = wi;
-	}
-}
-
-#define SA_DRAW_THREADS 1024
-
-__global__ void __launch_bounds__(SA_DRAW_THREADS) k_all_draw(const uint32_t *keys, const int32_t *ids,
-							      const uint64_t *cum, int n, int top_k, double top_p,
-							      uint64_t *rng, int *stop, int32_t *out, struct sa_hdr *h)
-{
-	__shared__ uint64_t r;
-	if (*(volatile int *)stop)
-		return;
-	__syncthreads(); /* every thread has read the flag */
-	if (h->nan) {
-		__syncthreads();
-		if (threadIdx.x == 0) {
-			h->nan = 0;
-			*stop = 1; /* a NaN: the host sorts such rows its own way */
-		}
-		return;
-	}
-	const int keep = sa_keep(keys, n, top_k);
-	const uint64_t total = cum[keep - 1];
-	int k = keep;
-	if (top_p > 0 && top_p < 1.0) {
-		/* the first i >= 1 whose tail total - cum[i - 1] is within the limit */
-		const uint64_t lim = lq_pick_toplim(top_p, total);
-		k = block_first([&](int i) { return total - cum[i - 1] <= lim; }, 1, keep);
-	}
-	k = min(k, h->km);
-	const uint64_t wk = cum[k - 1];
-	if (threadIdx.x == 0) {
-		uint64_t s[4] = { rng[0], rng[1], rng[2], rng[3] };
-		const uint64_t x = lq_xoshiro_next(s);
-		for (int j = 0; j < 4; j++)
-			rng[j] = s[j];
-		r = wk ? lq_pick_target(x, wk) : 0;
-	}
-	__syncthreads();
-	/* the first token whose cumulative weight exceeds r */
-	const uint64_t rr = r;
-	const int at = wk ? block_first([&](int i) { return cum[i] > rr; }, 0, k - 1) : 0;
-	if (threadIdx.x == 0)
-		*out = ids[at];
+	int R;
+	if (n < 1 || n > LQ_CUDA_TOPK_NMAX || !sa_config(n, &R))
+		return 0;
+	return sizeof(struct sa_glob);
 }
 
 int lq_cuda_sample_all(const float *d_logits, int64_t n, float temperature, int top_k, double top_p, double min_p,
 		       uint64_t *d_rng, int *d_stop, int32_t *d_id, void *d_scratch, void *stream)
 {
-	struct sa_layout L;
 	if (n < 1 || n > LQ_CUDA_TOPK_NMAX || !(temperature > 0))
 		return (int)cudaErrorInvalidValue;
-	int rc = sa_plan(n, &L);
-	if (rc)
-		return rc;
-	cudaStream_t st = (cudaStream_t)stream;
-	uint8_t *b = (uint8_t *)d_scratch;
-	struct sa_hdr *h = (struct sa_hdr *)b;
-	uint32_t *keys = (uint32_t *)(b + L.keys), *keys2 = (uint32_t *)(b + L.keys2);
-	int32_t *ids = (int32_t *)(b + L.ids), *ids2 = (int32_t *)(b + L.ids2);
-	uint64_t *w = (uint64_t *)(b + L.w), *cum = (uint64_t *)(b + L.cum);
-	const unsigned grid = (unsigned)((n + 255) / 256 < 1024 ? (n + 255) / 256 : 1024);
-	k_all_keys<<<grid, 256, 0, st>>>(d_logits, (int)n, temperature, keys, ids, h, d_stop);
-	size_t tb = L.tmp_bytes;
-	cudaError_t e = cub::DeviceRadixSort::SortPairs(b + L.tmp, tb, keys, keys2, ids, ids2, (int)n, 0, 32, st);
-	if (e != cudaSuccess)
-		return (int)e;
-	k_all_w<<<grid, 256, 0, st>>>(keys2, (int)n, top_k, min_p, w, h, d_stop);
-	tb = L.tmp_bytes;
-	e = cub::DeviceScan::InclusiveSum(b + L.tmp, tb, (const unsigned long long *)w, (unsigned long long *)cum, (int)n,
-					  st);
-	if (e != cudaSuccess)
-		return (int)e;
-	k_all_draw<<<1, SA_DRAW_THREADS, 0, st>>>(keys2, ids2, cum, (int)n, top_k, top_p, d_rng, d_stop, d_id, h);
-	return (int)cudaGetLastError();
+	int R;
+	const int G = sa_config(n, &R);
+	if (!G)
+		return (int)cudaErrorCooperativeLaunchTooLarge;
+	cudaLaunchConfig_t cfg = {};
+	cudaLaunchAttribute at[1];
+	at[0].id = cudaLaunchAttributeCooperative;
+	at[0].val.cooperative = 1;
+	cfg.gridDim = dim3((unsigned)G);
+	cfg.blockDim = dim3(SA_T);
+	cfg.stream = (cudaStream_t)stream;
+	cfg.attrs = at;
+	cfg.numAttrs = 1;
+	sa_glob *g = (sa_glob *)d_scratch;
+	const int ni = (int)n;
+	cudaError_t e;
+	switch (R) {
+	case 4: e = cudaLaunchKernelEx(&cfg, k_sample_all<4>, d_logits, ni, temperature, top_k, top_p, min_p, d_rng, d_stop, d_id, g); break;
+	case 8: e = cudaLaunchKernelEx(&cfg, k_sample_all<8>, d_logits, ni, temperature, top_k, top_p, min_p, d_rng, d_stop, d_id, g); break;
+	case 16: e = cudaLaunchKernelEx(&cfg, k_sample_all<16>, d_logits, ni, temperature, top_k, top_p, min_p, d_rng, d_stop, d_id, g); break;
+	default: e = cudaLaunchKernelEx(&cfg, k_sample_all<32>, d_logits, ni, temperature, top_k, top_p, min_p, d_rng, d_stop, d_id, g); break;
+	}
+	return (int)(e != cudaSuccess ? e : cudaGetLastError());
 }

@@ -5,7 +5,9 @@
  * values bit for bit, -1 on NaN and on sets over LQ_CUDA_TOPK_MAX; the pick
  * after the top-k against lq_sample (the id and the generator state after
  * it, top-p and min-p on and off, a stop on a row with no set); the whole
- * row's pick (top-k off or over the set's cap) the same way; the penalty
+ * row's pick (top-k off or over the set's cap: a radix descent, not a
+ * sort) the same way, at every grid shape it launches with, with min-p
+ * and top-p at their edges and many draws from rows with ties; the penalty
  * bit for bit.  Rows whose ties at the k-th value fill the first pass's bin
  * ("infs", "equal" with k 1024) must not lose them.
  *
@@ -222,18 +224,21 @@ int main(void)
 				}
 		cudaFree(d_pk);
 	}
-	/* lq_cuda_sample_all (top-k off or past LQ_CUDA_TOPK_MAX: the sorted
-	 * row on the device) against lq_sample on the host: the same id and
-	 * generator state; a NaN row sets the stop flag and changes nothing
-	 * else; a set stop flag makes it do nothing; one scratch for every
-	 * size (made for the largest), reused */
+	/* lq_cuda_sample_all (top-k off or past LQ_CUDA_TOPK_MAX) against
+	 * lq_sample on the host: the same id and generator state; a NaN row
+	 * sets the stop flag and changes nothing else; a set stop flag makes
+	 * it do nothing; one scratch for every size, reused.  The sizes take
+	 * one block, several, 4, 8 and 32 tokens a thread; top-p and min-p
+	 * include values that keep one token (1e-12, 1.5) and a min-p below
+	 * every nonzero weight (1e-30) */
 	{
-		static const int64_t an[] = { 1, 2, 7, 1000, 4097, 32000, 128256, 151936 };
+		static const int64_t an[] = { 1, 2, 7, 1000, 4097, 32000, 128256, 151936, 256000, LQ_CUDA_TOPK_NMAX };
 		static const int ak[] = { 0, 0, 1, 3, 1025, 5000 };
-		static const double ap[] = { 1.0, 0.9, 0.5, 1.0, 0.95, 0.999 }, am[] = { 0.0, 0.0, 0.05, 0.2, 0.0 };
+		static const double ap[] = { 1.0, 0.9, 0.5, 1.0, 0.95, 0.999, 1e-12 },
+				    am[] = { 0.0, 0.0, 0.05, 0.2, 0.0, 1e-30, 1.5 };
 		struct pick_dev hd, *d_pk;
 		CU(cudaMalloc(&d_pk, sizeof *d_pk));
-		const size_t sab = lq_cuda_sample_all_scratch_size(151936);
+		const size_t sab = lq_cuda_sample_all_scratch_size(LQ_CUDA_TOPK_NMAX);
 		CHECK(sab > 0 && lq_cuda_sample_all_scratch_size(0) == 0 &&
 		      lq_cuda_sample_all_scratch_size(LQ_CUDA_TOPK_NMAX + 1) == 0, "scratch sizes");
 		void *d_sa;
@@ -248,8 +253,8 @@ int main(void)
 					lq_sample_opts_init(&o);
 					o.temperature = temps[ac % 3];
 					o.top_k = ak[ki] == 5000 ? (int)n : ak[ki]; /* k = n: no top-k */
-					o.top_p = ap[ac % 6];
-					o.min_p = am[(ac / 6) % 5];
+					o.top_p = ap[ac % 7];
+					o.min_p = am[(ac / 7) % 7];
 					fill(l, n, kind);
 					if (kind == GRID)
 						for (int64_t i = 0; i < n; i++)
@@ -264,25 +269,30 @@ int main(void)
 				}
 		CHECK(nstop > 0, "no NaN rows");
 		/* many draws from one row: the same ids as the host's, and more
-		 * than one distinct id (the draw is not stuck) */
-		{
-			const int64_t n = 128256;
-			fill(l, n, RANDOM);
+		 * than one distinct id (the draw is not stuck); rows of distinct
+		 * values and of ties (a grid of 16 values: every draw lands in a
+		 * tie, ranked by id across blocks), top-k off and past the cap */
+		for (int dc = 0; dc < 4; dc++) {
+			const int64_t n = dc & 1 ? 151936 : 128256;
+			const int kind = dc < 2 ? RANDOM : GRID;
+			fill(l, n, kind);
 			for (int64_t i = 0; i < n; i++)
-				l[i] *= 0.05f;
+				l[i] *= kind == RANDOM ? 0.05f : 0.25f;
 			struct lq_sample_opts o;
 			lq_sample_opts_init(&o);
-			o.top_k = 0;
-			o.top_p = 0.9;
+			o.top_k = dc == 3 ? 30000 : 0;
+			o.top_p = dc == 1 ? 1.0 : 0.9;
+			o.min_p = dc == 2 ? 0.5 : 0.0;
 			struct lq_rng hr;
-			lq_rng_seed(&hr, 5);
+			lq_rng_seed(&hr, 5 + (uint64_t)dc);
 			memcpy(hd.rng, hr.s, sizeof hd.rng);
 			hd.stop = 0;
 			CU(cudaMemcpy(d_pk, &hd, sizeof hd, cudaMemcpyHostToDevice));
 			CU(cudaMemcpy(d_l, l, n * 4, cudaMemcpyHostToDevice));
 			int same = 1, distinct = 0, prev = -1;
-			for (int r = 0; r < 40; r++) {
-				CHECK(lq_cuda_sample_all(d_l, n, 1.0f, 0, o.top_p, 0.0, d_pk->rng, &d_pk->stop, &d_pk->id, d_sa, 0) == 0,
+			for (int r = 0; r < 60; r++) {
+				CHECK(lq_cuda_sample_all(d_l, n, 1.0f, o.top_k, o.top_p, o.min_p, d_pk->rng, &d_pk->stop, &d_pk->id,
+							 d_sa, 0) == 0,
 				      "sample_all launch");
 				CU(cudaMemcpy(&hd, d_pk, sizeof hd, cudaMemcpyDeviceToHost));
 				memcpy(sc, l, n * 4);
@@ -291,7 +301,8 @@ int main(void)
 				distinct += hd.id != prev;
 				prev = hd.id;
 			}
-			CHECK(same && distinct > 20, "40 draws: same %d, %d changes", same, distinct);
+			CHECK(same && distinct > 30, "60 draws (%s, top-k %d): same %d, %d changes", kind_name[kind], o.top_k,
+			      same, distinct);
 		}
 		CHECK(lq_cuda_sample_all(d_l, 100, 0.0f, 0, 1.0, 0.0, d_pk->rng, &d_pk->stop, &d_pk->id, d_sa, 0) != 0,
 		      "sample_all: temperature 0 accepted");

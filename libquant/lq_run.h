@@ -255,7 +255,7 @@ int lq_run_forward_sample_n(struct lq_run *r, int32_t token, int64_t pos, size_t
 /* The largest top-k whose set the GPU's sampler selects on the device
  * (lq_run_forward_sample sends only that set to the host); larger ones, or
  * top-k off, send the logits to the host there, and lq_run_forward_sample_n
- * sorts the whole row on the device instead. */
+ * picks from the whole row on the device instead. */
 #define LQ_RUN_TOPK_MAX 1024
 /* The backend in use ("cpu" or "cuda") and a one-line description of the
  * device (owned by r). */
