@@ -553,7 +553,6 @@ struct sa_smem {
 	unsigned long long wabove;
 	unsigned cabove, ccnt;
 	unsigned long long cw;
-	int pos; /* the tie rank's block */
 };
 
 /* A digit's position in a descent: the value's bits fixed so far (pfx, the
