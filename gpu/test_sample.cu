@@ -6,7 +6,7 @@
  * after the top-k against lq_sample (the id and the generator state after
  * it, top-p and min-p on and off, a stop on a row with no set); the whole
  * row's pick (top-k off or over the set's cap: a radix descent, not a
- * sort) the same way, on grids of 1 to 128 blocks (H200), with min-p
+ * sort) the same way, on grids of 1 to 128 blocks, with min-p
  * and top-p at their edges and many draws from rows with ties; the penalty
  * bit for bit.  Rows whose ties at the k-th value fill the first pass's bin
  * ("infs", "equal" with k 1024) must not lose them.
@@ -228,12 +228,12 @@ int main(void)
 	 * lq_sample on the host: the same id and generator state; a NaN row
 	 * sets the stop flag and changes nothing else; a set stop flag makes
 	 * it do nothing; one scratch for every size, reused.  The sizes take
-	 * one block, several and (H200) 128 blocks of 2, 4 and 16 tokens a
-	 * thread; top-p and min-p
+	 * one block, several and (H200) up to 128 blocks of 2, 4, 8 and 16
+	 * tokens a thread; top-p and min-p
 	 * include values that keep one token (1e-12, 1.5) and a min-p below
 	 * every nonzero weight (1e-30) */
 	{
-		static const int64_t an[] = { 1, 2, 7, 1000, 4097, 32000, 128256, 151936, 256000, LQ_CUDA_TOPK_NMAX };
+		static const int64_t an[] = { 1, 2, 7, 1000, 4097, 32000, 128256, 151936, 256000, 400000, LQ_CUDA_TOPK_NMAX };
 		static const int ak[] = { 0, 0, 1, 3, 1025, 5000 };
 		static const double ap[] = { 1.0, 0.9, 0.5, 1.0, 0.95, 0.999, 1e-12 },
 				    am[] = { 0.0, 0.0, 0.05, 0.2, 0.0, 1e-30, 1.5 };
