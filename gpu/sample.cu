@@ -934,13 +934,22 @@ __global__ void __launch_bounds__(SA_T) k_sample_all(const float *l, int n, floa
 	}
 }
 
-/* The blocks of k_sample_all<rs[i]> the device holds at once (at most
- * SA_GMAX; 0: no cooperative launch), per device, asked once (the first
- * time outside a graph's capture: lq_cuda_sample_all_scratch_size). */
-static const int sa_rs[5] = { 2, 4, 8, 16, 32 };
+/* The launch's kernels, by tokens a thread. */
+#define SA_NK 5
+typedef void (*sa_kernel)(const float *, int, float, int, double, double, uint64_t *, int *, int32_t *, sa_glob *);
+static const struct {
+	int r;
+	sa_kernel k;
+} sa_kern[] = { { 2, k_sample_all<2> }, { 4, k_sample_all<4> }, { 8, k_sample_all<8> }, { 16, k_sample_all<16> },
+		{ 32, k_sample_all<32> } };
+static_assert(sizeof sa_kern / sizeof sa_kern[0] == SA_NK, "sa_kern's entries");
+
+/* The blocks of sa_kern[i] the device holds at once (at most SA_GMAX; 0:
+ * no cooperative launch), per device, asked once (the first time outside a
+ * graph's capture: lq_cuda_sample_all_scratch_size). */
 static int sa_fit_of(int dev, int i)
 {
-	static int fit[64][5], known[64];
+	static int fit[64][SA_NK], known[64];
 	if (dev < 0 || dev >= 64)
 		return 0;
 	if (!known[dev]) {
@@ -948,17 +957,9 @@ static int sa_fit_of(int dev, int i)
 		if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
 		    cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess)
 			return 0;
-		for (int j = 0; j < 5; j++) {
+		for (int j = 0; j < SA_NK; j++) {
 			int per = 0;
-			cudaError_t e;
-			switch (sa_rs[j]) {
-			case 2: e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_sample_all<2>, SA_T, 0); break;
-			case 4: e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_sample_all<4>, SA_T, 0); break;
-			case 8: e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_sample_all<8>, SA_T, 0); break;
-			case 16: e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_sample_all<16>, SA_T, 0); break;
-			default: e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_sample_all<32>, SA_T, 0); break;
-			}
-			if (e != cudaSuccess)
+			if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, sa_kern[j].k, SA_T, 0) != cudaSuccess)
 				return 0;
 			fit[dev][j] = coop ? (int)min((int64_t)per * sms, (int64_t)SA_GMAX) : 0;
 		}
@@ -967,20 +968,20 @@ static int sa_fit_of(int dev, int i)
 	return fit[dev][i];
 }
 
-/* The cooperative grid for n logits on the current device: R tokens a
- * thread, the smallest R whose grid is at most SA_MAXG blocks (few blocks at
- * each barrier), else the smallest whose grid the device holds at once;
- * 0: none. */
-static int sa_config(int64_t n, int *R)
+/* The cooperative grid for n logits on the current device: the kernel
+ * (*ki, into sa_kern) of the fewest tokens a thread whose grid is at most
+ * SA_MAXG blocks (few blocks at each barrier), else of the fewest whose
+ * grid the device holds at once; returns the blocks, 0: none. */
+static int sa_config(int64_t n, int *ki)
 {
 	int dev;
 	if (cudaGetDevice(&dev) != cudaSuccess)
 		return 0;
 	for (int pass = 0; pass < 2; pass++)
-		for (int i = 0; i < 5; i++) {
-			const int64_t G = (n + (int64_t)SA_T * sa_rs[i] - 1) / ((int64_t)SA_T * sa_rs[i]);
+		for (int i = 0; i < SA_NK; i++) {
+			const int64_t per = (int64_t)SA_T * sa_kern[i].r, G = (n + per - 1) / per;
 			if (G <= sa_fit_of(dev, i) && (pass || G <= SA_MAXG)) {
-				*R = sa_rs[i];
+				*ki = i;
 				return (int)G;
 			}
 		}
@@ -989,8 +990,8 @@ static int sa_config(int64_t n, int *R)
 
 size_t lq_cuda_sample_all_scratch_size(int64_t n)
 {
-	int R;
-	if (n < 1 || n > LQ_CUDA_TOPK_NMAX || !sa_config(n, &R))
+	int ki;
+	if (n < 1 || n > LQ_CUDA_TOPK_NMAX || !sa_config(n, &ki))
 		return 0;
 	return sizeof(struct sa_glob);
 }
@@ -1000,8 +1001,8 @@ int lq_cuda_sample_all(const float *d_logits, int64_t n, float temperature, int 
 {
 	if (n < 1 || n > LQ_CUDA_TOPK_NMAX || !(temperature > 0))
 		return (int)cudaErrorInvalidValue;
-	int R;
-	const int G = sa_config(n, &R);
+	int ki;
+	const int G = sa_config(n, &ki);
 	if (!G)
 		return (int)cudaErrorCooperativeLaunchTooLarge;
 	cudaLaunchConfig_t cfg = {};
@@ -1013,15 +1014,7 @@ int lq_cuda_sample_all(const float *d_logits, int64_t n, float temperature, int 
 	cfg.stream = (cudaStream_t)stream;
 	cfg.attrs = at;
 	cfg.numAttrs = 1;
-	sa_glob *g = (sa_glob *)d_scratch;
-	const int ni = (int)n;
-	cudaError_t e;
-	switch (R) {
-	case 2: e = cudaLaunchKernelEx(&cfg, k_sample_all<2>, d_logits, ni, temperature, top_k, top_p, min_p, d_rng, d_stop, d_id, g); break;
-	case 4: e = cudaLaunchKernelEx(&cfg, k_sample_all<4>, d_logits, ni, temperature, top_k, top_p, min_p, d_rng, d_stop, d_id, g); break;
-	case 8: e = cudaLaunchKernelEx(&cfg, k_sample_all<8>, d_logits, ni, temperature, top_k, top_p, min_p, d_rng, d_stop, d_id, g); break;
-	case 16: e = cudaLaunchKernelEx(&cfg, k_sample_all<16>, d_logits, ni, temperature, top_k, top_p, min_p, d_rng, d_stop, d_id, g); break;
-	default: e = cudaLaunchKernelEx(&cfg, k_sample_all<32>, d_logits, ni, temperature, top_k, top_p, min_p, d_rng, d_stop, d_id, g); break;
-	}
+	const cudaError_t e = cudaLaunchKernelEx(&cfg, sa_kern[ki].k, d_logits, (int)n, temperature, top_k, top_p, min_p,
+						 d_rng, d_stop, d_id, (sa_glob *)d_scratch);
 	return (int)(e != cudaSuccess ? e : cudaGetLastError());
 }
