@@ -665,22 +665,29 @@ __device__ __forceinline__ unsigned long long sa_weight(uint32_t key, double mx,
 	return lq_pick_weight(exp((double)kfloat(key) - mx), S);
 }
 
+/* A descent's global sums per digit (top, middle, low): counts, and weights
+ * (NULL: counts only). */
+struct sa_hist {
+	unsigned *c[3];
+	unsigned long long *w[3];
+};
+
 /*
- * The rest of a descent whose top digit was found (p after sa_find over the
- * top digit's sums): the two lower digits, each a pass over the tokens in
- * the bin found, a barrier (bar) and a search; p ends with the whole key.
- * wt: weights (t absolute: the first token whose cumulative weight exceeds
- * t), else counts (t: the position, from 1).
+ * A descent over the keys: the top digit from its sums (h's first, added
+ * before the caller's last barrier), then the two lower digits, each a pass
+ * over the tokens in the bin found, a barrier (bar) and a search.  The
+ * result holds the whole key (pfx) with the weight and count above it and
+ * its bin's.  wt: weights (t absolute: the first token whose cumulative
+ * weight exceeds t), else counts (t: the position, from 1).
  */
 template <int R, typename BAR>
-__device__ void sa_descend(const uint32_t (&key)[R], sa_smem *s, BAR bar, unsigned long long t, bool wt, double mx,
-			   int S, unsigned *gc2, unsigned *gc3, unsigned long long *gw2, unsigned long long *gw3,
-			   sa_pos &p)
+__device__ sa_pos sa_descend(const uint32_t (&key)[R], sa_smem *s, BAR bar, unsigned long long t, bool wt, double mx,
+			     int S, const sa_hist &h)
 {
-	for (int lev = 0; lev < 2; lev++) {
-		const int sh = lev ? 0 : 10, nb = lev ? 1024 : 2048;
-		unsigned *gc = lev ? gc3 : gc2;
-		unsigned long long *gw = lev ? gw3 : gw2;
+	sa_pos p = { 0, 21, 0, 0, 0, 0 };
+	sa_find(s, SA_NB, h.c[0], h.w[0], t, wt, p);
+	for (int lev = 1; lev < 3; lev++) {
+		const int sh = lev == 2 ? 0 : 10, nb = lev == 2 ? 1024 : 2048;
 		sa_clear(s, nb);
 #pragma unroll
 		for (int j = 0; j < R; j++) {
@@ -688,11 +695,16 @@ __device__ void sa_descend(const uint32_t (&key)[R], sa_smem *s, BAR bar, unsign
 			const unsigned long long w = ok && wt ? sa_weight(key[j], mx, S) : 0;
 			sa_add(s, ok, (key[j] >> sh) & (uint32_t)(nb - 1), w, wt);
 		}
+		/* not h.c[lev]: indexed at run time, h went to local memory (ptxas:
+		 * 96-192 bytes of stack against 48) */
+		unsigned *gc = lev == 2 ? h.c[2] : h.c[1];
+		unsigned long long *gw = lev == 2 ? h.w[2] : h.w[1];
 		sa_flush(s, nb, gc, wt ? gw : nullptr);
 		bar();
 		p.sh = sh;
 		sa_find(s, nb, gc, gw, wt ? t - p.wabove : t - p.cabove, wt, p);
 	}
+	return p;
 }
 
 /* A block's sum of v in every thread. */
@@ -766,7 +778,6 @@ __global__ void __launch_bounds__(SA_T) k_sample_all(const float *l, int n, floa
 	if (topk)
 		sa_flush(&s, SA_NB, g->kc0, nullptr);
 	int nbar = 0;
-	const uint32_t *kc0 = g->kc0;
 	/* pass 1's state is reset after the second barrier, when every block
 	 * has read it; the generator's state is stored advanced then too */
 	bool isnan = false;
@@ -799,10 +810,8 @@ __global__ void __launch_bounds__(SA_T) k_sample_all(const float *l, int n, floa
 	/* 2. top-k: the k-th largest key; the tokens below it drop out */
 	int keep = n;
 	if (topk) {
-		sa_pos p = { 0, 21, 0, 0, 0, 0 };
-		sa_find(&s, SA_NB, kc0, nullptr, (unsigned long long)top_k, false, p);
-		sa_descend<R>(key, &s, bar, (unsigned long long)top_k, false, 0.0, 0, g->kc[0], g->kc[1], nullptr,
-			      nullptr, p);
+		const sa_hist h = { { g->kc0, g->kc[0], g->kc[1] }, { nullptr, nullptr, nullptr } };
+		const sa_pos p = sa_descend<R>(key, &s, bar, (unsigned long long)top_k, false, 0.0, 0, h);
 		keep = (int)(p.cabove + p.ccnt); /* ties with the k-th value kept */
 #pragma unroll
 		for (int j = 0; j < R; j++)
@@ -859,9 +868,8 @@ __global__ void __launch_bounds__(SA_T) k_sample_all(const float *l, int n, floa
 		} else {
 			/* token j the first whose cumulative weight exceeds need - 1: k = j + 1 */
 			const unsigned long long t = need - 1;
-			sa_pos p = { 0, 21, 0, 0, 0, 0 };
-			sa_find(&s, SA_NB, g->hc[0], g->hw[0], t, true, p);
-			sa_descend<R>(key, &s, bar, t, true, mx, S, g->hc[1], g->hc[2], g->hw[1], g->hw[2], p);
+			const sa_hist h = { { g->hc[0], g->hc[1], g->hc[2] }, { g->hw[0], g->hw[1], g->hw[2] } };
+			const sa_pos p = sa_descend<R>(key, &s, bar, t, true, mx, S, h);
 			const unsigned long long wk = p.cw / p.ccnt, tt = (t - p.wabove) / wk;
 			k = (long long)(p.cabove + tt) + 1;
 			W = p.wabove + (tt + 1) * wk;
@@ -883,9 +891,8 @@ __global__ void __launch_bounds__(SA_T) k_sample_all(const float *l, int n, floa
 	unsigned long long td = 0, cnt = 0; /* the rank among kd's ties; their count (0: unknown) */
 	if (W) {
 		const unsigned long long r = lq_pick_target(x, W);
-		sa_pos p = { 0, 21, 0, 0, 0, 0 };
-		sa_find(&s, SA_NB, g->hc[0], g->hw[0], r, true, p);
-		sa_descend<R>(key, &s, bar, r, true, mx, S, g->hc[3], g->hc[4], g->hw[3], g->hw[4], p);
+		const sa_hist h = { { g->hc[0], g->hc[3], g->hc[4] }, { g->hw[0], g->hw[3], g->hw[4] } };
+		const sa_pos p = sa_descend<R>(key, &s, bar, r, true, mx, S, h);
 		const unsigned long long wk = p.cw / p.ccnt;
 		kd = p.pfx;
 		td = (r - p.wabove) / wk;
