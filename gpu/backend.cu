@@ -2172,7 +2172,7 @@ struct gstate {
 	/* sampling: lq_cuda_topk's scratch and result (device, pinned host), the
 	 * penalized ids (device, pinned host, pen_cap of each) */
 	uint8_t *tk_scr;
-	struct lq_cuda_topk_out *d_tk, *h_tk;
+	struct lq_cuda_topk_out *d_tk;
 	uint8_t *sa_scr; /* lq_cuda_sample_all's scratch, made when first needed */
 	uint8_t *d_seen; /* g_sample_n's repetition penalty: 1 for each id seen (vocab bytes, made when first needed) */
 	int32_t *d_pen, *h_pen;
@@ -2605,7 +2605,7 @@ static void g_free(void *state)
 		cudaFreeHost(g->h_pos);
 	if (g->h_logits)
 		cudaFreeHost(g->h_logits);
-	void *h[] = { g->h_id, g->h_tk, g->h_pen, g->h_ids, g->h_cs };
+	void *h[] = { g->h_id, g->h_pen, g->h_ids, g->h_cs };
 	for (size_t i = 0; i < sizeof h / sizeof h[0]; i++)
 		if (h[i])
 			cudaFreeHost(h[i]);
@@ -3762,6 +3762,26 @@ static int g_argmax_n(void *state, int32_t token, int64_t pos, size_t n, int32_t
  * pick joins), then the argmax (temperature <= 0), the top-k and the draw
  * (lq_cuda_pick), or the whole row's pick (lq_cuda_sample_all). */
 static int ensure_pen(gstate *g, size_t npen, struct lq_error *err);
+
+/* lq_cuda_sample_all's scratch, made when first needed; *ok 0 where the
+ * device cannot hold its grid at once (vocab <= LQ_CUDA_TOPK_NMAX). */
+static int ensure_sample_all(gstate *g, bool *ok, struct lq_error *err)
+{
+	*ok = true;
+	if (g->sa_scr)
+		return LQ_OK;
+	const size_t b = lq_cuda_sample_all_scratch_size(g->vocab);
+	if (!b) {
+		*ok = false;
+		return LQ_OK;
+	}
+	int rc = dmalloc((void **)&g->sa_scr, b, "sampling", err);
+	if (rc)
+		return rc;
+	CK(cudaMemset(g->sa_scr, 0, b), "clearing the sampler's scratch");
+	return LQ_OK;
+}
+
 static int g_sample_n(void *state, int32_t token, int64_t pos, size_t n, const struct lq_sample_opts *o,
 		      const int32_t *seen, size_t nseen, uint64_t rng[4], int32_t *ids, size_t *done,
 		      struct lq_error *err)
@@ -3771,13 +3791,12 @@ static int g_sample_n(void *state, int32_t token, int64_t pos, size_t n, const s
 	*done = 0;
 	if (g->vocab > LQ_CUDA_TOPK_NMAX)
 		return LQ_OK; /* none done: the host takes the steps */
-	if (o->temperature > 0 && !topk_set(o) && !g->sa_scr) {
-		const size_t b = lq_cuda_sample_all_scratch_size(g->vocab);
-		if (!b)
-			return LQ_OK; /* the device cannot hold the whole row's grid at once: the host takes the steps */
-		if ((rc = dmalloc((void **)&g->sa_scr, b, "sampling", err)))
+	if (o->temperature > 0 && !topk_set(o)) {
+		bool dev;
+		if ((rc = ensure_sample_all(g, &dev, err)))
 			return rc;
-		CK(cudaMemset(g->sa_scr, 0, b), "clearing the sampler's scratch");
+		if (!dev)
+			return LQ_OK; /* the device cannot hold the whole row's grid at once: the host takes the steps */
 	}
 	if (lq_sample_penalized(o)) {
 		if (!g->d_seen && (rc = dmalloc((void **)&g->d_seen, (uint64_t)g->vocab, "the repetition penalty", err)))
@@ -3819,15 +3838,20 @@ static int ensure_pen(gstate *g, size_t npen, struct lq_error *err)
 	return LQ_OK;
 }
 
-/* forward, then lq_sample's penalty, temperature and top-k (or argmax) on
- * the device (struct lq_backend's sample) */
+/* forward, then lq_sample's whole pick on the device (struct lq_backend's
+ * sample): the penalty, then the argmax, or the top-k set and its draw
+ * (lq_cuda_pick), or the whole row's draw (lq_cuda_sample_all); the id and
+ * the generator's state come back, or the row where the device stopped. */
 static int g_sample(void *state, const int32_t *tokens, size_t n, int64_t pos, const struct lq_sample_opts *o,
-		    const int32_t *pen, size_t npen, float *vals, int32_t *ids, size_t cap, size_t *count, float *logits,
+		    const int32_t *pen, size_t npen, uint64_t rng[4], int32_t *id, int *made, float *logits,
 		    struct lq_error *err)
 {
 	gstate *g = (gstate *)state;
 	int rc;
-	*count = 0;
+	*made = 0;
+	bool dev = o->temperature <= 0 || g->vocab <= LQ_CUDA_TOPK_NMAX;
+	if (dev && o->temperature > 0 && !topk_set(o) && (rc = ensure_sample_all(g, &dev, err)))
+		return rc;
 	if ((rc = ensure_pen(g, npen, err)) || (rc = forward_dev(g, tokens, n, pos, 0, err)))
 		return rc;
 	if (npen) {
@@ -3842,21 +3866,35 @@ static int g_sample(void *state, const int32_t *tokens, size_t n, int64_t pos, c
 		if ((rc = argmax_to_host(g, err)))
 			return rc;
 		CK(cudaStreamSynchronize(g->st), "the sampling step");
-		ids[0] = *g->h_id;
-		*count = 1;
+		*id = *g->h_id;
+		*made = 1;
 		return LQ_OK;
 	}
-	size_t lim = cap < LQ_CUDA_TOPK_MAX ? cap : LQ_CUDA_TOPK_MAX;
-	if (o->top_k > 0 && (size_t)o->top_k <= lim && g->vocab <= LQ_CUDA_TOPK_NMAX) {
-		CK((cudaError_t)lq_cuda_topk(g->logits, g->vocab, (float)o->temperature, o->top_k, g->tk_scr, g->d_tk, g->st),
-		   "the top-k filter");
-		CK(cudaMemcpyAsync(g->h_tk, g->d_tk, sizeof *g->h_tk, cudaMemcpyDeviceToHost, g->st), "the top-k filter");
+	if (dev) {
+		/* the draw from a copy of the generator's state (the previous step
+		 * has completed: h_cs is free) */
+		memset(g->h_cs, 0, sizeof *g->h_cs);
+		memcpy(g->h_cs->rng, rng, sizeof g->h_cs->rng);
+		CK(cudaMemcpyAsync(g->d_cs, g->h_cs, sizeof *g->h_cs, cudaMemcpyHostToDevice, g->st), "the sampling step");
+		cudaError_t e;
+		if (topk_set(o)) {
+			e = (cudaError_t)lq_cuda_topk(g->logits, g->vocab, (float)o->temperature, o->top_k, g->tk_scr, g->d_tk,
+						      g->st);
+			if (e == cudaSuccess)
+				e = (cudaError_t)lq_cuda_pick(g->d_tk, o->top_p, o->min_p, g->d_cs->rng, &g->d_cs->stop, g->d_id,
+							      g->st);
+		} else {
+			e = (cudaError_t)lq_cuda_sample_all(g->logits, g->vocab, (float)o->temperature, o->top_k, o->top_p,
+							    o->min_p, g->d_cs->rng, &g->d_cs->stop, g->d_id, g->sa_scr, g->st);
+		}
+		CK(e, "the sampling step");
+		CK(cudaMemcpyAsync(g->h_id, g->d_id, sizeof(int32_t), cudaMemcpyDeviceToHost, g->st), "the sampling step");
+		CK(cudaMemcpyAsync(g->h_cs, g->d_cs, sizeof *g->h_cs, cudaMemcpyDeviceToHost, g->st), "the sampling step");
 		CK(cudaStreamSynchronize(g->st), "the sampling step");
-		int32_t c = g->h_tk->count;
-		if (c > 0 && (size_t)c <= lim) {
-			memcpy(vals, g->h_tk->vals, (size_t)c * sizeof(float));
-			memcpy(ids, g->h_tk->ids, (size_t)c * sizeof(int32_t));
-			*count = (size_t)c;
+		if (!g->h_cs->stop) {
+			*id = *g->h_id;
+			memcpy(rng, g->h_cs->rng, sizeof g->h_cs->rng);
+			*made = 1;
 			return LQ_OK;
 		}
 	}
@@ -4041,8 +4079,6 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 			e = cudaHostAlloc((void **)&g->h_ids, CHAIN_MAX * 4, cudaHostAllocDefault);
 		if (e == cudaSuccess)
 			e = cudaHostAlloc((void **)&g->h_cs, sizeof *g->h_cs, cudaHostAllocDefault);
-		if (e == cudaSuccess)
-			e = cudaHostAlloc((void **)&g->h_tk, sizeof *g->h_tk, cudaHostAllocDefault);
 		if (e != cudaSuccess) {
 			rc = cuda_fail(err, e, "pinned host memory");
 			goto fail;

@@ -13,8 +13,8 @@
  *    at a time through the KV cache (the CUDA-graph path) within 1e-4;
  *    greedy continuations of 24 tokens identical to the CPU's, also with
  *    the argmax taken on the device (lq_run_forward_argmax); sampled
- *    continuations (lq_run_forward_sample: penalty, temperature, top-k on
- *    the device) identical to lq_sample's on the same runtime's logits,
+ *    continuations (lq_run_forward_sample: penalty, temperature, filters
+ *    and draw on the device) identical to lq_sample's on the same runtime's logits,
  *    at every compute dtype;
  *  - bf16 and fp16 compute: the logits within 2e-2 relative L2 of the
  *    CPU's fp32 logits (all rows together; every row within 3e-2).
@@ -164,8 +164,8 @@ static void greedy(struct lq_run *r, const int32_t *ids, size_t np, int ngen, in
 }
 
 /* A sampled continuation of ids[0..np) for ngen tokens with options o and a
- * seed: with dev, lq_run_forward_sample (penalty, temperature, top-k or
- * argmax on the device); else lq_run_forward and lq_sample on the host. */
+ * seed: with dev, lq_run_forward_sample (the whole pick, or the argmax, on
+ * the device); else lq_run_forward and lq_sample on the host. */
 static void sampled(struct lq_run *r, const int32_t *ids, size_t np, int ngen, const struct lq_sample_opts *o,
 		    uint64_t seed, int dev, int32_t *out)
 {

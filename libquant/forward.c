@@ -644,9 +644,6 @@ int lq_run_forward_argmax_n(struct lq_run *r, int32_t token, int64_t pos, size_t
 	return LQ_OK;
 }
 
-/* Candidates a backend may return from one sampling step. */
-#define SAMPLE_CAP LQ_RUN_TOPK_MAX
-
 int lq_run_forward_sample(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos,
 			  const struct lq_sample_opts *o, const int32_t *seen, size_t nseen, struct lq_rng *rng,
 			  int32_t *id, struct lq_error *err)
@@ -679,22 +676,15 @@ int lq_run_forward_sample(struct lq_run *r, const int32_t *tokens, size_t n, int
 		}
 		npl = (size_t)k;
 	}
-	float vals[SAMPLE_CAP];
-	int32_t ids[SAMPLE_CAP];
-	size_t count = 0;
-	rc = r->be->sample(r->be_state, tokens, n, pos, o, pl, npl, vals, ids, SAMPLE_CAP, &count, lg, err);
+	int made = 0;
+	rc = r->be->sample(r->be_state, tokens, n, pos, o, pl, npl, o->temperature > 0 ? rng->s : NULL, id, &made, lg,
+			   err);
 	r->pos = rc ? (pos < r->pos ? pos : r->pos) : pos + (int64_t)n;
-	if (!rc) {
-		if (o->temperature <= 0 && count)
-			*id = ids[0];
-		else if (count)
-			*id = lq_sample_kept(vals, ids, count, o, rng);
-		else {
-			/* the row came back with the penalty applied */
-			struct lq_sample_opts o2 = *o;
-			o2.repetition_penalty = 1.0;
-			*id = lq_sample(lg, r->vocab, &o2, NULL, 0, rng);
-		}
+	if (!rc && !made) {
+		/* the row came back with the penalty applied */
+		struct lq_sample_opts o2 = *o;
+		o2.repetition_penalty = 1.0;
+		*id = lq_sample(lg, r->vocab, &o2, NULL, 0, rng);
 	}
 	free(pl);
 	return rc;

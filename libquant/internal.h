@@ -62,7 +62,9 @@ int32_t lq_argmax_f32(const float *l, int64_t n);
 /* lq_sample from its top-k step on: vals / ids[0..n) are the kept tokens
  * (temperature-scaled logits and ids, in any order; distinct ids), exactly the
  * set lq_sample's top-k filter keeps, ties included.  Same pick and the
- * same draws from rng as lq_sample; -1 when n is 0. */
+ * same draws from rng as lq_sample; -1 when n is 0.  The host's statement
+ * of the device's draw from a top-k set (lq_cuda_pick, gpu/lq_cuda.h);
+ * test_run checks lq_sample's selection against it. */
 int32_t lq_sample_kept(const float *vals, const int32_t *ids, size_t n, const struct lq_sample_opts *o,
 		       struct lq_rng *rng);
 /* The distinct ids of seen[0..nseen) in [0, vocab), in order of first

@@ -140,19 +140,19 @@ struct lq_backend {
 	int (*argmax)(void *state, const int32_t *tokens, size_t n, int64_t pos, int32_t *id,
 		      struct lq_error *err);
 	/* optional (NULL: forward, then lq_sample on the host): as forward,
-	 * then the first steps of lq_sample on the last logits row, on the
-	 * device: the repetition penalty over pen[0..npen) (distinct ids in
-	 * range; none when o's penalty is off), then, with temperature > 0 and
-	 * 0 < top_k <= cap, the temperature and the top-k filter with its ties.
-	 * *count receives the number of tokens kept, their scaled logits in
-	 * vals and ids in ids (in any order); or 1 with the argmax (after the
-	 * penalty) in ids[0] when temperature <= 0; or 0 when the device
-	 * cannot make the set (top-k off or over cap, a NaN logit, more ties
-	 * than cap): then logits[vocab] receives the row after the penalty,
-	 * for the host to sample from. */
+	 * then lq_sample on the last logits row, on the device: the
+	 * repetition penalty over pen[0..npen) (distinct ids in range; none
+	 * when o's penalty is off), then the argmax (temperature <= 0; rng
+	 * NULL) or the filters and one draw from the xoshiro256** state
+	 * rng[4] (struct lq_rng's, advanced once, as lq_sample advances it).
+	 * *made receives 1 with the pick in *id; or 0 when the device could
+	 * not make it (a NaN logit, more ties at top-k's k-th value than 1024,
+	 * a vocabulary over the device sampler's limit): then rng is
+	 * untouched and logits[vocab] receives the row after the penalty, for
+	 * the host to sample from. */
 	int (*sample)(void *state, const int32_t *tokens, size_t n, int64_t pos, const struct lq_sample_opts *o,
-		      const int32_t *pen, size_t npen, float *vals, int32_t *ids, size_t cap, size_t *count,
-		      float *logits, struct lq_error *err);
+		      const int32_t *pen, size_t npen, uint64_t rng[4], int32_t *id, int *made, float *logits,
+		      struct lq_error *err);
 	/* optional (NULL: argmax step by step): greedy decoding's n >= 1
 	 * steps at once, token at pos, then each step's argmax as the next
 	 * step's token at the next position, ids[i] the argmax of step i,
@@ -230,10 +230,11 @@ int lq_run_forward_argmax_n(struct lq_run *r, int32_t token, int64_t pos, size_t
  * A sampling step: run the tokens as lq_run_forward does, then pick the next
  * token from the last token's logits as lq_sample(logits, vocab, o, seen,
  * nseen, rng) would: the same id and the same draws from rng.  On the GPU
- * the penalty, the temperature and the top-k filter (or the argmax, when
- * greedy) run on the device and only the kept tokens come back, unless
- * top-k is off or over 1024 or the logits hold a NaN: then the whole row
- * comes back and the host samples from it.  rng may be NULL when greedy.
+ * the whole pick (penalty, temperature, filters, draw, or the argmax when
+ * greedy) runs on the device and only the id and the generator's state come
+ * back, unless the logits hold a NaN (or more ties at top-k's k-th value
+ * than 1024): then the row comes back and the host samples from it.  rng
+ * may be NULL when greedy.
  */
 int lq_run_forward_sample(struct lq_run *r, const int32_t *tokens, size_t n, int64_t pos,
 			  const struct lq_sample_opts *o, const int32_t *seen, size_t nseen, struct lq_rng *rng,
@@ -252,10 +253,9 @@ int lq_run_forward_sample(struct lq_run *r, const int32_t *tokens, size_t n, int
 int lq_run_forward_sample_n(struct lq_run *r, int32_t token, int64_t pos, size_t n,
 			    const struct lq_sample_opts *o, const int32_t *seen, size_t nseen, struct lq_rng *rng,
 			    int32_t *ids, struct lq_error *err);
-/* The largest top-k whose set the GPU's sampler selects on the device
- * (lq_run_forward_sample sends only that set to the host); larger ones, or
- * top-k off, send the logits to the host there, and lq_run_forward_sample_n
- * picks from the whole row on the device instead. */
+/* The largest top-k whose set the GPU's sampler selects with its top-k
+ * filter before the draw; larger ones, or top-k off, are drawn from the
+ * whole row on the device instead. */
 #define LQ_RUN_TOPK_MAX 1024
 /* The backend in use ("cpu" or "cuda") and a one-line description of the
  * device (owned by r). */

@@ -16,7 +16,9 @@
  * `run` does for greedy decoding), and lq_run_forward_sample_n with the
  * same sampling, BENCH_CHAIN steps per call (what `run` does when it
  * samples without a repetition penalty); prefill: N tokens with the logits of the
- * last, best of 3 after a warm-up.
+ * last, best of 3 after a warm-up; the first token: the prompt and the pick
+ * from its last logits (lq_run_forward_argmax, and lq_run_forward_sample
+ * with top-k off and top-p 0.9, whose pick is over the whole row), best of 3.
  *
  * Copyright (c) the libquant authors.  MIT license.
  */
@@ -107,9 +109,13 @@ int main(int argc, char **argv)
 	}
 	double load = now() - t0;
 	double best_dec = 1e30, best_pre = 1e30, best_am = 1e30, best_s = 1e30, best_ch = 1e30, best_sc = 1e30;
+	double best_fa = 1e30, best_fs = 1e30;
 	int32_t chain[BENCH_CHAIN];
 	struct lq_sample_opts so;
 	lq_sample_opts_init(&so);
+	struct lq_sample_opts so0 = so; /* top-k off, top-p 0.9 */
+	so0.top_k = 0;
+	so0.top_p = 0.9;
 	struct lq_rng rng;
 	lq_rng_seed(&rng, 1);
 	for (int rep = 0; rep < 3; rep++) {
@@ -171,6 +177,17 @@ int main(int argc, char **argv)
 			break;
 		d = now() - t1;
 		best_pre = d < best_pre ? d : best_pre;
+		/* the first token: the prompt, then its pick */
+		t1 = now();
+		if (lq_run_forward_argmax(r, ids, (size_t)np, 0, &tok, &e))
+			break;
+		d = now() - t1;
+		best_fa = d < best_fa ? d : best_fa;
+		t1 = now();
+		if (lq_run_forward_sample(r, ids, (size_t)np, 0, &so0, ids, (size_t)np, &rng, &tok, &e))
+			break;
+		d = now() - t1;
+		best_fs = d < best_fs ? d : best_fs;
 	}
 	if (e.msg[0]) {
 		fprintf(stderr, "bench_gpu_run: %s\n", e.msg);
@@ -180,11 +197,12 @@ int main(int argc, char **argv)
 	       "(logits to the host), %.2f ms/token, %.1f tok/s (argmax on the device), %.2f ms/token, %.1f tok/s "
 	       "(sampling, top-k 50 on the device); prefill %d tokens: %.1f ms, %.0f tok/s; "
 	       "%.2f ms/token, %.1f tok/s (argmax on the device, %d steps per wait); "
-	       "%.2f ms/token, %.1f tok/s (sampling on the device, %d steps per wait)\n",
+	       "%.2f ms/token, %.1f tok/s (sampling on the device, %d steps per wait); "
+	       "first token after %d: %.2f ms (argmax), %.2f ms (top-k off, top-p 0.9)\n",
 	       argv[1], lq_run_device(r), load, nnew, np, best_dec * 1e3 / nnew, nnew / best_dec,
 	       best_am * 1e3 / nnew, nnew / best_am, best_s * 1e3 / nnew, nnew / best_s, npre, best_pre * 1e3,
 	       npre / best_pre, best_ch * 1e3 / nnew, nnew / best_ch, BENCH_CHAIN, best_sc * 1e3 / nnew, nnew / best_sc,
-	       BENCH_CHAIN);
+	       BENCH_CHAIN, np, best_fa * 1e3, best_fs * 1e3);
 	free(lg);
 	free(ids);
 	lq_run_free(r);

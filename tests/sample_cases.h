@@ -20,7 +20,7 @@ static inline void lq_sample_cases(struct lq_sample_opts os[LQ_SAMPLE_CASES])
 	for (int i = 0; i < LQ_SAMPLE_CASES; i++)
 		lq_sample_opts_init(&os[i]);
 	os[0].temperature = 0.8; /* top-k 50 (on the device) */
-	os[1].top_k = 0;         /* top-k off (the device sorts the row) */
+	os[1].top_k = 0;         /* top-k off (the whole row's pick on the device) */
 	os[1].top_p = 0.9;
 	os[2].temperature = 0; /* argmax after the penalty */
 	os[2].repetition_penalty = 1.3;
@@ -32,7 +32,7 @@ static inline void lq_sample_cases(struct lq_sample_opts os[LQ_SAMPLE_CASES])
 	os[5].temperature = 2.0; /* the cap of the device's candidates */
 	os[5].top_k = 1024;
 	os[5].top_p = 0.95;
-	os[6].temperature = 0.9; /* the penalty, then the whole row sorted */
+	os[6].temperature = 0.9; /* the penalty, then the whole row's pick */
 	os[6].top_k = 0;
 	os[6].top_p = 0.95;
 	os[6].repetition_penalty = 1.2;

@@ -446,7 +446,7 @@ static int cmp_f_desc(const void *a, const void *b)
 
 /* lq_sample_kept on the set lq_sample's top-k keeps (found here by brute
  * force, shuffled) picks what lq_sample picks, with the same draws: the
- * contract lq_run_forward_sample's device path relies on, and a check of
+ * contract the device's draw from a top-k set (lq_cuda_pick) follows, and a check of
  * lq_sample's own selection and sorts (radix select and sort) against
  * lq_sample_kept's comparison sort, top-k off included.  Logits on a
  * coarse grid, so that the k-th value has ties. */
