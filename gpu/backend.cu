@@ -2169,8 +2169,8 @@ struct gstate {
 	int32_t *d_id, *h_id;  /* the argmax, on the device and pinned on the host */
 	int32_t *d_ids, *h_ids; /* [CHAIN_MAX] a chain's picks (device, pinned host) */
 	struct chain_st *d_cs, *h_cs; /* a chain's state (device, pinned host) */
-	/* sampling: lq_cuda_topk's scratch and result (device, pinned host), the
-	 * penalized ids (device, pinned host, pen_cap of each) */
+	/* sampling: lq_cuda_topk's scratch and result, the penalized ids
+	 * (device, pinned host, pen_cap of each) */
 	uint8_t *tk_scr;
 	struct lq_cuda_topk_out *d_tk;
 	uint8_t *sa_scr; /* lq_cuda_sample_all's scratch, made when first needed */
@@ -3757,12 +3757,6 @@ static int g_argmax_n(void *state, int32_t token, int64_t pos, size_t n, int32_t
 	return rc;
 }
 
-/* Sampling steps chained on the device (lq_backend's sample_n): graph [4]
- * takes the repetition penalty (on a map of the ids seen, which each step's
- * pick joins), then the argmax (temperature <= 0), the top-k and the draw
- * (lq_cuda_pick), or the whole row's pick (lq_cuda_sample_all). */
-static int ensure_pen(gstate *g, size_t npen, struct lq_error *err);
-
 /* lq_cuda_sample_all's scratch, made when first needed; *ok 0 where the
  * device cannot hold its grid at once (vocab <= LQ_CUDA_TOPK_NMAX). */
 static int ensure_sample_all(gstate *g, bool *ok, struct lq_error *err)
@@ -3782,6 +3776,11 @@ static int ensure_sample_all(gstate *g, bool *ok, struct lq_error *err)
 	return LQ_OK;
 }
 
+/* Sampling steps chained on the device (lq_backend's sample_n): graph [4]
+ * takes the repetition penalty (on a map of the ids seen, which each step's
+ * pick joins), then the argmax (temperature <= 0), the top-k and the draw
+ * (lq_cuda_pick), or the whole row's pick (lq_cuda_sample_all). */
+static int ensure_pen(gstate *g, size_t npen, struct lq_error *err);
 static int g_sample_n(void *state, int32_t token, int64_t pos, size_t n, const struct lq_sample_opts *o,
 		      const int32_t *seen, size_t nseen, uint64_t rng[4], int32_t *ids, size_t *done,
 		      struct lq_error *err)
@@ -3849,7 +3848,7 @@ static int g_sample(void *state, const int32_t *tokens, size_t n, int64_t pos, c
 	gstate *g = (gstate *)state;
 	int rc;
 	*made = 0;
-	bool dev = o->temperature <= 0 || g->vocab <= LQ_CUDA_TOPK_NMAX;
+	bool dev = o->temperature <= 0 || (rng && g->vocab <= LQ_CUDA_TOPK_NMAX);
 	if (dev && o->temperature > 0 && !topk_set(o) && (rc = ensure_sample_all(g, &dev, err)))
 		return rc;
 	if ((rc = ensure_pen(g, npen, err)) || (rc = forward_dev(g, tokens, n, pos, 0, err)))
