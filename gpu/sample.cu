@@ -35,6 +35,7 @@
 #define TK_CAP LQ_CUDA_TOPK_MAX
 #define TK_BINS 4096  /* the first pass's bins: the key's top 12 bits */
 #define TK_SHIFT 20
+#define TK_SMC 2048   /* bin B's candidates the last block reads into shared memory at most */
 
 /* scratch: this header, then the candidates of bin B (values, ids; n each) */
 struct tk_hdr {
@@ -75,13 +76,15 @@ struct tk_smem {
 };
 
 /* The key of the k-th largest of get(0..m) (1 <= k <= m), in every thread of
- * the block (all of which call it).  Lanes with the same bin add once. */
+ * the block (all of which call it), whose keys all have the bits of mask
+ * that prefix has: 8-bit digits from bit shift + 7 down (the last one at bit
+ * 0, over bits known already where shift is not a multiple of 8).  Lanes
+ * with the same bin add once. */
 template <typename G>
-__device__ uint32_t kth_key(G get, int m, int k, tk_smem *s)
+__device__ uint32_t kth_key(G get, int m, int k, tk_smem *s, uint32_t prefix, uint32_t mask, int shift)
 {
 	const int lane = threadIdx.x & 31;
-	uint32_t prefix = 0, mask = 0;
-	for (int shift = 24; shift >= 0; shift -= 8) {
+	for (; shift >= 0; shift = shift >= 8 ? shift - 8 : shift > 0 ? 0 : -1) {
 		for (int i = threadIdx.x; i < 256; i += blockDim.x)
 			s->hist[i] = 0;
 		__syncthreads();
@@ -239,6 +242,8 @@ __global__ void __launch_bounds__(TK_THREADS) k_topk_keep(const float *l, int n,
 							  struct lq_cuda_topk_out *out)
 {
 	__shared__ tk_smem s;
+	__shared__ float cs_v[TK_SMC]; /* bin B's candidates, when few */
+	__shared__ int32_t cs_i[TK_SMC];
 	float *cv = (float *)(h + 1);
 	int32_t *ci = (int32_t *)(cv + n);
 	const unsigned B = h->B, all = h->all, nan = h->nan;
@@ -294,10 +299,26 @@ __global__ void __launch_bounds__(TK_THREADS) k_topk_keep(const float *l, int n,
 		s.cnt = nout;
 	__syncthreads();
 	if (!all) {
-		/* 1 <= need <= mc: bin B holds the k-th largest */
-		const float kth = kfloat(kth_key([cv](int j) { return __ldcg(cv + j); }, mc, h->need, &s));
-		keep_from([cv](int j) { return __ldcg(cv + j); }, [ci](int j) { return __ldcg(ci + j); }, mc, kth, out->vals,
-			  out->ids, TK_CAP, &s);
+		/* 1 <= need <= mc: bin B holds the k-th largest; its candidates'
+		 * keys share their top TK_SHIFT bits, B.  Few candidates are read
+		 * into shared memory once; more are read where they are, each pass. */
+		const uint32_t pfx = B << TK_SHIFT, msk = ~0u << TK_SHIFT;
+		const int sh = TK_SHIFT - 8;
+		if (mc <= TK_SMC) {
+			for (int j = threadIdx.x; j < mc; j += blockDim.x) {
+				cs_v[j] = __ldcg(cv + j);
+				cs_i[j] = __ldcg(ci + j);
+			}
+			__syncthreads();
+			const float kth = kfloat(kth_key([](int j) { return cs_v[j]; }, mc, h->need, &s, pfx, msk, sh));
+			keep_from([](int j) { return cs_v[j]; }, [](int j) { return cs_i[j]; }, mc, kth, out->vals, out->ids,
+				  TK_CAP, &s);
+		} else {
+			const float kth =
+				kfloat(kth_key([cv](int j) { return __ldcg(cv + j); }, mc, h->need, &s, pfx, msk, sh));
+			keep_from([cv](int j) { return __ldcg(cv + j); }, [ci](int j) { return __ldcg(ci + j); }, mc, kth,
+				  out->vals, out->ids, TK_CAP, &s);
+		}
 		__syncthreads();
 	}
 	if (threadIdx.x == 0) {
