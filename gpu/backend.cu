@@ -3519,6 +3519,21 @@ static bool topk_set(const struct lq_sample_opts *o)
 	return o->top_k > 0 && o->top_k <= LQ_CUDA_TOPK_MAX;
 }
 
+/* The draw from the logits row with o (temperature > 0), the generator's
+ * state and stop flag in d_cs, into d_id: the top-k set and its pick where
+ * top-k keeps few, else the whole row's pick (sa_scr made). */
+static cudaError_t launch_draw(gstate *g, const struct lq_sample_opts *o)
+{
+	if (!topk_set(o))
+		return (cudaError_t)lq_cuda_sample_all(g->logits, g->vocab, (float)o->temperature, o->top_k, o->top_p,
+						       o->min_p, g->d_cs->rng, &g->d_cs->stop, g->d_id, g->sa_scr, g->st);
+	cudaError_t e =
+		(cudaError_t)lq_cuda_topk(g->logits, g->vocab, (float)o->temperature, o->top_k, g->tk_scr, g->d_tk, g->st);
+	if (e == cudaSuccess)
+		e = (cudaError_t)lq_cuda_pick(g->d_tk, o->top_p, o->min_p, g->d_cs->rng, &g->d_cs->stop, g->d_id, g->st);
+	return e;
+}
+
 static int decode_graph(gstate *g, int am, struct lq_error *err)
 {
 	int S = attn_splits(g, 1);
@@ -3554,18 +3569,7 @@ static int decode_graph(gstate *g, int am, struct lq_error *err)
 	if (!rc && am == 4 && !(g->so.temperature > 0)) {
 		rc = launch_argmax(g, err); /* greedy after the penalty */
 	} else if (!rc && am == 4) {
-		/* the top-k set and its pick where top-k keeps few; else the row */
-		if (topk_set(&g->so)) {
-			e = (cudaError_t)lq_cuda_topk(g->logits, g->vocab, (float)g->so.temperature, g->so.top_k, g->tk_scr,
-						      g->d_tk, g->st);
-			if (e == cudaSuccess)
-				e = (cudaError_t)lq_cuda_pick(g->d_tk, g->so.top_p, g->so.min_p, g->d_cs->rng, &g->d_cs->stop,
-							      g->d_id, g->st);
-		} else {
-			e = (cudaError_t)lq_cuda_sample_all(g->logits, g->vocab, (float)g->so.temperature, g->so.top_k,
-							    g->so.top_p, g->so.min_p, g->d_cs->rng, &g->d_cs->stop, g->d_id,
-							    g->sa_scr, g->st);
-		}
+		e = launch_draw(g, &g->so);
 		if (e != cudaSuccess)
 			rc = cuda_fail(err, e, "the decode graph");
 	}
@@ -3875,18 +3879,7 @@ static int g_sample(void *state, const int32_t *tokens, size_t n, int64_t pos, c
 		memset(g->h_cs, 0, sizeof *g->h_cs);
 		memcpy(g->h_cs->rng, rng, sizeof g->h_cs->rng);
 		CK(cudaMemcpyAsync(g->d_cs, g->h_cs, sizeof *g->h_cs, cudaMemcpyHostToDevice, g->st), "the sampling step");
-		cudaError_t e;
-		if (topk_set(o)) {
-			e = (cudaError_t)lq_cuda_topk(g->logits, g->vocab, (float)o->temperature, o->top_k, g->tk_scr, g->d_tk,
-						      g->st);
-			if (e == cudaSuccess)
-				e = (cudaError_t)lq_cuda_pick(g->d_tk, o->top_p, o->min_p, g->d_cs->rng, &g->d_cs->stop, g->d_id,
-							      g->st);
-		} else {
-			e = (cudaError_t)lq_cuda_sample_all(g->logits, g->vocab, (float)o->temperature, o->top_k, o->top_p,
-							    o->min_p, g->d_cs->rng, &g->d_cs->stop, g->d_id, g->sa_scr, g->st);
-		}
-		CK(e, "the sampling step");
+		CK(launch_draw(g, o), "the sampling step");
 		CK(cudaMemcpyAsync(g->h_id, g->d_id, sizeof(int32_t), cudaMemcpyDeviceToHost, g->st), "the sampling step");
 		CK(cudaMemcpyAsync(g->h_cs, g->d_cs, sizeof *g->h_cs, cudaMemcpyDeviceToHost, g->st), "the sampling step");
 		CK(cudaStreamSynchronize(g->st), "the sampling step");

@@ -302,22 +302,20 @@ __global__ void __launch_bounds__(TK_THREADS) k_topk_keep(const float *l, int n,
 		/* 1 <= need <= mc: bin B holds the k-th largest; its candidates'
 		 * keys share their top TK_SHIFT bits, B.  Few candidates are read
 		 * into shared memory once; more are read where they are, each pass. */
-		const uint32_t pfx = B << TK_SHIFT, msk = ~0u << TK_SHIFT;
-		const int sh = TK_SHIFT - 8;
+		auto select = [&](auto val, auto id) {
+			const float kth =
+				kfloat(kth_key(val, mc, h->need, &s, B << TK_SHIFT, ~0u << TK_SHIFT, TK_SHIFT - 8));
+			keep_from(val, id, mc, kth, out->vals, out->ids, TK_CAP, &s);
+		};
 		if (mc <= TK_SMC) {
 			for (int j = threadIdx.x; j < mc; j += blockDim.x) {
 				cs_v[j] = __ldcg(cv + j);
 				cs_i[j] = __ldcg(ci + j);
 			}
 			__syncthreads();
-			const float kth = kfloat(kth_key([](int j) { return cs_v[j]; }, mc, h->need, &s, pfx, msk, sh));
-			keep_from([](int j) { return cs_v[j]; }, [](int j) { return cs_i[j]; }, mc, kth, out->vals, out->ids,
-				  TK_CAP, &s);
+			select([](int j) { return cs_v[j]; }, [](int j) { return cs_i[j]; });
 		} else {
-			const float kth =
-				kfloat(kth_key([cv](int j) { return __ldcg(cv + j); }, mc, h->need, &s, pfx, msk, sh));
-			keep_from([cv](int j) { return __ldcg(cv + j); }, [ci](int j) { return __ldcg(ci + j); }, mc, kth,
-				  out->vals, out->ids, TK_CAP, &s);
+			select([cv](int j) { return __ldcg(cv + j); }, [ci](int j) { return __ldcg(ci + j); });
 		}
 		__syncthreads();
 	}
