@@ -38,6 +38,7 @@
 #include <cooperative_groups.h>
 #include <dlfcn.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <type_traits>
 #include <stdio.h>
@@ -2118,6 +2119,8 @@ struct gstate {
 	struct cublas_fns cb;
 	cublasHandle_t cbh;
 	int cbh_ok;
+	pthread_t warm_th; /* cuBLAS's warm-up during the upload (warm_start) */
+	int warm_on, warm_stop;
 	int pdl; /* launch with programmatic dependent launch (sm_90) */
 	int att_cl; /* decode attention: at most this many splits merge as one cluster (0: none) */
 	int att_long_slots; /* k_attn_long's blocks that the device runs at once (att_long_prepare) */
@@ -2585,11 +2588,14 @@ static void gfree(void *p)
 		cudaFree(p);
 }
 
+static void warm_join(gstate *g);
+
 static void g_free(void *state)
 {
 	gstate *g = (gstate *)state;
 	if (!g)
 		return;
+	warm_join(g); /* before the arena and the handle go */
 	for (int i = 0; i < NGRAPH; i++)
 		if (g->graph[i])
 			cudaGraphExecDestroy(g->graph[i]);
@@ -2809,6 +2815,84 @@ static int matmul(gstate *g, const dweight *w, const float *x, size_t n, float *
 		return gfail(err, LQ_ERR_IO, "cuBLAS GEMM failed (status %d) on a [%llu, %llu] weight", (int)s,
 			     (unsigned long long)N, (unsigned long long)K);
 	return LQ_OK;
+}
+
+/*
+ * cuBLAS's first GEMM in a process costs 55-70 ms on the H200 (its
+ * initialization), and each kernel it picks for a new shape and row count
+ * about 2 ms more (loaded at first use): without a warm-up the 8B's first
+ * 32-token prompt took 59-96 ms against 12-13 ms once warm.  warm_start runs
+ * the prefill's GEMMs (matmul's cuBLAS path: the model's weight shapes, a
+ * ladder of row counts) on a thread of its own while the weights upload,
+ * where the GPU's compute and the handle are idle.  It reads the weight
+ * arena as the matrix, whatever part of it is uploaded yet (the products are
+ * thrown away), and writes only its own buffers.  Best effort: any failure
+ * ends it quietly.  warm_join stops it (between two GEMMs) and waits.
+ */
+static const int warm_rows[] = { 32, CHUNK, 128, 8 };
+
+static void *warm_main(void *arg)
+{
+	gstate *g = (gstate *)arg;
+	const uint64_t D = (uint64_t)g->hidden, I = (uint64_t)g->inter, Q = (uint64_t)g->qdim, KV = (uint64_t)g->kvdim;
+	const int fq = g->c->fused_qkv, fgu = g->c->fused_gate_up;
+	const uint64_t shapes[][2] = { { fq ? Q + 2 * KV : Q, D }, { fq ? 0 : KV, D }, { D, Q }, { fgu ? 2 * I : I, D }, { D, I } };
+	const int f32 = g->cd == LQ_COMPUTE_F32;
+	const size_t es = f32 ? 4 : 2;
+	uint64_t maxn = 0, maxk = 0;
+	for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+		maxn = shapes[i][0] > maxn ? shapes[i][0] : maxn;
+		maxk = shapes[i][1] > maxk ? shapes[i][1] : maxk;
+	}
+	cudaStream_t st = NULL;
+	void *b = NULL, *y = NULL;
+	if (cudaSetDevice(g->dev) != cudaSuccess || cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking) != cudaSuccess ||
+	    cudaMalloc(&b, CHUNK * maxk * es) != cudaSuccess || cudaMalloc(&y, CHUNK * maxn * 4) != cudaSuccess ||
+	    cudaMemsetAsync(b, 0, CHUNK * maxk * es, st) != cudaSuccess ||
+	    g->cb.set_stream(g->cbh, st) != CUBLAS_STATUS_SUCCESS)
+		goto done;
+	for (size_t r = 0; r < sizeof warm_rows / sizeof warm_rows[0]; r++)
+		for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+			const uint64_t N = shapes[i][0], K = shapes[i][1];
+			if (__atomic_load_n(&g->warm_stop, __ATOMIC_ACQUIRE))
+				goto done;
+			if (!N || N * K * es > g->arena_size)
+				continue;
+			float one = 1.0f, zero = 0.0f;
+			if (g->cb.gemm(g->cbh, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, warm_rows[r], (int)K, &one, g->arena,
+				       cd_type(g->cd), (int)K, b, cd_type(g->cd), (int)K, &zero, y, CUDA_R_32F, (int)N,
+				       f32 ? CUBLAS_COMPUTE_32F_PEDANTIC : CUBLAS_COMPUTE_32F,
+				       CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS ||
+			    cudaStreamSynchronize(st) != cudaSuccess)
+				goto done;
+		}
+done:
+	if (st) {
+		cudaStreamSynchronize(st);
+		g->cb.set_stream(g->cbh, g->st);
+		cudaStreamDestroy(st);
+	}
+	if (b)
+		cudaFree(b);
+	if (y)
+		cudaFree(y);
+	cudaGetLastError(); /* this thread's */
+	return NULL;
+}
+
+static void warm_start(gstate *g)
+{
+	if (g->cbh_ok && !g->warm_on)
+		g->warm_on = pthread_create(&g->warm_th, NULL, warm_main, g) == 0;
+}
+
+static void warm_join(gstate *g)
+{
+	if (!g->warm_on)
+		return;
+	__atomic_store_n(&g->warm_stop, 1, __ATOMIC_RELEASE);
+	pthread_join(g->warm_th, NULL);
+	g->warm_on = 0;
 }
 
 /*
@@ -3990,6 +4074,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 			goto fail;
 	}
 	u.counting = 0;
+	warm_start(g);
 	{
 		/* without helper threads (none could start) the copy is the caller's */
 		struct lq_error perr;
@@ -4018,6 +4103,7 @@ static int g_prepare(void **state, const struct lq_model *m, const struct lq_fil
 		gfree(g->tscratch);
 		g->tscratch = NULL;
 	}
+	warm_join(g);
 	g->fuse = fusable(g);
 	for (int64_t i = 0; g->fuse && g->c->fused_gate_up && i < g->nl; i++) {
 		glayer *l = &g->L[i];
