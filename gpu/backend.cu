@@ -1492,28 +1492,53 @@ __global__ void __launch_bounds__(FA_THREADS, 2) k_attn_tiled(const float *q, in
  * Attention for a chunk of n > 1 query tokens on the tensor cores (bf16 or
  * fp16 compute, head_dim a multiple of 16 up to 256): a block of 4 warps
  * takes TA_Q = 64 queries of one head, each warp 16 of them, and walks the
- * visible keys in tiles of TA_K = 64, flash-attention style.  K and V are
- * staged in shared memory in the compute dtype (V transposed, so that a B
- * operand register is two adjacent elements); Q holds values of that
- * dtype (k_rope rounds them) and the cache is in it, so S = Q K^T takes exact
+ * visible keys in tiles of TA_K = 64, flash-attention style.  K and V tiles
+ * are copied into shared memory as they are in the cache (rows of the
+ * compute dtype) by cp.async, the next tile's copy in flight while the
+ * current one is used (two stages up to head size 128; one at 256, where two
+ * would leave one block per SM); the operand fragments come from ldmatrix
+ * (V's transposed, the B operand of P V).  Q holds values of that dtype
+ * (k_rope rounds them) and the cache is in it, so S = Q K^T takes exact
  * products with fp32 accumulation (mma.m16n8k16).  The online softmax runs
  * in fp32 on the S fragment (scale, soft-capping, causal and sliding-window
  * masks as k_attn); the probabilities are rounded to the compute dtype for
  * P V (as eager attention in bf16 does), the row sums use them unrounded,
- * and O accumulates in fp32.
+ * and O accumulates in fp32.  Keys past the chunk's last are zero-filled.
  */
 #define TA_Q 64
 #define TA_K 64
 #define TA_THREADS 128
+static int ta_stages(int64_t hd) { return hd <= 128 ? 2 : 1; }
 static size_t ta_smem(int64_t hd)
 {
-	return ((size_t)(TA_Q + TA_K) * (size_t)(hd + 8) + (size_t)hd * (TA_K + 8)) * 2;
+	return (size_t)(TA_Q + 2 * TA_K * ta_stages(hd)) * (size_t)(hd + 8) * 2;
 }
 static bool ta_ok(int64_t hd) { return hd % 16 == 0 && hd <= 256; }
 
-__device__ __forceinline__ uint32_t ta_ld(const uint16_t *p) { return *(const uint32_t *)p; }
+__device__ __forceinline__ void ta_ldsm(uint32_t r[4], const uint16_t *p)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"((uint32_t)__cvta_generic_to_shared(p)));
+}
+__device__ __forceinline__ void ta_ldsm_t(uint32_t r[4], const uint16_t *p)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"((uint32_t)__cvta_generic_to_shared(p)));
+}
+/* 16 bytes global -> shared, asynchronously; zeros where !ok */
+__device__ __forceinline__ void ta_cp16(uint16_t *dst, const uint16_t *src, bool ok)
+{
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
+		     "l"(src), "r"(ok ? 16 : 0)
+		     : "memory");
+}
+__device__ __forceinline__ void ta_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void ta_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
-template <bool F16, int NT> /* head_dim <= 8 * NT */
+template <bool F16, int NT, int ST> /* head_dim <= 8 * NT; ST stages of K and V */
 __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t qs, const uint16_t *kc, const uint16_t *vc,
 							 float *out, int64_t H, int64_t grp, int64_t hd, int64_t kvdim,
 							 int64_t window, float scale, float cap, int64_t pos, int64_t n,
@@ -1521,18 +1546,11 @@ __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t 
 {
 	extern __shared__ __align__(16) uint16_t ta_sm[];
 	pdl_wait();
-	const int ld = (int)hd + 8, vld = TA_K + 8, h4 = (int)hd / 4;
-	uint16_t *Qs = ta_sm, *Ks = Qs + TA_Q * ld, *Vt = Ks + TA_K * ld; /* Vt: [hd][vld] */
+	const int ld = (int)hd + 8, h4 = (int)hd / 4, h8 = (int)hd / 8;
+	uint16_t *Qs = ta_sm, *KV0 = Qs + TA_Q * ld; /* stage s: K rows at KV0 + 2 s TA_K ld, then V rows */
 	const int64_t h = blockIdx.x, kvh = h / grp, t0 = (int64_t)blockIdx.y * TA_Q;
 	const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
 	const int nq = (int)min((int64_t)TA_Q, n - t0);
-	for (int i = tid; i < TA_Q * h4; i += TA_THREADS) {
-		int qi = i / h4, d = (i - qi * h4) * 4;
-		float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-		if (qi < nq)
-			v = *(const float4 *)(q + (t0 + qi) * qs + h * hd + d);
-		*(uint2 *)(Qs + qi * ld + d) = make_uint2(lq_pack16<F16>(v.x, v.y), lq_pack16<F16>(v.z, v.w));
-	}
 	const int r0 = warp * 16 + g; /* this lane's rows r0 and r0 + 8 of the tile */
 	const int64_t pq0 = pos + t0 + r0, pq1 = pq0 + 8;
 	const bool live0 = r0 < nq, live1 = r0 + 8 < nq;
@@ -1540,104 +1558,141 @@ __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t 
 	int64_t lo = 0;
 	if (window > 0 && pos + t0 - window + 1 > 0)
 		lo = pos + t0 - window + 1;
+	const int64_t kfirst = lo - lo % TA_K;
+	const int ntiles = (int)((pmax - kfirst) / TA_K + 1);
+	const uint16_t *kh = kc + kvh * hd, *vh = vc + kvh * hd;
+	/* tile `it`'s keys into stage s, one commit group */
+	auto issue = [&](int it, int s) {
+		const int64_t k0 = kfirst + (int64_t)it * TA_K;
+		uint16_t *Ks = KV0 + 2 * s * TA_K * ld, *Vs = Ks + TA_K * ld;
+		for (int i = tid; i < TA_K * h8; i += TA_THREADS) {
+			const int kj = i / h8, d = (i - kj * h8) * 8;
+			const int64_t j = k0 + kj;
+			const bool ok = j <= pmax;
+			const int64_t off = (ok ? j : 0) * kvdim + d;
+			ta_cp16(Ks + kj * ld + d, kh + off, ok);
+			ta_cp16(Vs + kj * ld + d, vh + off, ok);
+		}
+		ta_commit();
+	};
+	issue(0, 0);
+	for (int i = tid; i < TA_Q * h4; i += TA_THREADS) {
+		int qi = i / h4, d = (i - qi * h4) * 4;
+		float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+		if (qi < nq)
+			v = *(const float4 *)(q + (t0 + qi) * qs + h * hd + d);
+		*(uint2 *)(Qs + qi * ld + d) = make_uint2(lq_pack16<F16>(v.x, v.y), lq_pack16<F16>(v.z, v.w));
+	}
 	const int kt = (int)hd / 16, ntl = (int)hd / 8;
+	/* ldmatrix lane addresses: matrix lane >> 3, its row lane & 7 */
+	const int lm = lane >> 3, lr = lane & 7;
+	const uint16_t *qrow = Qs + (warp * 16 + (lane & 15)) * ld + (lane >> 4) * 8;
+	const int koff = ((lm >> 1) * 8 + lr) * ld + (lm & 1) * 8; /* K: keys +8 for matrices 2, 3; dims +8 for 1, 3 */
+	const int voff = ((lm & 1) * 8 + lr) * ld + (lm >> 1) * 8; /* V: keys +8 for matrices 1, 3; dims +8 for 2, 3 */
 	float o[NT][4];
 #pragma unroll
 	for (int d = 0; d < NT; d++)
 		o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
 	float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-	for (int64_t k0 = lo - lo % TA_K; k0 <= pmax; k0 += TA_K) {
-		__syncthreads(); /* the previous tile is consumed */
-		for (int i = tid; i < TA_K * h4; i += TA_THREADS) {
-			int kj = i / h4, d = (i - kj * h4) * 4;
-			int64_t j = k0 + kj;
-			uint2 kv = make_uint2(0u, 0u), vv = kv; /* the cache holds the compute dtype */
-			if (j <= pmax) {
-				kv = *(const uint2 *)(kc + j * kvdim + kvh * hd + d);
-				vv = *(const uint2 *)(vc + j * kvdim + kvh * hd + d);
-			}
-			*(uint2 *)(Ks + kj * ld + d) = kv;
-			uint32_t v01 = vv.x, v23 = vv.y;
-			Vt[(d + 0) * vld + kj] = (uint16_t)v01;
-			Vt[(d + 1) * vld + kj] = (uint16_t)(v01 >> 16);
-			Vt[(d + 2) * vld + kj] = (uint16_t)v23;
-			Vt[(d + 3) * vld + kj] = (uint16_t)(v23 >> 16);
+	for (int it = 0; it < ntiles; it++) {
+		const int64_t k0 = kfirst + (int64_t)it * TA_K;
+		const int s = ST == 2 ? (it & 1) : 0;
+		if (ST == 1 && it > 0)
+			issue(it, 0);
+		if (ST == 2 && it + 1 < ntiles) {
+			issue(it + 1, s ^ 1);
+			ta_wait<1>();
+		} else {
+			ta_wait<0>();
 		}
-		__syncthreads();
-		if (k0 > wlast || warp * 16 >= nq)
-			continue; /* no row of this warp sees a key of the tile */
-		float s[8][4];
+		__syncthreads(); /* tile `it` (and Q) visible to every warp */
+		const uint16_t *Ks = KV0 + 2 * s * TA_K * ld, *Vs = Ks + TA_K * ld;
+		if (k0 <= wlast && warp * 16 < nq) { /* else no row of this warp sees a key of the tile */
+			float sc[8][4];
 #pragma unroll
-		for (int t = 0; t < 8; t++)
-			s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
-		for (int kk = 0; kk < kt; kk++) {
-			const uint16_t *qa = Qs + r0 * ld + kk * 16 + 2 * c;
-			uint32_t a0 = ta_ld(qa), a1 = ta_ld(qa + 8 * ld), a2 = ta_ld(qa + 8), a3 = ta_ld(qa + 8 * ld + 8);
+			for (int t = 0; t < 8; t++)
+				sc[t][0] = sc[t][1] = sc[t][2] = sc[t][3] = 0.0f;
+			for (int kk = 0; kk < kt; kk++) {
+				uint32_t a[4];
+				ta_ldsm(a, qrow + kk * 16);
 #pragma unroll
-			for (int t = 0; t < 8; t++) {
-				const uint16_t *kb = Ks + (t * 8 + g) * ld + kk * 16 + 2 * c;
-				lq_mma16816<F16>(s[t], a0, a1, a2, a3, ta_ld(kb), ta_ld(kb + 8));
+				for (int t = 0; t < 8; t += 2) {
+					uint32_t b[4];
+					ta_ldsm(b, Ks + t * 8 * ld + kk * 16 + koff);
+					lq_mma16816<F16>(sc[t], a[0], a[1], a[2], a[3], b[0], b[1]);
+					lq_mma16816<F16>(sc[t + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
+				}
 			}
-		}
-		float mx0 = -INFINITY, mx1 = -INFINITY;
+			/* every key of the tile visible to all 16 rows of the warp: no masks */
+			const bool full = k0 + TA_K - 1 <= pos + t0 + warp * 16 && warp * 16 + 16 <= nq && k0 >= lo &&
+					  (window <= 0 || k0 > wlast - window);
+			float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-		for (int t = 0; t < 8; t++)
+			for (int t = 0; t < 8; t++)
 #pragma unroll
-			for (int e = 0; e < 4; e++) {
-				const int64_t j = k0 + t * 8 + 2 * c + (e & 1), pq = e < 2 ? pq0 : pq1;
-				float v = s[t][e] * scale;
-				if (cap > 0.0f)
-					v = tanhf(v / cap) * cap;
-				bool vis = (e < 2 ? live0 : live1) && j <= pq && j >= lo && (window <= 0 || j > pq - window);
-				s[t][e] = vis ? v : -INFINITY;
-				if (e < 2)
-					mx0 = fmaxf(mx0, s[t][e]);
-				else
-					mx1 = fmaxf(mx1, s[t][e]);
-			}
-		mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-		mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-		mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-		mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-		const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-		const float c0 = mn0 == -INFINITY ? 1.0f : expf(m0 - mn0), c1 = mn1 == -INFINITY ? 1.0f : expf(m1 - mn1);
-		float ps0 = 0.0f, ps1 = 0.0f;
+				for (int e = 0; e < 4; e++) {
+					float v = sc[t][e] * scale;
+					if (cap > 0.0f)
+						v = tanhf(v / cap) * cap;
+					if (!full) {
+						const int64_t j = k0 + t * 8 + 2 * c + (e & 1), pq = e < 2 ? pq0 : pq1;
+						const bool vis = (e < 2 ? live0 : live1) && j <= pq && j >= lo &&
+								 (window <= 0 || j > pq - window);
+						v = vis ? v : -INFINITY;
+					}
+					sc[t][e] = v;
+					if (e < 2)
+						mx0 = fmaxf(mx0, sc[t][e]);
+					else
+						mx1 = fmaxf(mx1, sc[t][e]);
+				}
+			mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+			mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+			mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+			mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+			const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+			const float c0 = mn0 == -INFINITY ? 1.0f : expf(m0 - mn0), c1 = mn1 == -INFINITY ? 1.0f : expf(m1 - mn1);
+			float ps0 = 0.0f, ps1 = 0.0f;
 #pragma unroll
-		for (int t = 0; t < 8; t++)
+			for (int t = 0; t < 8; t++)
 #pragma unroll
-			for (int e = 0; e < 4; e++) {
-				const float mn = e < 2 ? mn0 : mn1;
-				float pw = mn == -INFINITY ? 0.0f : expf(s[t][e] - mn);
-				s[t][e] = pw;
-				if (e < 2)
-					ps0 += pw;
-				else
-					ps1 += pw;
-			}
-		l0 = l0 * c0 + ps0; /* this lane's part of the row sum (the quad adds up at the end) */
-		l1 = l1 * c1 + ps1;
-		m0 = mn0;
-		m1 = mn1;
-#pragma unroll
-		for (int d = 0; d < NT; d++) {
-			o[d][0] *= c0;
-			o[d][1] *= c0;
-			o[d][2] *= c1;
-			o[d][3] *= c1;
-		}
-#pragma unroll
-		for (int kk = 0; kk < TA_K / 16; kk++) {
-			uint32_t a0 = lq_pack16<F16>(s[2 * kk][0], s[2 * kk][1]), a1 = lq_pack16<F16>(s[2 * kk][2], s[2 * kk][3]);
-			uint32_t a2 = lq_pack16<F16>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-			uint32_t a3 = lq_pack16<F16>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+				for (int e = 0; e < 4; e++) {
+					const float mn = e < 2 ? mn0 : mn1;
+					float pw = mn == -INFINITY ? 0.0f : expf(sc[t][e] - mn);
+					sc[t][e] = pw;
+					if (e < 2)
+						ps0 += pw;
+					else
+						ps1 += pw;
+				}
+			l0 = l0 * c0 + ps0; /* this lane's part of the row sum (the quad adds up at the end) */
+			l1 = l1 * c1 + ps1;
+			m0 = mn0;
+			m1 = mn1;
 #pragma unroll
 			for (int d = 0; d < NT; d++) {
-				if (d < ntl) {
-					const uint16_t *vb = Vt + (d * 8 + g) * vld + kk * 16 + 2 * c;
-					lq_mma16816<F16>(o[d], a0, a1, a2, a3, ta_ld(vb), ta_ld(vb + 8));
+				o[d][0] *= c0;
+				o[d][1] *= c0;
+				o[d][2] *= c1;
+				o[d][3] *= c1;
+			}
+#pragma unroll
+			for (int kk = 0; kk < TA_K / 16; kk++) {
+				uint32_t a0 = lq_pack16<F16>(sc[2 * kk][0], sc[2 * kk][1]), a1 = lq_pack16<F16>(sc[2 * kk][2], sc[2 * kk][3]);
+				uint32_t a2 = lq_pack16<F16>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+				uint32_t a3 = lq_pack16<F16>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+				for (int d = 0; d < NT; d += 2) {
+					if (d < ntl) {
+						uint32_t b[4];
+						ta_ldsm_t(b, Vs + kk * 16 * ld + d * 8 + voff);
+						lq_mma16816<F16>(o[d], a0, a1, a2, a3, b[0], b[1]);
+						lq_mma16816<F16>(o[d + 1], a0, a1, a2, a3, b[2], b[3]);
+					}
 				}
 			}
 		}
+		__syncthreads(); /* stage s is consumed before a later copy refills it */
 	}
 	l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
 	l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
@@ -1695,11 +1750,11 @@ static cudaError_t fa_prepare(int64_t hd, int cd)
 	return cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)fa_smem(hd));
 }
 
-static decltype(&k_attn_tc<false, 8>) ta_kernel(int64_t hd, int cd)
+static decltype(&k_attn_tc<false, 8, 2>) ta_kernel(int64_t hd, int cd)
 {
 	if (cd == LQ_COMPUTE_F16)
-		return hd <= 64 ? k_attn_tc<true, 8> : hd <= 128 ? k_attn_tc<true, 16> : k_attn_tc<true, 32>;
-	return hd <= 64 ? k_attn_tc<false, 8> : hd <= 128 ? k_attn_tc<false, 16> : k_attn_tc<false, 32>;
+		return hd <= 64 ? k_attn_tc<true, 8, 2> : hd <= 128 ? k_attn_tc<true, 16, 2> : k_attn_tc<true, 32, 1>;
+	return hd <= 64 ? k_attn_tc<false, 8, 2> : hd <= 128 ? k_attn_tc<false, 16, 2> : k_attn_tc<false, 32, 1>;
 }
 
 /* out[t][i] = rnd(act(g) * u) for gate/up rows of stride ld. */
