@@ -1508,10 +1508,13 @@ __global__ void __launch_bounds__(FA_THREADS, 2) k_attn_tiled(const float *q, in
 #define TA_Q 64
 #define TA_K 64
 #define TA_THREADS 128
-static int ta_stages(int64_t hd) { return hd <= 128 ? 2 : 1; }
+/* the instance for a head size: head_dim <= 8 * NT */
+static int ta_nt(int64_t hd) { return hd <= 64 ? 8 : hd <= 128 ? 16 : 32; }
+/* its stages of K and V */
+__host__ __device__ constexpr int ta_stages(int nt) { return nt <= 16 ? 2 : 1; }
 static size_t ta_smem(int64_t hd)
 {
-	return (size_t)(TA_Q + 2 * TA_K * ta_stages(hd)) * (size_t)(hd + 8) * 2;
+	return (size_t)(TA_Q + 2 * TA_K * ta_stages(ta_nt(hd))) * (size_t)(hd + 8) * 2;
 }
 static bool ta_ok(int64_t hd) { return hd % 16 == 0 && hd <= 256; }
 
@@ -1538,13 +1541,14 @@ __device__ __forceinline__ void ta_commit() { asm volatile("cp.async.commit_grou
 template <int N>
 __device__ __forceinline__ void ta_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
-template <bool F16, int NT, int ST> /* head_dim <= 8 * NT; ST stages of K and V */
+template <bool F16, int NT> /* head_dim <= 8 * NT */
 __global__ void __launch_bounds__(TA_THREADS) k_attn_tc(const float *q, int64_t qs, const uint16_t *kc, const uint16_t *vc,
 							 float *out, int64_t H, int64_t grp, int64_t hd, int64_t kvdim,
 							 int64_t window, float scale, float cap, int64_t pos, int64_t n,
 							 int cd, void *out16)
 {
 	extern __shared__ __align__(16) uint16_t ta_sm[];
+	constexpr int ST = ta_stages(NT);
 	pdl_wait();
 	const int ld = (int)hd + 8, h4 = (int)hd / 4, h8 = (int)hd / 8;
 	uint16_t *Qs = ta_sm, *KV0 = Qs + TA_Q * ld; /* stage s: K rows at KV0 + 2 s TA_K ld, then V rows */
@@ -1750,11 +1754,12 @@ static cudaError_t fa_prepare(int64_t hd, int cd)
 	return cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)fa_smem(hd));
 }
 
-static decltype(&k_attn_tc<false, 8, 2>) ta_kernel(int64_t hd, int cd)
+static decltype(&k_attn_tc<false, 8>) ta_kernel(int64_t hd, int cd)
 {
+	const int nt = ta_nt(hd);
 	if (cd == LQ_COMPUTE_F16)
-		return hd <= 64 ? k_attn_tc<true, 8, 2> : hd <= 128 ? k_attn_tc<true, 16, 2> : k_attn_tc<true, 32, 1>;
-	return hd <= 64 ? k_attn_tc<false, 8, 2> : hd <= 128 ? k_attn_tc<false, 16, 2> : k_attn_tc<false, 32, 1>;
+		return nt == 8 ? k_attn_tc<true, 8> : nt == 16 ? k_attn_tc<true, 16> : k_attn_tc<true, 32>;
+	return nt == 8 ? k_attn_tc<false, 8> : nt == 16 ? k_attn_tc<false, 16> : k_attn_tc<false, 32>;
 }
 
 /* out[t][i] = rnd(act(g) * u) for gate/up rows of stride ld. */
