@@ -1495,8 +1495,8 @@ __global__ void __launch_bounds__(FA_THREADS, 2) k_attn_tiled(const float *q, in
  * visible keys in tiles of TA_K = 64, flash-attention style.  K and V tiles
  * are copied into shared memory as they are in the cache (rows of the
  * compute dtype) by cp.async, the next tile's copy in flight while the
- * current one is used (two stages up to head size 128; one at 256, where two
- * would leave one block per SM); the operand fragments come from ldmatrix
+ * current one is used (two stages up to head size 128; one at 160-256, where
+ * two would leave one block per SM); the operand fragments come from ldmatrix
  * (V's transposed, the B operand of P V).  Q holds values of that dtype
  * (k_rope rounds them) and the cache is in it, so S = Q K^T takes exact
  * products with fp32 accumulation (mma.m16n8k16).  The online softmax runs
